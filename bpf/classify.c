@@ -1,0 +1,231 @@
+// SPDX-License-Identifier: GPL-2.0
+/* tc ingress classifier: decides which packets of an intercepted interface go
+ * to the local proxy (by setting the fwmark that policy routing sends to the
+ * local table) and which are forwarded untouched. */
+#include "pepsal.h"
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+
+char __license[] SEC("license") = "GPL";
+
+struct packet {
+	struct bpf_sock_tuple tuple; /* as on the wire: client -> server */
+	struct flow_key key;
+	struct tcphdr *tcp;
+	__u8 tos;
+};
+
+/* parse fills p from an IPv4/IPv6 TCP packet. Returns 1 for TCP, 0 for
+ * non-TCP, -1 for a packet that cannot be classified. */
+static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct tcphdr *tcp;
+
+	if ((void *)(eth + 1) > end)
+		return -1;
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end)
+			return -1;
+		if (ip->protocol != IPPROTO_TCP)
+			return 0;
+		if (ip->frag_off & bpf_htons(0x1fff)) /* later fragment: no TCP header */
+			return -1;
+		if (ip->ihl < 5)
+			return -1;
+		tcp = (void *)ip + ip->ihl * 4;
+		if ((void *)(tcp + 1) > end)
+			return -1;
+		p->tuple.ipv4.saddr = ip->saddr;
+		p->tuple.ipv4.daddr = ip->daddr;
+		p->tuple.ipv4.sport = tcp->source;
+		p->tuple.ipv4.dport = tcp->dest;
+		v4_mapped(p->key.client_addr, ip->saddr);
+		v4_mapped(p->key.server_addr, ip->daddr);
+		p->key.family = AF_INET;
+		p->tos = ip->tos;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end)
+			return -1;
+		if (ip6->nexthdr != IPPROTO_TCP) {
+			/* Extension headers are rare on TCP; a flow that uses them is
+			 * forwarded unsplit rather than half-parsed. */
+			switch (ip6->nexthdr) {
+			case 0: case 43: case 44: case 60:
+				return -1;
+			}
+			return 0;
+		}
+		tcp = (void *)(ip6 + 1);
+		if ((void *)(tcp + 1) > end)
+			return -1;
+		__builtin_memcpy(p->tuple.ipv6.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->tuple.ipv6.daddr, &ip6->daddr, 16);
+		p->tuple.ipv6.sport = tcp->source;
+		p->tuple.ipv6.dport = tcp->dest;
+		__builtin_memcpy(p->key.client_addr, &ip6->saddr, 16);
+		__builtin_memcpy(p->key.server_addr, &ip6->daddr, 16);
+		p->key.family = AF_INET6;
+		p->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+	} else {
+		return 0;
+	}
+	p->key.client_port = bpf_ntohs(tcp->source);
+	p->key.server_port = bpf_ntohs(tcp->dest);
+	p->tcp = tcp;
+	return 1;
+}
+
+/* has_local_socket says whether the packet belongs to a connection that ends
+ * on this host (a split connection, a handshake in progress, or the router's
+ * own services), like iptables' -m socket. Listeners do not count: a listener
+ * matches any flow to its port. */
+static __always_inline int has_local_socket(struct __sk_buff *skb, struct packet *p)
+{
+	struct bpf_sock *sk;
+	int local;
+
+	/* Constant sizes: the verifier wants the tuple length bounded. */
+	if (p->key.family == AF_INET)
+		sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	local = sk->state != BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return local;
+}
+
+/* routes_onward says whether the kernel would forward the packet: not to a
+ * local address, and not to an unreachable, blackholed or prohibited one. */
+static __always_inline int routes_onward(struct __sk_buff *skb, struct packet *p)
+{
+	struct bpf_fib_lookup fib = {};
+	int rc;
+
+	fib.ifindex = skb->ingress_ifindex;
+	fib.l4_protocol = IPPROTO_TCP;
+	fib.sport = p->tuple.ipv4.sport;
+	fib.dport = p->tuple.ipv4.dport;
+	if (p->key.family == AF_INET) {
+		fib.family = AF_INET;
+		fib.tos = p->tos;
+		fib.ipv4_src = p->tuple.ipv4.saddr;
+		fib.ipv4_dst = p->tuple.ipv4.daddr;
+	} else {
+		fib.family = AF_INET6;
+		fib.sport = p->tuple.ipv6.sport;
+		fib.dport = p->tuple.ipv6.dport;
+		__builtin_memcpy(fib.ipv6_src, p->tuple.ipv6.saddr, 16);
+		__builtin_memcpy(fib.ipv6_dst, p->tuple.ipv6.daddr, 16);
+	}
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
+		return 0;
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return 1;
+	return -1;
+}
+
+static __always_inline int listener_registered(__u32 family)
+{
+	__u32 slot = family == AF_INET ? LISTENER_V4 : LISTENER_V6;
+	struct bpf_sock *sk = bpf_map_lookup_elem(&pepsal_listen, &slot);
+
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+static __always_inline int port_wanted(struct config *cfg, __u16 port)
+{
+	return cfg->all_ports || bpf_map_lookup_elem(&pepsal_ports, &port);
+}
+
+static __always_inline int excluded(struct packet *p)
+{
+	struct exclude_key k = { .prefixlen = 128 };
+
+	__builtin_memcpy(k.addr, p->key.server_addr, 16);
+	return bpf_map_lookup_elem(&pepsal_exclude, &k) != 0;
+}
+
+SEC("tc")
+int pepsal_classify(struct __sk_buff *skb)
+{
+	struct packet p = {};
+	struct config *cfg;
+	__u32 zero = 0;
+	__u64 now;
+	int rc;
+
+	rc = parse(skb, &p);
+	if (rc == 0) {
+		COUNT(pkt_not_tcp);
+		return TC_ACT_UNSPEC;
+	}
+	if (rc < 0) {
+		COUNT(pkt_unparsed);
+		return TC_ACT_UNSPEC;
+	}
+	cfg = bpf_map_lookup_elem(&pepsal_config, &zero);
+	if (!cfg)
+		return TC_ACT_UNSPEC;
+
+	/* Everything but the first SYN follows the socket it belongs to, so flows
+	 * that were forwarded before (or when the proxy was down) keep being forwarded. */
+	if (!p.tcp->syn || p.tcp->ack) {
+		if (has_local_socket(skb, &p)) {
+			skb->mark = cfg->mark;
+			COUNT(pkt_local_socket);
+		} else {
+			COUNT(pkt_forwarded);
+		}
+		return TC_ACT_UNSPEC;
+	}
+
+	if (!port_wanted(cfg, p.key.server_port)) {
+		COUNT(syn_bypass_port);
+		return TC_ACT_UNSPEC;
+	}
+	if (excluded(&p)) {
+		COUNT(syn_bypass_excluded);
+		return TC_ACT_UNSPEC;
+	}
+	rc = routes_onward(skb, &p);
+	if (rc == 0) {
+		COUNT(syn_bypass_local);
+		return TC_ACT_UNSPEC;
+	}
+	if (rc < 0) {
+		COUNT(syn_bypass_unroutable);
+		return TC_ACT_UNSPEC;
+	}
+	if (!listener_registered(p.key.family)) {
+		COUNT(syn_bypass_no_listener);
+		return TC_ACT_UNSPEC;
+	}
+	now = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&pepsal_diverted, &p.key, &now, BPF_ANY)) {
+		/* Unreachable for an LRU map, but never divert what sk_lookup would not steer. */
+		COUNT(syn_bypass_no_listener);
+		return TC_ACT_UNSPEC;
+	}
+	skb->mark = cfg->mark;
+	COUNT(syn_diverted);
+	return TC_ACT_UNSPEC;
+}

@@ -1,0 +1,141 @@
+/* Types and maps shared by pepsal's BPF programs. Every map is named so that
+ * `bpftool map show` reads like the data path; every decision is counted. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+
+/* The connection as the client sees it: client -> original server.
+ * IPv4 addresses are stored v4-mapped (::ffff:a.b.c.d). */
+struct flow_key {
+	__u8 client_addr[16];
+	__u8 server_addr[16];
+	__u16 client_port; /* host byte order */
+	__u16 server_port; /* host byte order */
+	__u32 family;
+};
+
+/* One set of counters, one field per decision (per CPU, summed in userspace). */
+struct counters {
+	/* classifier (tc ingress), SYNs of new flows */
+	__u64 syn_diverted;           /* steered to the proxy */
+	__u64 syn_bypass_port;        /* destination port not in --ports */
+	__u64 syn_bypass_excluded;    /* destination in an --exclude prefix */
+	__u64 syn_bypass_local;       /* addressed to the router itself */
+	__u64 syn_bypass_unroutable;  /* no forwarding route: left to the kernel */
+	__u64 syn_bypass_no_listener; /* no proxy serving: fail open */
+	/* classifier, other TCP packets */
+	__u64 pkt_local_socket;       /* belongs to a local socket: delivered locally */
+	__u64 pkt_forwarded;          /* no local socket: forwarded untouched */
+	__u64 pkt_not_tcp;            /* not TCP over IPv4/IPv6: untouched */
+	__u64 pkt_unparsed;           /* truncated, fragment or IPv6 extension headers */
+	/* sk_lookup */
+	__u64 steer_assigned;         /* diverted SYN handed to the listener */
+	__u64 steer_no_listener;      /* diverted SYN, but listener gone: RST by kernel */
+	__u64 steer_assign_failed;    /* bpf_sk_assign refused */
+};
+
+struct config {
+	__u32 mark;          /* fwmark that routes a packet to the local table */
+	__u32 all_ports;     /* 1: intercept every destination port */
+	__u32 route_table;   /* policy routing table with the local default route */
+	__u32 rule_priority; /* priority of the fwmark rule pointing at it */
+};
+
+/* How the classifier is attached to an interface, so that detach can undo it. */
+struct iface_state {
+	__u32 tc_mode;        /* 1: tcx link, 2: clsact filter */
+	__u32 created_clsact; /* the clsact qdisc was added by pepsal */
+};
+
+/* Address prefix that is never intercepted. IPv4 prefixes are v4-mapped. */
+struct exclude_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+enum listener_slot {
+	LISTENER_V4 = 0,
+	LISTENER_V6 = 1,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} pepsal_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct counters);
+} pepsal_counters SEC(".maps");
+
+/* Interfaces the classifier is attached to, by ifindex. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct iface_state);
+} pepsal_ifaces SEC(".maps");
+
+/* Destination ports to intercept (when config.all_ports is 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u16);
+	__type(value, __u8);
+} pepsal_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct exclude_key);
+	__type(value, __u8);
+} pepsal_exclude SEC(".maps");
+
+/* The proxy's listening sockets; an entry vanishes when its socket closes,
+ * which is what makes a dead daemon fail open. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} pepsal_listen SEC(".maps");
+
+/* SYNs the classifier diverted, so that sk_lookup steers those and nothing else. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, __u64); /* bpf_ktime_get_ns() of the SYN */
+} pepsal_diverted SEC(".maps");
+
+static __always_inline struct counters *counters(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&pepsal_counters, &zero);
+}
+
+#define COUNT(field)                                  \
+	do {                                          \
+		struct counters *__c = counters();    \
+		if (__c)                              \
+			__c->field++;                 \
+	} while (0)
+
+static __always_inline void v4_mapped(__u8 out[16], __u32 addr_be)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(&out[12], &addr_be, 4);
+}

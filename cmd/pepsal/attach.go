@@ -1,0 +1,52 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/pepsal/pepsal/loader"
+	"github.com/spf13/cobra"
+)
+
+func attachCmd() *cobra.Command {
+	var p policyFlags
+	cmd := &cobra.Command{
+		Use:   "attach",
+		Short: "Attach the classifier and steering to interfaces, pinned, and exit (a daemon serves with `pepsal run`)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := p.config()
+			if err != nil {
+				return err
+			}
+			if len(cfg.Ifaces) == 0 {
+				return fmt.Errorf("attach needs at least one --iface")
+			}
+			if err := requirePrivileges(); err != nil {
+				return err
+			}
+			att, err := loader.Attach(cfg)
+			if err != nil {
+				return err
+			}
+			defer att.Close()
+			fmt.Fprintf(cmd.OutOrStdout(), "attached to %v, pinned in %s\n", cfg.Ifaces, att.Dir)
+			return nil
+		},
+	}
+	p.register(cmd)
+	return cmd
+}
+
+func detachCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "detach",
+		Short: "Remove every trace of pepsal from this network namespace (also after a killed daemon)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := requirePrivileges(); err != nil {
+				return err
+			}
+			return loader.Detach()
+		},
+	}
+}

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace"
+	"github.com/spf13/cobra"
+)
+
+type runFlags struct {
+	policy         policyFlags
+	relay          string
+	listenPort     int
+	connectTimeout time.Duration
+	drainTimeout   time.Duration
+	logLevel       string
+}
+
+func runCmd() *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Attach to the given interfaces (or use the existing attachment) and split connections until stopped",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd.Context(), &f)
+		},
+	}
+	f.policy.register(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&f.relay, "relay", "splice", "relay mode: splice (userspace, zero-copy) or sockmap (in-kernel)")
+	fl.IntVar(&f.listenPort, "listen-port", 5000, "port of the proxy's listeners on 127.0.0.1 and ::1")
+	fl.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "give up on the upstream connection (and reset the client) after this long")
+	fl.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "on SIGTERM/SIGINT, wait this long for live connections before resetting them")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func run(ctx context.Context, f *runFlags) (err error) {
+	// Everything that can be checked is checked before anything is touched.
+	cfg, err := f.policy.config()
+	if err != nil {
+		return err
+	}
+	switch f.relay {
+	case "splice":
+	case "sockmap":
+		return errors.New("--relay sockmap is not available yet: use --relay splice")
+	default:
+		return fmt.Errorf("--relay must be splice or sockmap, not %q", f.relay)
+	}
+	if f.listenPort < 1 || f.listenPort > 65535 {
+		return fmt.Errorf("--listen-port %d is not a port (1-65535)", f.listenPort)
+	}
+	if f.connectTimeout <= 0 {
+		return fmt.Errorf("--connect-timeout must be positive")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("bad --log-level %q", f.logLevel)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if err := requirePrivileges(); err != nil {
+		return err
+	}
+	if _, err := loader.ResolveIfaces(cfg.Ifaces); err != nil {
+		return err
+	}
+	if err := loader.CheckKernel(); err != nil {
+		return err
+	}
+
+	control, err := userspace.ListenControl()
+	if err != nil {
+		return err
+	}
+	defer control.Close()
+	listeners, err := listen(f.listenPort, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, ln := range listeners {
+			ln.ln.Close()
+		}
+	}()
+
+	att, ownAttachment, err := attachOrOpen(cfg)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		att.Close()
+		if ownAttachment {
+			if derr := loader.Detach(); derr != nil {
+				err = errors.Join(err, fmt.Errorf("detach: %w", derr))
+			} else {
+				log.Info("detached")
+			}
+		}
+	}()
+	if cookie := firstListenerCookie(att); cookie != 0 {
+		return errors.New("another pepsal daemon is serving this attachment")
+	}
+
+	var tcpListeners []*net.TCPListener
+	var addrs []string
+	for _, l := range listeners {
+		ln := l.ln
+		if err := userspace.ListenerFD(ln, func(fd int) error { return att.RegisterListener(l.slot, fd) }); err != nil {
+			return err
+		}
+		tcpListeners = append(tcpListeners, ln)
+		addrs = append(addrs, ln.Addr().String())
+	}
+
+	splitter := userspace.NewSplitter(tcpListeners, f.connectTimeout, log)
+	start := time.Now()
+	info := func() userspace.DaemonInfo {
+		return userspace.DaemonInfo{
+			PID: os.Getpid(), Version: version, Relay: f.relay, Listeners: addrs,
+			ConnectTimeout: f.connectTimeout.String(), UptimeSeconds: time.Since(start).Seconds(),
+			Stats: splitter.Table.Stats(),
+		}
+	}
+	go userspace.ServeControl(control, info, splitter.Table, log)
+
+	ifaces, _ := att.Ifaces()
+	names := make([]string, 0, len(ifaces))
+	for _, i := range ifaces {
+		names = append(names, i.Name)
+	}
+	log.Info("serving", "ifaces", strings.Join(names, ","), "relay", f.relay, "listeners", strings.Join(addrs, ","), "pin_dir", att.Dir)
+
+	sigCtx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	drainCtx, cancelDrain := context.WithCancel(context.Background())
+	defer cancelDrain()
+	go func() {
+		<-sigCtx.Done()
+		log.Info("stopping: no new connections", "live", splitter.Table.Len(), "drain_timeout", f.drainTimeout)
+		stop() // a second signal now kills the process at once
+		t := time.AfterFunc(f.drainTimeout, cancelDrain)
+		defer t.Stop()
+		<-drainCtx.Done()
+	}()
+	splitter.Serve(sigCtx, drainCtx)
+	return nil
+}
+
+type slotListener struct {
+	slot uint32
+	ln   *net.TCPListener
+}
+
+// listen opens the IPv4 and IPv6 listeners on loopback addresses, where no
+// remote host can reach them directly. IPv6 is skipped on a host without it.
+func listen(port int, log *slog.Logger) ([]slotListener, error) {
+	ln4, err := userspace.Listen(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return nil, err
+	}
+	out := []slotListener{{loader.ListenerV4, ln4}}
+	ln6, err := userspace.Listen(net.JoinHostPort("::1", strconv.Itoa(port)))
+	if err != nil {
+		if strings.Contains(err.Error(), "in use") {
+			ln4.Close()
+			return nil, err
+		}
+		log.Warn("no IPv6 listener: IPv6 connections will be forwarded unsplit", "err", err)
+		return out, nil
+	}
+	return append(out, slotListener{loader.ListenerV6, ln6}), nil
+}
+
+func attachOrOpen(cfg loader.Config) (att *loader.Attachment, own bool, err error) {
+	if len(cfg.Ifaces) == 0 {
+		att, err := loader.Open()
+		if errors.Is(err, loader.ErrNotAttached) {
+			return nil, false, errors.New("nothing is attached in this network namespace: give --iface or run `pepsal attach` first")
+		}
+		return att, false, err
+	}
+	existing, err := loader.Open()
+	if err == nil {
+		existing.Close()
+	}
+	own = errors.Is(err, loader.ErrNotAttached)
+	att, err = loader.Attach(cfg)
+	if err != nil {
+		return nil, false, err
+	}
+	return att, own, nil
+}
+
+func firstListenerCookie(att *loader.Attachment) uint64 {
+	if c := att.ListenerCookie(loader.ListenerV4); c != 0 {
+		return c
+	}
+	return att.ListenerCookie(loader.ListenerV6)
+}

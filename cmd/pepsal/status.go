@@ -1,0 +1,181 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace"
+	"github.com/spf13/cobra"
+)
+
+// statusReport is `pepsal status --json`; the text form prints the same.
+type statusReport struct {
+	Attached   bool                  `json:"attached"`
+	Serving    bool                  `json:"serving"`
+	PinDir     string                `json:"pin_dir,omitempty"`
+	Ifaces     []loader.Iface        `json:"ifaces"`
+	Programs   map[string]uint32     `json:"program_ids,omitempty"`
+	Routing    *routingReport        `json:"routing,omitempty"`
+	Listeners  map[string]uint64     `json:"listener_cookies,omitempty"`
+	Counters   []loader.Counter      `json:"counters,omitempty"`
+	Daemon     *userspace.DaemonInfo `json:"daemon,omitempty"`
+	DaemonNote string                `json:"daemon_error,omitempty"`
+}
+
+type routingReport struct {
+	Fwmark       uint32 `json:"fwmark"`
+	Table        int    `json:"table"`
+	RulePriority int    `json:"rule_priority"`
+	Rules        int    `json:"rules_present"`
+	Routes       int    `json:"routes_present"`
+}
+
+func statusCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the attachment, the daemon and the decision counters; exit 0 only when attached and serving",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rep, err := collectStatus()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(rep); err != nil {
+					return err
+				}
+			} else {
+				printStatus(cmd.OutOrStdout(), rep)
+			}
+			if !rep.Attached || !rep.Serving {
+				return exitError{code: 3}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func collectStatus() (*statusReport, error) {
+	rep := &statusReport{Ifaces: []loader.Iface{}}
+	var info userspace.DaemonInfo
+	if err := userspace.Query("info", &info); err == nil {
+		rep.Daemon = &info
+	} else {
+		rep.DaemonNote = err.Error()
+	}
+	att, err := loader.Open()
+	if errors.Is(err, loader.ErrNotAttached) {
+		return rep, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer att.Close()
+	rep.Attached = true
+	rep.PinDir = att.Dir
+	if rep.Ifaces, err = att.Ifaces(); err != nil {
+		return nil, err
+	}
+	rep.Programs = att.ProgramIDs()
+	if r, err := att.Routing(); err == nil {
+		rr := &routingReport{Fwmark: r.Mark, Table: r.Table, RulePriority: r.Priority}
+		rr.Rules, rr.Routes, _ = r.Present()
+		rep.Routing = rr
+	}
+	rep.Listeners = map[string]uint64{
+		"ipv4": att.ListenerCookie(loader.ListenerV4),
+		"ipv6": att.ListenerCookie(loader.ListenerV6),
+	}
+	if rep.Counters, err = att.Counters(); err != nil {
+		return nil, err
+	}
+	rep.Serving = rep.Daemon != nil && rep.Listeners["ipv4"] != 0
+	return rep, nil
+}
+
+func printStatus(w io.Writer, rep *statusReport) {
+	if !rep.Attached {
+		fmt.Fprintln(w, "attached:  no (nothing in this network namespace)")
+	} else {
+		fmt.Fprintf(w, "attached:  yes, pinned in %s\n", rep.PinDir)
+		for _, i := range rep.Ifaces {
+			fmt.Fprintf(w, "iface:     %s (ifindex %d, %s ingress)\n", i.Name, i.Index, i.TCMode)
+		}
+		for name, id := range rep.Programs {
+			fmt.Fprintf(w, "program:   %s id %d\n", name, id)
+		}
+		if r := rep.Routing; r != nil {
+			fmt.Fprintf(w, "routing:   fwmark %#x -> table %d (rule priority %d): %d/2 rules, %d/2 local routes\n",
+				r.Fwmark, r.Table, r.RulePriority, r.Rules, r.Routes)
+		}
+		for _, fam := range []string{"ipv4", "ipv6"} {
+			state := "not registered"
+			if c := rep.Listeners[fam]; c != 0 {
+				state = fmt.Sprintf("registered (socket cookie %d)", c)
+			}
+			fmt.Fprintf(w, "listener:  %s %s\n", fam, state)
+		}
+	}
+	if d := rep.Daemon; d != nil {
+		fmt.Fprintf(w, "daemon:    pid %d, %s relay, up %s, listening on %v\n", d.PID, d.Relay,
+			(time.Duration(d.UptimeSeconds) * time.Second).String(), d.Listeners)
+		s := d.Stats
+		fmt.Fprintf(w, "conns:     %d active, %d accepted, %d completed, %d reset, %d upstream failed, %d refused (loop)\n",
+			s.Active, s.Accepted, s.Completed, s.Reset, s.UpstreamFailed, s.LoopRefused)
+		fmt.Fprintf(w, "bytes:     %d to servers, %d to clients (closed connections)\n", s.BytesToServer, s.BytesToClient)
+	} else {
+		fmt.Fprintln(w, "daemon:    not running in this network namespace")
+	}
+	if len(rep.Counters) > 0 {
+		fmt.Fprintln(w, "counters:")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		for _, c := range rep.Counters {
+			fmt.Fprintf(tw, "  %s\t%d\n", c.Name, c.Value)
+		}
+		tw.Flush()
+	}
+}
+
+func connsCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "conns",
+		Short: "List the live split connections",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var conns []userspace.ConnInfo
+			if err := userspace.Query("conns", &conns); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				if conns == nil {
+					conns = []userspace.ConnInfo{}
+				}
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(conns)
+			}
+			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tCLIENT\tSERVER\tRELAY\tSTATE\tTO SERVER\tTO CLIENT\tAGE")
+			for _, c := range conns {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", c.ID, c.Client, c.Server, c.Relay, c.State,
+					c.BytesToServer, c.BytesToClient, (time.Duration(c.AgeSeconds*1e3) * time.Millisecond).String())
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+

@@ -1,0 +1,566 @@
+// Package loader loads, attaches, pins and detaches pepsal's BPF side (the tc
+// classifier, the sk_lookup steering program and their maps) and the policy
+// routing it needs, per network namespace.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"unicode"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults for the policy routing; chosen to stay clear of common marks and tables.
+const (
+	DefaultMark         = 0x5e9a1
+	DefaultTable        = 5091
+	DefaultRulePriority = 5091
+)
+
+// Listener slots in pepsal_listen.
+const (
+	ListenerV4 = 0
+	ListenerV6 = 1
+)
+
+// Config is what an attachment intercepts.
+type Config struct {
+	Ifaces  []string
+	Ports   []uint16 // empty: every port
+	Exclude []netip.Prefix
+	Routing Routing
+	TCMode  string // "auto" (tcx, else clsact), "tcx" or "clsact"
+}
+
+// Attachment is an open handle on the pinned objects of this namespace.
+type Attachment struct {
+	Dir  string
+	maps classifyMaps
+}
+
+// Close releases the handle; the attachment itself stays (it is pinned).
+func (a *Attachment) Close() error { return a.maps.Close() }
+
+// ErrNotAttached means there is no pepsal attachment in this network namespace.
+var ErrNotAttached = errors.New("pepsal is not attached in this network namespace")
+
+// CheckKernel names the first kernel feature pepsal needs and does not find.
+func CheckKernel() error {
+	checks := []struct {
+		what string
+		err  func() error
+	}{
+		{"tc BPF programs", func() error { return features.HaveProgramType(ebpf.SchedCLS) }},
+		{"sk_lookup BPF programs (Linux >= 5.9)", func() error { return features.HaveProgramType(ebpf.SkLookup) }},
+		{"bpf_sk_assign from sk_lookup (Linux >= 5.9)", func() error { return features.HaveProgramHelper(ebpf.SkLookup, asm.FnSkAssign) }},
+		{"bpf_skc_lookup_tcp from tc (Linux >= 5.2)", func() error { return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnSkcLookupTcp) }},
+		{"bpf_fib_lookup from tc (Linux >= 4.18)", func() error { return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnFibLookup) }},
+		{"SOCKMAP maps", func() error { return features.HaveMapType(ebpf.SockMap) }},
+		{"LRU hash maps", func() error { return features.HaveMapType(ebpf.LRUHash) }},
+		{"LPM trie maps", func() error { return features.HaveMapType(ebpf.LPMTrie) }},
+	}
+	for _, c := range checks {
+		if err := c.err(); err != nil {
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				return fmt.Errorf("kernel lacks %s", c.what)
+			}
+			return fmt.Errorf("probe kernel for %s: %w", c.what, err)
+		}
+	}
+	return nil
+}
+
+// ResolveIfaces maps interface names to indexes, failing on the first unknown one.
+func ResolveIfaces(names []string) ([]int, error) {
+	idx := make([]int, 0, len(names))
+	for _, name := range names {
+		ifc, err := net.InterfaceByName(name)
+		if err != nil {
+			return nil, fmt.Errorf("unknown interface %q", name)
+		}
+		idx = append(idx, ifc.Index)
+	}
+	return idx, nil
+}
+
+// Attach attaches pepsal to cfg.Ifaces in the current network namespace and
+// pins everything. Attaching again updates the policy and adds interfaces that
+// are missing; it never duplicates anything. On error nothing this call added
+// stays attached.
+func Attach(cfg Config) (att *Attachment, err error) {
+	ifindexes, err := ResolveIfaces(cfg.Ifaces)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Routing == (Routing{}) {
+		cfg.Routing = Routing{Mark: DefaultMark, Table: DefaultTable, Priority: DefaultRulePriority}
+	}
+	if err := CheckKernel(); err != nil {
+		return nil, err
+	}
+	if err := ensureBPFFS(); err != nil {
+		return nil, err
+	}
+	unlock, err := lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	dir, err := PinDir()
+	if err != nil {
+		return nil, err
+	}
+	fresh := !exists(filepath.Join(dir, "pepsal_config"))
+	if fresh {
+		if err := createPinned(dir); err != nil {
+			return nil, err
+		}
+	}
+	defer func() {
+		if err != nil && fresh {
+			_ = detachLocked(dir)
+		}
+	}()
+
+	att, err = openPinned(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			att.Close()
+		}
+	}()
+	if !fresh {
+		old, err := att.Config()
+		if err != nil {
+			return nil, err
+		}
+		if old.Mark != cfg.Routing.Mark || int(old.RouteTable) != cfg.Routing.Table || int(old.RulePriority) != cfg.Routing.Priority {
+			return nil, fmt.Errorf("already attached with fwmark %#x, table %d, rule priority %d: detach first to change them",
+				old.Mark, old.RouteTable, old.RulePriority)
+		}
+	}
+	if err := att.setPolicy(cfg); err != nil {
+		return nil, err
+	}
+	if err := cfg.Routing.Install(); err != nil {
+		return nil, err
+	}
+
+	prog, err := ebpf.LoadPinnedProgram(filepath.Join(dir, pinClassify), nil)
+	if err != nil {
+		return nil, fmt.Errorf("load pinned classifier: %w", err)
+	}
+	defer prog.Close()
+	var added []int
+	defer func() {
+		if err != nil && !fresh {
+			for _, ifindex := range added {
+				_ = att.detachIface(ifindex)
+			}
+		}
+	}()
+	for i, ifindex := range ifindexes {
+		var state classifyIfaceState
+		if att.maps.PepsalIfaces.Lookup(uint32(ifindex), &state) == nil {
+			continue // already attached here
+		}
+		state, err := attachTC(dir, prog, ifindex, cfg.TCMode)
+		if err != nil {
+			return nil, fmt.Errorf("attach classifier to %s: %w", cfg.Ifaces[i], err)
+		}
+		added = append(added, ifindex)
+		if err := att.maps.PepsalIfaces.Put(uint32(ifindex), state); err != nil {
+			_ = detachTC(dir, ifindex, state)
+			return nil, fmt.Errorf("record interface %s: %w", cfg.Ifaces[i], err)
+		}
+	}
+	return att, nil
+}
+
+// createPinned loads the programs and maps, attaches sk_lookup to the
+// namespace and pins it all, first in a temporary directory that is renamed
+// into place at the end, so a half-made attachment is never visible.
+func createPinned(dir string) (err error) {
+	tmp := fmt.Sprintf("%s_tmp_%d", dir, os.Getpid()) // bpffs refuses names with dots
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = os.RemoveAll(tmp) // closing the last reference detaches the links
+		}
+	}()
+
+	classifySpec, err := loadClassify()
+	if err != nil {
+		return err
+	}
+	classify, err := ebpf.NewCollection(classifySpec)
+	if err != nil {
+		return fmt.Errorf("load classifier: %w", verifierDetail(err))
+	}
+	defer classify.Close()
+	for name, m := range classify.Maps {
+		if err := m.Pin(filepath.Join(tmp, name)); err != nil {
+			return fmt.Errorf("pin map %s: %w", name, err)
+		}
+	}
+	if err := classify.Programs[pinClassify].Pin(filepath.Join(tmp, pinClassify)); err != nil {
+		return fmt.Errorf("pin classifier: %w", err)
+	}
+
+	steerSpec, err := loadSteer()
+	if err != nil {
+		return err
+	}
+	shared := map[string]*ebpf.Map{}
+	for name := range steerSpec.Maps {
+		if m, ok := classify.Maps[name]; ok {
+			shared[name] = m
+		}
+	}
+	steer, err := ebpf.NewCollectionWithOptions(steerSpec, ebpf.CollectionOptions{MapReplacements: shared})
+	if err != nil {
+		return fmt.Errorf("load sk_lookup program: %w", verifierDetail(err))
+	}
+	defer steer.Close()
+	steerProg := steer.Programs[pinSteer]
+	if err := steerProg.Pin(filepath.Join(tmp, pinSteer)); err != nil {
+		return fmt.Errorf("pin sk_lookup program: %w", err)
+	}
+
+	netns, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return fmt.Errorf("open network namespace: %w", err)
+	}
+	defer netns.Close()
+	nsLink, err := link.AttachNetNs(int(netns.Fd()), steerProg)
+	if err != nil {
+		return fmt.Errorf("attach sk_lookup to network namespace: %w", err)
+	}
+	defer nsLink.Close()
+	if err := nsLink.Pin(filepath.Join(tmp, pinSteerLink)); err != nil {
+		return fmt.Errorf("pin sk_lookup link: %w", err)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return fmt.Errorf("move pins into %s: %w", dir, err)
+	}
+	return nil
+}
+
+func verifierDetail(err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("%+v", ve)
+	}
+	return err
+}
+
+func openPinned(dir string) (*Attachment, error) {
+	att := &Attachment{Dir: dir}
+	v := reflect.ValueOf(&att.maps).Elem()
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		name := t.Field(i).Tag.Get("ebpf")
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+		if err != nil {
+			att.closePartial()
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, ErrNotAttached
+			}
+			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		v.Field(i).Set(reflect.ValueOf(m))
+	}
+	return att, nil
+}
+
+func (a *Attachment) closePartial() {
+	v := reflect.ValueOf(&a.maps).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		if m, ok := v.Field(i).Interface().(*ebpf.Map); ok && m != nil {
+			m.Close()
+		}
+	}
+}
+
+// Open opens the existing attachment of this network namespace.
+func Open() (*Attachment, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(BPFFS, &fs); err != nil || fs.Type != unix.BPF_FS_MAGIC {
+		return nil, ErrNotAttached
+	}
+	dir, err := PinDir()
+	if err != nil {
+		return nil, err
+	}
+	return openPinned(dir)
+}
+
+func (a *Attachment) setPolicy(cfg Config) error {
+	var c classifyConfig
+	c.Mark = cfg.Routing.Mark
+	c.RouteTable = uint32(cfg.Routing.Table)
+	c.RulePriority = uint32(cfg.Routing.Priority)
+	// Fill the port set before narrowing from "all ports", so no wanted SYN is missed.
+	wanted := map[uint16]bool{}
+	for _, p := range cfg.Ports {
+		wanted[p] = true
+		if err := a.maps.PepsalPorts.Put(p, uint8(1)); err != nil {
+			return fmt.Errorf("set port %d: %w", p, err)
+		}
+	}
+	if len(cfg.Ports) == 0 {
+		c.AllPorts = 1
+	}
+	if err := a.maps.PepsalConfig.Put(uint32(0), c); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	var port uint16
+	var one uint8
+	var stale []uint16
+	iter := a.maps.PepsalPorts.Iterate()
+	for iter.Next(&port, &one) {
+		if !wanted[port] {
+			stale = append(stale, port)
+		}
+	}
+	for _, p := range stale {
+		_ = a.maps.PepsalPorts.Delete(p)
+	}
+
+	keep := map[classifyExcludeKey]bool{}
+	for _, pfx := range cfg.Exclude {
+		k := ExcludeKey(pfx)
+		keep[k] = true
+		if err := a.maps.PepsalExclude.Put(k, uint8(1)); err != nil {
+			return fmt.Errorf("set exclude %s: %w", pfx, err)
+		}
+	}
+	var k classifyExcludeKey
+	var staleKeys []classifyExcludeKey
+	iter = a.maps.PepsalExclude.Iterate()
+	for iter.Next(&k, &one) {
+		if !keep[k] {
+			staleKeys = append(staleKeys, k)
+		}
+	}
+	for _, k := range staleKeys {
+		_ = a.maps.PepsalExclude.Delete(k)
+	}
+	return nil
+}
+
+// ExcludeKey is the LPM key of a prefix: IPv4 is stored v4-mapped.
+func ExcludeKey(p netip.Prefix) classifyExcludeKey {
+	p = p.Masked()
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	return classifyExcludeKey{Prefixlen: uint32(bits), Addr: p.Addr().As16()}
+}
+
+// Config returns the stored configuration.
+func (a *Attachment) Config() (classifyConfig, error) {
+	var c classifyConfig
+	if err := a.maps.PepsalConfig.Lookup(uint32(0), &c); err != nil {
+		return c, fmt.Errorf("read config: %w", err)
+	}
+	return c, nil
+}
+
+// Routing returns the policy routing this attachment installed.
+func (a *Attachment) Routing() (Routing, error) {
+	c, err := a.Config()
+	if err != nil {
+		return Routing{}, err
+	}
+	return Routing{Mark: c.Mark, Table: int(c.RouteTable), Priority: int(c.RulePriority)}, nil
+}
+
+// RegisterListener puts a listening socket into pepsal_listen; from then on
+// the classifier diverts SYNs of that family to it.
+func (a *Attachment) RegisterListener(slot uint32, fd int) error {
+	if err := a.maps.PepsalListen.Update(slot, uint64(fd), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("register listener in pepsal_listen: %w", err)
+	}
+	return nil
+}
+
+// ListenerCookie is the socket cookie of the registered listener, 0 if none.
+func (a *Attachment) ListenerCookie(slot uint32) uint64 {
+	var cookie uint64
+	if err := a.maps.PepsalListen.Lookup(slot, &cookie); err != nil {
+		return 0
+	}
+	return cookie
+}
+
+// Counter is one named decision counter.
+type Counter struct {
+	Name  string `json:"name"`
+	Value uint64 `json:"value"`
+}
+
+// Counters sums the per-CPU counters, named as in bpf/pepsal.h.
+func (a *Attachment) Counters() ([]Counter, error) {
+	var perCPU []classifyCounters
+	if err := a.maps.PepsalCounters.Lookup(uint32(0), &perCPU); err != nil {
+		return nil, fmt.Errorf("read counters: %w", err)
+	}
+	var out []Counter
+	t := reflect.TypeOf(classifyCounters{})
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		var sum uint64
+		for _, c := range perCPU {
+			sum += reflect.ValueOf(c).Field(i).Uint()
+		}
+		out = append(out, Counter{Name: snake(f.Name), Value: sum})
+	}
+	return out, nil
+}
+
+func snake(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		if unicode.IsUpper(r) {
+			if i > 0 {
+				b.WriteByte('_')
+			}
+			r = unicode.ToLower(r)
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// Iface is an interface the classifier is attached to.
+type Iface struct {
+	Index  int    `json:"ifindex"`
+	Name   string `json:"name"`
+	TCMode string `json:"tc_mode"`
+}
+
+// Ifaces lists the interfaces the classifier is attached to.
+func (a *Attachment) Ifaces() ([]Iface, error) {
+	var out []Iface
+	var idx uint32
+	var st classifyIfaceState
+	iter := a.maps.PepsalIfaces.Iterate()
+	for iter.Next(&idx, &st) {
+		ifc := Iface{Index: int(idx), Name: "(gone)", TCMode: "tcx"}
+		if st.TcMode == tcModeClsact {
+			ifc.TCMode = "clsact"
+		}
+		if n, err := net.InterfaceByIndex(int(idx)); err == nil {
+			ifc.Name = n.Name
+		}
+		out = append(out, ifc)
+	}
+	return out, iter.Err()
+}
+
+// ProgramIDs returns the kernel ids of the pinned programs, by name.
+func (a *Attachment) ProgramIDs() map[string]uint32 {
+	ids := map[string]uint32{}
+	for _, name := range []string{pinClassify, pinSteer} {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(a.Dir, name), nil)
+		if err != nil {
+			continue
+		}
+		if info, err := p.Info(); err == nil {
+			if id, ok := info.ID(); ok {
+				ids[name] = uint32(id)
+			}
+		}
+		p.Close()
+	}
+	return ids
+}
+
+func (a *Attachment) detachIface(ifindex int) error {
+	var st classifyIfaceState
+	_ = a.maps.PepsalIfaces.Lookup(uint32(ifindex), &st)
+	err := detachTC(a.Dir, ifindex, st)
+	_ = a.maps.PepsalIfaces.Delete(uint32(ifindex))
+	return err
+}
+
+// Detach removes every trace of pepsal from this network namespace: tc
+// programs and the qdiscs it created, sk_lookup, rules, routes and pins. It
+// works after a killed daemon and is a no-op when nothing is attached.
+func Detach() error {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(BPFFS, &fs); err != nil || fs.Type != unix.BPF_FS_MAGIC {
+		return nil
+	}
+	unlock, err := lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	dir, err := PinDir()
+	if err != nil {
+		return err
+	}
+	return detachLocked(dir)
+}
+
+func detachLocked(dir string) error {
+	var errs []error
+	routing := Routing{Mark: DefaultMark, Table: DefaultTable, Priority: DefaultRulePriority}
+	if att, err := openPinned(dir); err == nil {
+		if r, err := att.Routing(); err == nil {
+			routing = r
+		}
+		var idx uint32
+		var st classifyIfaceState
+		var all []uint32
+		iter := att.maps.PepsalIfaces.Iterate()
+		for iter.Next(&idx, &st) {
+			all = append(all, idx)
+		}
+		for _, i := range all {
+			errs = append(errs, att.detachIface(int(i)))
+		}
+		att.Close()
+	}
+	// Links pinned without a record (a crash between pin and record).
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if rest, ok := strings.CutPrefix(e.Name(), tcLinkPrefix); ok {
+			if i, err := strconv.Atoi(rest); err == nil {
+				errs = append(errs, detachTC(dir, i, classifyIfaceState{TcMode: tcModeTCX}))
+			}
+		}
+	}
+	if l, err := link.LoadPinnedLink(filepath.Join(dir, pinSteerLink), nil); err == nil {
+		if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+			errs = append(errs, fmt.Errorf("detach sk_lookup link: %w", err))
+		}
+		l.Close()
+	}
+	errs = append(errs, routing.Remove())
+	errs = append(errs, removePinDir(dir))
+	return errors.Join(errs...)
+}

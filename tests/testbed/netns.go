@@ -1,0 +1,230 @@
+// Package testbed builds pepsal's test networks from Go: named network
+// namespaces, veth pairs, addresses and routes, all through netlink.
+package testbed
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// NS is a named network namespace (visible as /run/netns/Name, like `ip netns add`).
+type NS struct {
+	Name string
+}
+
+// Path is the bind-mounted namespace file, usable with nsenter --net=.
+func (n *NS) Path() string { return filepath.Join("/run/netns", n.Name) }
+
+// NewNS creates a fresh named namespace with lo up. The name gets a random suffix
+// so that concurrent or leftover test beds never collide.
+func NewNS(prefix string) (*NS, error) {
+	suffix := make([]byte, 3)
+	if _, err := rand.Read(suffix); err != nil {
+		return nil, err
+	}
+	ns := &NS{Name: prefix + "-" + hex.EncodeToString(suffix)}
+	err := onLockedThread(func() error {
+		h, err := netns.NewNamed(ns.Name) // switches this thread into it
+		if err != nil {
+			return fmt.Errorf("create netns %s: %w", ns.Name, err)
+		}
+		h.Close()
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(lo)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ns, nil
+}
+
+// Close deletes the namespace; interfaces inside it go with it.
+func (n *NS) Close() error {
+	if err := netns.DeleteNamed(n.Name); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("delete netns %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// Do runs fn on an OS thread that has entered the namespace. Sockets created
+// inside fn belong to the namespace and may be used from anywhere afterwards.
+func (n *NS) Do(fn func() error) error {
+	return onLockedThread(func() error {
+		h, err := netns.GetFromName(n.Name)
+		if err != nil {
+			return fmt.Errorf("open netns %s: %w", n.Name, err)
+		}
+		defer h.Close()
+		if err := netns.Set(h); err != nil {
+			return fmt.Errorf("enter netns %s: %w", n.Name, err)
+		}
+		return fn()
+	})
+}
+
+// onLockedThread runs fn on a dedicated locked thread that is thrown away
+// afterwards, so a namespace switch can never leak into other goroutines.
+func onLockedThread(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: the runtime kills the thread when the goroutine exits.
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// Command runs a program inside the namespace with nsenter, which changes only
+// the network namespace (bpffs under /sys/fs/bpf stays shared, unlike ip netns exec).
+func (n *NS) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=" + n.Path(), "--", name}, args...)...)
+}
+
+// Sysctl writes /proc/sys/<key> (dots as slashes) from inside the namespace.
+func (n *NS) Sysctl(key, value string) error {
+	return n.Do(func() error {
+		p := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+		if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s=%s in %s: %w", key, value, n.Name, err)
+		}
+		return nil
+	})
+}
+
+// Handle returns a netlink handle bound to the namespace.
+func (n *NS) Handle() (*netlink.Handle, error) {
+	h, err := netns.GetFromName(n.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	return netlink.NewHandleAt(h)
+}
+
+// Veth creates a veth pair, aName in a and bName in b, both up.
+func Veth(a *NS, aName string, b *NS, bName string) error {
+	ha, err := netns.GetFromName(a.Name)
+	if err != nil {
+		return err
+	}
+	defer ha.Close()
+	hb, err := netns.GetFromName(b.Name)
+	if err != nil {
+		return err
+	}
+	defer hb.Close()
+	nla, err := netlink.NewHandleAt(ha)
+	if err != nil {
+		return err
+	}
+	defer nla.Close()
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: aName},
+		PeerName:      bName,
+		PeerNamespace: netlink.NsFd(hb),
+	}
+	if err := nla.LinkAdd(veth); err != nil {
+		return fmt.Errorf("veth %s/%s: %w", aName, bName, err)
+	}
+	for _, side := range []struct {
+		ns   *NS
+		name string
+	}{{a, aName}, {b, bName}} {
+		if err := side.ns.LinkUp(side.name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LinkUp sets an interface up.
+func (n *NS) LinkUp(name string) error {
+	h, err := n.Handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("%s in %s: %w", name, n.Name, err)
+	}
+	return h.LinkSetUp(l)
+}
+
+// AddAddr adds an address in CIDR form; IPv6 addresses skip duplicate address
+// detection so that they are usable at once.
+func (n *NS) AddAddr(ifname, cidr string) error {
+	h, err := n.Handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("%s in %s: %w", ifname, n.Name, err)
+	}
+	addr, err := netlink.ParseAddr(cidr)
+	if err != nil {
+		return err
+	}
+	if addr.IP.To4() == nil {
+		addr.Flags |= 0x02 // IFA_F_NODAD
+	}
+	if err := h.AddrAdd(l, addr); err != nil {
+		return fmt.Errorf("addr %s on %s in %s: %w", cidr, ifname, n.Name, err)
+	}
+	return nil
+}
+
+// DefaultRoute adds a default route via gw (v4 or v6 by the gateway's family).
+func (n *NS) DefaultRoute(gw string) error {
+	h, err := n.Handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	ip := net.ParseIP(gw)
+	if ip == nil {
+		return fmt.Errorf("bad gateway %q", gw)
+	}
+	r := &netlink.Route{Gw: ip}
+	if ip.To4() == nil {
+		r.Family = netlink.FAMILY_V6
+	} else {
+		r.Family = netlink.FAMILY_V4
+	}
+	if err := h.RouteAdd(r); err != nil {
+		return fmt.Errorf("default via %s in %s: %w", gw, n.Name, err)
+	}
+	return nil
+}
+
+// Route adds a route to dst (CIDR) via gw.
+func (n *NS) Route(dst, gw string) error {
+	h, err := n.Handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	_, ipnet, err := net.ParseCIDR(dst)
+	if err != nil {
+		return err
+	}
+	if err := h.RouteAdd(&netlink.Route{Dst: ipnet, Gw: net.ParseIP(gw)}); err != nil {
+		return fmt.Errorf("route %s via %s in %s: %w", dst, gw, n.Name, err)
+	}
+	return nil
+}

@@ -1,0 +1,85 @@
+package userspace
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+)
+
+// ControlAddr is the daemon's control socket. Abstract unix sockets belong to
+// the network namespace, so `pepsal status` finds the daemon of its own
+// namespace and never another's, and the name vanishes with the process.
+const ControlAddr = "@pepsal-control"
+
+// DaemonInfo is what the daemon reports about itself.
+type DaemonInfo struct {
+	PID            int      `json:"pid"`
+	Version        string   `json:"version"`
+	Relay          string   `json:"relay"`
+	Listeners      []string `json:"listeners"`
+	ConnectTimeout string   `json:"connect_timeout"`
+	UptimeSeconds  float64  `json:"uptime_seconds"`
+	Stats          Stats    `json:"stats"`
+}
+
+// ServeControl answers "info" and "conns" requests until the listener closes.
+func ServeControl(ln net.Listener, info func() DaemonInfo, table *Table, log *slog.Logger) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				log.Warn("control accept", "err", err)
+			}
+			return
+		}
+		go func() {
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			line, err := bufio.NewReader(conn).ReadString('\n')
+			if err != nil {
+				return
+			}
+			enc := json.NewEncoder(conn)
+			switch strings.TrimSpace(line) {
+			case "info":
+				_ = enc.Encode(info())
+			case "conns":
+				_ = enc.Encode(table.Snapshot())
+			default:
+				_ = enc.Encode(map[string]string{"error": "unknown request"})
+			}
+		}()
+	}
+}
+
+// ListenControl opens the control socket; it fails when a daemon already
+// serves in this namespace.
+func ListenControl() (net.Listener, error) {
+	ln, err := net.Listen("unix", ControlAddr)
+	if err != nil {
+		return nil, fmt.Errorf("another pepsal daemon is serving in this network namespace (control socket %s: %w)", ControlAddr, err)
+	}
+	return ln, nil
+}
+
+// Query asks the daemon of this namespace; out receives the decoded JSON.
+func Query(request string, out any) error {
+	conn, err := net.DialTimeout("unix", ControlAddr, 2*time.Second)
+	if err != nil {
+		return fmt.Errorf("no pepsal daemon in this network namespace: %w", err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintln(conn, request); err != nil {
+		return err
+	}
+	if err := json.NewDecoder(conn).Decode(out); err != nil {
+		return fmt.Errorf("read daemon answer: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,59 @@
+package userspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Listen opens a transparent listener on addr. IP_TRANSPARENT lets it answer
+// SYNs addressed to foreign servers (the SYN-ACK leaves from the server's
+// address); MPTCP is off because an MPTCP listener cannot go into a SOCKMAP.
+func Listen(addr string) (*net.TCPListener, error) {
+	lc := net.ListenConfig{Control: transparent}
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		if errors.Is(err, unix.EADDRINUSE) {
+			return nil, fmt.Errorf("listener port in use: %s", addr)
+		}
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return ln.(*net.TCPListener), nil
+}
+
+func transparent(network, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if network == "tcp6" {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+		} else {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("set IP_TRANSPARENT: %w", serr)
+	}
+	return nil
+}
+
+// ListenerFD runs fn with the listener's file descriptor without dup'ing it
+// (a dup would keep the socket, and its SOCKMAP entry, alive).
+func ListenerFD(ln *net.TCPListener, fn func(fd int) error) error {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = fn(int(fd)) }); err != nil {
+		return err
+	}
+	return ferr
+}

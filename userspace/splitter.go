@@ -1,0 +1,137 @@
+// Package userspace is pepsal's proxy: it accepts the connections that the BPF
+// side steers to its listener, dials the original destination, and relays.
+package userspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Splitter accepts diverted connections and splits them.
+type Splitter struct {
+	ConnectTimeout time.Duration
+	Table          *Table
+	Log            *slog.Logger
+
+	listeners []*net.TCPListener
+	own       map[netip.AddrPort]bool // the listeners' own addresses: never a destination
+	wg        sync.WaitGroup
+}
+
+// NewSplitter prepares a splitter serving the given listeners.
+func NewSplitter(listeners []*net.TCPListener, connectTimeout time.Duration, log *slog.Logger) *Splitter {
+	s := &Splitter{ConnectTimeout: connectTimeout, Table: NewTable(), Log: log, listeners: listeners, own: map[netip.AddrPort]bool{}}
+	for _, ln := range listeners {
+		s.own[addrPort(ln.Addr())] = true
+	}
+	return s
+}
+
+// Serve accepts until ctx is done, then waits for live connections to end, at
+// most until drainCtx is done, after which they are reset.
+func (s *Splitter) Serve(ctx, drainCtx context.Context) {
+	var acceptWG sync.WaitGroup
+	connCtx, cancelConns := context.WithCancel(context.Background())
+	defer cancelConns()
+	for _, ln := range s.listeners {
+		acceptWG.Add(1)
+		go func() {
+			defer acceptWG.Done()
+			s.acceptLoop(connCtx, ln)
+		}()
+	}
+	<-ctx.Done()
+	for _, ln := range s.listeners {
+		ln.Close() // its SOCKMAP entry goes with it: new SYNs are forwarded unsplit
+	}
+	acceptWG.Wait()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-drainCtx.Done():
+		if n := s.Table.Len(); n > 0 {
+			s.Log.Info("drain timeout: resetting live connections", "count", n)
+		}
+		cancelConns()
+		<-done
+	}
+}
+
+func (s *Splitter) acceptLoop(ctx context.Context, ln *net.TCPListener) {
+	for {
+		conn, err := ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.Log.Warn("accept", "err", err)
+			time.Sleep(10 * time.Millisecond) // e.g. EMFILE: do not spin
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.split(ctx, conn)
+		}()
+	}
+}
+
+// split handles one connection: the kernel has completed the client's
+// handshake on behalf of the server; now reach the server or reset the client.
+func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
+	clientAddr := addrPort(client.RemoteAddr())
+	serverAddr := addrPort(client.LocalAddr()) // sk_lookup keeps the original destination
+	c := s.Table.Add(clientAddr, serverAddr, "splice")
+	log := s.Log.With("conn", c.ID, "client", clientAddr, "server", serverAddr)
+
+	if s.own[serverAddr] || serverAddr.Addr().Unmap().IsLoopback() {
+		// A connection to the proxy itself would be relayed back to itself.
+		resetConn(client)
+		s.Table.Remove(c, LoopRefused)
+		log.Info("refused: connection to the proxy's own address")
+		return
+	}
+
+	server, err := s.dial(ctx, serverAddr)
+	if err != nil {
+		// The client believes it is connected: only an RST tells it the truth.
+		resetConn(client)
+		s.Table.Remove(c, UpstreamFailed)
+		log.Info("upstream connect failed", "err", err)
+		return
+	}
+	c.SetState("established")
+	log.Debug("split")
+
+	stop := context.AfterFunc(ctx, func() { resetConn(client); resetConn(server) })
+	how := spliceRelay(c, client, server)
+	stop()
+	s.Table.Remove(c, how)
+	log.Debug("closed", "outcome", how, "to_server", c.toServer.Load(), "to_client", c.toClient.Load())
+}
+
+func (s *Splitter) dial(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
+	d := net.Dialer{Timeout: s.ConnectTimeout}
+	d.SetMultipathTCP(false)
+	conn, err := d.DialContext(ctx, "tcp", dst.String())
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", dst, err)
+	}
+	return conn.(*net.TCPConn), nil
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}

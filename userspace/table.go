@@ -1,0 +1,148 @@
+package userspace
+
+import (
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Conn is one split connection as the table holds it.
+type Conn struct {
+	ID      uint64
+	Client  netip.AddrPort // the real client
+	Server  netip.AddrPort // the original destination
+	Relay   string         // "splice", "sockmap", or the fallback and why
+	Started time.Time
+
+	state      atomic.Value // string
+	toServer   atomic.Int64 // bytes client -> server
+	toClient   atomic.Int64 // bytes server -> client
+	clientDone atomic.Bool  // client half-closed its sending side
+	serverDone atomic.Bool  // server half-closed its sending side
+}
+
+// SetState records where the connection is in its life.
+func (c *Conn) SetState(s string) { c.state.Store(s) }
+
+// ConnInfo is the exported view of a connection (for `pepsal conns`).
+type ConnInfo struct {
+	ID            uint64  `json:"id"`
+	Client        string  `json:"client"`
+	Server        string  `json:"server"`
+	Relay         string  `json:"relay"`
+	State         string  `json:"state"`
+	BytesToServer int64   `json:"bytes_to_server"`
+	BytesToClient int64   `json:"bytes_to_client"`
+	AgeSeconds    float64 `json:"age_seconds"`
+}
+
+// Stats are the daemon's totals since start.
+type Stats struct {
+	Accepted       uint64 `json:"accepted"`
+	Active         int64  `json:"active"`
+	Completed      uint64 `json:"completed"`
+	Reset          uint64 `json:"reset"`
+	UpstreamFailed uint64 `json:"upstream_failed"`
+	LoopRefused    uint64 `json:"loop_refused"`
+	BytesToServer  uint64 `json:"bytes_to_server"`
+	BytesToClient  uint64 `json:"bytes_to_client"`
+}
+
+// Table is the set of live connections plus totals.
+type Table struct {
+	mu    sync.Mutex
+	conns map[uint64]*Conn
+	next  uint64
+
+	accepted, completed, reset, upstreamFailed, loopRefused atomic.Uint64
+	bytesToServer, bytesToClient                           atomic.Uint64
+}
+
+// NewTable returns an empty table.
+func NewTable() *Table { return &Table{conns: map[uint64]*Conn{}} }
+
+// Add registers a freshly accepted connection.
+func (t *Table) Add(client, server netip.AddrPort, relay string) *Conn {
+	t.accepted.Add(1)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.next++
+	c := &Conn{ID: t.next, Client: client, Server: server, Relay: relay, Started: time.Now()}
+	c.SetState("connecting")
+	t.conns[c.ID] = c
+	return c
+}
+
+// Outcome is how a connection ended.
+type Outcome int
+
+const (
+	Completed Outcome = iota
+	WasReset
+	UpstreamFailed
+	LoopRefused
+)
+
+// Remove drops a connection and accounts for how it ended.
+func (t *Table) Remove(c *Conn, how Outcome) {
+	t.mu.Lock()
+	delete(t.conns, c.ID)
+	t.mu.Unlock()
+	t.bytesToServer.Add(uint64(c.toServer.Load()))
+	t.bytesToClient.Add(uint64(c.toClient.Load()))
+	switch how {
+	case Completed:
+		t.completed.Add(1)
+	case WasReset:
+		t.reset.Add(1)
+	case UpstreamFailed:
+		t.upstreamFailed.Add(1)
+	case LoopRefused:
+		t.loopRefused.Add(1)
+	}
+}
+
+// Len is the number of live connections.
+func (t *Table) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.conns)
+}
+
+// Stats returns the totals.
+func (t *Table) Stats() Stats {
+	return Stats{
+		Accepted:       t.accepted.Load(),
+		Active:         int64(t.Len()),
+		Completed:      t.completed.Load(),
+		Reset:          t.reset.Load(),
+		UpstreamFailed: t.upstreamFailed.Load(),
+		LoopRefused:    t.loopRefused.Load(),
+		BytesToServer:  t.bytesToServer.Load(),
+		BytesToClient:  t.bytesToClient.Load(),
+	}
+}
+
+// Snapshot lists the live connections, oldest first.
+func (t *Table) Snapshot() []ConnInfo {
+	t.mu.Lock()
+	out := make([]ConnInfo, 0, len(t.conns))
+	for _, c := range t.conns {
+		state, _ := c.state.Load().(string)
+		out = append(out, ConnInfo{
+			ID:            c.ID,
+			Client:        c.Client.String(),
+			Server:        c.Server.String(),
+			Relay:         c.Relay,
+			State:         state,
+			BytesToServer: c.toServer.Load(),
+			BytesToClient: c.toClient.Load(),
+			AgeSeconds:    time.Since(c.Started).Seconds(),
+		})
+	}
+	t.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
