@@ -39,6 +39,14 @@ func NewNS(prefix string) (*NS, error) {
 			return fmt.Errorf("create netns %s: %w", ns.Name, err)
 		}
 		h.Close()
+		// No duplicate address detection: addresses (link-local ones too) are
+		// usable at once, instead of "no route to host" for the first second.
+		for _, key := range []string{"all", "default"} {
+			p := "/proc/sys/net/ipv6/conf/" + key + "/accept_dad"
+			if err := os.WriteFile(p, []byte("0"), 0o644); err != nil {
+				return fmt.Errorf("disable DAD in %s: %w", ns.Name, err)
+			}
+		}
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
 			return err

@@ -1,0 +1,43 @@
+# pepsal: `make demo` and `make test` are the two commands (as root, on Debian).
+SHELL   := /bin/bash
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+# Debian packages the build, the tests and `make generate` need.
+APT_PKGS := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool util-linux
+
+.PHONY: build generate test bench demo deps check-root check-go clean
+
+build: check-go
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/pepsal ./cmd/pepsal
+
+# Rebuild the committed BPF objects and their Go bindings (needs clang).
+generate: deps
+	$(GO) generate ./loader
+
+test: check-root deps check-go
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 14m ./...
+
+bench: check-root deps build
+	@echo "make bench: not yet (issue 3)"
+
+demo: check-root deps build
+	@echo "make demo: not yet (issue 3)"
+
+check-root:
+	@if [ "$$(id -u)" != 0 ]; then echo "error: run as root (network namespaces and BPF need it)" >&2; exit 1; fi
+
+check-go:
+	@command -v $(GO) >/dev/null || { echo "error: Go >= 1.24 is needed (https://go.dev/dl), not found in PATH" >&2; exit 1; }
+
+deps: check-root
+	@missing=""; for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+clean:
+	rm -rf bin

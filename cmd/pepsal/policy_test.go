@@ -1,0 +1,48 @@
+package main
+
+import (
+	"slices"
+	"testing"
+)
+
+func TestParsePorts(t *testing.T) {
+	good := map[string][]uint16{
+		"":            nil,
+		"all":         nil,
+		"80":          {80},
+		"80,443":      {80, 443},
+		" 8000-8002 ": {8000, 8001, 8002},
+		"22,20-22":    {22, 20, 21},
+		"65535":       {65535},
+	}
+	for in, want := range good {
+		got, err := parsePorts(in)
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("parsePorts(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"0", "65536", "http", "80,", "9-1", "1-2-3", "-5"} {
+		if _, err := parsePorts(in); err == nil {
+			t.Errorf("parsePorts(%q) accepted", in)
+		}
+	}
+}
+
+func TestParsePrefix(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.1.2.3/8":  "10.0.0.0/8",
+		"192.0.2.1":   "192.0.2.1/32",
+		"2001:db8::1": "2001:db8::1/128",
+		"fd00::/8":    "fd00::/8",
+	} {
+		got, err := parsePrefix(in)
+		if err != nil || got.String() != want {
+			t.Errorf("parsePrefix(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"10.0.0.0/33", "banana", "10.0.0/8", ""} {
+		if _, err := parsePrefix(in); err == nil {
+			t.Errorf("parsePrefix(%q) accepted", in)
+		}
+	}
+}

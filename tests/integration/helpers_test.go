@@ -1,0 +1,387 @@
+// Package integration runs pepsal for real: client, router and server network
+// namespaces over veth, real sockets, real BPF. Needs root.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pepsal/pepsal/tests/testbed"
+)
+
+var pepsalBin string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "integration tests need root (network namespaces, BPF)")
+		os.Exit(1)
+	}
+	dir, err := os.MkdirTemp("", "pepsal-it-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	pepsalBin = filepath.Join(dir, "pepsal")
+	build := exec.Command("go", "build", "-o", pepsalBin, "../../cmd/pepsal")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build pepsal:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// bed is one test topology: client -- router -- server.
+type bed struct {
+	*testbed.Topology
+	t *testing.T
+}
+
+func newBed(t *testing.T) *bed {
+	t.Helper()
+	topo, err := testbed.NewTopology(testbed.Options{Prefix: "pit"})
+	if err != nil {
+		t.Fatalf("test bed: %v", err)
+	}
+	b := &bed{Topology: topo, t: t}
+	t.Cleanup(func() {
+		// Detach first: pins live in the shared bpffs, not in the namespace.
+		b.pepsal("detach")
+		if err := topo.Close(); err != nil {
+			t.Errorf("close test bed: %v", err)
+		}
+	})
+	return b
+}
+
+// server and client addresses per family.
+type family struct {
+	name                         string
+	client, server, routerServer string
+	routerClient                 string
+}
+
+var families = []family{
+	{"ipv4", testbed.ClientV4, testbed.ServerV4, testbed.RouterServerV4, testbed.RouterClientV4},
+	{"ipv6", testbed.ClientV6, testbed.ServerV6, testbed.RouterServerV6, testbed.RouterClientV6},
+}
+
+func hostPort(host string, port int) string { return net.JoinHostPort(host, fmt.Sprint(port)) }
+
+// result of a pepsal CLI call.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// pepsal runs the CLI in the router namespace.
+func (b *bed) pepsal(args ...string) result {
+	return runCmdIn(b.Router, pepsalBin, args...)
+}
+
+func runCmdIn(ns *testbed.NS, name string, args ...string) result {
+	cmd := ns.Command(name, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else {
+			code = -1
+		}
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+// daemon is a running `pepsal run`.
+type daemon struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	done   chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startPepsal runs `pepsal run` in the router namespace and waits until
+// `pepsal status` says it serves. It is stopped (SIGTERM, then SIGKILL) at cleanup.
+func (b *bed) startPepsal(args ...string) *daemon {
+	b.t.Helper()
+	if len(args) == 0 {
+		args = []string{"--iface", testbed.RouterClientIf}
+	}
+	cmd := b.Router.Command(pepsalBin, append([]string{"run", "--log-level", "debug"}, args...)...)
+	d := &daemon{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stderr = d.stderr
+	if err := cmd.Start(); err != nil {
+		b.t.Fatalf("start pepsal: %v", err)
+	}
+	go func() { d.done <- cmd.Wait() }()
+	b.t.Cleanup(func() {
+		d.stop(syscall.SIGTERM, 10*time.Second)
+		if b.t.Failed() {
+			b.t.Logf("pepsal stderr:\n%s", d.stderr.String())
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if r := b.pepsal("status"); r.code == 0 {
+			return d
+		}
+		select {
+		case err := <-d.done:
+			d.done <- err
+			b.t.Fatalf("pepsal exited early (%v):\n%s", err, d.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("pepsal not serving after 15 s:\n%s", d.stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stop signals the daemon and waits for it; it reports how the process ended.
+func (d *daemon) stop(sig syscall.Signal, wait time.Duration) error {
+	select {
+	case err := <-d.done:
+		d.done <- err
+		return err
+	default:
+	}
+	_ = d.cmd.Process.Signal(sig)
+	select {
+	case err := <-d.done:
+		d.done <- err
+		return err
+	case <-time.After(wait):
+		_ = d.cmd.Process.Kill()
+		err := <-d.done
+		d.done <- err
+		return fmt.Errorf("did not exit within %s after %s", wait, sig)
+	}
+}
+
+// statusJSON is the part of `pepsal status --json` the tests read.
+type statusJSON struct {
+	Attached bool `json:"attached"`
+	Serving  bool `json:"serving"`
+	Counters []struct {
+		Name  string `json:"name"`
+		Value uint64 `json:"value"`
+	} `json:"counters"`
+	Daemon *struct {
+		Stats struct {
+			Accepted       uint64 `json:"accepted"`
+			Completed      uint64 `json:"completed"`
+			Reset          uint64 `json:"reset"`
+			UpstreamFailed uint64 `json:"upstream_failed"`
+			LoopRefused    uint64 `json:"loop_refused"`
+		} `json:"stats"`
+	} `json:"daemon"`
+}
+
+func (b *bed) status() statusJSON {
+	b.t.Helper()
+	r := b.pepsal("status", "--json")
+	var s statusJSON
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		b.t.Fatalf("status --json: %v\n%s%s", err, r.stdout, r.stderr)
+	}
+	return s
+}
+
+func (s statusJSON) counter(name string) uint64 {
+	for _, c := range s.Counters {
+		if c.Name == name {
+			return c.Value
+		}
+	}
+	return 0
+}
+
+// listen opens a TCP listener inside ns.
+func listen(t *testing.T, ns *testbed.NS, addr string) *net.TCPListener {
+	t.Helper()
+	var ln net.Listener
+	err := ns.Do(func() (err error) {
+		lc := net.ListenConfig{}
+		lc.SetMultipathTCP(false)
+		ln, err = lc.Listen(context.Background(), "tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen %s in %s: %v", addr, ns.Name, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln.(*net.TCPListener)
+}
+
+// dial connects from inside ns.
+func dial(ns *testbed.NS, addr string, timeout time.Duration) (*net.TCPConn, error) {
+	var c net.Conn
+	err := ns.Do(func() (err error) {
+		d := net.Dialer{Timeout: timeout}
+		d.SetMultipathTCP(false)
+		c, err = d.Dial("tcp", addr)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+func mustDial(t *testing.T, ns *testbed.NS, addr string) *net.TCPConn {
+	t.Helper()
+	c, err := dial(ns, addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// peerServer accepts connections and answers each with the peer address it
+// saw, then echoes until EOF. It proves who the server talks to.
+func peerServer(t *testing.T, ns *testbed.NS, addr string) {
+	ln := listen(t, ns, addr)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+				ip := net.ParseIP(host)
+				if v4 := ip.To4(); v4 != nil {
+					ip = v4
+				}
+				fmt.Fprintf(c, "%s\n", ip)
+				io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+// peerSeen connects, reads the peer address the server saw, and checks the
+// echo of a few bytes on the same connection.
+func peerSeen(t *testing.T, ns *testbed.NS, addr string) string {
+	t.Helper()
+	c := mustDial(t, ns, addr)
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := readLine(c)
+	if err != nil {
+		t.Fatalf("read peer line from %s: %v", addr, err)
+	}
+	msg := []byte("ping through")
+	if _, err := c.Write(msg); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo: got %q, %v", got, err)
+	}
+	return line
+}
+
+func readLine(r io.Reader) (string, error) {
+	var sb strings.Builder
+	b := make([]byte, 1)
+	for {
+		if _, err := r.Read(b); err != nil {
+			return sb.String(), err
+		}
+		if b[0] == '\n' {
+			return sb.String(), nil
+		}
+		sb.WriteByte(b[0])
+	}
+}
+
+// netState is everything pepsal may touch in a namespace and in bpffs, as
+// text, to compare before and after.
+func netState(t *testing.T, ns *testbed.NS) string {
+	t.Helper()
+	var parts []string
+	for _, args := range [][]string{
+		{"ip", "-4", "rule"}, {"ip", "-6", "rule"},
+		{"ip", "-4", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
+		{"tc", "qdisc", "show"}, {"tc", "filter", "show", "dev", testbed.RouterClientIf, "ingress"},
+		{"bpftool", "net", "show"},
+	} {
+		out, err := ns.Command(args[0], args[1:]...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		parts = append(parts, strings.Join(args, " ")+":\n"+scrubVolatile(string(out)))
+	}
+	parts = append(parts, "pins:\n"+pins())
+	return strings.Join(parts, "\n")
+}
+
+// scrubVolatile drops route cache details that change by themselves.
+func scrubVolatile(s string) string {
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, "expires") || strings.Contains(l, "fe80::") || strings.Contains(l, "ff00::") || strings.HasPrefix(l, "multicast") {
+			continue
+		}
+		keep = append(keep, l)
+	}
+	return strings.Join(keep, "\n")
+}
+
+// pins lists everything under bpffs/pepsal (all namespaces: other test beds
+// run one at a time, so the set must come back to what it was).
+func pins() string {
+	var names []string
+	_ = filepath.Walk("/sys/fs/bpf/pepsal", func(p string, _ os.FileInfo, err error) error {
+		if err == nil {
+			names = append(names, p)
+		}
+		return nil
+	})
+	sort.Strings(names)
+	return strings.Join(names, "\n")
+}
+
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
