@@ -204,4 +204,3 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 }
-

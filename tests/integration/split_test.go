@@ -364,4 +364,3 @@ func (b *bed) staticNeighbor(ip string) error {
 	}
 	return nil
 }
-

@@ -162,6 +162,9 @@ func segment(h vnetHdr, f []byte) ([][]byte, error) {
 	default:
 		return nil, fmt.Errorf("gso frame with ethertype %#x: %w", etype, errMalformed)
 	}
+	if typ := h.gsoType &^ gsoECN; (typ == gsoTCPv4 && v6) || (typ == gsoTCPv6 && !v6) {
+		return nil, fmt.Errorf("gso type %#x on ethertype %#x: %w", h.gsoType, etype, errMalformed)
+	}
 	l4 := int(h.csumStart)
 	if h.flags&vnetNeedsCsum == 0 {
 		if v6 {
