@@ -2,7 +2,7 @@
 /* tc ingress classifier: decides which packets of an intercepted interface go
  * to the local proxy (by setting the fwmark that policy routing sends to the
  * local table) and which are forwarded untouched. */
-#include "pepsal.h"
+#include "steering.h"
 
 #include <linux/if_ether.h>
 #include <linux/in.h>

@@ -1,4 +1,4 @@
-/* Types and maps shared by pepsal's BPF programs. Every map is named so that
+/* Types shared by pepsal's BPF programs, and their decision counters. Every map is named so that
  * `bpftool map show` reads like the data path; every decision is counted. */
 #pragma once
 
@@ -38,6 +38,13 @@ struct counters {
 	__u64 steer_assigned;         /* diverted SYN handed to the listener */
 	__u64 steer_no_listener;      /* diverted SYN, but listener gone: RST by kernel */
 	__u64 steer_assign_failed;    /* bpf_sk_assign refused */
+	/* sk_skb relay verdict */
+	__u64 relay_redirected;       /* skb redirected to the peer in the kernel */
+	__u64 relay_pass_budget;      /* left to userspace: peer's in-flight budget full */
+	__u64 relay_pass_order;       /* left to userspace: userspace still owes earlier bytes */
+	__u64 relay_pass_no_peer;     /* left to userspace: peer not in the relay map */
+	__u64 relay_pass_unknown;     /* socket without relay state */
+	__u64 relay_drop_empty;       /* empty skb (a bare FIN): nothing to relay */
 };
 
 struct config {
@@ -65,59 +72,11 @@ enum listener_slot {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct config);
-} pepsal_config SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct counters);
 } pepsal_counters SEC(".maps");
-
-/* Interfaces the classifier is attached to, by ifindex. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
-	__type(key, __u32);
-	__type(value, struct iface_state);
-} pepsal_ifaces SEC(".maps");
-
-/* Destination ports to intercept (when config.all_ports is 0). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u16);
-	__type(value, __u8);
-} pepsal_ports SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 4096);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct exclude_key);
-	__type(value, __u8);
-} pepsal_exclude SEC(".maps");
-
-/* The proxy's listening sockets; an entry vanishes when its socket closes,
- * which is what makes a dead daemon fail open. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SOCKMAP);
-	__uint(max_entries, 2);
-	__type(key, __u32);
-	__type(value, __u64);
-} pepsal_listen SEC(".maps");
-
-/* SYNs the classifier diverted, so that sk_lookup steers those and nothing else. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct flow_key);
-	__type(value, __u64); /* bpf_ktime_get_ns() of the SYN */
-} pepsal_diverted SEC(".maps");
 
 static __always_inline struct counters *counters(void)
 {

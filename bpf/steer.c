@@ -2,7 +2,7 @@
 /* sk_lookup: hands the SYNs that the classifier diverted to the proxy's
  * listener. Runs for every local socket lookup in the namespace, so it must
  * touch nothing else (the router's own services, the proxy's own dials). */
-#include "pepsal.h"
+#include "steering.h"
 
 #include <linux/in.h>
 

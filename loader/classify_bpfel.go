@@ -36,6 +36,12 @@ type classifyCounters struct {
 	SteerAssigned       uint64
 	SteerNoListener     uint64
 	SteerAssignFailed   uint64
+	RelayRedirected     uint64
+	RelayPassBudget     uint64
+	RelayPassOrder      uint64
+	RelayPassNoPeer     uint64
+	RelayPassUnknown    uint64
+	RelayDropEmpty      uint64
 }
 
 type classifyExcludeKey struct {

@@ -46,12 +46,15 @@ type Config struct {
 
 // Attachment is an open handle on the pinned objects of this namespace.
 type Attachment struct {
-	Dir  string
-	maps classifyMaps
+	Dir   string
+	maps  classifyMaps
+	relay relayMaps
 }
 
 // Close releases the handle; the attachment itself stays (it is pinned).
-func (a *Attachment) Close() error { return a.maps.Close() }
+func (a *Attachment) Close() error {
+	return errors.Join(a.maps.Close(), a.relay.Close())
+}
 
 // ErrNotAttached means there is no pepsal attachment in this network namespace.
 var ErrNotAttached = errors.New("pepsal is not attached in this network namespace")
@@ -244,6 +247,10 @@ func createPinned(dir string) (err error) {
 		return fmt.Errorf("pin sk_lookup program: %w", err)
 	}
 
+	if err := attachRelay(tmp, classify.Maps); err != nil {
+		return err
+	}
+
 	netns, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
 		return fmt.Errorf("open network namespace: %w", err)
@@ -271,32 +278,75 @@ func verifierDetail(err error) error {
 	return err
 }
 
+// attachRelay loads the sk_skb relay verdict, attaches it to pepsal_relay
+// (every socket inserted there gets it) and pins both.
+func attachRelay(dir string, shared map[string]*ebpf.Map) error {
+	spec, err := loadRelay()
+	if err != nil {
+		return err
+	}
+	repl := map[string]*ebpf.Map{}
+	for name := range spec.Maps {
+		if m, ok := shared[name]; ok {
+			repl[name] = m
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+	if err != nil {
+		return fmt.Errorf("load relay verdict: %w", verifierDetail(err))
+	}
+	defer coll.Close()
+	for name, m := range coll.Maps {
+		if _, isShared := repl[name]; isShared {
+			continue
+		}
+		if err := m.Pin(filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("pin map %s: %w", name, err)
+		}
+	}
+	prog := coll.Programs[pinRelay]
+	if err := prog.Pin(filepath.Join(dir, pinRelay)); err != nil {
+		return fmt.Errorf("pin relay verdict: %w", err)
+	}
+	// A program attached to a map stays as long as the map (pinned) lives.
+	err = link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target:  coll.Maps["pepsal_relay"].FD(),
+		Program: prog,
+		Attach:  ebpf.AttachSkSKBVerdict,
+	})
+	if err != nil {
+		return fmt.Errorf("attach relay verdict to pepsal_relay: %w", err)
+	}
+	return nil
+}
+
 func openPinned(dir string) (*Attachment, error) {
 	att := &Attachment{Dir: dir}
-	v := reflect.ValueOf(&att.maps).Elem()
+	for _, maps := range []any{&att.maps, &att.relay} {
+		if err := loadPinnedMaps(dir, maps); err != nil {
+			att.Close()
+			return nil, err
+		}
+	}
+	return att, nil
+}
+
+// loadPinnedMaps fills a bpf2go maps struct from the pins named by its tags.
+func loadPinnedMaps(dir string, maps any) error {
+	v := reflect.ValueOf(maps).Elem()
 	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
 		name := t.Field(i).Tag.Get("ebpf")
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
 		if err != nil {
-			att.closePartial()
 			if errors.Is(err, os.ErrNotExist) {
-				return nil, ErrNotAttached
+				return ErrNotAttached
 			}
-			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+			return fmt.Errorf("open pinned map %s: %w", name, err)
 		}
 		v.Field(i).Set(reflect.ValueOf(m))
 	}
-	return att, nil
-}
-
-func (a *Attachment) closePartial() {
-	v := reflect.ValueOf(&a.maps).Elem()
-	for i := 0; i < v.NumField(); i++ {
-		if m, ok := v.Field(i).Interface().(*ebpf.Map); ok && m != nil {
-			m.Close()
-		}
-	}
+	return nil
 }
 
 // Open opens the existing attachment of this network namespace.
@@ -483,7 +533,7 @@ func (a *Attachment) Ifaces() ([]Iface, error) {
 // ProgramIDs returns the kernel ids of the pinned programs, by name.
 func (a *Attachment) ProgramIDs() map[string]uint32 {
 	ids := map[string]uint32{}
-	for _, name := range []string{pinClassify, pinSteer} {
+	for _, name := range []string{pinClassify, pinSteer, pinRelay} {
 		p, err := ebpf.LoadPinnedProgram(filepath.Join(a.Dir, name), nil)
 		if err != nil {
 			continue

@@ -17,6 +17,7 @@ const (
 	pinSteerLink   = "link_steer_netns"
 	pinClassify    = "pepsal_classify"
 	pinSteer       = "pepsal_steer"
+	pinRelay       = "pepsal_relay_verdict"
 	tcLinkPrefix   = "link_classify_if"
 	pinDirBaseName = "pepsal"
 )

@@ -16,6 +16,7 @@ import (
 // Splitter accepts diverted connections and splits them.
 type Splitter struct {
 	ConnectTimeout time.Duration
+	Kernel         *KernelRelay // nil: every connection is spliced in userspace
 	Table          *Table
 	Log            *slog.Logger
 
@@ -89,7 +90,11 @@ func (s *Splitter) acceptLoop(ctx context.Context, ln *net.TCPListener) {
 func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	clientAddr := addrPort(client.RemoteAddr())
 	serverAddr := addrPort(client.LocalAddr()) // sk_lookup keeps the original destination
-	c := s.Table.Add(clientAddr, serverAddr, "splice")
+	relay := "splice"
+	if s.Kernel != nil {
+		relay = "kernel"
+	}
+	c := s.Table.Add(clientAddr, serverAddr, relay)
 	log := s.Log.With("conn", c.ID, "client", clientAddr, "server", serverAddr)
 
 	if s.own[serverAddr] || serverAddr.Addr().Unmap().IsLoopback() {
@@ -112,7 +117,12 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	log.Debug("split")
 
 	stop := context.AfterFunc(ctx, func() { resetConn(client); resetConn(server) })
-	how := spliceRelay(c, client, server)
+	var how Outcome
+	if s.Kernel != nil {
+		how = s.Kernel.relay(ctx, c, client, server)
+	} else {
+		how = spliceRelay(c, client, server)
+	}
 	stop()
 	s.Table.Remove(c, how)
 	log.Debug("closed", "outcome", how, "to_server", c.toServer.Load(), "to_client", c.toClient.Load())

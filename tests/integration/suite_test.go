@@ -1,0 +1,39 @@
+package integration
+
+import "testing"
+
+// relayMode is the relay the daemons of the running suite use.
+var relayMode = "splice"
+
+// relaySuite is every behaviour of the proxy; TestSplice and TestSockmap run
+// all of it, unchanged, in each relay mode.
+var relaySuite = []struct {
+	name string
+	fn   func(*testing.T)
+}{
+	{"SplitIsSeenByServer", testSplitIsSeenByServer},
+	{"ConcurrentTransfersIntact", testConcurrentTransfersIntact},
+	{"HalfClose", testHalfClose},
+	{"ResetPropagates", testResetPropagates},
+	{"UpstreamFailureResetsClient", testUpstreamFailureResetsClient},
+	{"RouterOwnTrafficNotIntercepted", testRouterOwnTrafficNotIntercepted},
+	{"UDPAndICMPPass", testUDPAndICMPPass},
+	{"PolicyBypass", testPolicyBypass},
+	{"FlowOpenedBeforeAttachSurvives", testFlowOpenedBeforeAttachSurvives},
+	{"BothDirectionsAndOwnUpstream", testBothDirectionsAndOwnUpstream},
+	{"KilledDaemonFailsOpenAndDetachCleans", testKilledDaemonFailsOpenAndDetachCleans},
+	{"SIGTERMDetaches", testSIGTERMDetaches},
+	{"AttachIdempotentAndDetach", testAttachIdempotentAndDetach},
+	{"TwoNamespacesDoNotCollide", testTwoNamespacesDoNotCollide},
+}
+
+func runSuite(t *testing.T, relay string) {
+	relayMode = relay
+	defer func() { relayMode = "splice" }()
+	for _, tc := range relaySuite {
+		t.Run(tc.name, tc.fn)
+	}
+}
+
+func TestSplice(t *testing.T)  { runSuite(t, "splice") }
+func TestSockmap(t *testing.T) { runSuite(t, "sockmap") }

@@ -1,0 +1,304 @@
+package userspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pepsal/pepsal/loader"
+	"golang.org/x/sys/unix"
+)
+
+// KernelRelay moves a connection's bytes in the kernel: both sockets go into
+// pepsal_relay and the sk_skb verdict redirects each side's data to the other.
+// Userspace keeps three jobs, which make the mode safe:
+//   - it moves what the verdict leaves on a socket (budget reached, order to
+//     keep, peer not in the map), in order, after everything the kernel
+//     redirected before it;
+//   - it turns EOF into a half-close and an error into a reset, but only
+//     once every byte redirected toward that socket is in its TCP send queue
+//     (closing earlier would drop the psock's backlog: silent truncation);
+//   - it relays in plain userspace the connections that cannot be inserted.
+type KernelRelay struct {
+	Log    *slog.Logger
+	Maps   *loader.Relay
+	Budget uint64 // bytes in flight toward a socket (its send queue plus the psock backlog)
+}
+
+// relayDir is one direction of a connection: bytes read from src go to dst.
+type relayDir struct {
+	src, dst  *net.TCPConn
+	cookie    uint64 // src's socket cookie: key of its state in the maps
+	inMap     bool   // src is in pepsal_relay (else the kernel never sees its data)
+	userBytes atomic.Int64
+}
+
+func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TCPConn) Outcome {
+	clientCookie, err1 := socketCookie(client)
+	serverCookie, err2 := socketCookie(server)
+	if err := errors.Join(err1, err2); err != nil {
+		c.SetRelay("userspace: " + err.Error())
+		return spliceRelay(c, client, server)
+	}
+	// A socket that already got its peer's FIN cannot be inserted; read
+	// the state first, and keep the whole connection in userspace then.
+	for _, s := range []struct {
+		who  string
+		conn *net.TCPConn
+	}{{"client", client}, {"server", server}} {
+		if st := tcpState(s.conn); st != unix.BPF_TCP_ESTABLISHED {
+			c.SetRelay(fmt.Sprintf("userspace: %s closed before insert", s.who))
+			return spliceRelay(c, client, server)
+		}
+	}
+	if err := k.Maps.Prepare(clientCookie, serverCookie, k.Budget); err != nil {
+		c.SetRelay("userspace: " + err.Error())
+		return spliceRelay(c, client, server)
+	}
+	defer k.Maps.Forget(clientCookie, serverCookie)
+
+	up := &relayDir{src: client, dst: server, cookie: clientCookie}
+	down := &relayDir{src: server, dst: client, cookie: serverCookie}
+	if err := withFD(client, func(fd int) error { return k.Maps.Insert(clientCookie, fd) }); err != nil {
+		c.SetRelay("userspace: client: " + err.Error())
+		return spliceRelay(c, client, server)
+	}
+	up.inMap = true
+	c.SetRelay("kernel")
+	// From here the client is in the map for good (removing it would drop
+	// whatever the verdict left on it), so a failure below keeps it there
+	// and relays through it in userspace.
+	if err := withFD(server, func(fd int) error { return k.Maps.Insert(serverCookie, fd) }); err != nil {
+		c.SetRelay("userspace: server: " + err.Error())
+	} else {
+		down.inMap = true
+	}
+	// Bytes that arrived before insertion wait in the receive queue, unseen by
+	// the verdict until more data comes; setting SO_RCVLOWAT runs the
+	// socket's data_ready now, which hands them to the verdict, in order.
+	for _, d := range []*relayDir{up, down} {
+		if d.inMap {
+			_ = withFD(d.src, func(fd int) error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1) })
+		}
+	}
+	live := func() (toServer, toClient int64) { return k.moved(up), k.moved(down) }
+	c.liveBytes.Store(&live)
+
+	var abortOnce sync.Once
+	aborted := false
+	relayCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	abort := func() {
+		abortOnce.Do(func() {
+			aborted = true
+			cancel()
+			resetConn(client)
+			resetConn(server)
+		})
+	}
+	var wg sync.WaitGroup
+	for _, d := range []*relayDir{up, down} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := k.pump(relayCtx, d); err != nil {
+				if !aborted {
+					k.Log.Debug("relay aborted", "conn", c.ID, "from", d.src.RemoteAddr(), "err", err)
+				}
+				abort()
+			}
+		}()
+	}
+	wg.Wait()
+	c.toServer.Store(k.moved(up))
+	c.toClient.Store(k.moved(down))
+	c.liveBytes.Store(nil)
+	client.Close()
+	server.Close()
+	if aborted {
+		return WasReset
+	}
+	return Completed
+}
+
+// moved is how many bytes of a direction reached the destination socket.
+func (k *KernelRelay) moved(d *relayDir) int64 {
+	n := d.userBytes.Load()
+	if d.inMap {
+		if st, err := k.Maps.Dir(d.cookie); err == nil {
+			n += int64(st.KernelBytes)
+		}
+	}
+	return n
+}
+
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// pump reads what reaches userspace from d.src (everything when src is not in
+// the map) and writes it to d.dst behind the kernel's own redirects; on EOF
+// it half-closes d.dst once all bytes are in d.dst's send queue.
+func (k *KernelRelay) pump(ctx context.Context, d *relayDir) error {
+	bufp := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(bufp)
+	buf := *bufp
+	eofWait := 50 * time.Microsecond
+	for {
+		n, err := d.src.Read(buf)
+		if n > 0 {
+			if err := k.flushKernel(ctx, d); err != nil {
+				return err
+			}
+			if _, err := d.dst.Write(buf[:n]); err != nil {
+				return err
+			}
+			u := d.userBytes.Add(int64(n))
+			if d.inMap {
+				if err := k.Maps.SetUser(d.cookie, uint64(u)); err != nil {
+					return fmt.Errorf("publish user bytes: %w", err)
+				}
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			// The FIN can overtake bytes the verdict left to userspace: they
+			// may still wait in the psock's backlog, behind data redirected to
+			// this socket. EOF counts only once all of them have been read.
+			if pending, err := k.passedUnread(d); err != nil {
+				return err
+			} else if pending {
+				if err := sleepCtx(ctx, &eofWait); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := k.flushKernel(ctx, d); err != nil {
+				return err
+			}
+			return d.dst.CloseWrite()
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// flushKernel waits until every byte the kernel redirected from d.src, and
+// every byte userspace wrote, has entered d.dst's TCP send queue: only then
+// may userspace write after them, or shut d.dst down, without reordering or
+// dropping the psock backlog.
+func (k *KernelRelay) flushKernel(ctx context.Context, d *relayDir) error {
+	if !d.inMap {
+		return nil
+	}
+	st, err := k.Maps.Dir(d.cookie)
+	if err != nil {
+		return fmt.Errorf("read relay state: %w", err)
+	}
+	want := st.KernelBytes + uint64(d.userBytes.Load())
+	if st.KernelBytes == 0 {
+		return nil
+	}
+	wait := 50 * time.Microsecond
+	for {
+		written, state, err := sentBytes(d.dst)
+		if err != nil {
+			return err
+		}
+		if written >= want {
+			return nil
+		}
+		if state != unix.BPF_TCP_ESTABLISHED && state != unix.BPF_TCP_CLOSE_WAIT {
+			return fmt.Errorf("destination socket left ESTABLISHED (state %d) with %d bytes unsent", state, want-written)
+		}
+		if err := sleepCtx(ctx, &wait); err != nil {
+			return err
+		}
+	}
+}
+
+// passedUnread says whether the verdict left bytes on d.src that userspace
+// has not read yet.
+func (k *KernelRelay) passedUnread(d *relayDir) (bool, error) {
+	if !d.inMap {
+		return false, nil
+	}
+	st, err := k.Maps.Dir(d.cookie)
+	if err != nil {
+		return false, fmt.Errorf("read relay state: %w", err)
+	}
+	return st.PassedBytes > uint64(d.userBytes.Load()), nil
+}
+
+// sleepCtx sleeps *wait, doubling it up to 10 ms for the next call: these
+// waits are on the kernel's backlog worker, usually short.
+func sleepCtx(ctx context.Context, wait *time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(*wait):
+	}
+	*wait = min(*wait*2, 10*time.Millisecond)
+	return nil
+}
+
+// sentBytes is how many bytes were ever written into c's TCP: acknowledged
+// ones plus those still in the send queue. Read in that order, an ACK that
+// lands in between can only make the sum low, never high.
+func sentBytes(c *net.TCPConn) (written uint64, state uint8, err error) {
+	err = withFD(c, func(fd int) error {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
+		if err != nil {
+			return fmt.Errorf("TCP_INFO: %w", err)
+		}
+		outq, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+		if err != nil {
+			return fmt.Errorf("SIOCOUTQ: %w", err)
+		}
+		written, state = info.Bytes_acked+uint64(outq), info.State
+		return nil
+	})
+	return written, state, err
+}
+
+func tcpState(c *net.TCPConn) uint8 {
+	var st uint8
+	_ = withFD(c, func(fd int) error {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
+		if err == nil {
+			st = info.State
+		}
+		return err
+	})
+	return st
+}
+
+func socketCookie(c *net.TCPConn) (uint64, error) {
+	var cookie uint64
+	err := withFD(c, func(fd int) error {
+		v, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+		cookie = v
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("SO_COOKIE: %w", err)
+	}
+	return cookie, nil
+}
+
+// withFD runs fn on the connection's descriptor without dup'ing it.
+func withFD(c *net.TCPConn, fn func(fd int) error) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = fn(int(fd)) }); err != nil {
+		return err
+	}
+	return ferr
+}
