@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"runtime"
 	"strings"
 	"time"
 )
@@ -24,7 +26,18 @@ type DaemonInfo struct {
 	Listeners      []string `json:"listeners"`
 	ConnectTimeout string   `json:"connect_timeout"`
 	UptimeSeconds  float64  `json:"uptime_seconds"`
+	Goroutines     int      `json:"goroutines"`
+	OpenFDs        int      `json:"open_fds"`
 	Stats          Stats    `json:"stats"`
+}
+
+// fillRuntime adds what lets an operator (and the leak tests) see that
+// finished connections leave nothing behind.
+func (d *DaemonInfo) fillRuntime() {
+	d.Goroutines = runtime.NumGoroutine()
+	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
+		d.OpenFDs = len(fds)
+	}
 }
 
 // ServeControl answers "info" and "conns" requests until the listener closes.
@@ -47,7 +60,9 @@ func ServeControl(ln net.Listener, info func() DaemonInfo, table *Table, log *sl
 			enc := json.NewEncoder(conn)
 			switch strings.TrimSpace(line) {
 			case "info":
-				_ = enc.Encode(info())
+				i := info()
+				i.fillRuntime()
+				_ = enc.Encode(i)
 			case "conns":
 				_ = enc.Encode(table.Snapshot())
 			default:

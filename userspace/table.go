@@ -3,6 +3,7 @@ package userspace
 import (
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,13 +16,13 @@ type Conn struct {
 	Server  netip.AddrPort // the original destination
 	Started time.Time
 
-	relay      atomic.Value // string: "splice", "kernel", or "userspace: why"
+	relay atomic.Value // string: "splice", "kernel", or "userspace: why"
 
-	state      atomic.Value // string
-	toServer   atomic.Int64 // bytes client -> server
-	toClient   atomic.Int64 // bytes server -> client
-	clientDone atomic.Bool  // client half-closed its sending side
-	serverDone atomic.Bool  // server half-closed its sending side
+	state      atomic.Value                                      // string
+	toServer   atomic.Int64                                      // bytes client -> server
+	toClient   atomic.Int64                                      // bytes server -> client
+	clientDone atomic.Bool                                       // client half-closed its sending side
+	serverDone atomic.Bool                                       // server half-closed its sending side
 	liveBytes  atomic.Pointer[func() (toServer, toClient int64)] // while the kernel moves the bytes
 }
 
@@ -62,6 +63,7 @@ type Stats struct {
 	Reset          uint64 `json:"reset"`
 	UpstreamFailed uint64 `json:"upstream_failed"`
 	LoopRefused    uint64 `json:"loop_refused"`
+	Fallback       uint64 `json:"userspace_fallback"` // sockmap mode: relayed in userspace instead
 	BytesToServer  uint64 `json:"bytes_to_server"`
 	BytesToClient  uint64 `json:"bytes_to_client"`
 }
@@ -72,7 +74,7 @@ type Table struct {
 	conns map[uint64]*Conn
 	next  uint64
 
-	accepted, completed, reset, upstreamFailed, loopRefused atomic.Uint64
+	accepted, completed, reset, upstreamFailed, loopRefused, fallback atomic.Uint64
 	bytesToServer, bytesToClient                            atomic.Uint64
 }
 
@@ -107,6 +109,9 @@ func (t *Table) Remove(c *Conn, how Outcome) {
 	t.mu.Lock()
 	delete(t.conns, c.ID)
 	t.mu.Unlock()
+	if strings.HasPrefix(c.Relay(), "userspace") {
+		t.fallback.Add(1)
+	}
 	t.bytesToServer.Add(uint64(c.toServer.Load()))
 	t.bytesToClient.Add(uint64(c.toClient.Load()))
 	switch how {
@@ -137,6 +142,7 @@ func (t *Table) Stats() Stats {
 		Reset:          t.reset.Load(),
 		UpstreamFailed: t.upstreamFailed.Load(),
 		LoopRefused:    t.loopRefused.Load(),
+		Fallback:       t.fallback.Load(),
 		BytesToServer:  t.bytesToServer.Load(),
 		BytesToClient:  t.bytesToClient.Load(),
 	}

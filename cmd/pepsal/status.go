@@ -23,8 +23,14 @@ type statusReport struct {
 	Routing    *routingReport        `json:"routing,omitempty"`
 	Listeners  map[string]uint64     `json:"listener_cookies,omitempty"`
 	Counters   []loader.Counter      `json:"counters,omitempty"`
+	Relay      *relayReport          `json:"relay_map_entries,omitempty"`
 	Daemon     *userspace.DaemonInfo `json:"daemon,omitempty"`
 	DaemonNote string                `json:"daemon_error,omitempty"`
+}
+
+type relayReport struct {
+	Sockets    int `json:"sockets"`
+	Directions int `json:"directions"`
 }
 
 type routingReport struct {
@@ -99,6 +105,9 @@ func collectStatus() (*statusReport, error) {
 	if rep.Counters, err = att.Counters(); err != nil {
 		return nil, err
 	}
+	if socks, dirs, _, err := att.Relay().Entries(); err == nil {
+		rep.Relay = &relayReport{Sockets: socks, Directions: dirs}
+	}
 	rep.Serving = rep.Daemon != nil && rep.Listeners["ipv4"] != 0
 	return rep, nil
 }
@@ -130,11 +139,15 @@ func printStatus(w io.Writer, rep *statusReport) {
 		fmt.Fprintf(w, "daemon:    pid %d, %s relay, up %s, listening on %v\n", d.PID, d.Relay,
 			(time.Duration(d.UptimeSeconds) * time.Second).String(), d.Listeners)
 		s := d.Stats
-		fmt.Fprintf(w, "conns:     %d active, %d accepted, %d completed, %d reset, %d upstream failed, %d refused (loop)\n",
-			s.Active, s.Accepted, s.Completed, s.Reset, s.UpstreamFailed, s.LoopRefused)
+		fmt.Fprintf(w, "conns:     %d active, %d accepted, %d completed, %d reset, %d upstream failed, %d refused (loop), %d relayed in userspace instead of the kernel\n",
+			s.Active, s.Accepted, s.Completed, s.Reset, s.UpstreamFailed, s.LoopRefused, s.Fallback)
 		fmt.Fprintf(w, "bytes:     %d to servers, %d to clients (closed connections)\n", s.BytesToServer, s.BytesToClient)
+		fmt.Fprintf(w, "runtime:   %d goroutines, %d open fds\n", d.Goroutines, d.OpenFDs)
 	} else {
 		fmt.Fprintln(w, "daemon:    not running in this network namespace")
+	}
+	if r := rep.Relay; r != nil {
+		fmt.Fprintf(w, "relay map: %d sockets, %d directions\n", r.Sockets, r.Directions)
 	}
 	if len(rep.Counters) > 0 {
 		fmt.Fprintln(w, "counters:")

@@ -31,16 +31,19 @@ type Middle func(ns *NS, towardClient, towardRouter string) (io.Closer, error)
 
 // Options shape a Topology.
 type Options struct {
-	Prefix string // namespace name prefix, default "pt"
-	Middle Middle // nil: client and router are directly connected
+	Prefix       string // namespace name prefix, default "pt"
+	Middle       Middle // nil: client and router are directly connected
+	ServerMiddle Middle // nil: router and server are directly connected
 }
 
-// Topology is client -- [middle] -- router -- server over veth, dual stack.
+// Topology is client -- [middle] -- router -- [server middle] -- server over
+// veth, dual stack.
 // The router forwards; nothing is intercepted until pepsal is started in it.
 type Topology struct {
 	Client, Router, Server *NS
 	Link                   *NS // only with Options.Middle
-	middle                 io.Closer
+	ServerLink             *NS // only with Options.ServerMiddle
+	middles                []io.Closer
 	all                    []*NS
 }
 
@@ -88,8 +91,21 @@ func NewTopology(opt Options) (topo *Topology, err error) {
 			return nil, err
 		}
 	}
-	if err := Veth(t.Server, "eth0", t.Router, RouterServerIf); err != nil {
-		return nil, err
+	if opt.ServerMiddle == nil {
+		if err := Veth(t.Server, "eth0", t.Router, RouterServerIf); err != nil {
+			return nil, err
+		}
+	} else {
+		if t.ServerLink, err = mk("slk"); err != nil {
+			return nil, err
+		}
+		// The emulator's "client side" faces the router, its "router side" the server.
+		if err := Veth(t.ServerLink, "m-rtr", t.Router, RouterServerIf); err != nil {
+			return nil, err
+		}
+		if err := Veth(t.ServerLink, "m-srv", t.Server, "eth0"); err != nil {
+			return nil, err
+		}
 	}
 
 	steps := []func() error{
@@ -114,9 +130,18 @@ func NewTopology(opt Options) (topo *Topology, err error) {
 		}
 	}
 	if opt.Middle != nil {
-		if t.middle, err = opt.Middle(t.Link, "m-cli", "m-rtr"); err != nil {
+		m, err := opt.Middle(t.Link, "m-cli", "m-rtr")
+		if err != nil {
 			return nil, fmt.Errorf("start middle: %w", err)
 		}
+		t.middles = append(t.middles, m)
+	}
+	if opt.ServerMiddle != nil {
+		m, err := opt.ServerMiddle(t.ServerLink, "m-rtr", "m-srv")
+		if err != nil {
+			return nil, fmt.Errorf("start server-side middle: %w", err)
+		}
+		t.middles = append(t.middles, m)
 	}
 	return t, nil
 }
@@ -124,10 +149,10 @@ func NewTopology(opt Options) (topo *Topology, err error) {
 // Close stops the middle and deletes every namespace, even after a partial build.
 func (t *Topology) Close() error {
 	var errs []error
-	if t.middle != nil {
-		errs = append(errs, t.middle.Close())
-		t.middle = nil
+	for _, m := range t.middles {
+		errs = append(errs, m.Close())
 	}
+	t.middles = nil
 	for _, ns := range t.all {
 		errs = append(errs, ns.Close())
 	}

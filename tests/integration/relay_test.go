@@ -1,0 +1,313 @@
+package integration
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pepsal/pepsal/tests/linkemu"
+	"github.com/pepsal/pepsal/tests/testbed"
+)
+
+// newBedWith builds a test bed with emulated links.
+func newBedWith(t *testing.T, opt testbed.Options) *bed {
+	t.Helper()
+	opt.Prefix = "pit"
+	topo, err := testbed.NewTopology(opt)
+	if err != nil {
+		t.Fatalf("test bed: %v", err)
+	}
+	b := &bed{Topology: topo, t: t}
+	t.Cleanup(func() {
+		b.pepsal("detach")
+		if err := topo.Close(); err != nil {
+			t.Errorf("close test bed: %v", err)
+		}
+	})
+	return b
+}
+
+// testLateAccept: the client writes its request right after connect, before
+// pepsal has even finished dialing, and the server accepts a second late.
+// The request must not get stuck (in sockmap mode: bytes that arrived before
+// the sockets were inserted).
+func testLateAccept(t *testing.T) {
+	b := newBed(t)
+	for _, f := range families {
+		ln := listen(t, b.Server, hostPort(f.server, 7200))
+		go func() {
+			for {
+				time.Sleep(time.Second)
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					req := make([]byte, 8)
+					if _, err := io.ReadFull(c, req); err != nil {
+						return
+					}
+					c.Write(append([]byte("re:"), req...))
+				}()
+			}
+		}()
+	}
+	b.startPepsal()
+	for _, f := range families {
+		c := mustDial(t, b.Client, hostPort(f.server, 7200))
+		c.Write([]byte("request!"))
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		got := make([]byte, 11)
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != "re:request!" {
+			t.Errorf("%s: response %q, %v", f.name, got, err)
+		}
+	}
+	if relayMode == "sockmap" {
+		if got := b.status().counter("relay_redirected"); got < 2 {
+			t.Errorf("relay_redirected = %d: the requests did not go through the kernel relay", got)
+		}
+	}
+}
+
+// testEarlyClose: the client sends and closes before the upstream connect
+// completes (server behind a 300 ms one-way link): everything arrives, then FIN.
+func testEarlyClose(t *testing.T) {
+	slow := linkemu.Link{Down: linkemu.Dir{Delay: 300 * time.Millisecond}, Up: linkemu.Dir{Delay: 300 * time.Millisecond}}
+	b := newBedWith(t, testbed.Options{ServerMiddle: linkemu.Middle(slow)})
+	type got struct {
+		n   int64
+		sum []byte
+		err error
+	}
+	results := make(chan got, 8)
+	for _, f := range families {
+		ln := listen(t, b.Server, hostPort(f.server, 7300))
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(30 * time.Second))
+					h := sha256.New()
+					n, err := io.Copy(h, c)
+					results <- got{n, h.Sum(nil), err}
+				}()
+			}
+		}()
+	}
+	b.startPepsal()
+	for _, f := range families {
+		for _, size := range []int64{32 << 10, 1 << 20} { // fits the first window; does not
+			c := mustDial(t, b.Client, hostPort(f.server, 7300))
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			if _, err := io.Copy(c, io.LimitReader(newStream(uint64(size)), size)); err != nil {
+				t.Fatalf("%s %d: send: %v", f.name, size, err)
+			}
+			c.Close()
+			select {
+			case r := <-results:
+				if r.err != nil || r.n != size || !bytes.Equal(r.sum, streamHash(uint64(size), size)) {
+					t.Errorf("%s %d bytes: server got %d bytes (hash ok: %v), err %v", f.name, size, r.n,
+						bytes.Equal(r.sum, streamHash(uint64(size), size)), r.err)
+				}
+			case <-time.After(40 * time.Second):
+				t.Fatalf("%s %d: server never finished", f.name, size)
+			}
+		}
+	}
+	// 32 KB fits the first window: the client's FIN is in before the upstream
+	// connect ends, so the socket cannot go into the sockmap.
+	if relayMode == "sockmap" {
+		if fb := b.daemonInfo().Stats.Fallback; fb < 2 {
+			t.Errorf("userspace_fallback = %d, want the two 32 KB connections at least", fb)
+		}
+	}
+}
+
+// testBigDownloadSlowClient: the server sends 50 MB and closes at once; the
+// client is behind a 10 Mbit/s link. Everything arrives, then FIN (no
+// truncation at teardown).
+func testBigDownloadSlowClient(t *testing.T) {
+	if testing.Short() {
+		t.Skip("40 s at 10 Mbit/s")
+	}
+	link := linkemu.Link{Down: linkemu.Dir{RateBps: 10e6, Delay: 5 * time.Millisecond}, Up: linkemu.Dir{Delay: 5 * time.Millisecond}}
+	b := newBedWith(t, testbed.Options{Middle: linkemu.Middle(link)})
+	const size = 50 << 20
+	ln := listen(t, b.Server, hostPort(testbed.ServerV4, 7400))
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		io.Copy(c, io.LimitReader(newStream(50), size))
+		c.Close() // at once: whatever is still queued must still be delivered
+	}()
+	b.startPepsal()
+	c := mustDial(t, b.Client, hostPort(testbed.ServerV4, 7400))
+	c.SetDeadline(time.Now().Add(120 * time.Second))
+	h := sha256.New()
+	n, err := io.Copy(h, c)
+	if err != nil || n != size || !bytes.Equal(h.Sum(nil), streamHash(50, size)) {
+		t.Errorf("client got %d of %d bytes (hash ok: %v), err %v", n, size, bytes.Equal(h.Sum(nil), streamHash(50, size)), err)
+	}
+}
+
+// testConnsShowsConnection: `pepsal conns` lists a live connection with its
+// relay, live byte counts, state and age.
+func testConnsShowsConnection(t *testing.T) {
+	b := newBed(t)
+	peerServer(t, b.Server, hostPort(testbed.ServerV4, 8080))
+	b.startPepsal()
+	c := mustDial(t, b.Client, hostPort(testbed.ServerV4, 8080))
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	readLine(c)
+	msg := bytes.Repeat([]byte("x"), 100000)
+	go c.Write(msg)
+	if _, err := io.ReadFull(c, make([]byte, len(msg))); err != nil {
+		t.Fatal(err)
+	}
+	r := b.pepsal("conns", "--json")
+	var conns []struct {
+		Client, Server, Relay, State string
+		BytesToServer                int64   `json:"bytes_to_server"`
+		BytesToClient                int64   `json:"bytes_to_client"`
+		Age                          float64 `json:"age_seconds"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &conns); err != nil || len(conns) != 1 {
+		t.Fatalf("conns --json: %v\n%s%s", err, r.stdout, r.stderr)
+	}
+	got := conns[0]
+	wantRelay := map[string]string{"splice": "splice", "sockmap": "kernel"}[relayMode]
+	if got.Relay != wantRelay || got.State != "established" || got.Server != hostPort(testbed.ServerV4, 8080) ||
+		!strings.HasPrefix(got.Client, testbed.ClientV4+":") || got.Age <= 0 {
+		t.Errorf("conns row %+v", got)
+	}
+	if relayMode == "sockmap" && (got.BytesToServer != int64(len(msg)) || got.BytesToClient < int64(len(msg))) {
+		t.Errorf("live bytes %d/%d, want %d each way", got.BytesToServer, got.BytesToClient, len(msg))
+	}
+	if text := b.pepsal("conns"); text.code != 0 || !strings.Contains(text.stdout, wantRelay) {
+		t.Errorf("conns text: %d %s", text.code, text.stdout)
+	}
+}
+
+// memUsed reads MemTotal-MemAvailable and Slab, in bytes.
+func memUsed(t *testing.T) (used, slab int64) {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals := map[string]int64{}
+	for _, l := range strings.Split(string(data), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 {
+			v, _ := strconv.ParseInt(f[1], 10, 64)
+			vals[strings.TrimSuffix(f[0], ":")] = v << 10
+		}
+	}
+	return vals["MemTotal"] - vals["MemAvailable"], vals["Slab"]
+}
+
+func daemonRSS(t *testing.T, b *bed) int64 {
+	var s struct {
+		Daemon struct {
+			PID int `json:"pid"`
+		} `json:"daemon"`
+	}
+	r := b.pepsal("status", "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil || s.Daemon.PID == 0 {
+		t.Fatalf("daemon pid: %v %s", err, r.stdout)
+	}
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.Daemon.PID))
+	for _, l := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// testMemoryBoundedSlowClient: servers send at full speed to clients behind a
+// 10 Mbit/s link for 20 s. What the kernel and the daemon hold must stay
+// under 48 MiB per connection (a relay without backpressure piles up GBs).
+func testMemoryBoundedSlowClient(t *testing.T) {
+	if testing.Short() {
+		t.Skip("20 s per case")
+	}
+	for _, conns := range []int{1, 20} {
+		t.Run(fmt.Sprintf("%d conns", conns), func(t *testing.T) {
+			link := linkemu.Link{Down: linkemu.Dir{RateBps: 10e6, Delay: 5 * time.Millisecond}, Up: linkemu.Dir{Delay: 5 * time.Millisecond}}
+			b := newBedWith(t, testbed.Options{Middle: linkemu.Middle(link)})
+			ln := listen(t, b.Server, hostPort(testbed.ServerV4, 7500))
+			stop := make(chan struct{})
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer c.Close()
+						go func() { <-stop; c.Close() }()
+						buf := make([]byte, 256<<10)
+						for {
+							if _, err := c.Write(buf); err != nil {
+								return
+							}
+						}
+					}()
+				}
+			}()
+			b.startPepsal()
+			var clients []net.Conn
+			for range conns {
+				c := mustDial(t, b.Client, hostPort(testbed.ServerV4, 7500))
+				clients = append(clients, c)
+			}
+			received := make(chan int64, conns)
+			for _, c := range clients {
+				go func() {
+					n, _ := io.Copy(io.Discard, c)
+					received <- n
+				}()
+			}
+			time.Sleep(2 * time.Second) // past slow start: buffers have grown to their working size
+			used0, slab0 := memUsed(t)
+			rss0 := daemonRSS(t, b)
+			time.Sleep(20 * time.Second)
+			used1, slab1 := memUsed(t)
+			rss1 := daemonRSS(t, b)
+			close(stop)
+			for _, c := range clients {
+				c.Close()
+			}
+			var total int64
+			for range clients {
+				total += <-received
+			}
+			const mib = 1 << 20
+			t.Logf("%s, %d conns: used +%.1f MiB, slab +%.1f MiB, daemon RSS +%.1f MiB (%.1f MiB), client got %.1f MB",
+				relayMode, conns, float64(used1-used0)/mib, float64(slab1-slab0)/mib, float64(rss1-rss0)/mib, float64(rss1)/mib, float64(total)/1e6)
+			limit := int64(conns) * 48 * mib
+			if growth := used1 - used0; growth > limit {
+				t.Errorf("memory grew by %.1f MiB in 20 s, limit %d MiB", float64(growth)/mib, limit/mib)
+			}
+			if total < int64(conns)*1e6 {
+				t.Errorf("clients received only %d bytes: the test measured nothing", total)
+			}
+		})
+	}
+}

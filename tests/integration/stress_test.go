@@ -1,0 +1,292 @@
+package integration
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pepsal/pepsal/tests/linkemu"
+	"github.com/pepsal/pepsal/tests/testbed"
+)
+
+// What a stress connection does.
+const (
+	stressNormal      = iota // upload, half-close, download, report
+	stressClientReset        // the client resets midway
+	stressServerReset        // the server resets midway
+)
+
+const stressHeader = 25 // up u64, down u64, seed u64, mode u8
+
+// stressServer serves the three kinds of stress connections; for client
+// resets it records whether it saw the reset (a hung server is a failure).
+func stressServer(t *testing.T, ns *testbed.NS, addr string, sawReset chan<- uint64) {
+	ln := listen(t, ns, addr)
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(150 * time.Second))
+				var hdr [stressHeader]byte
+				if _, err := io.ReadFull(c, hdr[:]); err != nil {
+					return
+				}
+				up := int64(binary.BigEndian.Uint64(hdr[0:]))
+				down := int64(binary.BigEndian.Uint64(hdr[8:]))
+				seed := binary.BigEndian.Uint64(hdr[16:])
+				switch hdr[24] {
+				case stressNormal:
+					h := sha256.New()
+					done := make(chan int64, 1)
+					go func() { n, _ := io.Copy(h, c); done <- n }()
+					if _, err := io.Copy(c, io.LimitReader(newStream(seed^0xd0d0), down)); err != nil {
+						return
+					}
+					n := <-done
+					var rep [40]byte
+					binary.BigEndian.PutUint64(rep[:8], uint64(n))
+					copy(rep[8:], h.Sum(nil))
+					c.Write(rep[:])
+					c.CloseWrite()
+					io.Copy(io.Discard, c)
+				case stressClientReset:
+					go io.Copy(c, io.LimitReader(newStream(seed), down))
+					_, err := io.Copy(io.Discard, c)
+					if isReset(err) {
+						sawReset <- seed
+					}
+				case stressServerReset:
+					io.Copy(c, io.LimitReader(newStream(seed), down/2))
+					io.CopyN(io.Discard, c, up/2)
+					c.SetLinger(0)
+					c.Close()
+				}
+			}()
+		}
+	}()
+}
+
+// stressConn runs one connection from the client side; nil means it behaved.
+func stressConn(ns *testbed.NS, addr string, mode byte, up, down int64, seed uint64, deadline time.Time) error {
+	c, err := dial(ns, addr, 30*time.Second)
+	if err != nil {
+		return fmt.Errorf("dial: %w", err)
+	}
+	defer c.Close()
+	c.SetDeadline(deadline)
+	var hdr [stressHeader]byte
+	binary.BigEndian.PutUint64(hdr[0:], uint64(up))
+	binary.BigEndian.PutUint64(hdr[8:], uint64(down))
+	binary.BigEndian.PutUint64(hdr[16:], seed)
+	hdr[24] = mode
+	if _, err := c.Write(hdr[:]); err != nil {
+		return err
+	}
+	switch mode {
+	case stressNormal:
+		sent := make(chan error, 1)
+		go func() {
+			_, err := io.Copy(c, io.LimitReader(newStream(seed), up))
+			if err == nil {
+				err = c.CloseWrite()
+			}
+			sent <- err
+		}()
+		h := sha256.New()
+		if n, err := io.CopyN(h, c, down); err != nil {
+			return fmt.Errorf("download truncated at %d of %d: %w", n, down, err)
+		}
+		if !bytes.Equal(h.Sum(nil), streamHash(seed^0xd0d0, down)) {
+			return fmt.Errorf("download corrupted")
+		}
+		var rep [40]byte
+		if _, err := io.ReadFull(c, rep[:]); err != nil {
+			return fmt.Errorf("report: %w", err)
+		}
+		if err := <-sent; err != nil {
+			return fmt.Errorf("upload: %w", err)
+		}
+		if n := int64(binary.BigEndian.Uint64(rep[:8])); n != up {
+			return fmt.Errorf("upload truncated: server got %d of %d", n, up)
+		}
+		if !bytes.Equal(rep[8:], streamHash(seed, up)) {
+			return fmt.Errorf("upload corrupted")
+		}
+		if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+			return fmt.Errorf("want EOF after the report, got %d bytes, %v", n, err)
+		}
+	case stressClientReset:
+		go io.Copy(c, io.LimitReader(newStream(seed), up))
+		h := sha256.New()
+		if _, err := io.CopyN(h, c, down/2); err != nil {
+			return fmt.Errorf("before reset: %w", err)
+		}
+		c.SetLinger(0)
+		c.Close()
+	case stressServerReset:
+		go io.Copy(c, io.LimitReader(newStream(seed), up))
+		_, err := io.Copy(io.Discard, c)
+		if !isReset(err) {
+			return fmt.Errorf("server reset seen as %v, want ECONNRESET", err)
+		}
+	}
+	return nil
+}
+
+// testRandomStress: 200 connections of random sizes, half-closes and resets
+// over the lossy GEO link. Nothing corrupted, truncated or hung; afterwards no
+// connection, relay map entry, descriptor or goroutine is left.
+func testRandomStress(t *testing.T) {
+	if testing.Short() {
+		t.Skip("over a 600 ms lossy link")
+	}
+	link, err := linkemu.Profile("geo-lossy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	link.Seed = 7
+	b := newBedWith(t, testbed.Options{Middle: linkemu.Middle(link)})
+	sawReset := make(chan uint64, 256)
+	for _, f := range families {
+		stressServer(t, b.Server, hostPort(f.server, 7600), sawReset)
+	}
+	b.startPepsal()
+	base := b.daemonInfo()
+
+	rng := rand.New(rand.NewPCG(11, 12))
+	const n = 200
+	deadline := time.Now().Add(150 * time.Second)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	clientResets := map[uint64]bool{}
+	for i := range n {
+		f := families[i%2]
+		mode := byte(stressNormal)
+		switch r := rng.IntN(10); {
+		case r == 0:
+			mode = stressClientReset
+		case r == 1:
+			mode = stressServerReset
+		}
+		up, down := rng.Int64N(48<<10), rng.Int64N(192<<10)
+		if mode != stressNormal {
+			up, down = up+2, down+2
+		}
+		seed := uint64(1000 + i)
+		if mode == stressClientReset {
+			clientResets[seed] = true
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Duration(i) * 20 * time.Millisecond) // spread the SYNs over 4 s
+			if err := stressConn(b.Client, hostPort(f.server, 7600), mode, up, down, seed, deadline); err != nil {
+				errs <- fmt.Errorf("conn %d (%s, mode %d, up %d, down %d): %w", i, f.name, mode, up, down, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("hung: %v", err)
+		} else {
+			t.Error(err)
+		}
+	}
+	// Every client reset must reach its server.
+	waitReset := time.After(20 * time.Second)
+	for len(clientResets) > 0 {
+		select {
+		case s := <-sawReset:
+			delete(clientResets, s)
+		case <-waitReset:
+			t.Errorf("%d client resets never reached the server", len(clientResets))
+			clientResets = nil
+		}
+	}
+
+	// Leaks: wait for the daemon to settle, then compare with the start.
+	var info daemonInfo
+	var st statusRelay
+	for end := time.Now().Add(15 * time.Second); ; {
+		info, st = b.daemonInfo(), b.relayEntries()
+		settled := info.Stats.Active == 0 && st.Sockets == 0 && st.Directions == 0 &&
+			info.OpenFDs <= base.OpenFDs && info.Goroutines <= base.Goroutines+2
+		if settled || time.Now().After(end) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if info.Stats.Active != 0 {
+		t.Errorf("%d connections still active", info.Stats.Active)
+	}
+	if st.Sockets != 0 || st.Directions != 0 {
+		t.Errorf("relay maps leak: %d sockets, %d directions", st.Sockets, st.Directions)
+	}
+	if info.OpenFDs > base.OpenFDs {
+		t.Errorf("fds: %d after, %d before", info.OpenFDs, base.OpenFDs)
+	}
+	if info.Goroutines > base.Goroutines+2 {
+		t.Errorf("goroutines: %d after, %d before", info.Goroutines, base.Goroutines)
+	}
+	if info.Stats.Accepted != n {
+		t.Errorf("accepted %d, want %d", info.Stats.Accepted, n)
+	}
+	t.Logf("%s: %+v", relayMode, info.Stats)
+}
+
+type daemonInfo struct {
+	Goroutines int `json:"goroutines"`
+	OpenFDs    int `json:"open_fds"`
+	Stats      struct {
+		Accepted  uint64 `json:"accepted"`
+		Active    int64  `json:"active"`
+		Completed uint64 `json:"completed"`
+		Reset     uint64 `json:"reset"`
+		Fallback  uint64 `json:"userspace_fallback"`
+	} `json:"stats"`
+}
+
+type statusRelay struct {
+	Sockets    int `json:"sockets"`
+	Directions int `json:"directions"`
+}
+
+func (b *bed) daemonInfo() daemonInfo {
+	b.t.Helper()
+	var s struct {
+		Daemon daemonInfo `json:"daemon"`
+	}
+	r := b.pepsal("status", "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		b.t.Fatalf("status: %v %s", err, r.stdout)
+	}
+	return s.Daemon
+}
+
+func (b *bed) relayEntries() statusRelay {
+	b.t.Helper()
+	var s struct {
+		Relay statusRelay `json:"relay_map_entries"`
+	}
+	r := b.pepsal("status", "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		b.t.Fatalf("status: %v %s", err, r.stdout)
+	}
+	return s.Relay
+}
