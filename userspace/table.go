@@ -75,7 +75,7 @@ type Table struct {
 	next  uint64
 
 	accepted, completed, reset, upstreamFailed, loopRefused, fallback atomic.Uint64
-	bytesToServer, bytesToClient                            atomic.Uint64
+	bytesToServer, bytesToClient                                      atomic.Uint64
 }
 
 // NewTable returns an empty table.
