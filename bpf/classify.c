@@ -170,7 +170,7 @@ int pepsal_classify(struct __sk_buff *skb)
 	struct packet p = {};
 	struct config *cfg;
 	__u32 zero = 0;
-	__u64 now;
+	struct divert_info info = {};
 	int rc;
 
 	rc = parse(skb, &p);
@@ -219,8 +219,9 @@ int pepsal_classify(struct __sk_buff *skb)
 		COUNT(syn_bypass_no_listener);
 		return TC_ACT_UNSPEC;
 	}
-	now = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&pepsal_diverted, &p.key, &now, BPF_ANY)) {
+	info.syn_ns = bpf_ktime_get_ns();
+	info.tos = p.tos;
+	if (bpf_map_update_elem(&pepsal_diverted, &p.key, &info, BPF_ANY)) {
 		/* Unreachable for an LRU map, but never divert what sk_lookup would not steer. */
 		COUNT(syn_bypass_no_listener);
 		return TC_ACT_UNSPEC;

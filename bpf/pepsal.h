@@ -20,6 +20,13 @@ struct flow_key {
 	__u32 family;
 };
 
+/* What the classifier saw on a diverted SYN. */
+struct divert_info {
+	__u64 syn_ns; /* bpf_ktime_get_ns() */
+	__u32 tos;    /* IPv4 ToS or IPv6 traffic class, for the upstream SYN */
+	__u32 pad;
+};
+
 /* One set of counters, one field per decision (per CPU, summed in userspace). */
 struct counters {
 	/* classifier (tc ingress), SYNs of new flows */
@@ -45,6 +52,10 @@ struct counters {
 	__u64 relay_pass_no_peer;     /* left to userspace: peer not in the relay map */
 	__u64 relay_pass_unknown;     /* socket without relay state */
 	__u64 relay_drop_empty;       /* empty skb (a bare FIN): nothing to relay */
+	/* sock_ops tuning */
+	__u64 tune_init_cwnd;         /* initial congestion window set on a leg */
+	__u64 tune_init_rwnd;         /* initial receive window set on a leg */
+	__u64 tune_failed;            /* bpf_setsockopt refused */
 };
 
 struct config {
@@ -52,6 +63,19 @@ struct config {
 	__u32 all_ports;     /* 1: intercept every destination port */
 	__u32 route_table;   /* policy routing table with the local default route */
 	__u32 rule_priority; /* priority of the fwmark rule pointing at it */
+	__u32 pad;
+	__u64 netns_cookie;  /* the namespace of this attachment (sock_ops sees every namespace) */
+};
+
+/* Tuning of one leg of every split connection, applied by sock_ops. */
+struct leg_tuning {
+	__u32 init_cwnd; /* segments; 0: kernel default */
+	__u32 init_rwnd; /* segments; 0: kernel default */
+};
+
+enum leg {
+	LEG_CLIENT = 0, /* accepted sockets */
+	LEG_SERVER = 1, /* dialed sockets */
 };
 
 /* How the classifier is attached to an interface, so that detach can undo it. */

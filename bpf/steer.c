@@ -32,9 +32,10 @@ int pepsal_steer(struct bpf_sk_lookup *ctx)
 	key.client_port = bpf_ntohs(ctx->remote_port);
 	key.server_port = ctx->local_port;
 
+	/* The entry stays: sock_ops recognises the accepted socket by it, and
+	 * the daemon reads the SYN's ToS from it, then deletes it. */
 	if (!bpf_map_lookup_elem(&pepsal_diverted, &key))
 		return SK_PASS;
-	bpf_map_delete_elem(&pepsal_diverted, &key);
 
 	sk = bpf_map_lookup_elem(&pepsal_listen, &slot);
 	if (!sk) {

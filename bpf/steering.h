@@ -48,5 +48,5 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct flow_key);
-	__type(value, __u64); /* bpf_ktime_get_ns() of the SYN */
+	__type(value, struct divert_info);
 } pepsal_diverted SEC(".maps");

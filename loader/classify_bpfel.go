@@ -19,6 +19,9 @@ type classifyConfig struct {
 	AllPorts     uint32
 	RouteTable   uint32
 	RulePriority uint32
+	Pad          uint32
+	_            [4]byte
+	NetnsCookie  uint64
 }
 
 type classifyCounters struct {
@@ -42,6 +45,16 @@ type classifyCounters struct {
 	RelayPassNoPeer     uint64
 	RelayPassUnknown    uint64
 	RelayDropEmpty      uint64
+	TuneInitCwnd        uint64
+	TuneInitRwnd        uint64
+	TuneFailed          uint64
+}
+
+type classifyDivertInfo struct {
+	_     structs.HostLayout
+	SynNs uint64
+	Tos   uint32
+	Pad   uint32
 }
 
 type classifyExcludeKey struct {

@@ -250,6 +250,9 @@ func createPinned(dir string) (err error) {
 	if err := attachRelay(tmp, classify.Maps); err != nil {
 		return err
 	}
+	if err := attachTune(tmp, classify.Maps); err != nil {
+		return err
+	}
 
 	netns, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
@@ -364,6 +367,11 @@ func Open() (*Attachment, error) {
 
 func (a *Attachment) setPolicy(cfg Config) error {
 	var c classifyConfig
+	cookie, err := netnsCookie()
+	if err != nil {
+		return err
+	}
+	c.NetnsCookie = cookie
 	c.Mark = cfg.Routing.Mark
 	c.RouteTable = uint32(cfg.Routing.Table)
 	c.RulePriority = uint32(cfg.Routing.Priority)
@@ -533,7 +541,7 @@ func (a *Attachment) Ifaces() ([]Iface, error) {
 // ProgramIDs returns the kernel ids of the pinned programs, by name.
 func (a *Attachment) ProgramIDs() map[string]uint32 {
 	ids := map[string]uint32{}
-	for _, name := range []string{pinClassify, pinSteer, pinRelay} {
+	for _, name := range []string{pinClassify, pinSteer, pinRelay, pinTune} {
 		p, err := ebpf.LoadPinnedProgram(filepath.Join(a.Dir, name), nil)
 		if err != nil {
 			continue
@@ -604,9 +612,13 @@ func detachLocked(dir string) error {
 			}
 		}
 	}
-	if l, err := link.LoadPinnedLink(filepath.Join(dir, pinSteerLink), nil); err == nil {
+	for _, pin := range []string{pinTuneLink, pinSteerLink} {
+		l, err := link.LoadPinnedLink(filepath.Join(dir, pin), nil)
+		if err != nil {
+			continue
+		}
 		if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
-			errs = append(errs, fmt.Errorf("detach sk_lookup link: %w", err))
+			errs = append(errs, fmt.Errorf("detach %s: %w", pin, err))
 		}
 		l.Close()
 	}

@@ -34,6 +34,9 @@ type relayCounters struct {
 	RelayPassNoPeer     uint64
 	RelayPassUnknown    uint64
 	RelayDropEmpty      uint64
+	TuneInitCwnd        uint64
+	TuneInitRwnd        uint64
+	TuneFailed          uint64
 }
 
 type relayRelayDir struct {

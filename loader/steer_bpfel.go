@@ -19,6 +19,9 @@ type steerConfig struct {
 	AllPorts     uint32
 	RouteTable   uint32
 	RulePriority uint32
+	Pad          uint32
+	_            [4]byte
+	NetnsCookie  uint64
 }
 
 type steerCounters struct {
@@ -42,6 +45,16 @@ type steerCounters struct {
 	RelayPassNoPeer     uint64
 	RelayPassUnknown    uint64
 	RelayDropEmpty      uint64
+	TuneInitCwnd        uint64
+	TuneInitRwnd        uint64
+	TuneFailed          uint64
+}
+
+type steerDivertInfo struct {
+	_     structs.HostLayout
+	SynNs uint64
+	Tos   uint32
+	Pad   uint32
 }
 
 type steerExcludeKey struct {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -13,8 +14,8 @@ import (
 // Listen opens a transparent listener on addr. IP_TRANSPARENT lets it answer
 // SYNs addressed to foreign servers (the SYN-ACK leaves from the server's
 // address); MPTCP is off because an MPTCP listener cannot go into a SOCKMAP.
-func Listen(addr string) (*net.TCPListener, error) {
-	lc := net.ListenConfig{Control: transparent}
+func Listen(addr string, t Tuning) (*net.TCPListener, error) {
+	lc := net.ListenConfig{Control: t.ListenerControl()}
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
@@ -56,4 +57,9 @@ func ListenerFD(ln *net.TCPListener, fn func(fd int) error) error {
 		return err
 	}
 	return ferr
+}
+
+func readSysctl(path string) (string, error) {
+	data, err := os.ReadFile("/proc/sys/" + path)
+	return string(data), err
 }

@@ -10,13 +10,20 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/pepsal/pepsal/loader"
+	"golang.org/x/sys/unix"
 )
 
 // Splitter accepts diverted connections and splits them.
 type Splitter struct {
 	ConnectTimeout time.Duration
 	Kernel         *KernelRelay // nil: every connection is spliced in userspace
+	Tuning         Tuning
+	Att            *loader.Attachment // the SYN's record, read and deleted after accept
+	Tuner          *loader.Tuner      // nil: no sock_ops (initial windows untouched)
 	Table          *Table
 	Log            *slog.Logger
 
@@ -105,7 +112,16 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		return
 	}
 
-	server, err := s.dial(ctx, serverAddr)
+	var tos uint32
+	if s.Att != nil {
+		if info, ok := s.Att.TakeDiverted(clientAddr, serverAddr); ok {
+			tos = info.Tos
+		}
+	}
+	server, upstreamCookie, err := s.dial(ctx, serverAddr, tos)
+	if upstreamCookie != 0 && s.Tuner != nil {
+		defer s.Tuner.ForgetUpstream(upstreamCookie)
+	}
 	if err != nil {
 		// The client believes it is connected: only an RST tells it the truth.
 		resetConn(client)
@@ -113,7 +129,14 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		log.Info("upstream connect failed", "err", err)
 		return
 	}
+	if err := s.Tuning.Client.established(client); err != nil {
+		log.Warn("tune client leg", "err", err)
+	}
+	if err := s.Tuning.Server.established(server); err != nil {
+		log.Warn("tune server leg", "err", err)
+	}
 	c.SetState("established")
+	c.setLegs(client, server)
 	log.Debug("split")
 
 	stop := context.AfterFunc(ctx, func() { resetConn(client); resetConn(server) })
@@ -128,14 +151,43 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	log.Debug("closed", "outcome", how, "to_server", c.toServer.Load(), "to_client", c.toClient.Load())
 }
 
-func (s *Splitter) dial(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
-	d := net.Dialer{Timeout: s.ConnectTimeout}
+// dial connects to the original destination with the server leg's tuning
+// and the client SYN's ToS; the socket is registered with sock_ops before its
+// SYN leaves. It returns the socket cookie, to unregister it later.
+func (s *Splitter) dial(ctx context.Context, dst netip.AddrPort, tos uint32) (*net.TCPConn, uint64, error) {
+	var cookie uint64
+	d := net.Dialer{Timeout: s.ConnectTimeout, Control: func(network, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = s.Tuning.Server.beforeHandshake(int(fd))
+			if serr == nil && tos != 0 {
+				serr = setTOS(int(fd), network, int(tos))
+			}
+			if serr == nil && s.Tuner != nil {
+				if cookie, serr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE); serr == nil {
+					serr = s.Tuner.RegisterUpstream(cookie)
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
 	d.SetMultipathTCP(false)
 	conn, err := d.DialContext(ctx, "tcp", dst.String())
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", dst, err)
+		return nil, cookie, fmt.Errorf("dial %s: %w", dst, err)
 	}
-	return conn.(*net.TCPConn), nil
+	return conn.(*net.TCPConn), cookie, nil
+}
+
+// setTOS gives the upstream SYN the client SYN's ToS / traffic class.
+func setTOS(fd int, network string, tos int) error {
+	if network == "tcp6" {
+		return wrapOpt("IPV6_TCLASS", unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_TCLASS, tos))
+	}
+	return wrapOpt("IP_TOS", unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TOS, tos))
 }
 
 func addrPort(a net.Addr) netip.AddrPort {

@@ -1,6 +1,7 @@
 package userspace
 
 import (
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -24,7 +25,11 @@ type Conn struct {
 	clientDone atomic.Bool                                       // client half-closed its sending side
 	serverDone atomic.Bool                                       // server half-closed its sending side
 	liveBytes  atomic.Pointer[func() (toServer, toClient int64)] // while the kernel moves the bytes
+	legs       atomic.Pointer[[2]*net.TCPConn]                   // client and server sockets, while open
 }
+
+// setLegs records the two sockets, so that `pepsal conns` can read their state.
+func (c *Conn) setLegs(client, server *net.TCPConn) { c.legs.Store(&[2]*net.TCPConn{client, server}) }
 
 // Bytes is how many bytes went each way so far.
 func (c *Conn) Bytes() (toServer, toClient int64) {
@@ -45,14 +50,16 @@ func (c *Conn) SetState(s string) { c.state.Store(s) }
 
 // ConnInfo is the exported view of a connection (for `pepsal conns`).
 type ConnInfo struct {
-	ID            uint64  `json:"id"`
-	Client        string  `json:"client"`
-	Server        string  `json:"server"`
-	Relay         string  `json:"relay"`
-	State         string  `json:"state"`
-	BytesToServer int64   `json:"bytes_to_server"`
-	BytesToClient int64   `json:"bytes_to_client"`
-	AgeSeconds    float64 `json:"age_seconds"`
+	ID            uint64   `json:"id"`
+	Client        string   `json:"client"`
+	Server        string   `json:"server"`
+	Relay         string   `json:"relay"`
+	State         string   `json:"state"`
+	BytesToServer int64    `json:"bytes_to_server"`
+	BytesToClient int64    `json:"bytes_to_client"`
+	AgeSeconds    float64  `json:"age_seconds"`
+	ClientLeg     *LegInfo `json:"client_leg,omitempty"`
+	ServerLeg     *LegInfo `json:"server_leg,omitempty"`
 }
 
 // Stats are the daemon's totals since start.
@@ -109,6 +116,7 @@ func (t *Table) Remove(c *Conn, how Outcome) {
 	t.mu.Lock()
 	delete(t.conns, c.ID)
 	t.mu.Unlock()
+	c.legs.Store(nil)
 	if strings.HasPrefix(c.Relay(), "userspace") {
 		t.fallback.Add(1)
 	}
@@ -151,8 +159,13 @@ func (t *Table) Stats() Stats {
 // Snapshot lists the live connections, oldest first.
 func (t *Table) Snapshot() []ConnInfo {
 	t.mu.Lock()
-	out := make([]ConnInfo, 0, len(t.conns))
+	conns := make([]*Conn, 0, len(t.conns))
 	for _, c := range t.conns {
+		conns = append(conns, c)
+	}
+	t.mu.Unlock()
+	out := make([]ConnInfo, 0, len(conns))
+	for _, c := range conns { // TCP_INFO outside the lock: accepts must not wait on it
 		state, _ := c.state.Load().(string)
 		toServer, toClient := c.Bytes()
 		out = append(out, ConnInfo{
@@ -165,8 +178,11 @@ func (t *Table) Snapshot() []ConnInfo {
 			BytesToClient: toClient,
 			AgeSeconds:    time.Since(c.Started).Seconds(),
 		})
+		if legs := c.legs.Load(); legs != nil {
+			out[len(out)-1].ClientLeg = legInfo(legs[0])
+			out[len(out)-1].ServerLeg = legInfo(legs[1])
+		}
 	}
-	t.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }

@@ -20,6 +20,7 @@ import (
 
 type runFlags struct {
 	policy         policyFlags
+	tuning         tuningFlags
 	relay          string
 	relayBudget    string
 	listenPort     int
@@ -35,10 +36,11 @@ func runCmd() *cobra.Command {
 		Short: "Attach to the given interfaces (or use the existing attachment) and split connections until stopped",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return run(cmd.Context(), &f)
+			return run(cmd, &f)
 		},
 	}
 	f.policy.register(cmd)
+	f.tuning.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.relay, "relay", "splice", "relay mode: splice (userspace, zero-copy) or sockmap (in-kernel)")
 	fl.StringVar(&f.relayBudget, "relay-budget", "4MiB", "sockmap relay: bytes per direction written toward a socket and not yet acknowledged by its peer, beyond which the sender is slowed by TCP flow control")
@@ -49,9 +51,14 @@ func runCmd() *cobra.Command {
 	return cmd
 }
 
-func run(ctx context.Context, f *runFlags) (err error) {
+func run(cmd *cobra.Command, f *runFlags) (err error) {
+	ctx := cmd.Context()
 	// Everything that can be checked is checked before anything is touched.
 	cfg, err := f.policy.config()
+	if err != nil {
+		return err
+	}
+	tuning, err := f.tuning.tuning(cmd)
 	if err != nil {
 		return err
 	}
@@ -90,7 +97,7 @@ func run(ctx context.Context, f *runFlags) (err error) {
 		return err
 	}
 	defer control.Close()
-	listeners, err := listen(f.listenPort, log)
+	listeners, err := listen(f.listenPort, tuning, log)
 	if err != nil {
 		return err
 	}
@@ -130,6 +137,20 @@ func run(ctx context.Context, f *runFlags) (err error) {
 	}
 
 	splitter := userspace.NewSplitter(tcpListeners, f.connectTimeout, log)
+	splitter.Tuning = tuning
+	splitter.Att = att
+	if tuner := att.Tuner(); tuner != nil {
+		defer tuner.Close()
+		splitter.Tuner = tuner
+		if err := tuner.SetLegs(
+			loader.LegTuning{InitCwnd: tuning.Client.InitCwnd, InitRwnd: tuning.Client.InitRwnd},
+			loader.LegTuning{InitCwnd: tuning.Server.InitCwnd, InitRwnd: tuning.Server.InitRwnd},
+		); err != nil {
+			return err
+		}
+	} else if tuning.Client.InitCwnd+tuning.Client.InitRwnd+tuning.Server.InitCwnd+tuning.Server.InitRwnd > 0 {
+		return errors.New("initial windows need the sock_ops program, which needs a cgroup v2 hierarchy: none is mounted")
+	}
 	if f.relay == "sockmap" {
 		splitter.Kernel = &userspace.KernelRelay{Log: log, Maps: att.Relay(), Budget: budget}
 	}
@@ -173,13 +194,13 @@ type slotListener struct {
 
 // listen opens the IPv4 and IPv6 listeners on loopback addresses, where no
 // remote host can reach them directly. IPv6 is skipped on a host without it.
-func listen(port int, log *slog.Logger) ([]slotListener, error) {
-	ln4, err := userspace.Listen(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+func listen(port int, tuning userspace.Tuning, log *slog.Logger) ([]slotListener, error) {
+	ln4, err := userspace.Listen(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), tuning)
 	if err != nil {
 		return nil, err
 	}
 	out := []slotListener{{loader.ListenerV4, ln4}}
-	ln6, err := userspace.Listen(net.JoinHostPort("::1", strconv.Itoa(port)))
+	ln6, err := userspace.Listen(net.JoinHostPort("::1", strconv.Itoa(port)), tuning)
 	if err != nil {
 		if strings.Contains(err.Error(), "in use") {
 			ln4.Close()

@@ -180,14 +180,23 @@ func connsCmd() *cobra.Command {
 				return enc.Encode(conns)
 			}
 			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tCLIENT\tSERVER\tRELAY\tSTATE\tTO SERVER\tTO CLIENT\tAGE")
+			fmt.Fprintln(tw, "ID\tCLIENT\tSERVER\tRELAY\tSTATE\tTO SERVER\tTO CLIENT\tAGE\tCLIENT LEG\tSERVER LEG")
 			for _, c := range conns {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", c.ID, c.Client, c.Server, c.Relay, c.State,
-					c.BytesToServer, c.BytesToClient, (time.Duration(c.AgeSeconds*1e3) * time.Millisecond).String())
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", c.ID, c.Client, c.Server, c.Relay, c.State,
+					c.BytesToServer, c.BytesToClient, (time.Duration(c.AgeSeconds*1e3) * time.Millisecond).String(),
+					legSummary(c.ClientLeg), legSummary(c.ServerLeg))
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// legSummary is one leg in a few words: congestion control, cwnd, RTT, retransmits.
+func legSummary(l *userspace.LegInfo) string {
+	if l == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%s cwnd %d rtt %.1fms retr %d", l.CC, l.CwndSegs, float64(l.RTTMicros)/1000, l.Retransmits)
 }

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: GPL-2.0
+/* sock_ops: per-leg initial congestion and receive windows, which no socket
+ * option can set. Attached to the root cgroup, it sees every TCP socket of
+ * the host and touches only pepsal's: accepted sockets of diverted flows
+ * (found in pepsal_diverted) and upstream sockets the daemon registered. */
+#include "steering.h"
+
+#include <linux/in.h>
+
+char __license[] SEC("license") = "GPL";
+
+#define SOL_TCP 6
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct leg_tuning);
+} pepsal_tuning SEC(".maps");
+
+/* Socket cookies of the daemon's upstream sockets, registered before connect. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+} pepsal_upstream SEC(".maps");
+
+/* leg says which leg of a split connection the socket is, or -1. */
+static __always_inline int leg(struct bpf_sock_ops *ops, int passive)
+{
+	struct config *cfg;
+	struct flow_key key = {};
+	__u32 zero = 0;
+	__u64 cookie;
+
+	cfg = bpf_map_lookup_elem(&pepsal_config, &zero);
+	if (!cfg || bpf_get_netns_cookie(ops) != cfg->netns_cookie)
+		return -1;
+	if (!passive) {
+		cookie = bpf_get_socket_cookie(ops);
+		return bpf_map_lookup_elem(&pepsal_upstream, &cookie) ? LEG_SERVER : -1;
+	}
+	if (ops->family == AF_INET) {
+		v4_mapped(key.client_addr, ops->remote_ip4);
+		v4_mapped(key.server_addr, ops->local_ip4);
+	} else if (ops->family == AF_INET6) {
+		__builtin_memcpy(key.client_addr, ops->remote_ip6, 16);
+		__builtin_memcpy(key.server_addr, ops->local_ip6, 16);
+	} else {
+		return -1;
+	}
+	key.family = ops->family;
+	key.client_port = bpf_ntohl(ops->remote_port);
+	key.server_port = ops->local_port;
+	return bpf_map_lookup_elem(&pepsal_diverted, &key) ? LEG_CLIENT : -1;
+}
+
+SEC("sockops")
+int pepsal_tune(struct bpf_sock_ops *ops)
+{
+	struct leg_tuning *t;
+	__u32 which;
+	int passive, l;
+
+	switch (ops->op) {
+	case BPF_SOCK_OPS_RWND_INIT:
+		/* A request socket (not full) is the passive side's SYN-ACK. */
+		passive = !ops->is_fullsock;
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		passive = 1;
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		passive = 0;
+		break;
+	default:
+		return 1;
+	}
+	l = leg(ops, passive);
+	if (l < 0)
+		return 1;
+	which = l;
+	t = bpf_map_lookup_elem(&pepsal_tuning, &which);
+	if (!t)
+		return 1;
+
+	if (ops->op == BPF_SOCK_OPS_RWND_INIT) {
+		if (t->init_rwnd) {
+			ops->reply = t->init_rwnd;
+			COUNT(tune_init_rwnd);
+		}
+		return 1;
+	}
+	if (t->init_cwnd) {
+		int iw = t->init_cwnd;
+
+		if (bpf_setsockopt(ops, SOL_TCP, TCP_BPF_IW, &iw, sizeof(iw)))
+			COUNT(tune_failed);
+		else
+			COUNT(tune_init_cwnd);
+	}
+	return 1;
+}

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/pepsal/pepsal/userspace"
+	"github.com/spf13/cobra"
+)
+
+// tuningFlags are the per-leg TCP settings of `pepsal run`: a role preset,
+// then any explicit flag on top of it.
+type tuningFlags struct {
+	role string
+	legs [2]legFlags // client, server
+}
+
+type legFlags struct {
+	name               string
+	cc                 string
+	initCwnd, initRwnd uint32
+	sndBuf, rcvBuf     string
+	noDelay, quickAck  bool
+	mss                int
+}
+
+func (t *tuningFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&t.role, "role", "", "preset for the long (satellite) leg: gateway (clients are across the link) or terminal (servers are)")
+	t.legs[0].name, t.legs[1].name = "client", "server"
+	for i := range t.legs {
+		l := &t.legs[i]
+		f.StringVar(&l.cc, l.name+"-cc", "", l.name+" leg congestion control (reno, cubic, bbr, ...)")
+		f.Uint32Var(&l.initCwnd, l.name+"-initcwnd", 0, l.name+" leg initial congestion window, segments")
+		f.Uint32Var(&l.initRwnd, l.name+"-initrwnd", 0, l.name+" leg initial receive window, segments")
+		f.StringVar(&l.sndBuf, l.name+"-sndbuf", "", l.name+" leg send buffer, e.g. 8MiB (fixed; default autotuned)")
+		f.StringVar(&l.rcvBuf, l.name+"-rcvbuf", "", l.name+" leg receive buffer, e.g. 8MiB (fixed; default autotuned)")
+		f.BoolVar(&l.noDelay, l.name+"-nodelay", true, l.name+" leg TCP_NODELAY")
+		f.BoolVar(&l.quickAck, l.name+"-quickack", false, l.name+" leg TCP_QUICKACK at connection start")
+		f.IntVar(&l.mss, l.name+"-mss", 0, l.name+" leg MSS clamp (TCP_MAXSEG)")
+	}
+}
+
+func (t *tuningFlags) tuning(cmd *cobra.Command) (userspace.Tuning, error) {
+	tun, err := userspace.RoleTuning(t.role)
+	if err != nil {
+		return tun, err
+	}
+	legs := [2]*userspace.Leg{&tun.Client, &tun.Server}
+	f := cmd.Flags()
+	for i, l := range t.legs {
+		leg := legs[i]
+		changed := func(opt string) bool { return f.Changed(l.name + "-" + opt) }
+		if changed("cc") {
+			leg.CC = l.cc
+		}
+		if changed("initcwnd") {
+			leg.InitCwnd = l.initCwnd
+		}
+		if changed("initrwnd") {
+			leg.InitRwnd = l.initRwnd
+		}
+		for _, b := range []struct {
+			opt string
+			val string
+			dst *int
+		}{{"sndbuf", l.sndBuf, &leg.SndBuf}, {"rcvbuf", l.rcvBuf, &leg.RcvBuf}} {
+			if !changed(b.opt) {
+				continue
+			}
+			n, err := parseSize(b.val)
+			if err != nil || n > 1<<30 {
+				return tun, fmt.Errorf("bad --%s-%s %q: want a size up to 1GiB, e.g. 8MiB", l.name, b.opt, b.val)
+			}
+			*b.dst = int(n)
+		}
+		if changed("nodelay") {
+			v := l.noDelay
+			leg.NoDelay = &v
+		}
+		if changed("quickack") {
+			leg.QuickAck = l.quickAck
+		}
+		if changed("mss") {
+			leg.MSS = l.mss
+		}
+		if err := leg.Validate(l.name); err != nil {
+			return tun, err
+		}
+	}
+	return tun, nil
+}

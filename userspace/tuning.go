@@ -1,0 +1,136 @@
+package userspace
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Leg is the TCP tuning of one side of every split connection. The zero value
+// keeps Linux's defaults.
+type Leg struct {
+	CC       string // congestion control (TCP_CONGESTION)
+	InitCwnd uint32 // initial congestion window in segments (set by the sock_ops program)
+	InitRwnd uint32 // initial receive window in segments (set by the sock_ops program)
+	SndBuf   int    // SO_SNDBUFFORCE bytes; 0 keeps autotuning
+	RcvBuf   int    // SO_RCVBUFFORCE bytes; 0 keeps autotuning
+	NoDelay  *bool  // TCP_NODELAY; nil keeps Go's default (on)
+	QuickAck bool   // TCP_QUICKACK at connection start
+	MSS      int    // TCP_MAXSEG clamp; 0 keeps the path's
+}
+
+// Tuning is what the split lets each leg do differently.
+type Tuning struct {
+	Client Leg // accepted sockets, facing the client
+	Server Leg // dialed sockets, facing the server
+}
+
+// Roles preset the long (satellite) leg. Buffers hold a 600 ms path at
+// 100 Mbit/s; the initial window fills a 20 Mbit/s GEO path in two round
+// trips; BBR keeps its rate through random loss where CUBIC halves it.
+var longLeg = Leg{CC: "bbr", InitCwnd: 128, InitRwnd: 2048, SndBuf: 16 << 20, RcvBuf: 16 << 20, QuickAck: true}
+
+// RoleTuning returns the preset of a role: "gateway" (clients come from the
+// satellite side), "terminal" (servers are across the satellite) or "" (Linux defaults).
+func RoleTuning(role string) (Tuning, error) {
+	switch role {
+	case "":
+		return Tuning{}, nil
+	case "gateway":
+		return Tuning{Client: longLeg}, nil
+	case "terminal":
+		return Tuning{Server: longLeg}, nil
+	}
+	return Tuning{}, fmt.Errorf("--role must be gateway or terminal, not %q", role)
+}
+
+// Validate checks what can be checked before anything is opened.
+func (l Leg) Validate(name string) error {
+	if l.CC != "" {
+		avail, err := availableCC()
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(" "+avail+" ", " "+l.CC+" ") {
+			return fmt.Errorf("--%s-cc %q is not available here (available: %s)", name, l.CC, avail)
+		}
+	}
+	if l.SndBuf < 0 || l.RcvBuf < 0 {
+		return fmt.Errorf("--%s buffer sizes must not be negative", name)
+	}
+	if l.MSS != 0 && (l.MSS < 88 || l.MSS > 65495) {
+		return fmt.Errorf("--%s-mss %d is out of range (88-65495)", name, l.MSS)
+	}
+	if l.InitCwnd > 4096 || l.InitRwnd > 65535 {
+		return fmt.Errorf("--%s-initcwnd must be <= 4096 and initrwnd <= 65535", name)
+	}
+	return nil
+}
+
+func availableCC() (string, error) {
+	data, err := readSysctl("net/ipv4/tcp_available_congestion_control")
+	if err != nil {
+		return "", fmt.Errorf("read available congestion controls: %w", err)
+	}
+	return strings.TrimSpace(data), nil
+}
+
+// beforeHandshake sets what the SYN or SYN-ACK must already carry (window
+// scale follows the receive buffer, the MSS option the clamp) and what a
+// listener hands down to its accepted sockets.
+func (l Leg) beforeHandshake(fd int) error {
+	var errs []error
+	if l.CC != "" {
+		errs = append(errs, wrapOpt("TCP_CONGESTION", unix.SetsockoptString(fd, unix.SOL_TCP, unix.TCP_CONGESTION, l.CC)))
+	}
+	if l.SndBuf > 0 {
+		errs = append(errs, wrapOpt("SO_SNDBUFFORCE", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, l.SndBuf)))
+	}
+	if l.RcvBuf > 0 {
+		errs = append(errs, wrapOpt("SO_RCVBUFFORCE", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, l.RcvBuf)))
+	}
+	if l.MSS > 0 {
+		errs = append(errs, wrapOpt("TCP_MAXSEG", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_MAXSEG, l.MSS)))
+	}
+	return errors.Join(errs...)
+}
+
+// established sets what only applies to a connected socket.
+func (l Leg) established(c *net.TCPConn) error {
+	var errs []error
+	if l.NoDelay != nil {
+		errs = append(errs, c.SetNoDelay(*l.NoDelay))
+	}
+	if l.QuickAck {
+		errs = append(errs, withFD(c, func(fd int) error {
+			return wrapOpt("TCP_QUICKACK", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_QUICKACK, 1))
+		}))
+	}
+	return errors.Join(errs...)
+}
+
+func wrapOpt(name string, err error) error {
+	if err != nil {
+		return fmt.Errorf("set %s: %w", name, err)
+	}
+	return nil
+}
+
+// ListenerControl returns the socket setup of the listeners: transparent,
+// plus the client leg's pre-handshake tuning, inherited by accepted sockets.
+func (t Tuning) ListenerControl() func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		if err := transparent(network, address, c); err != nil {
+			return err
+		}
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = t.Client.beforeHandshake(int(fd)) }); err != nil {
+			return err
+		}
+		return serr
+	}
+}
