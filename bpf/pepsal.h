@@ -63,7 +63,7 @@ struct config {
 	__u32 all_ports;     /* 1: intercept every destination port */
 	__u32 route_table;   /* policy routing table with the local default route */
 	__u32 rule_priority; /* priority of the fwmark rule pointing at it */
-	__u32 pad;
+	__u32 fastopen_restore; /* net.ipv4.tcp_fastopen to restore at detach, plus 1; 0: untouched */
 	__u64 netns_cookie;  /* the namespace of this attachment (sock_ops sees every namespace) */
 };
 

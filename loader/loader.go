@@ -367,6 +367,9 @@ func Open() (*Attachment, error) {
 
 func (a *Attachment) setPolicy(cfg Config) error {
 	var c classifyConfig
+	if err := a.maps.PepsalConfig.Lookup(uint32(0), &c); err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
 	cookie, err := netnsCookie()
 	if err != nil {
 		return err
@@ -441,6 +444,20 @@ func (a *Attachment) Config() (classifyConfig, error) {
 		return c, fmt.Errorf("read config: %w", err)
 	}
 	return c, nil
+}
+
+// RecordFastOpenRestore remembers the net.ipv4.tcp_fastopen value to put
+// back at detach (also after a killed daemon). Only the first record counts.
+func (a *Attachment) RecordFastOpenRestore(old int) error {
+	c, err := a.Config()
+	if err != nil {
+		return err
+	}
+	if c.FastopenRestore != 0 {
+		return nil
+	}
+	c.FastopenRestore = uint32(old) + 1
+	return a.maps.PepsalConfig.Put(uint32(0), c)
 }
 
 // Routing returns the policy routing this attachment installed.
@@ -587,9 +604,13 @@ func Detach() error {
 func detachLocked(dir string) error {
 	var errs []error
 	routing := Routing{Mark: DefaultMark, Table: DefaultTable, Priority: DefaultRulePriority}
+	var restore uint32
 	if att, err := openPinned(dir); err == nil {
 		if r, err := att.Routing(); err == nil {
 			routing = r
+		}
+		if c, err := att.Config(); err == nil {
+			restore = c.FastopenRestore
 		}
 		var idx uint32
 		var st classifyIfaceState
@@ -623,6 +644,11 @@ func detachLocked(dir string) error {
 		l.Close()
 	}
 	errs = append(errs, routing.Remove())
+	if restore > 0 {
+		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_fastopen", []byte(strconv.Itoa(int(restore-1))), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("restore net.ipv4.tcp_fastopen: %w", err))
+		}
+	}
 	errs = append(errs, removePinDir(dir))
 	return errors.Join(errs...)
 }

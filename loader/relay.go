@@ -21,13 +21,15 @@ func (a *Attachment) Relay() *Relay {
 }
 
 // Prepare creates the state of both directions of a connection, before
-// either socket is inserted: the verdict must never see a socket it does not know.
-func (r *Relay) Prepare(a, b uint64, budget uint64) error {
-	for _, d := range [][2]uint64{{a, b}, {b, a}} {
-		if err := r.dirs.Put(d[0], RelayDir{PeerCookie: d[1], Budget: budget}); err != nil {
+// either socket is inserted: the verdict must never see a socket it does not
+// know. aPre bytes from a were already moved by userspace before insertion;
+// they count as passed and written, so the verdict's books balance.
+func (r *Relay) Prepare(a, b uint64, budget uint64, aPre uint64) error {
+	for _, d := range []struct{ src, dst, pre uint64 }{{a, b, aPre}, {b, a, 0}} {
+		if err := r.dirs.Put(d.src, RelayDir{PeerCookie: d.dst, Budget: budget, PassedBytes: d.pre}); err != nil {
 			return fmt.Errorf("relay state: %w", err)
 		}
-		if err := r.user.Put(d[0], uint64(0)); err != nil {
+		if err := r.user.Put(d.src, d.pre); err != nil {
 			return fmt.Errorf("relay state: %w", err)
 		}
 	}

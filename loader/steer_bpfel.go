@@ -14,14 +14,14 @@ import (
 )
 
 type steerConfig struct {
-	_            structs.HostLayout
-	Mark         uint32
-	AllPorts     uint32
-	RouteTable   uint32
-	RulePriority uint32
-	Pad          uint32
-	_            [4]byte
-	NetnsCookie  uint64
+	_               structs.HostLayout
+	Mark            uint32
+	AllPorts        uint32
+	RouteTable      uint32
+	RulePriority    uint32
+	FastopenRestore uint32
+	_               [4]byte
+	NetnsCookie     uint64
 }
 
 type steerCounters struct {

@@ -39,7 +39,9 @@ type relayDir struct {
 	userBytes atomic.Int64
 }
 
-func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TCPConn) Outcome {
+// relay moves the connection's bytes; the first pre bytes from the client
+// were already written to the server by userspace (fast open).
+func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TCPConn, pre int64) Outcome {
 	clientCookie, err1 := socketCookie(client)
 	serverCookie, err2 := socketCookie(server)
 	if err := errors.Join(err1, err2); err != nil {
@@ -57,13 +59,14 @@ func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TC
 			return spliceRelay(c, client, server)
 		}
 	}
-	if err := k.Maps.Prepare(clientCookie, serverCookie, k.Budget); err != nil {
+	if err := k.Maps.Prepare(clientCookie, serverCookie, k.Budget, uint64(pre)); err != nil {
 		c.SetRelay("userspace: " + err.Error())
 		return spliceRelay(c, client, server)
 	}
 	defer k.Maps.Forget(clientCookie, serverCookie)
 
 	up := &relayDir{src: client, dst: server, cookie: clientCookie}
+	up.userBytes.Store(pre)
 	down := &relayDir{src: server, dst: client, cookie: serverCookie}
 	if err := withFD(client, func(fd int) error { return k.Maps.Insert(clientCookie, fd) }); err != nil {
 		c.SetRelay("userspace: client: " + err.Error())

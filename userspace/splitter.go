@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -118,7 +119,26 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 			tos = info.Tos
 		}
 	}
-	server, upstreamCookie, err := s.dial(ctx, serverAddr, tos)
+	var first []byte
+	drained := true // no partly read skb left on the client socket
+	if s.Tuning.FastOpen.Dial {
+		var err error
+		first, drained, err = firstBytes(client, s.Tuning.FastOpen.Wait)
+		if err != nil && !errors.Is(err, io.EOF) {
+			resetConn(client)
+			s.Table.Remove(c, WasReset)
+			return
+		}
+	}
+	var server *net.TCPConn
+	var upstreamCookie uint64
+	var err error
+	if len(first) > 0 {
+		log.Debug("dial with fast open", "first_bytes", len(first))
+		server, upstreamCookie, err = s.dialFastOpen(ctx, serverAddr, tos, first)
+	} else {
+		server, upstreamCookie, err = s.dial(ctx, serverAddr, tos)
+	}
 	if upstreamCookie != 0 && s.Tuner != nil {
 		defer s.Tuner.ForgetUpstream(upstreamCookie)
 	}
@@ -140,10 +160,14 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	log.Debug("split")
 
 	stop := context.AfterFunc(ctx, func() { resetConn(client); resetConn(server) })
+	c.toServer.Add(int64(len(first)))
 	var how Outcome
-	if s.Kernel != nil {
-		how = s.Kernel.relay(ctx, c, client, server)
+	if s.Kernel != nil && drained {
+		how = s.Kernel.relay(ctx, c, client, server, int64(len(first)))
 	} else {
+		if s.Kernel != nil {
+			c.SetRelay("userspace: first bytes not read whole")
+		}
 		how = spliceRelay(c, client, server)
 	}
 	stop()
@@ -152,23 +176,13 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 }
 
 // dial connects to the original destination with the server leg's tuning
-// and the client SYN's ToS; the socket is registered with sock_ops before its
-// SYN leaves. It returns the socket cookie, to unregister it later.
+// and the client SYN's ToS. It returns the socket cookie, to unregister the
+// socket from sock_ops later.
 func (s *Splitter) dial(ctx context.Context, dst netip.AddrPort, tos uint32) (*net.TCPConn, uint64, error) {
 	var cookie uint64
 	d := net.Dialer{Timeout: s.ConnectTimeout, Control: func(network, _ string, c syscall.RawConn) error {
 		var serr error
-		err := c.Control(func(fd uintptr) {
-			serr = s.Tuning.Server.beforeHandshake(int(fd))
-			if serr == nil && tos != 0 {
-				serr = setTOS(int(fd), network, int(tos))
-			}
-			if serr == nil && s.Tuner != nil {
-				if cookie, serr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE); serr == nil {
-					serr = s.Tuner.RegisterUpstream(cookie)
-				}
-			}
-		})
+		err := c.Control(func(fd uintptr) { cookie, serr = s.setupUpstream(int(fd), network, tos) })
 		if err != nil {
 			return err
 		}
@@ -180,6 +194,26 @@ func (s *Splitter) dial(ctx context.Context, dst netip.AddrPort, tos uint32) (*n
 		return nil, cookie, fmt.Errorf("dial %s: %w", dst, err)
 	}
 	return conn.(*net.TCPConn), cookie, nil
+}
+
+// setupUpstream prepares an upstream socket before its SYN: the server leg's
+// tuning, the client's ToS, and registration with sock_ops by cookie.
+func (s *Splitter) setupUpstream(fd int, network string, tos uint32) (cookie uint64, err error) {
+	if err := s.Tuning.Server.beforeHandshake(fd); err != nil {
+		return 0, err
+	}
+	if tos != 0 {
+		if err := setTOS(fd, network, int(tos)); err != nil {
+			return 0, err
+		}
+	}
+	if s.Tuner == nil {
+		return 0, nil
+	}
+	if cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
+		return 0, fmt.Errorf("SO_COOKIE: %w", err)
+	}
+	return cookie, s.Tuner.RegisterUpstream(cookie)
 }
 
 // setTOS gives the upstream SYN the client SYN's ToS / traffic class.

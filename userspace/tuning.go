@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,13 +26,18 @@ type Leg struct {
 
 // Tuning is what the split lets each leg do differently.
 type Tuning struct {
-	Client Leg // accepted sockets, facing the client
-	Server Leg // dialed sockets, facing the server
+	Client   Leg // accepted sockets, facing the client
+	Server   Leg // dialed sockets, facing the server
+	FastOpen FastOpen
 }
 
 // Roles preset the long (satellite) leg. Buffers hold a 600 ms path at
 // 100 Mbit/s; the initial window fills a 20 Mbit/s GEO path in two round
 // trips; BBR keeps its rate through random loss where CUBIC halves it.
+// defaultFastOpenWait is how long a terminal waits for a client's request to
+// put it in the SYN: a LAN client sends it right after its handshake.
+const defaultFastOpenWait = 20 * time.Millisecond
+
 var longLeg = Leg{CC: "bbr", InitCwnd: 128, InitRwnd: 2048, SndBuf: 16 << 20, RcvBuf: 16 << 20, QuickAck: true}
 
 // RoleTuning returns the preset of a role: "gateway" (clients come from the
@@ -41,9 +47,9 @@ func RoleTuning(role string) (Tuning, error) {
 	case "":
 		return Tuning{}, nil
 	case "gateway":
-		return Tuning{Client: longLeg}, nil
+		return Tuning{Client: longLeg, FastOpen: FastOpen{Accept: true}}, nil
 	case "terminal":
-		return Tuning{Server: longLeg}, nil
+		return Tuning{Server: longLeg, FastOpen: FastOpen{Dial: true, Wait: defaultFastOpenWait}}, nil
 	}
 	return Tuning{}, fmt.Errorf("--role must be gateway or terminal, not %q", role)
 }
@@ -128,7 +134,13 @@ func (t Tuning) ListenerControl() func(network, address string, c syscall.RawCon
 			return err
 		}
 		var serr error
-		if err := c.Control(func(fd uintptr) { serr = t.Client.beforeHandshake(int(fd)) }); err != nil {
+		err := c.Control(func(fd uintptr) {
+			serr = t.Client.beforeHandshake(int(fd))
+			if serr == nil && t.FastOpen.Accept {
+				serr = acceptFastOpen(int(fd))
+			}
+		})
+		if err != nil {
 			return err
 		}
 		return serr

@@ -124,6 +124,22 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 	if cookie := firstListenerCookie(att); cookie != 0 {
 		return errors.New("another pepsal daemon is serving this attachment")
 	}
+	if tuning.FastOpen.Accept {
+		old, changed, err := userspace.EnableServerFastOpen()
+		if err != nil {
+			return err
+		}
+		if changed {
+			var oldV int
+			fmt.Sscan(old, &oldV)
+			if err := att.RecordFastOpenRestore(oldV); err != nil {
+				return err
+			}
+			if !ownAttachment { // a detach would restore it; without one, the daemon does
+				defer userspace.WriteSysctl("net/ipv4/tcp_fastopen", old)
+			}
+		}
+	}
 
 	var tcpListeners []*net.TCPListener
 	var addrs []string

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/pepsal/pepsal/userspace"
 	"github.com/spf13/cobra"
@@ -10,7 +11,9 @@ import (
 // tuningFlags are the per-leg TCP settings of `pepsal run`: a role preset,
 // then any explicit flag on top of it.
 type tuningFlags struct {
-	role string
+	role         string
+	fastOpen     bool
+	fastOpenWait time.Duration
 	legs [2]legFlags // client, server
 }
 
@@ -26,6 +29,8 @@ type legFlags struct {
 func (t *tuningFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&t.role, "role", "", "preset for the long (satellite) leg: gateway (clients are across the link) or terminal (servers are)")
+	f.BoolVar(&t.fastOpen, "fastopen", false, "TCP Fast Open without cookies, for the link between two pepsals: dial with the client's first bytes in the SYN, accept data in SYNs (enables the server bit of net.ipv4.tcp_fastopen, restored at exit)")
+	f.DurationVar(&t.fastOpenWait, "fastopen-wait", 20*time.Millisecond, "how long to wait for a client's first bytes to put them in the upstream SYN")
 	t.legs[0].name, t.legs[1].name = "client", "server"
 	for i := range t.legs {
 		l := &t.legs[i]
@@ -44,6 +49,15 @@ func (t *tuningFlags) tuning(cmd *cobra.Command) (userspace.Tuning, error) {
 	tun, err := userspace.RoleTuning(t.role)
 	if err != nil {
 		return tun, err
+	}
+	if cmd.Flags().Changed("fastopen") {
+		tun.FastOpen.Dial, tun.FastOpen.Accept = t.fastOpen, t.fastOpen
+	}
+	if tun.FastOpen.Dial || cmd.Flags().Changed("fastopen-wait") {
+		if t.fastOpenWait <= 0 || t.fastOpenWait > time.Second {
+			return tun, fmt.Errorf("--fastopen-wait must be between 0 and 1s")
+		}
+		tun.FastOpen.Wait = t.fastOpenWait
 	}
 	legs := [2]*userspace.Leg{&tun.Client, &tun.Server}
 	f := cmd.Flags()

@@ -143,32 +143,38 @@ func (b *bed) startPepsal(args ...string) *daemon {
 	if len(args) == 0 {
 		args = []string{"--iface", testbed.RouterClientIf}
 	}
-	cmd := b.Router.Command(pepsalBin, append([]string{"run", "--log-level", "debug", "--relay", relayMode}, args...)...)
+	return startPepsalIn(b.t, b.Router, args...)
+}
+
+// startPepsalIn runs `pepsal run` (in the suite's relay mode) in ns.
+func startPepsalIn(t *testing.T, ns *testbed.NS, args ...string) *daemon {
+	t.Helper()
+	cmd := ns.Command(pepsalBin, append([]string{"run", "--log-level", "debug", "--relay", relayMode}, args...)...)
 	d := &daemon{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = d.stderr
 	if err := cmd.Start(); err != nil {
-		b.t.Fatalf("start pepsal: %v", err)
+		t.Fatalf("start pepsal: %v", err)
 	}
 	go func() { d.done <- cmd.Wait() }()
-	b.t.Cleanup(func() {
+	t.Cleanup(func() {
 		d.stop(syscall.SIGTERM, 10*time.Second)
-		if b.t.Failed() {
-			b.t.Logf("pepsal stderr:\n%s", d.stderr.String())
+		if t.Failed() {
+			t.Logf("pepsal stderr (%s):\n%s", ns.Name, d.stderr.String())
 		}
 	})
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if r := b.pepsal("status"); r.code == 0 {
+		if r := runCmdIn(ns, pepsalBin, "status"); r.code == 0 {
 			return d
 		}
 		select {
 		case err := <-d.done:
 			d.done <- err
-			b.t.Fatalf("pepsal exited early (%v):\n%s", err, d.stderr.String())
+			t.Fatalf("pepsal exited early (%v):\n%s", err, d.stderr.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			b.t.Fatalf("pepsal not serving after 15 s:\n%s", d.stderr.String())
+			t.Fatalf("pepsal not serving after 15 s:\n%s", d.stderr.String())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -352,7 +358,7 @@ func netState(t *testing.T, ns *testbed.NS) string {
 		}
 		parts = append(parts, strings.Join(args, " ")+":\n"+scrubVolatile(string(out)))
 	}
-	parts = append(parts, "pins:\n"+pins())
+	parts = append(parts, "pins:\n"+pins(t, ns))
 	return strings.Join(parts, "\n")
 }
 
@@ -368,16 +374,23 @@ func scrubVolatile(s string) string {
 	return strings.Join(keep, "\n")
 }
 
-// pins lists everything under bpffs/pepsal (all namespaces: other test beds
-// run one at a time, so the set must come back to what it was).
-func pins() string {
+// pins lists the pins of ns's pin directory (and of its temporary twin):
+// other namespaces (other test beds, a benchmark) have their own.
+func pins(t *testing.T, ns *testbed.NS) string {
+	var st syscall.Stat_t
+	if err := syscall.Stat(ns.Path(), &st); err != nil {
+		t.Fatalf("stat %s: %v", ns.Path(), err)
+	}
+	matches, _ := filepath.Glob(fmt.Sprintf("/sys/fs/bpf/pepsal/netns-%d*", st.Ino))
 	var names []string
-	_ = filepath.Walk("/sys/fs/bpf/pepsal", func(p string, _ os.FileInfo, err error) error {
-		if err == nil {
-			names = append(names, p)
-		}
-		return nil
-	})
+	for _, m := range matches {
+		_ = filepath.Walk(m, func(p string, _ os.FileInfo, err error) error {
+			if err == nil {
+				names = append(names, p)
+			}
+			return nil
+		})
+	}
 	sort.Strings(names)
 	return strings.Join(names, "\n")
 }

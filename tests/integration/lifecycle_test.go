@@ -1,7 +1,10 @@
 package integration
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -41,8 +44,22 @@ func testKilledDaemonFailsOpenAndDetachCleans(t *testing.T) {
 	if during := netState(t, b.Router); during == before {
 		t.Fatal("state unchanged while attached: the comparison cannot see anything")
 	}
+	var st struct {
+		Programs map[string]int `json:"program_ids"`
+	}
+	json.Unmarshal([]byte(b.pepsal("status", "--json").stdout), &st)
+	if len(st.Programs) != 4 {
+		t.Errorf("program ids %v, want classifier, steering, relay and sock_ops", st.Programs)
+	}
 	if r := b.pepsal("detach"); r.code != 0 {
 		t.Fatalf("detach: %d %s", r.code, r.stderr)
+	}
+	// A program still attached anywhere (the sock_ops one sits on the root
+	// cgroup, outside the namespace) would still exist.
+	for name, id := range st.Programs {
+		if out, err := exec.Command("bpftool", "prog", "show", "id", fmt.Sprint(id)).CombinedOutput(); err == nil {
+			t.Errorf("%s (id %d) survives detach:\n%s", name, id, out)
+		}
 	}
 	if after := netState(t, b.Router); after != before {
 		t.Errorf("detach left traces:\nbefore:\n%s\nafter:\n%s", before, after)

@@ -25,6 +25,8 @@ var relaySuite = []struct {
 	{"LegTuning", testLegTuning},
 	{"DefaultsUntouched", testDefaultsUntouched},
 	{"ToSCopied", testToSCopied},
+	{"TwoPEPFastOpen", testTwoPEPFastOpen},
+	{"LoneTerminalFallsBack", testLoneTerminalFallsBack},
 	{"RouterOwnTrafficNotIntercepted", testRouterOwnTrafficNotIntercepted},
 	{"UDPAndICMPPass", testUDPAndICMPPass},
 	{"PolicyBypass", testPolicyBypass},

@@ -249,4 +249,3 @@ func synToS(f []byte, port uint16) (int, bool) {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
-

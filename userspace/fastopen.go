@@ -1,0 +1,206 @@
+package userspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// FastOpen makes the long leg between two pepsals cost one round trip less:
+// the dialing side puts the client's first bytes in its SYN, the accepting
+// side takes them from the SYN, both without cookies (the peers are known
+// to each other; an ordinary server ignores the data and gets it again after
+// its handshake, which is TCP's own fallback).
+type FastOpen struct {
+	Dial   bool          // send the client's first bytes in the upstream SYN
+	Accept bool          // accept data in SYNs on the listeners
+	Wait   time.Duration // how long to wait for the client's first bytes before dialing without them
+}
+
+// fastOpenQueue bounds the pending fast-open requests on a listener.
+const fastOpenQueue = 4096
+
+// acceptFastOpen enables cookie-less fast open on a listener socket.
+func acceptFastOpen(fd int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN, fastOpenQueue); err != nil {
+		return fmt.Errorf("set TCP_FASTOPEN: %w", err)
+	}
+	return wrapOpt("TCP_FASTOPEN_NO_COOKIE", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1))
+}
+
+// EnableServerFastOpen sets the server bit of net.ipv4.tcp_fastopen in this
+// namespace (no socket option can) and returns the value to restore.
+func EnableServerFastOpen() (old string, changed bool, err error) {
+	cur, err := readSysctl("net/ipv4/tcp_fastopen")
+	if err != nil {
+		return "", false, fmt.Errorf("read net.ipv4.tcp_fastopen: %w", err)
+	}
+	var v int
+	if _, err := fmt.Sscan(cur, &v); err != nil {
+		return "", false, fmt.Errorf("parse net.ipv4.tcp_fastopen %q: %w", cur, err)
+	}
+	const serverEnable = 0x2
+	if v&serverEnable != 0 {
+		return cur, false, nil
+	}
+	if err := WriteSysctl("net/ipv4/tcp_fastopen", fmt.Sprint(v|serverEnable)); err != nil {
+		return "", false, fmt.Errorf("enable server fast open: %w", err)
+	}
+	return fmt.Sprint(v), true, nil
+}
+
+// WriteSysctl writes /proc/sys/<path>.
+func WriteSysctl(path, value string) error {
+	return os.WriteFile("/proc/sys/"+path, []byte(value), 0o644)
+}
+
+// firstBytes waits up to wait for what the client sends first, so that it can
+// ride on the upstream SYN; protocols where the server speaks first get
+// nothing here. It then reads on, without waiting, until a read comes back
+// short: the kernel relay must never see a partly read skb (its verdict would
+// get the whole skb again), and a short read means every queued skb was
+// consumed whole. drained is false when it stopped at maxFirst instead.
+func firstBytes(c *net.TCPConn, wait time.Duration) (data []byte, drained bool, err error) {
+	const synData, maxFirst = 1400, 1 << 20 // what fits in a SYN on a 1500-byte path; a bound
+	buf := make([]byte, synData)
+	_ = c.SetReadDeadline(time.Now().Add(wait))
+	defer c.SetReadDeadline(time.Time{})
+	n, err := c.Read(buf)
+	if isTimeout(err) {
+		return nil, true, nil
+	}
+	if err != nil {
+		return nil, true, err
+	}
+	data = buf[:n]
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, true, err
+	}
+	more := make([]byte, 64<<10)
+	for full := n == synData; full; {
+		if len(data) >= maxFirst {
+			return data, false, nil
+		}
+		// One non-blocking read of what is queued (a deadline in the past
+		// would not even try).
+		var m int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			m, rerr = unix.Read(int(fd), more)
+			return true
+		}); err != nil {
+			return data, true, err
+		}
+		if errors.Is(rerr, unix.EAGAIN) || m == 0 {
+			break // nothing queued (or EOF): every skb was read whole
+		}
+		if rerr != nil {
+			return data, true, rerr
+		}
+		data = append(data, more[:m]...)
+		full = m == len(more)
+	}
+	return data, true, nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// dialFastOpen connects to dst with data in the SYN (sendto MSG_FASTOPEN),
+// with the same socket setup as an ordinary dial, and writes what did not fit
+// in the SYN once connected.
+func (s *Splitter) dialFastOpen(ctx context.Context, dst netip.AddrPort, tos uint32, data []byte) (conn *net.TCPConn, cookie uint64, err error) {
+	var family int
+	var network string
+	var sa unix.Sockaddr
+	if dst.Addr().Is4() {
+		family, network = unix.AF_INET, "tcp4"
+		sa = &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+	} else {
+		family, network = unix.AF_INET6, "tcp6"
+		sa = &unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, 0, fmt.Errorf("socket: %w", err)
+	}
+	if cookie, err = s.setupUpstream(fd, network, tos); err == nil {
+		err = wrapOpt("TCP_FASTOPEN_NO_COOKIE", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1))
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, cookie, err
+	}
+	syn := data[:min(len(data), 1400)]
+	sent, err := unix.SendmsgN(fd, syn, nil, sa, unix.MSG_FASTOPEN|unix.MSG_NOSIGNAL)
+	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
+		unix.Close(fd)
+		return nil, cookie, fmt.Errorf("dial %s with fast open: %w", dst, err)
+	}
+	f := os.NewFile(uintptr(fd), "upstream")
+	fc, err := net.FileConn(f) // dups fd into the poller
+	f.Close()
+	if err != nil {
+		return nil, cookie, fmt.Errorf("dial %s: %w", dst, err)
+	}
+	conn = fc.(*net.TCPConn)
+	if err := waitConnected(ctx, conn, s.ConnectTimeout); err != nil {
+		conn.Close()
+		return nil, cookie, fmt.Errorf("dial %s: %w", dst, err)
+	}
+	if sent < len(data) {
+		if _, err := conn.Write(data[sent:]); err != nil {
+			conn.Close()
+			return nil, cookie, fmt.Errorf("dial %s: write first bytes: %w", dst, err)
+		}
+	}
+	return conn, cookie, nil
+}
+
+// waitConnected waits for a non-blocking connect to finish or fail.
+func waitConnected(ctx context.Context, c *net.TCPConn, timeout time.Duration) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = c.SetWriteDeadline(deadline)
+	defer c.SetWriteDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { _ = c.SetWriteDeadline(time.Now()) })
+	defer stop()
+	var connErr error
+	err = rc.Write(func(fd uintptr) bool {
+		if soErr, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); err != nil || soErr != 0 {
+			connErr = errors.Join(err, unix.Errno(soErr))
+			return true
+		}
+		info, err := unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO)
+		if err != nil {
+			connErr = err
+			return true
+		}
+		return info.State != unix.BPF_TCP_SYN_SENT // else wait for writability
+	})
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("connect: %w", unix.ETIMEDOUT)
+		}
+		return err
+	}
+	if connErr != nil {
+		return fmt.Errorf("connect: %w", connErr)
+	}
+	return nil
+}
