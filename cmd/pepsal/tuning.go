@@ -14,7 +14,7 @@ type tuningFlags struct {
 	role         string
 	fastOpen     bool
 	fastOpenWait time.Duration
-	legs [2]legFlags // client, server
+	legs         [2]legFlags // client, server
 }
 
 type legFlags struct {
