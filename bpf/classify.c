@@ -171,6 +171,8 @@ int pepsal_classify(struct __sk_buff *skb)
 	struct config *cfg;
 	__u32 zero = 0;
 	struct divert_info info = {};
+	struct iface_state *iface;
+	__u32 ifindex = skb->ingress_ifindex;
 	int rc;
 
 	rc = parse(skb, &p);
@@ -187,7 +189,9 @@ int pepsal_classify(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 
 	/* Everything but the first SYN follows the socket it belongs to, so flows
-	 * that were forwarded before (or when the proxy was down) keep being forwarded. */
+	 * that were forwarded before (or when the proxy was down) keep being
+	 * forwarded, and replies to a transparent upstream socket (addressed to
+	 * the client) reach it. */
 	if (!p.tcp->syn || p.tcp->ack) {
 		if (has_local_socket(skb, &p)) {
 			skb->mark = cfg->mark;
@@ -198,6 +202,11 @@ int pepsal_classify(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	}
 
+	iface = bpf_map_lookup_elem(&pepsal_ifaces, &ifindex);
+	if (iface && iface->return_only) {
+		COUNT(syn_bypass_return_iface);
+		return TC_ACT_UNSPEC;
+	}
 	if (!port_wanted(cfg, p.key.server_port)) {
 		COUNT(syn_bypass_port);
 		return TC_ACT_UNSPEC;

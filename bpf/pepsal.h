@@ -36,6 +36,7 @@ struct counters {
 	__u64 syn_bypass_local;       /* addressed to the router itself */
 	__u64 syn_bypass_unroutable;  /* no forwarding route: left to the kernel */
 	__u64 syn_bypass_no_listener; /* no proxy serving: fail open */
+	__u64 syn_bypass_return_iface; /* arrived on a return-only interface */
 	/* classifier, other TCP packets */
 	__u64 pkt_local_socket;       /* belongs to a local socket: delivered locally */
 	__u64 pkt_forwarded;          /* no local socket: forwarded untouched */
@@ -82,6 +83,7 @@ enum leg {
 struct iface_state {
 	__u32 tc_mode;        /* 1: tcx link, 2: clsact filter */
 	__u32 created_clsact; /* the clsact qdisc was added by pepsal */
+	__u32 return_only;    /* only return traffic of local sockets (--transparent): no SYN is diverted here */
 };
 
 /* Address prefix that is never intercepted. IPv4 prefixes are v4-mapped. */

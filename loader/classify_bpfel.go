@@ -25,29 +25,30 @@ type classifyConfig struct {
 }
 
 type classifyCounters struct {
-	_                   structs.HostLayout
-	SynDiverted         uint64
-	SynBypassPort       uint64
-	SynBypassExcluded   uint64
-	SynBypassLocal      uint64
-	SynBypassUnroutable uint64
-	SynBypassNoListener uint64
-	PktLocalSocket      uint64
-	PktForwarded        uint64
-	PktNotTcp           uint64
-	PktUnparsed         uint64
-	SteerAssigned       uint64
-	SteerNoListener     uint64
-	SteerAssignFailed   uint64
-	RelayRedirected     uint64
-	RelayPassBudget     uint64
-	RelayPassOrder      uint64
-	RelayPassNoPeer     uint64
-	RelayPassUnknown    uint64
-	RelayDropEmpty      uint64
-	TuneInitCwnd        uint64
-	TuneInitRwnd        uint64
-	TuneFailed          uint64
+	_                    structs.HostLayout
+	SynDiverted          uint64
+	SynBypassPort        uint64
+	SynBypassExcluded    uint64
+	SynBypassLocal       uint64
+	SynBypassUnroutable  uint64
+	SynBypassNoListener  uint64
+	SynBypassReturnIface uint64
+	PktLocalSocket       uint64
+	PktForwarded         uint64
+	PktNotTcp            uint64
+	PktUnparsed          uint64
+	SteerAssigned        uint64
+	SteerNoListener      uint64
+	SteerAssignFailed    uint64
+	RelayRedirected      uint64
+	RelayPassBudget      uint64
+	RelayPassOrder       uint64
+	RelayPassNoPeer      uint64
+	RelayPassUnknown     uint64
+	RelayDropEmpty       uint64
+	TuneInitCwnd         uint64
+	TuneInitRwnd         uint64
+	TuneFailed           uint64
 }
 
 type classifyDivertInfo struct {
@@ -76,6 +77,7 @@ type classifyIfaceState struct {
 	_             structs.HostLayout
 	TcMode        uint32
 	CreatedClsact uint32
+	ReturnOnly    uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -37,7 +38,8 @@ const (
 
 // Config is what an attachment intercepts.
 type Config struct {
-	Ifaces  []string
+	Ifaces       []string
+	ReturnIfaces []string // only return traffic of local sockets is taken here (transparent mode)
 	Ports   []uint16 // empty: every port
 	Exclude []netip.Prefix
 	Routing Routing
@@ -104,6 +106,10 @@ func ResolveIfaces(names []string) ([]int, error) {
 // stays attached.
 func Attach(cfg Config) (att *Attachment, err error) {
 	ifindexes, err := ResolveIfaces(cfg.Ifaces)
+	if err != nil {
+		return nil, err
+	}
+	returnIndexes, err := ResolveIfaces(cfg.ReturnIfaces)
 	if err != nil {
 		return nil, err
 	}
@@ -177,19 +183,42 @@ func Attach(cfg Config) (att *Attachment, err error) {
 			}
 		}
 	}()
-	for i, ifindex := range ifindexes {
+	type target struct {
+		name       string
+		ifindex    int
+		returnOnly bool
+	}
+	var targets []target
+	for i, idx := range ifindexes {
+		targets = append(targets, target{cfg.Ifaces[i], idx, false})
+	}
+	for i, idx := range returnIndexes {
+		if !slices.Contains(ifindexes, idx) {
+			targets = append(targets, target{cfg.ReturnIfaces[i], idx, true})
+		}
+	}
+	for _, tg := range targets {
 		var state classifyIfaceState
-		if att.maps.PepsalIfaces.Lookup(uint32(ifindex), &state) == nil {
+		if att.maps.PepsalIfaces.Lookup(uint32(tg.ifindex), &state) == nil {
+			if state.ReturnOnly == 1 && !tg.returnOnly { // promote to a full interception
+				state.ReturnOnly = 0
+				if err := att.maps.PepsalIfaces.Put(uint32(tg.ifindex), state); err != nil {
+					return nil, fmt.Errorf("record interface %s: %w", tg.name, err)
+				}
+			}
 			continue // already attached here
 		}
-		state, err := attachTC(dir, prog, ifindex, cfg.TCMode)
+		state, err := attachTC(dir, prog, tg.ifindex, cfg.TCMode)
 		if err != nil {
-			return nil, fmt.Errorf("attach classifier to %s: %w", cfg.Ifaces[i], err)
+			return nil, fmt.Errorf("attach classifier to %s: %w", tg.name, err)
 		}
-		added = append(added, ifindex)
-		if err := att.maps.PepsalIfaces.Put(uint32(ifindex), state); err != nil {
-			_ = detachTC(dir, ifindex, state)
-			return nil, fmt.Errorf("record interface %s: %w", cfg.Ifaces[i], err)
+		if tg.returnOnly {
+			state.ReturnOnly = 1
+		}
+		added = append(added, tg.ifindex)
+		if err := att.maps.PepsalIfaces.Put(uint32(tg.ifindex), state); err != nil {
+			_ = detachTC(dir, tg.ifindex, state)
+			return nil, fmt.Errorf("record interface %s: %w", tg.name, err)
 		}
 	}
 	return att, nil
@@ -531,9 +560,10 @@ func snake(s string) string {
 
 // Iface is an interface the classifier is attached to.
 type Iface struct {
-	Index  int    `json:"ifindex"`
-	Name   string `json:"name"`
-	TCMode string `json:"tc_mode"`
+	Index      int    `json:"ifindex"`
+	Name       string `json:"name"`
+	TCMode     string `json:"tc_mode"`
+	ReturnOnly bool   `json:"return_only"`
 }
 
 // Ifaces lists the interfaces the classifier is attached to.
@@ -543,7 +573,7 @@ func (a *Attachment) Ifaces() ([]Iface, error) {
 	var st classifyIfaceState
 	iter := a.maps.PepsalIfaces.Iterate()
 	for iter.Next(&idx, &st) {
-		ifc := Iface{Index: int(idx), Name: "(gone)", TCMode: "tcx"}
+		ifc := Iface{Index: int(idx), Name: "(gone)", TCMode: "tcx", ReturnOnly: st.ReturnOnly == 1}
 		if st.TcMode == tcModeClsact {
 			ifc.TCMode = "clsact"
 		}

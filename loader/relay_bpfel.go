@@ -14,29 +14,30 @@ import (
 )
 
 type relayCounters struct {
-	_                   structs.HostLayout
-	SynDiverted         uint64
-	SynBypassPort       uint64
-	SynBypassExcluded   uint64
-	SynBypassLocal      uint64
-	SynBypassUnroutable uint64
-	SynBypassNoListener uint64
-	PktLocalSocket      uint64
-	PktForwarded        uint64
-	PktNotTcp           uint64
-	PktUnparsed         uint64
-	SteerAssigned       uint64
-	SteerNoListener     uint64
-	SteerAssignFailed   uint64
-	RelayRedirected     uint64
-	RelayPassBudget     uint64
-	RelayPassOrder      uint64
-	RelayPassNoPeer     uint64
-	RelayPassUnknown    uint64
-	RelayDropEmpty      uint64
-	TuneInitCwnd        uint64
-	TuneInitRwnd        uint64
-	TuneFailed          uint64
+	_                    structs.HostLayout
+	SynDiverted          uint64
+	SynBypassPort        uint64
+	SynBypassExcluded    uint64
+	SynBypassLocal       uint64
+	SynBypassUnroutable  uint64
+	SynBypassNoListener  uint64
+	SynBypassReturnIface uint64
+	PktLocalSocket       uint64
+	PktForwarded         uint64
+	PktNotTcp            uint64
+	PktUnparsed          uint64
+	SteerAssigned        uint64
+	SteerNoListener      uint64
+	SteerAssignFailed    uint64
+	RelayRedirected      uint64
+	RelayPassBudget      uint64
+	RelayPassOrder       uint64
+	RelayPassNoPeer      uint64
+	RelayPassUnknown     uint64
+	RelayDropEmpty       uint64
+	TuneInitCwnd         uint64
+	TuneInitRwnd         uint64
+	TuneFailed           uint64
 }
 
 type relayRelayDir struct {

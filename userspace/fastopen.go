@@ -118,7 +118,7 @@ func isTimeout(err error) bool {
 // dialFastOpen connects to dst with data in the SYN (sendto MSG_FASTOPEN),
 // with the same socket setup as an ordinary dial, and writes what did not fit
 // in the SYN once connected.
-func (s *Splitter) dialFastOpen(ctx context.Context, dst netip.AddrPort, tos uint32, data []byte) (conn *net.TCPConn, cookie uint64, err error) {
+func (s *Splitter) dialFastOpen(ctx context.Context, src, dst netip.AddrPort, tos uint32, data []byte) (conn *net.TCPConn, cookie uint64, err error) {
 	var family int
 	var network string
 	var sa unix.Sockaddr
@@ -135,6 +135,15 @@ func (s *Splitter) dialFastOpen(ctx context.Context, dst netip.AddrPort, tos uin
 	}
 	if cookie, err = s.setupUpstream(fd, network, tos); err == nil {
 		err = wrapOpt("TCP_FASTOPEN_NO_COOKIE", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1))
+	}
+	if err == nil && s.Transparent {
+		var local unix.Sockaddr = &unix.SockaddrInet6{Port: int(src.Port()), Addr: src.Addr().As16()}
+		if family == unix.AF_INET {
+			local = &unix.SockaddrInet4{Port: int(src.Port()), Addr: src.Addr().As4()}
+		}
+		if err = unix.Bind(fd, local); err != nil {
+			err = fmt.Errorf("bind to the client's %s: %w", src, err)
+		}
 	}
 	if err != nil {
 		unix.Close(fd)

@@ -29,20 +29,21 @@ func Listen(addr string, t Tuning) (*net.TCPListener, error) {
 
 func transparent(network, _ string, c syscall.RawConn) error {
 	var serr error
-	err := c.Control(func(fd uintptr) {
-		if network == "tcp6" {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
-		} else {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-		}
-	})
-	if err != nil {
+	if err := c.Control(func(fd uintptr) { serr = transparentFD(int(fd), network) }); err != nil {
 		return err
 	}
-	if serr != nil {
-		return fmt.Errorf("set IP_TRANSPARENT: %w", serr)
+	return serr
+}
+
+// transparentFD lets a socket use addresses that are not the host's.
+func transparentFD(fd int, network string) error {
+	var err error
+	if network == "tcp6" {
+		err = unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+	} else {
+		err = unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
 	}
-	return nil
+	return wrapOpt("IP_TRANSPARENT", err)
 }
 
 // ListenerFD runs fn with the listener's file descriptor without dup'ing it

@@ -25,6 +25,7 @@ type Splitter struct {
 	Tuning         Tuning
 	Att            *loader.Attachment // the SYN's record, read and deleted after accept
 	Tuner          *loader.Tuner      // nil: no sock_ops (initial windows untouched)
+	Transparent    bool               // dial from the client's address and port
 	Table          *Table
 	Log            *slog.Logger
 
@@ -135,9 +136,9 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	var err error
 	if len(first) > 0 {
 		log.Debug("dial with fast open", "first_bytes", len(first))
-		server, upstreamCookie, err = s.dialFastOpen(ctx, serverAddr, tos, first)
+		server, upstreamCookie, err = s.dialFastOpen(ctx, clientAddr, serverAddr, tos, first)
 	} else {
-		server, upstreamCookie, err = s.dial(ctx, serverAddr, tos)
+		server, upstreamCookie, err = s.dial(ctx, clientAddr, serverAddr, tos)
 	}
 	if upstreamCookie != 0 && s.Tuner != nil {
 		defer s.Tuner.ForgetUpstream(upstreamCookie)
@@ -178,7 +179,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 // dial connects to the original destination with the server leg's tuning
 // and the client SYN's ToS. It returns the socket cookie, to unregister the
 // socket from sock_ops later.
-func (s *Splitter) dial(ctx context.Context, dst netip.AddrPort, tos uint32) (*net.TCPConn, uint64, error) {
+func (s *Splitter) dial(ctx context.Context, src, dst netip.AddrPort, tos uint32) (*net.TCPConn, uint64, error) {
 	var cookie uint64
 	d := net.Dialer{Timeout: s.ConnectTimeout, Control: func(network, _ string, c syscall.RawConn) error {
 		var serr error
@@ -189,6 +190,9 @@ func (s *Splitter) dial(ctx context.Context, dst netip.AddrPort, tos uint32) (*n
 		return serr
 	}}
 	d.SetMultipathTCP(false)
+	if s.Transparent {
+		d.LocalAddr = net.TCPAddrFromAddrPort(src)
+	}
 	conn, err := d.DialContext(ctx, "tcp", dst.String())
 	if err != nil {
 		return nil, cookie, fmt.Errorf("dial %s: %w", dst, err)
@@ -201,6 +205,16 @@ func (s *Splitter) dial(ctx context.Context, dst netip.AddrPort, tos uint32) (*n
 func (s *Splitter) setupUpstream(fd int, network string, tos uint32) (cookie uint64, err error) {
 	if err := s.Tuning.Server.beforeHandshake(fd); err != nil {
 		return 0, err
+	}
+	if s.Transparent {
+		// The client's address is not ours; the client's port may still be
+		// in TIME_WAIT from its previous connection to the same server.
+		if err := transparentFD(fd, network); err != nil {
+			return 0, err
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return 0, wrapOpt("SO_REUSEADDR", err)
+		}
 	}
 	if tos != 0 {
 		if err := setTOS(fd, network, int(tos)); err != nil {

@@ -13,17 +13,19 @@ import (
 
 // policyFlags are the interception flags shared by run and attach.
 type policyFlags struct {
-	ifaces  []string
-	ports   string
-	exclude []string
-	fwmark  uint32
-	table   int
-	tcMode  string
+	ifaces       []string
+	returnIfaces []string
+	ports        string
+	exclude      []string
+	fwmark       uint32
+	table        int
+	tcMode       string
 }
 
 func (p *policyFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringArrayVar(&p.ifaces, "iface", nil, "interface whose forwarded TCP connections are split (repeatable)")
+	f.StringArrayVar(&p.returnIfaces, "return-iface", nil, "interface where only replies to pepsal's own sockets are taken, not new connections (for --transparent; repeatable)")
 	f.StringVar(&p.ports, "ports", "", "destination ports to intercept, e.g. 80,443,8000-8100 (default: all)")
 	f.StringArrayVar(&p.exclude, "exclude", nil, "destination prefix never intercepted, e.g. 192.0.2.0/24 (repeatable)")
 	f.Uint32Var(&p.fwmark, "fwmark", loader.DefaultMark, "fwmark of diverted packets")
@@ -58,17 +60,18 @@ func (p *policyFlags) config() (loader.Config, error) {
 	default:
 		return cfg, fmt.Errorf("--tc-mode must be auto, tcx or clsact, not %q", p.tcMode)
 	}
-	for _, name := range p.ifaces {
+	for _, name := range append(append([]string{}, p.ifaces...), p.returnIfaces...) {
 		if name == "lo" {
 			return cfg, fmt.Errorf("--iface lo: loopback carries no forwarded traffic")
 		}
 	}
 	cfg = loader.Config{
-		Ifaces:  p.ifaces,
-		Ports:   ports,
-		Exclude: excl,
-		Routing: loader.Routing{Mark: p.fwmark, Table: p.table, Priority: p.table},
-		TCMode:  p.tcMode,
+		Ifaces:       p.ifaces,
+		ReturnIfaces: p.returnIfaces,
+		Ports:        ports,
+		Exclude:      excl,
+		Routing:      loader.Routing{Mark: p.fwmark, Table: p.table, Priority: p.table},
+		TCMode:       p.tcMode,
 	}
 	return cfg, nil
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,6 +28,7 @@ type runFlags struct {
 	connectTimeout time.Duration
 	drainTimeout   time.Duration
 	logLevel       string
+	transparent    bool
 }
 
 func runCmd() *cobra.Command {
@@ -47,6 +49,7 @@ func runCmd() *cobra.Command {
 	fl.IntVar(&f.listenPort, "listen-port", 5000, "port of the proxy's listeners on 127.0.0.1 and ::1")
 	fl.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "give up on the upstream connection (and reset the client) after this long")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "on SIGTERM/SIGINT, wait this long for live connections before resetting them")
+	fl.BoolVar(&f.transparent, "transparent", false, "dial servers from the client's own address and port, so they see the real client; replies are taken on --return-iface (default: every other interface)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
@@ -61,6 +64,11 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 	tuning, err := f.tuning.tuning(cmd)
 	if err != nil {
 		return err
+	}
+	if f.transparent && len(cfg.Ifaces) > 0 && len(cfg.ReturnIfaces) == 0 {
+		if cfg.ReturnIfaces, err = otherIfaces(cfg.Ifaces); err != nil {
+			return err
+		}
 	}
 	switch f.relay {
 	case "splice", "sockmap":
@@ -155,6 +163,7 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 	splitter := userspace.NewSplitter(tcpListeners, f.connectTimeout, log)
 	splitter.Tuning = tuning
 	splitter.Att = att
+	splitter.Transparent = f.transparent
 	if tuner := att.Tuner(); tuner != nil {
 		defer tuner.Close()
 		splitter.Tuner = tuner
@@ -273,4 +282,20 @@ func parseSize(s string) (uint64, error) {
 		return 0, err
 	}
 	return n * mult, nil
+}
+
+// otherIfaces lists the interfaces, but loopback and the given ones: where
+// replies to transparent upstream connections may come back.
+func otherIfaces(except []string) ([]string, error) {
+	all, err := net.Interfaces()
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	var out []string
+	for _, ifc := range all {
+		if ifc.Flags&net.FlagLoopback == 0 && !slices.Contains(except, ifc.Name) {
+			out = append(out, ifc.Name)
+		}
+	}
+	return out, nil
 }

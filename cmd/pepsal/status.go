@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"text/tabwriter"
 	"time"
 
@@ -118,10 +119,19 @@ func printStatus(w io.Writer, rep *statusReport) {
 	} else {
 		fmt.Fprintf(w, "attached:  yes, pinned in %s\n", rep.PinDir)
 		for _, i := range rep.Ifaces {
-			fmt.Fprintf(w, "iface:     %s (ifindex %d, %s ingress)\n", i.Name, i.Index, i.TCMode)
+			what := "new connections split"
+			if i.ReturnOnly {
+				what = "replies to transparent connections only"
+			}
+			fmt.Fprintf(w, "iface:     %s (ifindex %d, %s ingress): %s\n", i.Name, i.Index, i.TCMode, what)
 		}
-		for name, id := range rep.Programs {
-			fmt.Fprintf(w, "program:   %s id %d\n", name, id)
+		names := make([]string, 0, len(rep.Programs))
+		for name := range rep.Programs {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			fmt.Fprintf(w, "program:   %s id %d\n", name, rep.Programs[name])
 		}
 		if r := rep.Routing; r != nil {
 			fmt.Fprintf(w, "routing:   fwmark %#x -> table %d (rule priority %d): %d/2 rules, %d/2 local routes\n",

@@ -27,6 +27,7 @@ var relaySuite = []struct {
 	{"ToSCopied", testToSCopied},
 	{"TwoPEPFastOpen", testTwoPEPFastOpen},
 	{"LoneTerminalFallsBack", testLoneTerminalFallsBack},
+	{"Transparent", testTransparent},
 	{"RouterOwnTrafficNotIntercepted", testRouterOwnTrafficNotIntercepted},
 	{"UDPAndICMPPass", testUDPAndICMPPass},
 	{"PolicyBypass", testPolicyBypass},
