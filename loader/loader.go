@@ -40,10 +40,10 @@ const (
 type Config struct {
 	Ifaces       []string
 	ReturnIfaces []string // only return traffic of local sockets is taken here (transparent mode)
-	Ports   []uint16 // empty: every port
-	Exclude []netip.Prefix
-	Routing Routing
-	TCMode  string // "auto" (tcx, else clsact), "tcx" or "clsact"
+	Ports        []uint16 // empty: every port
+	Exclude      []netip.Prefix
+	Routing      Routing
+	TCMode       string // "auto" (tcx, else clsact), "tcx" or "clsact"
 }
 
 // Attachment is an open handle on the pinned objects of this namespace.

@@ -76,4 +76,3 @@ func testTransparent(t *testing.T) {
 		t.Errorf("daemon stats %+v: want the 2 client resets propagated", s.Daemon)
 	}
 }
-
