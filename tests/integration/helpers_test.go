@@ -25,6 +25,9 @@ import (
 
 var pepsalBin string
 
+// extraRunArgs are appended to every `pepsal run` (negative controls).
+var extraRunArgs []string
+
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "integration tests need root (network namespaces, BPF)")
@@ -149,7 +152,8 @@ func (b *bed) startPepsal(args ...string) *daemon {
 // startPepsalIn runs `pepsal run` (in the suite's relay mode) in ns.
 func startPepsalIn(t *testing.T, ns *testbed.NS, args ...string) *daemon {
 	t.Helper()
-	cmd := ns.Command(pepsalBin, append([]string{"run", "--log-level", "debug", "--relay", relayMode}, args...)...)
+	args = append(append([]string{"run", "--log-level", "debug", "--relay", relayMode}, args...), extraRunArgs...)
+	cmd := ns.Command(pepsalBin, args...)
 	d := &daemon{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = d.stderr
 	if err := cmd.Start(); err != nil {
