@@ -1,0 +1,158 @@
+package bench
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// SystemInfo identifies the machine a report was measured on.
+type SystemInfo struct {
+	Date     time.Time
+	Kernel   string // uname -r
+	CPU      string // model name
+	Cores    int
+	DefaultC string // the kernel's default congestion control (clients and PEP legs use it)
+	LoadAvg  string // 1, 5, 15 minutes, at the start: other work disturbs CPU and memory numbers
+}
+
+// ReadSystemInfo collects SystemInfo; unknown fields stay "unknown".
+func ReadSystemInfo() SystemInfo {
+	si := SystemInfo{Date: time.Now(), Kernel: "unknown", CPU: "unknown", Cores: runtime.NumCPU(), DefaultC: "unknown", LoadAvg: "unknown"}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		si.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		if m := ParseCPUModel(f); m != "" {
+			si.CPU = m
+		}
+		f.Close()
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			si.LoadAvg = strings.Join(f[:3], " ")
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control"); err == nil {
+		si.DefaultC = strings.TrimSpace(string(b))
+	}
+	return si
+}
+
+// ParseCPUModel returns the first "model name" of /proc/cpuinfo.
+func ParseCPUModel(r io.Reader) string {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+func orNone(args []string) string {
+	if len(args) == 0 {
+		return "(none)"
+	}
+	return "`" + strings.Join(args, " ") + "`"
+}
+
+// Report is the BENCHMARKS.md document: machine, settings, method, tables.
+func Report(cfg Config, si SystemInfo, sat []*SpecResult, eff *EffResult, elapsed time.Duration) string {
+	var b strings.Builder
+	b.WriteString("# pepsal benchmarks\n\n")
+	fmt.Fprintf(&b, "Measured by `make bench` on %s in %s: kernel %s, %s x %d cores, load average %s at the start.\n\n",
+		si.Date.Format("2006-01-02 15:04 MST"), elapsed.Round(time.Second), si.Kernel, si.CPU, si.Cores, si.LoadAvg)
+	ref := "not run (set `PEPSAL_REFERENCE_BIN`)"
+	if cfg.ReferenceBin != "" {
+		ref = "`" + cfg.ReferenceBin + "`"
+	}
+	termArgs := "same as the others"
+	if cfg.TerminalArgs != nil {
+		termArgs = orNone(cfg.TerminalArgs)
+	}
+	fmt.Fprintf(&b, "Settings: %d runs per cell; relays %s; extra `pepsal run` arguments %s (terminal of the two-PEP bed: %s); "+
+		"reference PEPsal %s; server sockets `%s`, clients and proxies the kernel default `%s`; transfer time-out %s.\n\n",
+		cfg.Runs, orNone(cfg.Relays), orNone(cfg.ExtraArgs), termArgs, ref, cfg.ServerCC, si.DefaultC, cfg.Timeout)
+	if cfg.Quick {
+		b.WriteString("**Quick mode** (`PEPSAL_BENCH_QUICK=1`): one run, shorter tests; not for comparisons.\n\n")
+	}
+	b.WriteString(method)
+	if len(sat) > 0 {
+		b.WriteString("## Satellite links\n\n")
+		for _, r := range sat {
+			if r != nil {
+				b.WriteString(r.Table().Markdown())
+				b.WriteString("\n")
+			}
+		}
+	}
+	if eff != nil {
+		b.WriteString("## Relay efficiency\n\n")
+		for _, t := range eff.Tables() {
+			b.WriteString(t.Markdown())
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
+}
+
+const method = `## How to run
+
+` + "```sh" + `
+make bench                        # everything, about 15 minutes; writes this file
+PEPSAL_BENCH_QUICK=1 make bench   # one run of each, geo only, a few minutes; prints, does not write this file
+make demo                         # 1 MB and 10 MB over GEO, without and with pepsal, under two minutes
+` + "```" + `
+
+| variable | default | meaning |
+|---|---|---|
+| ` + "`PEPSAL_BENCH_RUNS`" + ` | 5 (quick: 1) | runs per cell; tables show medians |
+| ` + "`PEPSAL_BENCH_PROFILES`" + ` | ` + "`geo geo-lossy leo`" + ` (quick: ` + "`geo`" + `) | link profiles, gateway-PEP topology |
+| ` + "`PEPSAL_BENCH_TWO_PEP_PROFILES`" + ` | ` + "`geo geo-lossy`" + ` | profiles (also in the list above) measured with two PEPs |
+| ` + "`PEPSAL_BENCH_RELAYS`" + ` | ` + "`splice sockmap`" + ` | one pepsal row per relay mode; one that does not start is "unavailable" |
+| ` + "`PEPSAL_BENCH_ARGS`" + ` | none | appended to ` + "`pepsal run --iface IF --relay M`" + ` |
+| ` + "`PEPSAL_BENCH_TERMINAL_ARGS`" + ` | ` + "`PEPSAL_BENCH_ARGS`" + ` | instead, for the terminal of the two-PEP bed |
+| ` + "`PEPSAL_REFERENCE_BIN`" + ` | unset | a PEPsal 2.x binary: adds its row (TPROXY recipe; installs iptables if missing) |
+| ` + "`PEPSAL_BENCH_TIMEOUT`" + ` | 90s (quick: 30s) | a transfer still running then is stopped and shown as "> 90 s" |
+| ` + "`PEPSAL_BENCH_PARTS`" + ` | ` + "`satellite efficiency`" + ` | which parts to run |
+| ` + "`PEPSAL_BENCH_PARALLEL`" + ` | 0 (all) | satellite tables measured at the same time |
+| ` + "`PEPSAL_BENCH_SERVER_CC`" + ` | ` + "`cubic`" + ` | congestion control of the server's sockets |
+| ` + "`PEPSAL_DEMO_RUNS`" + ` | 3 | runs of ` + "`make demo`" + ` |
+
+## Method
+
+- Test beds are network namespaces joined by veth pairs, built over netlink
+  (` + "`tests/testbed`" + `). The satellite link is the userspace emulator of
+  ` + "`tests/linkemu`" + ` (this kernel has no netem): delay, rate with a one-BDP
+  tail-drop queue, Bernoulli loss. *gateway PEP*: client -- link -- router --
+  server, pepsal on the router intercepting on the link side. *two PEPs*:
+  client -- terminal -- link -- gateway -- server, pepsal on the terminal
+  (client side) and on the gateway (link side).
+- Traffic is the project's own Go client and server (` + "`tests/bench`" + `). The
+  server's sockets use CUBIC (TCP_CONGESTION), as servers on the Internet do;
+  clients and pepsal keep the kernel default. A download is timed from the
+  start of the client's connect() to the last byte; an upload to the server's
+  reply that it read every byte. First byte: connect() to the first byte of the
+  100 KB download. Every byte count is checked; a wrong count is a failure,
+  never a sample.
+- Every mode of a table has its own identical test bed, and the beds of one
+  table run each transfer at the same time, so a run compares the modes under
+  the same machine load; xN is the median of no proxy divided by the median of
+  the row (above 1: faster). Tables of different profiles run in parallel: a
+  satellite link leaves the CPU mostly idle.
+- Relay efficiency runs alone on the machine: downloads over bare veth for a
+  fixed time, CPU from the machine-wide /proc/stat (all non-idle time,
+  softirq and kernel workers included, so is the traffic generator: compare
+  rows, not absolute values), a 64-byte echo for latency, and memory with a
+  server sending as fast as it can to a client behind a 10 Mbit/s link.
+
+`

@@ -1,0 +1,152 @@
+// Command pepsal-bench runs pepsal's benchmark suite or its demo on
+// namespaced test beds with an emulated satellite link.
+//
+//	pepsal-bench [--pepsal bin/pepsal] [--out BENCHMARKS.md] bench
+//	pepsal-bench [--pepsal bin/pepsal] demo
+//
+// Settings come from PEPSAL_BENCH_* variables (see BENCHMARKS.md). Ctrl-C
+// stops the measurements and removes every namespace and pepsal attachment.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pepsal/pepsal/tests/bench"
+)
+
+func main() {
+	err := run()
+	switch {
+	case err == nil:
+	case errors.Is(err, context.Canceled):
+		fmt.Fprintln(os.Stderr, "pepsal-bench: interrupted; test beds removed")
+		os.Exit(130)
+	default:
+		fmt.Fprintln(os.Stderr, "pepsal-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	pepsal := flag.String("pepsal", "bin/pepsal", "pepsal binary under test")
+	out := flag.String("out", "", "bench: also write the report to this file (e.g. BENCHMARKS.md); not in quick mode")
+	verbose := flag.Bool("v", false, "debug logging")
+	flag.Usage = func() {
+		fmt.Fprintln(flag.CommandLine.Output(), "usage: pepsal-bench [flags] bench|demo")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() != 1 || (flag.Arg(0) != "bench" && flag.Arg(0) != "demo") {
+		flag.Usage()
+		return errors.New("want one command: bench or demo")
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("run as root: the test beds need network namespaces and pepsal needs BPF")
+	}
+	if st, err := os.Stat(*pepsal); err != nil || st.IsDir() {
+		return fmt.Errorf("pepsal binary %s not found (make build)", *pepsal)
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cfg, err := bench.ConfigFromEnv(os.LookupEnv)
+	if err != nil {
+		return err
+	}
+	cfg.Pepsal = *pepsal
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go interrupts(cancel)
+
+	if flag.Arg(0) == "demo" {
+		cfg.Runs = 3
+		if v, ok := os.LookupEnv("PEPSAL_DEMO_RUNS"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil || n < 1 || n > 100 {
+				return fmt.Errorf("PEPSAL_DEMO_RUNS=%q: want a count of 1 to 100", v)
+			}
+			cfg.Runs = n
+		}
+		return bench.RunDemo(ctx, cfg, os.Stdout, log)
+	}
+	return runBench(ctx, cfg, *out, log)
+}
+
+// interrupts cancels on the first SIGINT/SIGTERM so that everything is torn
+// down in order; a third one gives up on the clean-up.
+func interrupts(cancel context.CancelFunc) {
+	sig := make(chan os.Signal, 3)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	for n := 1; ; n++ {
+		<-sig
+		switch n {
+		case 1:
+			fmt.Fprintln(os.Stderr, "\npepsal-bench: stopping, removing test beds and pepsal attachments...")
+			cancel()
+		case 2:
+			fmt.Fprintln(os.Stderr, "pepsal-bench: still cleaning up; once more to quit at once (may leave namespaces behind)")
+		default:
+			os.Exit(130)
+		}
+	}
+}
+
+func runBench(ctx context.Context, cfg bench.Config, out string, log *slog.Logger) error {
+	start := time.Now()
+	si := bench.ReadSystemInfo()
+	if cfg.ReferenceBin != "" {
+		if err := bench.EnsureIptables(ctx); err != nil {
+			return fmt.Errorf("reference PEPsal needs iptables: %w", err)
+		}
+	}
+	var (
+		eff *bench.EffResult
+		sat []*bench.SpecResult
+		err error
+	)
+	// Efficiency first and alone: its CPU and memory counters are machine-wide.
+	if cfg.Efficiency {
+		if eff, err = bench.RunEfficiency(ctx, cfg, log); err != nil {
+			return err
+		}
+		for _, t := range eff.Tables() {
+			fmt.Println(t.Markdown())
+		}
+	}
+	if cfg.Satellite {
+		if sat, err = bench.RunSatellite(ctx, cfg, bench.SatSpecs(cfg), log); err != nil {
+			return err
+		}
+		for _, r := range sat {
+			fmt.Println(r.Table().Markdown())
+		}
+	}
+	elapsed := time.Since(start)
+	fmt.Printf("bench took %s\n", elapsed.Round(time.Second))
+	if out == "" {
+		return nil
+	}
+	if cfg.Quick {
+		// A quick run is for a look, not a record: keep the full results.
+		fmt.Printf("quick mode: %s not written\n", out)
+		return nil
+	}
+	if err := os.WriteFile(out, []byte(bench.Report(cfg, si, sat, eff, elapsed)), 0o644); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	fmt.Printf("wrote %s\n", out)
+	return nil
+}
