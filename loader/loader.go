@@ -260,21 +260,12 @@ func createPinned(dir string) (err error) {
 	if err != nil {
 		return err
 	}
-	shared := map[string]*ebpf.Map{}
-	for name := range steerSpec.Maps {
-		if m, ok := classify.Maps[name]; ok {
-			shared[name] = m
-		}
-	}
-	steer, err := ebpf.NewCollectionWithOptions(steerSpec, ebpf.CollectionOptions{MapReplacements: shared})
+	steer, err := loadSharing(tmp, steerSpec, classify.Maps, pinSteer)
 	if err != nil {
-		return fmt.Errorf("load sk_lookup program: %w", verifierDetail(err))
+		return err
 	}
 	defer steer.Close()
 	steerProg := steer.Programs[pinSteer]
-	if err := steerProg.Pin(filepath.Join(tmp, pinSteer)); err != nil {
-		return fmt.Errorf("pin sk_lookup program: %w", err)
-	}
 
 	if err := attachRelay(tmp, classify.Maps); err != nil {
 		return err
@@ -310,13 +301,9 @@ func verifierDetail(err error) error {
 	return err
 }
 
-// attachRelay loads the sk_skb relay verdict, attaches it to pepsal_relay
-// (every socket inserted there gets it) and pins both.
-func attachRelay(dir string, shared map[string]*ebpf.Map) error {
-	spec, err := loadRelay()
-	if err != nil {
-		return err
-	}
+// loadSharing loads spec with the maps it shares with the classifier
+// replaced by the classifier's, and pins its own maps and program pinName.
+func loadSharing(dir string, spec *ebpf.CollectionSpec, shared map[string]*ebpf.Map, pinName string) (*ebpf.Collection, error) {
 	repl := map[string]*ebpf.Map{}
 	for name := range spec.Maps {
 		if m, ok := shared[name]; ok {
@@ -325,25 +312,40 @@ func attachRelay(dir string, shared map[string]*ebpf.Map) error {
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
-		return fmt.Errorf("load relay verdict: %w", verifierDetail(err))
+		return nil, fmt.Errorf("load %s: %w", pinName, verifierDetail(err))
 	}
-	defer coll.Close()
 	for name, m := range coll.Maps {
 		if _, isShared := repl[name]; isShared {
 			continue
 		}
 		if err := m.Pin(filepath.Join(dir, name)); err != nil {
-			return fmt.Errorf("pin map %s: %w", name, err)
+			coll.Close()
+			return nil, fmt.Errorf("pin map %s: %w", name, err)
 		}
 	}
-	prog := coll.Programs[pinRelay]
-	if err := prog.Pin(filepath.Join(dir, pinRelay)); err != nil {
-		return fmt.Errorf("pin relay verdict: %w", err)
+	if err := coll.Programs[pinName].Pin(filepath.Join(dir, pinName)); err != nil {
+		coll.Close()
+		return nil, fmt.Errorf("pin %s: %w", pinName, err)
 	}
+	return coll, nil
+}
+
+// attachRelay loads the sk_skb relay verdict, attaches it to pepsal_relay
+// (every socket inserted there gets it) and pins both.
+func attachRelay(dir string, shared map[string]*ebpf.Map) error {
+	spec, err := loadRelay()
+	if err != nil {
+		return err
+	}
+	coll, err := loadSharing(dir, spec, shared, pinRelay)
+	if err != nil {
+		return err
+	}
+	defer coll.Close()
 	// A program attached to a map stays as long as the map (pinned) lives.
 	err = link.RawAttachProgram(link.RawAttachProgramOptions{
 		Target:  coll.Maps["pepsal_relay"].FD(),
-		Program: prog,
+		Program: coll.Programs[pinRelay],
 		Attach:  ebpf.AttachSkSKBVerdict,
 	})
 	if err != nil {

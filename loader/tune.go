@@ -60,28 +60,12 @@ func attachTune(dir string, shared map[string]*ebpf.Map) error {
 	if err != nil {
 		return err
 	}
-	repl := map[string]*ebpf.Map{}
-	for name := range spec.Maps {
-		if m, ok := shared[name]; ok {
-			repl[name] = m
-		}
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+	coll, err := loadSharing(dir, spec, shared, pinTune)
 	if err != nil {
-		return fmt.Errorf("load sock_ops tuning: %w", verifierDetail(err))
+		return err
 	}
 	defer coll.Close()
-	for name, m := range coll.Maps {
-		if _, isShared := repl[name]; !isShared {
-			if err := m.Pin(filepath.Join(dir, name)); err != nil {
-				return fmt.Errorf("pin map %s: %w", name, err)
-			}
-		}
-	}
 	prog := coll.Programs[pinTune]
-	if err := prog.Pin(filepath.Join(dir, pinTune)); err != nil {
-		return fmt.Errorf("pin sock_ops program: %w", err)
-	}
 	l, err := link.AttachCgroup(link.CgroupOptions{Path: root, Attach: ebpf.AttachCGroupSockOps, Program: prog})
 	if err != nil {
 		return fmt.Errorf("attach sock_ops to cgroup %s: %w", root, err)
