@@ -48,17 +48,7 @@ func transparentFD(fd int, network string) error {
 
 // ListenerFD runs fn with the listener's file descriptor without dup'ing it
 // (a dup would keep the socket, and its SOCKMAP entry, alive).
-func ListenerFD(ln *net.TCPListener, fn func(fd int) error) error {
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ferr error
-	if err := rc.Control(func(fd uintptr) { ferr = fn(int(fd)) }); err != nil {
-		return err
-	}
-	return ferr
-}
+func ListenerFD(ln *net.TCPListener, fn func(fd int) error) error { return withFD(ln, fn) }
 
 func readSysctl(path string) (string, error) {
 	data, err := os.ReadFile("/proc/sys/" + path)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
@@ -293,8 +294,8 @@ func socketCookie(c *net.TCPConn) (uint64, error) {
 	return cookie, nil
 }
 
-// withFD runs fn on the connection's descriptor without dup'ing it.
-func withFD(c *net.TCPConn, fn func(fd int) error) error {
+// withFD runs fn on a socket's descriptor without dup'ing it.
+func withFD(c syscall.Conn, fn func(fd int) error) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err

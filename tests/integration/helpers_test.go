@@ -58,19 +58,7 @@ type bed struct {
 
 func newBed(t *testing.T) *bed {
 	t.Helper()
-	topo, err := testbed.NewTopology(testbed.Options{Prefix: "pit"})
-	if err != nil {
-		t.Fatalf("test bed: %v", err)
-	}
-	b := &bed{Topology: topo, t: t}
-	t.Cleanup(func() {
-		// Detach first: pins live in the shared bpffs, not in the namespace.
-		b.pepsal("detach")
-		if err := topo.Close(); err != nil {
-			t.Errorf("close test bed: %v", err)
-		}
-	})
-	return b
+	return newBedWith(t, testbed.Options{})
 }
 
 // server and client addresses per family.

@@ -17,7 +17,7 @@ import (
 	"github.com/pepsal/pepsal/tests/testbed"
 )
 
-// newBedWith builds a test bed with emulated links.
+// newBedWith builds a test bed, with emulated links if opt says so.
 func newBedWith(t *testing.T, opt testbed.Options) *bed {
 	t.Helper()
 	opt.Prefix = "pit"
@@ -27,6 +27,7 @@ func newBedWith(t *testing.T, opt testbed.Options) *bed {
 	}
 	b := &bed{Topology: topo, t: t}
 	t.Cleanup(func() {
+		// Detach first: pins live in the shared bpffs, not in the namespace.
 		b.pepsal("detach")
 		if err := topo.Close(); err != nil {
 			t.Errorf("close test bed: %v", err)
