@@ -8,10 +8,12 @@
 
 char __license[] SEC("license") = "GPL";
 
-/* The one field of the kernel's tcp_sock the relay reads, relocated by CO-RE
+/* The fields of the kernel's tcp_sock the relay reads, relocated by CO-RE
  * (bpf_tcp_sock() is not offered to sk_skb programs; bpf_skc_to_tcp_sock is). */
 struct tcp_sock {
 	__u64 bytes_acked;
+	__u32 snd_una;
+	__u32 write_seq;
 } __attribute__((preserve_access_index));
 
 /* Both legs of every split connection in kernel mode, keyed by socket cookie. */
@@ -25,7 +27,7 @@ struct {
 /* One direction of a connection, keyed by the cookie of the receiving socket. */
 struct relay_dir {
 	__u64 peer_cookie;  /* where this socket's data goes */
-	__u64 budget;       /* max bytes written toward the peer and not yet acked by its remote */
+	__u64 budget;       /* max bytes redirected toward the peer and not yet in its send queue */
 	__u64 kernel_bytes; /* redirected in the kernel */
 	__u64 passed_bytes; /* left to userspace */
 	__u64 redirects;    /* skbs redirected */
@@ -48,20 +50,21 @@ struct {
 	__type(value, __u64);
 } pepsal_relay_user SEC(".maps");
 
-/* bytes_acked of the peer: what its remote end has confirmed. -1 if unknown. */
-static __always_inline __s64 peer_acked(struct relay_dir *d)
+/* Bytes that ever entered the peer's TCP send queue: those its remote
+ * acknowledged plus those still queued. -1 if the peer is gone. */
+static __always_inline __s64 peer_queued(struct relay_dir *d)
 {
 	struct bpf_sock *peer = bpf_map_lookup_elem(&pepsal_relay, &d->peer_cookie);
 	struct tcp_sock *tp;
-	__s64 acked = -1;
+	__s64 queued = -1;
 
 	if (!peer)
 		return -1;
 	tp = bpf_skc_to_tcp_sock(peer);
 	if (tp)
-		acked = tp->bytes_acked;
+		queued = tp->bytes_acked + (__u32)(tp->write_seq - tp->snd_una);
 	bpf_sk_release(peer);
-	return acked;
+	return queued;
 }
 
 static __always_inline int pass(struct relay_dir *d, __u32 len)
@@ -77,7 +80,7 @@ int pepsal_relay_verdict(struct __sk_buff *skb)
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct relay_dir *d = bpf_map_lookup_elem(&pepsal_relay_dirs, &cookie);
 	__u64 *user, user_bytes = 0;
-	__s64 acked, inflight;
+	__s64 queued, backlog;
 
 	if (!d) {
 		COUNT(relay_pass_unknown);
@@ -100,15 +103,18 @@ int pepsal_relay_verdict(struct __sk_buff *skb)
 		COUNT(relay_pass_order);
 		return pass(d, skb->len);
 	}
-	acked = peer_acked(d);
-	if (acked < 0) {
+	/* What was redirected and is not yet in the peer's send queue waits in
+	 * the peer's psock backlog, which the kernel does not bound. The send
+	 * queue itself is bounded by the peer's sndbuf. */
+	queued = peer_queued(d);
+	if (queued < 0) {
 		COUNT(relay_pass_no_peer);
 		return pass(d, skb->len);
 	}
-	inflight = (__s64)(d->kernel_bytes + user_bytes) - acked;
-	if (inflight < 0)
-		inflight = 0;
-	if ((__u64)inflight + skb->len > d->budget) {
+	backlog = (__s64)(d->kernel_bytes + user_bytes) - queued;
+	if (backlog < 0)
+		backlog = 0;
+	if ((__u64)backlog + skb->len > d->budget) {
 		COUNT(relay_pass_budget);
 		return pass(d, skb->len);
 	}

@@ -29,7 +29,7 @@ import (
 type KernelRelay struct {
 	Log    *slog.Logger
 	Maps   *loader.Relay
-	Budget uint64 // bytes in flight toward a socket (its send queue plus the psock backlog)
+	Budget uint64 // bytes redirected toward a socket and not yet in its send queue (the psock backlog)
 }
 
 // relayDir is one direction of a connection: bytes read from src go to dst.
@@ -38,6 +38,7 @@ type relayDir struct {
 	cookie    uint64 // src's socket cookie: key of its state in the maps
 	inMap     bool   // src is in pepsal_relay (else the kernel never sees its data)
 	userBytes atomic.Int64
+	flushed   uint64 // kernel_bytes already seen in dst's send queue
 }
 
 // relay moves the connection's bytes; the first pre bytes from the client
@@ -91,8 +92,8 @@ func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TC
 			_ = withFD(d.src, func(fd int) error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1) })
 		}
 	}
-	live := func() (toServer, toClient int64) { return k.moved(up), k.moved(down) }
-	c.liveBytes.Store(&live)
+	live := func() Moved { return k.moved(up, down) }
+	c.liveMoved.Store(&live)
 
 	var abortOnce sync.Once
 	aborted := false
@@ -120,9 +121,7 @@ func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TC
 		}()
 	}
 	wg.Wait()
-	c.toServer.Store(k.moved(up))
-	c.toClient.Store(k.moved(down))
-	c.liveBytes.Store(nil)
+	c.setMoved(k.moved(up, down))
 	client.Close()
 	server.Close()
 	if aborted {
@@ -131,15 +130,21 @@ func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TC
 	return Completed
 }
 
-// moved is how many bytes of a direction reached the destination socket.
-func (k *KernelRelay) moved(d *relayDir) int64 {
-	n := d.userBytes.Load()
-	if d.inMap {
-		if st, err := k.Maps.Dir(d.cookie); err == nil {
-			n += int64(st.KernelBytes)
+// moved is how many bytes of each direction reached the destination socket,
+// and how many of them the kernel moved.
+func (k *KernelRelay) moved(up, down *relayDir) Moved {
+	kernel := func(d *relayDir) int64 {
+		if d.inMap {
+			if st, err := k.Maps.Dir(d.cookie); err == nil {
+				return int64(st.KernelBytes)
+			}
 		}
+		return 0
 	}
-	return n
+	m := Moved{KernelToServer: kernel(up), KernelToClient: kernel(down)}
+	m.ToServer = up.userBytes.Load() + m.KernelToServer
+	m.ToClient = down.userBytes.Load() + m.KernelToClient
+	return m
 }
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
@@ -203,10 +208,12 @@ func (k *KernelRelay) flushKernel(ctx context.Context, d *relayDir) error {
 	if err != nil {
 		return fmt.Errorf("read relay state: %w", err)
 	}
-	want := st.KernelBytes + uint64(d.userBytes.Load())
-	if st.KernelBytes == 0 {
+	// Nothing redirected since the last wait: userspace's own writes are in
+	// order by construction.
+	if st.KernelBytes == d.flushed {
 		return nil
 	}
+	want := st.KernelBytes + uint64(d.userBytes.Load())
 	wait := 50 * time.Microsecond
 	for {
 		written, state, err := sentBytes(d.dst)
@@ -214,6 +221,7 @@ func (k *KernelRelay) flushKernel(ctx context.Context, d *relayDir) error {
 			return err
 		}
 		if written >= want {
+			d.flushed = st.KernelBytes
 			return nil
 		}
 		if state != unix.BPF_TCP_ESTABLISHED && state != unix.BPF_TCP_CLOSE_WAIT {

@@ -40,11 +40,11 @@ func spliceRelay(c *Conn, client, server *net.TCPConn) Outcome {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		pipe(server, client, func(n int64) { c.toServer.Add(n) }, func() { c.clientDone.Store(true); c.SetState(c.halfState()) })
+		pipe(server, client, func(n int64) { c.add(n, 0) }, func() { c.clientDone.Store(true); c.SetState(c.halfState()) })
 	}()
 	go func() {
 		defer wg.Done()
-		pipe(client, server, func(n int64) { c.toClient.Add(n) }, func() { c.serverDone.Store(true); c.SetState(c.halfState()) })
+		pipe(client, server, func(n int64) { c.add(0, n) }, func() { c.serverDone.Store(true); c.SetState(c.halfState()) })
 	}()
 	wg.Wait()
 	client.Close()

@@ -161,7 +161,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	log.Debug("split")
 
 	stop := context.AfterFunc(ctx, func() { resetConn(client); resetConn(server) })
-	c.toServer.Add(int64(len(first)))
+	c.add(int64(len(first)), 0)
 	var how Outcome
 	if s.Kernel != nil && drained {
 		how = s.Kernel.relay(ctx, c, client, server, int64(len(first)))
@@ -173,7 +173,8 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	}
 	stop()
 	s.Table.Remove(c, how)
-	log.Debug("closed", "outcome", how, "to_server", c.toServer.Load(), "to_client", c.toClient.Load())
+	m := c.Moved()
+	log.Debug("closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient, "kernel", m.KernelToServer+m.KernelToClient)
 }
 
 // dial connects to the original destination with the server leg's tuning

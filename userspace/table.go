@@ -19,24 +19,49 @@ type Conn struct {
 
 	relay atomic.Value // string: "splice", "kernel", or "userspace: why"
 
-	state      atomic.Value                                      // string
-	toServer   atomic.Int64                                      // bytes client -> server
-	toClient   atomic.Int64                                      // bytes server -> client
-	clientDone atomic.Bool                                       // client half-closed its sending side
-	serverDone atomic.Bool                                       // server half-closed its sending side
-	liveBytes  atomic.Pointer[func() (toServer, toClient int64)] // while the kernel moves the bytes
-	legs       atomic.Pointer[[2]*net.TCPConn]                   // client and server sockets, while open
+	state      atomic.Value                    // string
+	moved      Moved                           // once the kernel relay is done, or all along in userspace
+	mu         sync.Mutex                      // guards moved
+	clientDone atomic.Bool                     // client half-closed its sending side
+	serverDone atomic.Bool                     // server half-closed its sending side
+	liveMoved  atomic.Pointer[func() Moved]    // while the kernel moves the bytes
+	legs       atomic.Pointer[[2]*net.TCPConn] // client and server sockets, while open
+}
+
+// Moved counts a connection's bytes each way, and how many of them the
+// kernel relay moved without userspace.
+type Moved struct {
+	ToServer, ToClient             int64
+	KernelToServer, KernelToClient int64
+}
+
+// add counts bytes moved by userspace.
+func (c *Conn) add(toServer, toClient int64) {
+	c.mu.Lock()
+	c.moved.ToServer += toServer
+	c.moved.ToClient += toClient
+	c.mu.Unlock()
 }
 
 // setLegs records the two sockets, so that `pepsal conns` can read their state.
 func (c *Conn) setLegs(client, server *net.TCPConn) { c.legs.Store(&[2]*net.TCPConn{client, server}) }
 
-// Bytes is how many bytes went each way so far.
-func (c *Conn) Bytes() (toServer, toClient int64) {
-	if f := c.liveBytes.Load(); f != nil {
+// Moved is how many bytes went each way so far.
+func (c *Conn) Moved() Moved {
+	if f := c.liveMoved.Load(); f != nil {
 		return (*f)()
 	}
-	return c.toServer.Load(), c.toClient.Load()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.moved
+}
+
+// setMoved records the final counts of a connection the kernel relayed.
+func (c *Conn) setMoved(m Moved) {
+	c.mu.Lock()
+	c.moved = m
+	c.mu.Unlock()
+	c.liveMoved.Store(nil)
 }
 
 // SetRelay records how the connection's bytes are moved.
@@ -50,16 +75,19 @@ func (c *Conn) SetState(s string) { c.state.Store(s) }
 
 // ConnInfo is the exported view of a connection (for `pepsal conns`).
 type ConnInfo struct {
-	ID            uint64   `json:"id"`
-	Client        string   `json:"client"`
-	Server        string   `json:"server"`
-	Relay         string   `json:"relay"`
-	State         string   `json:"state"`
-	BytesToServer int64    `json:"bytes_to_server"`
-	BytesToClient int64    `json:"bytes_to_client"`
-	AgeSeconds    float64  `json:"age_seconds"`
-	ClientLeg     *LegInfo `json:"client_leg,omitempty"`
-	ServerLeg     *LegInfo `json:"server_leg,omitempty"`
+	ID            uint64 `json:"id"`
+	Client        string `json:"client"`
+	Server        string `json:"server"`
+	Relay         string `json:"relay"`
+	State         string `json:"state"`
+	BytesToServer int64  `json:"bytes_to_server"`
+	BytesToClient int64  `json:"bytes_to_client"`
+	// Of those, moved by the sk_skb verdict without userspace (sockmap mode).
+	KernelBytesToServer int64    `json:"kernel_bytes_to_server"`
+	KernelBytesToClient int64    `json:"kernel_bytes_to_client"`
+	AgeSeconds          float64  `json:"age_seconds"`
+	ClientLeg           *LegInfo `json:"client_leg,omitempty"`
+	ServerLeg           *LegInfo `json:"server_leg,omitempty"`
 }
 
 // Stats are the daemon's totals since start.
@@ -73,6 +101,7 @@ type Stats struct {
 	Fallback       uint64 `json:"userspace_fallback"` // sockmap mode: relayed in userspace instead
 	BytesToServer  uint64 `json:"bytes_to_server"`
 	BytesToClient  uint64 `json:"bytes_to_client"`
+	KernelBytes    uint64 `json:"kernel_bytes"` // of both, moved by the sk_skb verdict
 }
 
 // Table is the set of live connections plus totals.
@@ -82,7 +111,7 @@ type Table struct {
 	next  uint64
 
 	accepted, completed, reset, upstreamFailed, loopRefused, fallback atomic.Uint64
-	bytesToServer, bytesToClient                                      atomic.Uint64
+	bytesToServer, bytesToClient, kernelBytes                         atomic.Uint64
 }
 
 // NewTable returns an empty table.
@@ -120,8 +149,10 @@ func (t *Table) Remove(c *Conn, how Outcome) {
 	if strings.HasPrefix(c.Relay(), "userspace") {
 		t.fallback.Add(1)
 	}
-	t.bytesToServer.Add(uint64(c.toServer.Load()))
-	t.bytesToClient.Add(uint64(c.toClient.Load()))
+	m := c.Moved()
+	t.bytesToServer.Add(uint64(m.ToServer))
+	t.bytesToClient.Add(uint64(m.ToClient))
+	t.kernelBytes.Add(uint64(m.KernelToServer + m.KernelToClient))
 	switch how {
 	case Completed:
 		t.completed.Add(1)
@@ -153,6 +184,7 @@ func (t *Table) Stats() Stats {
 		Fallback:       t.fallback.Load(),
 		BytesToServer:  t.bytesToServer.Load(),
 		BytesToClient:  t.bytesToClient.Load(),
+		KernelBytes:    t.kernelBytes.Load(),
 	}
 }
 
@@ -167,16 +199,18 @@ func (t *Table) Snapshot() []ConnInfo {
 	out := make([]ConnInfo, 0, len(conns))
 	for _, c := range conns { // TCP_INFO outside the lock: accepts must not wait on it
 		state, _ := c.state.Load().(string)
-		toServer, toClient := c.Bytes()
+		m := c.Moved()
 		out = append(out, ConnInfo{
-			ID:            c.ID,
-			Client:        c.Client.String(),
-			Server:        c.Server.String(),
-			Relay:         c.Relay(),
-			State:         state,
-			BytesToServer: toServer,
-			BytesToClient: toClient,
-			AgeSeconds:    time.Since(c.Started).Seconds(),
+			ID:                  c.ID,
+			Client:              c.Client.String(),
+			Server:              c.Server.String(),
+			Relay:               c.Relay(),
+			State:               state,
+			BytesToServer:       m.ToServer,
+			BytesToClient:       m.ToClient,
+			KernelBytesToServer: m.KernelToServer,
+			KernelBytesToClient: m.KernelToClient,
+			AgeSeconds:          time.Since(c.Started).Seconds(),
 		})
 		if legs := c.legs.Load(); legs != nil {
 			out[len(out)-1].ClientLeg = legInfo(legs[0])

@@ -45,7 +45,7 @@ func runCmd() *cobra.Command {
 	f.tuning.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.relay, "relay", "splice", "relay mode: splice (userspace, zero-copy) or sockmap (in-kernel)")
-	fl.StringVar(&f.relayBudget, "relay-budget", "4MiB", "sockmap relay: bytes per direction written toward a socket and not yet acknowledged by its peer, beyond which the sender is slowed by TCP flow control")
+	fl.StringVar(&f.relayBudget, "relay-budget", "4MiB", "sockmap relay: bytes per direction redirected toward a socket and not yet in its TCP send queue, beyond which the sender is slowed by TCP flow control")
 	fl.IntVar(&f.listenPort, "listen-port", 5000, "port of the proxy's listeners on 127.0.0.1 and ::1")
 	fl.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "give up on the upstream connection (and reset the client) after this long")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "on SIGTERM/SIGINT, wait this long for live connections before resetting them")

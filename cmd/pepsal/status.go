@@ -151,7 +151,11 @@ func printStatus(w io.Writer, rep *statusReport) {
 		s := d.Stats
 		fmt.Fprintf(w, "conns:     %d active, %d accepted, %d completed, %d reset, %d upstream failed, %d refused (loop), %d relayed in userspace instead of the kernel\n",
 			s.Active, s.Accepted, s.Completed, s.Reset, s.UpstreamFailed, s.LoopRefused, s.Fallback)
-		fmt.Fprintf(w, "bytes:     %d to servers, %d to clients (closed connections)\n", s.BytesToServer, s.BytesToClient)
+		fmt.Fprintf(w, "bytes:     %d to servers, %d to clients (closed connections)", s.BytesToServer, s.BytesToClient)
+		if d.Relay == "sockmap" {
+			fmt.Fprintf(w, ", %s moved by the kernel", share(s.KernelBytes, s.BytesToServer+s.BytesToClient))
+		}
+		fmt.Fprintln(w)
 		fmt.Fprintf(w, "runtime:   %d goroutines, %d open fds\n", d.Goroutines, d.OpenFDs)
 	} else {
 		fmt.Fprintln(w, "daemon:    not running in this network namespace")
@@ -192,7 +196,11 @@ func connsCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tCLIENT\tSERVER\tRELAY\tSTATE\tTO SERVER\tTO CLIENT\tAGE\tCLIENT LEG\tSERVER LEG")
 			for _, c := range conns {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", c.ID, c.Client, c.Server, c.Relay, c.State,
+				relay := c.Relay
+				if relay == "kernel" {
+					relay += " " + share(uint64(c.KernelBytesToServer+c.KernelBytesToClient), uint64(c.BytesToServer+c.BytesToClient))
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", c.ID, c.Client, c.Server, relay, c.State,
 					c.BytesToServer, c.BytesToClient, (time.Duration(c.AgeSeconds*1e3) * time.Millisecond).String(),
 					legSummary(c.ClientLeg), legSummary(c.ServerLeg))
 			}
@@ -201,6 +209,16 @@ func connsCmd() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// share is part of total as a percentage ("-" of nothing): how much of a
+// kernel-relayed connection's data the kernel really moved, the rest having
+// been left to userspace by the verdict (budget, order).
+func share(part, total uint64) string {
+	if total == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", 100*float64(part)/float64(total))
 }
 
 // legSummary is one leg in a few words: congestion control, cwnd, RTT, retransmits.

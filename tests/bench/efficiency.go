@@ -43,6 +43,9 @@ type StreamResult struct {
 	Bytes    int64
 	Elapsed  time.Duration
 	BusySecs float64 // non-idle CPU time of the whole machine meanwhile
+	// KernelShare is the part of the relayed bytes that the sockmap relay
+	// moved in the kernel (the rest it left to userspace); NaN for others.
+	KernelShare float64
 }
 
 // Bps is the throughput in bits per second.
@@ -133,7 +136,7 @@ func RunEfficiency(ctx context.Context, cfg Config, log *slog.Logger) (res *EffR
 	for rep := range res.Reps {
 		for _, b := range beds {
 			log.Info("relay efficiency", "mode", b.row.Mode.Name, "repetition", fmt.Sprintf("%d/%d", rep+1, res.Reps))
-			if err := b.row.measureVeth(ctx, cfg, b.bed); err != nil {
+			if err := b.row.measureVeth(ctx, cfg, b.bed, b.daemons); err != nil {
 				return res, err
 			}
 		}
@@ -152,8 +155,9 @@ func RunEfficiency(ctx context.Context, cfg Config, log *slog.Logger) (res *EffR
 // measureVeth does one repetition of the veth tests. It returns an error only
 // for what stops the whole benchmark (Ctrl-C, /proc); a failed measurement
 // is noted in the row.
-func (row *EffRow) measureVeth(ctx context.Context, cfg Config, bed *Bed) error {
+func (row *EffRow) measureVeth(ctx context.Context, cfg Config, bed *Bed, ds []*Daemon) error {
 	for _, n := range streamCounts {
+		kernel0, total0, _ := kernelBytes(ctx, ds)
 		cpu0, err := ReadCPU()
 		if err != nil {
 			return err
@@ -169,7 +173,11 @@ func (row *EffRow) measureVeth(ctx context.Context, cfg Config, bed *Bed) error 
 		if serr != nil {
 			row.Errors = append(row.Errors, fmt.Sprintf("%d streams: %v", n, serr))
 		}
-		row.Streams[n] = append(row.Streams[n], StreamResult{Streams: n, Bytes: bytes, Elapsed: elapsed, BusySecs: BusySeconds(cpu0, cpu1)})
+		share := math.NaN()
+		if kernel1, total1, ok := kernelBytes(ctx, ds); ok && row.Mode.Relay == "sockmap" && total1 > total0 {
+			share = float64(kernel1-kernel0) / float64(total1-total0)
+		}
+		row.Streams[n] = append(row.Streams[n], StreamResult{Streams: n, Bytes: bytes, Elapsed: elapsed, BusySecs: BusySeconds(cpu0, cpu1), KernelShare: share})
 	}
 	tctx, cancel := context.WithTimeout(ctx, time.Minute)
 	rtts, eerr := EchoLatency(tctx, bed.Client, bed.Server.Addr, EchoSize, cfg.EchoCount)
@@ -184,11 +192,43 @@ func (row *EffRow) measureVeth(ctx context.Context, cfg Config, bed *Bed) error 
 	return nil
 }
 
+// kernelBytes reads, from the pepsal daemons, the bytes of their closed
+// connections and how many of them the kernel moved, once the connections of
+// the last test are closed (up to 2 s). ok is false without pepsal.
+func kernelBytes(ctx context.Context, ds []*Daemon) (kernel, total uint64, ok bool) {
+	for _, d := range ds {
+		var st PepsalStatus
+		for deadline := time.Now().Add(2 * time.Second); ; {
+			var err error
+			st, err = d.Status()
+			if err != nil || st.Daemon == nil {
+				return 0, 0, false
+			}
+			if st.Daemon.Stats.Active == 0 || time.Now().After(deadline) || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		s := st.Daemon.Stats
+		kernel += s.KernelBytes
+		total += s.BytesToServer + s.BytesToClient
+	}
+	return kernel, total, len(ds) > 0
+}
+
 // medianBps and medianCPU summarise the repetitions of one stream count.
 func (row *EffRow) medianBps(n int) float64 {
 	var xs []float64
 	for _, s := range row.Streams[n] {
 		xs = append(xs, s.Bps())
+	}
+	return Median(xs)
+}
+
+func (row *EffRow) medianShare(n int) float64 {
+	var xs []float64
+	for _, s := range row.Streams[n] {
+		xs = append(xs, s.KernelShare)
 	}
 	return Median(xs)
 }
@@ -297,7 +337,7 @@ func (r *EffResult) Tables() []Table {
 	perf := Table{
 		Title: fmt.Sprintf("### Relay efficiency, plain veth (client -- router(PEP) -- server; %s per throughput test, %d round trips of %d bytes; %s, interleaved)",
 			r.StreamDuration, r.EchoCount, EchoSize, medianOf(r.Reps)),
-		Header: []string{"mode", "1 stream", "8 streams", "CPU s/GB, 1 stream", "CPU s/GB, 8 streams", "RR p50", "RR p99"},
+		Header: []string{"mode", "1 stream", "8 streams", "CPU s/GB, 1 stream", "CPU s/GB, 8 streams", "RR p50", "RR p99", "moved in kernel, 1 / 8 streams"},
 	}
 	mem := Table{
 		Title: fmt.Sprintf("### Memory held for one slow connection (server sending as fast as it can to a client behind %s, %s)",
@@ -310,7 +350,7 @@ func (r *EffResult) Tables() []Table {
 			mem.Notes = append(mem.Notes, fmt.Sprintf("%s unavailable: %s", row.Mode.Name, m.Unavailable))
 		}
 		if row.Unavailable != "" {
-			perf.Rows = append(perf.Rows, []string{row.Mode.Name, "unavailable", "unavailable", "unavailable", "unavailable", "unavailable", "unavailable"})
+			perf.Rows = append(perf.Rows, []string{row.Mode.Name, "unavailable", "unavailable", "unavailable", "unavailable", "unavailable", "unavailable", "unavailable"})
 			perf.Notes = append(perf.Notes, fmt.Sprintf("%s unavailable: %s", row.Mode.Name, row.Unavailable))
 			continue
 		}
@@ -332,6 +372,11 @@ func (r *EffResult) Tables() []Table {
 			}
 		}
 		line = append(line, FormatSeconds(Percentile(row.RTTs, 50)), FormatSeconds(Percentile(row.RTTs, 99)))
+		shares := "-"
+		if a, b := row.medianShare(1), row.medianShare(8); row.Mode.Relay == "sockmap" && (!math.IsNaN(a) || !math.IsNaN(b)) {
+			shares = formatShare(a) + " / " + formatShare(b)
+		}
+		line = append(line, shares)
 		perf.Rows = append(perf.Rows, line)
 		for _, e := range row.Errors {
 			perf.Notes = append(perf.Notes, fmt.Sprintf("%s: %s", row.Mode.Name, e))
@@ -340,12 +385,20 @@ func (r *EffResult) Tables() []Table {
 	perf.Notes = append(perf.Notes,
 		"throughput: downloads from the server, all streams added; xN is relative to no proxy",
 		"CPU s/GB: non-idle time of the whole machine (user, system, softirq, kernel workers; traffic generator included) from /proc/stat, per 10^9 payload bytes",
-		"RR: one connection, one 64-byte message echoed at a time, round trip seen by the client; percentiles over all repetitions")
+		"RR: one connection, one 64-byte message echoed at a time, round trip seen by the client; percentiles over all repetitions",
+		"moved in kernel: of the bytes the sockmap relay carried, the part the sk_skb verdict redirected; the rest it left to userspace (budget full, then order), from `pepsal status --json`")
 	mem.Notes = append(mem.Notes,
 		"growth from just before the connection to its end. MemTotal-MemAvailable and Slab are machine-wide (/proc/meminfo): on a VM they move by tens of MB on their own "+
 			"(page reclaim, ballooning), so only large growth means something. TCP buffers is the sockstat TCP mem (socket queues only, not a sockmap backlog). "+
 			"'server sent - client received' is what waits in buffers on the way: the steadiest measure")
 	return []Table{perf, mem}
+}
+
+func formatShare(x float64) string {
+	if math.IsNaN(x) {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", 100*x)
 }
 
 // freeGarbage returns this process's garbage to the kernel, so that the

@@ -307,16 +307,20 @@ func TestReport(t *testing.T) {
 	res := &SpecResult{Spec: Spec{Profile: "leo", Topo: TwoPEP, Transfers: SatTransfers}, Runs: 5, Timeout: time.Minute,
 		Rows: []*Row{{Mode: NoProxy, Samples: map[string][]float64{"1 MB": {0.5}}}}}
 	eff := &EffResult{Reps: 3, Rows: []*EffRow{{Mode: NoProxy, RTTs: []float64{20e-6, 30e-6}, Streams: map[int][]StreamResult{1: {
-		{Streams: 1, Bytes: 1e9, Elapsed: time.Second, BusySecs: 0.3}, {Streams: 1, Bytes: 2e9, Elapsed: time.Second, BusySecs: 0.9}, {Streams: 1, Bytes: 0}}}}}}
+		{Streams: 1, Bytes: 1e9, Elapsed: time.Second, BusySecs: 0.3}, {Streams: 1, Bytes: 2e9, Elapsed: time.Second, BusySecs: 0.9}, {Streams: 1, Bytes: 0}}}},
+		{Mode: Mode{Name: "pepsal sockmap", Relay: "sockmap"}, Streams: map[int][]StreamResult{
+			1: {{Streams: 1, Bytes: 1e9, Elapsed: time.Second, KernelShare: 0.03}, {Streams: 1, Bytes: 1e9, Elapsed: time.Second, KernelShare: 0.05}, {Streams: 1, Bytes: 1e9, Elapsed: time.Second, KernelShare: 0.04}},
+			8: {{Streams: 8, Bytes: 1e9, Elapsed: time.Second, KernelShare: math.NaN()}}}}}}
 	md := Report(cfg, si, []*SpecResult{res}, eff, 90*time.Second)
 	for _, want := range []string{
 		"on 2026-01-02 03:04 UTC in 1m30s: kernel 6.18.1, AMD EPYC x 2 cores",
 		"5 runs per cell", "`splice sockmap`", "`bbr`",
 		"### leo, two PEPs (median of 5 runs)", " 500 ms |",
 		"### Relay efficiency", "median of 3 runs, interleaved", "12.0 Gbit/s", " 0.38 |", "25.0 µs", "PEPSAL_BENCH_QUICK",
+		" 4% / - |", "moved in kernel",
 	} {
 		if !strings.Contains(md, want) {
-			t.Errorf("report lacks %q", want)
+			t.Errorf("report lacks %q\n%s", want, md)
 		}
 	}
 }

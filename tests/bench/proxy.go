@@ -129,9 +129,13 @@ type PepsalStatus struct {
 	Daemon  *struct {
 		PID   int `json:"pid"`
 		Stats struct {
-			Accepted  uint64 `json:"accepted"`
-			Completed uint64 `json:"completed"`
-			Reset     uint64 `json:"reset"`
+			Accepted      uint64 `json:"accepted"`
+			Active        int64  `json:"active"`
+			Completed     uint64 `json:"completed"`
+			Reset         uint64 `json:"reset"`
+			BytesToServer uint64 `json:"bytes_to_server"`
+			BytesToClient uint64 `json:"bytes_to_client"`
+			KernelBytes   uint64 `json:"kernel_bytes"`
 		} `json:"stats"`
 	} `json:"daemon"`
 }

@@ -208,6 +208,8 @@ type statusJSON struct {
 			Reset          uint64 `json:"reset"`
 			UpstreamFailed uint64 `json:"upstream_failed"`
 			LoopRefused    uint64 `json:"loop_refused"`
+			BytesToServer  uint64 `json:"bytes_to_server"`
+			KernelBytes    uint64 `json:"kernel_bytes"`
 		} `json:"stats"`
 	} `json:"daemon"`
 }

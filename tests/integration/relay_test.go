@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -167,7 +168,8 @@ func testBigDownloadSlowClient(t *testing.T) {
 }
 
 // testConnsShowsConnection: `pepsal conns` lists a live connection with its
-// relay, live byte counts, state and age.
+// relay, live byte counts (and how many the kernel moved), state and age;
+// `pepsal status` adds its bytes to the totals once it is closed.
 func testConnsShowsConnection(t *testing.T) {
 	b := newBed(t)
 	peerServer(t, b.Server, hostPort(testbed.ServerV4, 8080))
@@ -185,6 +187,8 @@ func testConnsShowsConnection(t *testing.T) {
 		Client, Server, Relay, State string
 		BytesToServer                int64   `json:"bytes_to_server"`
 		BytesToClient                int64   `json:"bytes_to_client"`
+		KernelToServer               int64   `json:"kernel_bytes_to_server"`
+		KernelToClient               int64   `json:"kernel_bytes_to_client"`
 		Age                          float64 `json:"age_seconds"`
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &conns); err != nil || len(conns) != 1 {
@@ -199,8 +203,30 @@ func testConnsShowsConnection(t *testing.T) {
 	if relayMode == "sockmap" && (got.BytesToServer != int64(len(msg)) || got.BytesToClient < int64(len(msg))) {
 		t.Errorf("live bytes %d/%d, want %d each way", got.BytesToServer, got.BytesToClient, len(msg))
 	}
-	if text := b.pepsal("conns"); text.code != 0 || !strings.Contains(text.stdout, wantRelay) {
+	// The request was sent well after both sockets were in the map, far
+	// under the budget: the kernel moved all of it. Splice: the kernel
+	// relay moved nothing.
+	wantKernel := map[string]int64{"splice": 0, "sockmap": int64(len(msg))}[relayMode]
+	if got.KernelToServer != wantKernel || got.KernelToClient > got.BytesToClient || (relayMode == "splice" && got.KernelToClient != 0) {
+		t.Errorf("kernel bytes %d/%d of %d/%d, want %d to the server", got.KernelToServer, got.KernelToClient,
+			got.BytesToServer, got.BytesToClient, wantKernel)
+	}
+	wantText := map[string]*regexp.Regexp{"splice": regexp.MustCompile(`\ssplice\s`), "sockmap": regexp.MustCompile(`\skernel \d+%\s`)}[relayMode]
+	if text := b.pepsal("conns"); text.code != 0 || !wantText.MatchString(text.stdout) {
 		t.Errorf("conns text: %d %s", text.code, text.stdout)
+	}
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	st := b.status()
+	for st.Daemon == nil || st.Daemon.Stats.Completed+st.Daemon.Stats.Reset == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("connection not closed in the daemon's totals: %+v", st.Daemon)
+		}
+		time.Sleep(50 * time.Millisecond)
+		st = b.status()
+	}
+	if s := st.Daemon.Stats; s.BytesToServer != uint64(len(msg)) || s.KernelBytes < uint64(wantKernel) || (relayMode == "splice" && s.KernelBytes != 0) {
+		t.Errorf("totals: %d bytes to servers, %d moved by the kernel; want %d and at least %d", s.BytesToServer, s.KernelBytes, len(msg), wantKernel)
 	}
 }
 
