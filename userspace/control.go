@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"strings"
 	"time"
 )
@@ -28,6 +29,7 @@ type DaemonInfo struct {
 	UptimeSeconds  float64  `json:"uptime_seconds"`
 	Goroutines     int      `json:"goroutines"`
 	OpenFDs        int      `json:"open_fds"`
+	HeapBytes      uint64   `json:"heap_bytes"` // Go heap objects, live or not yet swept
 	Stats          Stats    `json:"stats"`
 }
 
@@ -37,6 +39,11 @@ func (d *DaemonInfo) fillRuntime() {
 	d.Goroutines = runtime.NumGoroutine()
 	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
 		d.OpenFDs = len(fds)
+	}
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(sample)
+	if sample[0].Value.Kind() == metrics.KindUint64 {
+		d.HeapBytes = sample[0].Value.Uint64()
 	}
 }
 

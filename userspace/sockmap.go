@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -38,7 +39,11 @@ type relayDir struct {
 	cookie    uint64 // src's socket cookie: key of its state in the maps
 	inMap     bool   // src is in pepsal_relay (else the kernel never sees its data)
 	userBytes atomic.Int64
-	flushed   uint64 // kernel_bytes already seen in dst's send queue
+
+	// Owned by the direction's pump goroutine:
+	flushed    uint64 // kernel_bytes already seen in dst's send queue
+	seenPassed uint64 // passed_bytes at the last look at the maps
+	published  uint64 // user bytes last written to pepsal_relay_user
 }
 
 // relay moves the connection's bytes; the first pre bytes from the client
@@ -69,6 +74,7 @@ func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TC
 
 	up := &relayDir{src: client, dst: server, cookie: clientCookie}
 	up.userBytes.Store(pre)
+	up.published = uint64(pre)
 	down := &relayDir{src: server, dst: client, cookie: serverCookie}
 	if err := withFD(client, func(fd int) error { return k.Maps.Insert(clientCookie, fd) }); err != nil {
 		c.SetRelay("userspace: client: " + err.Error())
@@ -149,29 +155,74 @@ func (k *KernelRelay) moved(up, down *relayDir) Moved {
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
+// readPooled waits until c is readable and only then takes a buffer from
+// the pool and reads into it: a connection whose bytes the kernel moves sits
+// idle in userspace and should hold no buffer (thousands of them would hold
+// 128 KiB each). The caller returns a non-nil buffer to relayBufs.
+func readPooled(c *net.TCPConn) (bufp *[]byte, n int, err error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, 0, err
+	}
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		bufp = relayBufs.Get().(*[]byte)
+		for {
+			n, rerr = unix.Read(int(fd), *bufp)
+			if rerr != unix.EINTR {
+				break
+			}
+		}
+		if rerr == unix.EAGAIN {
+			relayBufs.Put(bufp)
+			bufp = nil
+			return false
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+	case rerr != nil:
+		err = os.NewSyscallError("read", rerr)
+	case n == 0:
+		err = io.EOF
+	}
+	return bufp, max(n, 0), err
+}
+
 // pump reads what reaches userspace from d.src (everything when src is not in
 // the map) and writes it to d.dst behind the kernel's own redirects; on EOF
 // it half-closes d.dst once all bytes are in d.dst's send queue.
 func (k *KernelRelay) pump(ctx context.Context, d *relayDir) error {
-	bufp := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(bufp)
-	buf := *bufp
 	eofWait := 50 * time.Microsecond
 	for {
-		n, err := d.src.Read(buf)
+		bufp, n, err := readPooled(d.src)
 		if n > 0 {
-			if err := k.flushKernel(ctx, d); err != nil {
-				return err
-			}
-			if _, err := d.dst.Write(buf[:n]); err != nil {
-				return err
-			}
-			u := d.userBytes.Add(int64(n))
-			if d.inMap {
-				if err := k.Maps.SetUser(d.cookie, uint64(u)); err != nil {
-					return fmt.Errorf("publish user bytes: %w", err)
+			buf := (*bufp)[:n]
+			// While what userspace published is behind what the verdict had
+			// passed at the last look, the verdict redirects nothing (order),
+			// so there is nothing new to wait for and nothing to tell it:
+			// under load this path is just read and write.
+			if d.published >= d.seenPassed {
+				if err := k.flushKernel(ctx, d); err != nil {
+					relayBufs.Put(bufp)
+					return err
 				}
 			}
+			_, werr := d.dst.Write(buf)
+			relayBufs.Put(bufp)
+			if werr != nil {
+				return werr
+			}
+			u := uint64(d.userBytes.Add(int64(n)))
+			if d.inMap && u >= d.seenPassed {
+				if err := k.Maps.SetUser(d.cookie, u); err != nil {
+					return fmt.Errorf("publish user bytes: %w", err)
+				}
+				d.published = u
+			}
+		} else if bufp != nil {
+			relayBufs.Put(bufp)
 		}
 		if errors.Is(err, io.EOF) {
 			// The FIN can overtake bytes the verdict left to userspace: they
@@ -208,6 +259,7 @@ func (k *KernelRelay) flushKernel(ctx context.Context, d *relayDir) error {
 	if err != nil {
 		return fmt.Errorf("read relay state: %w", err)
 	}
+	d.seenPassed = st.PassedBytes
 	// Nothing redirected since the last wait: userspace's own writes are in
 	// order by construction.
 	if st.KernelBytes == d.flushed {

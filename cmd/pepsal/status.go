@@ -156,7 +156,7 @@ func printStatus(w io.Writer, rep *statusReport) {
 			fmt.Fprintf(w, ", %s moved by the kernel", share(s.KernelBytes, s.BytesToServer+s.BytesToClient))
 		}
 		fmt.Fprintln(w)
-		fmt.Fprintf(w, "runtime:   %d goroutines, %d open fds\n", d.Goroutines, d.OpenFDs)
+		fmt.Fprintf(w, "runtime:   %d goroutines, %d open fds, %.1f MiB Go heap\n", d.Goroutines, d.OpenFDs, float64(d.HeapBytes)/(1<<20))
 	} else {
 		fmt.Fprintln(w, "daemon:    not running in this network namespace")
 	}

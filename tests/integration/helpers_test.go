@@ -202,7 +202,8 @@ type statusJSON struct {
 		Value uint64 `json:"value"`
 	} `json:"counters"`
 	Daemon *struct {
-		Stats struct {
+		HeapBytes uint64 `json:"heap_bytes"`
+		Stats     struct {
 			Accepted       uint64 `json:"accepted"`
 			Completed      uint64 `json:"completed"`
 			Reset          uint64 `json:"reset"`

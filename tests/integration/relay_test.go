@@ -356,3 +356,52 @@ func slowClientMemory(t *testing.T, conns int, d time.Duration) int64 {
 	}
 	return used1 - used0
 }
+
+// testManyIdleConnsCheap: a PEP holds thousands of mostly idle connections.
+// 1000 connections that each exchanged a message and then wait must cost
+// the daemon's heap less than 24 KiB each (goroutines are stacks, not heap;
+// a relay buffer parked per direction would be 128 KiB), and its RSS less
+// than 48 KiB each.
+func testManyIdleConnsCheap(t *testing.T) {
+	const conns = 1000
+	b := newBed(t)
+	peerServer(t, b.Server, hostPort(testbed.ServerV4, 8081))
+	b.startPepsal()
+	// Warm the daemon up (runtime, first connection) before the baseline.
+	warm := mustDial(t, b.Client, hostPort(testbed.ServerV4, 8081))
+	warm.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := readLine(warm); err != nil {
+		t.Fatal(err)
+	}
+	warm.Close()
+	heap0, rss0 := b.status().Daemon.HeapBytes, daemonRSS(t, b)
+	msg := []byte("ping\n")
+	for i := range conns {
+		c, err := dial(b.Client, hostPort(testbed.ServerV4, 8081), 5*time.Second)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := readLine(c); err != nil {
+			t.Fatalf("connection %d greeting: %v", i, err)
+		}
+		if _, err := c.Write(msg); err != nil {
+			t.Fatalf("connection %d write: %v", i, err)
+		}
+		if got, err := readLine(c); err != nil || got != "ping" {
+			t.Fatalf("connection %d echo %q: %v", i, got, err)
+		}
+	}
+	st := b.status()
+	if st.Daemon == nil || st.Daemon.Stats.Accepted < conns+1 {
+		t.Fatalf("daemon saw %+v, want %d connections", st.Daemon, conns+1)
+	}
+	heap, rss := int64(st.Daemon.HeapBytes-heap0), daemonRSS(t, b)-rss0
+	t.Logf("%s: %d idle connections: daemon heap +%.1f MiB (%.1f KiB each), RSS +%.1f MiB (%.1f KiB each)", relayMode, conns,
+		float64(heap)/(1<<20), float64(heap)/1024/conns, float64(rss)/(1<<20), float64(rss)/1024/conns)
+	if heap > conns*24<<10 || rss > conns*48<<10 {
+		t.Errorf("%d idle connections grew the daemon's heap by %.1f MiB and RSS by %.1f MiB; want under 24 and 48 KiB each",
+			conns, float64(heap)/(1<<20), float64(rss)/(1<<20))
+	}
+}

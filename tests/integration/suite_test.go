@@ -21,6 +21,7 @@ var relaySuite = []struct {
 	{"ConnsShowsConnection", testConnsShowsConnection},
 	{"BigDownloadSlowClient", testBigDownloadSlowClient},
 	{"MemoryBoundedSlowClient", testMemoryBoundedSlowClient},
+	{"ManyIdleConnsCheap", testManyIdleConnsCheap},
 	{"RandomStress", testRandomStress},
 	{"LegTuning", testLegTuning},
 	{"DefaultsUntouched", testDefaultsUntouched},
