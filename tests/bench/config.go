@@ -25,7 +25,8 @@ type Config struct {
 	Timeout        time.Duration
 	Parallel       int // satellite test beds measured at once per run phase; 0 = all
 	Satellite      bool
-	Efficiency     bool
+	Efficiency     bool // the veth relay tests
+	Memory         bool // the slow-connection memory test (part of efficiency)
 
 	StreamDuration time.Duration // each throughput measurement on plain veth
 	EchoCount      int           // request/response round trips
@@ -67,6 +68,7 @@ func ConfigFromEnv(lookupEnv func(string) (string, bool)) (Config, error) {
 		Timeout:        90 * time.Second,
 		Satellite:      true,
 		Efficiency:     true,
+		Memory:         true,
 		StreamDuration: 5 * time.Second,
 		EchoCount:      5000,
 		MemDuration:    20 * time.Second,
@@ -132,15 +134,17 @@ func ConfigFromEnv(lookupEnv func(string) (string, bool)) (Config, error) {
 		c.Timeout = d
 	}
 	if v, ok := lookup(getenv, "PEPSAL_BENCH_PARTS"); ok {
-		c.Satellite, c.Efficiency = false, false
+		c.Satellite, c.Efficiency, c.Memory = false, false, false
 		for _, p := range strings.Fields(v) {
 			switch p {
 			case "satellite":
 				c.Satellite = true
 			case "efficiency":
+				c.Efficiency, c.Memory = true, true
+			case "veth":
 				c.Efficiency = true
 			default:
-				return c, fmt.Errorf("PEPSAL_BENCH_PARTS: unknown part %q (want satellite, efficiency)", p)
+				return c, fmt.Errorf("PEPSAL_BENCH_PARTS: unknown part %q (want satellite, efficiency, veth)", p)
 			}
 		}
 	}

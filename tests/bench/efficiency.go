@@ -81,7 +81,7 @@ type EffResult struct {
 	Reps           int
 	StreamDuration time.Duration
 	EchoCount      int
-	MemDuration    time.Duration
+	MemDuration    time.Duration // 0: memory not measured
 }
 
 // effReps is how often the veth tests repeat: they are short and noisy, the
@@ -94,7 +94,10 @@ func effReps(cfg Config) int { return max(1, min(cfg.Runs, 3)) }
 // should run on the machine meanwhile: the CPU and memory counters are
 // machine-wide.
 func RunEfficiency(ctx context.Context, cfg Config, log *slog.Logger) (res *EffResult, err error) {
-	res = &EffResult{Reps: effReps(cfg), StreamDuration: cfg.StreamDuration, EchoCount: cfg.EchoCount, MemDuration: cfg.MemDuration}
+	res = &EffResult{Reps: effReps(cfg), StreamDuration: cfg.StreamDuration, EchoCount: cfg.EchoCount}
+	if cfg.Memory {
+		res.MemDuration = cfg.MemDuration
+	}
 	type vethBed struct {
 		row     *EffRow
 		bed     *Bed
@@ -105,6 +108,9 @@ func RunEfficiency(ctx context.Context, cfg Config, log *slog.Logger) (res *EffR
 	for i, m := range cfg.Modes() {
 		row := &EffRow{Mode: m, Streams: map[int][]StreamResult{}}
 		res.Rows = append(res.Rows, row)
+		if !cfg.Memory {
+			continue
+		}
 		log.Info("slow connection memory", "mode", m.Name, "for", cfg.MemDuration)
 		if err := row.measureMemory(ctx, cfg, fmt.Sprintf("pm%d", i)); err != nil {
 			return res, err
@@ -391,6 +397,9 @@ func (r *EffResult) Tables() []Table {
 		"growth from just before the connection to its end. MemTotal-MemAvailable and Slab are machine-wide (/proc/meminfo): on a VM they move by tens of MB on their own "+
 			"(page reclaim, ballooning), so only large growth means something. TCP buffers is the sockstat TCP mem (socket queues only, not a sockmap backlog). "+
 			"'server sent - client received' is what waits in buffers on the way: the steadiest measure")
+	if r.MemDuration == 0 {
+		return []Table{perf}
+	}
 	return []Table{perf, mem}
 }
 

@@ -187,7 +187,7 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Runs != 5 || strings.Join(c.Relays, ",") != "splice,sockmap" || len(c.Profiles) != 3 ||
-		c.ServerCC != "cubic" || !c.Satellite || !c.Efficiency || c.TerminalArgs != nil {
+		c.ServerCC != "cubic" || !c.Satellite || !c.Efficiency || !c.Memory || c.TerminalArgs != nil {
 		t.Errorf("defaults: %+v", c)
 	}
 	if got := SatSpecs(c); len(got) != 5 || got[3].Topo != TwoPEP || got[3].Profile != "geo" {
@@ -215,7 +215,7 @@ func TestConfigFromEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.Quick || c.Runs != 2 || c.Satellite || !c.Efficiency || c.Timeout != 45*time.Second ||
+	if !c.Quick || c.Runs != 2 || c.Satellite || !c.Efficiency || !c.Memory || c.Timeout != 45*time.Second ||
 		strings.Join(c.argsFor("gateway"), " ") != "--role gateway --x" || len(c.argsFor("terminal")) != 0 ||
 		c.MemDuration != 5*time.Second {
 		t.Errorf("overrides: %+v", c)
@@ -225,6 +225,9 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 	if got := SatSpecs(c); len(got) != 3 || got[2].Profile != "geo" || got[2].Topo != TwoPEP {
 		t.Errorf("quick specs: %+v", got)
+	}
+	if c, err := ConfigFromEnv(env(map[string]string{"PEPSAL_BENCH_PARTS": "veth"})); err != nil || c.Satellite || !c.Efficiency || c.Memory {
+		t.Errorf("PEPSAL_BENCH_PARTS=veth: %v %+v", err, c)
 	}
 	for k, v := range map[string]string{
 		"PEPSAL_BENCH_RUNS":     "0",
@@ -322,6 +325,13 @@ func TestReport(t *testing.T) {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q\n%s", want, md)
 		}
+	}
+	if strings.Contains(md, "### Memory held") {
+		t.Errorf("memory table without a memory test (PEPSAL_BENCH_PARTS=veth)")
+	}
+	eff.MemDuration = 20 * time.Second
+	if md := Report(cfg, si, []*SpecResult{res}, eff, 90*time.Second); !strings.Contains(md, "### Memory held for one slow connection") {
+		t.Errorf("memory table missing")
 	}
 }
 

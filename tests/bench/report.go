@@ -123,7 +123,7 @@ make demo                         # 1 MB and 10 MB over GEO, without and with pe
 | ` + "`PEPSAL_BENCH_TERMINAL_ARGS`" + ` | ` + "`PEPSAL_BENCH_ARGS`" + ` | instead, for the terminal of the two-PEP bed |
 | ` + "`PEPSAL_REFERENCE_BIN`" + ` | unset | a PEPsal 2.x binary: adds its row (TPROXY recipe; installs iptables if missing) |
 | ` + "`PEPSAL_BENCH_TIMEOUT`" + ` | 90s (quick: 30s) | a transfer still running then is stopped and shown as "> 90 s" |
-| ` + "`PEPSAL_BENCH_PARTS`" + ` | ` + "`satellite efficiency`" + ` | which parts to run |
+| ` + "`PEPSAL_BENCH_PARTS`" + ` | ` + "`satellite efficiency`" + ` | which parts to run; ` + "`veth`" + ` is efficiency without the memory test |
 | ` + "`PEPSAL_BENCH_PARALLEL`" + ` | 0 (all) | satellite tables measured at the same time |
 | ` + "`PEPSAL_BENCH_SERVER_CC`" + ` | ` + "`cubic`" + ` | congestion control of the server's sockets |
 | ` + "`PEPSAL_DEMO_RUNS`" + ` | 3 | runs of ` + "`make demo`" + ` |
