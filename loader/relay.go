@@ -66,7 +66,8 @@ func (r *Relay) Forget(cookies ...uint64) {
 	}
 }
 
-// Entries counts the entries of the relay maps (for leak checks).
+// Entries counts the entries of the relay maps (for leak checks): sockets,
+// directions and userspace byte counts.
 func (r *Relay) Entries() (socks, dirs, user int, err error) {
 	count := func(m *ebpf.Map) (int, error) {
 		var k, v uint64

@@ -32,6 +32,7 @@ type statusReport struct {
 type relayReport struct {
 	Sockets    int `json:"sockets"`
 	Directions int `json:"directions"`
+	UserCounts int `json:"user_counts"` // pepsal_relay_user: one per direction, like directions
 }
 
 type routingReport struct {
@@ -106,8 +107,8 @@ func collectStatus() (*statusReport, error) {
 	if rep.Counters, err = att.Counters(); err != nil {
 		return nil, err
 	}
-	if socks, dirs, _, err := att.Relay().Entries(); err == nil {
-		rep.Relay = &relayReport{Sockets: socks, Directions: dirs}
+	if socks, dirs, user, err := att.Relay().Entries(); err == nil {
+		rep.Relay = &relayReport{Sockets: socks, Directions: dirs, UserCounts: user}
 	}
 	rep.Serving = rep.Daemon != nil && rep.Listeners["ipv4"] != 0
 	return rep, nil
@@ -161,7 +162,7 @@ func printStatus(w io.Writer, rep *statusReport) {
 		fmt.Fprintln(w, "daemon:    not running in this network namespace")
 	}
 	if r := rep.Relay; r != nil {
-		fmt.Fprintf(w, "relay map: %d sockets, %d directions\n", r.Sockets, r.Directions)
+		fmt.Fprintf(w, "relay map: %d sockets, %d directions, %d user counts\n", r.Sockets, r.Directions, r.UserCounts)
 	}
 	if len(rep.Counters) > 0 {
 		fmt.Fprintln(w, "counters:")

@@ -225,7 +225,7 @@ func testRandomStress(t *testing.T) {
 	var st statusRelay
 	for end := time.Now().Add(15 * time.Second); ; {
 		info, st = b.daemonInfo(), b.relayEntries()
-		settled := info.Stats.Active == 0 && st.Sockets == 0 && st.Directions == 0 &&
+		settled := info.Stats.Active == 0 && st.Sockets == 0 && st.Directions == 0 && st.UserCounts == 0 &&
 			info.OpenFDs <= base.OpenFDs && info.Goroutines <= base.Goroutines+2
 		if settled || time.Now().After(end) {
 			break
@@ -235,8 +235,8 @@ func testRandomStress(t *testing.T) {
 	if info.Stats.Active != 0 {
 		t.Errorf("%d connections still active", info.Stats.Active)
 	}
-	if st.Sockets != 0 || st.Directions != 0 {
-		t.Errorf("relay maps leak: %d sockets, %d directions", st.Sockets, st.Directions)
+	if st.Sockets != 0 || st.Directions != 0 || st.UserCounts != 0 {
+		t.Errorf("relay maps leak: %d sockets, %d directions, %d user counts", st.Sockets, st.Directions, st.UserCounts)
 	}
 	if info.OpenFDs > base.OpenFDs {
 		t.Errorf("fds: %d after, %d before", info.OpenFDs, base.OpenFDs)
@@ -265,6 +265,7 @@ type daemonInfo struct {
 type statusRelay struct {
 	Sockets    int `json:"sockets"`
 	Directions int `json:"directions"`
+	UserCounts int `json:"user_counts"`
 }
 
 func (b *bed) daemonInfo() daemonInfo {
