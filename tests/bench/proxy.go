@@ -97,23 +97,11 @@ func StartPepsal(ctx context.Context, bin string, site Site, relay string, extra
 		// The daemon detaches when it stops; this also covers a SIGKILL.
 		_ = exec.CommandContext(ctx, "nsenter", "--net="+site.NS.Path(), "--", bin, "detach").Run()
 	}
-	deadline := time.Now().Add(startTimeout)
-	for {
-		if err := site.NS.Command(bin, "status").Run(); err == nil {
-			break
-		}
-		if d.exited() {
-			d.Stop()
-			return nil, fmt.Errorf("%s", lastLine(d.out.String(), d.err))
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			d.Stop()
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, fmt.Errorf("not serving after %s: %s", startTimeout, lastLine(d.out.String(), nil))
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := d.waitReady(ctx, func() bool { return site.NS.Command(bin, "status").Run() == nil },
+		func() string {
+			return fmt.Sprintf("not serving after %s: %s", startTimeout, lastLine(d.out.String(), nil))
+		}); err != nil {
+		return nil, err
 	}
 	if st, err := d.Status(); err == nil && st.Daemon != nil && st.Daemon.PID > 0 {
 		d.PID = st.Daemon.PID
@@ -178,6 +166,26 @@ func (d *Daemon) Stop() {
 	}
 }
 
+// waitReady polls ready for up to startTimeout. A daemon that exits first is
+// reported with the last line it printed; a timeout with late(). Either way
+// the daemon is stopped.
+func (d *Daemon) waitReady(ctx context.Context, ready func() bool, late func() string) error {
+	for deadline := time.Now().Add(startTimeout); !ready(); time.Sleep(100 * time.Millisecond) {
+		if d.exited() {
+			d.Stop()
+			return fmt.Errorf("%s", lastLine(d.out.String(), d.err))
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			d.Stop()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return errors.New(late())
+		}
+	}
+	return nil
+}
+
 // Output is the tail of what the daemon printed.
 func (d *Daemon) Output() string { return d.out.String() }
 
@@ -214,25 +222,14 @@ func StartReference(ctx context.Context, bin string, site Site) (*Daemon, error)
 		return nil, err
 	}
 	d.ref, d.undo = true, undo
-	deadline := time.Now().Add(startTimeout)
-	for {
-		// Not a test connection: PEPsal would proxy a local one to itself.
+	// Not a test connection: PEPsal would proxy a local one to itself.
+	listening := func() bool {
 		out, _ := ns.Command("ss", "-Hltn", "sport = :"+refPort).Output()
-		if len(bytes.TrimSpace(out)) > 0 {
-			break
-		}
-		if d.exited() {
-			d.Stop()
-			return nil, fmt.Errorf("%s", lastLine(d.out.String(), d.err))
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			d.Stop()
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, fmt.Errorf("not listening on port %s after %s", refPort, startTimeout)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return len(bytes.TrimSpace(out)) > 0
+	}
+	if err := d.waitReady(ctx, listening,
+		func() string { return fmt.Sprintf("not listening on port %s after %s", refPort, startTimeout) }); err != nil {
+		return nil, err
 	}
 	d.PID = realPID(d.PID)
 	return d, nil
