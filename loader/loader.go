@@ -6,6 +6,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,6 +46,9 @@ type Config struct {
 	Exclude      []netip.Prefix
 	Routing      Routing
 	TCMode       string // "auto" (tcx, else clsact), "tcx" or "clsact"
+	// Daemon: a `pepsal run` attaches. It owns an attachment it creates, or
+	// one whose daemon died, and removes it when it stops (DetachOwned).
+	Daemon bool
 }
 
 // Attachment is an open handle on the pinned objects of this namespace.
@@ -103,8 +108,9 @@ func ResolveIfaces(names []string) ([]int, error) {
 // Attach attaches pepsal to cfg.Ifaces in the current network namespace and
 // pins everything. Attaching again updates the policy and adds interfaces that
 // are missing; it never duplicates anything. On error nothing this call added
-// stays attached.
-func Attach(cfg Config) (att *Attachment, err error) {
+// stays attached. Pins left by a dead namespace that had this one's inode
+// number are removed first, never adopted.
+func Attach(cfg Config) (*Attachment, error) {
 	ifindexes, err := ResolveIfaces(cfg.Ifaces)
 	if err != nil {
 		return nil, err
@@ -132,62 +138,16 @@ func Attach(cfg Config) (att *Attachment, err error) {
 	if err != nil {
 		return nil, err
 	}
-	fresh := !exists(filepath.Join(dir, "pepsal_config"))
-	if fresh {
-		if err := createPinned(dir); err != nil {
-			return nil, err
+	var foreign *ForeignPinsError
+	if err := foreignPins(dir); errors.As(err, &foreign) {
+		if err := removeForeignPins(dir); err != nil {
+			return nil, fmt.Errorf("remove the pins of a dead network namespace: %w", err)
 		}
-	}
-	defer func() {
-		if err != nil && fresh {
-			_ = detachLocked(dir)
-		}
-	}()
-
-	att, err = openPinned(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			att.Close()
-		}
-	}()
-	if !fresh {
-		old, err := att.Config()
-		if err != nil {
-			return nil, err
-		}
-		if old.Mark != cfg.Routing.Mark || int(old.RouteTable) != cfg.Routing.Table || int(old.RulePriority) != cfg.Routing.Priority {
-			return nil, fmt.Errorf("already attached with fwmark %#x, table %d, rule priority %d: detach first to change them",
-				old.Mark, old.RouteTable, old.RulePriority)
-		}
-	}
-	if err := att.setPolicy(cfg); err != nil {
-		return nil, err
-	}
-	if err := cfg.Routing.Install(); err != nil {
+		slog.Info("removed the pins of a dead network namespace", "dir", dir, "why", foreign.Reason)
+	} else if err != nil {
 		return nil, err
 	}
 
-	prog, err := ebpf.LoadPinnedProgram(filepath.Join(dir, pinClassify), nil)
-	if err != nil {
-		return nil, fmt.Errorf("load pinned classifier: %w", err)
-	}
-	defer prog.Close()
-	var added []int
-	defer func() {
-		if err != nil && !fresh {
-			for _, ifindex := range added {
-				_ = att.detachIface(ifindex)
-			}
-		}
-	}()
-	type target struct {
-		name       string
-		ifindex    int
-		returnOnly bool
-	}
 	var targets []target
 	for i, idx := range ifindexes {
 		targets = append(targets, target{cfg.Ifaces[i], idx, false})
@@ -197,37 +157,174 @@ func Attach(cfg Config) (att *Attachment, err error) {
 			targets = append(targets, target{cfg.ReturnIfaces[i], idx, true})
 		}
 	}
+
+	fresh := !exists(filepath.Join(dir, pinConfig))
+	if fresh {
+		var own owner
+		if cfg.Daemon {
+			if own, err = self(); err != nil {
+				return nil, err
+			}
+		}
+		if err := createPinned(dir, cfg.Routing, own); err != nil {
+			return nil, err
+		}
+	}
+	att, err := openPinned(dir)
+	if err == nil {
+		if err = att.apply(cfg, fresh, targets); err != nil {
+			att.Close()
+		}
+	}
+	if err != nil {
+		if fresh {
+			if derr := detachLocked(dir); derr != nil {
+				err = fmt.Errorf("%w (undoing the attachment also failed: %s)", err, oneLine(derr))
+			}
+		}
+		return nil, err
+	}
+	return att, nil
+}
+
+// target is an interface Attach attaches the classifier to.
+type target struct {
+	name       string
+	ifindex    int
+	returnOnly bool
+}
+
+// apply brings an open attachment to cfg. On error, what it changed in an
+// attachment that existed before is undone (a fresh one is detached whole by
+// the caller), except the policy maps, written last, whose updates do not fail.
+func (a *Attachment) apply(cfg Config, fresh bool, targets []target) (err error) {
+	if !fresh {
+		old, err := a.Config()
+		if err != nil {
+			return err
+		}
+		if old.Mark != cfg.Routing.Mark || int(old.RouteTable) != cfg.Routing.Table || int(old.RulePriority) != cfg.Routing.Priority {
+			return fmt.Errorf("already attached with fwmark %#x, table %d, rule priority %d: detach first to change them",
+				old.Mark, old.RouteTable, old.RulePriority)
+		}
+	}
+	var undo []func()
+	defer func() {
+		if err != nil && !fresh {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	undoRouting, err := cfg.Routing.Install()
+	if err != nil {
+		return err
+	}
+	undo = append(undo, func() { _ = undoRouting() })
+	if !fresh {
+		a.pruneGoneIfaces()
+	}
+
+	prog, err := ebpf.LoadPinnedProgram(filepath.Join(a.Dir, pinClassify), nil)
+	if err != nil {
+		return fmt.Errorf("load pinned classifier: %w", err)
+	}
+	defer prog.Close()
 	for _, tg := range targets {
 		var state classifyIfaceState
-		if att.maps.PepsalIfaces.Lookup(uint32(tg.ifindex), &state) == nil {
+		if a.maps.PepsalIfaces.Lookup(uint32(tg.ifindex), &state) == nil {
 			if state.ReturnOnly == 1 && !tg.returnOnly { // promote to a full interception
+				old := state
 				state.ReturnOnly = 0
-				if err := att.maps.PepsalIfaces.Put(uint32(tg.ifindex), state); err != nil {
-					return nil, fmt.Errorf("record interface %s: %w", tg.name, err)
+				if err := a.maps.PepsalIfaces.Put(uint32(tg.ifindex), state); err != nil {
+					return fmt.Errorf("record interface %s: %w", tg.name, err)
 				}
+				idx := uint32(tg.ifindex)
+				undo = append(undo, func() { _ = a.maps.PepsalIfaces.Put(idx, old) })
 			}
 			continue // already attached here
 		}
-		state, err := attachTC(dir, prog, tg.ifindex, cfg.TCMode)
+		state, err := attachTC(a.Dir, prog, tg.ifindex, cfg.TCMode)
 		if err != nil {
-			return nil, fmt.Errorf("attach classifier to %s: %w", tg.name, err)
+			return fmt.Errorf("attach classifier to %s: %w", tg.name, err)
 		}
 		if tg.returnOnly {
 			state.ReturnOnly = 1
 		}
-		added = append(added, tg.ifindex)
-		if err := att.maps.PepsalIfaces.Put(uint32(tg.ifindex), state); err != nil {
-			_ = detachTC(dir, tg.ifindex, state)
-			return nil, fmt.Errorf("record interface %s: %w", tg.name, err)
+		if err := a.maps.PepsalIfaces.Put(uint32(tg.ifindex), state); err != nil {
+			_ = detachTC(a.Dir, tg.ifindex, state)
+			return fmt.Errorf("record interface %s: %w", tg.name, err)
+		}
+		idx := tg.ifindex
+		undo = append(undo, func() { _ = a.detachIface(idx) })
+	}
+	if err := a.setPolicy(cfg); err != nil {
+		return err
+	}
+	if fresh {
+		return nil // createPinned recorded the owner
+	}
+	return a.updateOwner(cfg.Daemon)
+}
+
+// updateOwner records who removes an attachment that existed before: `pepsal
+// attach` makes it persistent; a daemon adopts it when the daemon that made it
+// is dead and nobody serves it, and otherwise leaves it to its owner.
+func (a *Attachment) updateOwner(daemon bool) error {
+	if !daemon {
+		if !exists(filepath.Join(a.Dir, pinOwner)) {
+			return nil
+		}
+		return writeOwner(a.Dir, owner{})
+	}
+	cur, err := readOwner(a.Dir)
+	if err != nil {
+		return err
+	}
+	if cur.PID == 0 || cur.alive() || a.ListenerCookie(ListenerV4) != 0 || a.ListenerCookie(ListenerV6) != 0 {
+		return nil
+	}
+	me, err := self()
+	if err != nil {
+		return err
+	}
+	if err := writeOwner(a.Dir, me); err != nil {
+		return err
+	}
+	slog.Info("adopted the attachment of a dead daemon", "dir", a.Dir, "dead_pid", cur.PID)
+	return nil
+}
+
+// pruneGoneIfaces forgets interfaces that no longer exist: their tc
+// attachment went with them, only the record and a pin are left.
+func (a *Attachment) pruneGoneIfaces() {
+	for _, ifc := range a.recordedIfaces() {
+		if _, err := netlink.LinkByIndex(ifc); err != nil {
+			_ = a.detachIface(ifc)
 		}
 	}
-	return att, nil
+}
+
+func (a *Attachment) recordedIfaces() []int {
+	var idx uint32
+	var st classifyIfaceState
+	var all []int
+	iter := a.maps.PepsalIfaces.Iterate()
+	for iter.Next(&idx, &st) {
+		all = append(all, int(idx))
+	}
+	return all
+}
+
+// oneLine joins a multi-line (errors.Join) message into one line.
+func oneLine(err error) string {
+	return strings.ReplaceAll(err.Error(), "\n", "; ")
 }
 
 // createPinned loads the programs and maps, attaches sk_lookup to the
 // namespace and pins it all, first in a temporary directory that is renamed
 // into place at the end, so a half-made attachment is never visible.
-func createPinned(dir string) (err error) {
+func createPinned(dir string, routing Routing, own owner) (err error) {
 	tmp := fmt.Sprintf("%s_tmp_%d", dir, os.Getpid()) // bpffs refuses names with dots
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", tmp, err)
@@ -254,6 +351,33 @@ func createPinned(dir string) (err error) {
 	}
 	if err := classify.Programs[pinClassify].Pin(filepath.Join(tmp, pinClassify)); err != nil {
 		return fmt.Errorf("pin classifier: %w", err)
+	}
+	// The namespace is recorded before the pins become visible, so that pins
+	// found under a reused inode number can always be told apart; the routing
+	// too, so that undoing a failed attach removes it.
+	cookie, err := netnsCookie()
+	if err != nil {
+		return err
+	}
+	initial := classifyConfig{
+		NetnsCookie:  cookie,
+		Mark:         routing.Mark,
+		RouteTable:   uint32(routing.Table),
+		RulePriority: uint32(routing.Priority),
+	}
+	if err := classify.Maps[pinConfig].Put(uint32(0), initial); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	ownerMap, err := newOwnerMap()
+	if err != nil {
+		return err
+	}
+	defer ownerMap.Close()
+	if err := ownerMap.Put(uint32(0), own); err != nil {
+		return fmt.Errorf("record owner: %w", err)
+	}
+	if err := ownerMap.Pin(filepath.Join(tmp, pinOwner)); err != nil {
+		return fmt.Errorf("pin %s: %w", pinOwner, err)
 	}
 
 	steerSpec, err := loadSteer()
@@ -383,7 +507,9 @@ func loadPinnedMaps(dir string, maps any) error {
 	return nil
 }
 
-// Open opens the existing attachment of this network namespace.
+// Open opens the existing attachment of this network namespace. Pins of a
+// dead namespace found in its pin directory give a *ForeignPinsError, which
+// is also ErrNotAttached.
 func Open() (*Attachment, error) {
 	var fs unix.Statfs_t
 	if err := unix.Statfs(BPFFS, &fs); err != nil || fs.Type != unix.BPF_FS_MAGIC {
@@ -391,6 +517,9 @@ func Open() (*Attachment, error) {
 	}
 	dir, err := PinDir()
 	if err != nil {
+		return nil, err
+	}
+	if err := foreignPins(dir); err != nil {
 		return nil, err
 	}
 	return openPinned(dir)
@@ -630,7 +759,108 @@ func Detach() error {
 	if err != nil {
 		return err
 	}
+	var foreign *ForeignPinsError
+	if err := foreignPins(dir); errors.As(err, &foreign) {
+		return removeForeignPins(dir) // nothing of it is in this namespace
+	} else if err != nil {
+		return err
+	}
 	return detachLocked(dir)
+}
+
+// DetachOwned detaches like Detach if this process owns the attachment (it
+// created it, or adopted a dead daemon's, with Config.Daemon), and tells
+// whether it did. An attachment `pepsal attach` made or claimed since stays.
+func DetachOwned() (bool, error) {
+	unlock, err := lock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	dir, err := PinDir()
+	if err != nil {
+		return false, err
+	}
+	var foreign *ForeignPinsError
+	if err := foreignPins(dir); errors.As(err, &foreign) {
+		return false, nil // not this namespace's, so not ours
+	} else if err != nil {
+		return false, err
+	}
+	cur, err := readOwner(dir)
+	if err != nil {
+		return false, err
+	}
+	me, err := self()
+	if err != nil {
+		return false, err
+	}
+	if cur != me {
+		return false, nil
+	}
+	return true, detachLocked(dir)
+}
+
+// OwnedByMe says whether this process removes the attachment when it stops.
+func (a *Attachment) OwnedByMe() bool {
+	cur, err := readOwner(a.Dir)
+	if err != nil || cur.PID == 0 {
+		return false
+	}
+	me, err := self()
+	return err == nil && cur == me
+}
+
+// Owner is the pid of the daemon that removes the attachment when it stops
+// and whether it still runs; 0 for a persistent attachment (`pepsal attach`).
+func (a *Attachment) Owner() (pid int, alive bool) {
+	cur, err := readOwner(a.Dir)
+	if err != nil {
+		return 0, false
+	}
+	return int(cur.PID), cur.alive()
+}
+
+// Problems lists why the attachment does not do what it records, in this
+// namespace: an sk_lookup link that is not on this namespace, interfaces that
+// are gone or lost their classifier, missing policy routing.
+func (a *Attachment) Problems() []string {
+	var out []string
+	ino, err := NetnsID()
+	if err != nil {
+		return []string{err.Error()}
+	}
+	switch linkIno, err := steerLinkNetns(a.Dir); {
+	case err != nil:
+		out = append(out, err.Error())
+	case linkIno == 0:
+		out = append(out, "the sk_lookup link is missing or on a dead network namespace: no diverted connection reaches the listener")
+	case linkIno != ino:
+		out = append(out, fmt.Sprintf("the sk_lookup link is on network namespace inode %d, not this one (%d)", linkIno, ino))
+	}
+	var idx uint32
+	var st classifyIfaceState
+	iter := a.maps.PepsalIfaces.Iterate()
+	for iter.Next(&idx, &st) {
+		if _, err := netlink.LinkByIndex(int(idx)); err != nil {
+			out = append(out, fmt.Sprintf("interface ifindex %d no longer exists", idx))
+			continue
+		}
+		if err := classifierAttached(a.Dir, int(idx), st); err != nil {
+			out = append(out, err.Error())
+		}
+	}
+	if err := iter.Err(); err != nil {
+		out = append(out, fmt.Sprintf("read pepsal_ifaces: %v", err))
+	}
+	if r, err := a.Routing(); err != nil {
+		out = append(out, err.Error())
+	} else if rules, routes, err := r.Present(); err != nil {
+		out = append(out, err.Error())
+	} else if rules < len(families) || routes < len(families) {
+		out = append(out, fmt.Sprintf("policy routing incomplete: %d/%d fwmark rules, %d/%d local routes", rules, len(families), routes, len(families)))
+	}
+	return out
 }
 
 func detachLocked(dir string) error {
@@ -644,15 +874,8 @@ func detachLocked(dir string) error {
 		if c, err := att.Config(); err == nil {
 			restore = c.FastopenRestore
 		}
-		var idx uint32
-		var st classifyIfaceState
-		var all []uint32
-		iter := att.maps.PepsalIfaces.Iterate()
-		for iter.Next(&idx, &st) {
-			all = append(all, idx)
-		}
-		for _, i := range all {
-			errs = append(errs, att.detachIface(int(i)))
+		for _, i := range att.recordedIfaces() {
+			errs = append(errs, att.detachIface(i))
 		}
 		att.Close()
 	}

@@ -1,7 +1,9 @@
 package loader
 
 import (
+	"errors"
 	"net/netip"
+	"os/exec"
 	"testing"
 )
 
@@ -32,5 +34,48 @@ func TestCheckKernelPasses(t *testing.T) {
 	// This machine has every feature; a failure names the missing one.
 	if err := CheckKernel(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestParseStartTimeSkipsOddCommandNames(t *testing.T) {
+	// Field 22 is 4242; the command name holds spaces and a ") ".
+	line := "77 (pep) sal x) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 4242 1000 10 18446744073709551615"
+	if got, err := parseStartTime(line); err != nil || got != 4242 {
+		t.Errorf("parseStartTime = %d, %v; want 4242", got, err)
+	}
+	if _, err := parseStartTime("77 (pepsal) S 1"); err == nil {
+		t.Error("a truncated line parsed")
+	}
+}
+
+func TestOwnerAliveTellsAReusedPidApart(t *testing.T) {
+	me, err := self()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !me.alive() {
+		t.Fatalf("this process (%+v) is not alive", me)
+	}
+	reused := me
+	reused.StartTime++ // same pid, another process
+	if reused.alive() {
+		t.Error("a pid with another start time counts as the owner")
+	}
+	child := exec.Command("true")
+	if err := child.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if (owner{PID: uint32(child.Process.Pid), StartTime: me.StartTime}).alive() {
+		t.Error("an exited process counts as alive")
+	}
+	if (owner{}).alive() {
+		t.Error("no owner counts as alive")
+	}
+}
+
+func TestOneLine(t *testing.T) {
+	err := errors.Join(errors.New("a"), errors.New("b"))
+	if got := oneLine(err); got != "a; b" {
+		t.Errorf("oneLine = %q", got)
 	}
 }

@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,12 +22,16 @@ const (
 	pinClassify    = "pepsal_classify"
 	pinSteer       = "pepsal_steer"
 	pinRelay       = "pepsal_relay_verdict"
+	pinConfig      = "pepsal_config"
+	pinOwner       = "pepsal_owner"
 	tcLinkPrefix   = "link_classify_if"
 	pinDirBaseName = "pepsal"
 )
 
 // NetnsID identifies the current network namespace (its inode number), which
-// keeps the pins of daemons in different namespaces of one host apart.
+// keeps the pins of daemons in different namespaces of one host apart. The
+// kernel gives a dead namespace's inode number to the next new one, so the
+// pins found under it are checked against the netns cookie (foreignPins).
 func NetnsID() (uint64, error) {
 	var st unix.Stat_t
 	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
@@ -39,6 +47,197 @@ func PinDir() (string, error) {
 		return "", err
 	}
 	return filepath.Join(BPFFS, pinDirBaseName, fmt.Sprintf("netns-%d", id)), nil
+}
+
+// ForeignPinsError says that the pin directory of this namespace holds the
+// attachment of a namespace that is gone and had the same inode number.
+// Nothing of it works here; attach, run --iface and detach remove it.
+type ForeignPinsError struct {
+	Dir    string
+	Reason string
+}
+
+func (e *ForeignPinsError) Error() string { return e.Reason }
+
+// Is makes a dead namespace's pins count as "not attached" here.
+func (e *ForeignPinsError) Is(target error) bool { return target == ErrNotAttached }
+
+// foreignPins returns a ForeignPinsError when the pins in dir were made in
+// another network namespace, nil when they are this one's or there are none.
+func foreignPins(dir string) error {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, pinConfig), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned config: %w", err)
+	}
+	defer m.Close()
+	var c classifyConfig
+	if err := m.Lookup(uint32(0), &c); err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	cookie, err := netnsCookie()
+	if err != nil {
+		return err
+	}
+	if c.NetnsCookie != 0 {
+		if c.NetnsCookie == cookie {
+			return nil
+		}
+		return &ForeignPinsError{Dir: dir, Reason: fmt.Sprintf(
+			"%s holds the pins of a dead network namespace (netns cookie %d, this one is %d) that had this one's inode number",
+			dir, c.NetnsCookie, cookie)}
+	}
+	// No cookie recorded (pins of a version that recorded it after pinning):
+	// the sk_lookup link still knows its namespace, 0 once that is gone.
+	ino, err := NetnsID()
+	if err != nil {
+		return err
+	}
+	linkIno, err := steerLinkNetns(dir)
+	if err != nil {
+		return err
+	}
+	if linkIno == ino {
+		return nil
+	}
+	return &ForeignPinsError{Dir: dir, Reason: fmt.Sprintf(
+		"%s holds the pins of another network namespace: its sk_lookup link is on netns inode %d (0: a dead one)", dir, linkIno)}
+}
+
+// steerLinkNetns is the inode of the namespace the pinned sk_lookup link is
+// attached to: 0 when that namespace is gone (or the link is missing).
+func steerLinkNetns(dir string) (uint64, error) {
+	l, err := link.LoadPinnedLink(filepath.Join(dir, pinSteerLink), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("open pinned sk_lookup link: %w", err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return 0, fmt.Errorf("read sk_lookup link info: %w", err)
+	}
+	ns := info.NetNs()
+	if ns == nil {
+		return 0, fmt.Errorf("%s is not a network namespace link", pinSteerLink)
+	}
+	return uint64(ns.NetnsInode), nil
+}
+
+// removeForeignPins removes a dead namespace's attachment. Its tc links,
+// rules, routes and sysctls died with it; what outlives it is the sock_ops
+// program on the root cgroup (shared by every namespace) and the pins, and
+// nothing here may touch this namespace's interfaces or routing.
+func removeForeignPins(dir string) error {
+	var errs []error
+	if l, err := link.LoadPinnedLink(filepath.Join(dir, pinTuneLink), nil); err == nil {
+		if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+			errs = append(errs, fmt.Errorf("detach the dead namespace's sock_ops program: %w", err))
+		}
+		l.Close()
+	}
+	// Dropping the last reference to the other links and programs frees them.
+	errs = append(errs, removePinDir(dir))
+	return errors.Join(errs...)
+}
+
+// owner identifies the `pepsal run --iface` daemon that made (or adopted) an
+// attachment and removes it when it stops; zero for `pepsal attach`, whose
+// attachment persists. The start time tells a reused pid from the daemon.
+type owner struct {
+	PID       uint32
+	_         uint32
+	StartTime uint64 // clock ticks after boot, /proc/PID/stat field 22
+}
+
+func newOwnerMap() (*ebpf.Map, error) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: pinOwner, Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 1})
+	if err != nil {
+		return nil, fmt.Errorf("create %s map: %w", pinOwner, err)
+	}
+	return m, nil
+}
+
+// self is this process as an owner.
+func self() (owner, error) {
+	pid := os.Getpid()
+	start, err := processStart(pid)
+	if err != nil {
+		return owner{}, err
+	}
+	return owner{PID: uint32(pid), StartTime: start}, nil
+}
+
+// processStart reads when pid started, which no later process with the same
+// pid shares.
+func processStart(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read start time of pid %d: %w", pid, err)
+	}
+	start, err := parseStartTime(string(b))
+	if err != nil {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+	}
+	return start, nil
+}
+
+// parseStartTime takes field 22 of a /proc/PID/stat line. The command name
+// (field 2) may hold spaces and parentheses: fields are counted after its
+// last closing parenthesis, from field 3 on.
+func parseStartTime(stat string) (uint64, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("no command name")
+	}
+	fields := strings.Fields(stat[i+1:])
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("%d fields after the command name, want at least 20", len(fields))
+	}
+	return strconv.ParseUint(fields[19], 10, 64)
+}
+
+// alive says whether the owner daemon still runs.
+func (o owner) alive() bool {
+	if o.PID == 0 {
+		return false
+	}
+	start, err := processStart(int(o.PID))
+	return err == nil && start == o.StartTime
+}
+
+// readOwner returns the owner recorded in dir; zero (persistent) when none is
+// recorded, as with pins made before ownership was recorded.
+func readOwner(dir string) (owner, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, pinOwner), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return owner{}, nil
+	}
+	if err != nil {
+		return owner{}, fmt.Errorf("open pinned %s: %w", pinOwner, err)
+	}
+	defer m.Close()
+	var o owner
+	if err := m.Lookup(uint32(0), &o); err != nil {
+		return owner{}, fmt.Errorf("read owner: %w", err)
+	}
+	return o, nil
+}
+
+func writeOwner(dir string, o owner) error {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, pinOwner), nil)
+	if err != nil {
+		return fmt.Errorf("open pinned %s: %w", pinOwner, err)
+	}
+	defer m.Close()
+	if err := m.Put(uint32(0), o); err != nil {
+		return fmt.Errorf("record owner: %w", err)
+	}
+	return nil
 }
 
 // ensureBPFFS mounts bpffs on /sys/fs/bpf when nothing is mounted there.

@@ -47,27 +47,66 @@ func (r Routing) route(family int, lo int) *netlink.Route {
 }
 
 // Install adds the rules and routes that are missing; existing ones are kept,
-// which makes attaching twice harmless.
-func (r Routing) Install() error {
+// which makes attaching twice harmless. undo removes what it added; on error
+// it has already run.
+func (r Routing) Install() (undo func() error, err error) {
+	var added []func() error
+	rollback := func() error { // not the named result: a failed return has set that to nil
+		var errs []error
+		for i := len(added) - 1; i >= 0; i-- {
+			errs = append(errs, added[i]())
+		}
+		return errors.Join(errs...)
+	}
+	defer func() {
+		if err != nil {
+			_ = rollback()
+		}
+	}()
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
-		return fmt.Errorf("find lo: %w", err)
+		return nil, fmt.Errorf("find lo: %w", err)
 	}
 	for _, fam := range families {
-		if err := netlink.RouteReplace(r.route(fam, lo.Attrs().Index)); err != nil {
-			return fmt.Errorf("add local default route to table %d (%s): %w", r.Table, famName(fam), err)
+		had, err := r.localDefaults(fam)
+		if err != nil {
+			return nil, err
+		}
+		route := r.route(fam, lo.Attrs().Index)
+		if err := netlink.RouteReplace(route); err != nil {
+			return nil, fmt.Errorf("add local default route to table %d (%s): %w", r.Table, famName(fam), err)
+		}
+		if len(had) == 0 {
+			added = append(added, func() error { return netlink.RouteDel(route) })
 		}
 		found, err := r.rules(fam)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if len(found) == 0 {
-			if err := netlink.RuleAdd(r.rule(fam)); err != nil {
-				return fmt.Errorf("add rule fwmark %#x lookup %d (%s): %w", r.Mark, r.Table, famName(fam), err)
+			rule := r.rule(fam)
+			if err := netlink.RuleAdd(rule); err != nil {
+				return nil, fmt.Errorf("add rule fwmark %#x lookup %d (%s): %w", r.Mark, r.Table, famName(fam), err)
 			}
+			added = append(added, func() error { return netlink.RuleDel(rule) })
 		}
 	}
-	return nil
+	return rollback, nil
+}
+
+// localDefaults lists the local default routes of the table (Install's).
+func (r Routing) localDefaults(family int) ([]netlink.Route, error) {
+	rs, err := netlink.RouteListFiltered(family, &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("list routes of table %d: %w", r.Table, err)
+	}
+	var ours []netlink.Route
+	for _, rt := range rs {
+		if rt.Type == unix.RTN_LOCAL && isDefault(rt.Dst) {
+			ours = append(ours, rt)
+		}
+	}
+	return ours, nil
 }
 
 // Remove deletes every rule and route that Install adds; missing ones are fine.
@@ -83,14 +122,12 @@ func (r Routing) Remove() error {
 				errs = append(errs, fmt.Errorf("delete rule %s: %w", found[i], err))
 			}
 		}
-		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
+		// Only the local default routes: the table may be shared with something else.
+		routes, err := r.localDefaults(fam)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("list routes of table %d: %w", r.Table, err))
+			errs = append(errs, err)
 		}
 		for i := range routes {
-			if routes[i].Type != unix.RTN_LOCAL || !isDefault(routes[i].Dst) {
-				continue // not ours: the table may be shared with something else
-			}
 			if err := netlink.RouteDel(&routes[i]); err != nil && !errors.Is(err, unix.ESRCH) {
 				errs = append(errs, fmt.Errorf("delete route %s: %w", routes[i], err))
 			}
@@ -107,15 +144,11 @@ func (r Routing) Present() (rules, routes int, err error) {
 			return 0, 0, err
 		}
 		rules += len(found)
-		rs, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
+		rs, err := r.localDefaults(fam)
 		if err != nil {
 			return 0, 0, err
 		}
-		for _, rt := range rs {
-			if rt.Type == unix.RTN_LOCAL && isDefault(rt.Dst) {
-				routes++
-			}
-		}
+		routes += len(rs)
 	}
 	return rules, routes, nil
 }

@@ -138,3 +138,37 @@ func detachTC(dir string, ifindex int, state classifyIfaceState) error {
 	}
 	return errors.Join(errs...)
 }
+
+// classifierAttached checks that the classifier recorded on ifindex is really
+// on its ingress, as a live tcx link or as pepsal's clsact filter.
+func classifierAttached(dir string, ifindex int, state classifyIfaceState) error {
+	if state.TcMode == tcModeClsact {
+		lnk, err := netlink.LinkByIndex(ifindex)
+		if err != nil {
+			return fmt.Errorf("interface ifindex %d: %w", ifindex, err)
+		}
+		filters, err := netlink.FilterList(lnk, netlink.HANDLE_MIN_INGRESS)
+		if err != nil {
+			return fmt.Errorf("list ingress filters of %s: %w", lnk.Attrs().Name, err)
+		}
+		for _, f := range filters {
+			if bf, ok := f.(*netlink.BpfFilter); ok && bf.Priority == clsactPriority {
+				return nil
+			}
+		}
+		return fmt.Errorf("the classifier's clsact filter on %s is gone", lnk.Attrs().Name)
+	}
+	l, err := link.LoadPinnedLink(tcLinkPin(dir, ifindex), nil)
+	if err != nil {
+		return fmt.Errorf("the classifier's tcx link on ifindex %d is missing: %w", ifindex, err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return fmt.Errorf("read tcx link info on ifindex %d: %w", ifindex, err)
+	}
+	if tcx := info.TCX(); tcx == nil || int(tcx.Ifindex) != ifindex {
+		return fmt.Errorf("the classifier's tcx link on ifindex %d is detached", ifindex)
+	}
+	return nil
+}

@@ -20,15 +20,21 @@ func main() {
 	}
 	root.AddCommand(runCmd(), attachCmd(), detachCmd(), statusCmd(), connsCmd(), versionCmd())
 	if err := root.Execute(); err != nil {
-		fmt.Fprintf(os.Stderr, "pepsal: %v\n", err)
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintf(os.Stderr, "pepsal: %s\n", msg)
+		}
 		os.Exit(exitCode(err))
 	}
 }
 
-// exitError carries a specific exit code with no message of its own.
-type exitError struct{ code int }
+// exitError carries a specific exit code, and a message when there is
+// something to say beyond what was printed.
+type exitError struct {
+	code int
+	msg  string
+}
 
-func (e exitError) Error() string { return "" }
+func (e exitError) Error() string { return e.msg }
 
 func exitCode(err error) int {
 	if e, ok := err.(exitError); ok {

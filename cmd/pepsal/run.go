@@ -115,18 +115,21 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 		}
 	}()
 
-	att, ownAttachment, err := attachOrOpen(cfg)
+	att, err := attachOrOpen(cfg)
 	if err != nil {
 		return err
 	}
+	ownAttachment := att.OwnedByMe()
 	defer func() {
 		att.Close()
-		if ownAttachment {
-			if derr := loader.Detach(); derr != nil {
-				err = errors.Join(err, fmt.Errorf("detach: %w", derr))
-			} else {
-				log.Info("detached")
-			}
+		if len(cfg.Ifaces) == 0 {
+			return // serving on someone else's attachment: never ours to remove
+		}
+		// Asked again at exit: a `pepsal attach` since has made it persistent.
+		if detached, derr := loader.DetachOwned(); derr != nil {
+			err = errors.Join(err, fmt.Errorf("detach: %w", derr))
+		} else if detached {
+			log.Info("detached")
 		}
 	}()
 	if cookie := firstListenerCookie(att); cookie != 0 {
@@ -237,24 +240,22 @@ func listen(port int, tuning userspace.Tuning, log *slog.Logger) ([]slotListener
 	return append(out, slotListener{loader.ListenerV6, ln6}), nil
 }
 
-func attachOrOpen(cfg loader.Config) (att *loader.Attachment, own bool, err error) {
+// attachOrOpen serves on the existing attachment (no --iface) or attaches as
+// a daemon, which owns what it creates and what a dead daemon left.
+func attachOrOpen(cfg loader.Config) (*loader.Attachment, error) {
 	if len(cfg.Ifaces) == 0 {
 		att, err := loader.Open()
-		if errors.Is(err, loader.ErrNotAttached) {
-			return nil, false, errors.New("nothing is attached in this network namespace: give --iface or run `pepsal attach` first")
+		var foreign *loader.ForeignPinsError
+		if errors.As(err, &foreign) {
+			return nil, fmt.Errorf("nothing is attached in this network namespace (%s): give --iface or run `pepsal attach` first", foreign.Reason)
 		}
-		return att, false, err
+		if errors.Is(err, loader.ErrNotAttached) {
+			return nil, errors.New("nothing is attached in this network namespace: give --iface or run `pepsal attach` first")
+		}
+		return att, err
 	}
-	existing, err := loader.Open()
-	if err == nil {
-		existing.Close()
-	}
-	own = errors.Is(err, loader.ErrNotAttached)
-	att, err = loader.Attach(cfg)
-	if err != nil {
-		return nil, false, err
-	}
-	return att, own, nil
+	cfg.Daemon = true
+	return loader.Attach(cfg)
 }
 
 func firstListenerCookie(att *loader.Attachment) uint64 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -27,6 +28,12 @@ type statusReport struct {
 	Relay      *relayReport          `json:"relay_map_entries,omitempty"`
 	Daemon     *userspace.DaemonInfo `json:"daemon,omitempty"`
 	DaemonNote string                `json:"daemon_error,omitempty"`
+	// OwnerPID is the `pepsal run --iface` daemon that removes the attachment
+	// when it stops; 0: persistent (`pepsal attach`).
+	OwnerPID   int  `json:"owner_pid,omitempty"`
+	OwnerAlive bool `json:"owner_alive,omitempty"`
+	// Problems say why the pins do not work as recorded here; status then fails.
+	Problems []string `json:"problems,omitempty"`
 }
 
 type relayReport struct {
@@ -63,6 +70,9 @@ func statusCmd() *cobra.Command {
 			} else {
 				printStatus(cmd.OutOrStdout(), rep)
 			}
+			if len(rep.Problems) > 0 {
+				return exitError{code: 3, msg: "attachment not coherent: " + strings.Join(rep.Problems, "; ")}
+			}
 			if !rep.Attached || !rep.Serving {
 				return exitError{code: 3}
 			}
@@ -82,6 +92,12 @@ func collectStatus() (*statusReport, error) {
 		rep.DaemonNote = err.Error()
 	}
 	att, err := loader.Open()
+	var foreign *loader.ForeignPinsError
+	if errors.As(err, &foreign) {
+		rep.PinDir = foreign.Dir
+		rep.Problems = []string{foreign.Reason + "; `pepsal detach`, `pepsal attach` or `pepsal run --iface` removes them"}
+		return rep, nil
+	}
 	if errors.Is(err, loader.ErrNotAttached) {
 		return rep, nil
 	}
@@ -110,7 +126,9 @@ func collectStatus() (*statusReport, error) {
 	if socks, dirs, user, err := att.Relay().Entries(); err == nil {
 		rep.Relay = &relayReport{Sockets: socks, Directions: dirs, UserCounts: user}
 	}
-	rep.Serving = rep.Daemon != nil && rep.Listeners["ipv4"] != 0
+	rep.OwnerPID, rep.OwnerAlive = att.Owner()
+	rep.Problems = att.Problems()
+	rep.Serving = rep.Daemon != nil && rep.Listeners["ipv4"] != 0 && len(rep.Problems) == 0
 	return rep, nil
 }
 
@@ -119,6 +137,14 @@ func printStatus(w io.Writer, rep *statusReport) {
 		fmt.Fprintln(w, "attached:  no (nothing in this network namespace)")
 	} else {
 		fmt.Fprintf(w, "attached:  yes, pinned in %s\n", rep.PinDir)
+		switch {
+		case rep.OwnerPID == 0:
+			fmt.Fprintln(w, "owner:     none, persistent (pepsal attach)")
+		case rep.OwnerAlive:
+			fmt.Fprintf(w, "owner:     pepsal run pid %d, removes it when it stops\n", rep.OwnerPID)
+		default:
+			fmt.Fprintf(w, "owner:     pepsal run pid %d, dead (the next `pepsal run --iface` adopts it)\n", rep.OwnerPID)
+		}
 		for _, i := range rep.Ifaces {
 			what := "new connections split"
 			if i.ReturnOnly {
@@ -145,6 +171,9 @@ func printStatus(w io.Writer, rep *statusReport) {
 			}
 			fmt.Fprintf(w, "listener:  %s %s\n", fam, state)
 		}
+	}
+	for _, p := range rep.Problems {
+		fmt.Fprintf(w, "problem:   %s\n", p)
 	}
 	if d := rep.Daemon; d != nil {
 		fmt.Fprintf(w, "daemon:    pid %d, %s relay, up %s, listening on %v\n", d.PID, d.Relay,
