@@ -214,9 +214,10 @@ func bedAround(t *testing.T, router *testbed.NS) *bed {
 	return b
 }
 
-// TestDeadNamespacePinsNotAdopted: the pins of a namespace deleted without
-// detach, found by a new namespace that got its inode number, are removed,
-// not adopted (issue #10, 1).
+// deadNamespaceReused attaches pepsal in a namespace, deletes the namespace
+// without detaching, and returns a new namespace with the same inode number,
+// the pin directory it finds and the id of the dead namespace's sock_ops
+// program.
 //
 // How the reuse is reproduced: namespace inode numbers come from an allocator
 // that hands out the lowest free number, so once the dead namespace is torn
@@ -226,7 +227,8 @@ func bedAround(t *testing.T, router *testbed.NS) *bed {
 // moment can take it first; then, and only then, the test fakes the reuse by
 // renaming the dead pin directory to the new namespace's inode name, which is
 // exactly what pepsal would find after a reuse. The log says which happened.
-func TestDeadNamespacePinsNotAdopted(t *testing.T) {
+func deadNamespaceReused(t *testing.T) (router *testbed.NS, deadDir string, tuneID uint32) {
+	t.Helper()
 	// Made with ip(8), never entered by this process: a thread of it left in
 	// the namespace (Go wedges the main thread rather than ending it) would
 	// keep the namespace alive.
@@ -249,12 +251,13 @@ func TestDeadNamespacePinsNotAdopted(t *testing.T) {
 	}
 	deadSt, _ := statusIn(t, dead)
 	deadIno := nsInode(t, dead)
-	deadDir := pinDirFor(deadIno)
-	tuneID := deadSt.Programs["pepsal_tune"]
+	deadDir = pinDirFor(deadIno)
+	tuneID = deadSt.Programs["pepsal_tune"]
 	if deadSt.PinDir != deadDir || tuneID == 0 {
 		t.Fatalf("doomed namespace: pin dir %q (want %q), sock_ops id %d", deadSt.PinDir, deadDir, tuneID)
 	}
-	t.Cleanup(func() { removeDeadPins(t, deadDir) })
+	orig := deadDir
+	t.Cleanup(func() { removeDeadPins(t, orig) })
 	if err := dead.Close(); err != nil { // no detach: the namespace just dies
 		t.Fatal(err)
 	}
@@ -273,7 +276,6 @@ func TestDeadNamespacePinsNotAdopted(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	var router *testbed.NS
 	for i := 0; i < 64 && router == nil; i++ {
 		ns := newNS(t, "pit-rtr")
 		if nsInode(t, ns) == deadIno {
@@ -291,6 +293,14 @@ func TestDeadNamespacePinsNotAdopted(t *testing.T) {
 		t.Logf("inode %d was not handed out again (taken by another process); faked the reuse by renaming %s to %s", deadIno, deadDir, fake)
 		deadDir = fake
 	}
+	return router, deadDir, tuneID
+}
+
+// TestDeadNamespacePinsNotAdopted: the pins of a namespace deleted without
+// detach, found by a new namespace that got its inode number, are removed,
+// not adopted (issue #10, 1).
+func TestDeadNamespacePinsNotAdopted(t *testing.T) {
+	router, deadDir, tuneID := deadNamespaceReused(t)
 	b := bedAround(t, router)
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 8080))
@@ -562,4 +572,26 @@ func TestRestartedDaemonOwnsAttachment(t *testing.T) {
 			t.Errorf("the refused daemon broke the serving one:\n%s%s", r.stdout, r.stderr)
 		}
 	})
+}
+
+// TestDetachRemovesDeadNamespacePins: `pepsal detach` in a namespace that
+// found a dead namespace's pins removes them and the dead namespace's sock_ops
+// program, and changes nothing of this namespace.
+func TestDetachRemovesDeadNamespacePins(t *testing.T) {
+	router, deadDir, tuneID := deadNamespaceReused(t)
+	b := bedAround(t, router)
+	withoutPins := func(s string) string { return s[:strings.LastIndex(s, "\npins:\n")] }
+	before := withoutPins(netState(t, b.Router))
+	if r := b.pepsal("detach"); r.code != 0 {
+		t.Fatalf("detach: exit %d %s", r.code, r.stderr)
+	}
+	if exists(deadDir) {
+		t.Errorf("%s survives detach", deadDir)
+	}
+	if programExists(tuneID) {
+		t.Errorf("the dead namespace's sock_ops program (id %d) survives detach", tuneID)
+	}
+	if after := withoutPins(netState(t, b.Router)); after != before {
+		t.Errorf("detach of a dead namespace's pins changed this namespace:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
 }
