@@ -24,14 +24,16 @@ struct {
 	__type(value, __u64);
 } pepsal_relay SEC(".maps");
 
-/* One direction of a connection, keyed by the cookie of the receiving socket. */
+/* One direction of a connection, keyed by the cookie of the receiving socket.
+ * Every byte the verdict sees is counted once, in kernel_bytes or
+ * passed_bytes: userspace acts on EOF only when their sum reaches what TCP
+ * received. */
 struct relay_dir {
 	__u64 peer_cookie;  /* where this socket's data goes */
+	__u64 peer_base;    /* peer's acked sequence space that is not data (1 for a dialed socket: its SYN) */
 	__u64 budget;       /* max bytes redirected toward the peer and not yet in its send queue */
 	__u64 kernel_bytes; /* redirected in the kernel */
 	__u64 passed_bytes; /* left to userspace */
-	__u64 redirects;    /* skbs redirected */
-	__u64 passes;       /* skbs left to userspace */
 };
 
 struct {
@@ -50,8 +52,9 @@ struct {
 	__type(value, __u64);
 } pepsal_relay_user SEC(".maps");
 
-/* Bytes that ever entered the peer's TCP send queue: those its remote
- * acknowledged plus those still queued. -1 if the peer is gone. */
+/* Data bytes that ever entered the peer's TCP send queue: those its remote
+ * acknowledged plus those still queued. bytes_acked counts sequence space, so
+ * a dialed peer's SYN is in it: peer_base takes it out. -1 if the peer is gone. */
 static __always_inline __s64 peer_queued(struct relay_dir *d)
 {
 	struct bpf_sock *peer = bpf_map_lookup_elem(&pepsal_relay, &d->peer_cookie);
@@ -62,7 +65,7 @@ static __always_inline __s64 peer_queued(struct relay_dir *d)
 		return -1;
 	tp = bpf_skc_to_tcp_sock(peer);
 	if (tp)
-		queued = tp->bytes_acked + (__u32)(tp->write_seq - tp->snd_una);
+		queued = tp->bytes_acked - d->peer_base + (__u32)(tp->write_seq - tp->snd_una);
 	bpf_sk_release(peer);
 	return queued;
 }
@@ -70,7 +73,6 @@ static __always_inline __s64 peer_queued(struct relay_dir *d)
 static __always_inline int pass(struct relay_dir *d, __u32 len)
 {
 	d->passed_bytes += len;
-	d->passes++;
 	return SK_PASS;
 }
 
@@ -123,7 +125,6 @@ int pepsal_relay_verdict(struct __sk_buff *skb)
 		return pass(d, skb->len);
 	}
 	d->kernel_bytes += skb->len;
-	d->redirects++;
 	COUNT(relay_redirected);
 	return SK_PASS;
 }

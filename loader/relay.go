@@ -20,17 +20,33 @@ func (a *Attachment) Relay() *Relay {
 	return &Relay{socks: a.relay.PepsalRelay, dirs: a.relay.PepsalRelayDirs, user: a.relay.PepsalRelayUser}
 }
 
+// RelaySide is one socket of a kernel-relayed connection, as Prepare needs it.
+type RelaySide struct {
+	Cookie uint64
+	// Pre bytes from this socket were moved by userspace before insertion;
+	// they count as passed and written, so the verdict's books balance.
+	Pre uint64
+	// SeqBase is the part of this socket's TCP_INFO bytes_acked that is not
+	// data: 1 for a dialed socket (its SYN), 0 for an accepted one.
+	SeqBase uint64
+}
+
 // Prepare creates the state of both directions of a connection, before
 // either socket is inserted: the verdict must never see a socket it does not
-// know. aPre bytes from a were already moved by userspace before insertion;
-// they count as passed and written, so the verdict's books balance.
-func (r *Relay) Prepare(a, b uint64, budget uint64, aPre uint64) error {
-	for _, d := range []struct{ src, dst, pre uint64 }{{a, b, aPre}, {b, a, 0}} {
-		if err := r.dirs.Put(d.src, RelayDir{PeerCookie: d.dst, Budget: budget, PassedBytes: d.pre}); err != nil {
-			return fmt.Errorf("relay state: %w", err)
+// know. On error nothing is left in the maps.
+func (r *Relay) Prepare(a, b RelaySide, budget uint64) (err error) {
+	defer func() {
+		if err != nil {
+			r.Forget(a.Cookie, b.Cookie)
 		}
-		if err := r.user.Put(d.src, d.pre); err != nil {
-			return fmt.Errorf("relay state: %w", err)
+	}()
+	for _, d := range []struct{ src, dst RelaySide }{{a, b}, {b, a}} {
+		dir := RelayDir{PeerCookie: d.dst.Cookie, PeerBase: d.dst.SeqBase, Budget: budget, PassedBytes: d.src.Pre}
+		if err := r.dirs.Update(d.src.Cookie, dir, ebpf.UpdateNoExist); err != nil {
+			return fmt.Errorf("relay state in pepsal_relay_dirs: %w", err)
+		}
+		if err := r.user.Update(d.src.Cookie, d.src.Pre, ebpf.UpdateNoExist); err != nil {
+			return fmt.Errorf("relay state in pepsal_relay_user: %w", err)
 		}
 	}
 	return nil

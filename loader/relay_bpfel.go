@@ -43,11 +43,10 @@ type relayCounters struct {
 type relayRelayDir struct {
 	_           structs.HostLayout
 	PeerCookie  uint64
+	PeerBase    uint64
 	Budget      uint64
 	KernelBytes uint64
 	PassedBytes uint64
-	Redirects   uint64
-	Passes      uint64
 }
 
 // Names of all BPF objects in the ELF.

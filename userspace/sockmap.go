@@ -38,13 +38,18 @@ type relayDir struct {
 	src, dst  *net.TCPConn
 	cookie    uint64 // src's socket cookie: key of its state in the maps
 	inMap     bool   // src is in pepsal_relay (else the kernel never sees its data)
+	dstBase   uint64 // dst's acked sequence space that is not data (its SYN if dialed)
 	userBytes atomic.Int64
 
 	// Owned by the direction's pump goroutine:
-	flushed    uint64 // kernel_bytes already seen in dst's send queue
-	seenPassed uint64 // passed_bytes at the last look at the maps
-	published  uint64 // user bytes last written to pepsal_relay_user
+	flushed     uint64    // kernel_bytes already seen in dst's send queue
+	seenPassed  uint64    // passed_bytes at the last look at the maps
+	published   uint64    // user bytes last written to pepsal_relay_user
+	unseenSince time.Time // since when, at EOF, received bytes wait for the verdict
 }
+
+// unseenLimit bounds the wait, at EOF, for received bytes to reach the verdict.
+const unseenLimit = 5 * time.Second
 
 // relay moves the connection's bytes; the first pre bytes from the client
 // were already written to the server by userspace (fast open).
@@ -66,16 +71,29 @@ func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TC
 			return spliceRelay(c, client, server)
 		}
 	}
-	if err := k.Maps.Prepare(clientCookie, serverCookie, k.Budget, uint64(pre)); err != nil {
+	// TCP_INFO's bytes_acked counts sequence space: on the dialed server
+	// leg it includes the SYN. Taken for data, that one byte made the relay
+	// shut the server leg down while the last byte still waited in the psock
+	// backlog (a silent truncation). Measured here, before any relayed byte.
+	clientBase, err1 := seqBase(client, 0)
+	serverBase, err2 := seqBase(server, uint64(pre))
+	if err := errors.Join(err1, err2); err != nil {
+		c.SetRelay("userspace: " + err.Error())
+		return spliceRelay(c, client, server)
+	}
+	if err := k.Maps.Prepare(
+		loader.RelaySide{Cookie: clientCookie, Pre: uint64(pre), SeqBase: clientBase},
+		loader.RelaySide{Cookie: serverCookie, SeqBase: serverBase},
+		k.Budget); err != nil {
 		c.SetRelay("userspace: " + err.Error())
 		return spliceRelay(c, client, server)
 	}
 	defer k.Maps.Forget(clientCookie, serverCookie)
 
-	up := &relayDir{src: client, dst: server, cookie: clientCookie}
+	up := &relayDir{src: client, dst: server, cookie: clientCookie, dstBase: serverBase}
 	up.userBytes.Store(pre)
 	up.published = uint64(pre)
-	down := &relayDir{src: server, dst: client, cookie: serverCookie}
+	down := &relayDir{src: server, dst: client, cookie: serverCookie, dstBase: clientBase}
 	if err := withFD(client, func(fd int) error { return k.Maps.Insert(clientCookie, fd) }); err != nil {
 		c.SetRelay("userspace: client: " + err.Error())
 		return spliceRelay(c, client, server)
@@ -225,10 +243,12 @@ func (k *KernelRelay) pump(ctx context.Context, d *relayDir) error {
 			relayBufs.Put(bufp)
 		}
 		if errors.Is(err, io.EOF) {
-			// The FIN can overtake bytes the verdict left to userspace: they
-			// may still wait in the psock's backlog, behind data redirected to
-			// this socket. EOF counts only once all of them have been read.
-			if pending, err := k.passedUnread(d); err != nil {
+			// EOF counts only once every byte TCP received on d.src went
+			// through the verdict, and every byte the verdict left to
+			// userspace was read: the FIN can overtake both (the passed ones
+			// may wait in the psock's backlog, behind data redirected to
+			// this socket).
+			if pending, err := k.tailPending(d); err != nil {
 				return err
 			} else if pending {
 				if err := sleepCtx(ctx, &eofWait); err != nil {
@@ -272,12 +292,12 @@ func (k *KernelRelay) flushKernel(ctx context.Context, d *relayDir) error {
 		if err != nil {
 			return err
 		}
-		if written >= want {
+		if written >= want+d.dstBase {
 			d.flushed = st.KernelBytes
 			return nil
 		}
 		if state != unix.BPF_TCP_ESTABLISHED && state != unix.BPF_TCP_CLOSE_WAIT {
-			return fmt.Errorf("destination socket left ESTABLISHED (state %d) with %d bytes unsent", state, want-written)
+			return fmt.Errorf("destination socket left ESTABLISHED (state %d) with %d bytes unsent", state, want+d.dstBase-written)
 		}
 		if err := sleepCtx(ctx, &wait); err != nil {
 			return err
@@ -285,17 +305,58 @@ func (k *KernelRelay) flushKernel(ctx context.Context, d *relayDir) error {
 	}
 }
 
-// passedUnread says whether the verdict left bytes on d.src that userspace
-// has not read yet.
-func (k *KernelRelay) passedUnread(d *relayDir) (bool, error) {
+// tailPending says whether d.src still holds bytes userspace must move
+// before it may act on EOF: bytes TCP received that the verdict has not seen
+// yet, or bytes the verdict left to userspace that were not read yet.
+func (k *KernelRelay) tailPending(d *relayDir) (bool, error) {
 	if !d.inMap {
 		return false, nil
+	}
+	// Received first, verdict counters second: the verdict only ever
+	// catches up, so a byte counted as received and not yet as seen keeps us
+	// waiting, never the other way round.
+	received, err := dataReceived(d.src)
+	if err != nil {
+		return false, err
 	}
 	st, err := k.Maps.Dir(d.cookie)
 	if err != nil {
 		return false, fmt.Errorf("read relay state: %w", err)
 	}
+	if seen := st.KernelBytes + st.PassedBytes; seen < received {
+		// The verdict runs from the socket's data_ready, right behind TCP,
+		// so this lasts microseconds. If it ever lasted, the books would be
+		// wrong: reset the connection rather than guess, never a clean
+		// FIN after a truncated stream.
+		if d.unseenSince.IsZero() {
+			d.unseenSince = time.Now()
+		} else if time.Since(d.unseenSince) > unseenLimit {
+			return false, fmt.Errorf("%d received bytes never reached the verdict", received-seen)
+		}
+		return true, nil
+	}
+	d.unseenSince = time.Time{}
 	return st.PassedBytes > uint64(d.userBytes.Load()), nil
+}
+
+// dataReceived is how many data bytes c's TCP received in all, once its FIN
+// is in: TCP_INFO's bytes_received counts sequence space up to rcv_nxt, which
+// includes the FIN (measured on 6.18: 13 data bytes and a FIN read as 14).
+// Only called after EOF, when the FIN is always counted.
+func dataReceived(c *net.TCPConn) (uint64, error) {
+	var received uint64
+	err := withFD(c, func(fd int) error {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
+		if err != nil {
+			return fmt.Errorf("TCP_INFO: %w", err)
+		}
+		received = info.Bytes_received
+		return nil
+	})
+	if received > 0 {
+		received-- // the FIN
+	}
+	return received, err
 }
 
 // sleepCtx sleeps *wait, doubling it up to 10 ms for the next call: these
@@ -310,9 +371,10 @@ func sleepCtx(ctx context.Context, wait *time.Duration) error {
 	return nil
 }
 
-// sentBytes is how many bytes were ever written into c's TCP: acknowledged
-// ones plus those still in the send queue. Read in that order, an ACK that
-// lands in between can only make the sum low, never high.
+// sentBytes is how much sequence space was ever written into c's TCP:
+// acknowledged (the SYN of a dialed socket included) plus still in the send
+// queue. Read in that order, an ACK that lands in between can only make the
+// sum low, never high.
 func sentBytes(c *net.TCPConn) (written uint64, state uint8, err error) {
 	err = withFD(c, func(fd int) error {
 		info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
@@ -327,6 +389,19 @@ func sentBytes(c *net.TCPConn) (written uint64, state uint8, err error) {
 		return nil
 	})
 	return written, state, err
+}
+
+// seqBase is the part of c's sentBytes that is not data, given that
+// userspace wrote written bytes into it so far (nothing was relayed yet).
+func seqBase(c *net.TCPConn, written uint64) (uint64, error) {
+	sent, _, err := sentBytes(c)
+	if err != nil {
+		return 0, err
+	}
+	if sent < written { // not expected; never let the base go negative
+		return 0, nil
+	}
+	return sent - written, nil
 }
 
 func tcpState(c *net.TCPConn) uint8 {

@@ -23,6 +23,7 @@ var relaySuite = []struct {
 	{"MemoryBoundedSlowClient", testMemoryBoundedSlowClient},
 	{"ManyIdleConnsCheap", testManyIdleConnsCheap},
 	{"RandomStress", testRandomStress},
+	{"ShortExchangesIntact", testShortExchangesIntact},
 	{"LegTuning", testLegTuning},
 	{"DefaultsUntouched", testDefaultsUntouched},
 	{"ToSCopied", testToSCopied},
