@@ -48,15 +48,21 @@ func (d *DaemonInfo) fillRuntime() {
 }
 
 // ServeControl answers "info" and "conns" requests until the listener closes.
+// Any other accept error (a shortage of fds or memory passes) is waited out:
+// a health check built on `pepsal status` must not condemn a daemon that
+// once ran out of fds.
 func ServeControl(ln net.Listener, info func() DaemonInfo, table *Table, log *slog.Logger) {
+	backoff := acceptBackoff{log: log, what: "control"}
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				log.Warn("control accept", "err", err)
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			backoff.failed(err)
+			continue
 		}
+		backoff.ok()
 		go func() {
 			defer conn.Close()
 			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
@@ -76,6 +82,35 @@ func ServeControl(ln net.Listener, info func() DaemonInfo, table *Table, log *sl
 				_ = enc.Encode(map[string]string{"error": "unknown request"})
 			}
 		}()
+	}
+}
+
+// acceptBackoff paces an accept loop through errors that pass (EMFILE,
+// ENFILE, ENOBUFS, ENOMEM, an aborted handshake): it retries after a pause
+// that doubles up to a second rather than spinning or giving up, and logs
+// once per streak of failures rather than once per try.
+type acceptBackoff struct {
+	log   *slog.Logger
+	what  string
+	delay time.Duration
+	fails int
+}
+
+// failed records a failed accept and sleeps before the next try.
+func (b *acceptBackoff) failed(err error) {
+	if b.fails == 0 {
+		b.log.Warn(b.what+" accept failing, retrying", "err", err)
+	}
+	b.fails++
+	b.delay = min(max(2*b.delay, 5*time.Millisecond), time.Second)
+	time.Sleep(b.delay)
+}
+
+// ok records a successful accept and ends a streak of failures.
+func (b *acceptBackoff) ok() {
+	if b.fails > 0 {
+		b.log.Info(b.what+" accept recovered", "failed_tries", b.fails)
+		b.fails, b.delay = 0, 0
 	}
 }
 

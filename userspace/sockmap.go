@@ -146,11 +146,11 @@ func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TC
 	}
 	wg.Wait()
 	c.setMoved(k.moved(up, down))
-	client.Close()
-	server.Close()
-	if aborted {
+	if aborted { // both legs already reset
 		return WasReset
 	}
+	closeGracefully(client)
+	closeGracefully(server)
 	return Completed
 }
 

@@ -2,18 +2,27 @@ package userspace
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// spliceRelay moves bytes both ways with io.Copy between two *net.TCPConn,
-// which Linux does with splice(2), keeping TCP semantics end to end:
+// spliceRelay moves bytes both ways with splice(2) between two *net.TCPConn,
+// keeping TCP semantics end to end:
 //   - EOF from one side becomes shutdown(SHUT_WR) on the other, after every
 //     byte read before it has been written; the other direction keeps flowing;
 //   - an error on either side (a reset, a write to a closed peer) resets both.
 //
-// It returns once both directions are finished and both sockets are closed.
+// It returns once both directions are finished and both sockets are closed:
+// reset on error, else closed with SO_LINGER off so that queued bytes still
+// leave, whatever linger the relay ran with.
 func spliceRelay(c *Conn, client, server *net.TCPConn) Outcome {
 	var abortOnce sync.Once
 	aborted := false
@@ -25,9 +34,7 @@ func spliceRelay(c *Conn, client, server *net.TCPConn) Outcome {
 		})
 	}
 	pipe := func(dst, src *net.TCPConn, count func(int64), done func()) {
-		n, err := io.Copy(dst, src)
-		count(n)
-		if err != nil {
+		if err := spliceCopy(dst, src, count); err != nil {
 			abort()
 			return
 		}
@@ -47,11 +54,11 @@ func spliceRelay(c *Conn, client, server *net.TCPConn) Outcome {
 		pipe(client, server, func(n int64) { c.add(0, n) }, func() { c.serverDone.Store(true); c.SetState(c.halfState()) })
 	}()
 	wg.Wait()
-	client.Close()
-	server.Close()
 	if aborted {
 		return WasReset
 	}
+	closeGracefully(client)
+	closeGracefully(server)
 	return Completed
 }
 
@@ -71,4 +78,264 @@ func (c *Conn) halfState() string {
 func resetConn(c *net.TCPConn) {
 	_ = c.SetLinger(0)
 	_ = c.Close()
+}
+
+// resetOnCrash gives a leg SO_LINGER {on, 0} for the life of the relay: if
+// the daemon dies, the kernel's close of its fds sends an RST, and a peer
+// that reads to EOF cannot take a cut-off stream for a complete one.
+func resetOnCrash(c *net.TCPConn) error {
+	if err := c.SetLinger(0); err != nil {
+		return fmt.Errorf("SO_LINGER: %w", err)
+	}
+	return nil
+}
+
+// closeGracefully ends a relay that finished cleanly: SO_LINGER off first,
+// so that close() lets queued bytes leave and the FIN (already sent by the
+// half-closes) stands, instead of the RST resetOnCrash armed.
+func closeGracefully(c *net.TCPConn) {
+	_ = c.SetLinger(-1)
+	_ = c.Close()
+}
+
+// spliceCopy moves src's bytes to dst until src's EOF (nil) or an error.
+// Unlike io.Copy, which keeps two 1 MiB pipes per connection for its whole
+// life, it waits for src to be readable holding no pipe, takes one from
+// pipes only to move the bytes at hand, and gives it back empty. count gets
+// the bytes written to dst as they go.
+func spliceCopy(dst, src *net.TCPConn, count func(int64)) error {
+	srcRC, err := src.SyscallConn()
+	if err != nil {
+		return err
+	}
+	dstRC, err := dst.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for {
+		var (
+			p    *pipe
+			bufp *[]byte // when no pipe can be had
+			n    int
+			serr error
+		)
+		err := srcRC.Read(func(fd uintptr) bool {
+			// An idle pipe is free to try with; a new one is made only for
+			// bytes that are there, or an idle connection would cost one.
+			if p = pipes.idlePipe(); p == nil {
+				if !readable(int(fd)) {
+					return false
+				}
+				var perr error
+				if p, perr = pipes.get(); perr != nil {
+					// Out of fds: move these bytes through a buffer rather
+					// than fail a connection that works.
+					bufp = relayBufs.Get().(*[]byte)
+					n, serr = retryEINTR(func() (int, error) { return unix.Read(int(fd), *bufp) })
+					return true
+				}
+			}
+			n, serr = retryEINTR(func() (int, error) { return splice(int(fd), p.w, p.size) })
+			if serr == unix.EAGAIN {
+				pipes.put(p)
+				p = nil
+				return false
+			}
+			return true
+		})
+		if err == nil && serr != nil {
+			op := "splice"
+			if bufp != nil {
+				op = "read"
+			}
+			err = os.NewSyscallError(op, serr)
+		}
+		if bufp != nil {
+			if err == nil && n > 0 {
+				var m int
+				m, err = dst.Write((*bufp)[:n])
+				count(int64(m))
+			}
+			relayBufs.Put(bufp)
+		}
+		if p != nil {
+			if err == nil && n > 0 {
+				p.data = n
+				err = p.drainTo(dstRC, count)
+			}
+			pipes.put(p) // closed, not pooled, if bytes were left in it
+		}
+		switch {
+		case err != nil:
+			return err
+		case n == 0:
+			return nil // EOF
+		}
+	}
+}
+
+// drainTo writes everything in the pipe to the socket behind rc.
+func (p *pipe) drainTo(rc syscall.RawConn, count func(int64)) error {
+	for p.data > 0 {
+		var m int
+		var serr error
+		err := rc.Write(func(fd uintptr) bool {
+			m, serr = retryEINTR(func() (int, error) { return splice(p.r, int(fd), p.data) })
+			return serr != unix.EAGAIN
+		})
+		if err == nil && serr != nil {
+			err = os.NewSyscallError("splice", serr)
+		}
+		if err != nil {
+			return err
+		}
+		if m <= 0 {
+			return io.ErrNoProgress
+		}
+		p.data -= m
+		count(int64(m))
+	}
+	return nil
+}
+
+// readable tells whether a read on the socket would not block: bytes, EOF
+// or an error are waiting.
+func readable(fd int) bool {
+	var b [1]byte
+	_, err := retryEINTR(func() (int, error) {
+		n, _, err := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return n, err
+	})
+	return err != unix.EAGAIN
+}
+
+func splice(from, to, n int) (int, error) {
+	m, err := unix.Splice(from, nil, to, nil, n, unix.SPLICE_F_NONBLOCK)
+	return int(m), err
+}
+
+func retryEINTR(f func() (int, error)) (int, error) {
+	for {
+		n, err := f()
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
+}
+
+const (
+	// pipeSize is the capacity asked for each pipe, as Go's runtime does:
+	// one splice moves up to that much. Slots only cost memory while they
+	// hold bytes, and only moving connections hold a pipe.
+	pipeSize = 1 << 20
+	// pipeIdleMax bounds the empty pipes kept for the next burst, and
+	// pipeIdleTTL how long one is kept unused: a quiet daemon holds none.
+	pipeIdleMax = 32
+	pipeIdleTTL = time.Second
+)
+
+// pipe is a splice pipe; data is how many bytes it holds.
+type pipe struct {
+	r, w      int
+	size      int
+	data      int
+	idleSince time.Time
+}
+
+// pipePool lends pipes to bursts of splicing. Only empty pipes come back to
+// it: bytes left in a pipe belong to one connection and must never reach
+// another.
+type pipePool struct {
+	mu    sync.Mutex
+	idle  []*pipe // oldest first; lent from the end
+	sweep *time.Timer
+	open  atomic.Int64 // pipes open, idle or lent
+}
+
+var pipes = &pipePool{}
+
+// idlePipe lends an idle pipe, or returns nil when there is none.
+func (pp *pipePool) idlePipe() *pipe {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	n := len(pp.idle)
+	if n == 0 {
+		return nil
+	}
+	p := pp.idle[n-1]
+	pp.idle[n-1] = nil
+	pp.idle = pp.idle[:n-1]
+	return p
+}
+
+// get lends an idle pipe or makes a new one.
+func (pp *pipePool) get() (*pipe, error) {
+	if p := pp.idlePipe(); p != nil {
+		return p, nil
+	}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return nil, os.NewSyscallError("pipe2", err)
+	}
+	p := &pipe{r: fds[0], w: fds[1]}
+	pp.open.Add(1)
+	// Past fs.pipe-user-pages-soft an unprivileged user may not grow a
+	// pipe: the default capacity still works, in smaller steps.
+	size, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, pipeSize)
+	if err != nil {
+		size, err = unix.FcntlInt(uintptr(p.w), unix.F_GETPIPE_SZ, 0)
+	}
+	if err != nil {
+		pp.close(p)
+		return nil, os.NewSyscallError("fcntl F_GETPIPE_SZ", err)
+	}
+	p.size = size
+	return p, nil
+}
+
+// put takes a pipe back: kept for the next burst if empty and there is room,
+// else closed.
+func (pp *pipePool) put(p *pipe) {
+	if p.data != 0 {
+		pp.close(p)
+		return
+	}
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	if len(pp.idle) >= pipeIdleMax {
+		pp.close(p)
+		return
+	}
+	p.idleSince = time.Now()
+	pp.idle = append(pp.idle, p)
+	if pp.sweep == nil {
+		pp.sweep = time.AfterFunc(pipeIdleTTL, pp.closeIdle)
+	}
+}
+
+// closeIdle closes the pipes unused for pipeIdleTTL and comes back for the
+// others while any is left.
+func (pp *pipePool) closeIdle() {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	cutoff := time.Now().Add(-pipeIdleTTL)
+	old := 0
+	for old < len(pp.idle) && !pp.idle[old].idleSince.After(cutoff) {
+		pp.close(pp.idle[old])
+		old++
+	}
+	n := copy(pp.idle, pp.idle[old:])
+	clear(pp.idle[n:])
+	pp.idle = pp.idle[:n]
+	if n == 0 {
+		pp.sweep = nil
+		return
+	}
+	pp.sweep.Reset(time.Until(pp.idle[0].idleSince.Add(pipeIdleTTL)))
+}
+
+func (pp *pipePool) close(p *pipe) {
+	unix.Close(p.r)
+	unix.Close(p.w)
+	pp.open.Add(-1)
 }

@@ -75,17 +75,21 @@ func (s *Splitter) Serve(ctx, drainCtx context.Context) {
 	}
 }
 
+// acceptLoop accepts until the listener is closed. Other errors (EMFILE and
+// the like) are waited out with a growing pause: the connection stays in the
+// kernel's accept queue meanwhile.
 func (s *Splitter) acceptLoop(ctx context.Context, ln *net.TCPListener) {
+	backoff := acceptBackoff{log: s.Log, what: "proxy"}
 	for {
 		conn, err := ln.AcceptTCP()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			s.Log.Warn("accept", "err", err)
-			time.Sleep(10 * time.Millisecond) // e.g. EMFILE: do not spin
+			backoff.failed(err)
 			continue
 		}
+		backoff.ok()
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -105,6 +109,10 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	}
 	c := s.Table.Add(clientAddr, serverAddr, relay)
 	log := s.Log.With("conn", c.ID, "client", clientAddr, "server", serverAddr)
+
+	if err := resetOnCrash(client); err != nil {
+		log.Warn("client leg", "err", err)
+	}
 
 	if s.own[serverAddr] || serverAddr.Addr().Unmap().IsLoopback() {
 		// A connection to the proxy itself would be relayed back to itself.
@@ -150,6 +158,9 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		log.Info("upstream connect failed", "err", err)
 		return
 	}
+	if err := resetOnCrash(server); err != nil {
+		log.Warn("server leg", "err", err)
+	}
 	if err := s.Tuning.Client.established(client); err != nil {
 		log.Warn("tune client leg", "err", err)
 	}
@@ -194,7 +205,9 @@ func (s *Splitter) dial(ctx context.Context, src, dst netip.AddrPort, tos uint32
 	if s.Transparent {
 		d.LocalAddr = net.TCPAddrFromAddrPort(src)
 	}
+	start := time.Now()
 	conn, err := d.DialContext(ctx, "tcp", dst.String())
+	observeConnect(start, err)
 	if err != nil {
 		return nil, cookie, fmt.Errorf("dial %s: %w", dst, err)
 	}

@@ -1,0 +1,237 @@
+package userspace
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (dialed, accepted *net.TCPConn) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close(); a.Close() })
+	return d, a
+}
+
+// relayBed is a client, a server and spliceRelay between them, its legs
+// armed with SO_LINGER 0 as split arms them.
+type relayBed struct {
+	client, server       *net.TCPConn // the outside ends
+	clientLeg, serverLeg *net.TCPConn // the relay's
+	conn                 *Conn
+	outcome              chan Outcome
+}
+
+func newRelayBed(t *testing.T) *relayBed {
+	t.Helper()
+	b := &relayBed{outcome: make(chan Outcome, 1)}
+	b.client, b.clientLeg = tcpPair(t)
+	b.serverLeg, b.server = tcpPair(t)
+	for _, c := range []*net.TCPConn{b.clientLeg, b.serverLeg} {
+		if err := resetOnCrash(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.conn = NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, "splice")
+	go func() { b.outcome <- spliceRelay(b.conn, b.clientLeg, b.serverLeg) }()
+	for _, c := range []*net.TCPConn{b.client, b.server} {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+	}
+	return b
+}
+
+func (b *relayBed) wait(t *testing.T) Outcome {
+	t.Helper()
+	select {
+	case o := <-b.outcome:
+		return o
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay did not end")
+		return 0
+	}
+}
+
+func randomBytes(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = byte(r.Uint32())
+	}
+	return p
+}
+
+// waitFor polls cond for up to 10 s: for what happens right after a peer
+// saw its bytes (a pipe given back, a timer that closes idle pipes).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(end) {
+			t.Fatalf("after 10 s: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func lentPipes() int64 {
+	pipes.mu.Lock()
+	defer pipes.mu.Unlock()
+	return pipes.open.Load() - int64(len(pipes.idle))
+}
+
+// Half-close both ways, every byte intact and counted, and the last bytes
+// still delivered when the relay has closed its legs before the client read
+// them (the legs ran with SO_LINGER 0: a close without clearing it would
+// drop them and send an RST).
+func TestSpliceRelayHalfCloseAndGracefulClose(t *testing.T) {
+	b := newRelayBed(t)
+	// Room for the whole download in the client leg's send queue, so that
+	// the relay can finish while the client reads nothing.
+	if err := b.clientLeg.SetWriteBuffer(4 << 20); err != nil {
+		t.Fatal(err)
+	}
+	up, down := randomBytes(3<<20+17, 1), randomBytes(1<<20+5, 2)
+
+	serverGot := make(chan []byte, 1)
+	go func() {
+		got, _ := io.ReadAll(b.server) // until the client's half-close arrives
+		serverGot <- got
+		b.server.Write(down)
+		b.server.Close()
+	}()
+	if _, err := b.client.Write(up); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.client.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-serverGot; !bytes.Equal(got, up) {
+		t.Fatalf("server got %d bytes, want %d intact", len(got), len(up))
+	}
+	if o := b.wait(t); o != Completed {
+		t.Fatalf("outcome %v, want Completed", o)
+	}
+	got, err := io.ReadAll(b.client)
+	if err != nil {
+		t.Fatalf("client read after the relay closed: %v (after %d bytes)", err, len(got))
+	}
+	if !bytes.Equal(got, down) {
+		t.Fatalf("client got %d bytes, want %d intact", len(got), len(down))
+	}
+	if m := b.conn.Moved(); m.ToServer != int64(len(up)) || m.ToClient != int64(len(down)) {
+		t.Fatalf("counted %+v, want %d up and %d down", m, len(up), len(down))
+	}
+}
+
+// The upload keeps flowing after the server's half-close.
+func TestSpliceRelayOtherDirectionFlowsAfterHalfClose(t *testing.T) {
+	b := newRelayBed(t)
+	if _, err := b.server.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	b.server.CloseWrite()
+	got, err := io.ReadAll(b.client)
+	if err != nil || string(got) != "hello" {
+		t.Fatalf("client got %q, %v", got, err)
+	}
+	up := randomBytes(2<<20, 3)
+	go func() { b.client.Write(up); b.client.CloseWrite() }()
+	h := sha256.New()
+	if n, err := io.Copy(h, b.server); err != nil || n != int64(len(up)) {
+		t.Fatalf("server got %d of %d bytes after its half-close: %v", n, len(up), err)
+	}
+	if !bytes.Equal(h.Sum(nil), sum(up)) {
+		t.Fatal("upload corrupted")
+	}
+	b.server.Close()
+	if o := b.wait(t); o != Completed {
+		t.Fatalf("outcome %v, want Completed", o)
+	}
+}
+
+func sum(p []byte) []byte { h := sha256.Sum256(p); return h[:] }
+
+// A reset on one side becomes a reset on the other, mid-stream.
+func TestSpliceRelayResetPropagates(t *testing.T) {
+	b := newRelayBed(t)
+	go b.server.Write(randomBytes(8<<20, 4)) // more than the buffers hold
+	if _, err := io.ReadFull(b.client, make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	b.server.SetLinger(0)
+	b.server.Close()
+	_, err := io.Copy(io.Discard, b.client)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client saw %v after the server's reset, want ECONNRESET", err)
+	}
+	if o := b.wait(t); o != WasReset {
+		t.Fatalf("outcome %v, want WasReset", o)
+	}
+}
+
+// An idle connection holds no pipe, and pipes do not outlive their use.
+func TestSpliceRelayIdleHoldsNoPipe(t *testing.T) {
+	b := newRelayBed(t)
+	msg := randomBytes(256<<10, 5)
+	for _, dir := range []struct{ from, to *net.TCPConn }{{b.client, b.server}, {b.server, b.client}} {
+		go dir.from.Write(msg)
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(dir.to, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("relayed %v", err)
+		}
+	}
+	waitFor(t, "an idle connection still holds a pipe", func() bool { return lentPipes() == 0 })
+	waitFor(t, "idle pipes still open", func() bool { return pipes.open.Load() == 0 })
+	b.client.Close()
+	b.server.Close()
+	b.wait(t)
+}
+
+// A pipe that comes back with bytes in it is closed, never lent again.
+func TestPipePoolNeverLendsBytes(t *testing.T) {
+	p, err := pipes.get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.size < 64<<10 {
+		t.Errorf("pipe of %d bytes", p.size)
+	}
+	n, err := unix.Write(p.w, []byte("left over"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.data = n
+	pipes.put(p)
+	if _, err := unix.FcntlInt(uintptr(p.r), unix.F_GETPIPE_SZ, 0); !errors.Is(err, unix.EBADF) {
+		t.Fatalf("a pipe with bytes went back to the pool (fcntl: %v)", err)
+	}
+	q, err := pipes.get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pipes.put(q)
+	if n, err := unix.Read(q.r, make([]byte, 16)); n > 0 || err != unix.EAGAIN {
+		t.Fatalf("lent pipe holds bytes: %d, %v", n, err)
+	}
+}
