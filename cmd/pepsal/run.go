@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"slices"
@@ -29,6 +30,7 @@ type runFlags struct {
 	drainTimeout   time.Duration
 	logLevel       string
 	transparent    bool
+	metricsAddr    string
 }
 
 func runCmd() *cobra.Command {
@@ -51,6 +53,7 @@ func runCmd() *cobra.Command {
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "on SIGTERM/SIGINT, wait this long for live connections before resetting them")
 	fl.BoolVar(&f.transparent, "transparent", false, "dial servers from the client's own address and port, so they see the real client; replies are taken on --return-iface (default: every other interface)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
 	return cmd
 }
 
@@ -85,6 +88,11 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 	if f.connectTimeout <= 0 {
 		return fmt.Errorf("--connect-timeout must be positive")
 	}
+	if f.metricsAddr != "" {
+		if err := checkHostPort(f.metricsAddr); err != nil {
+			return fmt.Errorf("bad --metrics-addr %q: %w; want ADDR:PORT, e.g. 127.0.0.1:9595", f.metricsAddr, err)
+		}
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return fmt.Errorf("bad --log-level %q", f.logLevel)
@@ -114,6 +122,14 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 			ln.ln.Close()
 		}
 	}()
+	// Bound before anything is attached, so that a taken port changes nothing.
+	var metricsLn net.Listener
+	if f.metricsAddr != "" {
+		if metricsLn, err = net.Listen("tcp", f.metricsAddr); err != nil {
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+		defer metricsLn.Close()
+	}
 
 	att, err := attachOrOpen(cfg)
 	if err != nil {
@@ -191,6 +207,13 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 		}
 	}
 	go userspace.ServeControl(control, info, splitter.Table, log)
+	if metricsLn != nil {
+		stopMetrics, err := serveMetrics(metricsLn, splitter.Table, att, log)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics() // before the attachment's maps are closed
+	}
 
 	ifaces, _ := att.Ifaces()
 	names := make([]string, 0, len(ifaces))
@@ -299,4 +322,47 @@ func otherIfaces(except []string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// checkHostPort accepts HOST:PORT with a numeric port; HOST may be empty
+// (every address).
+func checkHostPort(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q is not 1-65535", port)
+	}
+	return nil
+}
+
+// serveMetrics serves Prometheus metrics on ln until the returned stop.
+func serveMetrics(ln net.Listener, table *userspace.Table, att *loader.Attachment, log *slog.Logger) (stop func(), err error) {
+	m := userspace.NewMetrics(table, att.Counters)
+	handler, err := m.Handler(log)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", handler)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	userspace.ObserveConnects(m.ObserveConnect)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
+	return func() {
+		userspace.ObserveConnects(nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			srv.Close() // a scrape still running: cut it, the maps are about to close
+		}
+		<-done
+	}, nil
 }

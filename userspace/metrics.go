@@ -1,0 +1,206 @@
+package userspace
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/pepsal/pepsal/loader"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics exposes the daemon to Prometheus. Everything but the connect
+// histogram is read at scrape time from the connection table and the BPF
+// counters map, the same sources as `pepsal status`, so the two always agree
+// and nothing polls between scrapes.
+type Metrics struct {
+	table    *Table
+	counters func() ([]loader.Counter, error) // the per-CPU sums of pepsal_counters
+	connect  *prometheus.HistogramVec
+
+	active, accepted, closed, bytes, mover, decisions, fallbacks, fallbackLive *prometheus.Desc
+}
+
+// NewMetrics describes the daemon's metrics; counters reads the BPF decision
+// counters (loader.Attachment.Counters).
+func NewMetrics(table *Table, counters func() ([]loader.Counter, error)) *Metrics {
+	return &Metrics{
+		table:    table,
+		counters: counters,
+		connect: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "pepsal_upstream_connect_duration_seconds",
+			Help: "Time to connect to the original destination, from the dial to the established connection or the failure.",
+			// From a LAN server to a geostationary path (~600 ms RTT, more
+			// with SYN retransmissions), up to the default connect timeout.
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, .75, 1, 1.5, 2.5, 5, 10},
+		}, []string{"result"}),
+		active: prometheus.NewDesc("pepsal_connections_active",
+			"Split connections open now.", nil, nil),
+		accepted: prometheus.NewDesc("pepsal_connections_accepted_total",
+			"Diverted connections accepted by the proxy.", nil, nil),
+		closed: prometheus.NewDesc("pepsal_connections_closed_total",
+			"Split connections ended, by outcome.", []string{"outcome"}, nil),
+		bytes: prometheus.NewDesc("pepsal_relayed_bytes_total",
+			"Bytes relayed by closed connections, by direction.", []string{"direction"}, nil),
+		mover: prometheus.NewDesc("pepsal_relayed_by_mover_bytes_total",
+			"Bytes relayed by closed connections (both directions), by who moved them: the kernel's sk_skb verdict or userspace.", []string{"mover"}, nil),
+		decisions: prometheus.NewDesc("pepsal_bpf_decisions_total",
+			"Classifier, steering, relay and sock_ops decisions taken in BPF (pepsal_counters).", []string{"decision"}, nil),
+		fallbacks: prometheus.NewDesc("pepsal_relay_fallbacks_total",
+			"Closed connections that were relayed in userspace although the kernel relay was asked for.", nil, nil),
+		fallbackLive: prometheus.NewDesc("pepsal_relay_fallback_connections",
+			"Open connections relayed in userspace although the kernel relay was asked for, by reason class.", []string{"reason"}, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbackLive} {
+		ch <- d
+	}
+	m.connect.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	s := m.table.Stats()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge(m.active, float64(s.Active))
+	counter(m.accepted, s.Accepted)
+	counter(m.closed, s.Completed, "completed")
+	counter(m.closed, s.Reset, "reset")
+	counter(m.closed, s.UpstreamFailed, "upstream_failed")
+	counter(m.closed, s.LoopRefused, "loop_refused")
+	counter(m.bytes, s.BytesToServer, "to_server")
+	counter(m.bytes, s.BytesToClient, "to_client")
+	// The table keeps the kernel's share of both directions as one sum.
+	kernel := min(s.KernelBytes, s.BytesToServer+s.BytesToClient)
+	counter(m.mover, kernel, "kernel")
+	counter(m.mover, s.BytesToServer+s.BytesToClient-kernel, "userspace")
+	counter(m.fallbacks, s.Fallback)
+
+	// Not Snapshot: that reads TCP_INFO of every socket, a scrape needs none.
+	live := map[string]int{}
+	m.table.mu.Lock()
+	for _, c := range m.table.conns {
+		if reason, ok := fallbackReason(c.Relay()); ok {
+			live[reason]++
+		}
+	}
+	m.table.mu.Unlock()
+	for _, reason := range fallbackReasons {
+		gauge(m.fallbackLive, float64(live[reason]), reason)
+	}
+
+	if cs, err := m.counters(); err != nil {
+		// The rest of the scrape stays useful; the handler logs this.
+		ch <- prometheus.NewInvalidMetric(m.decisions, err)
+	} else {
+		for _, c := range cs {
+			counter(m.decisions, c.Value, c.Name)
+		}
+	}
+	m.connect.Collect(ch)
+}
+
+// fallbackReasons are the classes of fallbackReason, all exported (at 0 when
+// none) so that a dashboard sees the series before the first fallback.
+var fallbackReasons = []string{"first_bytes_partial", "closed_before_insert", "insert_failed", "setup_failed"}
+
+// fallbackReason classes a connection's relay ("userspace: why", as the
+// kernel relay and the splitter record it); ok is false for a connection
+// relayed as asked.
+func fallbackReason(relay string) (reason string, ok bool) {
+	why, ok := strings.CutPrefix(relay, "userspace: ")
+	if !ok {
+		return "", false
+	}
+	switch {
+	case strings.HasPrefix(why, "first bytes"):
+		return "first_bytes_partial", true // fast open read part of an skb
+	case strings.HasSuffix(why, "closed before insert"):
+		return "closed_before_insert", true // a FIN came before the socket could enter the map
+	case strings.HasPrefix(why, "client: "), strings.HasPrefix(why, "server: "):
+		return "insert_failed", true
+	default:
+		return "setup_failed", true // cookies, sequence bases, relay state
+	}
+}
+
+// ObserveConnect records one upstream connect.
+func (m *Metrics) ObserveConnect(d time.Duration, err error) {
+	result := "success"
+	if err != nil {
+		result = "failure"
+	}
+	m.connect.WithLabelValues(result).Observe(d.Seconds())
+}
+
+// Handler serves m, with the Go runtime and process collectors, from a
+// registry of its own: nothing another package registers globally leaks in.
+func (m *Metrics) Handler(log *slog.Logger) (http.Handler, error) {
+	reg := prometheus.NewRegistry()
+	for _, c := range []prometheus.Collector{
+		m,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog:      slogPrintln{log},
+		ErrorHandling: promhttp.ContinueOnError, // serve what could be read
+	}), nil
+}
+
+// slogPrintln is the logger promhttp wants; a MultiError becomes one line.
+type slogPrintln struct{ log *slog.Logger }
+
+func (l slogPrintln) Println(v ...any) {
+	var parts []string
+	for _, x := range v {
+		var multi prometheus.MultiError
+		if err, ok := x.(error); ok && errors.As(err, &multi) {
+			for _, e := range multi {
+				parts = append(parts, e.Error())
+			}
+			continue
+		}
+		parts = append(parts, fmt.Sprint(x))
+	}
+	l.log.Warn("metrics", "err", strings.Join(parts, "; "))
+}
+
+// connectObserver gets the duration of every upstream connect Splitter.dial
+// makes. A process-wide hook: a process runs one daemon, and the splitter
+// need not know about metrics.
+var connectObserver atomic.Pointer[func(time.Duration, error)]
+
+// ObserveConnects sends every later upstream connect to f (nil: to nobody).
+func ObserveConnects(f func(time.Duration, error)) {
+	if f == nil {
+		connectObserver.Store(nil)
+		return
+	}
+	connectObserver.Store(&f)
+}
+
+// observeConnect reports a connect started at start that ended with err.
+func observeConnect(start time.Time, err error) {
+	if f := connectObserver.Load(); f != nil {
+		(*f)(time.Since(start), err)
+	}
+}
