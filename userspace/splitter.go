@@ -205,7 +205,9 @@ func (s *Splitter) dial(ctx context.Context, src, dst netip.AddrPort, tos uint32
 	if s.Transparent {
 		d.LocalAddr = net.TCPAddrFromAddrPort(src)
 	}
+	start := time.Now()
 	conn, err := d.DialContext(ctx, "tcp", dst.String())
+	observeConnect(start, err)
 	if err != nil {
 		return nil, cookie, fmt.Errorf("dial %s: %w", dst, err)
 	}
