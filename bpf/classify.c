@@ -88,14 +88,23 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 	return 1;
 }
 
-/* has_local_socket says whether the packet belongs to a connection that ends
- * on this host (a split connection, a handshake in progress, or the router's
- * own services), like iptables' -m socket. Listeners do not count: a listener
- * matches any flow to its port. */
-static __always_inline int has_local_socket(struct __sk_buff *skb, struct packet *p)
+enum local_match {
+	LOCAL_NONE = 0,
+	LOCAL_SOCKET = 1,
+	LOCAL_TIME_WAIT = 2,
+};
+
+/* local_socket says whether the packet belongs to a connection that ends on
+ * this host (a split connection, a handshake in progress, or the router's own
+ * services), like iptables' -m socket. Listeners do not count: a listener
+ * matches any flow to its port. Nor does a TIME_WAIT socket: the tuple of a
+ * closed split connection may be reused by a new flow that is forwarded (the
+ * daemon died, say), and delivered locally its packets would only meet the
+ * TIME_WAIT's ACKs and resets. */
+static __always_inline enum local_match local_socket(struct __sk_buff *skb, struct packet *p)
 {
 	struct bpf_sock *sk;
-	int local;
+	enum local_match local = LOCAL_SOCKET;
 
 	/* Constant sizes: the verifier wants the tuple length bounded. */
 	if (p->key.family == AF_INET)
@@ -103,8 +112,11 @@ static __always_inline int has_local_socket(struct __sk_buff *skb, struct packet
 	else
 		sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
-		return 0;
-	local = sk->state != BPF_TCP_LISTEN;
+		return LOCAL_NONE;
+	if (sk->state == BPF_TCP_LISTEN)
+		local = LOCAL_NONE;
+	else if (sk->state == BPF_TCP_TIME_WAIT)
+		local = LOCAL_TIME_WAIT;
 	bpf_sk_release(sk);
 	return local;
 }
@@ -193,10 +205,15 @@ int pepsal_classify(struct __sk_buff *skb)
 	 * forwarded, and replies to a transparent upstream socket (addressed to
 	 * the client) reach it. */
 	if (!p.tcp->syn || p.tcp->ack) {
-		if (has_local_socket(skb, &p)) {
+		switch (local_socket(skb, &p)) {
+		case LOCAL_SOCKET:
 			skb->mark = cfg->mark;
 			COUNT(pkt_local_socket);
-		} else {
+			break;
+		case LOCAL_TIME_WAIT:
+			COUNT(pkt_timewait_forwarded);
+			break;
+		default:
 			COUNT(pkt_forwarded);
 		}
 		return TC_ACT_UNSPEC;

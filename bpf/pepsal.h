@@ -40,6 +40,7 @@ struct counters {
 	/* classifier, other TCP packets */
 	__u64 pkt_local_socket;       /* belongs to a local socket: delivered locally */
 	__u64 pkt_forwarded;          /* no local socket: forwarded untouched */
+	__u64 pkt_timewait_forwarded; /* only a TIME_WAIT socket matches: forwarded untouched */
 	__u64 pkt_not_tcp;            /* not TCP over IPv4/IPv6: untouched */
 	__u64 pkt_unparsed;           /* truncated, fragment or IPv6 extension headers */
 	/* sk_lookup */
@@ -65,6 +66,7 @@ struct config {
 	__u32 route_table;   /* policy routing table with the local default route */
 	__u32 rule_priority; /* priority of the fwmark rule pointing at it */
 	__u32 fastopen_restore; /* net.ipv4.tcp_fastopen to restore at detach, plus 1; 0: untouched */
+	__u32 early_demux_restore; /* net.ipv4.tcp_early_demux to restore at detach, plus 1; 0: untouched */
 	__u64 netns_cookie;  /* the namespace of this attachment (sock_ops sees every namespace) */
 };
 

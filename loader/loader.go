@@ -359,11 +359,16 @@ func createPinned(dir string, routing Routing, own owner) (err error) {
 	if err != nil {
 		return err
 	}
+	earlyDemux, err := readSysctlInt(sysctlEarlyDemux)
+	if err != nil {
+		return err
+	}
 	initial := classifyConfig{
-		NetnsCookie:  cookie,
-		Mark:         routing.Mark,
-		RouteTable:   uint32(routing.Table),
-		RulePriority: uint32(routing.Priority),
+		NetnsCookie:       cookie,
+		Mark:              routing.Mark,
+		RouteTable:        uint32(routing.Table),
+		RulePriority:      uint32(routing.Priority),
+		EarlyDemuxRestore: uint32(earlyDemux) + 1,
 	}
 	if err := classify.Maps[pinConfig].Put(uint32(0), initial); err != nil {
 		return fmt.Errorf("write config: %w", err)
@@ -414,7 +419,47 @@ func createPinned(dir string, routing Routing, own owner) (err error) {
 	if err := os.Rename(tmp, dir); err != nil {
 		return fmt.Errorf("move pins into %s: %w", dir, err)
 	}
+	// TCP early demux hands a packet whose tuple matches a local socket,
+	// TIME_WAIT included, to that socket before routing, and ip_forward then
+	// drops it: a new flow reusing the tuple of a split connection that just
+	// closed would be dropped for up to 60 s instead of forwarded (after a
+	// crash, or on a bypassed SYN). Off while attached, restored at detach.
+	if err := writeSysctl(sysctlEarlyDemux, 0); err != nil {
+		return err
+	}
 	return nil
+}
+
+const (
+	sysctlEarlyDemux = "net/ipv4/tcp_early_demux" // this namespace's, for IPv4 and IPv6
+	sysctlFastOpen   = "net/ipv4/tcp_fastopen"
+)
+
+func readSysctlInt(name string) (int, error) {
+	b, err := os.ReadFile(filepath.Join("/proc/sys", name))
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", strings.ReplaceAll(name, "/", "."), err)
+	}
+	v, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", strings.ReplaceAll(name, "/", "."), err)
+	}
+	return v, nil
+}
+
+func writeSysctl(name string, v int) error {
+	if err := os.WriteFile(filepath.Join("/proc/sys", name), []byte(strconv.Itoa(v)), 0o644); err != nil {
+		return fmt.Errorf("set %s: %w", strings.ReplaceAll(name, "/", "."), err)
+	}
+	return nil
+}
+
+// restoreSysctl puts back a value recorded plus one (0: never changed).
+func restoreSysctl(name string, plusOne uint32) error {
+	if plusOne == 0 {
+		return nil
+	}
+	return writeSysctl(name, int(plusOne)-1)
 }
 
 func verifierDetail(err error) error {
@@ -866,13 +911,13 @@ func (a *Attachment) Problems() []string {
 func detachLocked(dir string) error {
 	var errs []error
 	routing := Routing{Mark: DefaultMark, Table: DefaultTable, Priority: DefaultRulePriority}
-	var restore uint32
+	var restoreFastOpen, restoreEarlyDemux uint32
 	if att, err := openPinned(dir); err == nil {
 		if r, err := att.Routing(); err == nil {
 			routing = r
 		}
 		if c, err := att.Config(); err == nil {
-			restore = c.FastopenRestore
+			restoreFastOpen, restoreEarlyDemux = c.FastopenRestore, c.EarlyDemuxRestore
 		}
 		for _, i := range att.recordedIfaces() {
 			errs = append(errs, att.detachIface(i))
@@ -899,11 +944,7 @@ func detachLocked(dir string) error {
 		l.Close()
 	}
 	errs = append(errs, routing.Remove())
-	if restore > 0 {
-		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_fastopen", []byte(strconv.Itoa(int(restore-1))), 0o644); err != nil {
-			errs = append(errs, fmt.Errorf("restore net.ipv4.tcp_fastopen: %w", err))
-		}
-	}
+	errs = append(errs, restoreSysctl(sysctlFastOpen, restoreFastOpen), restoreSysctl(sysctlEarlyDemux, restoreEarlyDemux))
 	errs = append(errs, removePinDir(dir))
 	return errors.Join(errs...)
 }

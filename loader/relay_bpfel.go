@@ -24,6 +24,7 @@ type relayCounters struct {
 	SynBypassReturnIface uint64
 	PktLocalSocket       uint64
 	PktForwarded         uint64
+	PktTimewaitForwarded uint64
 	PktNotTcp            uint64
 	PktUnparsed          uint64
 	SteerAssigned        uint64

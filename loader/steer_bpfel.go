@@ -14,14 +14,14 @@ import (
 )
 
 type steerConfig struct {
-	_               structs.HostLayout
-	Mark            uint32
-	AllPorts        uint32
-	RouteTable      uint32
-	RulePriority    uint32
-	FastopenRestore uint32
-	_               [4]byte
-	NetnsCookie     uint64
+	_                 structs.HostLayout
+	Mark              uint32
+	AllPorts          uint32
+	RouteTable        uint32
+	RulePriority      uint32
+	FastopenRestore   uint32
+	EarlyDemuxRestore uint32
+	NetnsCookie       uint64
 }
 
 type steerCounters struct {
@@ -35,6 +35,7 @@ type steerCounters struct {
 	SynBypassReturnIface uint64
 	PktLocalSocket       uint64
 	PktForwarded         uint64
+	PktTimewaitForwarded uint64
 	PktNotTcp            uint64
 	PktUnparsed          uint64
 	SteerAssigned        uint64

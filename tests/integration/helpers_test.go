@@ -353,6 +353,13 @@ func netState(t *testing.T, ns *testbed.NS) string {
 		}
 		parts = append(parts, strings.Join(args, " ")+":\n"+scrubVolatile(string(out)))
 	}
+	for _, key := range []string{"net.ipv4.tcp_early_demux", "net.ipv4.tcp_fastopen"} {
+		out, err := ns.Command("sysctl", "-n", key).CombinedOutput()
+		if err != nil {
+			t.Fatalf("sysctl %s: %v\n%s", key, err, out)
+		}
+		parts = append(parts, key+" = "+strings.TrimSpace(string(out)))
+	}
 	parts = append(parts, "pins:\n"+pins(t, ns))
 	return strings.Join(parts, "\n")
 }
