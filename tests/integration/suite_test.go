@@ -39,6 +39,10 @@ var relaySuite = []struct {
 	{"SIGTERMDetaches", testSIGTERMDetaches},
 	{"AttachIdempotentAndDetach", testAttachIdempotentAndDetach},
 	{"TwoNamespacesDoNotCollide", testTwoNamespacesDoNotCollide},
+	{"RealNginxCurl", testRealNginxCurl},
+	{"RealH2loadBurst", testRealH2loadBurst},
+	{"RealSCP", testRealSCP},
+	{"RealSocatHalfClose", testRealSocatHalfClose},
 }
 
 func runSuite(t *testing.T, relay string) {
