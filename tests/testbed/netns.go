@@ -12,9 +12,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // NS is a named network namespace (visible as /run/netns/Name, like `ip netns add`).
@@ -33,6 +35,9 @@ func NewNS(prefix string) (*NS, error) {
 		return nil, err
 	}
 	ns := &NS{Name: prefix + "-" + hex.EncodeToString(suffix)}
+	if err := sharedNetnsDir(); err != nil {
+		return nil, err
+	}
 	err := onLockedThread(func() error {
 		h, err := netns.NewNamed(ns.Name) // switches this thread into it
 		if err != nil {
@@ -57,6 +62,37 @@ func NewNS(prefix string) (*NS, error) {
 		return nil, err
 	}
 	return ns, nil
+}
+
+var netnsDirOnce struct {
+	sync.Once
+	err error
+}
+
+// sharedNetnsDir makes /run/netns a mount point of its own, as `ip netns
+// add` does the first time it runs. Otherwise the first `ip netns add` (a
+// test, a reference PEP's script) bind-mounts the directory over itself and
+// hides the namespaces made before it, which can then never be deleted
+// ("device or resource busy").
+func sharedNetnsDir() error {
+	netnsDirOnce.Do(func() {
+		const dir = "/run/netns"
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			netnsDirOnce.err = fmt.Errorf("create %s: %w", dir, err)
+			return
+		}
+		if err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, ""); err == nil {
+			return // already a mount point
+		}
+		if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			netnsDirOnce.err = fmt.Errorf("bind-mount %s on itself: %w", dir, err)
+			return
+		}
+		if err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+			netnsDirOnce.err = fmt.Errorf("make %s shared: %w", dir, err)
+		}
+	})
+	return netnsDirOnce.err
 }
 
 // Close deletes the namespace; interfaces inside it go with it.
