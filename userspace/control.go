@@ -31,6 +31,7 @@ type DaemonInfo struct {
 	OpenFDs        int      `json:"open_fds"`
 	HeapBytes      uint64   `json:"heap_bytes"` // Go heap objects, live or not yet swept
 	Stats          Stats    `json:"stats"`
+	SplitStats
 }
 
 // fillRuntime adds what lets an operator (and the leak tests) see that
@@ -40,6 +41,7 @@ func (d *DaemonInfo) fillRuntime() {
 	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
 		d.OpenFDs = len(fds)
 	}
+	d.SplitStats = readSplitStats()
 	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
 	metrics.Read(sample)
 	if sample[0].Value.Kind() == metrics.KindUint64 {

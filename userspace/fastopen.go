@@ -129,6 +129,9 @@ func (s *Splitter) dialFastOpen(ctx context.Context, src, dst netip.AddrPort, to
 		family, network = unix.AF_INET6, "tcp6"
 		sa = &unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()}
 	}
+	// Timed like an ordinary dial: socket setup, SYN (with data), handshake.
+	start := time.Now()
+	defer func() { observeConnect(start, err) }()
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, 0, fmt.Errorf("socket: %w", err)

@@ -28,15 +28,21 @@ type Splitter struct {
 	Transparent    bool               // dial from the client's address and port
 	Table          *Table
 	Log            *slog.Logger
+	// OnExhausted, if set, is called each time accept or an upstream dial
+	// fails for want of a local resource (fds, memory, ports).
+	OnExhausted func()
 
 	listeners []*net.TCPListener
 	own       map[netip.AddrPort]bool // the listeners' own addresses: never a destination
 	wg        sync.WaitGroup
+
+	localLog, tuneLog rateLog
 }
 
 // NewSplitter prepares a splitter serving the given listeners.
 func NewSplitter(listeners []*net.TCPListener, connectTimeout time.Duration, log *slog.Logger) *Splitter {
-	s := &Splitter{ConnectTimeout: connectTimeout, Table: NewTable(), Log: log, listeners: listeners, own: map[netip.AddrPort]bool{}}
+	s := &Splitter{ConnectTimeout: connectTimeout, Table: NewTable(), Log: log, listeners: listeners, own: map[netip.AddrPort]bool{},
+		localLog: rateLog{period: 5 * time.Second}, tuneLog: rateLog{period: 5 * time.Second}}
 	for _, ln := range listeners {
 		s.own[addrPort(ln.Addr())] = true
 	}
@@ -86,6 +92,7 @@ func (s *Splitter) acceptLoop(ctx context.Context, ln *net.TCPListener) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			s.onLocalExhaustion(err)
 			backoff.failed(err)
 			continue
 		}
@@ -148,12 +155,22 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	} else {
 		server, upstreamCookie, err = s.dial(ctx, clientAddr, serverAddr, tos)
 	}
-	if upstreamCookie != 0 && s.Tuner != nil {
-		defer s.Tuner.ForgetUpstream(upstreamCookie)
+	if upstreamCookie != 0 {
+		// sock_ops reads the entry at connect (initial receive window) and
+		// at establishment (initial congestion window), both behind us now:
+		// a live connection must not hold a slot of a bounded map.
+		s.Tuner.ForgetUpstream(upstreamCookie)
 	}
 	if err != nil {
 		// The client believes it is connected: only an RST tells it the truth.
 		resetConn(client)
+		if IsLocalFailure(err) {
+			splitStats.localFailed.Add(1)
+			s.Table.Remove(c, LocalFailed)
+			s.onLocalExhaustion(err)
+			s.localLog.log(s.Log, slog.LevelWarn, "connection reset: this host is short of a resource", "client", clientAddr, "server", serverAddr, "err", err)
+			return
+		}
 		s.Table.Remove(c, UpstreamFailed)
 		log.Info("upstream connect failed", "err", err)
 		return
@@ -235,13 +252,22 @@ func (s *Splitter) setupUpstream(fd int, network string, tos uint32) (cookie uin
 			return 0, err
 		}
 	}
-	if s.Tuner == nil {
+	// Only the initial windows need sock_ops to know a socket is a server
+	// leg; every other option is set above.
+	if s.Tuner == nil || (s.Tuning.Server.InitCwnd == 0 && s.Tuning.Server.InitRwnd == 0) {
 		return 0, nil
 	}
 	if cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
 		return 0, fmt.Errorf("SO_COOKIE: %w", err)
 	}
-	return cookie, s.Tuner.RegisterUpstream(cookie)
+	if err := s.Tuner.RegisterUpstream(cookie); err != nil {
+		// A full pepsal_upstream costs this leg its initial windows, not
+		// the client its connection.
+		splitStats.tuningSkipped.Add(1)
+		s.tuneLog.log(s.Log, slog.LevelWarn, "server leg dialed without initial-window tuning", "err", err)
+		return 0, nil
+	}
+	return cookie, nil
 }
 
 // setTOS gives the upstream SYN the client SYN's ToS / traffic class.
