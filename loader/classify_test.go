@@ -46,20 +46,20 @@ func needBPF(t *testing.T) {
 // refuses anything else non-zero; it writes mark back.
 type skBuff struct {
 	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto uint32
-	Priority, IngressIfindex, Ifindex, TCIndex                                   uint32
-	CB                                                                           [5]uint32
-	Hash, TCClassid, Data, DataEnd, NapiID                                       uint32
-	Family, RemoteIP4, LocalIP4                                                  uint32
-	RemoteIP6, LocalIP6                                                          [4]uint32
-	RemotePort, LocalPort, DataMeta                                              uint32
-	FlowKeys                                                                     uint64
-	Tstamp                                                                       uint64
-	WireLen, GSOSegs                                                             uint32
-	SK                                                                           uint64
-	GSOSize                                                                      uint32
-	TstampType                                                                   uint8
-	_                                                                            [3]uint8
-	HWTstamp                                                                     uint64
+	Priority, IngressIfindex, Ifindex, TCIndex                                  uint32
+	CB                                                                          [5]uint32
+	Hash, TCClassid, Data, DataEnd, NapiID                                      uint32
+	Family, RemoteIP4, LocalIP4                                                 uint32
+	RemoteIP6, LocalIP6                                                         [4]uint32
+	RemotePort, LocalPort, DataMeta                                             uint32
+	FlowKeys                                                                    uint64
+	Tstamp                                                                      uint64
+	WireLen, GSOSegs                                                            uint32
+	SK                                                                          uint64
+	GSOSize                                                                     uint32
+	TstampType                                                                  uint8
+	_                                                                           [3]uint8
+	HWTstamp                                                                    uint64
 }
 
 // checkCtxSize fails when a context struct written here does not have the
@@ -236,7 +236,7 @@ func enterNetns(t *testing.T, ns int) {
 
 // Addresses of the classifier's test namespace.
 var (
-	ingressV4   = netip.MustParsePrefix("192.0.2.1/24")   // in0: the intercepted interface
+	ingressV4   = netip.MustParsePrefix("192.0.2.1/24") // in0: the intercepted interface
 	ingressV6   = netip.MustParsePrefix("2001:db8:1::1/64")
 	onwardNetV4 = netip.MustParsePrefix("198.51.100.1/24") // out0: where forwarded flows go
 	onwardNetV6 = netip.MustParsePrefix("2001:db8:2::1/64")
