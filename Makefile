@@ -5,9 +5,16 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the build, the tests and `make generate` need.
-APT_PKGS := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool util-linux nginx curl nghttp2-client openssh-server openssh-client socat openssl
+APT_PKGS := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool util-linux nginx curl nghttp2-client openssh-server openssh-client socat openssl systemd
 
-.PHONY: build generate test bench demo deps check-root check-go clean
+# make install [PREFIX=/usr/local] [DESTDIR=...]: binary, systemd unit, flags file, docs.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+DOCDIR     ?= $(PREFIX)/share/doc/pepsal
+
+.PHONY: build generate test bench demo deps check-root check-go clean install
 
 build: check-go
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/pepsal ./cmd/pepsal
@@ -43,6 +50,17 @@ deps: check-root
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# The flags file is installed only when absent: it holds the operator's settings.
+install: build
+	install -D -m 0755 bin/pepsal $(DESTDIR)$(BINDIR)/pepsal
+	install -d $(DESTDIR)$(UNITDIR)
+	sed -e 's#@BINDIR@#$(BINDIR)#g' -e 's#@SYSCONFDIR@#$(SYSCONFDIR)#g' -e 's#@DOCDIR@#$(DOCDIR)#g' \
+		cmd/pepsal/systemd/pepsal.service.in > $(DESTDIR)$(UNITDIR)/pepsal.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/pepsal.service
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/default/pepsal ]; then echo "keeping $(DESTDIR)$(SYSCONFDIR)/default/pepsal"; \
+	else install -D -m 0644 cmd/pepsal/systemd/pepsal.env $(DESTDIR)$(SYSCONFDIR)/default/pepsal; fi
+	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 
 clean:
 	rm -rf bin

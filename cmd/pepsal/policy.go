@@ -144,8 +144,13 @@ func requirePrivileges() error {
 	if !has(unix.CAP_BPF) && !has(unix.CAP_SYS_ADMIN) {
 		missing = append(missing, "CAP_BPF")
 	}
+	// The verifier lets only CAP_PERFMON programs read kernel socket
+	// structures (the classifier's and the relay's lookups).
+	if !has(unix.CAP_PERFMON) && !has(unix.CAP_SYS_ADMIN) {
+		missing = append(missing, "CAP_PERFMON")
+	}
 	if len(missing) > 0 {
-		return fmt.Errorf("missing %s: run as root", strings.Join(missing, " and "))
+		return fmt.Errorf("missing %s: run as root (or with CAP_NET_ADMIN, CAP_BPF and CAP_PERFMON)", strings.Join(missing, " and "))
 	}
 	return nil
 }

@@ -28,6 +28,10 @@ var pepsalBin string
 // extraRunArgs are appended to every `pepsal run` (negative controls).
 var extraRunArgs []string
 
+// daemonWrapper, when set, runs every `pepsal run` through this command
+// (setpriv with the service's capability set).
+var daemonWrapper []string
+
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "integration tests need root (network namespaces, BPF)")
@@ -142,6 +146,9 @@ func startPepsalIn(t *testing.T, ns *testbed.NS, args ...string) *daemon {
 	t.Helper()
 	args = append(append([]string{"run", "--log-level", "debug", "--relay", relayMode}, args...), extraRunArgs...)
 	cmd := ns.Command(pepsalBin, args...)
+	if len(daemonWrapper) > 0 {
+		cmd = ns.Command(daemonWrapper[0], append(append(daemonWrapper[1:len(daemonWrapper):len(daemonWrapper)], pepsalBin), args...)...)
+	}
 	d := &daemon{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = d.stderr
 	if err := cmd.Start(); err != nil {
