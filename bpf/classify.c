@@ -13,6 +13,22 @@
 
 char __license[] SEC("license") = "GPL";
 
+/* The daemon's admission state (struct admission); only the classifier reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct admission);
+} pepsal_admission SEC(".maps");
+
+static __always_inline int proxy_full(void)
+{
+	__u32 zero = 0;
+	struct admission *a = bpf_map_lookup_elem(&pepsal_admission, &zero);
+
+	return a && a->full;
+}
+
 struct packet {
 	struct bpf_sock_tuple tuple; /* as on the wire: client -> server */
 	struct flow_key key;
@@ -243,6 +259,12 @@ int pepsal_classify(struct __sk_buff *skb)
 	}
 	if (!listener_registered(p.key.family)) {
 		COUNT(syn_bypass_no_listener);
+		return TC_ACT_UNSPEC;
+	}
+	if (proxy_full()) {
+		/* Past --max-conns (until the low-water mark): forwarded unsplit,
+		 * like a dead daemon, rather than accepted and then reset. */
+		COUNT(syn_bypass_full);
 		return TC_ACT_UNSPEC;
 	}
 	info.syn_ns = bpf_ktime_get_ns();

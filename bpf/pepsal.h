@@ -36,6 +36,7 @@ struct counters {
 	__u64 syn_bypass_local;       /* addressed to the router itself */
 	__u64 syn_bypass_unroutable;  /* no forwarding route: left to the kernel */
 	__u64 syn_bypass_no_listener; /* no proxy serving: fail open */
+	__u64 syn_bypass_full;        /* the proxy holds --max-conns (or ran out of fds): fail open */
 	__u64 syn_bypass_return_iface; /* arrived on a return-only interface */
 	/* classifier, other TCP packets */
 	__u64 pkt_local_socket;       /* belongs to a local socket: delivered locally */
@@ -67,7 +68,17 @@ struct config {
 	__u32 rule_priority; /* priority of the fwmark rule pointing at it */
 	__u32 fastopen_restore; /* net.ipv4.tcp_fastopen to restore at detach, plus 1; 0: untouched */
 	__u32 early_demux_restore; /* net.ipv4.tcp_early_demux to restore at detach, plus 1; 0: untouched */
+	__u32 tw_reuse_restore;    /* net.ipv4.tcp_tw_reuse to restore at detach, plus 1; 0: untouched */
+	__u32 pad;
 	__u64 netns_cookie;  /* the namespace of this attachment (sock_ops sees every namespace) */
+};
+
+/* Admission: written by the daemon when its connection table crosses the
+ * --max-conns high-water mark (full = 1) and falls back below the low-water
+ * mark (full = 0); read by the classifier on every new SYN. */
+struct admission {
+	__u32 full; /* 1: divert no new SYN, forward it unsplit */
+	__u32 pad;
 };
 
 /* Tuning of one leg of every split connection, applied by sock_ops. */

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type classifyAdmission struct {
+	_    structs.HostLayout
+	Full uint32
+	Pad  uint32
+}
+
 type classifyConfig struct {
 	_                 structs.HostLayout
 	Mark              uint32
@@ -21,6 +27,8 @@ type classifyConfig struct {
 	RulePriority      uint32
 	FastopenRestore   uint32
 	EarlyDemuxRestore uint32
+	TwReuseRestore    uint32
+	Pad               uint32
 	NetnsCookie       uint64
 }
 
@@ -32,6 +40,7 @@ type classifyCounters struct {
 	SynBypassLocal       uint64
 	SynBypassUnroutable  uint64
 	SynBypassNoListener  uint64
+	SynBypassFull        uint64
 	SynBypassReturnIface uint64
 	PktLocalSocket       uint64
 	PktForwarded         uint64
@@ -85,6 +94,7 @@ type classifyIfaceState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	classifyMapPepsalAdmission = "pepsal_admission"
 	classifyMapPepsalConfig    = "pepsal_config"
 	classifyMapPepsalCounters  = "pepsal_counters"
 	classifyMapPepsalDiverted  = "pepsal_diverted"
@@ -144,13 +154,14 @@ type classifyProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type classifyMapSpecs struct {
-	PepsalConfig   *ebpf.MapSpec `ebpf:"pepsal_config"`
-	PepsalCounters *ebpf.MapSpec `ebpf:"pepsal_counters"`
-	PepsalDiverted *ebpf.MapSpec `ebpf:"pepsal_diverted"`
-	PepsalExclude  *ebpf.MapSpec `ebpf:"pepsal_exclude"`
-	PepsalIfaces   *ebpf.MapSpec `ebpf:"pepsal_ifaces"`
-	PepsalListen   *ebpf.MapSpec `ebpf:"pepsal_listen"`
-	PepsalPorts    *ebpf.MapSpec `ebpf:"pepsal_ports"`
+	PepsalAdmission *ebpf.MapSpec `ebpf:"pepsal_admission"`
+	PepsalConfig    *ebpf.MapSpec `ebpf:"pepsal_config"`
+	PepsalCounters  *ebpf.MapSpec `ebpf:"pepsal_counters"`
+	PepsalDiverted  *ebpf.MapSpec `ebpf:"pepsal_diverted"`
+	PepsalExclude   *ebpf.MapSpec `ebpf:"pepsal_exclude"`
+	PepsalIfaces    *ebpf.MapSpec `ebpf:"pepsal_ifaces"`
+	PepsalListen    *ebpf.MapSpec `ebpf:"pepsal_listen"`
+	PepsalPorts     *ebpf.MapSpec `ebpf:"pepsal_ports"`
 }
 
 // classifyVariableSpecs contains global variables before they are loaded into the kernel.
@@ -179,17 +190,19 @@ func (o *classifyObjects) Close() error {
 //
 // It can be passed to loadClassifyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type classifyMaps struct {
-	PepsalConfig   *ebpf.Map `ebpf:"pepsal_config"`
-	PepsalCounters *ebpf.Map `ebpf:"pepsal_counters"`
-	PepsalDiverted *ebpf.Map `ebpf:"pepsal_diverted"`
-	PepsalExclude  *ebpf.Map `ebpf:"pepsal_exclude"`
-	PepsalIfaces   *ebpf.Map `ebpf:"pepsal_ifaces"`
-	PepsalListen   *ebpf.Map `ebpf:"pepsal_listen"`
-	PepsalPorts    *ebpf.Map `ebpf:"pepsal_ports"`
+	PepsalAdmission *ebpf.Map `ebpf:"pepsal_admission"`
+	PepsalConfig    *ebpf.Map `ebpf:"pepsal_config"`
+	PepsalCounters  *ebpf.Map `ebpf:"pepsal_counters"`
+	PepsalDiverted  *ebpf.Map `ebpf:"pepsal_diverted"`
+	PepsalExclude   *ebpf.Map `ebpf:"pepsal_exclude"`
+	PepsalIfaces    *ebpf.Map `ebpf:"pepsal_ifaces"`
+	PepsalListen    *ebpf.Map `ebpf:"pepsal_listen"`
+	PepsalPorts     *ebpf.Map `ebpf:"pepsal_ports"`
 }
 
 func (m *classifyMaps) Close() error {
 	return _ClassifyClose(
+		m.PepsalAdmission,
 		m.PepsalConfig,
 		m.PepsalCounters,
 		m.PepsalDiverted,

@@ -46,6 +46,10 @@ type Config struct {
 	Exclude      []netip.Prefix
 	Routing      Routing
 	TCMode       string // "auto" (tcx, else clsact), "tcx" or "clsact"
+	// MaxConns is how many connections the per-connection maps must hold
+	// (the daemon's --max-conns plus its accept queues); 0: DefaultMapConns.
+	// It sizes a new attachment; an existing one must already hold it.
+	MaxConns int
 	// Daemon: a `pepsal run` attaches. It owns an attachment it creates, or
 	// one whose daemon died, and removes it when it stops (DetachOwned).
 	Daemon bool
@@ -122,6 +126,12 @@ func Attach(cfg Config) (*Attachment, error) {
 	if cfg.Routing == (Routing{}) {
 		cfg.Routing = Routing{Mark: DefaultMark, Table: DefaultTable, Priority: DefaultRulePriority}
 	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMapConns
+	}
+	if cfg.MaxConns < 0 || cfg.MaxConns > MaxMapConns {
+		return nil, fmt.Errorf("maps for %d connections: want 1 to %d", cfg.MaxConns, MaxMapConns)
+	}
 	if err := CheckKernel(); err != nil {
 		return nil, err
 	}
@@ -166,7 +176,7 @@ func Attach(cfg Config) (*Attachment, error) {
 				return nil, err
 			}
 		}
-		if err := createPinned(dir, cfg.Routing, own); err != nil {
+		if err := createPinned(dir, cfg.Routing, own, cfg.MaxConns); err != nil {
 			return nil, err
 		}
 	}
@@ -206,6 +216,13 @@ func (a *Attachment) apply(cfg Config, fresh bool, targets []target) (err error)
 		if old.Mark != cfg.Routing.Mark || int(old.RouteTable) != cfg.Routing.Table || int(old.RulePriority) != cfg.Routing.Priority {
 			return fmt.Errorf("already attached with fwmark %#x, table %d, rule priority %d: detach first to change them",
 				old.Mark, old.RouteTable, old.RulePriority)
+		}
+		capacity, err := a.ConnCapacity()
+		if err != nil {
+			return err
+		}
+		if capacity < cfg.MaxConns {
+			return fmt.Errorf("already attached with maps for %d connections, fewer than the %d asked: detach first to change it", capacity, cfg.MaxConns)
 		}
 	}
 	var undo []func()
@@ -324,7 +341,7 @@ func oneLine(err error) string {
 // createPinned loads the programs and maps, attaches sk_lookup to the
 // namespace and pins it all, first in a temporary directory that is renamed
 // into place at the end, so a half-made attachment is never visible.
-func createPinned(dir string, routing Routing, own owner) (err error) {
+func createPinned(dir string, routing Routing, own owner, conns int) (err error) {
 	tmp := fmt.Sprintf("%s_tmp_%d", dir, os.Getpid()) // bpffs refuses names with dots
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", tmp, err)
@@ -339,6 +356,7 @@ func createPinned(dir string, routing Routing, own owner) (err error) {
 	if err != nil {
 		return err
 	}
+	sizeClassifyMaps(classifySpec, conns)
 	classify, err := ebpf.NewCollection(classifySpec)
 	if err != nil {
 		return fmt.Errorf("load classifier: %w", verifierDetail(err))
@@ -363,12 +381,17 @@ func createPinned(dir string, routing Routing, own owner) (err error) {
 	if err != nil {
 		return err
 	}
+	twReuse, err := readSysctlInt(sysctlTWReuse)
+	if err != nil {
+		return err
+	}
 	initial := classifyConfig{
 		NetnsCookie:       cookie,
 		Mark:              routing.Mark,
 		RouteTable:        uint32(routing.Table),
 		RulePriority:      uint32(routing.Priority),
 		EarlyDemuxRestore: uint32(earlyDemux) + 1,
+		TwReuseRestore:    uint32(twReuse) + 1,
 	}
 	if err := classify.Maps[pinConfig].Put(uint32(0), initial); err != nil {
 		return fmt.Errorf("write config: %w", err)
@@ -396,10 +419,25 @@ func createPinned(dir string, routing Routing, own owner) (err error) {
 	defer steer.Close()
 	steerProg := steer.Programs[pinSteer]
 
-	if err := attachRelay(tmp, classify.Maps); err != nil {
+	connMaps, err := createConnMaps(tmp, conns, classify.Maps)
+	if err != nil {
 		return err
 	}
-	if err := attachTune(tmp, classify.Maps); err != nil {
+	defer func() {
+		for _, m := range connMaps {
+			m.Close()
+		}
+	}()
+	shared := map[string]*ebpf.Map{}
+	for _, maps := range []map[string]*ebpf.Map{classify.Maps, connMaps} {
+		for name, m := range maps {
+			shared[name] = m
+		}
+	}
+	if err := attachRelay(tmp, shared); err != nil {
+		return err
+	}
+	if err := attachTune(tmp, shared); err != nil {
 		return err
 	}
 
@@ -427,12 +465,22 @@ func createPinned(dir string, routing Routing, own owner) (err error) {
 	if err := writeSysctl(sysctlEarlyDemux, 0); err != nil {
 		return err
 	}
+	// pepsal's upstream sockets usually close first, so their TIME_WAIT sits
+	// here, one per connection for 60 s: to one server address and port the
+	// ephemeral ports then run out at ~28,000 connections a minute (connect
+	// fails with EADDRNOTAVAIL, the client is reset). tw_reuse=1 lets a new
+	// outgoing connection take a TIME_WAIT tuple once it is 1 s old (TCP
+	// timestamps keep old segments out). Restored at detach.
+	if err := writeSysctl(sysctlTWReuse, 1); err != nil {
+		return err
+	}
 	return nil
 }
 
 const (
 	sysctlEarlyDemux = "net/ipv4/tcp_early_demux" // this namespace's, for IPv4 and IPv6
 	sysctlFastOpen   = "net/ipv4/tcp_fastopen"
+	sysctlTWReuse    = "net/ipv4/tcp_tw_reuse" // this namespace's, for IPv4 and IPv6
 )
 
 func readSysctlInt(name string) (int, error) {
@@ -474,9 +522,10 @@ func verifierDetail(err error) error {
 // replaced by the classifier's, and pins its own maps and program pinName.
 func loadSharing(dir string, spec *ebpf.CollectionSpec, shared map[string]*ebpf.Map, pinName string) (*ebpf.Collection, error) {
 	repl := map[string]*ebpf.Map{}
-	for name := range spec.Maps {
+	for name, ms := range spec.Maps {
 		if m, ok := shared[name]; ok {
 			repl[name] = m
+			ms.MaxEntries = m.MaxEntries() // per-connection maps are sized at attach
 		}
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
@@ -911,13 +960,13 @@ func (a *Attachment) Problems() []string {
 func detachLocked(dir string) error {
 	var errs []error
 	routing := Routing{Mark: DefaultMark, Table: DefaultTable, Priority: DefaultRulePriority}
-	var restoreFastOpen, restoreEarlyDemux uint32
+	var restoreFastOpen, restoreEarlyDemux, restoreTWReuse uint32
 	if att, err := openPinned(dir); err == nil {
 		if r, err := att.Routing(); err == nil {
 			routing = r
 		}
 		if c, err := att.Config(); err == nil {
-			restoreFastOpen, restoreEarlyDemux = c.FastopenRestore, c.EarlyDemuxRestore
+			restoreFastOpen, restoreEarlyDemux, restoreTWReuse = c.FastopenRestore, c.EarlyDemuxRestore, c.TwReuseRestore
 		}
 		for _, i := range att.recordedIfaces() {
 			errs = append(errs, att.detachIface(i))
@@ -944,7 +993,8 @@ func detachLocked(dir string) error {
 		l.Close()
 	}
 	errs = append(errs, routing.Remove())
-	errs = append(errs, restoreSysctl(sysctlFastOpen, restoreFastOpen), restoreSysctl(sysctlEarlyDemux, restoreEarlyDemux))
+	errs = append(errs, restoreSysctl(sysctlFastOpen, restoreFastOpen), restoreSysctl(sysctlEarlyDemux, restoreEarlyDemux),
+		restoreSysctl(sysctlTWReuse, restoreTWReuse))
 	errs = append(errs, removePinDir(dir))
 	return errors.Join(errs...)
 }

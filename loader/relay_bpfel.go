@@ -21,6 +21,7 @@ type relayCounters struct {
 	SynBypassLocal       uint64
 	SynBypassUnroutable  uint64
 	SynBypassNoListener  uint64
+	SynBypassFull        uint64
 	SynBypassReturnIface uint64
 	PktLocalSocket       uint64
 	PktForwarded         uint64

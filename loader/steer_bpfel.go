@@ -21,6 +21,8 @@ type steerConfig struct {
 	RulePriority      uint32
 	FastopenRestore   uint32
 	EarlyDemuxRestore uint32
+	TwReuseRestore    uint32
+	Pad               uint32
 	NetnsCookie       uint64
 }
 
@@ -32,6 +34,7 @@ type steerCounters struct {
 	SynBypassLocal       uint64
 	SynBypassUnroutable  uint64
 	SynBypassNoListener  uint64
+	SynBypassFull        uint64
 	SynBypassReturnIface uint64
 	PktLocalSocket       uint64
 	PktForwarded         uint64

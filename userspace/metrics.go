@@ -24,7 +24,7 @@ type Metrics struct {
 	counters func() ([]loader.Counter, error) // the per-CPU sums of pepsal_counters
 	connect  *prometheus.HistogramVec
 
-	active, accepted, closed, bytes, mover, decisions, fallbacks, fallbackLive *prometheus.Desc
+	active, accepted, closed, bytes, mover, decisions, fallbacks, fallbacksBy, fallbackLive *prometheus.Desc
 }
 
 // NewMetrics describes the daemon's metrics; counters reads the BPF decision
@@ -54,6 +54,8 @@ func NewMetrics(table *Table, counters func() ([]loader.Counter, error)) *Metric
 			"Classifier, steering, relay and sock_ops decisions taken in BPF (pepsal_counters).", []string{"decision"}, nil),
 		fallbacks: prometheus.NewDesc("pepsal_relay_fallbacks_total",
 			"Closed connections that were relayed in userspace although the kernel relay was asked for.", nil, nil),
+		fallbacksBy: prometheus.NewDesc("pepsal_relay_fallbacks_by_reason_total",
+			"Closed connections that were relayed in userspace although the kernel relay was asked for, by reason class.", []string{"reason"}, nil),
 		fallbackLive: prometheus.NewDesc("pepsal_relay_fallback_connections",
 			"Open connections relayed in userspace although the kernel relay was asked for, by reason class.", []string{"reason"}, nil),
 	}
@@ -61,7 +63,7 @@ func NewMetrics(table *Table, counters func() ([]loader.Counter, error)) *Metric
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbackLive} {
+	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbacksBy, m.fallbackLive} {
 		ch <- d
 	}
 	m.connect.Describe(ch)
@@ -89,6 +91,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.mover, kernel, "kernel")
 	counter(m.mover, s.BytesToServer+s.BytesToClient-kernel, "userspace")
 	counter(m.fallbacks, s.Fallback)
+	for _, reason := range fallbackReasons {
+		counter(m.fallbacksBy, s.FallbackByReason[reason], reason)
+	}
 
 	// Not Snapshot: that reads TCP_INFO of every socket, a scrape needs none.
 	live := map[string]int{}

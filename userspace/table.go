@@ -102,6 +102,15 @@ type Stats struct {
 	BytesToServer  uint64 `json:"bytes_to_server"`
 	BytesToClient  uint64 `json:"bytes_to_client"`
 	KernelBytes    uint64 `json:"kernel_bytes"` // of both, moved by the sk_skb verdict
+	// FallbackByReason splits Fallback by fallbackReason class.
+	FallbackByReason map[string]uint64 `json:"userspace_fallback_by_reason,omitempty"`
+	// Admission (0 / false without a limit).
+	MaxConns  int    `json:"max_conns"`
+	LowWater  int    `json:"low_water"`
+	Full      bool   `json:"full"`               // new connections are forwarded unsplit now
+	FullTrips uint64 `json:"full_trips"`         // times the limit (or a shortage) stopped diverting
+	Shortages uint64 `json:"resource_shortages"` // accepts and dials that ran out of fds, memory or map room
+	FDLimit   uint64 `json:"fd_limit"`
 }
 
 // Table is the set of live connections plus totals.
@@ -112,10 +121,45 @@ type Table struct {
 
 	accepted, completed, reset, upstreamFailed, loopRefused, fallback atomic.Uint64
 	bytesToServer, bytesToClient, kernelBytes                         atomic.Uint64
+	fallbackBy                                                        map[string]uint64 // closed fallbacks by fallbackReason; guarded by mu
+
+	admission *Admission // nil: no limit; guarded by mu once set
+}
+
+// SetAdmission makes every Add and Remove keep a's flag in step with the
+// number of live connections.
+func (t *Table) SetAdmission(a *Admission) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.admission = a
+	a.update(len(t.conns))
+}
+
+// ResourceShortage tells the admission control that an accept or a dial
+// failed with err. When err is a shortage (EMFILE, ENFILE, ENOMEM, ENOBUFS,
+// a full BPF map), new SYNs go unsplit at once rather than to a daemon that
+// cannot serve them, and it returns true.
+func (t *Table) ResourceShortage(err error) bool {
+	if err == nil || !IsResourceShortage(err) {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.admission != nil {
+		t.admission.shortage(len(t.conns), err, t.withCount)
+	}
+	return true
+}
+
+// withCount runs f with the live count under the table's lock.
+func (t *Table) withCount(f func(n int)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f(len(t.conns))
 }
 
 // NewTable returns an empty table.
-func NewTable() *Table { return &Table{conns: map[uint64]*Conn{}} }
+func NewTable() *Table { return &Table{conns: map[uint64]*Conn{}, fallbackBy: map[string]uint64{}} }
 
 // Add registers a freshly accepted connection.
 func (t *Table) Add(client, server netip.AddrPort, relay string) *Conn {
@@ -127,6 +171,9 @@ func (t *Table) Add(client, server netip.AddrPort, relay string) *Conn {
 	c.SetRelay(relay)
 	c.SetState("connecting")
 	t.conns[c.ID] = c
+	if t.admission != nil {
+		t.admission.update(len(t.conns))
+	}
 	return c
 }
 
@@ -144,6 +191,12 @@ const (
 func (t *Table) Remove(c *Conn, how Outcome) {
 	t.mu.Lock()
 	delete(t.conns, c.ID)
+	if t.admission != nil {
+		t.admission.update(len(t.conns))
+	}
+	if reason, ok := fallbackReason(c.Relay()); ok {
+		t.fallbackBy[reason]++
+	}
 	t.mu.Unlock()
 	c.legs.Store(nil)
 	if strings.HasPrefix(c.Relay(), "userspace") {
@@ -174,6 +227,21 @@ func (t *Table) Len() int {
 
 // Stats returns the totals.
 func (t *Table) Stats() Stats {
+	s := t.counts()
+	s.FallbackByReason = map[string]uint64{}
+	t.mu.Lock()
+	for _, reason := range fallbackReasons {
+		s.FallbackByReason[reason] = t.fallbackBy[reason]
+	}
+	if a := t.admission; a != nil {
+		s.MaxConns, s.LowWater, s.Full = a.Max, a.Low, a.full
+		s.FullTrips, s.Shortages, s.FDLimit = a.trips.Load(), a.shortages.Load(), a.FDLimit
+	}
+	t.mu.Unlock()
+	return s
+}
+
+func (t *Table) counts() Stats {
 	return Stats{
 		Accepted:       t.accepted.Load(),
 		Active:         int64(t.Len()),

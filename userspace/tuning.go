@@ -22,7 +22,27 @@ type Leg struct {
 	NoDelay  *bool  // TCP_NODELAY; nil keeps Go's default (on)
 	QuickAck bool   // TCP_QUICKACK at connection start
 	MSS      int    // TCP_MAXSEG clamp; 0 keeps the path's
+	// KeepAlive is the idle time before keepalive probes (then KeepAlive/4
+	// apart, 4 of them): a peer that vanished from an idle leg is found.
+	// 0: no keepalive.
+	KeepAlive time.Duration
+	// UserTimeout bounds how long sent data may stay unacknowledged (and
+	// keepalive probes unanswered) before the leg is dropped (TCP_USER_TIMEOUT):
+	// a leg whose peer vanished cannot hold its memory for ever. 0: the
+	// kernel's retransmission limit (net.ipv4.tcp_retries2, ~15 min).
+	UserTimeout time.Duration
 }
+
+// Defaults of --keepalive and --user-timeout, for a 600 ms RTT satellite
+// path: probes start after a minute of silence, and a leg is dropped after
+// two minutes without an answer, which rides out an RTO backoff of about six
+// retransmissions (1+2+4+...+32 s at a 1 s RTO) or a short rain fade, and
+// finds a dead peer before many accumulate.
+const (
+	DefaultKeepAlive   = 60 * time.Second
+	DefaultUserTimeout = 120 * time.Second
+	keepAliveProbes    = 4
+)
 
 // Tuning is what the split lets each leg do differently.
 type Tuning struct {
@@ -73,6 +93,12 @@ func (l Leg) Validate(name string) error {
 	if l.MSS != 0 && (l.MSS < 88 || l.MSS > 65495) {
 		return fmt.Errorf("--%s-mss %d is out of range (88-65495)", name, l.MSS)
 	}
+	if l.KeepAlive != 0 && (l.KeepAlive < time.Second || l.KeepAlive > 8*time.Hour) {
+		return fmt.Errorf("--keepalive %s: want 0 (off) or 1s to 8h", l.KeepAlive)
+	}
+	if l.UserTimeout < 0 || l.UserTimeout > 24*time.Hour || l.UserTimeout > 0 && l.UserTimeout < time.Millisecond {
+		return fmt.Errorf("--user-timeout %s: want 0 (kernel default) or 1ms to 24h", l.UserTimeout)
+	}
 	if l.InitCwnd > 4096 || l.InitRwnd > 65535 {
 		return fmt.Errorf("--%s-initcwnd must be <= 4096 and initrwnd <= 65535", name)
 	}
@@ -116,6 +142,22 @@ func (l Leg) established(c *net.TCPConn) error {
 	if l.QuickAck {
 		errs = append(errs, withFD(c, func(fd int) error {
 			return wrapOpt("TCP_QUICKACK", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_QUICKACK, 1))
+		}))
+	}
+	// Go turned keepalive on (15 s) at accept and dial; these replace it.
+	if l.KeepAlive > 0 {
+		errs = append(errs, wrapOpt("keepalive", c.SetKeepAliveConfig(net.KeepAliveConfig{
+			Enable:   true,
+			Idle:     l.KeepAlive,
+			Interval: max(l.KeepAlive/keepAliveProbes, time.Second),
+			Count:    keepAliveProbes,
+		})))
+	} else {
+		errs = append(errs, wrapOpt("SO_KEEPALIVE", c.SetKeepAlive(false)))
+	}
+	if l.UserTimeout > 0 {
+		errs = append(errs, withFD(c, func(fd int) error {
+			return wrapOpt("TCP_USER_TIMEOUT", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_USER_TIMEOUT, int(l.UserTimeout.Milliseconds())))
 		}))
 	}
 	return errors.Join(errs...)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 
 	"github.com/pepsal/pepsal/loader"
 	"github.com/spf13/cobra"
@@ -9,6 +10,7 @@ import (
 
 func attachCmd() *cobra.Command {
 	var p policyFlags
+	var maxConns string
 	cmd := &cobra.Command{
 		Use:   "attach",
 		Short: "Attach the classifier and steering to interfaces, pinned, and exit (a daemon serves with `pepsal run`)",
@@ -21,9 +23,19 @@ func attachCmd() *cobra.Command {
 			if len(cfg.Ifaces) == 0 {
 				return fmt.Errorf("attach needs at least one --iface")
 			}
+			asked, err := parseMaxConns(maxConns)
+			if err != nil {
+				return err
+			}
 			if err := requirePrivileges(); err != nil {
 				return err
 			}
+			// Maps are sized for the daemon's limit; derived here as `run` derives it.
+			limit, err := connLimit(asked, true, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
+			if err != nil {
+				return err
+			}
+			cfg.MaxConns = limit.budget.Capacity(limit.max)
 			att, err := loader.Attach(cfg)
 			if err != nil {
 				return err
@@ -34,6 +46,7 @@ func attachCmd() *cobra.Command {
 		},
 	}
 	p.register(cmd)
+	registerMaxConns(cmd.Flags(), &maxConns)
 	return cmd
 }
 

@@ -18,6 +18,8 @@ import (
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 )
 
 type runFlags struct {
@@ -31,6 +33,7 @@ type runFlags struct {
 	logLevel       string
 	transparent    bool
 	metricsAddr    string
+	maxConns       string
 }
 
 func runCmd() *cobra.Command {
@@ -54,6 +57,7 @@ func runCmd() *cobra.Command {
 	fl.BoolVar(&f.transparent, "transparent", false, "dial servers from the client's own address and port, so they see the real client; replies are taken on --return-iface (default: every other interface)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
+	registerMaxConns(fl, &f.maxConns)
 	return cmd
 }
 
@@ -93,6 +97,10 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 			return fmt.Errorf("bad --metrics-addr %q: %w; want ADDR:PORT, e.g. 127.0.0.1:9595", f.metricsAddr, err)
 		}
 	}
+	maxConns, err := parseMaxConns(f.maxConns)
+	if err != nil {
+		return err
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return fmt.Errorf("bad --log-level %q", f.logLevel)
@@ -107,6 +115,11 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 	if err := loader.CheckKernel(); err != nil {
 		return err
 	}
+	limit, err := connLimit(maxConns, len(cfg.Ifaces) > 0, log)
+	if err != nil {
+		return err
+	}
+	cfg.MaxConns = limit.budget.Capacity(limit.max)
 
 	control, err := userspace.ListenControl()
 	if err != nil {
@@ -168,10 +181,18 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 		}
 	}
 
+	// A full flag left by a daemon killed at its limit must not outlive it.
+	if err := att.SetFull(false); err != nil {
+		return err
+	}
 	var tcpListeners []*net.TCPListener
 	var addrs []string
 	for _, l := range listeners {
 		ln := l.ln
+		// The accept queue the fd budget counts on (listen again only sets it).
+		if err := userspace.ListenerFD(ln, func(fd int) error { return unix.Listen(fd, limit.budget.Backlog) }); err != nil {
+			return fmt.Errorf("set listener backlog: %w", err)
+		}
 		if err := userspace.ListenerFD(ln, func(fd int) error { return att.RegisterListener(l.slot, fd) }); err != nil {
 			return err
 		}
@@ -195,6 +216,10 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 	} else if tuning.Client.InitCwnd+tuning.Client.InitRwnd+tuning.Server.InitCwnd+tuning.Server.InitRwnd > 0 {
 		return errors.New("initial windows need the sock_ops program, which needs a cgroup v2 hierarchy: none is mounted")
 	}
+	userspace.SetPipeLimit(userspace.PipeLimit(limit.max))
+	admission := userspace.NewAdmission(limit.max, att.SetFull, log)
+	admission.FDLimit = limit.budget.Limit
+	splitter.Table.SetAdmission(admission)
 	if f.relay == "sockmap" {
 		splitter.Kernel = &userspace.KernelRelay{Log: log, Maps: att.Relay(), Budget: budget}
 	}
@@ -220,7 +245,8 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 	for _, i := range ifaces {
 		names = append(names, i.Name)
 	}
-	log.Info("serving", "ifaces", strings.Join(names, ","), "relay", f.relay, "listeners", strings.Join(addrs, ","), "pin_dir", att.Dir)
+	log.Info("serving", "ifaces", strings.Join(names, ","), "relay", f.relay, "listeners", strings.Join(addrs, ","), "pin_dir", att.Dir,
+		"max_conns", limit.max, "low_water", admission.Low, "max_conns_from", limit.from, "fd_limit", limit.budget.Limit)
 
 	sigCtx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -365,4 +391,77 @@ func serveMetrics(ln net.Listener, table *userspace.Table, att *loader.Attachmen
 		}
 		<-done
 	}, nil
+}
+
+func registerMaxConns(fl *pflag.FlagSet, v *string) {
+	fl.StringVar(v, "max-conns", "auto", "split connections held at most; past it new connections are forwarded unsplit until 10% below (auto: what the fd limit and half the memory hold)")
+}
+
+// parseMaxConns reads --max-conns: a positive count, or 0 for "auto".
+func parseMaxConns(s string) (int, error) {
+	if s == "auto" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < 1 || n > loader.MaxMapConns {
+		return 0, fmt.Errorf("bad --max-conns %q: want a count of connections from 1 to %d, or auto", s, loader.MaxMapConns)
+	}
+	return n, nil
+}
+
+// connLimitResult is the admission limit and the fd budget it fits in.
+type connLimitResult struct {
+	max    int
+	from   string // what set it: flag, fd limit, memory, attachment
+	budget userspace.FDBudget
+}
+
+// connLimit raises RLIMIT_NOFILE and settles the connection limit: asked
+// (asked > 0), it must fit the fd limit and the existing attachment's maps;
+// derived, it is the most that the fd limit, memory and those maps hold.
+// newMaps: the attachment may be created by this process (sized as needed).
+func connLimit(asked int, newMaps bool, log *slog.Logger) (connLimitResult, error) {
+	budget, err := userspace.NewFDBudget(2)
+	if err != nil {
+		return connLimitResult{}, err
+	}
+	queued := budget.Capacity(0)
+	r := connLimitResult{max: asked, from: "--max-conns", budget: budget}
+	if asked > 0 {
+		if need := budget.Need(asked); need > budget.Limit {
+			return r, fmt.Errorf("--max-conns %d needs %d file descriptors (2 per connection and per queued accept, %d for splice pipes, %d open or reserved) but RLIMIT_NOFILE is %d: lower --max-conns to %d or raise the limit (systemd LimitNOFILE=)",
+				asked, need, 2*userspace.PipeLimit(asked), need-uint64(2*(asked+queued)+2*userspace.PipeLimit(asked)), budget.Limit, budget.MaxConns())
+		}
+	} else {
+		r.max, r.from = budget.MaxConns(), "fd limit"
+		if m := userspace.MemMaxConns(); m > 0 && m < r.max {
+			r.max, r.from = m, "memory"
+		}
+		if r.max > loader.MaxMapConns-queued {
+			r.max, r.from = loader.MaxMapConns-queued, "map limit"
+		}
+		if r.max < 1 {
+			return r, fmt.Errorf("RLIMIT_NOFILE %d holds no connection (a daemon needs %d fds for its first): raise it", budget.Limit, budget.Need(1))
+		}
+	}
+	capacity, attached, err := loader.ExistingCapacity()
+	if err != nil || !attached {
+		if !newMaps && err == nil {
+			return r, nil // run without --iface and nothing attached: it fails later, clearly
+		}
+		return r, err
+	}
+	if capacity >= budget.Capacity(r.max) {
+		return r, nil
+	}
+	if asked > 0 {
+		return r, fmt.Errorf("--max-conns %d: the existing attachment's maps hold %d connections (including %d in accept queues): `pepsal detach` and attach again with --max-conns, or lower it",
+			asked, capacity, queued)
+	}
+	r.max, r.from = capacity-queued, "attachment's maps"
+	if r.max < 1 {
+		return r, fmt.Errorf("the existing attachment's maps hold %d connections, no more than the accept queues (%d): `pepsal detach` and attach again", capacity, queued)
+	}
+	log.Info("connection limit lowered to what the existing attachment's maps hold", "max_conns", r.max)
+	return r, nil
 }

@@ -181,6 +181,14 @@ func printStatus(w io.Writer, rep *statusReport) {
 		s := d.Stats
 		fmt.Fprintf(w, "conns:     %d active, %d accepted, %d completed, %d reset, %d upstream failed, %d refused (loop), %d relayed in userspace instead of the kernel\n",
 			s.Active, s.Accepted, s.Completed, s.Reset, s.UpstreamFailed, s.LoopRefused, s.Fallback)
+		if s.MaxConns > 0 {
+			state := "splitting new connections"
+			if s.Full {
+				state = "FULL: new connections forwarded unsplit"
+			}
+			fmt.Fprintf(w, "limit:     %d connections (split again below %d), fd limit %d: %s; full %d times, %d resource shortages\n",
+				s.MaxConns, s.LowWater, s.FDLimit, state, s.FullTrips, s.Shortages)
+		}
 		fmt.Fprintf(w, "bytes:     %d to servers, %d to clients (closed connections)", s.BytesToServer, s.BytesToClient)
 		if d.Relay == "sockmap" {
 			fmt.Fprintf(w, ", %s moved by the kernel", share(s.KernelBytes, s.BytesToServer+s.BytesToClient))

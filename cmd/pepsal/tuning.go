@@ -15,6 +15,8 @@ type tuningFlags struct {
 	fastOpen     bool
 	fastOpenWait time.Duration
 	legs         [2]legFlags // client, server
+	keepAlive    time.Duration
+	userTimeout  time.Duration
 }
 
 type legFlags struct {
@@ -31,6 +33,8 @@ func (t *tuningFlags) register(cmd *cobra.Command) {
 	f.StringVar(&t.role, "role", "", "preset for the long (satellite) leg: gateway (clients are across the link) or terminal (servers are)")
 	f.BoolVar(&t.fastOpen, "fastopen", false, "TCP Fast Open without cookies, for the link between two pepsals: dial with the client's first bytes in the SYN, accept data in SYNs (enables the server bit of net.ipv4.tcp_fastopen, restored at exit)")
 	f.DurationVar(&t.fastOpenWait, "fastopen-wait", 20*time.Millisecond, "how long to wait for a client's first bytes to put them in the upstream SYN")
+	f.DurationVar(&t.keepAlive, "keepalive", userspace.DefaultKeepAlive, "both legs: idle time before TCP keepalive probes (4, a quarter of it apart), so that dead peers are found; 0: off")
+	f.DurationVar(&t.userTimeout, "user-timeout", userspace.DefaultUserTimeout, "both legs: drop a leg whose data (or keepalive probes) stay unacknowledged this long (TCP_USER_TIMEOUT), resetting the other; 0: the kernel's (~15 min)")
 	t.legs[0].name, t.legs[1].name = "client", "server"
 	for i := range t.legs {
 		l := &t.legs[i]
@@ -97,6 +101,7 @@ func (t *tuningFlags) tuning(cmd *cobra.Command) (userspace.Tuning, error) {
 		if changed("mss") {
 			leg.MSS = l.mss
 		}
+		leg.KeepAlive, leg.UserTimeout = t.keepAlive, t.userTimeout
 		if err := leg.Validate(l.name); err != nil {
 			return tun, err
 		}

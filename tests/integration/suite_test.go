@@ -43,6 +43,8 @@ var relaySuite = []struct {
 	{"RealH2loadBurst", testRealH2loadBurst},
 	{"RealSCP", testRealSCP},
 	{"RealSocatHalfClose", testRealSocatHalfClose},
+	{"AdmissionFailsOpen", testAdmissionFailsOpen},
+	{"LegTimeouts", testLegTimeouts},
 }
 
 func runSuite(t *testing.T, relay string) {

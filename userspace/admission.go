@@ -1,0 +1,253 @@
+package userspace
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Admission keeps the classifier's admission flag (pepsal_admission) in step
+// with the connection table: at Max live connections new SYNs are forwarded
+// unsplit, until the count falls below Low (hysteresis, so that a table
+// hovering at the limit does not flip the flag on every connection). The
+// table calls it under its lock on every Add and Remove; the flag is written
+// only when it changes.
+type Admission struct {
+	Max, Low int
+	FDLimit  uint64                // RLIMIT_NOFILE the limit was checked against, for status
+	set      func(full bool) error // loader.Attachment.SetFull
+	log      *slog.Logger
+
+	// Guarded by the table's lock.
+	full    bool
+	ceiling int         // > 0 after a resource shortage: the count it happened at, a lower Max for a while
+	hold    *time.Timer // ends the shortage's ceiling
+
+	trips, shortages atomic.Uint64
+	lastWarn         atomic.Int64 // unix nanos of the last shortage or write-failure log line
+}
+
+// LowWater is where a full table takes new connections again: 10% below
+// the limit (at least one connection below).
+func LowWater(limit int) int { return limit - max(1, limit/10) }
+
+// NewAdmission returns the admission control of a daemon holding at most
+// maxConns connections; set writes the classifier's flag.
+func NewAdmission(maxConns int, set func(full bool) error, log *slog.Logger) *Admission {
+	return &Admission{Max: maxConns, Low: LowWater(maxConns), set: set, log: log}
+}
+
+// update brings the flag to what n live connections call for.
+func (a *Admission) update(n int) {
+	high, low := a.Max, a.Low
+	if a.ceiling > 0 {
+		high, low = a.ceiling, LowWater(a.ceiling)
+	}
+	switch {
+	case !a.full && n >= high:
+		a.write(true, n)
+	case a.full && n < low:
+		a.write(false, n)
+	}
+}
+
+func (a *Admission) write(full bool, n int) {
+	if err := a.set(full); err != nil {
+		// The flag stays as it was; the next crossing tries again.
+		a.warn("cannot write the admission flag", "err", err)
+		return
+	}
+	a.full = full
+	if full {
+		a.trips.Add(1)
+		a.log.Info("connection limit reached: new connections are forwarded unsplit", "live", n, "max_conns", a.Max, "resume_below", a.Low)
+	} else {
+		a.log.Info("below the low-water mark: new connections are split again", "live", n)
+	}
+}
+
+// shortageHold is how long a resource shortage holds the flag up at least:
+// then the normal marks apply again, and if the shortage persists the next
+// failed accept trips it again (a failed accept resets nobody: the
+// connection waits in the queue).
+const shortageHold = 2 * time.Second
+
+// shortage trips the flag at once, at n live connections: the daemon ran
+// out of a resource a connection needs. n then acts as the limit, until the
+// count falls 10% below it or shortageHold passes.
+func (a *Admission) shortage(n int, err error, relock func(func(n int))) {
+	a.shortages.Add(1)
+	a.warn("out of resources for new connections: forwarding new ones unsplit", "live", n, "err", err)
+	if a.ceiling == 0 || n < a.ceiling {
+		a.ceiling = max(n, 1)
+	}
+	if !a.full {
+		a.write(true, n)
+	}
+	if a.hold == nil {
+		a.hold = time.AfterFunc(shortageHold, func() {
+			relock(func(n int) {
+				a.hold = nil
+				a.ceiling = 0
+				a.update(n)
+			})
+		})
+	}
+}
+
+// warn logs at most once a second: a shortage comes as a storm.
+func (a *Admission) warn(msg string, args ...any) {
+	now := time.Now().UnixNano()
+	last := a.lastWarn.Load()
+	if now-last < int64(time.Second) || !a.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	a.log.Warn(msg, args...)
+}
+
+// IsResourceShortage says whether err means the host or the process ran out
+// of something a connection needs (file descriptors, kernel memory, room in
+// a BPF map), rather than a failure of this connection's peer.
+func IsResourceShortage(err error) bool {
+	for _, e := range []error{unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.E2BIG} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// Accept queues: the listeners' backlog is set to this (or somaxconn if
+// lower), so that the connections accepted after the limit trips (their
+// SYNs were diverted before) are bounded and counted in the fd budget. A
+// SYN that finds the queue full is dropped; the client's retransmission a
+// second later meets the classifier again.
+const ListenBacklog = 512
+
+// Parts of the fd budget besides the connections' two sockets.
+const (
+	// fdReserve covers what the daemon opens after the check: BPF map and
+	// program fds (~20), the Go runtime's (epoll, eventfd), control socket
+	// and metrics clients, /proc reads.
+	fdReserve = 64
+	// splice pipes are held only while bytes move; their number is
+	// bounded (PipeLimit) and past it the relay copies through a buffer.
+	pipesMin, pipesMax = 64, 1024
+)
+
+// PipeLimit is how many splice pipes (2 fds each) a daemon with maxConns
+// connections may hold at once.
+func PipeLimit(maxConns int) int { return min(max(maxConns/4, pipesMin), pipesMax) }
+
+// FDBudget is the file-descriptor arithmetic of a daemon.
+type FDBudget struct {
+	Limit     uint64 // RLIMIT_NOFILE (soft, once raised to the hard limit)
+	Open      int    // fds already open when the budget is made
+	Listeners int    // proxy listeners (IPv4, IPv6)
+	Backlog   int    // accept queue length of each
+}
+
+// Need is how many fds n connections may hold at once: two sockets each,
+// the connections already in the accept queues when the limit trips (two
+// each once accepted), splice pipes, what is open now and a reserve.
+func (b FDBudget) Need(n int) uint64 {
+	queued := b.Listeners * (b.Backlog + 1)
+	return uint64(2*(n+queued) + 2*PipeLimit(n) + b.Open + fdReserve)
+}
+
+// MaxConns is the largest connection count the fd limit holds (0: none).
+func (b FDBudget) MaxConns() int {
+	lo, hi := 0, 1<<26
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if b.Need(mid) <= b.Limit {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo
+}
+
+// Capacity is how many connections may be in the table at once: the limit
+// plus those accepted from the queues after it tripped (the BPF maps must
+// hold them all).
+func (b FDBudget) Capacity(maxConns int) int {
+	return maxConns + b.Listeners*(b.Backlog+1)
+}
+
+// NewFDBudget raises this process's RLIMIT_NOFILE soft limit to its hard
+// limit (as far as it may go without privileges it lacks) and returns the
+// budget for listeners accept queues.
+func NewFDBudget(listeners int) (FDBudget, error) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return FDBudget{}, fmt.Errorf("read RLIMIT_NOFILE: %w", err)
+	}
+	if rl.Cur < rl.Max {
+		raised := unix.Rlimit{Cur: rl.Max, Max: rl.Max}
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &raised); err == nil {
+			rl = raised
+		}
+	}
+	b := FDBudget{Limit: rl.Cur, Listeners: listeners, Backlog: ListenBacklog}
+	if s, err := readSysctl("net/core/somaxconn"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(s)); err == nil && n < b.Backlog {
+			b.Backlog = n
+		}
+	}
+	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
+		b.Open = len(fds)
+	}
+	return b, nil
+}
+
+// memPerConn is the memory a connection is budgeted: an idle one costs about
+// 24 KB (daemon and kernel), the rest is room for those that move data.
+const memPerConn = 64 << 10
+
+// MemMaxConns is how many connections half of the host's memory holds at
+// memPerConn each (0 when /proc/meminfo cannot be read).
+func MemMaxConns() int {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				return 0
+			}
+			return int(kb << 10 / 2 / memPerConn)
+		}
+	}
+	return 0
+}
+
+// pipeLimit bounds the splice pipes open at once (0: unbounded), so that
+// pipes never take the fds accept and dial need: pipePool.get fails past it
+// and the relay copies through a buffer instead.
+var pipeLimit atomic.Int64
+
+// SetPipeLimit sets the bound (PipeLimit of the daemon's --max-conns).
+func SetPipeLimit(n int) { pipeLimit.Store(int64(n)) }
+
+// errPipeLimit is what pipePool.get returns past the bound.
+var errPipeLimit = errors.New("splice pipe limit reached")
+
+// pipeAllowed says whether one more splice pipe may be opened.
+func pipeAllowed() bool {
+	l := pipeLimit.Load()
+	return l <= 0 || pipes.open.Load() < l
+}

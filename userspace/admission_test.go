@@ -1,0 +1,97 @@
+package userspace
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/pepsal/pepsal/loader"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
+)
+
+// TestAdmissionHysteresis: the flag goes up at Max, stays up down to the
+// low-water mark and comes down below it; it is written only on a change.
+func TestAdmissionHysteresis(t *testing.T) {
+	var writes []bool
+	table := NewTable()
+	a := NewAdmission(10, func(full bool) error { writes = append(writes, full); return nil }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	table.SetAdmission(a)
+	if a.Low != 9 || LowWater(100) != 90 || LowWater(1) != 0 {
+		t.Fatalf("low water %d (of 10), %d (of 100), %d (of 1)", a.Low, LowWater(100), LowWater(1))
+	}
+	c := netip.MustParseAddrPort("10.0.0.1:1")
+	var conns []*Conn
+	for range 12 {
+		conns = append(conns, table.Add(c, c, "splice"))
+	}
+	if fmt.Sprint(writes) != "[true]" || !table.Stats().Full {
+		t.Fatalf("after 12 adds: writes %v", writes)
+	}
+	table.Remove(conns[0], Completed) // 11
+	table.Remove(conns[1], Completed) // 10
+	table.Remove(conns[2], Completed) // 9: at the mark, still full
+	if fmt.Sprint(writes) != "[true]" {
+		t.Fatalf("at the low-water mark: writes %v", writes)
+	}
+	table.Remove(conns[3], Completed) // 8
+	if fmt.Sprint(writes) != "[true false]" || table.Stats().Full {
+		t.Fatalf("below the low-water mark: writes %v", writes)
+	}
+	// A shortage trips it at once, whatever the count.
+	if !table.ResourceShortage(fmt.Errorf("accept: %w", unix.EMFILE)) || !table.Stats().Full {
+		t.Fatalf("EMFILE: writes %v", writes)
+	}
+	if table.ResourceShortage(fmt.Errorf("dial: %w", unix.ECONNREFUSED)) {
+		t.Fatal("a refused dial is no shortage")
+	}
+	if s := table.Stats(); s.Shortages != 1 || s.FullTrips != 2 || s.MaxConns != 10 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// TestFDBudget: the limit derived from the fd limit is the largest whose
+// need fits, and counts the accept queues and pipes.
+func TestFDBudget(t *testing.T) {
+	b := FDBudget{Limit: 20000, Open: 10, Listeners: 2, Backlog: 512}
+	n := b.MaxConns()
+	if b.Need(n) > b.Limit || b.Need(n+1) <= b.Limit {
+		t.Fatalf("MaxConns %d: need %d, need of one more %d, limit %d", n, b.Need(n), b.Need(n+1), b.Limit)
+	}
+	if want := uint64(2*(n+2*513) + 2*PipeLimit(n) + 10 + fdReserve); b.Need(n) != want {
+		t.Fatalf("need %d, want %d", b.Need(n), want)
+	}
+	if (FDBudget{Limit: 100, Listeners: 2, Backlog: 512}).MaxConns() != 0 {
+		t.Fatal("100 fds cannot hold a connection and two accept queues")
+	}
+	t.Logf("RLIMIT_NOFILE 20000: max_conns %d", n)
+}
+
+// TestMetricsFallbacksByReason: closed fallbacks are counted by reason.
+func TestMetricsFallbacksByReason(t *testing.T) {
+	table := NewTable()
+	c := netip.MustParseAddrPort("10.0.0.1:1")
+	for _, relay := range []string{"userspace: client closed before insert", "userspace: server closed before insert", "userspace: client: update pepsal_relay: no space", "kernel"} {
+		conn := table.Add(c, c, "kernel")
+		conn.SetRelay(relay)
+		table.Remove(conn, Completed)
+	}
+	m := NewMetrics(table, func() ([]loader.Counter, error) { return nil, nil })
+	want := `
+# HELP pepsal_relay_fallbacks_by_reason_total Closed connections that were relayed in userspace although the kernel relay was asked for, by reason class.
+# TYPE pepsal_relay_fallbacks_by_reason_total counter
+pepsal_relay_fallbacks_by_reason_total{reason="closed_before_insert"} 2
+pepsal_relay_fallbacks_by_reason_total{reason="first_bytes_partial"} 0
+pepsal_relay_fallbacks_by_reason_total{reason="insert_failed"} 1
+pepsal_relay_fallbacks_by_reason_total{reason="setup_failed"} 0
+`
+	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "pepsal_relay_fallbacks_by_reason_total"); err != nil {
+		t.Error(err)
+	}
+	if s := table.Stats(); s.Fallback != 3 || s.FallbackByReason["closed_before_insert"] != 2 {
+		t.Errorf("stats %+v", s)
+	}
+}
