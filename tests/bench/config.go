@@ -27,6 +27,7 @@ type Config struct {
 	Satellite      bool
 	Efficiency     bool // the veth relay tests
 	Memory         bool // the slow-connection memory test (part of efficiency)
+	Web            bool // page loads in Chromium (web.go)
 
 	StreamDuration time.Duration // each throughput measurement on plain veth
 	EchoCount      int           // request/response round trips
@@ -69,6 +70,7 @@ func ConfigFromEnv(lookupEnv func(string) (string, bool)) (Config, error) {
 		Satellite:      true,
 		Efficiency:     true,
 		Memory:         true,
+		Web:            true,
 		StreamDuration: 5 * time.Second,
 		EchoCount:      5000,
 		MemDuration:    20 * time.Second,
@@ -134,7 +136,7 @@ func ConfigFromEnv(lookupEnv func(string) (string, bool)) (Config, error) {
 		c.Timeout = d
 	}
 	if v, ok := lookup(getenv, "PEPSAL_BENCH_PARTS"); ok {
-		c.Satellite, c.Efficiency, c.Memory = false, false, false
+		c.Satellite, c.Efficiency, c.Memory, c.Web = false, false, false, false
 		for _, p := range strings.Fields(v) {
 			switch p {
 			case "satellite":
@@ -143,8 +145,10 @@ func ConfigFromEnv(lookupEnv func(string) (string, bool)) (Config, error) {
 				c.Efficiency, c.Memory = true, true
 			case "veth":
 				c.Efficiency = true
+			case "web":
+				c.Web = true
 			default:
-				return c, fmt.Errorf("PEPSAL_BENCH_PARTS: unknown part %q (want satellite, efficiency, veth)", p)
+				return c, fmt.Errorf("PEPSAL_BENCH_PARTS: unknown part %q (want satellite, efficiency, veth, web)", p)
 			}
 		}
 	}

@@ -108,9 +108,9 @@ func Report(cfg Config, si SystemInfo, sat []*SpecResult, eff *EffResult, elapse
 const method = `## How to run
 
 ` + "```sh" + `
-make bench                        # everything, about 15 minutes; writes this file
+make bench                        # everything, about 35 minutes; writes this file
 PEPSAL_BENCH_QUICK=1 make bench   # one run of each, geo only, a few minutes; prints, does not write this file
-make demo                         # 1 MB and 10 MB over GEO, without and with pepsal, under two minutes
+make demo                         # 1 MB and 10 MB, then page loads in Chromium, over GEO, without and with pepsal, about four minutes
 ` + "```" + `
 
 | variable | default | meaning |
@@ -123,7 +123,8 @@ make demo                         # 1 MB and 10 MB over GEO, without and with pe
 | ` + "`PEPSAL_BENCH_TERMINAL_ARGS`" + ` | ` + "`PEPSAL_BENCH_ARGS`" + ` | instead, for the terminal of the two-PEP bed |
 | ` + "`PEPSAL_REFERENCE_BIN`" + ` | unset | a PEPsal 2.x binary: adds its row (TPROXY recipe; installs iptables if missing) |
 | ` + "`PEPSAL_BENCH_TIMEOUT`" + ` | 90s (quick: 30s) | a transfer still running then is stopped and shown as "> 90 s" |
-| ` + "`PEPSAL_BENCH_PARTS`" + ` | ` + "`satellite efficiency`" + ` | which parts to run; ` + "`veth`" + ` is efficiency without the memory test |
+| ` + "`PEPSAL_BENCH_PARTS`" + ` | ` + "`satellite efficiency web`" + ` | which parts to run; ` + "`veth`" + ` is efficiency without the memory test, ` + "`web`" + ` the page loads in Chromium |
+| ` + "`PEPSAL_BENCH_QPEP_BIN`" + ` | built | a QPEP binary for the page-load rows; by default built (with PEPsal 2.0.2) from ` + "`PEPSAL_BENCH_REF_SRC`" + ` (` + "`../shared/reference`" + `) into ` + "`PEPSAL_BENCH_REF_CACHE`" + ` (` + "`/var/cache/pepsal-bench-ref`" + `) |
 | ` + "`PEPSAL_BENCH_PARALLEL`" + ` | 0 (all) | satellite tables measured at the same time |
 | ` + "`PEPSAL_BENCH_SERVER_CC`" + ` | ` + "`cubic`" + ` | congestion control of the server's sockets |
 | ` + "`PEPSAL_DEMO_RUNS`" + ` | 3 | runs of ` + "`make demo`" + ` |

@@ -80,7 +80,10 @@ func run() error {
 			}
 			cfg.Runs = n
 		}
-		return bench.RunDemo(ctx, cfg, os.Stdout, log)
+		if err := bench.RunDemo(ctx, cfg, os.Stdout, log); err != nil {
+			return err
+		}
+		return bench.RunWebDemo(ctx, cfg, os.Stdout, log)
 	}
 	return runBench(ctx, cfg, *out, log)
 }
@@ -115,6 +118,7 @@ func runBench(ctx context.Context, cfg bench.Config, out string, log *slog.Logge
 	var (
 		eff *bench.EffResult
 		sat []*bench.SpecResult
+		web *bench.WebResult
 		err error
 	)
 	// Efficiency first and alone: its CPU and memory counters are machine-wide.
@@ -134,6 +138,14 @@ func runBench(ctx context.Context, cfg bench.Config, out string, log *slog.Logge
 			fmt.Println(r.Table().Markdown())
 		}
 	}
+	if cfg.Web {
+		if web, err = bench.RunWeb(ctx, cfg, log); err != nil {
+			return err
+		}
+		for _, t := range web.Tables {
+			fmt.Println(t.Table().Markdown())
+		}
+	}
 	elapsed := time.Since(start)
 	fmt.Printf("bench took %s\n", elapsed.Round(time.Second))
 	if out == "" {
@@ -144,7 +156,11 @@ func runBench(ctx context.Context, cfg bench.Config, out string, log *slog.Logge
 		fmt.Printf("quick mode: %s not written\n", out)
 		return nil
 	}
-	if err := os.WriteFile(out, []byte(bench.Report(cfg, si, sat, eff, elapsed)), 0o644); err != nil {
+	report := bench.Report(cfg, si, sat, eff, elapsed)
+	if web != nil {
+		report += web.Markdown()
+	}
+	if err := os.WriteFile(out, []byte(report), 0o644); err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
 	fmt.Printf("wrote %s\n", out)
