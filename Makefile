@@ -14,16 +14,38 @@ SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 DOCDIR     ?= $(PREFIX)/share/doc/pepsal
 
-.PHONY: build generate test bench demo deps check-root check-go clean install
+.PHONY: build generate unit lint test bench demo deps check-root check-go clean install
 
 build: check-go
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/pepsal ./cmd/pepsal
 
-# Rebuild the committed BPF objects and their Go bindings (needs clang).
-generate: deps
+# Rebuild the committed BPF objects and their Go bindings (needs clang, not
+# root: as root the packages are installed when missing).
+generate: check-go
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory deps; fi
+	@command -v clang >/dev/null || { echo "error: clang is needed (Debian: apt-get install clang llvm libbpf-dev linux-libc-dev, or make deps as root)" >&2; exit 1; }
 	$(GO) generate ./loader
 
-test: check-root deps check-go
+# The developer loop: the tests that need no root, in under a minute. Under
+# -short the tests that need root (BPF, network namespaces) skip themselves
+# when not root; tests/integration needs root throughout and is left out.
+UNIT_PKGS = $(shell $(GO) list -buildvcs=false ./... | grep -v /tests/integration)
+unit: check-go
+	$(GO) test -short -count=1 -timeout 5m $(UNIT_PKGS)
+
+# go vet and staticcheck; staticcheck is installed in bin/tools, pinned (a
+# release that knows this Go: 2026.2.2 for Go 1.26).
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := $(CURDIR)/bin/tools/staticcheck-$(STATICCHECK_VERSION)
+lint: check-go $(STATICCHECK)
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+$(STATICCHECK):
+	GOBIN=$(CURDIR)/bin/tools $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv $(CURDIR)/bin/tools/staticcheck $@
+
+test: check-root deps check-go unit
 	$(GO) vet ./...
 	$(GO) test -p 1 -count=1 -timeout 14m ./... # one package at a time: the memory and timing tests read machine-wide counters
 
