@@ -712,14 +712,13 @@ func TestClassify(t *testing.T) {
 		withListener := func(t *testing.T, _ *pkt) {
 			registerListener(t, e.coll.Maps["pepsal_listen"], slot, listenTCP(t, network, lo))
 		}
-		if _, ok := spec.Maps["pepsal_admission"]; ok {
-			run(tcase{name: fam.name + "/syn_proxy_full", p: syn, want: one("syn_bypass_full"),
-				setup: func(t *testing.T, p *pkt) {
-					withListener(t, p)
-					e.put(t, "pepsal_admission", uint32(0), [2]uint32{1, 0})
-					t.Cleanup(func() { e.put(t, "pepsal_admission", uint32(0), [2]uint32{0, 0}) })
-				}})
-		}
+		// Past --max-conns the daemon sets admission.full: fail open.
+		run(tcase{name: fam.name + "/syn_proxy_full", p: syn, want: one("syn_bypass_full"),
+			setup: func(t *testing.T, p *pkt) {
+				withListener(t, p)
+				e.put(t, "pepsal_admission", uint32(0), classifyAdmission{Full: 1})
+				t.Cleanup(func() { e.put(t, "pepsal_admission", uint32(0), classifyAdmission{}) })
+			}})
 		run(tcase{name: fam.name + "/syn_diverted", p: syn, want: one("syn_diverted"), mark: true, setup: withListener})
 		allPorts := noPort
 		run(tcase{name: fam.name + "/syn_diverted_all_ports", p: allPorts, want: one("syn_diverted"), mark: true,
