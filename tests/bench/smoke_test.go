@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,11 +13,12 @@ import (
 	"time"
 )
 
-// pepsalBin is built once by TestMain when running as root.
+// pepsalBin is built once by TestMain when running as root, not under -short.
 var pepsalBin string
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
+	flag.Parse()
+	if os.Geteuid() != 0 || testing.Short() {
 		os.Exit(m.Run()) // the smoke test skips itself
 	}
 	dir, err := os.MkdirTemp("", "pepsal-bench-")
@@ -40,6 +42,9 @@ func TestMain(m *testing.M) {
 // TestSmoke runs a tiny benchmark end to end on plain veth, both topologies,
 // without and with pepsal (splice), and checks what moved, never how fast.
 func TestSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end to end in network namespaces: runs in make test, not under -short")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces and BPF")
 	}

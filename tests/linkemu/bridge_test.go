@@ -22,8 +22,14 @@ import (
 	"github.com/pepsal/pepsal/tests/testbed"
 )
 
+// needRoot skips the bridge tests without root, and under -short (make unit)
+// even as root: they measure delay and goodput, which other test packages
+// running alongside disturb. make test runs them one package at a time.
 func needRoot(t *testing.T) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("measures the emulated link in network namespaces: runs in make test, not under -short")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
