@@ -31,6 +31,10 @@ type Splitter struct {
 	// OnExhausted, if set, is called each time accept or an upstream dial
 	// fails for want of a local resource (fds, memory, ports).
 	OnExhausted func()
+	// Pool (terminal): warm connections to the gateway pepsal; nil: none.
+	Pool *PeerPool
+	// Peers (gateway): the listener for terminals' warm connections; nil: none.
+	Peers *PeerGateway
 
 	listeners []*net.TCPListener
 	own       map[netip.AddrPort]bool // the listeners' own addresses: never a destination
@@ -62,9 +66,19 @@ func (s *Splitter) Serve(ctx, drainCtx context.Context) {
 			s.acceptLoop(connCtx, ln)
 		}()
 	}
+	if s.Peers != nil {
+		acceptWG.Add(1)
+		go func() {
+			defer acceptWG.Done()
+			s.peerAcceptLoop(connCtx, s.Peers)
+		}()
+	}
 	<-ctx.Done()
 	for _, ln := range s.listeners {
 		ln.Close() // its SOCKMAP entry goes with it: new SYNs are forwarded unsplit
+	}
+	if s.Peers != nil {
+		s.Peers.Close()
 	}
 	acceptWG.Wait()
 
@@ -143,6 +157,12 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		if err != nil && !errors.Is(err, io.EOF) {
 			resetConn(client)
 			s.Table.Remove(c, WasReset)
+			return
+		}
+	}
+	if s.Pool != nil {
+		if w := s.Pool.take(); w != nil {
+			s.splitWarm(ctx, c, client, w, tos, first, drained)
 			return
 		}
 	}

@@ -18,6 +18,7 @@ type Conn struct {
 	Started time.Time
 
 	relay atomic.Value // string: "splice", "kernel", or "userspace: why"
+	peer  atomic.Value // string: "warm" when the flow rode a warm path between two pepsals
 
 	state      atomic.Value                    // string
 	moved      Moved                           // once the kernel relay is done, or all along in userspace
@@ -70,6 +71,9 @@ func (c *Conn) SetRelay(r string) { c.relay.Store(r) }
 // Relay is how the connection's bytes are moved.
 func (c *Conn) Relay() string { r, _ := c.relay.Load().(string); return r }
 
+// SetPeer records that the flow rode a warm path between two pepsals.
+func (c *Conn) SetPeer(p string) { c.peer.Store(p) }
+
 // SetState records where the connection is in its life.
 func (c *Conn) SetState(s string) { c.state.Store(s) }
 
@@ -79,6 +83,7 @@ type ConnInfo struct {
 	Client        string `json:"client"`
 	Server        string `json:"server"`
 	Relay         string `json:"relay"`
+	Peer          string `json:"peer,omitempty"` // "warm": rode a warm path between two pepsals
 	State         string `json:"state"`
 	BytesToServer int64  `json:"bytes_to_server"`
 	BytesToClient int64  `json:"bytes_to_client"`
@@ -273,6 +278,7 @@ func (t *Table) Snapshot() []ConnInfo {
 			Client:              c.Client.String(),
 			Server:              c.Server.String(),
 			Relay:               c.Relay(),
+			Peer:                peerOf(c),
 			State:               state,
 			BytesToServer:       m.ToServer,
 			BytesToClient:       m.ToClient,

@@ -1,0 +1,347 @@
+package userspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Timing of the gateway side of warm paths.
+const (
+	// PeerMaxAge is how long a terminal keeps an idle warm connection
+	// (minus up to a fifth, jitter, so that a pool filled at once is not
+	// recycled at once).
+	PeerMaxAge = 5 * time.Minute
+	// peerIdleLimit: a connection idle longer than the terminal would keep
+	// it is a dead or misbehaving terminal's; the gateway closes it.
+	peerIdleLimit = PeerMaxAge + time.Minute
+	// peerHeaderTimeout: once its first byte arrived, a header must be
+	// complete within this (a terminal sends it in one write).
+	peerHeaderTimeout = 5 * time.Second
+	// peerMaxPending bounds the connections waiting for a header: each holds
+	// an fd and a goroutine, and nobody can make the gateway hold more.
+	peerMaxPending = 4096
+)
+
+// PeerGateway is the gateway side: a listener for terminals that serves
+// authenticated warm connections.
+type PeerGateway struct {
+	Key   []byte
+	Allow []netip.Prefix // empty: any source (the key still applies)
+
+	ln      *net.TCPListener
+	stopped context.Context // done once Close is called: idle warm connections are let go
+	stop    context.CancelFunc
+	pending atomic.Int64 // accepted, no header yet
+
+	accepted, served, idleClosed atomic.Uint64
+	mu                           sync.Mutex
+	refused                      map[string]uint64
+	refuseLog                    rateLog
+}
+
+// PeerGatewayStats is the gateway's part of `pepsal status`.
+type PeerGatewayStats struct {
+	Listen     string            `json:"listen"`
+	Accepted   uint64            `json:"accepted"`    // connections from terminals
+	Waiting    int64             `json:"waiting"`     // idle, no header yet (a terminal's pool)
+	Served     uint64            `json:"served"`      // headers accepted: client flows relayed
+	IdleClosed uint64            `json:"idle_closed"` // closed by the terminal, or idle past the limit, before a header
+	Refused    map[string]uint64 `json:"auth_failures"`
+}
+
+// ListenPeers opens the gateway's listener for terminals on addr. It is an
+// ordinary listener (never steered, not transparent) whose accepted sockets
+// get the client leg's tuning: toward the terminals it is the long leg.
+func ListenPeers(addr string, t Tuning) (*PeerGateway, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = t.Client.beforeHandshake(int(fd)) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	lc.SetMultipathTCP(false) // its sockets may go into the relay's SOCKHASH
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		if errors.Is(err, unix.EADDRINUSE) {
+			return nil, fmt.Errorf("--peer-listen %s: address in use", addr)
+		}
+		return nil, fmt.Errorf("--peer-listen %s: %w", addr, err)
+	}
+	stopped, stop := context.WithCancel(context.Background())
+	return &PeerGateway{ln: ln.(*net.TCPListener), stopped: stopped, stop: stop, refused: map[string]uint64{}, refuseLog: rateLog{period: 5 * time.Second}}, nil
+}
+
+// Port is the listener's port (for sock_ops, which tunes its sockets).
+func (g *PeerGateway) Port() uint16 { return addrPort(g.ln.Addr()).Port() }
+
+// Addr is the listener's address.
+func (g *PeerGateway) Addr() net.Addr { return g.ln.Addr() }
+
+// Close closes the listener.
+func (g *PeerGateway) Close() error { g.stop(); return g.ln.Close() }
+
+// Stats reads the counters.
+func (g *PeerGateway) Stats() PeerGatewayStats {
+	s := PeerGatewayStats{Listen: g.ln.Addr().String(), Accepted: g.accepted.Load(), Waiting: g.pending.Load(),
+		Served: g.served.Load(), IdleClosed: g.idleClosed.Load(), Refused: map[string]uint64{}}
+	g.mu.Lock()
+	for _, r := range AuthReasons {
+		s.Refused[r] = g.refused[r]
+	}
+	g.mu.Unlock()
+	return s
+}
+
+func (g *PeerGateway) allowed(a netip.Addr) bool {
+	if len(g.Allow) == 0 {
+		return true
+	}
+	for _, p := range g.Allow {
+		if p.Contains(a.Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+// refuse resets a peer connection without dialing anything, and counts why.
+func (g *PeerGateway) refuse(s *Splitter, conn *net.TCPConn, reason string, err error) {
+	resetConn(conn)
+	g.mu.Lock()
+	g.refused[reason]++
+	g.mu.Unlock()
+	s.localLog.log(s.Log, slog.LevelWarn, "peer connection refused", "from", conn.RemoteAddr(), "reason", reason, "err", err)
+}
+
+// peerAcceptLoop accepts terminals' connections until the listener closes.
+func (s *Splitter) peerAcceptLoop(ctx context.Context, g *PeerGateway) {
+	backoff := acceptBackoff{log: s.Log, what: "peer"}
+	for {
+		conn, err := g.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.onLocalExhaustion(err)
+			backoff.failed(err)
+			continue
+		}
+		backoff.ok()
+		g.accepted.Add(1)
+		if !g.allowed(addrPort(conn.RemoteAddr()).Addr()) {
+			g.refuse(s, conn, AuthNotAllowed, fmt.Errorf("source not in --peer-allow"))
+			continue
+		}
+		if g.pending.Add(1) > peerMaxPending {
+			g.pending.Add(-1)
+			g.refuse(s, conn, AuthOverload, fmt.Errorf("%d connections already wait for a header", peerMaxPending))
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.servePeer(ctx, g, conn)
+		}()
+	}
+}
+
+// servePeer serves one warm connection: hello, wait (idle) for the header,
+// check it, dial the destination, relay. Until the header is accepted
+// nothing is dialed.
+func (s *Splitter) servePeer(ctx context.Context, g *PeerGateway, conn *net.TCPConn) {
+	waiting := true
+	defer func() {
+		if waiting {
+			g.pending.Add(-1)
+		}
+	}()
+	// Stopping: a connection still waiting for its header is dropped at
+	// once (the terminal's pool forgets it), not drained.
+	cut := func() { _ = conn.SetDeadline(time.Now()) }
+	stop1, stop2 := context.AfterFunc(ctx, cut), context.AfterFunc(g.stopped, cut)
+	stop := func() { stop1(); stop2() }
+	h, err := newHello()
+	if err == nil {
+		_, err = conn.Write(h[:])
+	}
+	if err != nil {
+		stop()
+		resetConn(conn)
+		return
+	}
+	data, drained, err := readHeader(conn)
+	stop()
+	_ = conn.SetDeadline(time.Time{})
+	if err != nil {
+		var ae *authError
+		switch {
+		case errors.As(err, &ae):
+			g.refuse(s, conn, ae.reason, err)
+		case len(data) == 0:
+			// The terminal recycled it, or it sat idle past the limit, or
+			// we are stopping: not an attack, nothing to count as one.
+			g.idleClosed.Add(1)
+			resetConn(conn)
+		default:
+			g.refuse(s, conn, AuthIncomplete, err)
+		}
+		return
+	}
+	hdr, err := decodeHeader(g.Key, h, data)
+	if err != nil {
+		var ae *authError
+		errors.As(err, &ae)
+		g.refuse(s, conn, ae.reason, err)
+		return
+	}
+	g.pending.Add(-1)
+	waiting = false
+	g.served.Add(1)
+	s.relayPeer(ctx, conn, hdr, data[headerLen:], drained)
+}
+
+// readHeader reads until a whole header is in: the first byte may take up to
+// peerIdleLimit (the connection waits in a terminal's pool), the rest at most
+// peerHeaderTimeout. It then reads on without waiting until a read comes back
+// short, so that no skb is left half read (see firstBytes); drained is false
+// when it stopped at the bound instead.
+func readHeader(conn *net.TCPConn) (data []byte, drained bool, err error) {
+	const bound = 1 << 20
+	buf := make([]byte, 64<<10)
+	_ = conn.SetReadDeadline(time.Now().Add(peerIdleLimit))
+	defer conn.SetReadDeadline(time.Time{})
+	for {
+		n, rerr := conn.Read(buf)
+		if n > 0 && len(data) == 0 {
+			_ = conn.SetReadDeadline(time.Now().Add(peerHeaderTimeout))
+		}
+		data = append(data, buf[:n]...)
+		if len(data) >= 4 && [4]byte(data[:4]) != headerMagic {
+			return data, true, &authError{AuthGarbage, "bad magic"}
+		}
+		if rerr != nil {
+			if len(data) > 0 && (isTimeout(rerr) || errors.Is(rerr, io.EOF)) {
+				return data, true, &authError{AuthIncomplete, fmt.Sprintf("%d of %d header bytes, then %v", len(data), headerLen, rerr)}
+			}
+			return data, true, rerr
+		}
+		if len(data) >= headerLen && n < len(buf) {
+			return data, true, nil
+		}
+		if len(data) >= headerLen {
+			break // a full read: more may be queued
+		}
+	}
+	// Non-blocking reads of what is queued, until a short one.
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return data, true, err
+	}
+	for len(data) < bound {
+		var m int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			m, rerr = unix.Read(int(fd), buf)
+			return true
+		}); err != nil {
+			return data, true, err
+		}
+		if errors.Is(rerr, unix.EAGAIN) || m == 0 {
+			return data, true, nil
+		}
+		if rerr != nil {
+			return data, true, rerr
+		}
+		data = append(data, buf[:m]...)
+		if m < len(buf) {
+			return data, true, nil
+		}
+	}
+	return data, false, nil
+}
+
+// relayPeer dials what an authentic header asks for and relays the warm
+// connection to it like a client leg: a refused, unreachable or silent server
+// resets the warm connection, which makes the terminal reset its client.
+func (s *Splitter) relayPeer(ctx context.Context, warm *net.TCPConn, hdr peerHeader, rest []byte, drained bool) {
+	relay := "splice"
+	if s.Kernel != nil {
+		relay = "kernel"
+	}
+	c := s.Table.Add(hdr.Client, hdr.Dst, relay)
+	c.SetPeer("warm")
+	if err := resetOnCrash(warm); err != nil {
+		s.Log.Warn("warm leg", "conn", c.ID, "err", err)
+	}
+	if s.own[hdr.Dst] || hdr.Dst.Addr().IsLoopback() || hdr.Dst == addrPort(warm.LocalAddr()) {
+		resetConn(warm)
+		s.Table.Remove(c, LoopRefused)
+		s.Log.Info("warm path refused: destination is the proxy itself", "conn", c.ID, "server", hdr.Dst)
+		return
+	}
+	server, cookie, err := s.dial(ctx, hdr.Client, hdr.Dst, uint32(hdr.ToS))
+	if cookie != 0 {
+		s.Tuner.ForgetUpstream(cookie)
+	}
+	if err == nil && len(rest) > 0 {
+		if _, werr := server.Write(rest); werr != nil {
+			server.Close()
+			err = fmt.Errorf("write first bytes: %w", werr)
+		}
+	}
+	if err != nil {
+		resetConn(warm)
+		if IsLocalFailure(err) {
+			splitStats.localFailed.Add(1)
+			s.Table.Remove(c, LocalFailed)
+			s.onLocalExhaustion(err)
+			return
+		}
+		s.Table.Remove(c, UpstreamFailed)
+		s.Log.Info("warm path: upstream connect failed", "conn", c.ID, "client", hdr.Client, "server", hdr.Dst, "err", err)
+		return
+	}
+	if err := resetOnCrash(server); err != nil {
+		s.Log.Warn("server leg", "conn", c.ID, "err", err)
+	}
+	if err := s.Tuning.Client.established(warm); err != nil {
+		s.Log.Warn("tune warm leg", "conn", c.ID, "err", err)
+	}
+	if err := s.Tuning.Server.established(server); err != nil {
+		s.Log.Warn("tune server leg", "conn", c.ID, "err", err)
+	}
+	c.SetState("established")
+	c.setLegs(warm, server)
+	s.relayLegs(ctx, c, warm, server, int64(len(rest)), drained)
+}
+
+// relayLegs runs the usual relay between two connected legs and accounts
+// for the connection; pre bytes already went from the client leg to the
+// server leg.
+func (s *Splitter) relayLegs(ctx context.Context, c *Conn, client, server *net.TCPConn, pre int64, drained bool) {
+	stop := context.AfterFunc(ctx, func() { resetConn(client); resetConn(server) })
+	c.add(pre, 0)
+	var how Outcome
+	if s.Kernel != nil && drained {
+		how = s.Kernel.relay(ctx, c, client, server, pre)
+	} else {
+		if s.Kernel != nil {
+			c.SetRelay("userspace: first bytes not read whole")
+		}
+		how = spliceRelay(c, client, server)
+	}
+	stop()
+	s.Table.Remove(c, how)
+}

@@ -1,0 +1,354 @@
+package userspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultPeerPool is --peer-pool's default: a browser opening a page starts
+// about 6 connections per host and 15-20 in all in its first round trip;
+// 16 warm connections cover such a burst (the rest falls back to fast
+// open, one round trip slower, while the pool refills behind them), and cost
+// the gateway 16 idle sockets per terminal.
+const DefaultPeerPool = 16
+
+// Backoff of the pool while the gateway is unreachable or refuses.
+const (
+	peerBackoffMin = 500 * time.Millisecond
+	peerBackoffMax = 30 * time.Second
+)
+
+// warmConn is an idle connection to the gateway, hello received.
+type warmConn struct {
+	conn    *net.TCPConn
+	hello   hello
+	expires time.Time
+}
+
+// PeerPool keeps idle, tuned, authenticated-ready connections open from a
+// terminal to its gateway, one per future client flow.
+type PeerPool struct {
+	Size    int
+	Key     []byte
+	gateway string
+	// dial opens one connection to the gateway and returns it with the
+	// gateway's hello; replaced in tests.
+	dial   func(ctx context.Context) (*net.TCPConn, hello, error)
+	maxAge time.Duration
+	log    *slog.Logger
+
+	mu       sync.Mutex
+	idle     []*warmConn // oldest first
+	dialing  int
+	inUse    int
+	backoff  time.Duration // 0: the last dial succeeded
+	retryAt  time.Time
+	lastErr  error
+	wake     chan struct{}
+	failLog  rateLog
+	counters struct {
+		refills, dialFailures, taken, recycled, dead atomic.Uint64
+		fallbackEmpty, fallbackDown                  atomic.Uint64
+	}
+}
+
+// PeerPoolStats is the terminal's part of `pepsal status`.
+type PeerPoolStats struct {
+	Gateway      string `json:"gateway"`
+	Size         int    `json:"size"`
+	Idle         int    `json:"idle"`
+	InUse        int    `json:"in_use"`
+	Dialing      int    `json:"dialing"`
+	Refills      uint64 `json:"refills"`       // connections opened and greeted by the gateway
+	DialFailures uint64 `json:"dial_failures"` // dials that failed or met no pepsal gateway
+	Taken        uint64 `json:"taken"`         // client flows that rode a warm connection
+	Recycled     uint64 `json:"recycled"`      // closed idle at their maximum age
+	Dead         uint64 `json:"dead"`          // found closed by the gateway when taken
+	// Client flows sent the fast-open way instead: the pool was empty
+	// (a burst) or the gateway was unreachable (backing off).
+	FallbackEmpty uint64 `json:"fallback_empty"`
+	FallbackDown  uint64 `json:"fallback_down"`
+	BackoffMS     int64  `json:"backoff_ms"`
+	LastError     string `json:"last_error,omitempty"`
+}
+
+// NewPeerPool prepares a pool of size connections to gateway, dialed with
+// the terminal's long leg (s's server leg) tuning. Run fills it.
+func (s *Splitter) NewPeerPool(gateway string, size int, key []byte) *PeerPool {
+	p := newPeerPool(size, key, s.Log)
+	p.dial = func(ctx context.Context) (*net.TCPConn, hello, error) { return s.dialPeer(ctx, gateway) }
+	p.gateway = gateway
+	return p
+}
+
+func newPeerPool(size int, key []byte, log *slog.Logger) *PeerPool {
+	return &PeerPool{Size: size, Key: key, maxAge: PeerMaxAge, log: log, wake: make(chan struct{}, 1),
+		failLog: rateLog{period: 30 * time.Second}}
+}
+
+// Run keeps the pool full until ctx is done, then closes the idle connections.
+func (p *PeerPool) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer func() {
+		wg.Wait()
+		p.mu.Lock()
+		idle := p.idle
+		p.idle = nil
+		p.mu.Unlock()
+		for _, w := range idle {
+			w.conn.Close()
+		}
+	}()
+	for {
+		now := time.Now()
+		next := now.Add(time.Minute)
+		p.mu.Lock()
+		p.expireLocked(now)
+		if len(p.idle) > 0 && p.idle[0].expires.Before(next) {
+			next = p.idle[0].expires
+		}
+		want := p.Size - len(p.idle) - p.dialing
+		if p.backoff > 0 {
+			// Probe with one dial at a time while the gateway fails.
+			want = min(want, 1-p.dialing)
+			if now.Before(p.retryAt) {
+				want, next = 0, p.retryAt
+			}
+		}
+		for range max(want, 0) {
+			p.dialing++
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p.refill(ctx)
+			}()
+		}
+		p.mu.Unlock()
+		t := time.NewTimer(time.Until(next))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-p.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// expireLocked closes idle connections past their age; the gateway sees a
+// FIN before any header and forgets them.
+func (p *PeerPool) expireLocked(now time.Time) {
+	for len(p.idle) > 0 && !p.idle[0].expires.After(now) {
+		p.idle[0].conn.Close()
+		p.idle = p.idle[1:]
+		p.counters.recycled.Add(1)
+	}
+}
+
+func (p *PeerPool) poke() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// refill dials one connection and adds it, or backs off.
+func (p *PeerPool) refill(ctx context.Context) {
+	conn, h, err := p.dial(ctx)
+	p.mu.Lock()
+	defer p.poke()
+	defer p.mu.Unlock()
+	p.dialing--
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		p.counters.dialFailures.Add(1)
+		p.lastErr = err
+		if time.Now().Before(p.retryAt) {
+			return // a dial of the same round (the pool dials in parallel): one step of backoff per round
+		}
+		p.backoff = min(max(2*p.backoff, peerBackoffMin), peerBackoffMax)
+		// Jitter: terminals that lost the same gateway do not come back together.
+		p.retryAt = time.Now().Add(p.backoff/2 + rand.N(p.backoff/2+1))
+		p.failLog.log(p.log, slog.LevelWarn, "warm path to the gateway failed: new flows use fast open meanwhile", "err", err, "retry_in", p.backoff)
+		return
+	}
+	if p.backoff > 0 {
+		p.log.Info("warm path to the gateway is back")
+	}
+	p.backoff, p.lastErr = 0, nil
+	p.counters.refills.Add(1)
+	age := p.maxAge - rand.N(p.maxAge/5+1)
+	p.idle = append(p.idle, &warmConn{conn: conn, hello: h, expires: time.Now().Add(age)})
+}
+
+// take hands out an idle connection that is still open, or nil (counted as
+// a fallback). The caller must call done when the flow is over.
+func (p *PeerPool) take() *warmConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	p.expireLocked(now)
+	for len(p.idle) > 0 {
+		w := p.idle[0]
+		p.idle = p.idle[1:]
+		if !stillOpen(w.conn) {
+			w.conn.Close()
+			p.counters.dead.Add(1)
+			continue
+		}
+		p.inUse++
+		p.counters.taken.Add(1)
+		p.poke()
+		return w
+	}
+	if p.backoff > 0 {
+		p.counters.fallbackDown.Add(1)
+	} else {
+		p.counters.fallbackEmpty.Add(1)
+	}
+	p.poke()
+	return nil
+}
+
+// done returns a taken connection's slot (the connection itself is closed
+// with its flow: one flow per warm connection).
+func (p *PeerPool) done() {
+	p.mu.Lock()
+	p.inUse--
+	p.mu.Unlock()
+}
+
+// Stats reads the pool's state and counters.
+func (p *PeerPool) Stats() PeerPoolStats {
+	p.mu.Lock()
+	s := PeerPoolStats{Gateway: p.gateway, Size: p.Size, Idle: len(p.idle), InUse: p.inUse, Dialing: p.dialing, BackoffMS: p.backoff.Milliseconds()}
+	if p.lastErr != nil {
+		s.LastError = p.lastErr.Error()
+	}
+	p.mu.Unlock()
+	s.Refills, s.DialFailures = p.counters.refills.Load(), p.counters.dialFailures.Load()
+	s.Taken, s.Recycled, s.Dead = p.counters.taken.Load(), p.counters.recycled.Load(), p.counters.dead.Load()
+	s.FallbackEmpty, s.FallbackDown = p.counters.fallbackEmpty.Load(), p.counters.fallbackDown.Load()
+	return s
+}
+
+// stillOpen tells whether the gateway has neither closed nor reset an idle
+// connection (it sends nothing after its hello, so any readable byte, EOF or
+// error means the connection is gone).
+func stillOpen(c *net.TCPConn) bool {
+	open := false
+	_ = withFD(c, func(fd int) error {
+		var b [1]byte
+		_, _, err := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		open = errors.Is(err, unix.EAGAIN)
+		return nil
+	})
+	return open
+}
+
+// dialPeer opens one connection to the gateway with the long leg's tuning
+// (buffers and window scale before the SYN, initial windows from sock_ops
+// by cookie) and waits for the gateway's hello.
+func (s *Splitter) dialPeer(ctx context.Context, gateway string) (*net.TCPConn, hello, error) {
+	var h hello
+	var cookie uint64
+	d := net.Dialer{Timeout: s.ConnectTimeout, Control: func(network, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { cookie, serr = s.setupUpstream(int(fd), network, 0) })
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	d.SetMultipathTCP(false)
+	conn, err := d.DialContext(ctx, "tcp", gateway)
+	if cookie != 0 {
+		s.Tuner.ForgetUpstream(cookie)
+	}
+	if err != nil {
+		return nil, h, fmt.Errorf("dial gateway %s: %w", gateway, err)
+	}
+	c := conn.(*net.TCPConn)
+	_ = c.SetReadDeadline(time.Now().Add(s.ConnectTimeout))
+	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Now()) })
+	_, err = readFull(c, h[:])
+	stop()
+	_ = c.SetReadDeadline(time.Time{})
+	if err == nil {
+		err = checkHello(h)
+	}
+	if err == nil {
+		err = s.Tuning.Server.established(c)
+	}
+	if err == nil && s.Tuning.Server.KeepAlive == 0 {
+		// An idle pool needs keepalive even when the leg has none: a
+		// gateway that vanished must not leave dead connections to take.
+		err = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: time.Minute, Interval: 15 * time.Second, Count: keepAliveProbes})
+	}
+	if err != nil {
+		c.Close()
+		return nil, h, fmt.Errorf("gateway %s: %w", gateway, err)
+	}
+	return c, h, nil
+}
+
+func readFull(c *net.TCPConn, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := c.Read(b[n:])
+		n += m
+		if err != nil {
+			if n > 0 && errors.Is(err, io.EOF) {
+				return n, fmt.Errorf("hello cut short after %d bytes", n)
+			}
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// splitWarm sends a client flow over a warm connection: the header and the
+// client's first bytes in one write, then the usual relay. A gateway that
+// cannot reach the server resets the warm connection, and the relay resets
+// the client.
+func (s *Splitter) splitWarm(ctx context.Context, c *Conn, client *net.TCPConn, w *warmConn, tos uint32, first []byte, drained bool) {
+	defer s.Pool.done()
+	c.SetPeer("warm")
+	hdr := peerHeader{ToS: uint8(tos), Dst: c.Server, Client: c.Client}
+	b, err := hdr.encode(s.Pool.Key, w.hello)
+	if err == nil {
+		_, err = w.conn.Write(append(b[:], first...))
+	}
+	if err != nil {
+		resetConn(client)
+		resetConn(w.conn)
+		s.Table.Remove(c, WasReset)
+		s.Log.Info("warm path: header not sent", "conn", c.ID, "err", err)
+		return
+	}
+	if err := resetOnCrash(w.conn); err != nil {
+		s.Log.Warn("warm leg", "conn", c.ID, "err", err)
+	}
+	if err := s.Tuning.Client.established(client); err != nil {
+		s.Log.Warn("tune client leg", "conn", c.ID, "err", err)
+	}
+	c.SetState("established")
+	c.setLegs(client, w.conn)
+	s.relayLegs(ctx, c, client, w.conn, int64(len(first)), drained)
+}
+
+func peerOf(c *Conn) string { p, _ := c.peer.Load().(string); return p }

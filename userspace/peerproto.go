@@ -1,0 +1,213 @@
+package userspace
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+)
+
+// The warm-path protocol between a terminal pepsal and a gateway pepsal.
+//
+// The gateway speaks first: on accepting a terminal's connection it sends a
+// hello with a fresh random challenge. The terminal keeps the connection idle
+// in its pool; when a client flow takes it, the terminal sends one header,
+// MAC'd with the pre-shared key over the hello and the header, followed by
+// the client's bytes. A header is valid on one connection only (the
+// challenge is that connection's), so a captured header cannot be replayed,
+// with no clock to agree on and no replay cache to bound.
+//
+//	hello  (24 bytes): magic "PEPG", version, 3 zero bytes, challenge[16]
+//	header (92 bytes): magic "PEPW", version, flags, ToS, family (4|6),
+//	                   dst addr[16] port[2], client addr[16] port[2],
+//	                   challenge[16] (echo), MAC[32]
+//
+// MAC = HMAC-SHA256(key, hello || header[:60]). Addresses are IPv4-mapped
+// when family is 4; ports are big endian.
+const (
+	peerVersion   = 1
+	helloLen      = 24
+	headerLen     = 92
+	headerMACAt   = headerLen - sha256.Size
+	challengeLen  = 16
+	minPeerKeyLen = 32
+)
+
+var (
+	helloMagic  = [4]byte{'P', 'E', 'P', 'G'}
+	headerMagic = [4]byte{'P', 'E', 'P', 'W'}
+)
+
+// hello is what the gateway sends on a new peer connection.
+type hello [helloLen]byte
+
+func newHello() (hello, error) {
+	var h hello
+	copy(h[:4], helloMagic[:])
+	h[4] = peerVersion
+	if _, err := rand.Read(h[8:]); err != nil {
+		return h, fmt.Errorf("random challenge: %w", err)
+	}
+	return h, nil
+}
+
+// checkHello tells whether h comes from a gateway speaking this protocol.
+func checkHello(h hello) error {
+	if [4]byte(h[:4]) != helloMagic {
+		return errors.New("not a pepsal gateway (bad hello)")
+	}
+	if h[4] != peerVersion {
+		return fmt.Errorf("gateway speaks warm-path version %d, this terminal %d", h[4], peerVersion)
+	}
+	return nil
+}
+
+func (h hello) challenge() []byte { return h[8:] }
+
+// peerHeader is what a warm connection carries before the client's bytes.
+type peerHeader struct {
+	Flags  uint8
+	ToS    uint8
+	Dst    netip.AddrPort // the client's original destination
+	Client netip.AddrPort // the client, for --transparent and logs
+}
+
+// encode builds the header for the connection that sent h.
+func (p peerHeader) encode(key []byte, h hello) ([headerLen]byte, error) {
+	var b [headerLen]byte
+	if !p.Dst.IsValid() || !p.Client.IsValid() {
+		return b, errors.New("header needs a destination and a client")
+	}
+	dst, cli := p.Dst.Addr().Unmap(), p.Client.Addr().Unmap()
+	if dst.Is4() != cli.Is4() {
+		return b, errors.New("destination and client of different families")
+	}
+	copy(b[:4], headerMagic[:])
+	b[4] = peerVersion
+	b[5] = p.Flags
+	b[6] = p.ToS
+	b[7] = 6
+	if dst.Is4() {
+		b[7] = 4
+	}
+	a := dst.As16()
+	copy(b[8:24], a[:])
+	binary.BigEndian.PutUint16(b[24:26], p.Dst.Port())
+	a = cli.As16()
+	copy(b[26:42], a[:])
+	binary.BigEndian.PutUint16(b[42:44], p.Client.Port())
+	copy(b[44:60], h.challenge())
+	copy(b[headerMACAt:], headerMAC(key, h, b[:headerMACAt]))
+	return b, nil
+}
+
+// Reasons a gateway refuses a peer connection, as counted.
+const (
+	AuthGarbage    = "garbage"    // not a header of this protocol
+	AuthReplay     = "replay"     // a header made for another connection
+	AuthBadMAC     = "bad_mac"    // wrong key or altered header
+	AuthIncomplete = "incomplete" // header not complete within the deadline
+	AuthNotAllowed = "not_allowed"
+	AuthOverload   = "overload" // too many connections waiting for a header
+)
+
+// AuthReasons lists every reason, for status and metrics.
+var AuthReasons = []string{AuthGarbage, AuthReplay, AuthBadMAC, AuthIncomplete, AuthNotAllowed, AuthOverload}
+
+// authError is a refused header with the reason it is counted under.
+type authError struct{ reason, detail string }
+
+func (e *authError) Error() string { return e.reason + ": " + e.detail }
+
+// decodeHeader checks b against the hello sent on this connection: magic and
+// version, challenge, MAC (constant time), then the fields.
+func decodeHeader(key []byte, h hello, b []byte) (peerHeader, error) {
+	var p peerHeader
+	if len(b) < headerLen {
+		return p, &authError{AuthIncomplete, fmt.Sprintf("%d of %d header bytes", len(b), headerLen)}
+	}
+	b = b[:headerLen]
+	if [4]byte(b[:4]) != headerMagic || b[4] != peerVersion {
+		return p, &authError{AuthGarbage, "bad magic or version"}
+	}
+	if !hmac.Equal(b[44:60], h.challenge()) {
+		return p, &authError{AuthReplay, "challenge of another connection"}
+	}
+	if !hmac.Equal(b[headerMACAt:], headerMAC(key, h, b[:headerMACAt])) {
+		return p, &authError{AuthBadMAC, "MAC mismatch"}
+	}
+	// Authentic from here on: what is wrong is a terminal's bug, still refused.
+	if b[5] != 0 {
+		return p, &authError{AuthGarbage, fmt.Sprintf("unknown flags %#x", b[5])}
+	}
+	dst, cli := netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[26:42]))
+	switch b[7] {
+	case 4:
+		if !dst.Is4In6() || !cli.Is4In6() {
+			return p, &authError{AuthGarbage, "family 4 with non-IPv4 addresses"}
+		}
+		dst, cli = dst.Unmap(), cli.Unmap()
+	case 6:
+		if dst.Is4In6() || cli.Is4In6() {
+			return p, &authError{AuthGarbage, "family 6 with IPv4-mapped addresses"}
+		}
+	default:
+		return p, &authError{AuthGarbage, fmt.Sprintf("family %d", b[7])}
+	}
+	dport, cport := binary.BigEndian.Uint16(b[24:26]), binary.BigEndian.Uint16(b[42:44])
+	if dport == 0 || dst.IsUnspecified() || dst.IsMulticast() {
+		return p, &authError{AuthGarbage, "bad destination"}
+	}
+	p.ToS = b[6]
+	p.Dst = netip.AddrPortFrom(dst, dport)
+	p.Client = netip.AddrPortFrom(cli, cport)
+	return p, nil
+}
+
+func headerMAC(key []byte, h hello, body []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write(h[:])
+	m.Write(body)
+	return m.Sum(nil)
+}
+
+// LoadPeerKey reads the pre-shared key of --peer-key: at least 32 bytes,
+// in a file nobody but its owner can read (a key others can read is no
+// secret, and a terminal holding it may make the gateway dial anywhere).
+func LoadPeerKey(path string) ([]byte, error) {
+	if path == "" {
+		return nil, errors.New("--peer-key FILE is required with --peer and --peer-listen (make one: head -c 32 /dev/urandom > FILE; chmod 600 FILE)")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("--peer-key: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("--peer-key: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("--peer-key %s is not a regular file", path)
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("--peer-key %s is readable or writable by group or others (mode %#o): chmod 600 %s", path, perm, path)
+	}
+	key := make([]byte, 4096)
+	n, err := f.Read(key)
+	if err != nil && !errors.Is(err, fs.ErrClosed) && n == 0 {
+		return nil, fmt.Errorf("--peer-key %s: %w", path, err)
+	}
+	if n < minPeerKeyLen {
+		return nil, fmt.Errorf("--peer-key %s holds %d bytes, want at least %d random bytes (head -c 32 /dev/urandom > %s)", path, n, minPeerKeyLen, path)
+	}
+	if n == len(key) {
+		return nil, fmt.Errorf("--peer-key %s is larger than %d bytes: not a key file", path, len(key)-1)
+	}
+	return key[:n], nil
+}
