@@ -2,7 +2,8 @@
 /* sock_ops: per-leg initial congestion and receive windows, which no socket
  * option can set. Attached to the root cgroup, it sees every TCP socket of
  * the host and touches only pepsal's: accepted sockets of diverted flows
- * (found in pepsal_diverted) and upstream sockets the daemon registered. */
+ * (found in pepsal_diverted), upstream sockets the daemon registered, and
+ * the gateway's accepted warm connections from terminals (pepsal_peer_port). */
 #include "steering.h"
 
 #include <linux/in.h>
@@ -26,12 +27,22 @@ struct {
 	__type(value, __u8);
 } pepsal_upstream SEC(".maps");
 
+/* The gateway's listener for terminals' warm connections (index 0: its
+ * port, host order; 0: none). Its accepted sockets are not diverted flows,
+ * yet they are the long leg: tuned like client legs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} pepsal_peer_port SEC(".maps");
+
 /* leg says which leg of a split connection the socket is, or -1. */
 static __always_inline int leg(struct bpf_sock_ops *ops, int passive)
 {
 	struct config *cfg;
 	struct flow_key key = {};
-	__u32 zero = 0;
+	__u32 zero = 0, *port;
 	__u64 cookie;
 
 	cfg = bpf_map_lookup_elem(&pepsal_config, &zero);
@@ -53,7 +64,12 @@ static __always_inline int leg(struct bpf_sock_ops *ops, int passive)
 	key.family = ops->family;
 	key.client_port = bpf_ntohl(ops->remote_port);
 	key.server_port = ops->local_port;
-	return bpf_map_lookup_elem(&pepsal_diverted, &key) ? LEG_CLIENT : -1;
+	if (bpf_map_lookup_elem(&pepsal_diverted, &key))
+		return LEG_CLIENT;
+	port = bpf_map_lookup_elem(&pepsal_peer_port, &zero);
+	if (port && *port && ops->local_port == *port)
+		return LEG_CLIENT;
+	return -1;
 }
 
 SEC("sockops")

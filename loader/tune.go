@@ -94,6 +94,7 @@ func netnsCookie() (uint64, error) {
 // Tuner is the userspace side of the sock_ops tuning.
 type Tuner struct {
 	legs, upstream *ebpf.Map
+	dir            string
 }
 
 // Tuner returns the tuning maps, or nil when sock_ops is not attached
@@ -106,7 +107,7 @@ func (a *Attachment) Tuner() *Tuner {
 		up.Close()
 		return nil
 	}
-	return &Tuner{legs: legs, upstream: up}
+	return &Tuner{legs: legs, upstream: up, dir: a.Dir}
 }
 
 // Close releases the maps.
@@ -119,6 +120,20 @@ func (t *Tuner) SetLegs(client, server LegTuning) error {
 	}
 	if err := t.legs.Put(uint32(LegServer), server); err != nil {
 		return fmt.Errorf("write server leg tuning: %w", err)
+	}
+	return nil
+}
+
+// SetPeerPort makes sock_ops tune the sockets accepted on the gateway's
+// listener for terminals (port, host order) like client legs; 0: none.
+func (t *Tuner) SetPeerPort(port uint16) error {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(t.dir, "pepsal_peer_port"), nil)
+	if err != nil {
+		return fmt.Errorf("this attachment predates warm paths (no pepsal_peer_port): pepsal detach, then run again: %w", err)
+	}
+	defer m.Close()
+	if err := m.Put(uint32(0), uint32(port)); err != nil {
+		return fmt.Errorf("write pepsal_peer_port: %w", err)
 	}
 	return nil
 }

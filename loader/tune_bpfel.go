@@ -100,6 +100,7 @@ const (
 	tuneMapPepsalExclude  = "pepsal_exclude"
 	tuneMapPepsalIfaces   = "pepsal_ifaces"
 	tuneMapPepsalListen   = "pepsal_listen"
+	tuneMapPepsalPeerPort = "pepsal_peer_port"
 	tuneMapPepsalPorts    = "pepsal_ports"
 	tuneMapPepsalTuning   = "pepsal_tuning"
 	tuneMapPepsalUpstream = "pepsal_upstream"
@@ -161,6 +162,7 @@ type tuneMapSpecs struct {
 	PepsalExclude  *ebpf.MapSpec `ebpf:"pepsal_exclude"`
 	PepsalIfaces   *ebpf.MapSpec `ebpf:"pepsal_ifaces"`
 	PepsalListen   *ebpf.MapSpec `ebpf:"pepsal_listen"`
+	PepsalPeerPort *ebpf.MapSpec `ebpf:"pepsal_peer_port"`
 	PepsalPorts    *ebpf.MapSpec `ebpf:"pepsal_ports"`
 	PepsalTuning   *ebpf.MapSpec `ebpf:"pepsal_tuning"`
 	PepsalUpstream *ebpf.MapSpec `ebpf:"pepsal_upstream"`
@@ -198,6 +200,7 @@ type tuneMaps struct {
 	PepsalExclude  *ebpf.Map `ebpf:"pepsal_exclude"`
 	PepsalIfaces   *ebpf.Map `ebpf:"pepsal_ifaces"`
 	PepsalListen   *ebpf.Map `ebpf:"pepsal_listen"`
+	PepsalPeerPort *ebpf.Map `ebpf:"pepsal_peer_port"`
 	PepsalPorts    *ebpf.Map `ebpf:"pepsal_ports"`
 	PepsalTuning   *ebpf.Map `ebpf:"pepsal_tuning"`
 	PepsalUpstream *ebpf.Map `ebpf:"pepsal_upstream"`
@@ -211,6 +214,7 @@ func (m *tuneMaps) Close() error {
 		m.PepsalExclude,
 		m.PepsalIfaces,
 		m.PepsalListen,
+		m.PepsalPeerPort,
 		m.PepsalPorts,
 		m.PepsalTuning,
 		m.PepsalUpstream,
