@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -38,59 +38,74 @@ type Inherited struct {
 	ready     *os.File
 }
 
-type fileConn interface{ File() (*os.File, error) }
-
 // StartSuccessor starts binary with args and the handed sockets, and waits
 // until it says it serves (it has taken the sockets and the attachment) or
 // fails. On error the caller still owns everything and goes on serving.
+//
+// The sockets go as raw descriptors (duplicates): exec.Cmd's ExtraFiles
+// calls File.Fd, which puts a descriptor in blocking mode, and that mode
+// belongs to the socket, so this daemon's own accept loops would then block
+// in accept(2) and its Close wait for the next connection.
 func StartSuccessor(binary string, args []string, h Handed, wait time.Duration) (pid int, err error) {
-	readyR, readyW, err := os.Pipe()
-	if err != nil {
-		return 0, fmt.Errorf("ready pipe: %w", err)
-	}
-	defer readyR.Close()
-	cmd := exec.Command(binary, args...)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	files := []uintptr{0, 1, 2} // stdio: the same log
 	var names []string
-	add := func(name string, c fileConn) error {
-		f, err := c.File() // a duplicate: ours stays open until we stop accepting
+	defer func() {
+		for _, fd := range files[3:] {
+			unix.Close(int(fd))
+		}
+	}()
+	pass := func(name string, c syscall.Conn) error {
+		rc, err := c.SyscallConn()
 		if err != nil {
 			return fmt.Errorf("pass the %s socket: %w", name, err)
 		}
-		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
-		names = append(names, fmt.Sprintf("%s:%d", name, 2+len(cmd.ExtraFiles)))
+		var dup int
+		var derr error
+		if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3) }); err != nil {
+			return fmt.Errorf("pass the %s socket: %w", name, err)
+		}
+		if derr != nil {
+			return fmt.Errorf("pass the %s socket: %w", name, derr)
+		}
+		files = append(files, uintptr(dup))
+		names = append(names, fmt.Sprintf("%s:%d", name, len(files)-1))
 		return nil
 	}
-	defer func() {
-		for _, f := range cmd.ExtraFiles {
-			f.Close()
-		}
-	}()
 	for _, s := range []struct {
 		name string
-		c    fileConn
-		ok   bool
-	}{
-		{"control", asFileConn(h.Control), h.Control != nil},
-		{"v4", h.V4, h.V4 != nil},
-		{"v6", h.V6, h.V6 != nil},
-		{"metrics", asFileConn(h.Metrics), h.Metrics != nil},
-	} {
-		if !s.ok {
+		l    net.Listener
+	}{{"control", h.Control}, {"v4", tcpOrNil(h.V4)}, {"v6", tcpOrNil(h.V6)}, {"metrics", h.Metrics}} {
+		if s.l == nil {
 			continue
 		}
-		if err := add(s.name, s.c); err != nil {
-			readyW.Close()
+		c, ok := s.l.(syscall.Conn)
+		if !ok {
+			return 0, fmt.Errorf("pass the %s socket: not a socket listener", s.name)
+		}
+		if err := pass(s.name, c); err != nil {
 			return 0, err
 		}
 	}
-	cmd.ExtraFiles = append(cmd.ExtraFiles, readyW)
-	names = append(names, fmt.Sprintf("ready:%d", 2+len(cmd.ExtraFiles)))
-	cmd.Env = append(os.Environ(), upgradeEnv+"="+strings.Join(names, ","), "PEPSAL_UPGRADE_PARENT="+strconv.Itoa(os.Getpid()))
-	if err := cmd.Start(); err != nil {
+	var ready [2]int
+	if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
+		return 0, fmt.Errorf("ready pipe: %w", err)
+	}
+	readyR := os.NewFile(uintptr(ready[0]), "ready")
+	defer readyR.Close()
+	files = append(files, uintptr(ready[1])) // closed with the others
+	names = append(names, fmt.Sprintf("ready:%d", len(files)-1))
+
+	env := append(os.Environ(), upgradeEnv+"="+strings.Join(names, ","), "PEPSAL_UPGRADE_PARENT="+strconv.Itoa(os.Getpid()))
+	pid, err = syscall.ForkExec(binary, append([]string{binary}, args...), &syscall.ProcAttr{Env: env, Files: files})
+	if err != nil {
 		return 0, fmt.Errorf("start %s: %w", binary, err)
 	}
-	readyW.Close()
+	unix.Close(ready[1])
+	files = files[:len(files)-1]
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		return 0, err
+	}
 
 	// A line "ready" means it serves; EOF without it means it failed.
 	line := make(chan string, 1)
@@ -98,28 +113,26 @@ func StartSuccessor(binary string, args []string, h Handed, wait time.Duration) 
 		l, _ := bufio.NewReader(readyR).ReadString('\n')
 		line <- strings.TrimSpace(l)
 	}()
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	select {
 	case l := <-line:
 		if l == "ready" {
-			go func() { <-exited }() // reaped; it is on its own now
-			return cmd.Process.Pid, nil
+			go proc.Wait() // reaped when it ends; it is on its own now
+			return pid, nil
 		}
-		err := <-exited
-		return 0, fmt.Errorf("new daemon failed (%v)", err)
+		st, _ := proc.Wait()
+		return 0, fmt.Errorf("new daemon failed (%v)", st)
 	case <-time.After(wait):
-		_ = cmd.Process.Kill()
-		<-exited
+		_ = proc.Kill()
+		proc.Wait()
 		return 0, fmt.Errorf("new daemon not serving after %s", wait)
 	}
 }
 
-func asFileConn(l net.Listener) fileConn {
-	if fc, ok := l.(fileConn); ok {
-		return fc
+func tcpOrNil(l *net.TCPListener) net.Listener {
+	if l == nil {
+		return nil
 	}
-	return nil
+	return l
 }
 
 // InheritedFromEnv returns the sockets handed by the daemon this process

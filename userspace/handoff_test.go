@@ -5,9 +5,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The successor in these tests is this test binary again, run with
@@ -27,6 +31,20 @@ func successor(mode string) int {
 	if mode == "hang" {
 		time.Sleep(time.Minute)
 		return 0
+	}
+	// Before anything here touches them: the handed sockets must still be
+	// non-blocking. The mode belongs to the socket, so a parent that
+	// switched it (exec.Cmd's ExtraFiles does, through File.Fd) would have
+	// its own accept loops block in accept(2) until we switched it back.
+	for _, item := range strings.Split(os.Getenv(upgradeEnv), ",") {
+		name, fdText, _ := strings.Cut(item, ":")
+		fd, _ := strconv.Atoi(fdText)
+		if name == "ready" {
+			continue
+		}
+		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err != nil || flags&unix.O_NONBLOCK == 0 {
+			return 7
+		}
 	}
 	in, err := InheritedFromEnv()
 	if err != nil || in == nil || in.ParentPID == 0 {
@@ -74,6 +92,18 @@ func TestHandoffPassesListeningSockets(t *testing.T) {
 	}
 	if pid == 0 || pid == os.Getpid() {
 		t.Fatalf("successor pid %d", pid)
+	}
+	// The old daemon's sockets must stay non-blocking (the mode belongs to
+	// the socket, not to a descriptor): else its accept loop blocks in
+	// accept(2) and its Close waits for the next connection.
+	for what, c := range map[string]syscall.Conn{"tcp": tcp, "control": ctl.(syscall.Conn)} {
+		rc, _ := c.SyscallConn()
+		rc.Control(func(fd uintptr) {
+			flags, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+			if err != nil || flags&unix.O_NONBLOCK == 0 {
+				t.Errorf("%s listener left in blocking mode by the handoff (flags %#x, %v)", what, flags, err)
+			}
+		})
 	}
 	tcp.Close() // the old daemon stops accepting; the socket lives on in the successor
 	for what, c := range map[string]net.Conn{"queued tcp": queued, "control": mustDialUnix(t, ctlPath)} {

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,6 +32,7 @@ type runFlags struct {
 	listenPort     int
 	connectTimeout time.Duration
 	drainTimeout   time.Duration
+	upgradeDrain   time.Duration
 	logLevel       string
 	transparent    bool
 	metricsAddr    string
@@ -54,6 +57,7 @@ func runCmd() *cobra.Command {
 	fl.IntVar(&f.listenPort, "listen-port", 5000, "port of the proxy's listeners on 127.0.0.1 and ::1")
 	fl.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "give up on the upstream connection (and reset the client) after this long")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "on SIGTERM/SIGINT, wait this long for live connections before resetting them")
+	fl.DurationVar(&f.upgradeDrain, "upgrade-drain", time.Hour, "on SIGHUP (upgrade), the old daemon relays its live connections for at most this long, then resets what is left")
 	fl.BoolVar(&f.transparent, "transparent", false, "dial servers from the client's own address and port, so they see the real client; replies are taken on --return-iface (default: every other interface)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
@@ -92,6 +96,9 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 	if f.connectTimeout <= 0 {
 		return fmt.Errorf("--connect-timeout must be positive")
 	}
+	if f.upgradeDrain <= 0 {
+		return fmt.Errorf("--upgrade-drain must be positive")
+	}
 	if f.metricsAddr != "" {
 		if err := checkHostPort(f.metricsAddr); err != nil {
 			return fmt.Errorf("bad --metrics-addr %q: %w; want ADDR:PORT, e.g. 127.0.0.1:9595", f.metricsAddr, err)
@@ -120,27 +127,58 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 		return err
 	}
 	cfg.MaxConns = limit.budget.Capacity(limit.max)
-
-	control, err := userspace.ListenControl()
+	// The binary to start on SIGHUP: this path, whatever file is there then.
+	exe, err := os.Executable()
 	if err != nil {
-		return err
+		return fmt.Errorf("find this program's path: %w", err)
+	}
+
+	// Started by an upgrade: the old daemon's sockets, not new ones.
+	inherited, err := userspace.InheritedFromEnv()
+	if err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	var (
+		control   net.Listener
+		listeners []slotListener
+		metricsLn net.Listener
+	)
+	if inherited != nil {
+		control, metricsLn = inherited.Control, inherited.Metrics
+		listeners = []slotListener{{loader.ListenerV4, inherited.V4}}
+		if inherited.V6 != nil {
+			listeners = append(listeners, slotListener{loader.ListenerV6, inherited.V6})
+		}
+		if (metricsLn != nil) != (f.metricsAddr != "") {
+			inherited.Close()
+			return errors.New("upgrade: --metrics-addr differs from the running daemon's")
+		}
+	} else {
+		if control, err = userspace.ListenControl(); err != nil {
+			return err
+		}
+		if listeners, err = listen(f.listenPort, tuning, log); err != nil {
+			control.Close()
+			return err
+		}
+		// Bound before anything is attached, so that a taken port changes nothing.
+		if f.metricsAddr != "" {
+			if metricsLn, err = net.Listen("tcp", f.metricsAddr); err != nil {
+				control.Close()
+				for _, ln := range listeners {
+					ln.ln.Close()
+				}
+				return fmt.Errorf("--metrics-addr: %w", err)
+			}
+		}
 	}
 	defer control.Close()
-	listeners, err := listen(f.listenPort, tuning, log)
-	if err != nil {
-		return err
-	}
 	defer func() {
 		for _, ln := range listeners {
 			ln.ln.Close()
 		}
 	}()
-	// Bound before anything is attached, so that a taken port changes nothing.
-	var metricsLn net.Listener
-	if f.metricsAddr != "" {
-		if metricsLn, err = net.Listen("tcp", f.metricsAddr); err != nil {
-			return fmt.Errorf("--metrics-addr: %w", err)
-		}
+	if metricsLn != nil {
 		defer metricsLn.Close()
 	}
 
@@ -161,9 +199,12 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 			log.Info("detached")
 		}
 	}()
-	if cookie := firstListenerCookie(att); cookie != 0 {
+	if cookie := firstListenerCookie(att); cookie != 0 && (inherited == nil || cookie != listenerCookie(inherited.V4)) {
 		return errors.New("another pepsal daemon is serving this attachment")
 	}
+	// After a successful upgrade the attachment and its sysctls are the new
+	// daemon's: this one leaves them alone when it exits.
+	var handedOver atomic.Bool
 	if tuning.FastOpen.Accept {
 		old, changed, err := userspace.EnableServerFastOpen()
 		if err != nil {
@@ -176,7 +217,11 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 				return err
 			}
 			if !ownAttachment { // a detach would restore it; without one, the daemon does
-				defer userspace.WriteSysctl("net/ipv4/tcp_fastopen", old)
+				defer func() {
+					if !handedOver.Load() {
+						userspace.WriteSysctl("net/ipv4/tcp_fastopen", old)
+					}
+				}()
 			}
 		}
 	}
@@ -217,7 +262,13 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 		return errors.New("initial windows need the sock_ops program, which needs a cgroup v2 hierarchy: none is mounted")
 	}
 	userspace.SetPipeLimit(userspace.PipeLimit(limit.max))
-	admission := userspace.NewAdmission(limit.max, att.SetFull, log)
+	setFull := func(full bool) error {
+		if handedOver.Load() {
+			return nil // the new daemon counts from now on
+		}
+		return att.SetFull(full)
+	}
+	admission := userspace.NewAdmission(limit.max, setFull, log)
 	admission.FDLimit = limit.budget.Limit
 	splitter.Table.SetAdmission(admission)
 	if f.relay == "sockmap" {
@@ -232,12 +283,14 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 		}
 	}
 	go userspace.ServeControl(control, info, splitter.Table, log)
+	stopMetrics := func() {}
 	if metricsLn != nil {
-		stopMetrics, err := serveMetrics(metricsLn, splitter.Table, att, log)
+		stop, err := serveMetrics(metricsLn, splitter.Table, att, log)
 		if err != nil {
 			return err
 		}
-		defer stopMetrics() // before the attachment's maps are closed
+		stopMetrics = sync.OnceFunc(stop) // at an upgrade, or before the maps close
+		defer stopMetrics()
 	}
 
 	ifaces, _ := att.Ifaces()
@@ -248,20 +301,92 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 	log.Info("serving", "ifaces", strings.Join(names, ","), "relay", f.relay, "listeners", strings.Join(addrs, ","), "pin_dir", att.Dir,
 		"max_conns", limit.max, "low_water", admission.Low, "max_conns_from", limit.from, "fd_limit", limit.budget.Limit)
 
-	sigCtx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	if inherited != nil {
+		if err := att.TakeOver(inherited.ParentPID); err != nil {
+			return err
+		}
+		if err := inherited.Ready(); err != nil {
+			return fmt.Errorf("upgrade: tell the old daemon: %w", err)
+		}
+		log.Info("upgraded: serving in place of the old daemon", "old_pid", inherited.ParentPID)
+		notify(log, fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
+	} else {
+		notify(log, "READY=1")
+	}
+
+	// Stop accepting on SIGTERM/SIGINT (drain, then reset), or once a new
+	// daemon took the sockets over after SIGHUP (relay the live connections
+	// for up to --upgrade-drain).
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
 	drainCtx, cancelDrain := context.WithCancel(context.Background())
 	defer cancelDrain()
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(signals)
 	go func() {
-		<-sigCtx.Done()
-		log.Info("stopping: no new connections", "live", splitter.Table.Len(), "drain_timeout", f.drainTimeout)
-		stop() // a second signal now kills the process at once
-		t := time.AfterFunc(f.drainTimeout, cancelDrain)
-		defer t.Stop()
-		<-drainCtx.Done()
+		for {
+			var sig os.Signal
+			select {
+			case sig = <-signals:
+			case <-ctx.Done():
+				sig = syscall.SIGTERM
+			}
+			if sig == syscall.SIGHUP {
+				if handedOver.Load() {
+					continue
+				}
+				notify(log, "RELOADING=1")
+				h := userspace.Handed{Control: control, V4: listeners[0].ln, Metrics: metricsLn}
+				if len(listeners) > 1 {
+					h.V6 = listeners[1].ln
+				}
+				pid, err := userspace.StartSuccessor(exe, os.Args[1:], h, 30*time.Second)
+				if err != nil {
+					log.Error("upgrade failed: still serving", "binary", exe, "err", err)
+					notify(log, "READY=1")
+					continue
+				}
+				handedOver.Store(true)
+				control.Close() // `pepsal status` now reaches the new daemon
+				stopMetrics()   // and so do scrapes
+				log.Info("upgraded: the new daemon serves; relaying the live connections", "new_pid", pid, "live", splitter.Table.Len(), "upgrade_drain", f.upgradeDrain)
+				stopServing()
+				time.AfterFunc(f.upgradeDrain, cancelDrain)
+				continue
+			}
+			if serveCtx.Err() == nil {
+				log.Info("stopping: no new connections", "live", splitter.Table.Len(), "drain_timeout", f.drainTimeout)
+				stopServing()
+				time.AfterFunc(f.drainTimeout, cancelDrain)
+				continue
+			}
+			// A second signal, or SIGTERM while draining after an upgrade.
+			log.Info("resetting live connections", "live", splitter.Table.Len())
+			cancelDrain()
+			return
+		}
 	}()
-	splitter.Serve(sigCtx, drainCtx)
+	splitter.Serve(serveCtx, drainCtx)
 	return nil
+}
+
+// notify tells systemd (Type=notify) how the daemon stands.
+func notify(log *slog.Logger, state string) {
+	if err := userspace.Notify(state); err != nil {
+		log.Warn("systemd notify", "err", err)
+	}
+}
+
+// listenerCookie is the socket cookie of a listener, 0 if unknown.
+func listenerCookie(ln *net.TCPListener) uint64 {
+	var cookie uint64
+	_ = userspace.ListenerFD(ln, func(fd int) error {
+		v, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+		cookie = v
+		return err
+	})
+	return cookie
 }
 
 type slotListener struct {

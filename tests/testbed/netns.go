@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -230,7 +231,23 @@ func (n *NS) AddAddr(ifname, cidr string) error {
 	if err := h.AddrAdd(l, addr); err != nil {
 		return fmt.Errorf("addr %s on %s in %s: %w", cidr, ifname, n.Name, err)
 	}
-	return nil
+	if addr.IP.To4() != nil {
+		return nil
+	}
+	// The kernel adds an IPv6 address's local route from a work queue, a
+	// moment later: wait for it, or a test's "before" snapshot of the routes
+	// may miss it and its "after" one show it.
+	local := &netlink.Route{Table: unix.RT_TABLE_LOCAL, Dst: &net.IPNet{IP: addr.IP, Mask: net.CIDRMask(128, 128)}}
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		routes, err := h.RouteListFiltered(netlink.FAMILY_V6, local, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+		if err == nil && len(routes) > 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("addr %s on %s in %s: no local route after 2 s", cidr, ifname, n.Name)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // DefaultRoute adds a default route via gw (v4 or v6 by the gateway's family).

@@ -1,0 +1,283 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pepsal/pepsal/tests/testbed"
+)
+
+// daemonIdentity is who answers `pepsal status`.
+func (b *bed) daemonIdentity() (pid int, version string) {
+	var s struct {
+		Daemon *struct {
+			PID     int    `json:"pid"`
+			Version string `json:"version"`
+		} `json:"daemon"`
+	}
+	r := b.pepsal("status", "--json")
+	if json.Unmarshal([]byte(r.stdout), &s) != nil || s.Daemon == nil {
+		return 0, ""
+	}
+	return s.Daemon.PID, s.Daemon.Version
+}
+
+// pacedServer sends each client size bytes of a seeded stream in small
+// steps, so that its downloads are still running across an upgrade.
+func pacedServer(t *testing.T, ns *testbed.NS, addr string, size int64) {
+	ln := listen(t, ns, addr)
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var seed [8]byte
+				if _, err := io.ReadFull(c, seed[:]); err != nil {
+					return
+				}
+				src := io.LimitReader(newStream(uint64(seed[0])), size)
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := src.Read(buf)
+					if n > 0 {
+						if _, werr := c.Write(buf[:n]); werr != nil {
+							return
+						}
+						time.Sleep(20 * time.Millisecond)
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+}
+
+// TestUpgradeUnderChurn: the binary on disk is replaced and the daemon gets
+// SIGHUP while short connections come and go and long downloads run. The new
+// binary takes over at once (status names its pid and version), the old
+// process relays its downloads to the end and exits, and in all of it no
+// connection fails, no byte is lost and every new connection is split (none
+// refused, reset or forwarded unsplit). The new daemon then owns the
+// attachment: its SIGTERM leaves nothing behind.
+func TestUpgradeUnderChurn(t *testing.T) {
+	forEachRelay(t, func(t *testing.T) {
+		b := newBed(t)
+		before := netState(t, b.Router)
+		for _, f := range families {
+			transferServer(t, b.Server, hostPort(f.server, 7730))
+			pacedServer(t, b.Server, hostPort(f.server, 7731), 2<<20)
+		}
+		installed := filepath.Join(t.TempDir(), "pepsal")
+		copyFile(t, pepsalBin, installed)
+		// The daemon runs, and re-executes, the installed path. Its log goes
+		// to a file: the new daemon inherits it and outlives the old one,
+		// which a pipe would not let Wait see exit.
+		logPath := filepath.Join(t.TempDir(), "pepsal.log")
+		logFile, err := os.Create(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer logFile.Close()
+		old := b.Router.Command(installed, "run", "--log-level", "debug", "--relay", relayMode, "--iface", testbed.RouterClientIf)
+		old.Stdout, old.Stderr = logFile, logFile
+		// What systemd (Type=notify) would be told.
+		notifyPath := filepath.Join(t.TempDir(), "notify")
+		notifySock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer notifySock.Close()
+		old.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
+		if err := old.Start(); err != nil {
+			t.Fatal(err)
+		}
+		oldDone := make(chan error, 1)
+		go func() { oldDone <- old.Wait() }()
+		t.Cleanup(func() {
+			old.Process.Kill()
+			if t.Failed() {
+				out, _ := os.ReadFile(logPath)
+				t.Logf("daemon log:\n%s", out)
+			}
+		})
+		waitFor(t, 15*time.Second, "the daemon serving", func() bool { return b.pepsal("status").code == 0 })
+		oldPID, oldVersion := b.daemonIdentity()
+		if oldPID != old.Process.Pid {
+			t.Fatalf("status names pid %d, the daemon is %d", oldPID, old.Process.Pid)
+		}
+		t.Cleanup(func() { // the new daemon is not our child: stop it by pid
+			if pid, _ := b.daemonIdentity(); pid != 0 && pid != oldPID {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		})
+
+		// Long downloads that span the upgrade (about 1.3 s each).
+		var longWG sync.WaitGroup
+		longErrs := make(chan error, 8)
+		for i := range 4 {
+			f := families[i%2]
+			longWG.Add(1)
+			go func() {
+				defer longWG.Done()
+				c, err := dial(b.Client, hostPort(f.server, 7731), 5*time.Second)
+				if err != nil {
+					longErrs <- fmt.Errorf("long download %d: %w", i, err)
+					return
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(60 * time.Second))
+				seed := [8]byte{byte(i + 1)}
+				c.Write(seed[:])
+				h := sha256.New()
+				n, err := io.Copy(h, c)
+				if err != nil || n != 2<<20 || string(h.Sum(nil)) != string(streamHash(uint64(i+1), 2<<20)) {
+					longErrs <- fmt.Errorf("long download %d: %d of %d bytes, hash ok %v, %v", i, n, 2<<20, string(h.Sum(nil)) == string(streamHash(uint64(i+1), 2<<20)), err)
+				}
+			}()
+		}
+
+		// Churn: short byte-exact transfers, all the time.
+		var churned atomic.Int64
+		churnErrs := make(chan error, 1000)
+		stopChurn := make(chan struct{})
+		var churnWG sync.WaitGroup
+		for w := range 4 {
+			churnWG.Add(1)
+			go func() {
+				defer churnWG.Done()
+				rng := rand.New(rand.NewPCG(uint64(w), 7))
+				for i := 0; ; i++ {
+					select {
+					case <-stopChurn:
+						return
+					default:
+					}
+					f := families[(w+i)%2]
+					if err := transfer(b.Client, hostPort(f.server, 7730), rng.Int64N(64<<10), rng.Int64N(256<<10), rng.Uint64()); err != nil {
+						churnErrs <- fmt.Errorf("churn %d.%d (%s): %w", w, i, f.name, err)
+					}
+					churned.Add(1)
+				}
+			}()
+		}
+		time.Sleep(300 * time.Millisecond)
+
+		// A new binary replaces the old one on disk, as a package upgrade does.
+		next := filepath.Join(t.TempDir(), "pepsal-next")
+		build := exec.Command("go", "build", "-ldflags", "-X main.version=upgraded-test", "-o", next, "../../cmd/pepsal")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build the new binary: %v\n%s", err, out)
+		}
+		if err := os.Rename(next, installed); err != nil {
+			t.Fatal(err)
+		}
+		atUpgrade := churned.Load()
+		if err := old.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		// For a moment both processes answer on the control socket (the old
+		// one closes its copy once the new one is ready): keep the first
+		// answer from the new one.
+		var newPID int
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			pid, version := b.daemonIdentity()
+			if pid != 0 && pid != oldPID && version == "upgraded-test" {
+				newPID = pid
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("status still names pid %d version %q (was %d %q) 30 s after SIGHUP", pid, version, oldPID, oldVersion)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		var notes []string
+		for {
+			notifySock.SetReadDeadline(time.Now().Add(2 * time.Second))
+			buf := make([]byte, 256)
+			n, err := notifySock.Read(buf)
+			if err != nil {
+				break
+			}
+			notes = append(notes, string(buf[:n]))
+		}
+		if want := []string{"READY=1", "RELOADING=1", fmt.Sprintf("MAINPID=%d\nREADY=1", newPID)}; !slices.Equal(notes, want) {
+			t.Errorf("systemd was told %q, want %q", notes, want)
+		}
+		time.Sleep(time.Second) // churn on the new daemon
+		close(stopChurn)
+		churnWG.Wait()
+		longWG.Wait()
+		close(churnErrs)
+		close(longErrs)
+		for err := range churnErrs {
+			t.Error(err)
+		}
+		for err := range longErrs {
+			t.Error(err)
+		}
+		if churned.Load() <= atUpgrade {
+			t.Errorf("no connection after the upgrade (%d in all)", churned.Load())
+		}
+		t.Logf("%d short connections, %d after SIGHUP", churned.Load(), churned.Load()-atUpgrade)
+
+		// The old process ends by itself once its downloads are done.
+		select {
+		case err := <-oldDone:
+			if err != nil {
+				t.Errorf("old daemon: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("old daemon still running after its connections ended")
+		}
+		s := b.status()
+		for _, name := range []string{"syn_bypass_no_listener", "steer_no_listener", "steer_assign_failed"} {
+			if n := s.counter(name); n != 0 {
+				t.Errorf("%s = %d: a SYN was not split during the upgrade", name, n)
+			}
+		}
+		if n := s.counter("syn_diverted"); n < uint64(churned.Load()) {
+			t.Errorf("syn_diverted %d < %d connections", n, churned.Load())
+		}
+
+		syscall.Kill(newPID, syscall.SIGTERM)
+		for i := 0; syscall.Kill(newPID, 0) == nil; i++ {
+			if i > 200 {
+				t.Fatalf("new daemon %d did not stop", newPID)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if after := netState(t, b.Router); after != before {
+			t.Errorf("traces left after the new daemon stopped:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+	})
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	data, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
