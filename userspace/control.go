@@ -21,16 +21,17 @@ const ControlAddr = "@pepsal-control"
 
 // DaemonInfo is what the daemon reports about itself.
 type DaemonInfo struct {
-	PID            int      `json:"pid"`
-	Version        string   `json:"version"`
-	Relay          string   `json:"relay"`
-	Listeners      []string `json:"listeners"`
-	ConnectTimeout string   `json:"connect_timeout"`
-	UptimeSeconds  float64  `json:"uptime_seconds"`
-	Goroutines     int      `json:"goroutines"`
-	OpenFDs        int      `json:"open_fds"`
-	HeapBytes      uint64   `json:"heap_bytes"` // Go heap objects, live or not yet swept
-	Stats          Stats    `json:"stats"`
+	PID            int        `json:"pid"`
+	Version        string     `json:"version"`
+	Relay          string     `json:"relay"`
+	Listeners      []string   `json:"listeners"`
+	ConnectTimeout string     `json:"connect_timeout"`
+	UptimeSeconds  float64    `json:"uptime_seconds"`
+	Goroutines     int        `json:"goroutines"`
+	OpenFDs        int        `json:"open_fds"`
+	HeapBytes      uint64     `json:"heap_bytes"` // Go heap objects, live or not yet swept
+	Stats          Stats      `json:"stats"`
+	Peer           *PeerStats `json:"peer,omitempty"` // warm paths between two pepsals
 	SplitStats
 }
 

@@ -66,7 +66,12 @@ type PeerGatewayStats struct {
 func ListenPeers(addr string, t Tuning) (*PeerGateway, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
-		if err := c.Control(func(fd uintptr) { serr = t.Client.beforeHandshake(int(fd)) }); err != nil {
+		if err := c.Control(func(fd uintptr) {
+			// An upgraded daemon binds the same port while the old one
+			// still holds it (it hands over only the proxy's listeners).
+			serr = errors.Join(wrapOpt("SO_REUSEPORT", unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)),
+				t.Client.beforeHandshake(int(fd)))
+		}); err != nil {
 			return err
 		}
 		return serr
@@ -344,4 +349,6 @@ func (s *Splitter) relayLegs(ctx context.Context, c *Conn, client, server *net.T
 	}
 	stop()
 	s.Table.Remove(c, how)
+	m := c.Moved()
+	s.Log.Debug("warm path closed", "conn", c.ID, "client", c.Client, "server", c.Server, "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient)
 }

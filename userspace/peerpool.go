@@ -63,6 +63,13 @@ type PeerPool struct {
 	}
 }
 
+// PeerStats is the warm-path part of `pepsal status`: the terminal's pool,
+// the gateway's listener, or both.
+type PeerStats struct {
+	Pool    *PeerPoolStats    `json:"pool,omitempty"`
+	Gateway *PeerGatewayStats `json:"gateway,omitempty"`
+}
+
 // PeerPoolStats is the terminal's part of `pepsal status`.
 type PeerPoolStats struct {
 	Gateway      string `json:"gateway"`

@@ -211,3 +211,24 @@ func LoadPeerKey(path string) ([]byte, error) {
 	}
 	return key[:n], nil
 }
+
+// PeerHelloLen and PeerHeaderLen are the sizes of the gateway's hello and
+// of a terminal's header (for tools and tests that speak the protocol).
+const (
+	PeerHelloLen  = helloLen
+	PeerHeaderLen = headerLen
+)
+
+// EncodePeerHeader builds a terminal's header for the connection whose
+// gateway sent helloBytes: what a terminal sends, for tools and tests.
+func EncodePeerHeader(key, helloBytes []byte, dst, client netip.AddrPort, tos uint8) ([]byte, error) {
+	if len(helloBytes) != helloLen {
+		return nil, fmt.Errorf("hello of %d bytes, want %d", len(helloBytes), helloLen)
+	}
+	h := hello(helloBytes)
+	if err := checkHello(h); err != nil {
+		return nil, err
+	}
+	b, err := peerHeader{ToS: tos, Dst: dst, Client: client}.encode(key, h)
+	return b[:], err
+}

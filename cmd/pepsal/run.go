@@ -27,6 +27,7 @@ import (
 type runFlags struct {
 	policy         policyFlags
 	tuning         tuningFlags
+	peer           peerFlags
 	relay          string
 	relayBudget    string
 	listenPort     int
@@ -51,6 +52,7 @@ func runCmd() *cobra.Command {
 	}
 	f.policy.register(cmd)
 	f.tuning.register(cmd)
+	f.peer.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.relay, "relay", "splice", "relay mode: splice (userspace, zero-copy) or sockmap (in-kernel)")
 	fl.StringVar(&f.relayBudget, "relay-budget", "4MiB", "sockmap relay: bytes per direction redirected toward a socket and not yet in its TCP send queue, beyond which the sender is slowed by TCP flow control")
@@ -108,6 +110,10 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 	if err != nil {
 		return err
 	}
+	peers, err := f.peer.config(cmd)
+	if err != nil {
+		return err
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return fmt.Errorf("bad --log-level %q", f.logLevel)
@@ -127,6 +133,13 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 		return err
 	}
 	cfg.MaxConns = limit.budget.Capacity(limit.max)
+	peerGateway, err := peers.listenGateway(tuning)
+	if err != nil {
+		return err
+	}
+	if peerGateway != nil {
+		defer peerGateway.Close()
+	}
 	// The binary to start on SIGHUP: this path, whatever file is there then.
 	exe, err := os.Executable()
 	if err != nil {
@@ -271,6 +284,11 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 	admission := userspace.NewAdmission(limit.max, setFull, log)
 	admission.FDLimit = limit.budget.Limit
 	splitter.Table.SetAdmission(admission)
+	peerCtx, stopPeers := context.WithCancel(context.Background())
+	defer stopPeers()
+	if err := peers.start(peerCtx, splitter, peerGateway, log); err != nil {
+		return err
+	}
 	if f.relay == "sockmap" {
 		splitter.Kernel = &userspace.KernelRelay{Log: log, Maps: att.Relay(), Budget: budget}
 	}
@@ -279,7 +297,7 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 		return userspace.DaemonInfo{
 			PID: os.Getpid(), Version: version, Relay: f.relay, Listeners: addrs,
 			ConnectTimeout: f.connectTimeout.String(), UptimeSeconds: time.Since(start).Seconds(),
-			Stats: splitter.Table.Stats(),
+			Stats: splitter.Table.Stats(), Peer: peerStats(splitter),
 		}
 	}
 	go userspace.ServeControl(control, info, splitter.Table, log)

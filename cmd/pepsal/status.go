@@ -194,6 +194,7 @@ func printStatus(w io.Writer, rep *statusReport) {
 			fmt.Fprintf(w, ", %s moved by the kernel", share(s.KernelBytes, s.BytesToServer+s.BytesToClient))
 		}
 		fmt.Fprintln(w)
+		printPeer(w, d.Peer)
 		fmt.Fprintf(w, "runtime:   %d goroutines, %d open fds, %.1f MiB Go heap\n", d.Goroutines, d.OpenFDs, float64(d.HeapBytes)/(1<<20))
 	} else {
 		fmt.Fprintln(w, "daemon:    not running in this network namespace")
@@ -237,6 +238,9 @@ func connsCmd() *cobra.Command {
 				relay := c.Relay
 				if relay == "kernel" {
 					relay += " " + share(uint64(c.KernelBytesToServer+c.KernelBytesToClient), uint64(c.BytesToServer+c.BytesToClient))
+				}
+				if c.Peer != "" {
+					relay += ", " + c.Peer // rode a warm path between two pepsals
 				}
 				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", c.ID, c.Client, c.Server, relay, c.State,
 					c.BytesToServer, c.BytesToClient, (time.Duration(c.AgeSeconds*1e3) * time.Millisecond).String(),

@@ -45,6 +45,7 @@ var relaySuite = []struct {
 	{"RealSocatHalfClose", testRealSocatHalfClose},
 	{"AdmissionFailsOpen", testAdmissionFailsOpen},
 	{"LegTimeouts", testLegTimeouts},
+	{"PeerTransparentGateway", testPeerTransparentGateway},
 }
 
 func runSuite(t *testing.T, relay string) {

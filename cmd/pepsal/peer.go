@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pepsal/pepsal/userspace"
+	"github.com/spf13/cobra"
+)
+
+// peerFlags configure warm paths between a terminal pepsal (--peer) and a
+// gateway pepsal (--peer-listen).
+type peerFlags struct {
+	listen, gateway, keyFile string
+	pool                     int
+	allow                    []string
+}
+
+func (p *peerFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&p.listen, "peer-listen", "", "gateway: accept warm connections from terminal pepsals on ADDR:PORT (firewall it to your terminals)")
+	f.StringVar(&p.gateway, "peer", "", "terminal: keep warm connections open to the gateway pepsal at ADDR:PORT")
+	f.StringVar(&p.keyFile, "peer-key", "", "file holding the pre-shared key of the warm paths (at least 32 random bytes, mode 600)")
+	f.IntVar(&p.pool, "peer-pool", userspace.DefaultPeerPool, "terminal: idle warm connections kept open to the gateway")
+	f.StringArrayVar(&p.allow, "peer-allow", nil, "gateway: accept warm connections only from this prefix (repeatable; default: any, the key still applies)")
+}
+
+// peerSetup is the checked configuration.
+type peerSetup struct {
+	key             []byte
+	allow           []netip.Prefix
+	listen, gateway string
+	pool            int
+}
+
+// config checks the flags before anything is opened or attached.
+func (p *peerFlags) config(cmd *cobra.Command) (peerSetup, error) {
+	var s peerSetup
+	f := cmd.Flags()
+	if p.listen == "" && p.gateway == "" {
+		for _, name := range []string{"peer-key", "peer-pool", "peer-allow"} {
+			if f.Changed(name) {
+				return s, fmt.Errorf("--%s needs --peer (terminal) or --peer-listen (gateway)", name)
+			}
+		}
+		return s, nil
+	}
+	if p.listen != "" {
+		if err := checkPeerAddr(p.listen, true); err != nil {
+			return s, fmt.Errorf("bad --peer-listen %q: %w; want ADDR:PORT, e.g. 192.0.2.1:7000", p.listen, err)
+		}
+		s.listen = p.listen
+	}
+	if p.gateway != "" {
+		if err := checkPeerAddr(p.gateway, false); err != nil {
+			return s, fmt.Errorf("bad --peer %q: %w; want the gateway's ADDR:PORT, e.g. 192.0.2.1:7000", p.gateway, err)
+		}
+		s.gateway = p.gateway
+	}
+	if f.Changed("peer-pool") && p.gateway == "" {
+		return s, fmt.Errorf("--peer-pool needs --peer")
+	}
+	if p.pool < 1 || p.pool > 4096 {
+		return s, fmt.Errorf("bad --peer-pool %d: want 1 to 4096", p.pool)
+	}
+	s.pool = p.pool
+	if len(p.allow) > 0 && p.listen == "" {
+		return s, fmt.Errorf("--peer-allow needs --peer-listen")
+	}
+	for _, a := range p.allow {
+		pfx, err := netip.ParsePrefix(a)
+		if err != nil {
+			return s, fmt.Errorf("bad --peer-allow %q: want a prefix, e.g. 10.0.0.0/8", a)
+		}
+		s.allow = append(s.allow, pfx.Masked())
+	}
+	key, err := userspace.LoadPeerKey(p.keyFile)
+	if err != nil {
+		return s, err
+	}
+	s.key = key
+	return s, nil
+}
+
+// checkPeerAddr accepts a numeric ADDR:PORT (a name would be resolved at
+// every dial, and a listener needs an address); a listener may leave ADDR empty.
+func checkPeerAddr(addr string, listener bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q is not 1-65535", port)
+	}
+	if host == "" && listener {
+		return nil
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return fmt.Errorf("%q is not an IP address", host)
+	}
+	if !listener && (a.IsUnspecified() || a.IsMulticast()) {
+		return fmt.Errorf("%s cannot be dialed", a)
+	}
+	return nil
+}
+
+// listenGateway opens the gateway's listener for terminals (before anything
+// is attached, so that a taken port changes nothing); nil without --peer-listen.
+func (s peerSetup) listenGateway(tuning userspace.Tuning) (*userspace.PeerGateway, error) {
+	if s.listen == "" {
+		return nil, nil
+	}
+	g, err := userspace.ListenPeers(s.listen, tuning)
+	if err != nil {
+		return nil, err
+	}
+	g.Key, g.Allow = s.key, s.allow
+	return g, nil
+}
+
+// start wires warm paths into the splitter: the gateway's listener (served
+// with the proxy's) and its sockets' initial windows, the terminal's pool
+// (run until ctx ends).
+func (s peerSetup) start(ctx context.Context, sp *userspace.Splitter, g *userspace.PeerGateway, log *slog.Logger) error {
+	if g != nil {
+		if sp.Tuner != nil {
+			if err := sp.Tuner.SetPeerPort(g.Port()); err != nil {
+				return err
+			}
+		}
+		sp.Peers = g
+		log.Info("accepting warm connections from terminals", "listen", g.Addr().String(), "allow", len(s.allow))
+	}
+	if s.gateway != "" {
+		sp.Pool = sp.NewPeerPool(s.gateway, s.pool, s.key)
+		go sp.Pool.Run(ctx)
+		log.Info("keeping warm connections to the gateway", "gateway", s.gateway, "pool", s.pool)
+	}
+	return nil
+}
+
+// stats is the daemon's peer report (nil without warm paths).
+func peerStats(sp *userspace.Splitter) *userspace.PeerStats {
+	if sp.Pool == nil && sp.Peers == nil {
+		return nil
+	}
+	var ps userspace.PeerStats
+	if sp.Pool != nil {
+		st := sp.Pool.Stats()
+		ps.Pool = &st
+	}
+	if sp.Peers != nil {
+		st := sp.Peers.Stats()
+		ps.Gateway = &st
+	}
+	return &ps
+}
+
+// printPeer writes the warm-path lines of `pepsal status`.
+func printPeer(w io.Writer, p *userspace.PeerStats) {
+	if p == nil {
+		return
+	}
+	if s := p.Pool; s != nil {
+		fmt.Fprintf(w, "warm pool: gateway %s, %d/%d idle, %d in use, %d dialing; %d refills, %d dial failures, %d flows rode it, %d recycled, %d found dead; fast open instead: %d pool empty, %d gateway down\n",
+			s.Gateway, s.Idle, s.Size, s.InUse, s.Dialing, s.Refills, s.DialFailures, s.Taken, s.Recycled, s.Dead, s.FallbackEmpty, s.FallbackDown)
+		if s.BackoffMS > 0 {
+			fmt.Fprintf(w, "warm pool: backing off %s: %s\n", time.Duration(s.BackoffMS)*time.Millisecond, s.LastError)
+		}
+	}
+	if s := p.Gateway; s != nil {
+		var refused []string
+		for _, r := range userspace.AuthReasons {
+			refused = append(refused, fmt.Sprintf("%s %d", r, s.Refused[r]))
+		}
+		fmt.Fprintf(w, "warm peers: listening on %s: %d accepted, %d waiting, %d flows served, %d closed idle; refused: %s\n",
+			s.Listen, s.Accepted, s.Waiting, s.Served, s.IdleClosed, strings.Join(refused, ", "))
+	}
+}
