@@ -407,6 +407,9 @@ func createPinned(dir string, routing Routing, own owner, conns int) (err error)
 	if err := ownerMap.Pin(filepath.Join(tmp, pinOwner)); err != nil {
 		return fmt.Errorf("pin %s: %w", pinOwner, err)
 	}
+	if err := pinLayoutVersion(tmp); err != nil {
+		return err
+	}
 
 	steerSpec, err := loadSteer()
 	if err != nil {
@@ -573,6 +576,9 @@ func attachRelay(dir string, shared map[string]*ebpf.Map) error {
 }
 
 func openPinned(dir string) (*Attachment, error) {
+	if err := checkLayout(dir); err != nil {
+		return nil, err
+	}
 	att := &Attachment{Dir: dir}
 	for _, maps := range []any{&att.maps, &att.relay} {
 		if err := loadPinnedMaps(dir, maps); err != nil {
@@ -972,6 +978,9 @@ func detachLocked(dir string) error {
 			errs = append(errs, att.detachIface(i))
 		}
 		att.Close()
+	} else if c, ok := rawConfig(dir); ok { // pins of another layout
+		routing = Routing{Mark: c.Mark, Table: int(c.RouteTable), Priority: int(c.RulePriority)}
+		restoreFastOpen, restoreEarlyDemux, restoreTWReuse = c.FastopenRestore, c.EarlyDemuxRestore, c.TwReuseRestore
 	}
 	// Links pinned without a record (a crash between pin and record).
 	entries, _ := os.ReadDir(dir)
