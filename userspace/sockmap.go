@@ -46,19 +46,31 @@ type relayDir struct {
 	seenPassed  uint64    // passed_bytes at the last look at the maps
 	published   uint64    // user bytes last written to pepsal_relay_user
 	unseenSince time.Time // since when, at EOF, received bytes wait for the verdict
+	slot        idleSlot  // src in the idle waiter while nothing is there for userspace
 }
 
 // unseenLimit bounds the wait, at EOF, for received bytes to reach the verdict.
 const unseenLimit = 5 * time.Second
 
 // relay moves the connection's bytes; the first pre bytes from the client
-// were already written to the server by userspace (fast open).
+// were already written to the server by userspace (fast open). It returns
+// the outcome once both sockets are closed.
 func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TCPConn, pre int64) Outcome {
+	done := make(chan Outcome, 1)
+	k.relayAsync(ctx, c, client, server, pre, func(o Outcome) { done <- o })
+	return <-done
+}
+
+// relayAsync is relay returning at once: done gets the outcome. No
+// goroutine is held while the connection is idle (see spliceRelayAsync).
+func (k *KernelRelay) relayAsync(ctx context.Context, c *Conn, client, server *net.TCPConn, pre int64, done func(Outcome)) {
+	w, _ := idleSockets() // nil: each direction parks a goroutine instead
 	clientCookie, err1 := socketCookie(client)
 	serverCookie, err2 := socketCookie(server)
 	if err := errors.Join(err1, err2); err != nil {
 		c.SetRelay("userspace: " + err.Error())
-		return spliceRelay(c, client, server)
+		spliceRelayAsync(ctx, w, c, client, server, done)
+		return
 	}
 	// A socket that already got its peer's FIN cannot be inserted; read
 	// the state first, and keep the whole connection in userspace then.
@@ -68,7 +80,8 @@ func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TC
 	}{{"client", client}, {"server", server}} {
 		if st := tcpState(s.conn); st != unix.BPF_TCP_ESTABLISHED {
 			c.SetRelay(fmt.Sprintf("userspace: %s closed before insert", s.who))
-			return spliceRelay(c, client, server)
+			spliceRelayAsync(ctx, w, c, client, server, done)
+			return
 		}
 	}
 	// TCP_INFO's bytes_acked counts sequence space: on the dialed server
@@ -79,24 +92,28 @@ func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TC
 	serverBase, err2 := seqBase(server, uint64(pre))
 	if err := errors.Join(err1, err2); err != nil {
 		c.SetRelay("userspace: " + err.Error())
-		return spliceRelay(c, client, server)
+		spliceRelayAsync(ctx, w, c, client, server, done)
+		return
 	}
 	if err := k.Maps.Prepare(
 		loader.RelaySide{Cookie: clientCookie, Pre: uint64(pre), SeqBase: clientBase},
 		loader.RelaySide{Cookie: serverCookie, SeqBase: serverBase},
 		k.Budget); err != nil {
 		c.SetRelay("userspace: " + err.Error())
-		return spliceRelay(c, client, server)
+		spliceRelayAsync(ctx, w, c, client, server, done)
+		return
 	}
-	defer k.Maps.Forget(clientCookie, serverCookie)
-
 	up := &relayDir{src: client, dst: server, cookie: clientCookie, dstBase: serverBase}
 	up.userBytes.Store(pre)
 	up.published = uint64(pre)
 	down := &relayDir{src: server, dst: client, cookie: serverCookie, dstBase: clientBase}
 	if err := withFD(client, func(fd int) error { return k.Maps.Insert(clientCookie, fd) }); err != nil {
 		c.SetRelay("userspace: client: " + err.Error())
-		return spliceRelay(c, client, server)
+		spliceRelayAsync(ctx, w, c, client, server, func(o Outcome) {
+			k.Maps.Forget(clientCookie, serverCookie)
+			done(o)
+		})
+		return
 	}
 	up.inMap = true
 	c.SetRelay("kernel")
@@ -120,38 +137,52 @@ func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TC
 	c.liveMoved.Store(&live)
 
 	var abortOnce sync.Once
-	aborted := false
+	var aborted atomic.Bool
 	relayCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	abort := func() {
 		abortOnce.Do(func() {
-			aborted = true
+			aborted.Store(true)
 			cancel()
 			resetConn(client)
 			resetConn(server)
 		})
 	}
-	var wg sync.WaitGroup
+	// Neither direction holds a goroutine while its socket has nothing for
+	// userspace (the common case: the kernel moves the bytes): each runs
+	// in steps, woken by the idle waiter; the last to end ends the relay.
+	stopWake := func() bool { return false }
+	if w != nil {
+		stopWake = context.AfterFunc(relayCtx, func() { w.wake(&up.slot); w.wake(&down.slot) })
+	}
+	var left atomic.Int32
+	left.Store(2)
+	finished := func() {
+		if left.Add(-1) != 0 {
+			return
+		}
+		stopWake()
+		cancel()
+		c.setMoved(k.moved(up, down))
+		k.Maps.Forget(clientCookie, serverCookie)
+		if aborted.Load() { // both legs already reset
+			done(WasReset)
+			return
+		}
+		closeGracefully(client)
+		closeGracefully(server)
+		done(Completed)
+	}
 	for _, d := range []*relayDir{up, down} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := k.pump(relayCtx, d); err != nil {
-				if !aborted {
+		k.pumpAsync(relayCtx, d, w, func(err error) {
+			defer finished()
+			if err != nil {
+				if !aborted.Load() {
 					k.Log.Debug("relay aborted", "conn", c.ID, "from", d.src.RemoteAddr(), "err", err)
 				}
 				abort()
 			}
-		}()
+		})
 	}
-	wg.Wait()
-	c.setMoved(k.moved(up, down))
-	if aborted { // both legs already reset
-		return WasReset
-	}
-	closeGracefully(client)
-	closeGracefully(server)
-	return Completed
 }
 
 // moved is how many bytes of each direction reached the destination socket,
@@ -173,10 +204,11 @@ func (k *KernelRelay) moved(up, down *relayDir) Moved {
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
-// readPooled waits until c is readable and only then takes a buffer from
-// the pool and reads into it: a connection whose bytes the kernel moves sits
+// readPooled reads what c holds now, taking a buffer from the pool only
+// when there is something: a connection whose bytes the kernel moves sits
 // idle in userspace and should hold no buffer (thousands of them would hold
-// 128 KiB each). The caller returns a non-nil buffer to relayBufs.
+// 128 KiB each). It returns errWouldBlock when c has nothing, io.EOF at EOF.
+// The caller returns a non-nil buffer to relayBufs.
 func readPooled(c *net.TCPConn) (bufp *[]byte, n int, err error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
@@ -185,21 +217,17 @@ func readPooled(c *net.TCPConn) (bufp *[]byte, n int, err error) {
 	var rerr error
 	err = rc.Read(func(fd uintptr) bool {
 		bufp = relayBufs.Get().(*[]byte)
-		for {
-			n, rerr = unix.Read(int(fd), *bufp)
-			if rerr != unix.EINTR {
-				break
-			}
-		}
+		n, rerr = retryEINTR(func() (int, error) { return unix.Read(int(fd), *bufp) })
 		if rerr == unix.EAGAIN {
 			relayBufs.Put(bufp)
 			bufp = nil
-			return false
 		}
-		return true
+		return true // never park here: the idle waiter does the waiting
 	})
 	switch {
 	case err != nil:
+	case rerr == unix.EAGAIN:
+		err = errWouldBlock
 	case rerr != nil:
 		err = os.NewSyscallError("read", rerr)
 	case n == 0:
@@ -208,13 +236,24 @@ func readPooled(c *net.TCPConn) (bufp *[]byte, n int, err error) {
 	return bufp, max(n, 0), err
 }
 
-// pump reads what reaches userspace from d.src (everything when src is not in
-// the map) and writes it to d.dst behind the kernel's own redirects; on EOF
-// it half-closes d.dst once all bytes are in d.dst's send queue.
+// pumpAsync runs d's pump in steps (runSteps): each step moves what reaches
+// userspace from d.src (everything when src is not in the map) to d.dst
+// behind the kernel's own redirects, and ends when src has nothing more; on
+// EOF the last step half-closes d.dst once all bytes are in d.dst's send
+// queue. fin gets the end, once.
+func (k *KernelRelay) pumpAsync(ctx context.Context, d *relayDir, w *idleWaiter, fin func(error)) {
+	runSteps(ctx, w, d.src, &d.slot, func() error { return k.pump(ctx, d) }, fin)
+}
+
+// pump is one step of a direction: it returns errWouldBlock when d.src has
+// nothing more for userspace, nil once d.dst was half-closed after EOF.
 func (k *KernelRelay) pump(ctx context.Context, d *relayDir) error {
 	eofWait := 50 * time.Microsecond
 	for {
 		bufp, n, err := readPooled(d.src)
+		if err == errWouldBlock {
+			return err
+		}
 		if n > 0 {
 			buf := (*bufp)[:n]
 			// While what userspace published is behind what the verdict had

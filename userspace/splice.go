@@ -1,6 +1,7 @@
 package userspace
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -24,42 +25,64 @@ import (
 // reset on error, else closed with SO_LINGER off so that queued bytes still
 // leave, whatever linger the relay ran with.
 func spliceRelay(c *Conn, client, server *net.TCPConn) Outcome {
+	done := make(chan Outcome, 1)
+	spliceRelayAsync(context.Background(), nil, c, client, server, func(o Outcome) { done <- o })
+	return <-done
+}
+
+// spliceRelayAsync is spliceRelay holding no goroutine while the connection
+// is idle: w, the idle waiter, starts one for a direction when its source
+// is readable (nil: each direction parks a goroutine instead). It returns at
+// once; done gets the outcome, once both sockets are closed. Whoever cancels
+// ctx must also close the sockets (the splitter resets both).
+func spliceRelayAsync(ctx context.Context, w *idleWaiter, c *Conn, client, server *net.TCPConn, done func(Outcome)) {
+	ctx, cancel := context.WithCancel(ctx)
 	var abortOnce sync.Once
-	aborted := false
+	var aborted atomic.Bool
 	abort := func() {
 		abortOnce.Do(func() {
-			aborted = true
+			aborted.Store(true)
+			cancel() // wakes the other direction if it waits in the idle waiter
 			resetConn(client)
 			resetConn(server)
 		})
 	}
-	pipe := func(dst, src *net.TCPConn, count func(int64), done func()) {
-		if err := spliceCopy(dst, src, count); err != nil {
-			abort()
+	var upSlot, downSlot idleSlot
+	stopWake := func() bool { return false }
+	if w != nil {
+		stopWake = context.AfterFunc(ctx, func() { w.wake(&upSlot); w.wake(&downSlot) })
+	}
+	var left atomic.Int32
+	left.Store(2)
+	finished := func() { // once per direction; the last one ends the relay
+		if left.Add(-1) != 0 {
 			return
 		}
-		done()
-		if err := dst.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
-			abort()
+		stopWake()
+		cancel()
+		if aborted.Load() {
+			done(WasReset)
+			return
 		}
+		closeGracefully(client)
+		closeGracefully(server)
+		done(Completed)
 	}
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		pipe(server, client, func(n int64) { c.add(n, 0) }, func() { c.clientDone.Store(true); c.SetState(c.halfState()) })
-	}()
-	go func() {
-		defer wg.Done()
-		pipe(client, server, func(n int64) { c.add(0, n) }, func() { c.serverDone.Store(true); c.SetState(c.halfState()) })
-	}()
-	wg.Wait()
-	if aborted {
-		return WasReset
+	pipe := func(dst, src *net.TCPConn, slot *idleSlot, count func(int64), eof func()) {
+		runSteps(ctx, w, src, slot, func() error { return spliceStep(dst, src, count) }, func(err error) {
+			defer finished()
+			if err != nil {
+				abort()
+				return
+			}
+			eof()
+			if err := dst.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
+				abort()
+			}
+		})
 	}
-	closeGracefully(client)
-	closeGracefully(server)
-	return Completed
+	pipe(server, client, &upSlot, func(n int64) { c.add(n, 0) }, func() { c.clientDone.Store(true); c.SetState(c.halfState()) })
+	pipe(client, server, &downSlot, func(n int64) { c.add(0, n) }, func() { c.serverDone.Store(true); c.SetState(c.halfState()) })
 }
 
 func (c *Conn) halfState() string {
@@ -98,12 +121,12 @@ func closeGracefully(c *net.TCPConn) {
 	_ = c.Close()
 }
 
-// spliceCopy moves src's bytes to dst until src's EOF (nil) or an error.
-// Unlike io.Copy, which keeps two 1 MiB pipes per connection for its whole
-// life, it waits for src to be readable holding no pipe, takes one from
-// pipes only to move the bytes at hand, and gives it back empty. count gets
-// the bytes written to dst as they go.
-func spliceCopy(dst, src *net.TCPConn, count func(int64)) error {
+// spliceStep moves src's bytes to dst until src has none (errWouldBlock),
+// EOF (nil) or an error. Unlike io.Copy, which keeps two 1 MiB pipes per
+// connection for its whole life, it takes a pipe from pipes only to move the
+// bytes at hand, and gives it back empty. count gets the bytes written to
+// dst as they go.
+func spliceStep(dst, src *net.TCPConn, count func(int64)) error {
 	srcRC, err := src.SyscallConn()
 	if err != nil {
 		return err
@@ -114,17 +137,19 @@ func spliceCopy(dst, src *net.TCPConn, count func(int64)) error {
 	}
 	for {
 		var (
-			p    *pipe
-			bufp *[]byte // when no pipe can be had
-			n    int
-			serr error
+			p     *pipe
+			bufp  *[]byte // when no pipe can be had
+			n     int
+			serr  error
+			empty bool // nothing to read now
 		)
 		err := srcRC.Read(func(fd uintptr) bool {
 			// An idle pipe is free to try with; a new one is made only for
 			// bytes that are there, or an idle connection would cost one.
 			if p = pipes.idlePipe(); p == nil {
 				if !readable(int(fd)) {
-					return false
+					empty = true
+					return true // never park here: the caller waits
 				}
 				var perr error
 				if p, perr = pipes.get(); perr != nil {
@@ -132,17 +157,23 @@ func spliceCopy(dst, src *net.TCPConn, count func(int64)) error {
 					// than fail a connection that works.
 					bufp = relayBufs.Get().(*[]byte)
 					n, serr = retryEINTR(func() (int, error) { return unix.Read(int(fd), *bufp) })
+					if serr == unix.EAGAIN {
+						relayBufs.Put(bufp)
+						bufp, empty = nil, true
+					}
 					return true
 				}
 			}
 			n, serr = retryEINTR(func() (int, error) { return splice(int(fd), p.w, p.size) })
 			if serr == unix.EAGAIN {
 				pipes.put(p)
-				p = nil
-				return false
+				p, empty = nil, true
 			}
 			return true
 		})
+		if err == nil && empty {
+			return errWouldBlock
+		}
 		if err == nil && serr != nil {
 			op := "splice"
 			if bufp != nil {

@@ -50,6 +50,9 @@ func NewSplitter(listeners []*net.TCPListener, connectTimeout time.Duration, log
 	for _, ln := range listeners {
 		s.own[addrPort(ln.Addr())] = true
 	}
+	// The idle waiter's epoll fd is the daemon's for good: open it now, not
+	// with the first connection (a leak check takes its baseline after start).
+	_, _ = idleSockets()
 	return s
 }
 
@@ -129,7 +132,9 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		relay = "kernel"
 	}
 	c := s.Table.Add(clientAddr, serverAddr, relay)
-	log := s.Log.With("conn", c.ID, "client", clientAddr, "server", serverAddr)
+	// Built when a line is written, not held for the connection's life:
+	// thousands of idle connections would each keep a logger.
+	log := connLogger{s.Log, c.ID, clientAddr, serverAddr}
 
 	if err := resetOnCrash(client); err != nil {
 		log.Warn("client leg", "err", err)
@@ -210,19 +215,25 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 
 	stop := context.AfterFunc(ctx, func() { resetConn(client); resetConn(server) })
 	c.add(int64(len(first)), 0)
-	var how Outcome
-	if s.Kernel != nil && drained {
-		how = s.Kernel.relay(ctx, c, client, server, int64(len(first)))
-	} else {
-		if s.Kernel != nil {
-			c.SetRelay("userspace: first bytes not read whole")
-		}
-		how = spliceRelay(c, client, server)
+	// The relay runs on without this goroutine (an idle connection holds
+	// none); the connection counts as live for Serve's drain until done.
+	s.wg.Add(1)
+	done := func(how Outcome) {
+		defer s.wg.Done()
+		stop()
+		s.Table.Remove(c, how)
+		m := c.Moved()
+		log.Debug("closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient, "kernel", m.KernelToServer+m.KernelToClient)
 	}
-	stop()
-	s.Table.Remove(c, how)
-	m := c.Moved()
-	log.Debug("closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient, "kernel", m.KernelToServer+m.KernelToClient)
+	if s.Kernel != nil && drained {
+		s.Kernel.relayAsync(ctx, c, client, server, int64(len(first)), done)
+		return
+	}
+	if s.Kernel != nil {
+		c.SetRelay("userspace: first bytes not read whole")
+	}
+	w, _ := idleSockets() // nil: each direction parks a goroutine instead
+	spliceRelayAsync(ctx, w, c, client, server, done)
 }
 
 // dial connects to the original destination with the server leg's tuning
@@ -305,3 +316,21 @@ func addrPort(a net.Addr) netip.AddrPort {
 	}
 	return netip.AddrPort{}
 }
+
+// connLogger logs with a connection's identity.
+type connLogger struct {
+	l              *slog.Logger
+	id             uint64
+	client, server netip.AddrPort
+}
+
+func (cl connLogger) log(level slog.Level, msg string, args ...any) {
+	if !cl.l.Enabled(context.Background(), level) {
+		return
+	}
+	cl.l.Log(context.Background(), level, msg, append([]any{"conn", cl.id, "client", cl.client, "server", cl.server}, args...)...)
+}
+
+func (cl connLogger) Debug(msg string, args ...any) { cl.log(slog.LevelDebug, msg, args...) }
+func (cl connLogger) Info(msg string, args ...any)  { cl.log(slog.LevelInfo, msg, args...) }
+func (cl connLogger) Warn(msg string, args ...any)  { cl.log(slog.LevelWarn, msg, args...) }
