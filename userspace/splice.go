@@ -230,14 +230,14 @@ func (p *pipe) drainTo(rc syscall.RawConn, count func(int64)) error {
 }
 
 // readable tells whether a read on the socket would not block: bytes, EOF
-// or an error are waiting.
+// or an error are waiting. It asks poll(2), which leaves a pending error on
+// the socket: a peek (recv MSG_PEEK) would consume it, and the read that
+// follows would then see a clean EOF where the peer had reset, and pass a
+// FIN on where a reset was due.
 func readable(fd int) bool {
-	var b [1]byte
-	_, err := retryEINTR(func() (int, error) {
-		n, _, err := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		return n, err
-	})
-	return err != unix.EAGAIN
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
+	n, err := retryEINTR(func() (int, error) { return unix.Poll(fds, 0) })
+	return err != nil || (n > 0 && fds[0].Revents != 0)
 }
 
 func splice(from, to, n int) (int, error) {

@@ -235,3 +235,35 @@ func TestPipePoolNeverLendsBytes(t *testing.T) {
 		t.Fatalf("lent pipe holds bytes: %d, %v", n, err)
 	}
 }
+
+// A reset that arrives while the relay waits on an idle socket is a reset on
+// the other side too, never a clean FIN (the readiness check must not
+// consume the socket's pending error).
+func TestSpliceRelayResetOfIdleLegIsNotAFIN(t *testing.T) {
+	for _, side := range []string{"server", "client"} {
+		t.Run(side, func(t *testing.T) {
+			b := newRelayBed(t)
+			resetter, other := b.server, b.client
+			if side == "client" {
+				resetter, other = b.client, b.server
+			}
+			// One exchange, so that both directions are idle and waiting.
+			if _, err := other.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(resetter, make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+			resetter.SetLinger(0)
+			resetter.Close()
+			_, err := io.Copy(io.Discard, other)
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("%s reset an idle connection: the other side saw %v, want ECONNRESET", side, err)
+			}
+			if o := b.wait(t); o != WasReset {
+				t.Fatalf("outcome %v, want WasReset", o)
+			}
+		})
+	}
+}
