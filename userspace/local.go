@@ -85,6 +85,8 @@ func (s *Splitter) onLocalExhaustion(err error) {
 	if !IsLocalFailure(err) {
 		return
 	}
+	// Out of fds or memory: new SYNs go unsplit at once (admission).
+	s.Table.ResourceShortage(err)
 	if f := s.OnExhausted; f != nil {
 		f()
 	}

@@ -329,18 +329,20 @@ func (s *Splitter) relayPeer(ctx context.Context, warm *net.TCPConn, hdr peerHea
 	}
 	c.SetState("established")
 	c.setLegs(warm, server)
-	s.relayLegs(ctx, c, warm, server, int64(len(rest)), drained)
+	// The header was read from the warm connection, not relayed.
+	s.relayLegs(ctx, c, warm, server, relayStart{pre: int64(len(rest)), clientRead: headerLen}, drained)
 }
 
 // relayLegs runs the usual relay between two connected legs and accounts
 // for the connection; pre bytes already went from the client leg to the
 // server leg.
-func (s *Splitter) relayLegs(ctx context.Context, c *Conn, client, server *net.TCPConn, pre int64, drained bool) {
+func (s *Splitter) relayLegs(ctx context.Context, c *Conn, client, server *net.TCPConn, st relayStart, drained bool) {
+	pre := st.pre
 	stop := context.AfterFunc(ctx, func() { resetConn(client); resetConn(server) })
 	c.add(pre, 0)
 	var how Outcome
 	if s.Kernel != nil && drained {
-		how = s.Kernel.relay(ctx, c, client, server, pre)
+		how = s.Kernel.relay(ctx, c, client, server, st)
 	} else {
 		if s.Kernel != nil {
 			c.SetRelay("userspace: first bytes not read whole")

@@ -355,7 +355,8 @@ func (s *Splitter) splitWarm(ctx context.Context, c *Conn, client *net.TCPConn, 
 	}
 	c.SetState("established")
 	c.setLegs(client, w.conn)
-	s.relayLegs(ctx, c, client, w.conn, int64(len(first)), drained)
+	// The gateway's hello was read from the warm connection, not relayed.
+	s.relayLegs(ctx, c, client, w.conn, relayStart{pre: int64(len(first)), serverRead: helloLen}, drained)
 }
 
 func peerOf(c *Conn) string { p, _ := c.peer.Load().(string); return p }

@@ -39,6 +39,7 @@ type relayDir struct {
 	cookie    uint64 // src's socket cookie: key of its state in the maps
 	inMap     bool   // src is in pepsal_relay (else the kernel never sees its data)
 	dstBase   uint64 // dst's acked sequence space that is not data (its SYN if dialed)
+	srcSkip   uint64 // bytes src received that userspace read and did not relay
 	userBytes atomic.Int64
 
 	// Owned by the direction's pump goroutine:
@@ -52,18 +53,26 @@ type relayDir struct {
 // unseenLimit bounds the wait, at EOF, for received bytes to reach the verdict.
 const unseenLimit = 5 * time.Second
 
+// relayStart is what userspace did on the legs before the relay starts.
+type relayStart struct {
+	pre        int64 // client bytes already written to the server (fast open's first bytes)
+	clientRead int64 // bytes read from the client and not relayed (a warm path's header)
+	serverRead int64 // bytes read from the server and not relayed (a warm path's hello)
+}
+
 // relay moves the connection's bytes; the first pre bytes from the client
 // were already written to the server by userspace (fast open). It returns
 // the outcome once both sockets are closed.
-func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TCPConn, pre int64) Outcome {
+func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TCPConn, st relayStart) Outcome {
 	done := make(chan Outcome, 1)
-	k.relayAsync(ctx, c, client, server, pre, func(o Outcome) { done <- o })
+	k.relayAsync(ctx, c, client, server, st, func(o Outcome) { done <- o })
 	return <-done
 }
 
 // relayAsync is relay returning at once: done gets the outcome. No
 // goroutine is held while the connection is idle (see spliceRelayAsync).
-func (k *KernelRelay) relayAsync(ctx context.Context, c *Conn, client, server *net.TCPConn, pre int64, done func(Outcome)) {
+func (k *KernelRelay) relayAsync(ctx context.Context, c *Conn, client, server *net.TCPConn, st relayStart, done func(Outcome)) {
+	pre := st.pre
 	w, _ := idleSockets() // nil: each direction parks a goroutine instead
 	clientCookie, err1 := socketCookie(client)
 	serverCookie, err2 := socketCookie(server)
@@ -103,10 +112,10 @@ func (k *KernelRelay) relayAsync(ctx context.Context, c *Conn, client, server *n
 		spliceRelayAsync(ctx, w, c, client, server, done)
 		return
 	}
-	up := &relayDir{src: client, dst: server, cookie: clientCookie, dstBase: serverBase}
+	up := &relayDir{src: client, dst: server, cookie: clientCookie, dstBase: serverBase, srcSkip: uint64(st.clientRead)}
 	up.userBytes.Store(pre)
 	up.published = uint64(pre)
-	down := &relayDir{src: server, dst: client, cookie: serverCookie, dstBase: clientBase}
+	down := &relayDir{src: server, dst: client, cookie: serverCookie, dstBase: clientBase, srcSkip: uint64(st.serverRead)}
 	if err := withFD(client, func(fd int) error { return k.Maps.Insert(clientCookie, fd) }); err != nil {
 		c.SetRelay("userspace: client: " + err.Error())
 		spliceRelayAsync(ctx, w, c, client, server, func(o Outcome) {
@@ -362,7 +371,7 @@ func (k *KernelRelay) tailPending(d *relayDir) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("read relay state: %w", err)
 	}
-	if seen := st.KernelBytes + st.PassedBytes; seen < received {
+	if seen := st.KernelBytes + st.PassedBytes + d.srcSkip; seen < received {
 		// The verdict runs from the socket's data_ready, right behind TCP,
 		// so this lasts microseconds. If it ever lasted, the books would be
 		// wrong: reset the connection rather than guess, never a clean

@@ -304,6 +304,9 @@ func (pp *pipePool) get() (*pipe, error) {
 	if p := pp.idlePipe(); p != nil {
 		return p, nil
 	}
+	if !pipeAllowed() { // keep the fds accept and dial need (--max-conns)
+		return nil, errPipeLimit
+	}
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return nil, os.NewSyscallError("pipe2", err)

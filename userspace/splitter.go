@@ -226,7 +226,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		log.Debug("closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient, "kernel", m.KernelToServer+m.KernelToClient)
 	}
 	if s.Kernel != nil && drained {
-		s.Kernel.relayAsync(ctx, c, client, server, int64(len(first)), done)
+		s.Kernel.relayAsync(ctx, c, client, server, relayStart{pre: int64(len(first))}, done)
 		return
 	}
 	if s.Kernel != nil {

@@ -46,6 +46,8 @@ var relaySuite = []struct {
 	{"AdmissionFailsOpen", testAdmissionFailsOpen},
 	{"LegTimeouts", testLegTimeouts},
 	{"PeerTransparentGateway", testPeerTransparentGateway},
+	{"PeerWarmPath", testPeerWarmPath},
+	{"PeerUpstreamFailureResetsClient", testPeerUpstreamFailureResetsClient},
 }
 
 func runSuite(t *testing.T, relay string) {
