@@ -86,7 +86,9 @@ func (s *Splitter) onLocalExhaustion(err error) {
 		return
 	}
 	// Out of fds or memory: new SYNs go unsplit at once (admission).
-	s.Table.ResourceShortage(err)
+	if s.Table != nil {
+		s.Table.ResourceShortage(err)
+	}
 	if f := s.OnExhausted; f != nil {
 		f()
 	}
