@@ -259,32 +259,23 @@ func TestMaxConnsSizesMaps(t *testing.T) {
 // the connection's end, on the others it writes until a write fails. Each
 // connection's ending error goes to ends.
 func holdServer(t *testing.T, ns *testbed.NS, addr string, write bool, ends chan<- error) {
-	ln := listen(t, ns, addr)
-	go func() {
+	serve(t, ns, addr, func(c *net.TCPConn) {
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		fmt.Fprintf(c, "hello\n")
+		buf := make([]byte, 64<<10)
+		var err error
 		for {
-			c, err := ln.Accept()
+			if write {
+				_, err = c.Write(buf)
+			} else {
+				_, err = c.Read(buf)
+			}
 			if err != nil {
+				ends <- err
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(60 * time.Second))
-				fmt.Fprintf(c, "hello\n")
-				buf := make([]byte, 64<<10)
-				for {
-					if write {
-						_, err = c.Write(buf)
-					} else {
-						_, err = c.Read(buf)
-					}
-					if err != nil {
-						ends <- err
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 }
 
 // keepaliveTimer matches ss's timer of a socket with keepalive armed.

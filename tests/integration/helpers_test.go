@@ -258,6 +258,25 @@ func listen(t *testing.T, ns *testbed.NS, addr string) *net.TCPListener {
 	return ln.(*net.TCPListener)
 }
 
+// serve listens on addr in ns (closed at cleanup) and runs handle for each
+// connection in its own goroutine, closing the connection when handle returns.
+func serve(t *testing.T, ns *testbed.NS, addr string, handle func(c *net.TCPConn)) {
+	t.Helper()
+	ln := listen(t, ns, addr)
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+}
+
 // dial connects from inside ns.
 func dial(ns *testbed.NS, addr string, timeout time.Duration) (*net.TCPConn, error) {
 	var c net.Conn
@@ -286,25 +305,15 @@ func mustDial(t *testing.T, ns *testbed.NS, addr string) *net.TCPConn {
 // peerServer accepts connections and answers each with the peer address it
 // saw, then echoes until EOF. It proves who the server talks to.
 func peerServer(t *testing.T, ns *testbed.NS, addr string) {
-	ln := listen(t, ns, addr)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-				ip := net.ParseIP(host)
-				if v4 := ip.To4(); v4 != nil {
-					ip = v4
-				}
-				fmt.Fprintf(c, "%s\n", ip)
-				io.Copy(c, c)
-			}()
+	serve(t, ns, addr, func(c *net.TCPConn) {
+		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		ip := net.ParseIP(host)
+		if v4 := ip.To4(); v4 != nil {
+			ip = v4
 		}
-	}()
+		fmt.Fprintf(c, "%s\n", ip)
+		io.Copy(c, c)
+	})
 }
 
 // peerSeen connects, reads the peer address the server saw, and checks the

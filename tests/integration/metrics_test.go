@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"reflect"
 	"sort"
 	"strings"
@@ -71,23 +72,13 @@ func metricsStatusOf(t *testing.T, b *bed) metricsStatus {
 // sizedServer reads each connection to EOF, then answers with reply bytes
 // and closes.
 func sizedServer(t *testing.T, ns *testbed.NS, addr string, reply int) {
-	ln := listen(t, ns, addr)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-				if _, err := io.Copy(io.Discard, c); err != nil {
-					return
-				}
-				_, _ = c.Write(bytes.Repeat([]byte{'r'}, reply))
-			}()
+	serve(t, ns, addr, func(c *net.TCPConn) {
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			return
 		}
-	}()
+		_, _ = c.Write(bytes.Repeat([]byte{'r'}, reply))
+	})
 }
 
 func testMetricsMatchStatus(t *testing.T) {

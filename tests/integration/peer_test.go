@@ -55,19 +55,7 @@ func testKey() []byte { return bytes.Repeat([]byte("k3y!"), 8) }
 // semantics, not speed) and detaches both ends at cleanup.
 func newPeerTopo(t *testing.T) *testbed.TwoPEP {
 	t.Helper()
-	topo, err := testbed.NewTwoPEP(testbed.Options{Prefix: "pwp"})
-	if err != nil {
-		t.Fatalf("two-PEP test bed: %v", err)
-	}
-	t.Cleanup(func() {
-		for _, ns := range []*testbed.NS{topo.Terminal, topo.Gateway} {
-			runCmdIn(ns, pepsalBin, "detach")
-		}
-		if err := topo.Close(); err != nil {
-			t.Errorf("close test bed: %v", err)
-		}
-	})
-	return topo
+	return twoPEPBed(t, testbed.Options{Prefix: "pwp"})
 }
 
 func startPeerGateway(t *testing.T, topo *testbed.TwoPEP, key string, extra ...string) *daemon {
@@ -146,51 +134,25 @@ func testPeerWarmPath(t *testing.T) {
 	for _, f := range twoPEPFamilies {
 		transferServer(t, topo.Server, hostPort(f.server, 9000))
 		// Client half-closes first: the reply follows its FIN.
-		ln := listen(t, topo.Server, hostPort(f.server, 7000))
-		go func() {
-			for {
-				c, err := ln.AcceptTCP()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					if req, err := io.ReadAll(c); err == nil && string(req) == "request" {
-						c.Write(reply)
-					}
-				}()
+		serve(t, topo.Server, hostPort(f.server, 7000), func(c *net.TCPConn) {
+			if req, err := io.ReadAll(c); err == nil && string(req) == "request" {
+				c.Write(reply)
 			}
-		}()
+		})
 		// Server half-closes first: the client still sends after its FIN.
-		ln2 := listen(t, topo.Server, hostPort(f.server, 7001))
-		go func() {
-			for {
-				c, err := ln2.AcceptTCP()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					c.Write([]byte("banner"))
-					c.CloseWrite()
-					got, _ := io.ReadAll(c)
-					if string(got) == "after your FIN" {
-						// Proof it arrived: a second connection asks.
-						rstConns <- nil
-					}
-				}()
+		serve(t, topo.Server, hostPort(f.server, 7001), func(c *net.TCPConn) {
+			c.Write([]byte("banner"))
+			c.CloseWrite()
+			got, _ := io.ReadAll(c)
+			if string(got) == "after your FIN" {
+				// Proof it arrived: a second connection asks.
+				rstConns <- nil
 			}
-		}()
-		ln3 := listen(t, topo.Server, hostPort(f.server, 7100))
-		go func() {
-			for {
-				c, err := ln3.AcceptTCP()
-				if err != nil {
-					return
-				}
-				rstConns <- c
-			}
-		}()
+		})
+		serve(t, topo.Server, hostPort(f.server, 7100), func(c *net.TCPConn) {
+			rstConns <- c
+			<-t.Context().Done() // the test resets and closes it
+		})
 	}
 	before := peerStatus(t, topo.Gateway).counter("syn_diverted")
 	for _, f := range twoPEPFamilies {
@@ -416,17 +378,10 @@ func TestPeerAuth(t *testing.T) {
 	topo := newPeerTopo(t)
 	key := writeKey(t, testKey(), 0o600)
 	var seen atomic.Int32
-	ln := listen(t, topo.Server, hostPort(testbed.TPServerV4, 7400))
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			seen.Add(1)
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	serve(t, topo.Server, hostPort(testbed.TPServerV4, 7400), func(c *net.TCPConn) {
+		seen.Add(1)
+		io.Copy(c, c)
+	})
 	startPeerGateway(t, topo, key)
 	dst := netip.MustParseAddrPort(hostPort(testbed.TPServerV4, 7400))
 	cli := netip.MustParseAddrPort(hostPort(testbed.TPClientV4, 40000))

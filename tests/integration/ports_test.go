@@ -2,6 +2,7 @@ package integration
 
 import (
 	"io"
+	"net"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,22 +15,12 @@ import (
 // client closes first, so pepsal's upstream socket sends the first FIN and
 // its TIME_WAIT stays on the router.
 func requestServer(t *testing.T, ns *testbed.NS, addr string) {
-	ln := listen(t, ns, addr)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				if _, err := io.Copy(io.Discard, c); err == nil {
-					c.Write([]byte("ok"))
-				}
-			}()
+	serve(t, ns, addr, func(c *net.TCPConn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err == nil {
+			c.Write([]byte("ok"))
 		}
-	}()
+	})
 }
 
 // shortConns makes n short request/answer connections to addr, one after

@@ -588,35 +588,25 @@ func testRealSocatHalfClose(t *testing.T) {
 	const port, reqSize, replySize = 9300, 1 << 20, 8 << 20
 	peers := make(chan string, 4)
 	for _, f := range families {
-		ln := listen(t, b.Server, hostPort(f.server, port))
-		go func() {
-			for {
-				c, err := ln.AcceptTCP()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-					peers <- host
-					h := sha256.New()
-					n, err := io.Copy(h, c)
-					if err != nil {
-						return
-					}
-					// The reply starts only after the client's FIN: it names what was
-					// received, then a large deterministic body.
-					w := bufio.NewWriterSize(c, 64<<10)
-					fmt.Fprintf(w, "%d %x\n", n, h.Sum(nil))
-					if _, err := io.Copy(w, io.LimitReader(newStream(uint64(n)), replySize)); err != nil {
-						return
-					}
-					if w.Flush() == nil {
-						c.CloseWrite()
-					}
-				}()
+		serve(t, b.Server, hostPort(f.server, port), func(c *net.TCPConn) {
+			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+			peers <- host
+			h := sha256.New()
+			n, err := io.Copy(h, c)
+			if err != nil {
+				return
 			}
-		}()
+			// The reply starts only after the client's FIN: it names what was
+			// received, then a large deterministic body.
+			w := bufio.NewWriterSize(c, 64<<10)
+			fmt.Fprintf(w, "%d %x\n", n, h.Sum(nil))
+			if _, err := io.Copy(w, io.LimitReader(newStream(uint64(n)), replySize)); err != nil {
+				return
+			}
+			if w.Flush() == nil {
+				c.CloseWrite()
+			}
+		})
 	}
 	b.startPepsal()
 	before := b.status().counter("syn_diverted")

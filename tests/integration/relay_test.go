@@ -92,22 +92,12 @@ func testEarlyClose(t *testing.T) {
 	}
 	results := make(chan got, 8)
 	for _, f := range families {
-		ln := listen(t, b.Server, hostPort(f.server, 7300))
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					c.SetDeadline(time.Now().Add(30 * time.Second))
-					h := sha256.New()
-					n, err := io.Copy(h, c)
-					results <- got{n, h.Sum(nil), err}
-				}()
-			}
-		}()
+		serve(t, b.Server, hostPort(f.server, 7300), func(c *net.TCPConn) {
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			h := sha256.New()
+			n, err := io.Copy(h, c)
+			results <- got{n, h.Sum(nil), err}
+		})
 	}
 	b.startPepsal()
 	for _, f := range families {
@@ -301,26 +291,16 @@ func testMemoryBoundedSlowClient(t *testing.T) {
 func slowClientMemory(t *testing.T, conns int, d time.Duration) int64 {
 	link := linkemu.Link{Down: linkemu.Dir{RateBps: 10e6, Delay: 5 * time.Millisecond}, Up: linkemu.Dir{Delay: 5 * time.Millisecond}}
 	b := newBedWith(t, testbed.Options{Middle: linkemu.Middle(link)})
-	ln := listen(t, b.Server, hostPort(testbed.ServerV4, 7500))
 	stop := make(chan struct{})
-	go func() {
+	serve(t, b.Server, hostPort(testbed.ServerV4, 7500), func(c *net.TCPConn) {
+		go func() { <-stop; c.Close() }()
+		buf := make([]byte, 256<<10)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := c.Write(buf); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				go func() { <-stop; c.Close() }()
-				buf := make([]byte, 256<<10)
-				for {
-					if _, err := c.Write(buf); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 	b.startPepsal()
 	var clients []net.Conn
 	for range conns {

@@ -206,26 +206,16 @@ func TestControlSurvivesFDShortage(t *testing.T) {
 // endlessServer writes to every connection until a write fails, and
 // reports that error.
 func endlessServer(t *testing.T, ns *testbed.NS, addr string, writeErrs chan<- error) {
-	ln := listen(t, ns, addr)
-	go func() {
+	serve(t, ns, addr, func(c *net.TCPConn) {
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		buf := make([]byte, 64<<10)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := c.Write(buf); err != nil {
+				writeErrs <- err
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(60 * time.Second))
-				buf := make([]byte, 64<<10)
-				for {
-					if _, err := c.Write(buf); err != nil {
-						writeErrs <- err
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 }
 
 // TestCrashResetsConnections: when the daemon is killed (SIGKILL: no

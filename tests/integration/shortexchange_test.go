@@ -63,46 +63,36 @@ func checkStream(id uint32, b []byte) int {
 
 // shortExchangeServer answers exchanges and reports, per id, what it got.
 func shortExchangeServer(t *testing.T, ns *testbed.NS, addr string, got chan<- string) {
-	ln := listen(t, ns, addr)
-	go func() {
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(60 * time.Second))
-				var hdr [shortHeader]byte
-				if _, err := io.ReadFull(c, hdr[:]); err != nil {
-					got <- fmt.Sprintf("server: header: %v", err)
-					return
-				}
-				id := binary.BigEndian.Uint32(hdr[0:])
-				up := int(binary.BigEndian.Uint32(hdr[4:]))
-				down := int(binary.BigEndian.Uint32(hdr[8:]))
-				body, err := io.ReadAll(c)
-				switch {
-				case err != nil:
-					got <- fmt.Sprintf("server #%d: read: %v after %d of %d bytes", id, err, len(body), up)
-					return
-				case len(body) != up:
-					got <- fmt.Sprintf("server #%d: got %d of %d bytes, then a clean EOF", id, len(body), up)
-					return
-				case checkStream(id, body) >= 0:
-					got <- fmt.Sprintf("server #%d: byte %d differs", id, checkStream(id, body))
-					return
-				}
-				reply := make([]byte, down)
-				fill(id^0xffff, reply, 0)
-				if _, err := c.Write(reply); err != nil {
-					got <- fmt.Sprintf("server #%d: write reply: %v", id, err)
-					return
-				}
-				got <- ""
-			}()
+	serve(t, ns, addr, func(c *net.TCPConn) {
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		var hdr [shortHeader]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			got <- fmt.Sprintf("server: header: %v", err)
+			return
 		}
-	}()
+		id := binary.BigEndian.Uint32(hdr[0:])
+		up := int(binary.BigEndian.Uint32(hdr[4:]))
+		down := int(binary.BigEndian.Uint32(hdr[8:]))
+		body, err := io.ReadAll(c)
+		switch {
+		case err != nil:
+			got <- fmt.Sprintf("server #%d: read: %v after %d of %d bytes", id, err, len(body), up)
+			return
+		case len(body) != up:
+			got <- fmt.Sprintf("server #%d: got %d of %d bytes, then a clean EOF", id, len(body), up)
+			return
+		case checkStream(id, body) >= 0:
+			got <- fmt.Sprintf("server #%d: byte %d differs", id, checkStream(id, body))
+			return
+		}
+		reply := make([]byte, down)
+		fill(id^0xffff, reply, 0)
+		if _, err := c.Write(reply); err != nil {
+			got <- fmt.Sprintf("server #%d: write reply: %v", id, err)
+			return
+		}
+		got <- ""
+	})
 }
 
 // runExchange is the client side; it returns what went wrong, or "", and

@@ -53,22 +53,12 @@ func testSplitIsSeenByServer(t *testing.T) {
 // reports the hash and count of what it received on the same connection
 // after the download.
 func transferServer(t *testing.T, ns *testbed.NS, addr string) {
-	ln := listen(t, ns, addr)
-	go func() {
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			go serveTransfer(c)
-		}
-	}()
+	serve(t, ns, addr, serveTransfer)
 }
 
 const transferHeader = 24
 
 func serveTransfer(c *net.TCPConn) {
-	defer c.Close()
 	var hdr [transferHeader]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
 		return
@@ -210,23 +200,13 @@ func testHalfClose(t *testing.T) {
 	b := newBed(t)
 	reply := bytes.Repeat([]byte("reply after EOF "), 64<<10) // 1 MiB
 	for _, f := range families {
-		ln := listen(t, b.Server, hostPort(f.server, 7000))
-		go func() {
-			for {
-				c, err := ln.AcceptTCP()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					req, err := io.ReadAll(c) // until the client's FIN
-					if err != nil || string(req) != "request" {
-						return
-					}
-					c.Write(reply)
-				}()
+		serve(t, b.Server, hostPort(f.server, 7000), func(c *net.TCPConn) {
+			req, err := io.ReadAll(c) // until the client's FIN
+			if err != nil || string(req) != "request" {
+				return
 			}
-		}()
+			c.Write(reply)
+		})
 	}
 	b.startPepsal()
 	for _, f := range families {
@@ -257,16 +237,10 @@ func testResetPropagates(t *testing.T) {
 	type accepted struct{ c *net.TCPConn }
 	conns := make(chan accepted, 4)
 	for _, f := range families {
-		ln := listen(t, b.Server, hostPort(f.server, 7100))
-		go func() {
-			for {
-				c, err := ln.AcceptTCP()
-				if err != nil {
-					return
-				}
-				conns <- accepted{c}
-			}
-		}()
+		serve(t, b.Server, hostPort(f.server, 7100), func(c *net.TCPConn) {
+			conns <- accepted{c}
+			<-t.Context().Done() // the test resets and closes it
+		})
 	}
 	b.startPepsal()
 	for _, f := range families {

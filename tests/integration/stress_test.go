@@ -30,53 +30,43 @@ const stressHeader = 25 // up u64, down u64, seed u64, mode u8
 // stressServer serves the three kinds of stress connections; for client
 // resets it records whether it saw the reset (a hung server is a failure).
 func stressServer(t *testing.T, ns *testbed.NS, addr string, sawReset chan<- uint64) {
-	ln := listen(t, ns, addr)
-	go func() {
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
+	serve(t, ns, addr, func(c *net.TCPConn) {
+		c.SetDeadline(time.Now().Add(150 * time.Second))
+		var hdr [stressHeader]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		up := int64(binary.BigEndian.Uint64(hdr[0:]))
+		down := int64(binary.BigEndian.Uint64(hdr[8:]))
+		seed := binary.BigEndian.Uint64(hdr[16:])
+		switch hdr[24] {
+		case stressNormal:
+			h := sha256.New()
+			done := make(chan int64, 1)
+			go func() { n, _ := io.Copy(h, c); done <- n }()
+			if _, err := io.Copy(c, io.LimitReader(newStream(seed^0xd0d0), down)); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(150 * time.Second))
-				var hdr [stressHeader]byte
-				if _, err := io.ReadFull(c, hdr[:]); err != nil {
-					return
-				}
-				up := int64(binary.BigEndian.Uint64(hdr[0:]))
-				down := int64(binary.BigEndian.Uint64(hdr[8:]))
-				seed := binary.BigEndian.Uint64(hdr[16:])
-				switch hdr[24] {
-				case stressNormal:
-					h := sha256.New()
-					done := make(chan int64, 1)
-					go func() { n, _ := io.Copy(h, c); done <- n }()
-					if _, err := io.Copy(c, io.LimitReader(newStream(seed^0xd0d0), down)); err != nil {
-						return
-					}
-					n := <-done
-					var rep [40]byte
-					binary.BigEndian.PutUint64(rep[:8], uint64(n))
-					copy(rep[8:], h.Sum(nil))
-					c.Write(rep[:])
-					c.CloseWrite()
-					io.Copy(io.Discard, c)
-				case stressClientReset:
-					go io.Copy(c, io.LimitReader(newStream(seed), down))
-					_, err := io.Copy(io.Discard, c)
-					if isReset(err) {
-						sawReset <- seed
-					}
-				case stressServerReset:
-					io.Copy(c, io.LimitReader(newStream(seed), down/2))
-					io.CopyN(io.Discard, c, up/2)
-					c.SetLinger(0)
-					c.Close()
-				}
-			}()
+			n := <-done
+			var rep [40]byte
+			binary.BigEndian.PutUint64(rep[:8], uint64(n))
+			copy(rep[8:], h.Sum(nil))
+			c.Write(rep[:])
+			c.CloseWrite()
+			io.Copy(io.Discard, c)
+		case stressClientReset:
+			go io.Copy(c, io.LimitReader(newStream(seed), down))
+			_, err := io.Copy(io.Discard, c)
+			if isReset(err) {
+				sawReset <- seed
+			}
+		case stressServerReset:
+			io.Copy(c, io.LimitReader(newStream(seed), down/2))
+			io.CopyN(io.Discard, c, up/2)
+			c.SetLinger(0)
+			c.Close()
 		}
-	}()
+	})
 }
 
 // stressConn runs one connection from the client side; nil means it behaved.

@@ -106,28 +106,18 @@ func TestTimeWaitAfterCrashFailsOpen(t *testing.T) {
 // closeFirstServer tells each client the address it sees, echoes, and
 // closes at once when it reads "bye".
 func closeFirstServer(t *testing.T, ns *testbed.NS, addr string) {
-	ln := listen(t, ns, addr)
-	go func() {
+	serve(t, ns, addr, func(c *net.TCPConn) {
+		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		fmt.Fprintf(c, "%s\n", net.ParseIP(host))
+		buf := make([]byte, 512)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			n, err := c.Read(buf)
+			if err != nil || string(buf[:n]) == "bye" {
 				return
 			}
-			go func() {
-				defer c.Close()
-				host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-				fmt.Fprintf(c, "%s\n", net.ParseIP(host))
-				buf := make([]byte, 512)
-				for {
-					n, err := c.Read(buf)
-					if err != nil || string(buf[:n]) == "bye" {
-						return
-					}
-					c.Write(buf[:n])
-				}
-			}()
+			c.Write(buf[:n])
 		}
-	}()
+	})
 }
 
 // waitFor polls cond until it holds or the time is up.

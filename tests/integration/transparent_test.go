@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -15,24 +16,14 @@ import (
 func testTransparent(t *testing.T) {
 	b := newBed(t)
 	for _, f := range families {
-		ln := listen(t, b.Server, hostPort(f.server, 8600))
-		go func() {
-			for {
-				c, err := ln.AcceptTCP()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					fmt.Fprintf(c, "%s\n", c.RemoteAddr())
-					req, err := io.ReadAll(c) // until the client's FIN (half-close)
-					if err != nil {
-						return
-					}
-					c.Write(bytes.Repeat(req, 1000)) // then a reply much larger than the request
-				}()
+		serve(t, b.Server, hostPort(f.server, 8600), func(c *net.TCPConn) {
+			fmt.Fprintf(c, "%s\n", c.RemoteAddr())
+			req, err := io.ReadAll(c) // until the client's FIN (half-close)
+			if err != nil {
+				return
 			}
-		}()
+			c.Write(bytes.Repeat(req, 1000)) // then a reply much larger than the request
+		})
 		transferServer(t, b.Server, hostPort(f.server, 9000))
 	}
 	b.startPepsal("--iface", testbed.RouterClientIf, "--transparent")

@@ -3,6 +3,7 @@ package integration
 import (
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -18,7 +19,17 @@ import (
 func newTwoPEP(t *testing.T) *testbed.TwoPEP {
 	t.Helper()
 	slow := linkemu.Link{Down: linkemu.Dir{Delay: 300 * time.Millisecond}, Up: linkemu.Dir{Delay: 300 * time.Millisecond}}
-	topo, err := testbed.NewTwoPEP(testbed.Options{Prefix: "pit", Middle: linkemu.Middle(slow)})
+	topo := twoPEPBed(t, testbed.Options{Prefix: "pit", Middle: linkemu.Middle(slow)})
+	startPepsalIn(t, topo.Terminal, "--iface", testbed.TerminalClientIf, "--role", "terminal")
+	startPepsalIn(t, topo.Gateway, "--iface", testbed.GatewayLinkIf, "--role", "gateway")
+	return topo
+}
+
+// twoPEPBed builds a two-PEP bed; at cleanup it detaches both ends and
+// deletes the bed.
+func twoPEPBed(t *testing.T, opt testbed.Options) *testbed.TwoPEP {
+	t.Helper()
+	topo, err := testbed.NewTwoPEP(opt)
 	if err != nil {
 		t.Fatalf("two-PEP test bed: %v", err)
 	}
@@ -30,8 +41,6 @@ func newTwoPEP(t *testing.T) *testbed.TwoPEP {
 			t.Errorf("close test bed: %v", err)
 		}
 	})
-	startPepsalIn(t, topo.Terminal, "--iface", testbed.TerminalClientIf, "--role", "terminal")
-	startPepsalIn(t, topo.Gateway, "--iface", testbed.GatewayLinkIf, "--role", "gateway")
 	return topo
 }
 
@@ -71,24 +80,14 @@ func testTwoPEPFastOpen(t *testing.T) {
 	fams := []fam{{"ipv4", testbed.TPServerV4}, {"ipv6", testbed.TPServerV6}}
 	arrived := make(chan time.Time, 4)
 	for _, f := range fams {
-		ln := listen(t, topo.Server, hostPort(f.server, 8500))
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					req := make([]byte, 4)
-					if _, err := io.ReadFull(c, req); err != nil {
-						return
-					}
-					arrived <- time.Now()
-					c.Write([]byte("200\n"))
-				}()
+		serve(t, topo.Server, hostPort(f.server, 8500), func(c *net.TCPConn) {
+			req := make([]byte, 4)
+			if _, err := io.ReadFull(c, req); err != nil {
+				return
 			}
-		}()
+			arrived <- time.Now()
+			c.Write([]byte("200\n"))
+		})
 		transferServer(t, topo.Server, hostPort(f.server, 9000))
 	}
 	// Resolve the link's neighbours first: the first packet across waits one

@@ -38,36 +38,26 @@ func (b *bed) daemonIdentity() (pid int, version string) {
 // pacedServer sends each client size bytes of a seeded stream in small
 // steps, so that its downloads are still running across an upgrade.
 func pacedServer(t *testing.T, ns *testbed.NS, addr string, size int64) {
-	ln := listen(t, ns, addr)
-	go func() {
+	serve(t, ns, addr, func(c *net.TCPConn) {
+		var seed [8]byte
+		if _, err := io.ReadFull(c, seed[:]); err != nil {
+			return
+		}
+		src := io.LimitReader(newStream(uint64(seed[0])), size)
+		buf := make([]byte, 32<<10)
 		for {
-			c, err := ln.AcceptTCP()
+			n, err := src.Read(buf)
+			if n > 0 {
+				if _, werr := c.Write(buf[:n]); werr != nil {
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				var seed [8]byte
-				if _, err := io.ReadFull(c, seed[:]); err != nil {
-					return
-				}
-				src := io.LimitReader(newStream(uint64(seed[0])), size)
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := src.Read(buf)
-					if n > 0 {
-						if _, werr := c.Write(buf[:n]); werr != nil {
-							return
-						}
-						time.Sleep(20 * time.Millisecond)
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 }
 
 // TestUpgradeUnderChurn: the binary on disk is replaced and the daemon gets

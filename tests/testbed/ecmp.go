@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"strings"
@@ -25,7 +26,7 @@ const (
 type ECMP struct {
 	Client, Edge, Server *NS
 	Peps                 [2]*NS
-	all                  []*NS
+	nss                  nsSet
 }
 
 // PepServerV4 and PepServerV6 are the address pepsal router i dials servers
@@ -40,36 +41,11 @@ func edgePepV6(i int) string   { return fmt.Sprintf("fd79:%d::1", 10+i) }
 // NewECMP builds the namespaces, links, addresses, routes and the next-hop
 // groups (through `ip nexthop`: netlink has no API for them here).
 func NewECMP(prefix string) (topo *ECMP, err error) {
-	if prefix == "" {
-		prefix = "ec"
-	}
-	t := &ECMP{}
-	defer func() {
-		if err != nil {
-			t.Close()
-		}
-	}()
-	mk := func(role string) (*NS, error) {
-		ns, err := NewNS(prefix + "-" + role)
-		if err != nil {
-			return nil, err
-		}
-		t.all = append(t.all, ns)
-		return ns, nil
-	}
-	if t.Client, err = mk("cli"); err != nil {
+	t := &ECMP{nss: nsSet{prefix: cmp.Or(prefix, "ec")}}
+	defer t.nss.closeOnError(&err)
+	if err := t.nss.addAll(nsSlot{&t.Client, "cli"}, nsSlot{&t.Edge, "edg"}, nsSlot{&t.Server, "srv"},
+		nsSlot{&t.Peps[0], "pep0"}, nsSlot{&t.Peps[1], "pep1"}); err != nil {
 		return nil, err
-	}
-	if t.Edge, err = mk("edg"); err != nil {
-		return nil, err
-	}
-	if t.Server, err = mk("srv"); err != nil {
-		return nil, err
-	}
-	for i := range t.Peps {
-		if t.Peps[i], err = mk(fmt.Sprintf("pep%d", i)); err != nil {
-			return nil, err
-		}
 	}
 	if err := Veth(t.Client, "eth0", t.Edge, ECMPEdgeIf); err != nil {
 		return nil, err
@@ -163,11 +139,4 @@ func (n *NS) ip(args ...string) error {
 }
 
 // Close deletes every namespace, even after a partial build.
-func (t *ECMP) Close() error {
-	var errs []error
-	for _, ns := range t.all {
-		errs = append(errs, ns.Close())
-	}
-	t.all = nil
-	return errors.Join(errs...)
-}
+func (t *ECMP) Close() error { return t.nss.Close() }

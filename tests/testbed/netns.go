@@ -197,34 +197,41 @@ func Veth(a *NS, aName string, b *NS, bName string) error {
 
 // LinkUp sets an interface up.
 func (n *NS) LinkUp(name string) error {
-	h, err := n.Handle()
+	h, l, err := n.link(name)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
+	return h.LinkSetUp(l)
+}
+
+// link finds interface name in n, with a netlink handle there that the
+// caller closes.
+func (n *NS) link(name string) (*netlink.Handle, netlink.Link, error) {
+	h, err := n.Handle()
+	if err != nil {
+		return nil, nil, err
+	}
 	l, err := h.LinkByName(name)
 	if err != nil {
-		return fmt.Errorf("%s in %s: %w", name, n.Name, err)
+		h.Close()
+		return nil, nil, fmt.Errorf("%s in %s: %w", name, n.Name, err)
 	}
-	return h.LinkSetUp(l)
+	return h, l, nil
 }
 
 // AddAddr adds an address in CIDR form; IPv6 addresses skip duplicate address
 // detection so that they are usable at once.
 func (n *NS) AddAddr(ifname, cidr string) error {
-	h, err := n.Handle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(ifname)
-	if err != nil {
-		return fmt.Errorf("%s in %s: %w", ifname, n.Name, err)
-	}
 	addr, err := netlink.ParseAddr(cidr)
 	if err != nil {
 		return err
 	}
+	h, l, err := n.link(ifname)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
 	if addr.IP.To4() == nil {
 		addr.Flags |= 0x02 // IFA_F_NODAD
 	}

@@ -1,7 +1,7 @@
 package testbed
 
 import (
-	"errors"
+	"cmp"
 	"fmt"
 	"io"
 )
@@ -43,69 +43,21 @@ type Topology struct {
 	Client, Router, Server *NS
 	Link                   *NS // only with Options.Middle
 	ServerLink             *NS // only with Options.ServerMiddle
-	middles                []io.Closer
-	all                    []*NS
+	nss                    nsSet
 }
 
 // NewTopology builds the namespaces, links, addresses and routes.
 func NewTopology(opt Options) (topo *Topology, err error) {
-	if opt.Prefix == "" {
-		opt.Prefix = "pt"
-	}
-	t := &Topology{}
-	defer func() {
-		if err != nil {
-			t.Close()
-		}
-	}()
-	mk := func(role string) (*NS, error) {
-		ns, err := NewNS(opt.Prefix + "-" + role)
-		if err != nil {
-			return nil, err
-		}
-		t.all = append(t.all, ns)
-		return ns, nil
-	}
-	if t.Client, err = mk("cli"); err != nil {
+	t := &Topology{nss: nsSet{prefix: cmp.Or(opt.Prefix, "pt")}}
+	defer t.nss.closeOnError(&err)
+	if err := t.nss.addAll(nsSlot{&t.Client, "cli"}, nsSlot{&t.Router, "rtr"}, nsSlot{&t.Server, "srv"}); err != nil {
 		return nil, err
 	}
-	if t.Router, err = mk("rtr"); err != nil {
+	if t.Link, err = t.nss.link(opt.Middle, "lnk", t.Client, "eth0", "m-cli", t.Router, RouterClientIf, "m-rtr"); err != nil {
 		return nil, err
 	}
-	if t.Server, err = mk("srv"); err != nil {
+	if t.ServerLink, err = t.nss.link(opt.ServerMiddle, "slk", t.Server, "eth0", "m-srv", t.Router, RouterServerIf, "m-rtr"); err != nil {
 		return nil, err
-	}
-
-	if opt.Middle == nil {
-		if err := Veth(t.Client, "eth0", t.Router, RouterClientIf); err != nil {
-			return nil, err
-		}
-	} else {
-		if t.Link, err = mk("lnk"); err != nil {
-			return nil, err
-		}
-		if err := Veth(t.Client, "eth0", t.Link, "m-cli"); err != nil {
-			return nil, err
-		}
-		if err := Veth(t.Link, "m-rtr", t.Router, RouterClientIf); err != nil {
-			return nil, err
-		}
-	}
-	if opt.ServerMiddle == nil {
-		if err := Veth(t.Server, "eth0", t.Router, RouterServerIf); err != nil {
-			return nil, err
-		}
-	} else {
-		if t.ServerLink, err = mk("slk"); err != nil {
-			return nil, err
-		}
-		// The emulator's "client side" faces the router, its "router side" the server.
-		if err := Veth(t.ServerLink, "m-rtr", t.Router, RouterServerIf); err != nil {
-			return nil, err
-		}
-		if err := Veth(t.ServerLink, "m-srv", t.Server, "eth0"); err != nil {
-			return nil, err
-		}
 	}
 
 	steps := []func() error{
@@ -129,33 +81,15 @@ func NewTopology(opt Options) (topo *Topology, err error) {
 			return nil, err
 		}
 	}
-	if opt.Middle != nil {
-		m, err := opt.Middle(t.Link, "m-cli", "m-rtr")
-		if err != nil {
-			return nil, fmt.Errorf("start middle: %w", err)
-		}
-		t.middles = append(t.middles, m)
+	if err := t.nss.start(opt.Middle, t.Link, "m-cli", "m-rtr"); err != nil {
+		return nil, fmt.Errorf("start middle: %w", err)
 	}
-	if opt.ServerMiddle != nil {
-		m, err := opt.ServerMiddle(t.ServerLink, "m-rtr", "m-srv")
-		if err != nil {
-			return nil, fmt.Errorf("start server-side middle: %w", err)
-		}
-		t.middles = append(t.middles, m)
+	// The server-side emulator's "client side" faces the router, its "router side" the server.
+	if err := t.nss.start(opt.ServerMiddle, t.ServerLink, "m-rtr", "m-srv"); err != nil {
+		return nil, fmt.Errorf("start server-side middle: %w", err)
 	}
 	return t, nil
 }
 
-// Close stops the middle and deletes every namespace, even after a partial build.
-func (t *Topology) Close() error {
-	var errs []error
-	for _, m := range t.middles {
-		errs = append(errs, m.Close())
-	}
-	t.middles = nil
-	for _, ns := range t.all {
-		errs = append(errs, ns.Close())
-	}
-	t.all = nil
-	return errors.Join(errs...)
-}
+// Close stops the middles and deletes every namespace, even after a partial build.
+func (t *Topology) Close() error { return t.nss.Close() }

@@ -1,9 +1,8 @@
 package testbed
 
 import (
-	"errors"
+	"cmp"
 	"fmt"
-	"io"
 )
 
 // Addresses of the two-PEP topology. They differ from the single-router ones
@@ -38,54 +37,21 @@ const (
 type TwoPEP struct {
 	Client, Terminal, Gateway, Server *NS
 	Link                              *NS // only with Options.Middle
-	middle                            io.Closer
-	all                               []*NS
+	nss                               nsSet
 }
 
 // NewTwoPEP builds the namespaces, links, addresses and routes, dual stack.
 func NewTwoPEP(opt Options) (topo *TwoPEP, err error) {
-	if opt.Prefix == "" {
-		opt.Prefix = "tp"
-	}
-	t := &TwoPEP{}
-	defer func() {
-		if err != nil {
-			t.Close()
-		}
-	}()
-	mk := func(role string) (*NS, error) {
-		ns, err := NewNS(opt.Prefix + "-" + role)
-		if err != nil {
-			return nil, err
-		}
-		t.all = append(t.all, ns)
-		return ns, nil
-	}
-	for _, s := range []struct {
-		dst  **NS
-		role string
-	}{{&t.Client, "cli"}, {&t.Terminal, "trm"}, {&t.Gateway, "gw"}, {&t.Server, "srv"}} {
-		if *s.dst, err = mk(s.role); err != nil {
-			return nil, err
-		}
+	t := &TwoPEP{nss: nsSet{prefix: cmp.Or(opt.Prefix, "tp")}}
+	defer t.nss.closeOnError(&err)
+	if err := t.nss.addAll(nsSlot{&t.Client, "cli"}, nsSlot{&t.Terminal, "trm"}, nsSlot{&t.Gateway, "gw"}, nsSlot{&t.Server, "srv"}); err != nil {
+		return nil, err
 	}
 	if err := Veth(t.Client, "eth0", t.Terminal, TerminalClientIf); err != nil {
 		return nil, err
 	}
-	if opt.Middle == nil {
-		if err := Veth(t.Terminal, TerminalLinkIf, t.Gateway, GatewayLinkIf); err != nil {
-			return nil, err
-		}
-	} else {
-		if t.Link, err = mk("lnk"); err != nil {
-			return nil, err
-		}
-		if err := Veth(t.Terminal, TerminalLinkIf, t.Link, tpLinkTowardTerm); err != nil {
-			return nil, err
-		}
-		if err := Veth(t.Link, tpLinkTowardGw, t.Gateway, GatewayLinkIf); err != nil {
-			return nil, err
-		}
+	if t.Link, err = t.nss.link(opt.Middle, "lnk", t.Terminal, TerminalLinkIf, tpLinkTowardTerm, t.Gateway, GatewayLinkIf, tpLinkTowardGw); err != nil {
+		return nil, err
 	}
 	if err := Veth(t.Server, "eth0", t.Gateway, GatewayServerIf); err != nil {
 		return nil, err
@@ -133,24 +99,11 @@ func NewTwoPEP(opt Options) (topo *TwoPEP, err error) {
 			return nil, err
 		}
 	}
-	if opt.Middle != nil {
-		if t.middle, err = opt.Middle(t.Link, tpLinkTowardTerm, tpLinkTowardGw); err != nil {
-			return nil, fmt.Errorf("start middle: %w", err)
-		}
+	if err := t.nss.start(opt.Middle, t.Link, tpLinkTowardTerm, tpLinkTowardGw); err != nil {
+		return nil, fmt.Errorf("start middle: %w", err)
 	}
 	return t, nil
 }
 
 // Close stops the middle and deletes every namespace, even after a partial build.
-func (t *TwoPEP) Close() error {
-	var errs []error
-	if t.middle != nil {
-		errs = append(errs, t.middle.Close())
-		t.middle = nil
-	}
-	for _, ns := range t.all {
-		errs = append(errs, ns.Close())
-	}
-	t.all = nil
-	return errors.Join(errs...)
-}
+func (t *TwoPEP) Close() error { return t.nss.Close() }
