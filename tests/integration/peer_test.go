@@ -15,18 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
 	"github.com/pepsal/pepsal/userspace"
 )
 
-// Warm paths between a terminal and a gateway pepsal (issue #12).
-//
-// Not yet in relaySuite because they fail today (known defects of the warm
-// path, see issue #12's notes): testPeerWarmPath (splice: a reset crosses a
-// warm connection as a FIN; sockmap: transfers are reset),
-// testPeerUpstreamFailureResetsClient (splice: the client gets a FIN), and
-// testPeerFallback (the burst half needs link delay: on a bed without delay
-// the pool refills faster than the burst drains it).
+// Warm paths between a terminal and a gateway pepsal (issue #12). The
+// behaviours that depend on the relay mode are in relaySuite.
 
 const peerPort = 7700
 
@@ -303,7 +298,10 @@ func testPeerTransparentGateway(t *testing.T) {
 // running, fall back to the fast-open path, counted; the pool refills by
 // itself when the gateway comes back.
 func testPeerFallback(t *testing.T) {
-	topo := newPeerTopo(t)
+	// A 100 ms round trip, so that the pool cannot refill while the burst
+	// takes its connections (without delay it refills at once).
+	hop := linkemu.Dir{Delay: 50 * time.Millisecond}
+	topo := twoPEPBed(t, testbed.Options{Prefix: "pwp", Middle: linkemu.Middle(linkemu.Link{Down: hop, Up: hop})})
 	key := writeKey(t, testKey(), 0o600)
 	for _, f := range twoPEPFamilies {
 		transferServer(t, topo.Server, hostPort(f.server, 9000))

@@ -48,6 +48,7 @@ var relaySuite = []struct {
 	{"PeerTransparentGateway", testPeerTransparentGateway},
 	{"PeerWarmPath", testPeerWarmPath},
 	{"PeerUpstreamFailureResetsClient", testPeerUpstreamFailureResetsClient},
+	{"PeerFallback", testPeerFallback},
 }
 
 func runSuite(t *testing.T, relay string) {
