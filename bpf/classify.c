@@ -267,7 +267,6 @@ int pepsal_classify(struct __sk_buff *skb)
 		COUNT(syn_bypass_full);
 		return TC_ACT_UNSPEC;
 	}
-	info.syn_ns = bpf_ktime_get_ns();
 	info.tos = p.tos;
 	if (bpf_map_update_elem(&pepsal_diverted, &p.key, &info, BPF_ANY)) {
 		/* Unreachable for an LRU map, but never divert what sk_lookup would not steer. */

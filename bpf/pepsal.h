@@ -22,8 +22,7 @@ struct flow_key {
 
 /* What the classifier saw on a diverted SYN. */
 struct divert_info {
-	__u64 syn_ns; /* bpf_ktime_get_ns() */
-	__u32 tos;    /* IPv4 ToS or IPv6 traffic class, for the upstream SYN */
+	__u32 tos; /* IPv4 ToS or IPv6 traffic class, for the upstream SYN */
 	__u32 pad;
 };
 

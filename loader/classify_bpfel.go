@@ -62,10 +62,9 @@ type classifyCounters struct {
 }
 
 type classifyDivertInfo struct {
-	_     structs.HostLayout
-	SynNs uint64
-	Tos   uint32
-	Pad   uint32
+	_   structs.HostLayout
+	Tos uint32
+	Pad uint32
 }
 
 type classifyExcludeKey struct {

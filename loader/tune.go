@@ -146,18 +146,6 @@ func (t *Tuner) RegisterUpstream(cookie uint64) error {
 // ForgetUpstream removes a server leg once its connection is over.
 func (t *Tuner) ForgetUpstream(cookie uint64) { _ = t.upstream.Delete(cookie) }
 
-// UpstreamEntries counts registered server legs (for leak checks).
-func (t *Tuner) UpstreamEntries() int {
-	var k uint64
-	var v uint8
-	n := 0
-	it := t.upstream.Iterate()
-	for it.Next(&k, &v) {
-		n++
-	}
-	return n
-}
-
 // TakeDiverted returns what the classifier saw on the SYN of a diverted
 // connection and deletes the entry (it was kept for sock_ops and for this).
 func (a *Attachment) TakeDiverted(client, server netip.AddrPort) (DivertInfo, bool) {

@@ -56,10 +56,9 @@ type tuneCounters struct {
 }
 
 type tuneDivertInfo struct {
-	_     structs.HostLayout
-	SynNs uint64
-	Tos   uint32
-	Pad   uint32
+	_   structs.HostLayout
+	Tos uint32
+	Pad uint32
 }
 
 type tuneExcludeKey struct {

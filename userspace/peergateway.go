@@ -132,34 +132,23 @@ func (g *PeerGateway) refuse(s *Splitter, conn *net.TCPConn, reason string, err 
 
 // peerAcceptLoop accepts terminals' connections until the listener closes.
 func (s *Splitter) peerAcceptLoop(ctx context.Context, g *PeerGateway) {
-	backoff := acceptBackoff{log: s.Log, what: "peer"}
-	for {
-		conn, err := g.ln.AcceptTCP()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			s.onLocalExhaustion(err)
-			backoff.failed(err)
-			continue
-		}
-		backoff.ok()
+	s.acceptEach(g.ln, "peer", func(conn *net.TCPConn) {
 		g.accepted.Add(1)
 		if !g.allowed(addrPort(conn.RemoteAddr()).Addr()) {
 			g.refuse(s, conn, AuthNotAllowed, fmt.Errorf("source not in --peer-allow"))
-			continue
+			return
 		}
 		if g.pending.Add(1) > peerMaxPending {
 			g.pending.Add(-1)
 			g.refuse(s, conn, AuthOverload, fmt.Errorf("%d connections already wait for a header", peerMaxPending))
-			continue
+			return
 		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			s.servePeer(ctx, g, conn)
 		}()
-	}
+	})
 }
 
 // servePeer serves one warm connection: hello, wait (idle) for the header,

@@ -98,11 +98,22 @@ func (s *Splitter) Serve(ctx, drainCtx context.Context) {
 	}
 }
 
-// acceptLoop accepts until the listener is closed. Other errors (EMFILE and
-// the like) are waited out with a growing pause: the connection stays in the
-// kernel's accept queue meanwhile.
+// acceptLoop splits each connection of a proxy listener until it closes.
 func (s *Splitter) acceptLoop(ctx context.Context, ln *net.TCPListener) {
-	backoff := acceptBackoff{log: s.Log, what: "proxy"}
+	s.acceptEach(ln, "proxy", func(conn *net.TCPConn) {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.split(ctx, conn)
+		}()
+	})
+}
+
+// acceptEach hands each accepted connection to handle until the listener is
+// closed. Other errors (EMFILE and the like) are waited out with a growing
+// pause: the connection stays in the kernel's accept queue meanwhile.
+func (s *Splitter) acceptEach(ln *net.TCPListener, what string, handle func(*net.TCPConn)) {
+	backoff := acceptBackoff{log: s.Log, what: what}
 	for {
 		conn, err := ln.AcceptTCP()
 		if err != nil {
@@ -114,11 +125,7 @@ func (s *Splitter) acceptLoop(ctx context.Context, ln *net.TCPListener) {
 			continue
 		}
 		backoff.ok()
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.split(ctx, conn)
-		}()
+		handle(conn)
 	}
 }
 

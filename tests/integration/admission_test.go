@@ -42,35 +42,10 @@ func (b *bed) admission() admissionStatus {
 // router namespace, like startPepsalIn.
 func startPepsalLimited(t *testing.T, b *bed, soft, hard int, args ...string) *daemon {
 	t.Helper()
-	full := append([]string{fmt.Sprintf("--nofile=%d:%d", soft, hard), pepsalBin, "run", "--log-level", "debug", "--relay", relayMode}, args...)
-	cmd := b.Router.Command("prlimit", full...)
-	d := &daemon{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
-	cmd.Stderr = d.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start pepsal: %v", err)
-	}
-	go func() { d.done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		d.stop(syscall.SIGTERM, 10*time.Second)
-		if t.Failed() {
-			t.Logf("pepsal stderr:\n%s", d.stderr.String())
-		}
-	})
-	for deadline := time.Now().Add(15 * time.Second); ; {
-		if r := b.pepsal("status"); r.code == 0 {
-			return d
-		}
-		select {
-		case err := <-d.done:
-			d.done <- err
-			t.Fatalf("pepsal exited early (%v):\n%s", err, d.stderr.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pepsal not serving after 15 s:\n%s", d.stderr.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	saved := daemonWrapper
+	daemonWrapper = []string{"prlimit", fmt.Sprintf("--nofile=%d:%d", soft, hard)}
+	defer func() { daemonWrapper = saved }()
+	return startPepsalIn(t, b.Router, args...)
 }
 
 // admitted opens a connection to peerServer at addr and says whether it was

@@ -532,8 +532,10 @@ func TestRestartedDaemonOwnsAttachment(t *testing.T) {
 			t.Errorf("the restarted daemon left traces:\nbefore:\n%s\nafter:\n%s", before, after)
 		}
 	})
-	t.Run("persistent attach survives run --iface", func(t *testing.T) {
-		b := newBed(t)
+	// attachSurvivesRun: after `pepsal attach` the attachment is persistent,
+	// and a `run --iface` that starts and stops leaves it exactly as it was.
+	attachSurvivesRun := func(t *testing.T, b *bed, what string) {
+		t.Helper()
 		if r := b.pepsal("attach", "--iface", testbed.RouterClientIf); r.code != 0 {
 			t.Fatal(r.stderr)
 		}
@@ -542,22 +544,16 @@ func TestRestartedDaemonOwnsAttachment(t *testing.T) {
 			t.Fatal(err)
 		}
 		if after := netState(t, b.Router); after != once {
-			t.Errorf("run --iface removed a persistent attachment:\nbefore:\n%s\nafter:\n%s", once, after)
+			t.Errorf("run --iface removed %s:\nbefore:\n%s\nafter:\n%s", what, once, after)
 		}
+	}
+	t.Run("persistent attach survives run --iface", func(t *testing.T) {
+		attachSurvivesRun(t, newBed(t), "a persistent attachment")
 	})
 	t.Run("attach claims a killed daemon's attachment", func(t *testing.T) {
 		b := newBed(t)
 		b.startPepsal().stop(syscall.SIGKILL, 5*time.Second)
-		if r := b.pepsal("attach", "--iface", testbed.RouterClientIf); r.code != 0 {
-			t.Fatal(r.stderr)
-		}
-		once := netState(t, b.Router)
-		if err := b.startPepsal().stop(syscall.SIGTERM, 10*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		if after := netState(t, b.Router); after != once {
-			t.Errorf("run --iface removed an attachment `pepsal attach` claimed:\nbefore:\n%s\nafter:\n%s", once, after)
-		}
+		attachSurvivesRun(t, b, "an attachment `pepsal attach` claimed")
 	})
 	t.Run("not while another daemon serves it", func(t *testing.T) {
 		b := newBed(t)
