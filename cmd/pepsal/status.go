@@ -15,41 +15,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// statusReport is `pepsal status --json`; the text form prints the same.
-type statusReport struct {
-	Attached   bool                  `json:"attached"`
-	Serving    bool                  `json:"serving"`
-	PinDir     string                `json:"pin_dir,omitempty"`
-	Ifaces     []loader.Iface        `json:"ifaces"`
-	Programs   map[string]uint32     `json:"program_ids,omitempty"`
-	Routing    *routingReport        `json:"routing,omitempty"`
-	Listeners  map[string]uint64     `json:"listener_cookies,omitempty"`
-	Counters   []loader.Counter      `json:"counters,omitempty"`
-	Relay      *relayReport          `json:"relay_map_entries,omitempty"`
-	Daemon     *userspace.DaemonInfo `json:"daemon,omitempty"`
-	DaemonNote string                `json:"daemon_error,omitempty"`
-	// OwnerPID is the `pepsal run --iface` daemon that removes the attachment
-	// when it stops; 0: persistent (`pepsal attach`).
-	OwnerPID   int  `json:"owner_pid,omitempty"`
-	OwnerAlive bool `json:"owner_alive,omitempty"`
-	// Problems say why the pins do not work as recorded here; status then fails.
-	Problems []string `json:"problems,omitempty"`
-}
-
-type relayReport struct {
-	Sockets    int `json:"sockets"`
-	Directions int `json:"directions"`
-	UserCounts int `json:"user_counts"` // pepsal_relay_user: one per direction, like directions
-}
-
-type routingReport struct {
-	Fwmark       uint32 `json:"fwmark"`
-	Table        int    `json:"table"`
-	RulePriority int    `json:"rule_priority"`
-	Rules        int    `json:"rules_present"`
-	Routes       int    `json:"routes_present"`
-}
-
 func statusCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -83,8 +48,8 @@ func statusCmd() *cobra.Command {
 	return cmd
 }
 
-func collectStatus() (*statusReport, error) {
-	rep := &statusReport{Ifaces: []loader.Iface{}}
+func collectStatus() (*userspace.StatusReport, error) {
+	rep := &userspace.StatusReport{Ifaces: []loader.Iface{}}
 	var info userspace.DaemonInfo
 	if err := userspace.Query("info", &info); err == nil {
 		rep.Daemon = &info
@@ -112,7 +77,7 @@ func collectStatus() (*statusReport, error) {
 	}
 	rep.Programs = att.ProgramIDs()
 	if r, err := att.Routing(); err == nil {
-		rr := &routingReport{Fwmark: r.Mark, Table: r.Table, RulePriority: r.Priority}
+		rr := &userspace.RoutingReport{Fwmark: r.Mark, Table: r.Table, RulePriority: r.Priority}
 		rr.Rules, rr.Routes, _ = r.Present()
 		rep.Routing = rr
 	}
@@ -124,7 +89,7 @@ func collectStatus() (*statusReport, error) {
 		return nil, err
 	}
 	if socks, dirs, user, err := att.Relay().Entries(); err == nil {
-		rep.Relay = &relayReport{Sockets: socks, Directions: dirs, UserCounts: user}
+		rep.Relay = &userspace.RelayReport{Sockets: socks, Directions: dirs, UserCounts: user}
 	}
 	rep.OwnerPID, rep.OwnerAlive = att.Owner()
 	rep.Problems = att.Problems()
@@ -132,7 +97,7 @@ func collectStatus() (*statusReport, error) {
 	return rep, nil
 }
 
-func printStatus(w io.Writer, rep *statusReport) {
+func printStatus(w io.Writer, rep *userspace.StatusReport) {
 	if !rep.Attached {
 		fmt.Fprintln(w, "attached:  no (nothing in this network namespace)")
 	} else {

@@ -1,0 +1,59 @@
+package userspace
+
+import "github.com/pepsal/pepsal/loader"
+
+// The JSON schema of `pepsal status --json` and `pepsal conns --json`, in one
+// place: the CLI encodes these types, and the integration tests and the
+// benchmark decode them, so a renamed field cannot drift between copies.
+// `pepsal conns --json` is a []ConnInfo (table.go), each with its legs
+// (LegInfo, leginfo.go); the daemon part of the status is DaemonInfo
+// (control.go) with its Stats and PeerStats.
+
+// StatusReport is `pepsal status --json`; the text form prints the same.
+type StatusReport struct {
+	Attached   bool              `json:"attached"`
+	Serving    bool              `json:"serving"`
+	PinDir     string            `json:"pin_dir,omitempty"`
+	Ifaces     []loader.Iface    `json:"ifaces"`
+	Programs   map[string]uint32 `json:"program_ids,omitempty"`
+	Routing    *RoutingReport    `json:"routing,omitempty"`
+	Listeners  map[string]uint64 `json:"listener_cookies,omitempty"`
+	Counters   []loader.Counter  `json:"counters,omitempty"`
+	Relay      *RelayReport      `json:"relay_map_entries,omitempty"`
+	Daemon     *DaemonInfo       `json:"daemon,omitempty"`
+	DaemonNote string            `json:"daemon_error,omitempty"`
+	// OwnerPID is the `pepsal run --iface` daemon that removes the attachment
+	// when it stops; 0: persistent (`pepsal attach`).
+	OwnerPID   int  `json:"owner_pid,omitempty"`
+	OwnerAlive bool `json:"owner_alive,omitempty"`
+	// Problems say why the pins do not work as recorded here; status then fails.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// RelayReport counts the kernel relay's map entries.
+type RelayReport struct {
+	Sockets    int `json:"sockets"`
+	Directions int `json:"directions"`
+	UserCounts int `json:"user_counts"` // pepsal_relay_user: one per direction, like directions
+}
+
+// RoutingReport is the policy routing that delivers diverted SYNs locally.
+type RoutingReport struct {
+	Fwmark       uint32 `json:"fwmark"`
+	Table        int    `json:"table"`
+	RulePriority int    `json:"rule_priority"`
+	Rules        int    `json:"rules_present"`
+	Routes       int    `json:"routes_present"`
+}
+
+// Counter is the value of the classifier counter name (as in bpf/pepsal.h);
+// ok is false when the report has no counter of that name, so a caller can
+// tell a renamed counter from one that stayed at zero.
+func (r *StatusReport) Counter(name string) (v uint64, ok bool) {
+	for _, c := range r.Counters {
+		if c.Name == name {
+			return c.Value, true
+		}
+	}
+	return 0, false
+}
