@@ -281,12 +281,6 @@ func TestLastLineAndTail(t *testing.T) {
 	if got := lastLine(strings.Repeat("x", 500), nil); len(got) != 203 {
 		t.Errorf("long line kept %d chars", len(got))
 	}
-	tb := &tailBuffer{max: 8}
-	tb.Write([]byte("hello "))
-	tb.Write([]byte("world"))
-	if tb.String() != "lo world" {
-		t.Errorf("tail %q", tb.String())
-	}
 }
 
 func TestParseSockstat(t *testing.T) {

@@ -3,16 +3,16 @@ package bench
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/tests/harness"
 	"github.com/pepsal/pepsal/tests/testbed"
+	"github.com/pepsal/pepsal/userspace"
 )
 
 // Site is a router namespace where a PEP runs and the interface on which it
@@ -36,72 +36,56 @@ func (m Mode) Proxied() bool { return m.Relay != "" || m.Reference }
 // NoProxy is the routed baseline.
 var NoProxy = Mode{Name: "no proxy"}
 
-// Daemon is a proxy process running in a namespace.
+// Daemon is a proxy (or another program of the bench) running at a site.
 type Daemon struct {
+	*harness.Process
 	Site Site
-	PID  int // the proxy itself, not nsenter
-	cmd  *exec.Cmd
-	out  *tailBuffer
-	done chan struct{}
-	err  error                 // exit status, valid once done is closed
+	PID  int                   // the proxy itself, not nsenter
 	undo func(context.Context) // removes what the start changed in the namespace
 	bin  string
 	ref  bool
 }
 
 const (
-	startTimeout = 15 * time.Second
-	stopTimeout  = 10 * time.Second
+	stopTimeout = 10 * time.Second
 	// refPort is the reference PEPsal's default listening port.
 	refPort = "5000"
 )
 
-func (d *Daemon) exited() bool {
-	select {
-	case <-d.done:
-		return true
-	default:
-		return false
-	}
-}
+// launchOpts keep the output's tail only, so a long run cannot grow it, and
+// give the program its own process group: a Ctrl-C on the terminal reaches
+// the benchmark, which stops it in order, not the program first.
+var launchOpts = harness.Options{OwnGroup: true, Tail: 16 << 10}
 
-// launch starts the program with its output kept (the tail only, so a long
-// run cannot grow it). The proxy gets its own process group: a Ctrl-C on the
-// terminal reaches the benchmark, which stops it in order, not the proxy first.
+// launch starts a program at site.
 func launch(site Site, bin string, args ...string) (*Daemon, error) {
-	d := &Daemon{Site: site, out: &tailBuffer{max: 16 << 10}, done: make(chan struct{}), bin: bin}
-	d.cmd = site.NS.Command(bin, args...)
-	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := d.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s in %s: %w", bin, site.NS.Name, err)
+	p, err := harness.Launch(site.NS, launchOpts, bin, args...)
+	if err != nil {
+		return nil, err
 	}
-	go func() {
-		d.err = d.cmd.Wait()
-		close(d.done)
-	}()
-	d.PID = d.cmd.Process.Pid
-	return d, nil
+	return &Daemon{Process: p, Site: site, PID: p.PID(), bin: bin}, nil
 }
 
 // StartPepsal runs `pepsal run --iface IF --relay R [extra...]` at site and
 // waits until `pepsal status` says it serves. A daemon that exits first is
 // reported with the last line it printed, its error message.
 func StartPepsal(ctx context.Context, bin string, site Site, relay string, extra []string) (*Daemon, error) {
-	args := append([]string{"run", "--iface", site.Iface, "--relay", relay}, extra...)
-	d, err := launch(site, bin, args...)
+	args := append([]string{"--iface", site.Iface, "--relay", relay}, extra...)
+	p, err := harness.StartPepsal(ctx, site.NS, bin, launchOpts, args...)
 	if err != nil {
-		return nil, err
-	}
-	d.undo = func(ctx context.Context) {
 		// The daemon detaches when it stops; this also covers a SIGKILL.
 		_ = exec.CommandContext(ctx, "nsenter", "--net="+site.NS.Path(), "--", bin, "detach").Run()
-	}
-	if err := d.waitReady(ctx, func() bool { return site.NS.Command(bin, "status").Run() == nil },
-		func() string {
-			return fmt.Sprintf("not serving after %s: %s", startTimeout, lastLine(d.out.String(), nil))
-		}); err != nil {
+		if errors.Is(err, harness.ErrExited) {
+			return nil, fmt.Errorf("%s", lastLine(p.Output(), p.Err()))
+		}
+		if p != nil && errors.Is(err, harness.ErrNotReady) {
+			return nil, fmt.Errorf("not serving after %s: %s", harness.StartTimeout, lastLine(p.Output(), nil))
+		}
 		return nil, err
+	}
+	d := &Daemon{Process: p, Site: site, PID: p.PID(), bin: bin}
+	d.undo = func(ctx context.Context) {
+		_ = exec.CommandContext(ctx, "nsenter", "--net="+site.NS.Path(), "--", bin, "detach").Run()
 	}
 	if st, err := d.Status(); err == nil && st.Daemon != nil && st.Daemon.PID > 0 {
 		d.PID = st.Daemon.PID
@@ -111,53 +95,18 @@ func StartPepsal(ctx context.Context, bin string, site Site, relay string, extra
 	return d, nil
 }
 
-// PepsalStatus is the part of `pepsal status --json` the benchmark reads.
-type PepsalStatus struct {
-	Serving bool `json:"serving"`
-	Daemon  *struct {
-		PID   int `json:"pid"`
-		Stats struct {
-			Accepted      uint64 `json:"accepted"`
-			Active        int64  `json:"active"`
-			Completed     uint64 `json:"completed"`
-			Reset         uint64 `json:"reset"`
-			BytesToServer uint64 `json:"bytes_to_server"`
-			BytesToClient uint64 `json:"bytes_to_client"`
-			KernelBytes   uint64 `json:"kernel_bytes"`
-		} `json:"stats"`
-	} `json:"daemon"`
-}
-
 // Status asks the pepsal daemon of the site for its state.
-func (d *Daemon) Status() (PepsalStatus, error) {
-	var st PepsalStatus
+func (d *Daemon) Status() (userspace.StatusReport, error) {
 	if d.ref {
-		return st, errors.New("the reference PEPsal has no status command")
+		return userspace.StatusReport{}, errors.New("the reference PEPsal has no status command")
 	}
-	out, err := d.Site.NS.Command(d.bin, "status", "--json").Output()
-	if len(out) == 0 && err != nil {
-		return st, fmt.Errorf("pepsal status --json: %w", err)
-	}
-	if err := json.Unmarshal(out, &st); err != nil {
-		return st, fmt.Errorf("pepsal status --json: %w", err)
-	}
-	return st, nil
+	return harness.Status(d.Site.NS, d.bin)
 }
 
 // Stop ends the daemon (SIGTERM, then SIGKILL) and undoes its setup. It is
 // safe to call twice.
 func (d *Daemon) Stop() {
-	if !d.exited() {
-		// The whole group: nsenter execs the proxy, but if it ever forked,
-		// the proxy would be its child in the same group.
-		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-d.done:
-		case <-time.After(stopTimeout):
-			_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
-			<-d.done
-		}
-	}
+	d.Process.Stop(syscall.SIGTERM, stopTimeout)
 	if d.undo != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		d.undo(ctx)
@@ -166,28 +115,23 @@ func (d *Daemon) Stop() {
 	}
 }
 
-// waitReady polls ready for up to startTimeout. A daemon that exits first is
-// reported with the last line it printed; a timeout with late(). Either way
-// the daemon is stopped.
+// waitReady polls ready for up to harness.StartTimeout. A daemon that exits
+// first is reported with the last line it printed; a timeout with late().
+// Either way the daemon is stopped.
 func (d *Daemon) waitReady(ctx context.Context, ready func() bool, late func() string) error {
-	for deadline := time.Now().Add(startTimeout); !ready(); time.Sleep(100 * time.Millisecond) {
-		if d.exited() {
-			d.Stop()
-			return fmt.Errorf("%s", lastLine(d.out.String(), d.err))
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			d.Stop()
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return errors.New(late())
-		}
+	err := d.WaitReady(ctx, harness.StartTimeout, ready)
+	if err == nil {
+		return nil
 	}
-	return nil
+	d.Stop()
+	switch {
+	case errors.Is(err, harness.ErrExited):
+		return fmt.Errorf("%s", lastLine(d.Output(), d.Err()))
+	case errors.Is(err, harness.ErrNotReady):
+		return errors.New(late())
+	}
+	return err
 }
-
-// Output is the tail of what the daemon printed.
-func (d *Daemon) Output() string { return d.out.String() }
 
 // StartReference runs the reference PEPsal at site with its documented
 // TPROXY recipe (policy routing for mark 1 and an iptables mangle rule).
@@ -228,7 +172,7 @@ func StartReference(ctx context.Context, bin string, site Site) (*Daemon, error)
 		return len(bytes.TrimSpace(out)) > 0
 	}
 	if err := d.waitReady(ctx, listening,
-		func() string { return fmt.Sprintf("not listening on port %s after %s", refPort, startTimeout) }); err != nil {
+		func() string { return fmt.Sprintf("not listening on port %s after %s", refPort, harness.StartTimeout) }); err != nil {
 		return nil, err
 	}
 	d.PID = realPID(d.PID)
@@ -307,27 +251,4 @@ func lastLine(out string, exitErr error) string {
 		l = l[:maxLen] + "..."
 	}
 	return l
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	b   []byte
-	max int
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }

@@ -3,14 +3,13 @@ package bench
 import (
 	"context"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/pepsal/pepsal/tests/harness"
 )
 
 // pepsalBin is built once by TestMain when running as root, not under -short.
@@ -21,22 +20,7 @@ func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 || testing.Short() {
 		os.Exit(m.Run()) // the smoke test skips itself
 	}
-	dir, err := os.MkdirTemp("", "pepsal-bench-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	pepsalBin = filepath.Join(dir, "pepsal")
-	build := exec.Command("go", "build", "-o", pepsalBin, "../../cmd/pepsal")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build pepsal:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(harness.RunWithBinary(m, &pepsalBin))
 }
 
 // TestSmoke runs a tiny benchmark end to end on plain veth, both topologies,

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/tests/harness"
 	"github.com/pepsal/pepsal/tests/testbed"
 )
 
@@ -142,8 +143,7 @@ func LoadPage(ctx context.Context, ns *testbed.NS, browser, url string, timeout 
 		"--dump-dom", url,
 	}
 	cmd := ns.Command(browser, args...)
-	var out, errOut tailBuffer
-	out.max, errOut.max = 1<<20, 4<<10
+	out, errOut := harness.TailBuffer{Max: 1 << 20}, harness.TailBuffer{Max: 4 << 10}
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	// Own group: the wrapper script, the browser and its helpers go together.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -11,41 +11,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pepsal/pepsal/tests/harness"
 	"github.com/pepsal/pepsal/tests/testbed"
 )
-
-// admissionStatus is the admission part of `pepsal status --json`.
-type admissionStatus struct {
-	Daemon *struct {
-		Stats struct {
-			Active    int64  `json:"active"`
-			MaxConns  int    `json:"max_conns"`
-			LowWater  int    `json:"low_water"`
-			Full      bool   `json:"full"`
-			FDLimit   uint64 `json:"fd_limit"`
-			Shortages uint64 `json:"resource_shortages"`
-		} `json:"stats"`
-	} `json:"daemon"`
-}
-
-func (b *bed) admission() admissionStatus {
-	b.t.Helper()
-	r := b.pepsal("status", "--json")
-	var s admissionStatus
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil || s.Daemon == nil {
-		b.t.Fatalf("status --json: %v\n%s%s", err, r.stdout, r.stderr)
-	}
-	return s
-}
 
 // startPepsalLimited runs `prlimit --nofile=soft:hard pepsal run ...` in the
 // router namespace, like startPepsalIn.
 func startPepsalLimited(t *testing.T, b *bed, soft, hard int, args ...string) *daemon {
 	t.Helper()
-	saved := daemonWrapper
-	daemonWrapper = []string{"prlimit", fmt.Sprintf("--nofile=%d:%d", soft, hard)}
-	defer func() { daemonWrapper = saved }()
-	return startPepsalIn(t, b.Router, args...)
+	return startPepsalWith(t, b.Router, harness.Options{Wrapper: []string{"prlimit", fmt.Sprintf("--nofile=%d:%d", soft, hard)}}, args...)
 }
 
 // admitted opens a connection to peerServer at addr and says whether it was
@@ -90,7 +64,7 @@ func testAdmissionFailsOpen(t *testing.T) {
 	// A hard limit of 2300 fds holds ~20 connections once the accept queues,
 	// pipes and the reserve are counted; the daemon raises its soft limit.
 	startPepsalLimited(t, b, 1024, 2300, "--iface", testbed.RouterClientIf)
-	st := b.admission().Daemon.Stats
+	st := b.daemonInfo().Stats
 	if st.FDLimit != 2300 {
 		t.Errorf("daemon's fd limit %d: it did not raise its soft limit to the hard 2300", st.FDLimit)
 	}
@@ -124,14 +98,14 @@ func testAdmissionFailsOpen(t *testing.T) {
 	if d := after.Daemon.Stats; d.Reset != 0 || d.UpstreamFailed != 0 {
 		t.Errorf("daemon stats %+v: a client was reset", d)
 	}
-	if s := b.admission().Daemon.Stats; !s.Full || s.Active != int64(max) {
+	if s := b.daemonInfo().Stats; !s.Full || s.Active != int64(max) {
 		t.Errorf("status: full %v with %d active, want full with %d", s.Full, s.Active, max)
 	}
 
 	// Hysteresis: down to the low-water mark the limit still holds...
 	waitActive := func(n int64) {
 		for end := time.Now().Add(20 * time.Second); ; {
-			if b.admission().Daemon.Stats.Active == n {
+			if b.daemonInfo().Stats.Active == n {
 				return
 			}
 			if time.Now().After(end) {

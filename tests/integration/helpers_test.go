@@ -15,21 +15,20 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/pepsal/pepsal/tests/harness"
 	"github.com/pepsal/pepsal/tests/testbed"
+	"github.com/pepsal/pepsal/userspace"
 )
 
 var pepsalBin string
 
-// extraRunArgs are appended to every `pepsal run` (negative controls).
-var extraRunArgs []string
-
 // daemonWrapper, when set, runs every `pepsal run` through this command
-// (setpriv with the service's capability set).
+// (setpriv with the service's capability set): a suite setting, like
+// relayMode, that the relay suite's tests do not take as an argument.
 var daemonWrapper []string
 
 func TestMain(m *testing.M) {
@@ -37,21 +36,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "integration tests need root (network namespaces, BPF)")
 		os.Exit(1)
 	}
-	dir, err := os.MkdirTemp("", "pepsal-it-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	pepsalBin = filepath.Join(dir, "pepsal")
-	build := exec.Command("go", "build", "-o", pepsalBin, "../../cmd/pepsal")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build pepsal:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(harness.RunWithBinary(m, &pepsalBin))
 }
 
 // bed is one test topology: client -- router -- server.
@@ -108,28 +93,7 @@ func runCmdIn(ns *testbed.NS, name string, args ...string) result {
 }
 
 // daemon is a running `pepsal run`.
-type daemon struct {
-	cmd    *exec.Cmd
-	stderr *syncBuffer
-	done   chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type daemon = harness.Process
 
 // startPepsal runs `pepsal run` in the router namespace and waits until
 // `pepsal status` says it serves. It is stopped (SIGTERM, then SIGKILL) at cleanup.
@@ -144,101 +108,114 @@ func (b *bed) startPepsal(args ...string) *daemon {
 // startPepsalIn runs `pepsal run` (in the suite's relay mode) in ns.
 func startPepsalIn(t *testing.T, ns *testbed.NS, args ...string) *daemon {
 	t.Helper()
-	args = append(append([]string{"run", "--log-level", "debug", "--relay", relayMode}, args...), extraRunArgs...)
-	cmd := ns.Command(pepsalBin, args...)
-	if len(daemonWrapper) > 0 {
-		cmd = ns.Command(daemonWrapper[0], append(append(daemonWrapper[1:len(daemonWrapper):len(daemonWrapper)], pepsalBin), args...)...)
-	}
-	d := &daemon{cmd: cmd, stderr: &syncBuffer{}, done: make(chan error, 1)}
-	cmd.Stderr = d.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start pepsal: %v", err)
-	}
-	go func() { d.done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		d.stop(syscall.SIGTERM, 10*time.Second)
-		if t.Failed() {
-			t.Logf("pepsal stderr (%s):\n%s", ns.Name, d.stderr.String())
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if r := runCmdIn(ns, pepsalBin, "status"); r.code == 0 {
-			return d
-		}
-		select {
-		case err := <-d.done:
-			d.done <- err
-			t.Fatalf("pepsal exited early (%v):\n%s", err, d.stderr.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pepsal not serving after 15 s:\n%s", d.stderr.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return startPepsalWith(t, ns, harness.Options{Wrapper: daemonWrapper}, args...)
 }
 
-// stop signals the daemon and waits for it; it reports how the process ended.
-func (d *daemon) stop(sig syscall.Signal, wait time.Duration) error {
-	select {
-	case err := <-d.done:
-		d.done <- err
-		return err
-	default:
+// startPepsalWith is startPepsalIn with launch options (a wrapper command).
+func startPepsalWith(t *testing.T, ns *testbed.NS, opts harness.Options, args ...string) *daemon {
+	t.Helper()
+	args = append([]string{"--log-level", "debug", "--relay", relayMode}, args...)
+	d, err := harness.StartPepsal(t.Context(), ns, pepsalBin, opts, args...)
+	if d != nil {
+		t.Cleanup(func() {
+			d.Stop(syscall.SIGTERM, 10*time.Second)
+			if t.Failed() && err == nil {
+				t.Logf("pepsal output (%s):\n%s", ns.Name, d.Output())
+			}
+		})
 	}
-	_ = d.cmd.Process.Signal(sig)
-	select {
-	case err := <-d.done:
-		d.done <- err
-		return err
-	case <-time.After(wait):
-		_ = d.cmd.Process.Kill()
-		err := <-d.done
-		d.done <- err
-		return fmt.Errorf("did not exit within %s after %s", wait, sig)
+	if err != nil {
+		out := ""
+		if d != nil {
+			out = d.Output()
+		}
+		t.Fatalf("%v:\n%s", err, out)
 	}
+	return d
 }
 
-// statusJSON is the part of `pepsal status --json` the tests read.
-type statusJSON struct {
-	Attached bool `json:"attached"`
-	Serving  bool `json:"serving"`
-	Counters []struct {
-		Name  string `json:"name"`
-		Value uint64 `json:"value"`
-	} `json:"counters"`
-	Daemon *struct {
-		HeapBytes uint64 `json:"heap_bytes"`
-		Stats     struct {
-			Accepted       uint64 `json:"accepted"`
-			Completed      uint64 `json:"completed"`
-			Reset          uint64 `json:"reset"`
-			UpstreamFailed uint64 `json:"upstream_failed"`
-			LoopRefused    uint64 `json:"loop_refused"`
-			BytesToServer  uint64 `json:"bytes_to_server"`
-			KernelBytes    uint64 `json:"kernel_bytes"`
-		} `json:"stats"`
-	} `json:"daemon"`
-}
-
-func (b *bed) status() statusJSON {
+// status is `pepsal status --json` in the router namespace.
+func (b *bed) status() status {
 	b.t.Helper()
-	r := b.pepsal("status", "--json")
-	var s statusJSON
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
-		b.t.Fatalf("status --json: %v\n%s%s", err, r.stdout, r.stderr)
+	return statusIn(b.t, b.Router)
+}
+
+// status is the decoded `pepsal status --json`; its counter lookup fails
+// the test on a name the report does not have.
+type status struct {
+	userspace.StatusReport
+	t testing.TB
+}
+
+// statusIn is `pepsal status --json` in ns.
+func statusIn(t testing.TB, ns *testbed.NS) status {
+	t.Helper()
+	st, _ := statusExit(t, ns)
+	return st
+}
+
+// statusExit is statusIn with how the command ended: status exits non-zero
+// when not serving but still reports; a document that does not decode
+// fails the test.
+func statusExit(t testing.TB, ns *testbed.NS) (status, result) {
+	t.Helper()
+	r := runCmdIn(ns, pepsalBin, "status", "--json")
+	var st userspace.StatusReport
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("status --json in %s: %v\n%s%s", ns.Name, err, r.stdout, r.stderr)
+	}
+	return status{st, t}, r
+}
+
+// counter is the classifier counter name; a name the report lacks (renamed,
+// misspelled) fails the test instead of reading as zero.
+func (s status) counter(name string) uint64 {
+	s.t.Helper()
+	v, ok := s.Counter(name)
+	if !ok {
+		names := make([]string, len(s.Counters))
+		for i, c := range s.Counters {
+			names[i] = c.Name
+		}
+		s.t.Fatalf("no counter %q in pepsal status (has %v)", name, names)
+	}
+	return v
+}
+
+// daemonStatus is the router's status with its daemon and relay map parts:
+// a status without them fails the test.
+func (b *bed) daemonStatus() status {
+	b.t.Helper()
+	s := b.status()
+	if s.Daemon == nil || s.Relay == nil {
+		b.t.Fatalf("status without a daemon or relay map entries: %+v", s.StatusReport)
 	}
 	return s
 }
 
-func (s statusJSON) counter(name string) uint64 {
-	for _, c := range s.Counters {
-		if c.Name == name {
-			return c.Value
-		}
+// daemonInfo is what the router's daemon says of itself.
+func (b *bed) daemonInfo() *userspace.DaemonInfo {
+	b.t.Helper()
+	s := b.status()
+	if s.Daemon == nil {
+		b.t.Fatalf("status without a daemon: %s", s.DaemonNote)
 	}
-	return 0
+	return s.Daemon
+}
+
+// conns is `pepsal conns --json` in the router namespace.
+func (b *bed) conns() []userspace.ConnInfo {
+	b.t.Helper()
+	return connsIn(b.t, b.Router)
+}
+
+func connsIn(t testing.TB, ns *testbed.NS) []userspace.ConnInfo {
+	t.Helper()
+	cs, err := harness.Conns(ns, pepsalBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
 }
 
 // listen opens a TCP listener inside ns.

@@ -54,11 +54,9 @@ func TestKillLoop(t *testing.T) {
 				}
 				loadedConns = append(loadedConns, c)
 			}
-			if err := d.cmd.Process.Kill(); err != nil {
+			if err := d.Kill(); err != nil {
 				t.Fatal(err)
 			}
-			<-d.done
-			d.done <- nil
 
 			var wg sync.WaitGroup
 			errs := make([]error, len(loadedConns))
@@ -101,7 +99,7 @@ func TestKillLoop(t *testing.T) {
 			}
 			c.Close()
 		}
-		if err := d.stop(syscall.SIGTERM, 10*time.Second); err != nil {
+		if err := d.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
 			t.Fatalf("last daemon: %v", err)
 		}
 		if after := netState(t, b.Router); after != before {

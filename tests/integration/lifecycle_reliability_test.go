@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -114,43 +113,6 @@ func programExists(id uint32) bool {
 	return true
 }
 
-// statusFull is `pepsal status --json` with the fields these tests read.
-type statusFull struct {
-	Attached bool              `json:"attached"`
-	Serving  bool              `json:"serving"`
-	PinDir   string            `json:"pin_dir"`
-	Programs map[string]uint32 `json:"program_ids"`
-	OwnerPID int               `json:"owner_pid"`
-	Problems []string          `json:"problems"`
-	Ifaces   []struct {
-		Name       string `json:"name"`
-		ReturnOnly bool   `json:"return_only"`
-	} `json:"ifaces"`
-	Counters []struct {
-		Name  string `json:"name"`
-		Value uint64 `json:"value"`
-	} `json:"counters"`
-}
-
-func statusIn(t *testing.T, ns *testbed.NS) (statusFull, result) {
-	t.Helper()
-	r := runCmdIn(ns, pepsalBin, "status", "--json")
-	var s statusFull
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
-		t.Fatalf("status --json: %v\n%s%s", err, r.stdout, r.stderr)
-	}
-	return s, r
-}
-
-func (s statusFull) counter(name string) uint64 {
-	for _, c := range s.Counters {
-		if c.Name == name {
-			return c.Value
-		}
-	}
-	return 0
-}
-
 // runBounded runs pepsal in ns and kills it after d: a command that should
 // fail at once must not be mistaken for one that serves forever.
 func runBounded(ns *testbed.NS, d time.Duration, args ...string) (r result, timedOut bool) {
@@ -249,7 +211,7 @@ func deadNamespaceReused(t *testing.T) (router *testbed.NS, deadDir string, tune
 	if r := runCmdIn(dead, pepsalBin, "attach", "--iface", "dead0"); r.code != 0 {
 		t.Fatalf("attach in the doomed namespace: %s", r.stderr)
 	}
-	deadSt, _ := statusIn(t, dead)
+	deadSt := statusIn(t, dead)
 	deadIno := nsInode(t, dead)
 	deadDir = pinDirFor(deadIno)
 	tuneID = deadSt.Programs["pepsal_tune"]
@@ -307,7 +269,7 @@ func TestDeadNamespacePinsNotAdopted(t *testing.T) {
 	}
 
 	// status says the pins are a dead namespace's, and why; nothing is attached here.
-	st, r := statusIn(t, router)
+	st, r := statusExit(t, router)
 	if r.code == 0 || st.Attached || len(st.Problems) == 0 || !strings.Contains(st.Problems[0], "dead network namespace") {
 		t.Errorf("status over a dead namespace's pins: exit %d, attached %v, problems %q", r.code, st.Attached, st.Problems)
 	}
@@ -329,7 +291,7 @@ func TestDeadNamespacePinsNotAdopted(t *testing.T) {
 			t.Errorf("%s: server saw %s, want the router (split)", f.name, got)
 		}
 	}
-	st, r = statusIn(t, router)
+	st, r = statusExit(t, router)
 	if r.code != 0 || st.counter("steer_assigned") < 2 || len(st.Problems) > 0 {
 		t.Errorf("status while serving: exit %d, steer_assigned %d, problems %q", r.code, st.counter("steer_assigned"), st.Problems)
 	}
@@ -339,7 +301,7 @@ func TestDeadNamespacePinsNotAdopted(t *testing.T) {
 	if programExists(tuneID) {
 		t.Errorf("the dead namespace's sock_ops program (id %d) is still loaded (on the root cgroup)", tuneID)
 	}
-	if err := d.stop(syscall.SIGTERM, 10*time.Second); err != nil {
+	if err := d.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if p := pins(t, router); p != "" {
@@ -389,7 +351,7 @@ func TestStatusFailsWhenIncoherent(t *testing.T) {
 			veth(t, b.Router, "pit-x0", "pit-x1", 0)
 			b.startPepsal("--iface", testbed.RouterClientIf, "--iface", "pit-x0")
 			c.breakIt(t, b)
-			st, r := statusIn(t, b.Router)
+			st, r := statusExit(t, b.Router)
 			if st.Serving || len(st.Problems) == 0 {
 				t.Errorf("status --json: serving %v, problems %q", st.Serving, st.Problems)
 			}
@@ -408,7 +370,7 @@ func TestStatusFailsWhenIncoherent(t *testing.T) {
 		if r := b.pepsal("attach", "--iface", testbed.RouterClientIf); r.code != 0 {
 			t.Fatalf("attach: %s", r.stderr)
 		}
-		if st, r := statusIn(t, b.Router); r.code != 0 || len(st.Ifaces) != 1 {
+		if st, r := statusExit(t, b.Router); r.code != 0 || len(st.Ifaces) != 1 {
 			t.Errorf("after attach: exit %d, ifaces %+v, problems %q", r.code, st.Ifaces, st.Problems)
 		}
 	})
@@ -471,7 +433,7 @@ func TestAttachErrorPathsNoPanic(t *testing.T) {
 			conflict(b, "pit-x0")
 		}, args: []string{"attach", "--tc-mode", "clsact", "--iface", iface, "--iface", "pit-x0"}, want: "attach classifier to pit-x0",
 			check: func(t *testing.T, b *bed) {
-				st, _ := statusIn(t, b.Router)
+				st := statusIn(t, b.Router)
 				for _, i := range st.Ifaces {
 					if i.Name == iface && !i.ReturnOnly {
 						t.Errorf("%s promoted to full interception by a failed attach", iface)
@@ -517,15 +479,15 @@ func TestRestartedDaemonOwnsAttachment(t *testing.T) {
 		b := newBed(t)
 		before := netState(t, b.Router)
 		peerServer(t, b.Server, hostPort(testbed.ServerV4, 8080))
-		b.startPepsal().stop(syscall.SIGKILL, 5*time.Second)
+		b.startPepsal().Stop(syscall.SIGKILL, 5*time.Second)
 		d := b.startPepsal()
 		if got := peerSeen(t, b.Client, hostPort(testbed.ServerV4, 8080)); got != testbed.RouterServerV4 {
 			t.Errorf("restarted daemon: server saw %s, want the router", got)
 		}
-		if st, _ := statusIn(t, b.Router); st.OwnerPID != d.cmd.Process.Pid {
-			t.Errorf("owner pid %d, want the restarted daemon's %d", st.OwnerPID, d.cmd.Process.Pid)
+		if st := statusIn(t, b.Router); st.OwnerPID != d.PID() {
+			t.Errorf("owner pid %d, want the restarted daemon's %d", st.OwnerPID, d.PID())
 		}
-		if err := d.stop(syscall.SIGTERM, 10*time.Second); err != nil {
+		if err := d.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		if after := netState(t, b.Router); after != before {
@@ -540,7 +502,7 @@ func TestRestartedDaemonOwnsAttachment(t *testing.T) {
 			t.Fatal(r.stderr)
 		}
 		once := netState(t, b.Router)
-		if err := b.startPepsal().stop(syscall.SIGTERM, 10*time.Second); err != nil {
+		if err := b.startPepsal().Stop(syscall.SIGTERM, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		if after := netState(t, b.Router); after != once {
@@ -552,12 +514,12 @@ func TestRestartedDaemonOwnsAttachment(t *testing.T) {
 	})
 	t.Run("attach claims a killed daemon's attachment", func(t *testing.T) {
 		b := newBed(t)
-		b.startPepsal().stop(syscall.SIGKILL, 5*time.Second)
+		b.startPepsal().Stop(syscall.SIGKILL, 5*time.Second)
 		attachSurvivesRun(t, b, "an attachment `pepsal attach` claimed")
 	})
 	t.Run("not while another daemon serves it", func(t *testing.T) {
 		b := newBed(t)
-		b.startPepsal().stop(syscall.SIGKILL, 5*time.Second)
+		b.startPepsal().Stop(syscall.SIGKILL, 5*time.Second)
 		startPepsalIn(t, b.Router) // serves on it without owning it
 		r, timedOut := runBounded(b.Router, 15*time.Second, "run", "--log-level", "error", "--listen-port", "5001", "--iface", testbed.RouterClientIf)
 		if timedOut {

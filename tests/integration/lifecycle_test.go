@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -28,7 +27,7 @@ func testKilledDaemonFailsOpenAndDetachCleans(t *testing.T) {
 			t.Fatalf("%s: not split while running: %s", f.name, got)
 		}
 	}
-	d.stop(syscall.SIGKILL, 5*time.Second)
+	d.Stop(syscall.SIGKILL, 5*time.Second)
 	for _, f := range families {
 		if got := peerSeen(t, b.Client, hostPort(f.server, 8080)); got != f.client {
 			t.Errorf("%s after SIGKILL: server saw %s, want the client (unsplit)", f.name, got)
@@ -44,10 +43,7 @@ func testKilledDaemonFailsOpenAndDetachCleans(t *testing.T) {
 	if during := netState(t, b.Router); during == before {
 		t.Fatal("state unchanged while attached: the comparison cannot see anything")
 	}
-	var st struct {
-		Programs map[string]int `json:"program_ids"`
-	}
-	json.Unmarshal([]byte(b.pepsal("status", "--json").stdout), &st)
+	st := b.status()
 	if len(st.Programs) != 4 {
 		t.Errorf("program ids %v, want classifier, steering, relay and sock_ops", st.Programs)
 	}
@@ -89,7 +85,7 @@ func testSIGTERMDetaches(t *testing.T) {
 			before := netState(t, b.Router)
 			peerServer(t, b.Server, hostPort(testbed.ServerV4, 8080))
 			d := b.startPepsal()
-			if err := d.stop(sig, 10*time.Second); err != nil {
+			if err := d.Stop(sig, 10*time.Second); err != nil {
 				t.Fatalf("exit after %s: %v", sig, err)
 			}
 			if after := netState(t, b.Router); after != before {
@@ -134,7 +130,7 @@ func testAttachIdempotentAndDetach(t *testing.T) {
 			if got := peerSeen(t, b.Client, hostPort(testbed.ServerV4, 8080)); got != testbed.RouterServerV4 {
 				t.Errorf("run on attachment: server saw %s, want the router", got)
 			}
-			if err := d.stop(syscall.SIGTERM, 10*time.Second); err != nil {
+			if err := d.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
 				t.Fatal(err)
 			}
 			if after := netState(t, b.Router); after != once {

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -35,38 +34,6 @@ func TestMetrics(t *testing.T) {
 		})
 	}
 	t.Run("BadAddr", testMetricsBadAddr)
-}
-
-// metricsStatus is the part of `pepsal status --json` the metrics mirror.
-type metricsStatus struct {
-	Counters []struct {
-		Name  string `json:"name"`
-		Value uint64 `json:"value"`
-	} `json:"counters"`
-	Daemon *struct {
-		Stats struct {
-			Accepted       uint64 `json:"accepted"`
-			Active         int64  `json:"active"`
-			Completed      uint64 `json:"completed"`
-			Reset          uint64 `json:"reset"`
-			UpstreamFailed uint64 `json:"upstream_failed"`
-			LoopRefused    uint64 `json:"loop_refused"`
-			Fallback       uint64 `json:"userspace_fallback"`
-			BytesToServer  uint64 `json:"bytes_to_server"`
-			BytesToClient  uint64 `json:"bytes_to_client"`
-			KernelBytes    uint64 `json:"kernel_bytes"`
-		} `json:"stats"`
-	} `json:"daemon"`
-}
-
-func metricsStatusOf(t *testing.T, b *bed) metricsStatus {
-	t.Helper()
-	r := b.pepsal("status", "--json")
-	var s metricsStatus
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil || s.Daemon == nil {
-		t.Fatalf("status --json (exit %d): %v\n%s%s", r.code, err, r.stdout, r.stderr)
-	}
-	return s
 }
 
 // sizedServer reads each connection to EOF, then answers with reply bytes
@@ -125,7 +92,7 @@ func testMetricsMatchStatus(t *testing.T) {
 	// The daemon accounts for a connection once both legs are closed.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		s := metricsStatusOf(t, b).Daemon.Stats
+		s := b.daemonStatus().Daemon.Stats
 		if s.Active == 0 && s.Completed+s.UpstreamFailed >= split+failed {
 			break
 		}
@@ -138,10 +105,10 @@ func testMetricsMatchStatus(t *testing.T) {
 	// Scrape, status, scrape: equal scrapes mean nothing moved meanwhile
 	// (a stray packet may bump a packet counter), so status must match them.
 	var scrape map[string]*dto.MetricFamily
-	var st metricsStatus
+	var st status
 	for try := 0; ; try++ {
 		a := scrapeMetrics(t, b.Router)
-		st = metricsStatusOf(t, b)
+		st = b.daemonStatus()
 		z := scrapeMetrics(t, b.Router)
 		if reflect.DeepEqual(pepsalValues(a), pepsalValues(z)) {
 			scrape = a
@@ -225,7 +192,7 @@ func testMetricsMatchStatus(t *testing.T) {
 		t.Errorf("%s: %v\n%s", readme, err, out)
 	}
 
-	if err := d.stop(syscall.SIGTERM, 10*time.Second); err != nil {
+	if err := d.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 	if after := netState(t, b.Router); after != before {

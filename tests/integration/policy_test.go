@@ -14,7 +14,9 @@ import (
 // TestRouterOwnTrafficNotIntercepted: connections to the router's own
 // addresses reach its own services; the proxy's port cannot be reached from
 // outside, and a local connection to it is refused (no loop, no open relay).
-func testRouterOwnTrafficNotIntercepted(t *testing.T) {
+//
+// It runs once, not per relay mode: no connection reaches a relay (loops are refused at accept).
+func TestRouterOwnTrafficNotIntercepted(t *testing.T) {
 	b := newBed(t)
 	peerServer(t, b.Router, "[::]:2222") // "sshd" on the router, dual stack
 	b.startPepsal()
@@ -54,7 +56,9 @@ func testRouterOwnTrafficNotIntercepted(t *testing.T) {
 }
 
 // TestUDPAndICMPPass: non-TCP traffic is forwarded as before.
-func testUDPAndICMPPass(t *testing.T) {
+//
+// It runs once, not per relay mode: no TCP, no relay.
+func TestUDPAndICMPPass(t *testing.T) {
 	b := newBed(t)
 	b.startPepsal()
 	for _, f := range families {
@@ -191,7 +195,9 @@ func testPolicyBypass(t *testing.T) {
 
 // TestFlowOpenedBeforeAttachSurvives: a connection that existed before pepsal
 // started keeps working, unsplit, in both directions.
-func testFlowOpenedBeforeAttachSurvives(t *testing.T) {
+//
+// It runs once, not per relay mode: the flows are never split.
+func TestFlowOpenedBeforeAttachSurvives(t *testing.T) {
 	b := newBed(t)
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 8080))

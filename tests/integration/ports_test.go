@@ -125,7 +125,7 @@ func TestUpstreamPortsReused(t *testing.T) {
 		t.Fatal("no daemon in status")
 	}
 
-	if err := d.stop(syscall.SIGTERM, 10*time.Second); err != nil {
+	if err := d.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 	if v := sysctl("net.ipv4.tcp_tw_reuse"); v != old {

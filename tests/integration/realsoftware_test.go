@@ -20,13 +20,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/pepsal/pepsal/tests/harness"
 	"github.com/pepsal/pepsal/tests/testbed"
 )
 
@@ -53,81 +53,44 @@ func realTool(t *testing.T, name, pkg string) string {
 
 // realServer is a server program running in a namespace for one test.
 type realServer struct {
+	*harness.Process
 	name string
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan error
 }
 
 // startRealServer runs name in ns in its own process group, which is killed
-// at cleanup (also when the test fails), workers and children included.
+// at cleanup (also when the test fails), workers and children included, and
+// also if the test binary dies without its cleanups.
 func startRealServer(t *testing.T, ns *testbed.NS, name string, args ...string) *realServer {
 	t.Helper()
-	cmd := ns.Command(name, args...)
-	s := &realServer{name: filepath.Base(name), cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
-	cmd.Stdout, cmd.Stderr = s.out, s.out
-	if err := startOwned(cmd, s.done); err != nil {
-		t.Fatalf("start %s: %v", name, err)
+	p, err := harness.Launch(ns, harness.Options{OwnGroup: true, DieWithParent: true}, name, args...)
+	if err != nil {
+		t.Fatal(err)
 	}
+	s := &realServer{p, filepath.Base(name)}
 	t.Cleanup(func() {
-		pgid := cmd.Process.Pid
-		_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		select {
-		case <-s.done:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			<-s.done
-		}
-		// Whatever else is left in the group (children) goes too.
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		s.Stop(syscall.SIGTERM, 5*time.Second)
 		if t.Failed() {
-			t.Logf("%s output:\n%s", s.name, s.out.String())
+			t.Logf("%s output:\n%s", s.name, s.Output())
 		}
 	})
 	return s
 }
 
-// startOwned starts cmd in its own process group and sends the result of
-// Wait on done. The child is killed if the test binary dies without its
-// cleanups (a timeout, a kill): Pdeathsig fires when the thread that forked
-// it exits, so that thread stays locked to this goroutine until Wait returns.
-func startOwned(cmd *exec.Cmd, done chan<- error) error {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		done <- cmd.Wait()
-	}()
-	return <-started
-}
-
 // waitListening waits until every address accepts connections inside ns.
 func (s *realServer) waitListening(t *testing.T, ns *testbed.NS, addrs ...string) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
 	for _, a := range addrs {
-		for {
+		var last error
+		err := s.WaitReady(t.Context(), 15*time.Second, func() bool {
 			c, err := dial(ns, a, time.Second)
 			if err == nil {
 				c.Close()
-				break
 			}
-			select {
-			case err := <-s.done:
-				s.done <- err
-				t.Fatalf("%s exited (%v) before listening on %s:\n%s", s.name, err, a, s.out.String())
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s not listening on %s after 15 s: %v\n%s", s.name, a, err, s.out.String())
-			}
-			time.Sleep(50 * time.Millisecond)
+			last = err
+			return err == nil
+		})
+		if err != nil {
+			t.Fatalf("%s not listening on %s: %v (%v)\n%s", s.name, a, err, last, s.Output())
 		}
 	}
 }
@@ -139,7 +102,8 @@ func runClient(ns *testbed.NS, limit time.Duration, stdin io.Reader, name string
 	var out, errb bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &out, &errb
 	done := make(chan error, 1)
-	if err := startOwned(cmd, done); err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := harness.StartLocked(cmd, done); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	var err error
@@ -571,7 +535,7 @@ LogLevel INFO
 	}
 	b.divertedSince(before, uint64(copies), "scp")
 	// sshd logs who logged in; through pepsal that is the router.
-	log := srv.out.String()
+	log := srv.Output()
 	for _, f := range families {
 		if got := strings.Count(log, "Accepted publickey for root from "+f.routerServer+" "); got != 2 {
 			t.Errorf("sshd accepted %d logins from the router's %s, want 2 (split)", got, f.routerServer)

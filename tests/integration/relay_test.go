@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -172,22 +171,14 @@ func testConnsShowsConnection(t *testing.T) {
 	if _, err := io.ReadFull(c, make([]byte, len(msg))); err != nil {
 		t.Fatal(err)
 	}
-	r := b.pepsal("conns", "--json")
-	var conns []struct {
-		Client, Server, Relay, State string
-		BytesToServer                int64   `json:"bytes_to_server"`
-		BytesToClient                int64   `json:"bytes_to_client"`
-		KernelToServer               int64   `json:"kernel_bytes_to_server"`
-		KernelToClient               int64   `json:"kernel_bytes_to_client"`
-		Age                          float64 `json:"age_seconds"`
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &conns); err != nil || len(conns) != 1 {
-		t.Fatalf("conns --json: %v\n%s%s", err, r.stdout, r.stderr)
+	conns := b.conns()
+	if len(conns) != 1 {
+		t.Fatalf("conns --json: %+v", conns)
 	}
 	got := conns[0]
 	wantRelay := map[string]string{"splice": "splice", "sockmap": "kernel"}[relayMode]
 	if got.Relay != wantRelay || got.State != "established" || got.Server != hostPort(testbed.ServerV4, 8080) ||
-		!strings.HasPrefix(got.Client, testbed.ClientV4+":") || got.Age <= 0 {
+		!strings.HasPrefix(got.Client, testbed.ClientV4+":") || got.AgeSeconds <= 0 {
 		t.Errorf("conns row %+v", got)
 	}
 	if relayMode == "sockmap" && (got.BytesToServer != int64(len(msg)) || got.BytesToClient < int64(len(msg))) {
@@ -197,8 +188,8 @@ func testConnsShowsConnection(t *testing.T) {
 	// under the budget: the kernel moved all of it. Splice: the kernel
 	// relay moved nothing.
 	wantKernel := map[string]int64{"splice": 0, "sockmap": int64(len(msg))}[relayMode]
-	if got.KernelToServer != wantKernel || got.KernelToClient > got.BytesToClient || (relayMode == "splice" && got.KernelToClient != 0) {
-		t.Errorf("kernel bytes %d/%d of %d/%d, want %d to the server", got.KernelToServer, got.KernelToClient,
+	if got.KernelBytesToServer != wantKernel || got.KernelBytesToClient > got.BytesToClient || (relayMode == "splice" && got.KernelBytesToClient != 0) {
+		t.Errorf("kernel bytes %d/%d of %d/%d, want %d to the server", got.KernelBytesToServer, got.KernelBytesToClient,
 			got.BytesToServer, got.BytesToClient, wantKernel)
 	}
 	wantText := map[string]*regexp.Regexp{"splice": regexp.MustCompile(`\ssplice\s`), "sockmap": regexp.MustCompile(`\skernel \d+%\s`)}[relayMode]
@@ -238,16 +229,7 @@ func memUsed(t *testing.T) (used, slab int64) {
 }
 
 func daemonRSS(t *testing.T, b *bed) int64 {
-	var s struct {
-		Daemon struct {
-			PID int `json:"pid"`
-		} `json:"daemon"`
-	}
-	r := b.pepsal("status", "--json")
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil || s.Daemon.PID == 0 {
-		t.Fatalf("daemon pid: %v %s", err, r.stdout)
-	}
-	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.Daemon.PID))
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", b.daemonPID()))
 	for _, l := range strings.Split(string(data), "\n") {
 		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
@@ -276,9 +258,7 @@ func testMemoryBoundedSlowClient(t *testing.T) {
 		// The control: with a budget too large to matter, the kernel relay
 		// has no backpressure and this same measurement must see it.
 		t.Run("control without budget", func(t *testing.T) {
-			extraRunArgs = []string{"--relay-budget", "64GiB"}
-			defer func() { extraRunArgs = nil }()
-			if growth := slowClientMemory(t, 1, 5*time.Second); growth < 256<<20 {
+			if growth := slowClientMemory(t, 1, 5*time.Second, "--relay-budget", "64GiB"); growth < 256<<20 {
 				t.Errorf("without a budget memory grew only %.1f MiB in 5 s: the measurement cannot see a pile-up", float64(growth)/(1<<20))
 			}
 		})
@@ -288,7 +268,7 @@ func testMemoryBoundedSlowClient(t *testing.T) {
 // slowClientMemory runs conns connections from a fast server to clients
 // behind a 10 Mbit/s link for d and returns how much the machine's used
 // memory grew meanwhile.
-func slowClientMemory(t *testing.T, conns int, d time.Duration) int64 {
+func slowClientMemory(t *testing.T, conns int, d time.Duration, extra ...string) int64 {
 	link := linkemu.Link{Down: linkemu.Dir{RateBps: 10e6, Delay: 5 * time.Millisecond}, Up: linkemu.Dir{Delay: 5 * time.Millisecond}}
 	b := newBedWith(t, testbed.Options{Middle: linkemu.Middle(link)})
 	stop := make(chan struct{})
@@ -301,7 +281,7 @@ func slowClientMemory(t *testing.T, conns int, d time.Duration) int64 {
 			}
 		}
 	})
-	b.startPepsal()
+	b.startPepsal(append([]string{"--iface", testbed.RouterClientIf}, extra...)...)
 	var clients []net.Conn
 	for range conns {
 		c := mustDial(t, b.Client, hostPort(testbed.ServerV4, 7500))

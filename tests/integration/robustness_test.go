@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,16 +34,7 @@ func forEachRelay(t *testing.T, fn func(t *testing.T)) {
 
 func (b *bed) daemonPID() int {
 	b.t.Helper()
-	var s struct {
-		Daemon struct {
-			PID int `json:"pid"`
-		} `json:"daemon"`
-	}
-	r := b.pepsal("status", "--json")
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil || s.Daemon.PID == 0 {
-		b.t.Fatalf("daemon pid: %v %s%s", err, r.stdout, r.stderr)
-	}
-	return s.Daemon.PID
+	return b.daemonInfo().PID
 }
 
 // fdKinds is what a process's descriptors are, read from /proc/PID/fd.
@@ -178,7 +168,7 @@ func TestControlSurvivesFDShortage(t *testing.T) {
 			t.Errorf("live connection %d during the shortage: %v", i, err)
 		}
 	}
-	if logs := d.stderr.String(); !strings.Contains(logs, "control accept") || !strings.Contains(logs, "too many open files") {
+	if logs := d.Output(); !strings.Contains(logs, "control accept") || !strings.Contains(logs, "too many open files") {
 		t.Fatal("the control socket never saw EMFILE: the test drove no shortage")
 	}
 
@@ -246,11 +236,9 @@ func TestCrashResetsConnections(t *testing.T) {
 		if n := b.daemonInfo().Stats.Active; n != int64(len(conns)) {
 			t.Fatalf("%d connections split, want %d", n, len(conns))
 		}
-		if err := d.cmd.Process.Kill(); err != nil {
+		if err := d.Kill(); err != nil {
 			t.Fatal(err)
 		}
-		<-d.done
-		d.done <- nil
 
 		var wg sync.WaitGroup
 		errs := make([]error, len(conns))

@@ -3,7 +3,6 @@ package integration
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/pepsal/pepsal/tests/testbed"
+	"github.com/pepsal/pepsal/userspace"
 )
 
 // pinnedMap opens one of the daemon's pinned maps in ns's pin directory.
@@ -65,29 +65,6 @@ func fillMap(t *testing.T, m *ebpf.Map, room int) {
 			t.Fatalf("fill %d/%d: %v", i, m.MaxEntries(), err)
 		}
 	}
-}
-
-// splitStats is the part of the daemon's status that the splitter counts.
-type splitStatsJSON struct {
-	LocalFailed           uint64 `json:"local_failed"`
-	UpstreamTuningSkipped uint64 `json:"upstream_tuning_skipped"`
-	Stats                 struct {
-		Accepted       uint64 `json:"accepted"`
-		UpstreamFailed uint64 `json:"upstream_failed"`
-		Reset          uint64 `json:"reset"`
-	} `json:"stats"`
-}
-
-func (b *bed) splitStats() splitStatsJSON {
-	b.t.Helper()
-	var s struct {
-		Daemon splitStatsJSON `json:"daemon"`
-	}
-	r := b.pepsal("status", "--json")
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
-		b.t.Fatalf("status: %v %s", err, r.stdout)
-	}
-	return s.Daemon
 }
 
 // echoConns opens n connections through the router to peerServer at addr
@@ -154,7 +131,7 @@ func TestUpstreamMapFullFailsOpen(t *testing.T) {
 	fillMap(t, pinnedMap(t, b.Router, "pepsal_upstream"), 0)
 	const n = 3
 	echoConns(t, b, hostPort(testbed.ServerV4, 8081), n)
-	s := b.splitStats()
+	s := b.daemonInfo()
 	if s.Stats.Accepted != n || s.Stats.UpstreamFailed != 0 || s.Stats.Reset != 0 {
 		t.Errorf("stats %+v: want %d accepted, none failed or reset", s.Stats, n)
 	}
@@ -179,15 +156,9 @@ func TestRelayMapsFullFallBack(t *testing.T) {
 	const n = 3
 	echoConns(t, b, hostPort(testbed.ServerV4, 8081), n)
 
-	var conns []struct {
-		Relay string `json:"relay"`
-	}
-	r := b.pepsal("conns", "--json")
-	if err := json.Unmarshal([]byte(r.stdout), &conns); err != nil {
-		t.Fatalf("conns: %v\n%s", err, r.stdout)
-	}
+	conns := b.conns()
 	if len(conns) != n {
-		t.Fatalf("conns lists %d connections, want %d:\n%s", len(conns), n, r.stdout)
+		t.Fatalf("conns lists %d connections, want %d: %+v", len(conns), n, conns)
 	}
 	for _, c := range conns {
 		if !strings.HasPrefix(c.Relay, "userspace: ") || !strings.Contains(c.Relay, "pepsal_relay_dirs") {
@@ -234,21 +205,21 @@ func TestLocalFailureAccounted(t *testing.T) {
 		t.Fatalf("%d connections split, %d reset: want 1-4 split (4 local ports), the rest reset", ok, failed)
 	}
 	// The resets are counted once the daemon is done with them.
-	var s splitStatsJSON
+	var s *userspace.DaemonInfo
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if s = b.splitStats(); s.LocalFailed == uint64(failed) {
+		if s = b.daemonInfo(); s.LocalFailed == uint64(failed) {
 			break
 		}
 	}
 	if s.LocalFailed != uint64(failed) || s.Stats.UpstreamFailed != 0 {
 		t.Errorf("local_failed %d, upstream_failed %d; want %d and 0", s.LocalFailed, s.Stats.UpstreamFailed, failed)
 	}
-	lines := strings.Count(d.stderr.String(), "short of a resource")
+	lines := strings.Count(d.Output(), "short of a resource")
 	if lines == 0 || lines > 3 {
 		t.Errorf("%d resets logged %d lines, want 1-3 (rate-limited)", failed, lines)
 	}
-	if lines > 3 || strings.Count(d.stderr.String(), "upstream connect failed") > 0 {
-		t.Errorf("local failures logged per client:\n%s", d.stderr.String())
+	if lines > 3 || strings.Count(d.Output(), "upstream connect failed") > 0 {
+		t.Errorf("local failures logged per client:\n%s", d.Output())
 	}
 }
 
@@ -461,32 +432,6 @@ func sockstatTCPMem(t *testing.T) int64 {
 	return 0
 }
 
-// daemonRuntime is what the daemon says of its runtime and relay maps.
-type daemonRuntime struct {
-	Daemon struct {
-		PID        int    `json:"pid"`
-		Goroutines int    `json:"goroutines"`
-		OpenFDs    int    `json:"open_fds"`
-		HeapBytes  uint64 `json:"heap_bytes"`
-		Stats      struct {
-			Active   int64  `json:"active"`
-			Accepted uint64 `json:"accepted"`
-			Fallback uint64 `json:"userspace_fallback"`
-		} `json:"stats"`
-	} `json:"daemon"`
-	Relay statusRelay `json:"relay_map_entries"`
-}
-
-func (b *bed) runtime() daemonRuntime {
-	b.t.Helper()
-	var s daemonRuntime
-	r := b.pepsal("status", "--json")
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
-		b.t.Fatalf("status: %v %s", err, r.stdout)
-	}
-	return s
-}
-
 // idleScale holds n idle connections through a daemon in relay mode relay and
 // returns what each costs; it checks that closing them brings the daemon
 // back to its baseline.
@@ -537,19 +482,19 @@ func measureIdle(t *testing.T, relay string, n int, routedBaseline bool) idleCos
 		t.Fatal(err)
 	}
 	warm.Close()
-	var base daemonRuntime
+	var base status
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if base = b.runtime(); base.Daemon.Stats.Active == 0 {
+		if base = b.daemonStatus(); base.Daemon.Stats.Active == 0 {
 			break
 		}
 	}
 	time.Sleep(time.Second)
-	base = b.runtime()
+	base = b.daemonStatus()
 	rss0, k0 := daemonRSS(t, b), kernelMem(t)
 
 	cl, took := openIdle()
 	time.Sleep(2 * time.Second) // let the handshakes' last ACKs and the slab settle
-	live := b.runtime()
+	live := b.daemonStatus()
 	rss, k := daemonRSS(t, b), kernelMem(t)
 	if live.Daemon.Stats.Active != int64(n) {
 		t.Fatalf("%d connections active, want %d", live.Daemon.Stats.Active, n)
@@ -564,9 +509,9 @@ func measureIdle(t *testing.T, relay string, n int, routedBaseline bool) idleCos
 
 	closeIdle(cl)
 	start := time.Now()
-	var after daemonRuntime
+	var after status
 	for end := start.Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		after = b.runtime()
+		after = b.daemonStatus()
 		r := after.Relay
 		if after.Daemon.Stats.Active == 0 && after.Daemon.OpenFDs <= base.Daemon.OpenFDs &&
 			after.Daemon.Goroutines <= base.Daemon.Goroutines+2 && r.Sockets+r.Directions+r.UserCounts == 0 {

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"sync"
@@ -52,8 +51,7 @@ func TestScaleOutECMP(t *testing.T) {
 			return -1
 		}
 		diverted := func(i int) uint64 {
-			r := runCmdIn(topo.Peps[i], pepsalBin, "status", "--json")
-			return parseStatus(t, r).counter("syn_diverted")
+			return statusIn(t, topo.Peps[i]).counter("syn_diverted")
 		}
 
 		// Byte-exact transfers, spread over both boxes.
@@ -108,7 +106,7 @@ func TestScaleOutECMP(t *testing.T) {
 
 		// Box 0's daemon stops: box 1's flows are untouched; box 0's are
 		// reset after the drain time; new flows through box 0 go unsplit.
-		if err := daemons[0].stop(syscall.SIGTERM, 15*time.Second); err != nil {
+		if err := daemons[0].Stop(syscall.SIGTERM, 15*time.Second); err != nil {
 			t.Fatalf("stop box 0: %v", err)
 		}
 		for n, f := range live {
@@ -153,14 +151,4 @@ func TestScaleOutECMP(t *testing.T) {
 			f.c.Close()
 		}
 	})
-}
-
-// parseStatus decodes `pepsal status --json` output.
-func parseStatus(t *testing.T, r result) statusJSON {
-	t.Helper()
-	var s statusJSON
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
-		t.Fatalf("status --json: %v\n%s%s", err, r.stdout, r.stderr)
-	}
-	return s
 }

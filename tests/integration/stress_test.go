@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
+	"github.com/pepsal/pepsal/userspace"
 )
 
 // What a stress connection does.
@@ -216,12 +216,13 @@ func testRandomStress(t *testing.T) {
 	}
 
 	// Leaks: wait for the daemon to settle, then compare with the start.
-	var info daemonInfo
-	var st statusRelay
+	var info *userspace.DaemonInfo
+	var st *userspace.RelayReport
 	var fds fdKinds
 	for end := time.Now().Add(15 * time.Second); ; {
 		fds = processFDs(t, pid)
-		info, st = b.daemonInfo(), b.relayEntries()
+		s := b.daemonStatus()
+		info, st = s.Daemon, s.Relay
 		settled := info.Stats.Active == 0 && st.Sockets == 0 && st.Directions == 0 && st.UserCounts == 0 &&
 			fds.total <= baseFDs.total && fds.sockets <= baseFDs.sockets && fds.pipes <= baseFDs.pipes &&
 			info.Goroutines <= base.Goroutines+2
@@ -246,45 +247,4 @@ func testRandomStress(t *testing.T) {
 		t.Errorf("accepted %d, want %d", info.Stats.Accepted, n)
 	}
 	t.Logf("%s: %+v", relayMode, info.Stats)
-}
-
-type daemonInfo struct {
-	Goroutines int `json:"goroutines"`
-	Stats      struct {
-		Accepted  uint64 `json:"accepted"`
-		Active    int64  `json:"active"`
-		Completed uint64 `json:"completed"`
-		Reset     uint64 `json:"reset"`
-		Fallback  uint64 `json:"userspace_fallback"`
-	} `json:"stats"`
-}
-
-type statusRelay struct {
-	Sockets    int `json:"sockets"`
-	Directions int `json:"directions"`
-	UserCounts int `json:"user_counts"`
-}
-
-func (b *bed) daemonInfo() daemonInfo {
-	b.t.Helper()
-	var s struct {
-		Daemon daemonInfo `json:"daemon"`
-	}
-	r := b.pepsal("status", "--json")
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
-		b.t.Fatalf("status: %v %s", err, r.stdout)
-	}
-	return s.Daemon
-}
-
-func (b *bed) relayEntries() statusRelay {
-	b.t.Helper()
-	var s struct {
-		Relay statusRelay `json:"relay_map_entries"`
-	}
-	r := b.pepsal("status", "--json")
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
-		b.t.Fatalf("status: %v %s", err, r.stdout)
-	}
-	return s.Relay
 }

@@ -67,7 +67,7 @@ func TestTimeWaitAfterCrashFailsOpen(t *testing.T) {
 		return strings.Count(string(out), ":41000") == 1 && strings.Count(string(out), ":41001") == 1
 	})
 
-	if err := d.stop(syscall.SIGKILL, 5*time.Second); err == nil || !strings.Contains(err.Error(), "killed") {
+	if err := d.Stop(syscall.SIGKILL, 5*time.Second); err == nil || !strings.Contains(err.Error(), "killed") {
 		t.Logf("daemon ended: %v", err)
 	}
 	before := b.status().counter("syn_bypass_no_listener")

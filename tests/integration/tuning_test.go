@@ -2,7 +2,6 @@ package integration
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"net"
 	"syscall"
 	"testing"
@@ -11,32 +10,6 @@ import (
 	"github.com/pepsal/pepsal/tests/testbed"
 	"golang.org/x/sys/unix"
 )
-
-type legJSON struct {
-	CC      string `json:"cc"`
-	Cwnd    uint32 `json:"cwnd"`
-	SndMSS  uint32 `json:"snd_mss"`
-	SndBuf  int    `json:"sndbuf"`
-	RcvBuf  int    `json:"rcvbuf"`
-	NoDelay bool   `json:"nodelay"`
-}
-
-type connJSON struct {
-	Relay     string   `json:"relay"`
-	State     string   `json:"state"`
-	ClientLeg *legJSON `json:"client_leg"`
-	ServerLeg *legJSON `json:"server_leg"`
-}
-
-func (b *bed) conns() []connJSON {
-	b.t.Helper()
-	r := b.pepsal("conns", "--json")
-	var out []connJSON
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
-		b.t.Fatalf("conns --json: %v\n%s%s", err, r.stdout, r.stderr)
-	}
-	return out
-}
 
 func tcpInfo(t *testing.T, c *net.TCPConn) *unix.TCPInfo {
 	t.Helper()
@@ -89,15 +62,15 @@ func testLegTuning(t *testing.T) {
 	}
 	cl, sl := conns[0].ClientLeg, conns[0].ServerLeg
 	// The kernel doubles SO_*BUF values for its bookkeeping.
-	if cl.CC != "reno" || cl.Cwnd != 40 || cl.SndBuf != 2*3<<20 || cl.RcvBuf != 2*8<<20 || cl.NoDelay {
+	if cl.CC != "reno" || cl.CwndSegs != 40 || cl.SndBuf != 2*3<<20 || cl.RcvBuf != 2*8<<20 || cl.NoDelay {
 		t.Errorf("client leg %+v, want reno, cwnd 40, sndbuf 6 MiB, rcvbuf 16 MiB, nodelay off", *cl)
 	}
 	if sl.CC != "bbr" || sl.RcvBuf != 2*5<<20 || !sl.NoDelay {
 		t.Errorf("server leg %+v, want bbr, rcvbuf 10 MiB, nodelay on", *sl)
 	}
 	// The server leg sent no data yet: its window is still the initial one.
-	if sl.Cwnd != 50 {
-		t.Errorf("server leg cwnd %d, want the initial 50", sl.Cwnd)
+	if sl.CwndSegs != 50 {
+		t.Errorf("server leg cwnd %d, want the initial 50", sl.CwndSegs)
 	}
 	// What the ends were offered: the MSS clamps, and a large initial window.
 	ci, si := tcpInfo(t, c), tcpInfo(t, s)
@@ -125,7 +98,7 @@ func testDefaultsUntouched(t *testing.T) {
 	if len(conns) != 1 || conns[0].ClientLeg == nil {
 		t.Fatalf("conns: %+v", conns)
 	}
-	if cl := conns[0].ClientLeg; cl.CC != "bbr" || cl.Cwnd > 20 {
+	if cl := conns[0].ClientLeg; cl.CC != "bbr" || cl.CwndSegs > 20 {
 		t.Errorf("client leg without tuning: %+v, want the namespace default bbr and a default-sized cwnd (10, +1 per ACKed segment)", *cl)
 	}
 	if ci := tcpInfo(t, c); ci.Snd_wnd > 128<<10 || ci.Snd_mss < 1400 {

@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -17,17 +16,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pepsal/pepsal/tests/harness"
 	"github.com/pepsal/pepsal/tests/testbed"
+	"github.com/pepsal/pepsal/userspace"
 )
 
 // daemonIdentity is who answers `pepsal status`.
 func (b *bed) daemonIdentity() (pid int, version string) {
-	var s struct {
-		Daemon *struct {
-			PID     int    `json:"pid"`
-			Version string `json:"version"`
-		} `json:"daemon"`
-	}
+	// Not statusIn: for a moment during the handover status may not answer.
+	var s userspace.StatusReport
 	r := b.pepsal("status", "--json")
 	if json.Unmarshal([]byte(r.stdout), &s) != nil || s.Daemon == nil {
 		return 0, ""
@@ -172,9 +169,8 @@ func TestUpgradeUnderChurn(t *testing.T) {
 
 		// A new binary replaces the old one on disk, as a package upgrade does.
 		next := filepath.Join(t.TempDir(), "pepsal-next")
-		build := exec.Command("go", "build", "-ldflags", "-X main.version=upgraded-test", "-o", next, "../../cmd/pepsal")
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("build the new binary: %v\n%s", err, out)
+		if err := harness.Build(next, "-ldflags", "-X main.version=upgraded-test"); err != nil {
+			t.Fatalf("the new binary: %v", err)
 		}
 		if err := os.Rename(next, installed); err != nil {
 			t.Fatal(err)
