@@ -21,6 +21,9 @@ type LegInfo struct {
 	NoDelay     bool   `json:"nodelay"`
 	BytesAcked  uint64 `json:"bytes_acked"`
 	BytesRecvd  uint64 `json:"bytes_received"`
+	// MaxPacingRate is the leg's pacing cap in bytes/s (SO_MAX_PACING_RATE);
+	// 0: none. A gateway caps a warm flow's start when it shares it.
+	MaxPacingRate uint64 `json:"max_pacing_rate,omitempty"`
 }
 
 // legInfo reads a socket's state; nil once the socket is closed.
@@ -37,6 +40,9 @@ func legInfo(c *net.TCPConn) *LegInfo {
 		li.CwndSegs, li.RTTMicros, li.Retransmits = info.Snd_cwnd, info.Rtt, info.Total_retrans
 		li.SndMSS, li.SndWnd, li.RcvWnd = info.Snd_mss, info.Snd_wnd, info.Rcv_wnd
 		li.BytesAcked, li.BytesRecvd = info.Bytes_acked, info.Bytes_received
+		if info.Max_pacing_rate != ^uint64(0) {
+			li.MaxPacingRate = info.Max_pacing_rate
+		}
 		li.CC, _ = unix.GetsockoptString(fd, unix.SOL_TCP, unix.TCP_CONGESTION)
 		li.SndBuf, _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
 		li.RcvBuf, _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF)

@@ -43,6 +43,7 @@ type PeerGateway struct {
 	stopped context.Context // done once Close is called: idle warm connections are let go
 	stop    context.CancelFunc
 	pending atomic.Int64 // accepted, no header yet
+	share   *peerShare   // flows of a terminal that start together share its link
 
 	accepted, served, idleClosed atomic.Uint64
 	mu                           sync.Mutex
@@ -58,6 +59,10 @@ type PeerGatewayStats struct {
 	Served     uint64            `json:"served"`      // headers accepted: client flows relayed
 	IdleClosed uint64            `json:"idle_closed"` // closed by the terminal, or idle past the limit, before a header
 	Refused    map[string]uint64 `json:"auth_failures"`
+	// PacedStarts: flows that started with others toward the same terminal
+	// and were paced to a share of its link for their first round trips.
+	PacedStarts uint64 `json:"paced_starts"`
+	Starting    int    `json:"starting"` // flows in their first round trips now
 }
 
 // ListenPeers opens the gateway's listener for terminals on addr. It is an
@@ -85,7 +90,7 @@ func ListenPeers(addr string, t Tuning) (*PeerGateway, error) {
 		return nil, fmt.Errorf("--peer-listen %s: %w", addr, err)
 	}
 	stopped, stop := context.WithCancel(context.Background())
-	return &PeerGateway{ln: ln.(*net.TCPListener), stopped: stopped, stop: stop, refused: map[string]uint64{}, refuseLog: rateLog{period: 5 * time.Second}}, nil
+	return &PeerGateway{ln: ln.(*net.TCPListener), stopped: stopped, stop: stop, share: newPeerShare(), refused: map[string]uint64{}, refuseLog: rateLog{period: 5 * time.Second}}, nil
 }
 
 // Port is the listener's port (for sock_ops, which tunes its sockets).
@@ -100,7 +105,7 @@ func (g *PeerGateway) Close() error { g.stop(); return g.ln.Close() }
 // Stats reads the counters.
 func (g *PeerGateway) Stats() PeerGatewayStats {
 	s := PeerGatewayStats{Listen: g.ln.Addr().String(), Accepted: g.accepted.Load(), Waiting: g.pending.Load(),
-		Served: g.served.Load(), IdleClosed: g.idleClosed.Load(), Refused: map[string]uint64{}}
+		Served: g.served.Load(), IdleClosed: g.idleClosed.Load(), Refused: map[string]uint64{}, PacedStarts: g.share.paced.Load(), Starting: g.share.starting()}
 	g.mu.Lock()
 	for _, r := range AuthReasons {
 		s.Refused[r] = g.refused[r]
@@ -203,7 +208,7 @@ func (s *Splitter) servePeer(ctx context.Context, g *PeerGateway, conn *net.TCPC
 	g.pending.Add(-1)
 	waiting = false
 	g.served.Add(1)
-	s.relayPeer(ctx, conn, hdr, data[headerLen:], drained)
+	s.relayPeer(ctx, g, conn, hdr, data[headerLen:], drained)
 }
 
 // readHeader reads until a whole header is in: the first byte may take up to
@@ -269,7 +274,7 @@ func readHeader(conn *net.TCPConn) (data []byte, drained bool, err error) {
 // relayPeer dials what an authentic header asks for and relays the warm
 // connection to it like a client leg: a refused, unreachable or silent server
 // resets the warm connection, which makes the terminal reset its client.
-func (s *Splitter) relayPeer(ctx context.Context, warm *net.TCPConn, hdr peerHeader, rest []byte, drained bool) {
+func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPConn, hdr peerHeader, rest []byte, drained bool) {
 	relay := "splice"
 	if s.Kernel != nil {
 		relay = "kernel"
@@ -319,7 +324,9 @@ func (s *Splitter) relayPeer(ctx context.Context, warm *net.TCPConn, hdr peerHea
 	c.SetState("established")
 	c.setLegs(warm, server)
 	// The header was read from the warm connection, not relayed.
+	leave := g.share.join(warm)
 	s.relayLegs(ctx, c, warm, server, relayStart{pre: int64(len(rest)), clientRead: headerLen}, drained)
+	leave()
 }
 
 // relayLegs runs the usual relay between two connected legs and accounts

@@ -117,6 +117,9 @@ func resetOnCrash(c *net.TCPConn) error {
 // so that close() lets queued bytes leave and the FIN (already sent by the
 // half-closes) stands, instead of the RST resetOnCrash armed.
 func closeGracefully(c *net.TCPConn) {
+	if f, ok := beforeClose.LoadAndDelete(c); ok {
+		f.(func())()
+	}
 	_ = c.SetLinger(-1)
 	_ = c.Close()
 }

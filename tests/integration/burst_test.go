@@ -42,6 +42,7 @@ func TestPeerBurstHeavy(t *testing.T) {
 	var times []time.Duration
 	for run := range 5 {
 		waitPeer(t, topo.Terminal, "pool full", full)
+		lossBefore := burstLoss(t, topo.Gateway)
 		start := time.Now()
 		var wg sync.WaitGroup
 		errs := make(chan error, 20)
@@ -61,9 +62,21 @@ func TestPeerBurstHeavy(t *testing.T) {
 			t.Error(err)
 		}
 		p := peerStatus(t, topo.Terminal).Daemon.Peer.Pool
-		t.Logf("burst %d: 20 x 100 KB in %s (pool: %d taken, %d empty-pool fallbacks so far)", run+1, took.Round(time.Millisecond), p.Taken, p.FallbackEmpty)
+		t.Logf("burst %d: 20 x 100 KB in %s (pool: %d taken, %d empty-pool fallbacks so far; gateway %s)", run+1, took.Round(time.Millisecond), p.Taken, p.FallbackEmpty, burstLoss(t, topo.Gateway).minus(lossBefore))
 		times = append(times, took)
 	}
 	slices.Sort(times)
 	t.Logf("median of 5 bursts: %s", times[2].Round(time.Millisecond))
+}
+
+// lossCounters are the gateway's TCP loss-recovery events: a burst that
+// overflows the link's queue shows up here.
+type lossCounters struct{ probes, timeouts, recoveries int }
+
+func burstLoss(t *testing.T, ns *testbed.NS) lossCounters {
+	return lossCounters{netstat(t, ns, "TCPLossProbes"), netstat(t, ns, "TCPTimeouts"), netstat(t, ns, "TCPSackRecovery")}
+}
+
+func (c lossCounters) minus(o lossCounters) string {
+	return fmt.Sprintf("loss probes %d, timeouts %d, SACK recoveries %d", c.probes-o.probes, c.timeouts-o.timeouts, c.recoveries-o.recoveries)
 }

@@ -500,3 +500,103 @@ func TestPeerBadCLI(t *testing.T) {
 		}
 	}
 }
+
+// TestPeerBurstPaced: flows toward one terminal that start together share
+// its link for their first round trips (the gateway caps each one's pacing
+// rate to a share), byte-exact; the caps lift after two round trips, so a
+// long transfer is left to its congestion control; a flow that starts alone
+// is never paced. Both relays.
+func TestPeerBurstPaced(t *testing.T) {
+	forEachRelay(t, testPeerBurstPaced)
+}
+
+func testPeerBurstPaced(t *testing.T) {
+	// A 400 ms round trip: flows started together fall in one start window.
+	hop := linkemu.Dir{Delay: 200 * time.Millisecond}
+	topo := twoPEPBed(t, testbed.Options{Prefix: "pwb", Middle: linkemu.Middle(linkemu.Link{Down: hop, Up: hop})})
+	key := writeKey(t, testKey(), 0o600)
+	f := twoPEPFamilies[0]
+	transferServer(t, topo.Server, hostPort(f.server, 9000))
+	hold := hostPort(f.server, 9001) // one byte, then open until the client closes
+	serve(t, topo.Server, hold, func(c *net.TCPConn) {
+		c.Write([]byte{1})
+		io.Copy(io.Discard, c)
+	})
+	startPeerGateway(t, topo, key)
+	const pool = 6
+	startPeerTerminal(t, topo, key, pool)
+	waitPeer(t, topo.Terminal, "pool full", func(p userspace.PeerStats) bool { return p.Pool.Idle == pool })
+	gwPaced := func() uint64 { return peerStatus(t, topo.Gateway).Daemon.Peer.Gateway.PacedStarts }
+
+	// A burst: every flow intact, and the ones that started together paced.
+	var wg sync.WaitGroup
+	for i := range pool {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := transfer(topo.Client, hostPort(f.server, 9000), 10<<10, 300<<10, uint64(i)); err != nil {
+				t.Errorf("burst flow %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := gwPaced(); n < 2 {
+		t.Errorf("a burst of %d flows: %d paced starts, want >= 2", pool, n)
+	}
+
+	// Long flows started together: paced at first, uncapped once past
+	// their start, while they are still open.
+	waitPeer(t, topo.Terminal, "pool refilled", func(p userspace.PeerStats) bool { return p.Pool.Idle == pool })
+	before := gwPaced()
+	var held sync.WaitGroup
+	for range 3 {
+		held.Add(1)
+		go func() {
+			defer held.Done()
+			c, err := dial(topo.Client, hold, 5*time.Second)
+			if err != nil {
+				t.Errorf("held flow: %v", err)
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				t.Errorf("held flow: %v", err)
+			}
+		}()
+	}
+	held.Wait()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var capped, warm int
+		for _, c := range connsIn(t, topo.Gateway) {
+			if c.Peer == "warm" && c.ClientLeg != nil {
+				warm++
+				if c.ClientLeg.MaxPacingRate != 0 {
+					capped++
+				}
+			}
+		}
+		if warm == 3 && capped == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("held flows: %d warm, %d still capped 15 s after their start (want 3, 0)", warm, capped)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	if n := gwPaced() - before; n < 2 {
+		t.Errorf("3 flows started together: %d paced starts, want >= 2", n)
+	}
+
+	// Alone, once no other flow is starting: never paced.
+	waitPeer(t, topo.Gateway, "every start over", func(p userspace.PeerStats) bool { return p.Gateway.Starting == 0 })
+	before = gwPaced()
+	if err := transfer(topo.Client, hostPort(f.server, 9000), 0, 300<<10, 99); err != nil {
+		t.Errorf("lone flow: %v", err)
+	}
+	if after := gwPaced(); after != before {
+		t.Errorf("a flow that started alone was paced (%d -> %d paced starts)", before, after)
+	}
+}
