@@ -16,6 +16,7 @@ char __license[] SEC("license") = "GPL";
 /* The daemon's admission state (struct admission); only the classifier reads it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct admission);
@@ -137,12 +138,15 @@ static __always_inline enum local_match local_socket(struct __sk_buff *skb, stru
 	return local;
 }
 
-/* routes_onward says whether the kernel would forward the packet: not to a
- * local address, and not to an unreachable, blackholed or prohibited one. */
-static __always_inline int routes_onward(struct __sk_buff *skb, struct packet *p)
+enum route {
+	ROUTE_ONWARD = 0,     /* the kernel forwards it */
+	ROUTE_LOCAL = 1,      /* addressed to the router itself */
+	ROUTE_UNROUTABLE = 2, /* no route, or an unreachable, blackholed or prohibited one */
+};
+
+static __always_inline int fib_lookup(struct __sk_buff *skb, struct packet *p, __u32 flags)
 {
 	struct bpf_fib_lookup fib = {};
-	int rc;
 
 	fib.ifindex = skb->ingress_ifindex;
 	fib.l4_protocol = IPPROTO_TCP;
@@ -160,12 +164,28 @@ static __always_inline int routes_onward(struct __sk_buff *skb, struct packet *p
 		__builtin_memcpy(fib.ipv6_src, p->tuple.ipv6.saddr, 16);
 		__builtin_memcpy(fib.ipv6_dst, p->tuple.ipv6.daddr, 16);
 	}
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
-		return 0;
+	return bpf_fib_lookup(skb, &fib, sizeof(fib), flags);
+}
+
+/* route says what the kernel does with the packet. bpf_fib_lookup answers
+ * NOT_FWDED both for a local (or broadcast) route and for no route at all.
+ * The local table comes first (rule 0): if the main table alone would
+ * forward the packet, what stopped it was a local route; if the main table
+ * has no route either, nothing routes it and the kernel drops it. (IPv4
+ * keeps its local routes in the main table until a policy rule exists;
+ * pepsal's fwmark rule exists while it is attached.) */
+static __always_inline enum route route(struct __sk_buff *skb, struct packet *p)
+{
+	int rc = fib_lookup(skb, p, 0);
+
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return 1;
-	return -1;
+		return ROUTE_ONWARD;
+	if (rc != BPF_FIB_LKUP_RET_NOT_FWDED)
+		return ROUTE_UNROUTABLE;
+	rc = fib_lookup(skb, p, BPF_FIB_LOOKUP_DIRECT); /* the main table, no rules */
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return ROUTE_LOCAL;
+	return ROUTE_UNROUTABLE;
 }
 
 static __always_inline int listener_registered(__u32 family)
@@ -213,8 +233,10 @@ int pepsal_classify(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	}
 	cfg = bpf_map_lookup_elem(&pepsal_config, &zero);
-	if (!cfg)
+	if (!cfg) {
+		COUNT(pkt_no_config);
 		return TC_ACT_UNSPEC;
+	}
 
 	/* Everything but the first SYN follows the socket it belongs to, so flows
 	 * that were forwarded before (or when the proxy was down) keep being
@@ -248,14 +270,15 @@ int pepsal_classify(struct __sk_buff *skb)
 		COUNT(syn_bypass_excluded);
 		return TC_ACT_UNSPEC;
 	}
-	rc = routes_onward(skb, &p);
-	if (rc == 0) {
+	switch (route(skb, &p)) {
+	case ROUTE_LOCAL:
 		COUNT(syn_bypass_local);
 		return TC_ACT_UNSPEC;
-	}
-	if (rc < 0) {
+	case ROUTE_UNROUTABLE:
 		COUNT(syn_bypass_unroutable);
 		return TC_ACT_UNSPEC;
+	default:
+		break;
 	}
 	if (!listener_registered(p.key.family)) {
 		COUNT(syn_bypass_no_listener);

@@ -1,5 +1,7 @@
 /* Types shared by pepsal's BPF programs, and their decision counters. Every map is named so that
- * `bpftool map show` reads like the data path; every decision is counted. */
+ * `bpftool map show` reads like the data path; every decision is counted. Every map is pinned by
+ * name (LIBBPF_PIN_BY_NAME): the loader loads each object with the attachment's pin directory
+ * as PinPath, so a map two objects declare is created by the first and shared by the next. */
 #pragma once
 
 #include <linux/bpf.h>
@@ -43,6 +45,7 @@ struct counters {
 	__u64 pkt_timewait_forwarded; /* only a TIME_WAIT socket matches: forwarded untouched */
 	__u64 pkt_not_tcp;            /* not TCP over IPv4/IPv6: untouched */
 	__u64 pkt_unparsed;           /* truncated, fragment or IPv6 extension headers */
+	__u64 pkt_no_config;          /* pepsal_config unreadable: untouched */
 	/* sk_lookup */
 	__u64 steer_assigned;         /* diverted SYN handed to the listener */
 	__u64 steer_no_listener;      /* diverted SYN, but listener gone: RST by kernel */
@@ -111,6 +114,7 @@ enum listener_slot {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct counters);

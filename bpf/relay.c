@@ -19,6 +19,7 @@ struct tcp_sock {
 /* Both legs of every split connection in kernel mode, keyed by socket cookie. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, __u64);
@@ -38,6 +39,7 @@ struct relay_dir {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct relay_dir);
@@ -47,6 +49,7 @@ struct {
  * writer is userspace, so it lives apart from the BPF-written counters). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, __u64);

@@ -5,6 +5,7 @@
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct config);
@@ -13,6 +14,7 @@ struct {
 /* Interfaces the classifier is attached to, by ifindex. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 256);
 	__type(key, __u32);
 	__type(value, struct iface_state);
@@ -21,6 +23,7 @@ struct {
 /* Destination ports to intercept (when config.all_ports is 0). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 65536);
 	__type(key, __u16);
 	__type(value, __u8);
@@ -28,6 +31,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 4096);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct exclude_key);
@@ -38,6 +42,7 @@ struct {
  * which is what makes a dead daemon fail open. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
@@ -46,6 +51,7 @@ struct {
 /* SYNs the classifier diverted, so that sk_lookup steers those and nothing else. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 65536);
 	__type(key, struct flow_key);
 	__type(value, struct divert_info);

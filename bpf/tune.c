@@ -14,6 +14,7 @@ char __license[] SEC("license") = "GPL";
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct leg_tuning);
@@ -22,6 +23,7 @@ struct {
 /* Socket cookies of the daemon's upstream sockets, registered before connect. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, __u8);
@@ -32,6 +34,7 @@ struct {
  * yet they are the long leg: tuned like client legs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u32);

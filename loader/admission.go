@@ -39,54 +39,19 @@ func mapEntries(conns int, perConn uint32) uint32 {
 	return uint32(conns) * perConn
 }
 
-// createConnMaps creates the per-connection maps of the relay and sock_ops
-// objects with sizes for conns connections and pins them in dir; the
-// returned maps replace the objects' own at load (loadSharing). Maps the
-// classifier already made (pepsal_diverted) are the classifier's.
-func createConnMaps(dir string, conns int, classify map[string]*ebpf.Map) (map[string]*ebpf.Map, error) {
-	relaySpec, err := loadRelay()
-	if err != nil {
-		return nil, err
-	}
-	tuneSpec, err := loadTune()
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]*ebpf.Map{}
-	fail := func(err error) (map[string]*ebpf.Map, error) {
-		for _, m := range out {
-			m.Close()
-		}
-		return nil, err
-	}
+// isPerConn says whether a map is sized from the connection limit.
+func isPerConn(name string) bool {
 	for _, pm := range perConnMaps {
-		if _, ok := classify[pm.name]; ok {
-			continue // sized in the classifier's spec
-		}
-		var spec *ebpf.MapSpec
-		for _, cs := range []*ebpf.CollectionSpec{relaySpec, tuneSpec} {
-			if s, ok := cs.Maps[pm.name]; ok {
-				spec = s.Copy()
-			}
-		}
-		if spec == nil {
-			return fail(fmt.Errorf("no map %s in the relay and sock_ops objects", pm.name))
-		}
-		spec.MaxEntries = mapEntries(conns, pm.perConn)
-		m, err := ebpf.NewMap(spec)
-		if err != nil {
-			return fail(fmt.Errorf("create map %s with %d entries: %w", pm.name, spec.MaxEntries, err))
-		}
-		out[pm.name] = m
-		if err := m.Pin(filepath.Join(dir, pm.name)); err != nil {
-			return fail(fmt.Errorf("pin map %s: %w", pm.name, err))
+		if pm.name == name {
+			return true
 		}
 	}
-	return out, nil
+	return false
 }
 
-// sizeClassifyMaps sizes the classifier's per-connection maps in its spec.
-func sizeClassifyMaps(spec *ebpf.CollectionSpec, conns int) {
+// sizeConnMaps sizes the per-connection maps an object declares for conns
+// connections.
+func sizeConnMaps(spec *ebpf.CollectionSpec, conns int) {
 	for _, pm := range perConnMaps {
 		if s, ok := spec.Maps[pm.name]; ok {
 			s.MaxEntries = mapEntries(conns, pm.perConn)

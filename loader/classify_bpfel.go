@@ -47,6 +47,7 @@ type classifyCounters struct {
 	PktTimewaitForwarded uint64
 	PktNotTcp            uint64
 	PktUnparsed          uint64
+	PktNoConfig          uint64
 	SteerAssigned        uint64
 	SteerNoListener      uint64
 	SteerAssignFailed    uint64

@@ -84,7 +84,8 @@ func checkCtxSize(t *testing.T, name string, v any) {
 const tcActUnspec = ^uint32(0) // TC_ACT_UNSPEC (-1): the classifier never drops or redirects
 
 // loadForTest loads one of the committed objects with fresh maps (no pins);
-// shared names the maps it takes from another collection, as the loader does.
+// shared names the collection whose maps it takes, as the loader shares them
+// through their pins.
 func loadForTest(t *testing.T, spec *ebpf.CollectionSpec, shared *ebpf.Collection) *ebpf.Collection {
 	t.Helper()
 	repl := map[string]*ebpf.Map{}
@@ -272,6 +273,9 @@ var (
 		{unix.RTN_BLACKHOLE, "blackhole", netip.MustParseAddr("203.0.113.2"), netip.MustParseAddr("2001:db8:f::2")},
 		{unix.RTN_PROHIBIT, "prohibit", netip.MustParseAddr("203.0.113.3"), netip.MustParseAddr("2001:db8:f::3")},
 	}
+	// No route at all (the namespace has no default route).
+	noRouteV4 = netip.MustParseAddr("10.99.0.1")
+	noRouteV6 = netip.MustParseAddr("2001:db8:99::1")
 )
 
 // setupRouterNS makes the current namespace a small router: lo, the ingress
@@ -323,6 +327,12 @@ func setupRouterNS(t *testing.T) int {
 				t.Fatalf("%s route to %s: %v", r.name, dst, err)
 			}
 		}
+	}
+	// pepsal's policy routing, as Attach installs it. Its fwmark rule also
+	// splits IPv4's local table from the main one (merged until a rule
+	// exists), which the classifier's local-or-unroutable test relies on.
+	if _, err := (Routing{Mark: testMark, Table: DefaultTable, Priority: DefaultRulePriority}).Install(); err != nil {
+		t.Fatalf("policy routing: %v", err)
 	}
 	// bpf_fib_lookup answers "forwarding disabled" on an interface that does not forward.
 	for _, s := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
@@ -711,6 +721,14 @@ func TestClassify(t *testing.T) {
 			}
 			run(tcase{name: fam.name + "/syn_" + r.name + "_route", p: rej, want: one("syn_bypass_unroutable")})
 		}
+		// No route at all: the kernel drops it (net unreachable), it is not
+		// for the router itself.
+		noRoute := syn
+		noRoute.dst = noRouteV4
+		if fam.name == "v6" {
+			noRoute.dst = noRouteV6
+		}
+		run(tcase{name: fam.name + "/syn_no_route", p: noRoute, want: one("syn_bypass_unroutable")})
 		run(tcase{name: fam.name + "/syn_no_listener", p: syn, want: one("syn_bypass_no_listener")})
 		slot, other := uint32(ListenerV4), uint32(ListenerV6)
 		if fam.name == "v6" {
@@ -786,6 +804,25 @@ func TestClassify(t *testing.T) {
 	binary.BigEndian.PutUint16(arp[12:], unix.ETH_P_ARP)
 	run(tcase{name: "arp", raw: arp, want: one("pkt_not_tcp")})
 	run(tcase{name: "ethernet_header_only", raw: arp[:14], want: one("pkt_not_tcp")})
+
+	// No readable config: pepsal_config is an array, whose lookup cannot
+	// miss, so this case loads the classifier with it as an empty hash.
+	t.Run("no_config", func(t *testing.T) {
+		enterNetns(t, e.ns)
+		spec, err := loadClassify()
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec.Maps["pepsal_config"].Type = ebpf.Hash
+		coll := loadForTest(t, spec, nil)
+		ne := &classifyEnv{ns: e.ns, ingress: e.ingress, coll: coll,
+			counters: &counterSet{m: coll.Maps["pepsal_counters"], asserted: e.counters.asserted}}
+		ne.counters.reset(t)
+		if mark := ne.run(t, v4syn.bytes()); mark != 0 {
+			t.Errorf("mark %#x, want none", mark)
+		}
+		ne.counters.expect(t, one("pkt_no_config"))
+	})
 
 	if !t.Failed() {
 		e.counters.coverage(t, "syn_", "pkt_")

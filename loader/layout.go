@@ -13,29 +13,29 @@ import (
 )
 
 // LayoutVersion numbers the layout of the pins: which maps there are, and
-// their types, keys and values. A binary opens only pins of its own layout
+// their types, keys, values and (fixed sizes) entries. A binary opens only pins of its own layout
 // (another layout would be misread, or refused by the kernel half way
 // through an attach). TestLayoutFingerprint fails when the maps change:
 // then bump LayoutVersion and record the new fingerprint.
-const LayoutVersion = 3
+const LayoutVersion = 4
 
 // layoutFingerprint is the maps of LayoutVersion, as mapsFingerprint gives it.
 const layoutFingerprint = "" +
-	"pepsal_admission array key 4 value 8;" +
-	"pepsal_config array key 4 value 40;" +
-	"pepsal_counters per_cpu_array key 4 value 200;" +
+	"pepsal_admission array key 4 value 8 entries 1;" +
+	"pepsal_config array key 4 value 40 entries 1;" +
+	"pepsal_counters per_cpu_array key 4 value 208 entries 1;" +
 	"pepsal_diverted lru_hash key 40 value 8;" +
-	"pepsal_exclude lpm_trie key 20 value 1;" +
-	"pepsal_ifaces hash key 4 value 12;" +
-	"pepsal_layout array key 4 value 4;" +
-	"pepsal_listen sock_map key 4 value 8;" +
-	"pepsal_owner array key 4 value 16;" +
-	"pepsal_peer_port array key 4 value 4;" +
-	"pepsal_ports hash key 2 value 1;" +
+	"pepsal_exclude lpm_trie key 20 value 1 entries 4096;" +
+	"pepsal_ifaces hash key 4 value 12 entries 256;" +
+	"pepsal_layout array key 4 value 4 entries 1;" +
+	"pepsal_listen sock_map key 4 value 8 entries 2;" +
+	"pepsal_owner array key 4 value 16 entries 1;" +
+	"pepsal_peer_port array key 4 value 4 entries 1;" +
+	"pepsal_ports hash key 2 value 1 entries 65536;" +
 	"pepsal_relay sock_hash key 8 value 8;" +
 	"pepsal_relay_dirs hash key 8 value 40;" +
 	"pepsal_relay_user hash key 8 value 8;" +
-	"pepsal_tuning array key 4 value 8;" +
+	"pepsal_tuning array key 4 value 8 entries 2;" +
 	"pepsal_upstream hash key 8 value 1;"
 
 const pinLayout = "pepsal_layout"
@@ -48,12 +48,13 @@ func (e *LayoutError) Error() string {
 }
 
 // mapsFingerprint lists every pinned map, from the compiled-in objects plus
-// the ones Go creates, by name, type, key and value size (not sizes that
-// follow --max-conns).
+// the ones Go creates, by name, type, key and value size, and the number of
+// entries of those that do not follow --max-conns (objects share a pinned map
+// only if that matches too).
 func mapsFingerprint() (string, error) {
 	seen := map[string]string{
-		pinOwner:  pinOwner + " array key 4 value 16",
-		pinLayout: pinLayout + " array key 4 value 4",
+		pinOwner:  pinOwner + " array key 4 value 16 entries 1",
+		pinLayout: pinLayout + " array key 4 value 4 entries 1",
 	}
 	for _, load := range []func() (*ebpf.CollectionSpec, error){loadClassify, loadSteer, loadRelay, loadTune} {
 		spec, err := load()
@@ -65,6 +66,9 @@ func mapsFingerprint() (string, error) {
 				continue // .rodata and the like: not pinned
 			}
 			seen[name] = fmt.Sprintf("%s %s key %d value %d", name, typeName(m.Type), m.KeySize, m.ValueSize)
+			if !isPerConn(name) {
+				seen[name] += fmt.Sprintf(" entries %d", m.MaxEntries)
+			}
 		}
 	}
 	names := make([]string, 0, len(seen))

@@ -5,7 +5,28 @@ import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 )
+
+// attachRelay loads the sk_skb relay verdict, attaches it to pepsal_relay
+// (every socket inserted there gets it) and pins both.
+func attachRelay(dir string, conns int) error {
+	coll, err := loadObject(dir, loadRelay, conns, pinRelay)
+	if err != nil {
+		return err
+	}
+	defer coll.Close()
+	// A program attached to a map stays as long as the map (pinned) lives.
+	err = link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target:  coll.Maps["pepsal_relay"].FD(),
+		Program: coll.Programs[pinRelay],
+		Attach:  ebpf.AttachSkSKBVerdict,
+	})
+	if err != nil {
+		return fmt.Errorf("attach relay verdict to pepsal_relay: %w", err)
+	}
+	return nil
+}
 
 // RelayDir is one direction of a kernel-relayed connection, as BPF counts it.
 type RelayDir = relayRelayDir

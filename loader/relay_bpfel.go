@@ -28,6 +28,7 @@ type relayCounters struct {
 	PktTimewaitForwarded uint64
 	PktNotTcp            uint64
 	PktUnparsed          uint64
+	PktNoConfig          uint64
 	SteerAssigned        uint64
 	SteerNoListener      uint64
 	SteerAssignFailed    uint64

@@ -18,6 +18,13 @@ type Routing struct {
 	Priority int
 }
 
+// Defaults for the policy routing; chosen to stay clear of common marks and tables.
+const (
+	DefaultMark         = 0x5e9a1
+	DefaultTable        = 5091
+	DefaultRulePriority = 5091
+)
+
 var families = []int{unix.AF_INET, unix.AF_INET6}
 
 func (r Routing) rule(family int) *netlink.Rule {

@@ -51,16 +51,12 @@ func cgroup2Root() (string, error) {
 // attachTune loads the sock_ops program and attaches it to the root cgroup:
 // initial windows have no socket option, so this is the only way to set them
 // per socket. Without cgroup v2 it is skipped and the windows keep their defaults.
-func attachTune(dir string, shared map[string]*ebpf.Map) error {
+func attachTune(dir string, conns int) error {
 	root, err := cgroup2Root()
 	if err != nil {
 		return nil
 	}
-	spec, err := loadTune()
-	if err != nil {
-		return err
-	}
-	coll, err := loadSharing(dir, spec, shared, pinTune)
+	coll, err := loadObject(dir, loadTune, conns, pinTune)
 	if err != nil {
 		return err
 	}

@@ -41,6 +41,7 @@ type tuneCounters struct {
 	PktTimewaitForwarded uint64
 	PktNotTcp            uint64
 	PktUnparsed          uint64
+	PktNoConfig          uint64
 	SteerAssigned        uint64
 	SteerNoListener      uint64
 	SteerAssignFailed    uint64

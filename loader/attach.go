@@ -1,0 +1,274 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+)
+
+// Config is what an attachment intercepts.
+type Config struct {
+	Ifaces       []string
+	ReturnIfaces []string // only return traffic of local sockets is taken here (transparent mode)
+	Ports        []uint16 // empty: every port
+	Exclude      []netip.Prefix
+	Routing      Routing
+	TCMode       string // "auto" (tcx, else clsact), "tcx" or "clsact"
+	// MaxConns is how many connections the per-connection maps must hold
+	// (the daemon's --max-conns plus its accept queues); 0: DefaultMapConns.
+	// It sizes a new attachment; an existing one must already hold it.
+	MaxConns int
+	// Daemon: a `pepsal run` attaches. It owns an attachment it creates, or
+	// one whose daemon died, and removes it when it stops (DetachOwned).
+	Daemon bool
+}
+
+// ResolveIfaces maps interface names to indexes, failing on the first unknown one.
+func ResolveIfaces(names []string) ([]int, error) {
+	idx := make([]int, 0, len(names))
+	for _, name := range names {
+		ifc, err := net.InterfaceByName(name)
+		if err != nil {
+			return nil, fmt.Errorf("unknown interface %q", name)
+		}
+		idx = append(idx, ifc.Index)
+	}
+	return idx, nil
+}
+
+// Attach attaches pepsal to cfg.Ifaces in the current network namespace and
+// pins everything. Attaching again updates the policy and adds interfaces that
+// are missing; it never duplicates anything. On error nothing this call added
+// stays attached. Pins left by a dead namespace that had this one's inode
+// number are removed first, never adopted.
+func Attach(cfg Config) (*Attachment, error) {
+	ifindexes, err := ResolveIfaces(cfg.Ifaces)
+	if err != nil {
+		return nil, err
+	}
+	returnIndexes, err := ResolveIfaces(cfg.ReturnIfaces)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Routing == (Routing{}) {
+		cfg.Routing = Routing{Mark: DefaultMark, Table: DefaultTable, Priority: DefaultRulePriority}
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMapConns
+	}
+	if cfg.MaxConns < 0 || cfg.MaxConns > MaxMapConns {
+		return nil, fmt.Errorf("maps for %d connections: want 1 to %d", cfg.MaxConns, MaxMapConns)
+	}
+	if err := CheckKernel(); err != nil {
+		return nil, err
+	}
+	if err := ensureBPFFS(); err != nil {
+		return nil, err
+	}
+	unlock, err := lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	dir, err := PinDir()
+	if err != nil {
+		return nil, err
+	}
+	var foreign *ForeignPinsError
+	if err := foreignPins(dir); errors.As(err, &foreign) {
+		if err := removeForeignPins(dir); err != nil {
+			return nil, fmt.Errorf("remove the pins of a dead network namespace: %w", err)
+		}
+		slog.Info("removed the pins of a dead network namespace", "dir", dir, "why", foreign.Reason)
+	} else if err != nil {
+		return nil, err
+	}
+
+	var targets []target
+	for i, idx := range ifindexes {
+		targets = append(targets, target{cfg.Ifaces[i], idx, false})
+	}
+	for i, idx := range returnIndexes {
+		if !slices.Contains(ifindexes, idx) {
+			targets = append(targets, target{cfg.ReturnIfaces[i], idx, true})
+		}
+	}
+
+	fresh := !exists(filepath.Join(dir, pinConfig))
+	if fresh {
+		var own owner
+		if cfg.Daemon {
+			if own, err = self(); err != nil {
+				return nil, err
+			}
+		}
+		if err := createPinned(dir, cfg.Routing, own, cfg.MaxConns); err != nil {
+			return nil, err
+		}
+	}
+	att, err := openPinned(dir)
+	if err == nil {
+		if err = att.apply(cfg, fresh, targets); err != nil {
+			att.Close()
+		}
+	}
+	if err != nil {
+		if fresh {
+			if derr := detachLocked(dir); derr != nil {
+				err = fmt.Errorf("%w (undoing the attachment also failed: %s)", err, oneLine(derr))
+			}
+		}
+		return nil, err
+	}
+	return att, nil
+}
+
+// target is an interface Attach attaches the classifier to.
+type target struct {
+	name       string
+	ifindex    int
+	returnOnly bool
+}
+
+// apply brings an open attachment to cfg. On error, what it changed in an
+// attachment that existed before is undone (a fresh one is detached whole by
+// the caller), except the policy maps, written last, whose updates do not fail.
+func (a *Attachment) apply(cfg Config, fresh bool, targets []target) (err error) {
+	if !fresh {
+		old, err := a.Config()
+		if err != nil {
+			return err
+		}
+		if old.Mark != cfg.Routing.Mark || int(old.RouteTable) != cfg.Routing.Table || int(old.RulePriority) != cfg.Routing.Priority {
+			return fmt.Errorf("already attached with fwmark %#x, table %d, rule priority %d: detach first to change them",
+				old.Mark, old.RouteTable, old.RulePriority)
+		}
+		capacity, err := a.ConnCapacity()
+		if err != nil {
+			return err
+		}
+		if capacity < cfg.MaxConns {
+			return fmt.Errorf("already attached with maps for %d connections, fewer than the %d asked: detach first to change it", capacity, cfg.MaxConns)
+		}
+	}
+	var undo []func()
+	defer func() {
+		if err != nil && !fresh {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	undoRouting, err := cfg.Routing.Install()
+	if err != nil {
+		return err
+	}
+	undo = append(undo, func() { _ = undoRouting() })
+	if !fresh {
+		a.pruneGoneIfaces()
+	}
+
+	prog, err := ebpf.LoadPinnedProgram(filepath.Join(a.Dir, pinClassify), nil)
+	if err != nil {
+		return fmt.Errorf("load pinned classifier: %w", err)
+	}
+	defer prog.Close()
+	for _, tg := range targets {
+		var state classifyIfaceState
+		if a.maps.PepsalIfaces.Lookup(uint32(tg.ifindex), &state) == nil {
+			if state.ReturnOnly == 1 && !tg.returnOnly { // promote to a full interception
+				old := state
+				state.ReturnOnly = 0
+				if err := a.maps.PepsalIfaces.Put(uint32(tg.ifindex), state); err != nil {
+					return fmt.Errorf("record interface %s: %w", tg.name, err)
+				}
+				idx := uint32(tg.ifindex)
+				undo = append(undo, func() { _ = a.maps.PepsalIfaces.Put(idx, old) })
+			}
+			continue // already attached here
+		}
+		state, err := attachTC(a.Dir, prog, tg.ifindex, cfg.TCMode)
+		if err != nil {
+			return fmt.Errorf("attach classifier to %s: %w", tg.name, err)
+		}
+		if tg.returnOnly {
+			state.ReturnOnly = 1
+		}
+		if err := a.maps.PepsalIfaces.Put(uint32(tg.ifindex), state); err != nil {
+			_ = detachTC(a.Dir, tg.ifindex, state)
+			return fmt.Errorf("record interface %s: %w", tg.name, err)
+		}
+		idx := tg.ifindex
+		undo = append(undo, func() { _ = a.detachIface(idx) })
+	}
+	if err := a.setPolicy(cfg); err != nil {
+		return err
+	}
+	if fresh {
+		return nil // createPinned recorded the owner
+	}
+	return a.updateOwner(cfg.Daemon)
+}
+
+// updateOwner records who removes an attachment that existed before: `pepsal
+// attach` makes it persistent; a daemon adopts it when the daemon that made it
+// is dead and nobody serves it, and otherwise leaves it to its owner.
+func (a *Attachment) updateOwner(daemon bool) error {
+	if !daemon {
+		if !exists(filepath.Join(a.Dir, pinOwner)) {
+			return nil
+		}
+		return writeOwner(a.Dir, owner{})
+	}
+	cur, err := readOwner(a.Dir)
+	if err != nil {
+		return err
+	}
+	if cur.PID == 0 || cur.alive() || a.ListenerCookie(ListenerV4) != 0 || a.ListenerCookie(ListenerV6) != 0 {
+		return nil
+	}
+	me, err := self()
+	if err != nil {
+		return err
+	}
+	if err := writeOwner(a.Dir, me); err != nil {
+		return err
+	}
+	slog.Info("adopted the attachment of a dead daemon", "dir", a.Dir, "dead_pid", cur.PID)
+	return nil
+}
+
+// pruneGoneIfaces forgets interfaces that no longer exist: their tc
+// attachment went with them, only the record and a pin are left.
+func (a *Attachment) pruneGoneIfaces() {
+	for _, ifc := range a.recordedIfaces() {
+		if _, err := netlink.LinkByIndex(ifc); err != nil {
+			_ = a.detachIface(ifc)
+		}
+	}
+}
+
+func (a *Attachment) recordedIfaces() []int {
+	var idx uint32
+	var st classifyIfaceState
+	var all []int
+	iter := a.maps.PepsalIfaces.Iterate()
+	for iter.Next(&idx, &st) {
+		all = append(all, int(idx))
+	}
+	return all
+}
+
+// oneLine joins a multi-line (errors.Join) message into one line.
+func oneLine(err error) string {
+	return strings.ReplaceAll(err.Error(), "\n", "; ")
+}
