@@ -29,7 +29,7 @@ import (
 //   - it relays in plain userspace the connections that cannot be inserted.
 type KernelRelay struct {
 	Log    *slog.Logger
-	Maps   *loader.Relay
+	Maps   RelayMaps
 	Budget uint64 // bytes redirected toward a socket and not yet in its send queue (the psock backlog)
 }
 
@@ -74,8 +74,8 @@ func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TC
 func (k *KernelRelay) relayAsync(ctx context.Context, c *Conn, client, server *net.TCPConn, st relayStart, done func(Outcome)) {
 	pre := st.pre
 	w, _ := idleSockets() // nil: each direction parks a goroutine instead
-	clientCookie, err1 := socketCookie(client)
-	serverCookie, err2 := socketCookie(server)
+	clientCookie, err1 := SocketCookie(client)
+	serverCookie, err2 := SocketCookie(server)
 	if err := errors.Join(err1, err2); err != nil {
 		c.SetRelay("userspace: " + err.Error())
 		spliceRelayAsync(ctx, w, c, client, server, done)
@@ -462,19 +462,6 @@ func tcpState(c *net.TCPConn) uint8 {
 		return err
 	})
 	return st
-}
-
-func socketCookie(c *net.TCPConn) (uint64, error) {
-	var cookie uint64
-	err := withFD(c, func(fd int) error {
-		v, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
-		cookie = v
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("SO_COOKIE: %w", err)
-	}
-	return cookie, nil
 }
 
 // withFD runs fn on a socket's descriptor without dup'ing it.

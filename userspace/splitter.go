@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pepsal/pepsal/loader"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,9 +22,9 @@ type Splitter struct {
 	ConnectTimeout time.Duration
 	Kernel         *KernelRelay // nil: every connection is spliced in userspace
 	Tuning         Tuning
-	Att            *loader.Attachment // the SYN's record, read and deleted after accept
-	Tuner          *loader.Tuner      // nil: no sock_ops (initial windows untouched)
-	Transparent    bool               // dial from the client's address and port
+	Diverted       DivertedSYNs  // the SYN's record, read and deleted after accept; nil: none
+	Tuner          UpstreamTuner // nil: no sock_ops (initial windows untouched)
+	Transparent    bool          // dial from the client's address and port
 	Table          *Table
 	Log            *slog.Logger
 	// OnExhausted, if set, is called each time accept or an upstream dial
@@ -156,8 +155,8 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	}
 
 	var tos uint32
-	if s.Att != nil {
-		if info, ok := s.Att.TakeDiverted(clientAddr, serverAddr); ok {
+	if s.Diverted != nil {
+		if info, ok := s.Diverted.TakeDiverted(clientAddr, serverAddr); ok {
 			tos = info.Tos
 		}
 	}
@@ -295,8 +294,8 @@ func (s *Splitter) setupUpstream(fd int, network string, tos uint32) (cookie uin
 	if s.Tuner == nil || (s.Tuning.Server.InitCwnd == 0 && s.Tuning.Server.InitRwnd == 0) {
 		return 0, nil
 	}
-	if cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
-		return 0, fmt.Errorf("SO_COOKIE: %w", err)
+	if cookie, err = fdCookie(fd); err != nil {
+		return 0, err
 	}
 	if err := s.Tuner.RegisterUpstream(cookie); err != nil {
 		// A full pepsal_upstream costs this leg its initial windows, not

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace"
 	"github.com/spf13/cobra"
 )
@@ -129,10 +130,10 @@ func (s peerSetup) listenGateway(tuning userspace.Tuning) (*userspace.PeerGatewa
 // start wires warm paths into the splitter: the gateway's listener (served
 // with the proxy's) and its sockets' initial windows, the terminal's pool
 // (run until ctx ends).
-func (s peerSetup) start(ctx context.Context, sp *userspace.Splitter, g *userspace.PeerGateway, log *slog.Logger) error {
+func (s peerSetup) start(ctx context.Context, sp *userspace.Splitter, tuner *loader.Tuner, g *userspace.PeerGateway, log *slog.Logger) error {
 	if g != nil {
-		if sp.Tuner != nil {
-			if err := sp.Tuner.SetPeerPort(g.Port()); err != nil {
+		if tuner != nil {
+			if err := tuner.SetPeerPort(g.Port()); err != nil {
 				return err
 			}
 		}

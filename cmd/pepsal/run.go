@@ -260,9 +260,10 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 
 	splitter := userspace.NewSplitter(tcpListeners, f.connectTimeout, log)
 	splitter.Tuning = tuning
-	splitter.Att = att
+	splitter.Diverted = att
 	splitter.Transparent = f.transparent
-	if tuner := att.Tuner(); tuner != nil {
+	tuner := att.Tuner()
+	if tuner != nil {
 		defer tuner.Close()
 		splitter.Tuner = tuner
 		if err := tuner.SetLegs(
@@ -286,7 +287,7 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 	splitter.Table.SetAdmission(admission)
 	peerCtx, stopPeers := context.WithCancel(context.Background())
 	defer stopPeers()
-	if err := peers.start(peerCtx, splitter, peerGateway, log); err != nil {
+	if err := peers.start(peerCtx, splitter, tuner, peerGateway, log); err != nil {
 		return err
 	}
 	if f.relay == "sockmap" {
@@ -398,12 +399,7 @@ func notify(log *slog.Logger, state string) {
 
 // listenerCookie is the socket cookie of a listener, 0 if unknown.
 func listenerCookie(ln *net.TCPListener) uint64 {
-	var cookie uint64
-	_ = userspace.ListenerFD(ln, func(fd int) error {
-		v, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
-		cookie = v
-		return err
-	})
+	cookie, _ := userspace.SocketCookie(ln)
 	return cookie
 }
 

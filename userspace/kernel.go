@@ -1,0 +1,85 @@
+package userspace
+
+import (
+	"fmt"
+	"net/netip"
+	"syscall"
+
+	"github.com/pepsal/pepsal/loader"
+	"golang.org/x/sys/unix"
+)
+
+// What the proxy needs of the BPF side, as small interfaces: the daemon
+// wires the loader's maps in, the unit tests wire fakes. Only loader's
+// value types (what a map entry holds) cross these seams.
+
+// DivertedSYNs is the classifier's record of the SYNs it diverted
+// (pepsal_diverted; loader.Attachment implements it).
+type DivertedSYNs interface {
+	// TakeDiverted returns and deletes what the classifier recorded of a
+	// connection's SYN (its ToS); false when there is no record.
+	TakeDiverted(client, server netip.AddrPort) (loader.DivertInfo, bool)
+}
+
+// UpstreamTuner is the sock_ops side of the server legs' initial windows
+// (pepsal_upstream; loader.Tuner implements it).
+type UpstreamTuner interface {
+	// RegisterUpstream marks a socket, by cookie, as a server leg before its
+	// SYN leaves; it fails when the map is full.
+	RegisterUpstream(cookie uint64) error
+	// ForgetUpstream drops the mark once sock_ops has read it.
+	ForgetUpstream(cookie uint64)
+}
+
+// RelayMaps is the kernel relay's state: the SOCKHASH the verdict redirects
+// through, and per direction its counters and the bytes userspace wrote
+// (loader.Relay implements it).
+type RelayMaps interface {
+	// Prepare creates the state of both directions before either socket is
+	// inserted; on error nothing is left.
+	Prepare(a, b loader.RelaySide, budget uint64) error
+	// Insert puts a socket into the SOCKHASH: from then on its data goes
+	// through the verdict.
+	Insert(cookie uint64, fd int) error
+	// Dir reads a direction's counters (keyed by its source socket).
+	Dir(cookie uint64) (loader.RelayDir, error)
+	// SetUser publishes how many bytes of a direction userspace wrote.
+	SetUser(cookie uint64, bytes uint64) error
+	// Forget deletes the state of a connection's directions.
+	Forget(cookies ...uint64)
+}
+
+// ListenerRegistry steers diverted SYNs to the proxy's listeners
+// (pepsal_listener; loader.Attachment implements it).
+type ListenerRegistry interface {
+	RegisterListener(slot uint32, fd int) error
+	// ListenerCookie is the cookie of the socket in a slot, 0 if none.
+	ListenerCookie(slot uint32) uint64
+}
+
+// SocketCookie is the kernel's cookie of a socket (SO_COOKIE): the key of
+// its entries in the BPF maps.
+func SocketCookie(c syscall.Conn) (uint64, error) {
+	var cookie uint64
+	err := withFD(c, func(fd int) (err error) {
+		cookie, err = fdCookie(fd)
+		return err
+	})
+	return cookie, err
+}
+
+func fdCookie(fd int) (uint64, error) {
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("SO_COOKIE: %w", err)
+	}
+	return cookie, nil
+}
+
+// The loader's handles are what the daemon wires in.
+var (
+	_ DivertedSYNs     = (*loader.Attachment)(nil)
+	_ ListenerRegistry = (*loader.Attachment)(nil)
+	_ UpstreamTuner    = (*loader.Tuner)(nil)
+	_ RelayMaps        = (*loader.Relay)(nil)
+)
