@@ -1,0 +1,147 @@
+package userspace
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// queued waits until c's receive queue holds n bytes (SIOCINQ).
+func queued(t *testing.T, c *net.TCPConn, n int) {
+	t.Helper()
+	waitFor(t, "bytes never reached the receive queue", func() bool {
+		var q int
+		_ = withFD(c, func(fd int) (err error) { q, err = unix.IoctlGetInt(fd, unix.SIOCINQ); return err })
+		return q >= n
+	})
+}
+
+// firstBytes: nothing from a client that waits for the server (it speaks
+// first); a short request whole; a queue bigger than a SYN read to its end,
+// so that no skb is left partly read; EOF as EOF.
+func TestFirstBytes(t *testing.T) {
+	t.Run("server speaks first", func(t *testing.T) {
+		client, leg := tcpPair(t)
+		data, drained, err := firstBytes(leg, 20*time.Millisecond)
+		if err != nil || len(data) != 0 || !drained {
+			t.Fatalf("got %d bytes, drained %v, %v; want nothing, drained", len(data), drained, err)
+		}
+		// The deadline is gone: the relay's reads must not time out.
+		client.Write([]byte("late"))
+		leg.SetReadDeadline(time.Time{})
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(leg, buf); err != nil {
+			t.Fatalf("read after firstBytes: %v", err)
+		}
+	})
+	t.Run("short request", func(t *testing.T) {
+		client, leg := tcpPair(t)
+		req := []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		client.Write(req)
+		data, drained, err := firstBytes(leg, 5*time.Second)
+		if err != nil || !bytes.Equal(data, req) || !drained {
+			t.Fatalf("got %q, drained %v, %v; want the request, drained", data, drained, err)
+		}
+	})
+	t.Run("more than a SYN holds", func(t *testing.T) {
+		client, leg := tcpPair(t)
+		msg := randomBytes(48<<10+1, 21)
+		if _, err := client.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		queued(t, leg, len(msg))
+		data, drained, err := firstBytes(leg, 5*time.Second)
+		if err != nil || !drained {
+			t.Fatalf("drained %v, %v", drained, err)
+		}
+		// Everything queued was read (the rest is what comes later),
+		// nothing lost or doubled.
+		if !bytes.Equal(data, msg) {
+			t.Fatalf("read %d of %d queued bytes", len(data), len(msg))
+		}
+		rest := []byte("after")
+		client.Write(rest)
+		client.CloseWrite()
+		got, err := io.ReadAll(leg)
+		if err != nil || !bytes.Equal(got, rest) {
+			t.Fatalf("then read %q, %v; want %q", got, err, rest)
+		}
+	})
+	t.Run("exactly a SYN's worth", func(t *testing.T) {
+		// A full first read is not the end: the next read finds nothing
+		// queued, which is when every skb is known read whole.
+		client, leg := tcpPair(t)
+		msg := randomBytes(1400, 22)
+		client.Write(msg)
+		queued(t, leg, len(msg))
+		data, drained, err := firstBytes(leg, 5*time.Second)
+		if err != nil || !drained || !bytes.Equal(data, msg) {
+			t.Fatalf("got %d bytes, drained %v, %v", len(data), drained, err)
+		}
+	})
+	t.Run("EOF", func(t *testing.T) {
+		client, leg := tcpPair(t)
+		client.CloseWrite()
+		data, _, err := firstBytes(leg, 5*time.Second)
+		if !errors.Is(err, io.EOF) || len(data) != 0 {
+			t.Fatalf("got %d bytes, %v; want EOF", len(data), err)
+		}
+	})
+}
+
+// The splice relay run as the splitter runs it (idle waiter, a context the
+// drain timeout cancels): cancelling resets both sides and ends the relay as
+// reset, even with both directions idle and parked in the waiter.
+func TestSpliceRelayAbortResetsBoth(t *testing.T) {
+	client, clientLeg := tcpPair(t)
+	serverLeg, server := tcpPair(t)
+	for _, c := range []*net.TCPConn{clientLeg, serverLeg} {
+		if err := resetOnCrash(c); err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+	}
+	w, err := idleSockets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := NewTable().Add(clientLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), serverLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), "splice")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	context.AfterFunc(ctx, func() { resetConn(clientLeg); resetConn(serverLeg) })
+	outcome := make(chan Outcome, 1)
+	spliceRelayAsync(ctx, w, conn, clientLeg, serverLeg, func(o Outcome) { outcome <- o })
+
+	// One byte each way: both directions then wait, idle.
+	for _, d := range []struct{ from, to *net.TCPConn }{{client, server}, {server, client}} {
+		d.from.Write([]byte("x"))
+		if _, err := io.ReadFull(d.to, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	for _, c := range []*net.TCPConn{client, server} {
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.Copy(io.Discard, c); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("%s saw %v after the abort, want ECONNRESET", c.LocalAddr(), err)
+		}
+	}
+	select {
+	case o := <-outcome:
+		if o != WasReset {
+			t.Fatalf("outcome %v, want WasReset", o)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay did not end after the abort")
+	}
+	if m := conn.Moved(); m.ToServer != 1 || m.ToClient != 1 {
+		t.Errorf("moved %+v, want 1 each way", m)
+	}
+}
