@@ -19,13 +19,34 @@ func Listen(addr string, t Tuning) (*net.TCPListener, error) {
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
-		if errors.Is(err, unix.EADDRINUSE) {
-			return nil, fmt.Errorf("listener port in use: %s", addr)
-		}
-		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+		return nil, &ListenError{What: "proxy", Addr: addr, Err: err}
 	}
 	return ln.(*net.TCPListener), nil
 }
+
+// ListenError is a listener that could not be opened: the proxy's, the
+// warm-path gateway's ("peer") or the metrics server's. errors.Is(err,
+// unix.EADDRINUSE) tells a taken port.
+type ListenError struct {
+	What string // "proxy", "peer" or "metrics"
+	Addr string
+	Err  error
+}
+
+func (e *ListenError) Error() string {
+	inUse := errors.Is(e.Err, unix.EADDRINUSE)
+	switch {
+	case e.What == "proxy" && inUse:
+		return "listener port in use: " + e.Addr
+	case e.What == "proxy":
+		return fmt.Sprintf("listen on %s: %v", e.Addr, e.Err)
+	case inUse:
+		return fmt.Sprintf("%s listener %s: address in use", e.What, e.Addr)
+	}
+	return fmt.Sprintf("%s listener %s: %v", e.What, e.Addr, e.Err)
+}
+
+func (e *ListenError) Unwrap() error { return e.Err }
 
 func transparent(network, _ string, c syscall.RawConn) error {
 	var serr error

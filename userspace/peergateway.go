@@ -84,10 +84,7 @@ func ListenPeers(addr string, t Tuning) (*PeerGateway, error) {
 	lc.SetMultipathTCP(false) // its sockets may go into the relay's SOCKHASH
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
-		if errors.Is(err, unix.EADDRINUSE) {
-			return nil, fmt.Errorf("--peer-listen %s: address in use", addr)
-		}
-		return nil, fmt.Errorf("--peer-listen %s: %w", addr, err)
+		return nil, &ListenError{What: "peer", Addr: addr, Err: err}
 	}
 	stopped, stop := context.WithCancel(context.Background())
 	return &PeerGateway{ln: ln.(*net.TCPListener), stopped: stopped, stop: stop, share: newPeerShare(), refused: map[string]uint64{}, refuseLog: rateLog{period: 5 * time.Second}}, nil
@@ -140,7 +137,7 @@ func (s *Splitter) peerAcceptLoop(ctx context.Context, g *PeerGateway) {
 	s.acceptEach(g.ln, "peer", func(conn *net.TCPConn) {
 		g.accepted.Add(1)
 		if !g.allowed(addrPort(conn.RemoteAddr()).Addr()) {
-			g.refuse(s, conn, AuthNotAllowed, fmt.Errorf("source not in --peer-allow"))
+			g.refuse(s, conn, AuthNotAllowed, errors.New("source not in the allowed prefixes"))
 			return
 		}
 		if g.pending.Add(1) > peerMaxPending {

@@ -73,8 +73,24 @@ func RoleTuning(role string) (Tuning, error) {
 	case "terminal":
 		return Tuning{Server: longLeg, FastOpen: FastOpen{Dial: true, Wait: defaultFastOpenWait}}, nil
 	}
-	return Tuning{}, fmt.Errorf("--role must be gateway or terminal, not %q", role)
+	return Tuning{}, fmt.Errorf("%w, not %q", ErrBadRole, role)
 }
+
+// ErrBadRole: a role is "gateway", "terminal" or none.
+var ErrBadRole = errors.New("role must be gateway or terminal")
+
+// LegError is a leg setting out of range. Field names the setting ("cc",
+// "buffer", "mss", "keepalive", "user-timeout", "initcwnd"), Msg what is
+// wrong with it ("5 is out of range (88-65495)").
+type LegError struct {
+	Leg   string // the name given to Validate: "client" or "server"
+	Field string
+	Msg   string
+	Err   error // the cause, if any
+}
+
+func (e *LegError) Error() string { return fmt.Sprintf("%s leg: %s %s", e.Leg, e.Field, e.Msg) }
+func (e *LegError) Unwrap() error { return e.Err }
 
 // Validate checks what can be checked before anything is opened.
 func (l Leg) Validate(name string) error {
@@ -84,23 +100,23 @@ func (l Leg) Validate(name string) error {
 			return err
 		}
 		if !strings.Contains(" "+avail+" ", " "+l.CC+" ") {
-			return fmt.Errorf("--%s-cc %q is not available here (available: %s)", name, l.CC, avail)
+			return &LegError{Leg: name, Field: "cc", Msg: fmt.Sprintf("%q is not available here (available: %s)", l.CC, avail)}
 		}
 	}
 	if l.SndBuf < 0 || l.RcvBuf < 0 {
-		return fmt.Errorf("--%s buffer sizes must not be negative", name)
+		return &LegError{Leg: name, Field: "buffer", Msg: "sizes must not be negative"}
 	}
 	if l.MSS != 0 && (l.MSS < 88 || l.MSS > 65495) {
-		return fmt.Errorf("--%s-mss %d is out of range (88-65495)", name, l.MSS)
+		return &LegError{Leg: name, Field: "mss", Msg: fmt.Sprintf("%d is out of range (88-65495)", l.MSS)}
 	}
 	if l.KeepAlive != 0 && (l.KeepAlive < time.Second || l.KeepAlive > 8*time.Hour) {
-		return fmt.Errorf("--keepalive %s: want 0 (off) or 1s to 8h", l.KeepAlive)
+		return &LegError{Leg: name, Field: "keepalive", Msg: fmt.Sprintf("%s: want 0 (off) or 1s to 8h", l.KeepAlive)}
 	}
 	if l.UserTimeout < 0 || l.UserTimeout > 24*time.Hour || l.UserTimeout > 0 && l.UserTimeout < time.Millisecond {
-		return fmt.Errorf("--user-timeout %s: want 0 (kernel default) or 1ms to 24h", l.UserTimeout)
+		return &LegError{Leg: name, Field: "user-timeout", Msg: fmt.Sprintf("%s: want 0 (kernel default) or 1ms to 24h", l.UserTimeout)}
 	}
 	if l.InitCwnd > 4096 || l.InitRwnd > 65535 {
-		return fmt.Errorf("--%s-initcwnd must be <= 4096 and initrwnd <= 65535", name)
+		return &LegError{Leg: name, Field: "initcwnd", Msg: "must be <= 4096 and initrwnd <= 65535"}
 	}
 	return nil
 }

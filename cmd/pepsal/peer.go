@@ -1,17 +1,15 @@
 package main
 
 import (
-	"context"
+	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace"
 	"github.com/spf13/cobra"
 )
@@ -33,17 +31,9 @@ func (p *peerFlags) register(cmd *cobra.Command) {
 	f.StringArrayVar(&p.allow, "peer-allow", nil, "gateway: accept warm connections only from this prefix (repeatable; default: any, the key still applies)")
 }
 
-// peerSetup is the checked configuration.
-type peerSetup struct {
-	key             []byte
-	allow           []netip.Prefix
-	listen, gateway string
-	pool            int
-}
-
 // config checks the flags before anything is opened or attached.
-func (p *peerFlags) config(cmd *cobra.Command) (peerSetup, error) {
-	var s peerSetup
+func (p *peerFlags) config(cmd *cobra.Command) (userspace.PeerOptions, error) {
+	var s userspace.PeerOptions
 	f := cmd.Flags()
 	if p.listen == "" && p.gateway == "" {
 		for _, name := range []string{"peer-key", "peer-pool", "peer-allow"} {
@@ -57,13 +47,13 @@ func (p *peerFlags) config(cmd *cobra.Command) (peerSetup, error) {
 		if err := checkPeerAddr(p.listen, true); err != nil {
 			return s, fmt.Errorf("bad --peer-listen %q: %w; want ADDR:PORT, e.g. 192.0.2.1:7000", p.listen, err)
 		}
-		s.listen = p.listen
+		s.Listen = p.listen
 	}
 	if p.gateway != "" {
 		if err := checkPeerAddr(p.gateway, false); err != nil {
 			return s, fmt.Errorf("bad --peer %q: %w; want the gateway's ADDR:PORT, e.g. 192.0.2.1:7000", p.gateway, err)
 		}
-		s.gateway = p.gateway
+		s.Gateway = p.gateway
 	}
 	if f.Changed("peer-pool") && p.gateway == "" {
 		return s, fmt.Errorf("--peer-pool needs --peer")
@@ -71,7 +61,7 @@ func (p *peerFlags) config(cmd *cobra.Command) (peerSetup, error) {
 	if p.pool < 1 || p.pool > 4096 {
 		return s, fmt.Errorf("bad --peer-pool %d: want 1 to 4096", p.pool)
 	}
-	s.pool = p.pool
+	s.Pool = p.pool
 	if len(p.allow) > 0 && p.listen == "" {
 		return s, fmt.Errorf("--peer-allow needs --peer-listen")
 	}
@@ -80,13 +70,19 @@ func (p *peerFlags) config(cmd *cobra.Command) (peerSetup, error) {
 		if err != nil {
 			return s, fmt.Errorf("bad --peer-allow %q: want a prefix, e.g. 10.0.0.0/8", a)
 		}
-		s.allow = append(s.allow, pfx.Masked())
+		s.Allow = append(s.Allow, pfx.Masked())
 	}
 	key, err := userspace.LoadPeerKey(p.keyFile)
-	if err != nil {
+	var ke *userspace.KeyError
+	switch {
+	case errors.Is(err, userspace.ErrNoPeerKey):
+		return s, errors.New("--peer-key FILE is required with --peer and --peer-listen (make one: head -c 32 /dev/urandom > FILE; chmod 600 FILE)")
+	case errors.As(err, &ke):
+		return s, fmt.Errorf("--peer-key%s", ke.Detail)
+	case err != nil:
 		return s, err
 	}
-	s.key = key
+	s.Key = key
 	return s, nil
 }
 
@@ -111,58 +107,6 @@ func checkPeerAddr(addr string, listener bool) error {
 		return fmt.Errorf("%s cannot be dialed", a)
 	}
 	return nil
-}
-
-// listenGateway opens the gateway's listener for terminals (before anything
-// is attached, so that a taken port changes nothing); nil without --peer-listen.
-func (s peerSetup) listenGateway(tuning userspace.Tuning) (*userspace.PeerGateway, error) {
-	if s.listen == "" {
-		return nil, nil
-	}
-	g, err := userspace.ListenPeers(s.listen, tuning)
-	if err != nil {
-		return nil, err
-	}
-	g.Key, g.Allow = s.key, s.allow
-	return g, nil
-}
-
-// start wires warm paths into the splitter: the gateway's listener (served
-// with the proxy's) and its sockets' initial windows, the terminal's pool
-// (run until ctx ends).
-func (s peerSetup) start(ctx context.Context, sp *userspace.Splitter, tuner *loader.Tuner, g *userspace.PeerGateway, log *slog.Logger) error {
-	if g != nil {
-		if tuner != nil {
-			if err := tuner.SetPeerPort(g.Port()); err != nil {
-				return err
-			}
-		}
-		sp.Peers = g
-		log.Info("accepting warm connections from terminals", "listen", g.Addr().String(), "allow", len(s.allow))
-	}
-	if s.gateway != "" {
-		sp.Pool = sp.NewPeerPool(s.gateway, s.pool, s.key)
-		go sp.Pool.Run(ctx)
-		log.Info("keeping warm connections to the gateway", "gateway", s.gateway, "pool", s.pool)
-	}
-	return nil
-}
-
-// stats is the daemon's peer report (nil without warm paths).
-func peerStats(sp *userspace.Splitter) *userspace.PeerStats {
-	if sp.Pool == nil && sp.Peers == nil {
-		return nil
-	}
-	var ps userspace.PeerStats
-	if sp.Pool != nil {
-		st := sp.Pool.Stats()
-		ps.Pool = &st
-	}
-	if sp.Peers != nil {
-		st := sp.Peers.Stats()
-		ps.Gateway = &st
-	}
-	return &ps
 }
 
 // printPeer writes the warm-path lines of `pepsal status`.

@@ -1,20 +1,14 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
-	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
@@ -67,8 +61,7 @@ func runCmd() *cobra.Command {
 	return cmd
 }
 
-func run(cmd *cobra.Command, f *runFlags) (err error) {
-	ctx := cmd.Context()
+func run(cmd *cobra.Command, f *runFlags) error {
 	// Everything that can be checked is checked before anything is touched.
 	cfg, err := f.policy.config()
 	if err != nil {
@@ -133,306 +126,58 @@ func run(cmd *cobra.Command, f *runFlags) (err error) {
 		return err
 	}
 	cfg.MaxConns = limit.budget.Capacity(limit.max)
-	peerGateway, err := peers.listenGateway(tuning)
+
+	d, err := userspace.NewDaemon(userspace.Options{
+		Tuning:         tuning,
+		Relay:          f.relay,
+		RelayBudget:    budget,
+		ListenPort:     f.listenPort,
+		ConnectTimeout: f.connectTimeout,
+		DrainTimeout:   f.drainTimeout,
+		UpgradeDrain:   f.upgradeDrain,
+		Transparent:    f.transparent,
+		MetricsAddr:    f.metricsAddr,
+		MaxConns:       limit.max,
+		MaxConnsFrom:   limit.from,
+		FDBudget:       limit.budget,
+		Peer:           peers,
+		Version:        version,
+		Args:           os.Args[1:],
+		Log:            log,
+		Attach:         func() (*userspace.Kernel, error) { return attachOrOpen(cfg, log) },
+	})
 	if err != nil {
 		return err
 	}
-	if peerGateway != nil {
-		defer peerGateway.Close()
-	}
-	// The binary to start on SIGHUP: this path, whatever file is there then.
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("find this program's path: %w", err)
-	}
-
-	// Started by an upgrade: the old daemon's sockets, not new ones.
-	inherited, err := userspace.InheritedFromEnv()
-	if err != nil {
-		return fmt.Errorf("upgrade: %w", err)
-	}
-	var (
-		control   net.Listener
-		listeners []slotListener
-		metricsLn net.Listener
-	)
-	if inherited != nil {
-		control, metricsLn = inherited.Control, inherited.Metrics
-		listeners = []slotListener{{loader.ListenerV4, inherited.V4}}
-		if inherited.V6 != nil {
-			listeners = append(listeners, slotListener{loader.ListenerV6, inherited.V6})
-		}
-		if (metricsLn != nil) != (f.metricsAddr != "") {
-			inherited.Close()
-			return errors.New("upgrade: --metrics-addr differs from the running daemon's")
-		}
-	} else {
-		if control, err = userspace.ListenControl(); err != nil {
-			return err
-		}
-		if listeners, err = listen(f.listenPort, tuning, log); err != nil {
-			control.Close()
-			return err
-		}
-		// Bound before anything is attached, so that a taken port changes nothing.
-		if f.metricsAddr != "" {
-			if metricsLn, err = net.Listen("tcp", f.metricsAddr); err != nil {
-				control.Close()
-				for _, ln := range listeners {
-					ln.ln.Close()
-				}
-				return fmt.Errorf("--metrics-addr: %w", err)
-			}
-		}
-	}
-	defer control.Close()
-	defer func() {
-		for _, ln := range listeners {
-			ln.ln.Close()
-		}
-	}()
-	if metricsLn != nil {
-		defer metricsLn.Close()
-	}
-
-	att, err := attachOrOpen(cfg)
-	if err != nil {
-		return err
-	}
-	ownAttachment := att.OwnedByMe()
-	defer func() {
-		att.Close()
-		if len(cfg.Ifaces) == 0 {
-			return // serving on someone else's attachment: never ours to remove
-		}
-		// Asked again at exit: a `pepsal attach` since has made it persistent.
-		if detached, derr := loader.DetachOwned(); derr != nil {
-			err = errors.Join(err, fmt.Errorf("detach: %w", derr))
-		} else if detached {
-			log.Info("detached")
-		}
-	}()
-	if cookie := firstListenerCookie(att); cookie != 0 && (inherited == nil || cookie != listenerCookie(inherited.V4)) {
-		return errors.New("another pepsal daemon is serving this attachment")
-	}
-	// After a successful upgrade the attachment and its sysctls are the new
-	// daemon's: this one leaves them alone when it exits.
-	var handedOver atomic.Bool
-	if tuning.FastOpen.Accept {
-		old, changed, err := userspace.EnableServerFastOpen()
-		if err != nil {
-			return err
-		}
-		if changed {
-			var oldV int
-			fmt.Sscan(old, &oldV)
-			if err := att.RecordFastOpenRestore(oldV); err != nil {
-				return err
-			}
-			if !ownAttachment { // a detach would restore it; without one, the daemon does
-				defer func() {
-					if !handedOver.Load() {
-						userspace.WriteSysctl("net/ipv4/tcp_fastopen", old)
-					}
-				}()
-			}
-		}
-	}
-
-	// A full flag left by a daemon killed at its limit must not outlive it.
-	if err := att.SetFull(false); err != nil {
-		return err
-	}
-	var tcpListeners []*net.TCPListener
-	var addrs []string
-	for _, l := range listeners {
-		ln := l.ln
-		// The accept queue the fd budget counts on (listen again only sets it).
-		if err := userspace.ListenerFD(ln, func(fd int) error { return unix.Listen(fd, limit.budget.Backlog) }); err != nil {
-			return fmt.Errorf("set listener backlog: %w", err)
-		}
-		if err := userspace.ListenerFD(ln, func(fd int) error { return att.RegisterListener(l.slot, fd) }); err != nil {
-			return err
-		}
-		tcpListeners = append(tcpListeners, ln)
-		addrs = append(addrs, ln.Addr().String())
-	}
-
-	splitter := userspace.NewSplitter(tcpListeners, f.connectTimeout, log)
-	splitter.Tuning = tuning
-	splitter.Diverted = att
-	splitter.Transparent = f.transparent
-	tuner := att.Tuner()
-	if tuner != nil {
-		defer tuner.Close()
-		splitter.Tuner = tuner
-		if err := tuner.SetLegs(
-			loader.LegTuning{InitCwnd: tuning.Client.InitCwnd, InitRwnd: tuning.Client.InitRwnd},
-			loader.LegTuning{InitCwnd: tuning.Server.InitCwnd, InitRwnd: tuning.Server.InitRwnd},
-		); err != nil {
-			return err
-		}
-	} else if tuning.Client.InitCwnd+tuning.Client.InitRwnd+tuning.Server.InitCwnd+tuning.Server.InitRwnd > 0 {
-		return errors.New("initial windows need the sock_ops program, which needs a cgroup v2 hierarchy: none is mounted")
-	}
-	userspace.SetPipeLimit(userspace.PipeLimit(limit.max))
-	setFull := func(full bool) error {
-		if handedOver.Load() {
-			return nil // the new daemon counts from now on
-		}
-		return att.SetFull(full)
-	}
-	admission := userspace.NewAdmission(limit.max, setFull, log)
-	admission.FDLimit = limit.budget.Limit
-	splitter.Table.SetAdmission(admission)
-	peerCtx, stopPeers := context.WithCancel(context.Background())
-	defer stopPeers()
-	if err := peers.start(peerCtx, splitter, tuner, peerGateway, log); err != nil {
-		return err
-	}
-	if f.relay == "sockmap" {
-		splitter.Kernel = &userspace.KernelRelay{Log: log, Maps: att.Relay(), Budget: budget}
-	}
-	start := time.Now()
-	info := func() userspace.DaemonInfo {
-		return userspace.DaemonInfo{
-			PID: os.Getpid(), Version: version, Relay: f.relay, Listeners: addrs,
-			ConnectTimeout: f.connectTimeout.String(), UptimeSeconds: time.Since(start).Seconds(),
-			Stats: splitter.Table.Stats(), Peer: peerStats(splitter),
-		}
-	}
-	go userspace.ServeControl(control, info, splitter.Table, log)
-	stopMetrics := func() {}
-	if metricsLn != nil {
-		stop, err := serveMetrics(metricsLn, splitter.Table, att, log)
-		if err != nil {
-			return err
-		}
-		stopMetrics = sync.OnceFunc(stop) // at an upgrade, or before the maps close
-		defer stopMetrics()
-	}
-
-	ifaces, _ := att.Ifaces()
-	names := make([]string, 0, len(ifaces))
-	for _, i := range ifaces {
-		names = append(names, i.Name)
-	}
-	log.Info("serving", "ifaces", strings.Join(names, ","), "relay", f.relay, "listeners", strings.Join(addrs, ","), "pin_dir", att.Dir,
-		"max_conns", limit.max, "low_water", admission.Low, "max_conns_from", limit.from, "fd_limit", limit.budget.Limit)
-
-	if inherited != nil {
-		if err := att.TakeOver(inherited.ParentPID); err != nil {
-			return err
-		}
-		if err := inherited.Ready(); err != nil {
-			return fmt.Errorf("upgrade: tell the old daemon: %w", err)
-		}
-		log.Info("upgraded: serving in place of the old daemon", "old_pid", inherited.ParentPID)
-		notify(log, fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
-	} else {
-		notify(log, "READY=1")
-	}
-
-	// Stop accepting on SIGTERM/SIGINT (drain, then reset), or once a new
-	// daemon took the sockets over after SIGHUP (relay the live connections
-	// for up to --upgrade-drain).
-	serveCtx, stopServing := context.WithCancel(ctx)
-	defer stopServing()
-	drainCtx, cancelDrain := context.WithCancel(context.Background())
-	defer cancelDrain()
-	signals := make(chan os.Signal, 4)
-	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(signals)
-	go func() {
-		for {
-			var sig os.Signal
-			select {
-			case sig = <-signals:
-			case <-ctx.Done():
-				sig = syscall.SIGTERM
-			}
-			if sig == syscall.SIGHUP {
-				if handedOver.Load() {
-					continue
-				}
-				notify(log, "RELOADING=1")
-				h := userspace.Handed{Control: control, V4: listeners[0].ln, Metrics: metricsLn}
-				if len(listeners) > 1 {
-					h.V6 = listeners[1].ln
-				}
-				pid, err := userspace.StartSuccessor(exe, os.Args[1:], h, 30*time.Second)
-				if err != nil {
-					log.Error("upgrade failed: still serving", "binary", exe, "err", err)
-					notify(log, "READY=1")
-					continue
-				}
-				handedOver.Store(true)
-				control.Close() // `pepsal status` now reaches the new daemon
-				stopMetrics()   // and so do scrapes
-				log.Info("upgraded: the new daemon serves; relaying the live connections", "new_pid", pid, "live", splitter.Table.Len(), "upgrade_drain", f.upgradeDrain)
-				stopServing()
-				time.AfterFunc(f.upgradeDrain, cancelDrain)
-				continue
-			}
-			if serveCtx.Err() == nil {
-				log.Info("stopping: no new connections", "live", splitter.Table.Len(), "drain_timeout", f.drainTimeout)
-				stopServing()
-				time.AfterFunc(f.drainTimeout, cancelDrain)
-				continue
-			}
-			// A second signal, or SIGTERM while draining after an upgrade.
-			log.Info("resetting live connections", "live", splitter.Table.Len())
-			cancelDrain()
-			return
-		}
-	}()
-	splitter.Serve(serveCtx, drainCtx)
-	return nil
+	return flagErr(d.Run(cmd.Context()))
 }
 
-// notify tells systemd (Type=notify) how the daemon stands.
-func notify(log *slog.Logger, state string) {
-	if err := userspace.Notify(state); err != nil {
-		log.Warn("systemd notify", "err", err)
+// flagErr says the daemon's errors with the flag that set what failed.
+func flagErr(err error) error {
+	var le *userspace.ListenError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, userspace.ErrUpgradeMetrics):
+		return errors.New("upgrade: --metrics-addr differs from the running daemon's")
+	case errors.As(err, &le) && le.What == "metrics":
+		return fmt.Errorf("--metrics-addr: %w", le.Err)
+	case errors.As(err, &le) && le.What == "peer" && errors.Is(err, unix.EADDRINUSE):
+		return fmt.Errorf("--peer-listen %s: address in use", le.Addr)
+	case errors.As(err, &le) && le.What == "peer":
+		return fmt.Errorf("--peer-listen %s: %w", le.Addr, le.Err)
 	}
-}
-
-// listenerCookie is the socket cookie of a listener, 0 if unknown.
-func listenerCookie(ln *net.TCPListener) uint64 {
-	cookie, _ := userspace.SocketCookie(ln)
-	return cookie
-}
-
-type slotListener struct {
-	slot uint32
-	ln   *net.TCPListener
-}
-
-// listen opens the IPv4 and IPv6 listeners on loopback addresses, where no
-// remote host can reach them directly. IPv6 is skipped on a host without it.
-func listen(port int, tuning userspace.Tuning, log *slog.Logger) ([]slotListener, error) {
-	ln4, err := userspace.Listen(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), tuning)
-	if err != nil {
-		return nil, err
-	}
-	out := []slotListener{{loader.ListenerV4, ln4}}
-	ln6, err := userspace.Listen(net.JoinHostPort("::1", strconv.Itoa(port)), tuning)
-	if err != nil {
-		if strings.Contains(err.Error(), "in use") {
-			ln4.Close()
-			return nil, err
-		}
-		log.Warn("no IPv6 listener: IPv6 connections will be forwarded unsplit", "err", err)
-		return out, nil
-	}
-	return append(out, slotListener{loader.ListenerV6, ln6}), nil
+	return err
 }
 
 // attachOrOpen serves on the existing attachment (no --iface) or attaches as
-// a daemon, which owns what it creates and what a dead daemon left.
-func attachOrOpen(cfg loader.Config) (*loader.Attachment, error) {
+// a daemon, which owns what it creates and what a dead daemon left; the
+// daemon's Kernel.Close releases it and, with --iface, detaches what it owns.
+func attachOrOpen(cfg loader.Config, log *slog.Logger) (*userspace.Kernel, error) {
+	var att *loader.Attachment
+	var err error
 	if len(cfg.Ifaces) == 0 {
-		att, err := loader.Open()
+		att, err = loader.Open()
 		var foreign *loader.ForeignPinsError
 		if errors.As(err, &foreign) {
 			return nil, fmt.Errorf("nothing is attached in this network namespace (%s): give --iface or run `pepsal attach` first", foreign.Reason)
@@ -440,17 +185,33 @@ func attachOrOpen(cfg loader.Config) (*loader.Attachment, error) {
 		if errors.Is(err, loader.ErrNotAttached) {
 			return nil, errors.New("nothing is attached in this network namespace: give --iface or run `pepsal attach` first")
 		}
-		return att, err
+	} else {
+		cfg.Daemon = true
+		att, err = loader.Attach(cfg)
 	}
-	cfg.Daemon = true
-	return loader.Attach(cfg)
-}
-
-func firstListenerCookie(att *loader.Attachment) uint64 {
-	if c := att.ListenerCookie(loader.ListenerV4); c != 0 {
-		return c
+	if err != nil {
+		return nil, err
 	}
-	return att.ListenerCookie(loader.ListenerV6)
+	k := &userspace.Kernel{Attachment: att, Relay: att.Relay(), PinDir: att.Dir}
+	if t := att.Tuner(); t != nil { // a nil *loader.Tuner must stay a nil interface
+		k.Tuner = t
+	}
+	k.Close = func() error {
+		att.Close()
+		if len(cfg.Ifaces) == 0 {
+			return nil // serving on someone else's attachment: never ours to remove
+		}
+		// Asked again at exit: a `pepsal attach` since has made it persistent.
+		detached, err := loader.DetachOwned()
+		if err != nil {
+			return fmt.Errorf("detach: %w", err)
+		}
+		if detached {
+			log.Info("detached")
+		}
+		return nil
+	}
+	return k, nil
 }
 
 // parseSize reads a byte count: 65536, 64KiB, 4MiB, 1GiB (K, M, G are binary too).
@@ -500,36 +261,6 @@ func checkHostPort(addr string) error {
 		return fmt.Errorf("port %q is not 1-65535", port)
 	}
 	return nil
-}
-
-// serveMetrics serves Prometheus metrics on ln until the returned stop.
-func serveMetrics(ln net.Listener, table *userspace.Table, att *loader.Attachment, log *slog.Logger) (stop func(), err error) {
-	m := userspace.NewMetrics(table, att.Counters)
-	handler, err := m.Handler(log)
-	if err != nil {
-		return nil, err
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", handler)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	userspace.ObserveConnects(m.ObserveConnect)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server stopped", "err", err)
-		}
-	}()
-	log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
-	return func() {
-		userspace.ObserveConnects(nil)
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			srv.Close() // a scrape still running: cut it, the maps are about to close
-		}
-		<-done
-	}, nil
 }
 
 func registerMaxConns(fl *pflag.FlagSet, v *string) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -51,7 +52,9 @@ func (t *tuningFlags) register(cmd *cobra.Command) {
 
 func (t *tuningFlags) tuning(cmd *cobra.Command) (userspace.Tuning, error) {
 	tun, err := userspace.RoleTuning(t.role)
-	if err != nil {
+	if errors.Is(err, userspace.ErrBadRole) {
+		return tun, fmt.Errorf("--%w", err)
+	} else if err != nil {
 		return tun, err
 	}
 	if cmd.Flags().Changed("fastopen") {
@@ -103,8 +106,24 @@ func (t *tuningFlags) tuning(cmd *cobra.Command) (userspace.Tuning, error) {
 		}
 		leg.KeepAlive, leg.UserTimeout = t.keepAlive, t.userTimeout
 		if err := leg.Validate(l.name); err != nil {
-			return tun, err
+			return tun, legFlagErr(err)
 		}
 	}
 	return tun, nil
+}
+
+// legFlagErr names the flag of a leg setting out of range.
+func legFlagErr(err error) error {
+	var le *userspace.LegError
+	if !errors.As(err, &le) {
+		return err
+	}
+	flag := "--" + le.Leg + "-" + le.Field // --client-cc, --server-mss, --client-initcwnd
+	switch le.Field {
+	case "keepalive", "user-timeout": // one flag for both legs
+		flag = "--" + le.Field
+	case "buffer": // --client-sndbuf and --client-rcvbuf
+		flag = "--" + le.Leg + " buffer"
+	}
+	return fmt.Errorf("%s %s", flag, le.Msg)
 }

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pepsal/pepsal/userspace"
+	"golang.org/x/sys/unix"
+)
+
+// The domain's errors name no flag; the CLI says them with the flag, in the
+// words it always used (scripts and tests match them).
+func TestFlagNamesInErrors(t *testing.T) {
+	legErr := func(l userspace.Leg) error { return legFlagErr(l.Validate("client")) }
+	_, roleErr := (&tuningFlags{role: "satellite"}).tuning(runCmd())
+	taken, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	_, peerErr := userspace.ListenPeers(taken.Addr().String(), userspace.Tuning{})
+	if !errors.Is(peerErr, unix.EADDRINUSE) {
+		t.Errorf("%v: EADDRINUSE lost", peerErr)
+	}
+	_, proxyErr := userspace.Listen(taken.Addr().String(), userspace.Tuning{})
+	if !errors.Is(proxyErr, unix.EADDRINUSE) {
+		t.Errorf("%v: EADDRINUSE lost", proxyErr)
+	}
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{roleErr, `--role must be gateway or terminal, not "satellite"`},
+		{legErr(userspace.Leg{MSS: 5}), "--client-mss 5 is out of range (88-65495)"},
+		{legErr(userspace.Leg{SndBuf: -1}), "--client buffer sizes must not be negative"},
+		{legErr(userspace.Leg{InitCwnd: 5000}), "--client-initcwnd must be <= 4096 and initrwnd <= 65535"},
+		{legErr(userspace.Leg{KeepAlive: time.Millisecond}), "--keepalive 1ms: want 0 (off) or 1s to 8h"},
+		{legErr(userspace.Leg{UserTimeout: -1}), "--user-timeout -1ns: want 0 (kernel default) or 1ms to 24h"},
+		{flagErr(peerErr), "--peer-listen " + taken.Addr().String() + ": address in use"},
+		{flagErr(proxyErr), "listener port in use: " + taken.Addr().String()},
+		{flagErr(&userspace.ListenError{What: "metrics", Addr: "x", Err: unix.EADDRINUSE}), "--metrics-addr: address already in use"},
+		{flagErr(userspace.ErrUpgradeMetrics), "upgrade: --metrics-addr differs from the running daemon's"},
+	} {
+		if c.err == nil || c.err.Error() != c.want {
+			t.Errorf("error %q, want %q", c.err, c.want)
+		}
+	}
+	// The domain's own texts.
+	_, rawRole := userspace.RoleTuning("satellite")
+	_, rawKey := userspace.LoadPeerKey("")
+	for _, e := range []error{rawRole, rawKey, peerErr, userspace.Leg{MSS: 5}.Validate("client"), userspace.Leg{KeepAlive: 1}.Validate("client")} {
+		if e == nil || strings.Contains(e.Error(), "--") {
+			t.Errorf("domain error %q: want one, without a flag name", e)
+		}
+	}
+}
