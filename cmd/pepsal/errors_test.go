@@ -25,7 +25,9 @@ func TestFlagNamesInErrors(t *testing.T) {
 	if !errors.Is(peerErr, unix.EADDRINUSE) {
 		t.Errorf("%v: EADDRINUSE lost", peerErr)
 	}
-	_, proxyErr := userspace.Listen(taken.Addr().String(), userspace.Tuning{})
+	// userspace.Listen needs IP_TRANSPARENT (root): its error, from a real bind.
+	_, bindErr := net.Listen("tcp4", taken.Addr().String())
+	var proxyErr error = &userspace.ListenError{What: "proxy", Addr: taken.Addr().String(), Err: bindErr}
 	if !errors.Is(proxyErr, unix.EADDRINUSE) {
 		t.Errorf("%v: EADDRINUSE lost", proxyErr)
 	}
