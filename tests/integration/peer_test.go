@@ -503,71 +503,99 @@ func TestPeerBadCLI(t *testing.T) {
 
 // TestPeerBurstPaced: flows toward one terminal that start together share
 // its link for their first round trips (the gateway caps each one's pacing
-// rate to a share), byte-exact; the caps lift after two round trips, so a
-// long transfer is left to its congestion control; a flow that starts alone
-// is never paced. Both relays.
+// rate to a share), byte-exact; a flow that answered and went quiet holds no
+// cap; a flow that starts alone is never paced. Both relays.
 func TestPeerBurstPaced(t *testing.T) {
 	forEachRelay(t, testPeerBurstPaced)
 }
 
+// barrier makes a server answer only once n connections are in: their flows
+// have all joined the gateway's ensemble (before it dialed) and have all
+// sent nothing yet, whatever the machine's speed.
+func barrier(n int, serve func(*net.TCPConn)) func(*net.TCPConn) {
+	var mu sync.Mutex
+	in := 0
+	all := make(chan struct{})
+	return func(c *net.TCPConn) {
+		mu.Lock()
+		if in++; in == n {
+			close(all)
+		}
+		mu.Unlock()
+		select {
+		case <-all:
+		case <-time.After(20 * time.Second):
+		}
+		serve(c)
+	}
+}
+
 func testPeerBurstPaced(t *testing.T) {
-	// A 400 ms round trip: flows started together fall in one start window.
-	hop := linkemu.Dir{Delay: 200 * time.Millisecond}
+	// An 800 ms round trip: a flow's start (two round trips) outlasts the
+	// status and conns reads below by far.
+	hop := linkemu.Dir{Delay: 400 * time.Millisecond}
 	topo := twoPEPBed(t, testbed.Options{Prefix: "pwb", Middle: linkemu.Middle(linkemu.Link{Down: hop, Up: hop})})
 	key := writeKey(t, testKey(), 0o600)
 	f := twoPEPFamilies[0]
-	transferServer(t, topo.Server, hostPort(f.server, 9000))
-	hold := hostPort(f.server, 9001) // one byte, then open until the client closes
-	serve(t, topo.Server, hold, func(c *net.TCPConn) {
+	const pool = 6
+	burst := hostPort(f.server, 9000)
+	serve(t, topo.Server, burst, barrier(pool, serveTransfer))
+	held := hostPort(f.server, 9001) // one byte once all are in, then open until the client closes
+	serve(t, topo.Server, held, barrier(3, func(c *net.TCPConn) {
 		c.Write([]byte{1})
 		io.Copy(io.Discard, c)
-	})
+	}))
+	lone := hostPort(f.server, 9002)
+	transferServer(t, topo.Server, lone)
 	startPeerGateway(t, topo, key)
-	const pool = 6
 	startPeerTerminal(t, topo, key, pool)
 	waitPeer(t, topo.Terminal, "pool full", func(p userspace.PeerStats) bool { return p.Pool.Idle == pool })
 	gwPaced := func() uint64 { return peerStatus(t, topo.Gateway).Daemon.Peer.Gateway.PacedStarts }
 
-	// A burst: every flow intact, and the ones that started together paced.
+	// A burst whose answers come together: every flow intact, and all but
+	// the first (alone when it joined) paced.
 	var wg sync.WaitGroup
 	for i := range pool {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := transfer(topo.Client, hostPort(f.server, 9000), 10<<10, 300<<10, uint64(i)); err != nil {
+			if err := transfer(topo.Client, burst, 10<<10, 300<<10, uint64(i)); err != nil {
 				t.Errorf("burst flow %d: %v", i, err)
 			}
 		}()
 	}
 	wg.Wait()
-	if n := gwPaced(); n < 2 {
-		t.Errorf("a burst of %d flows: %d paced starts, want >= 2", pool, n)
+	if n := gwPaced(); n < pool-1 {
+		t.Errorf("a burst of %d flows answered together: %d paced starts, want >= %d", pool, n, pool-1)
 	}
 
-	// Long flows started together: paced at first, uncapped once past
-	// their start, while they are still open.
+	// Flows that answered one byte and went quiet, still open and still in
+	// their start: they hold no cap.
 	waitPeer(t, topo.Terminal, "pool refilled", func(p userspace.PeerStats) bool { return p.Pool.Idle == pool })
-	before := gwPaced()
-	var held sync.WaitGroup
+	var heldWG sync.WaitGroup
 	for range 3 {
-		held.Add(1)
+		heldWG.Add(1)
 		go func() {
-			defer held.Done()
-			c, err := dial(topo.Client, hold, 5*time.Second)
+			defer heldWG.Done()
+			c, err := dial(topo.Client, held, 5*time.Second)
 			if err != nil {
 				t.Errorf("held flow: %v", err)
 				return
 			}
 			t.Cleanup(func() { c.Close() })
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
 			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 				t.Errorf("held flow: %v", err)
 			}
 		}()
 	}
-	held.Wait()
+	heldWG.Wait()
+	starting := func() int { return peerStatus(t, topo.Gateway).Daemon.Peer.Gateway.Starting }
 	deadline := time.Now().Add(15 * time.Second)
 	for {
+		if starting() != 3 {
+			t.Fatal("quiet flows kept their caps until their start ended (want them uncapped as soon as they went quiet)")
+		}
 		var capped, warm int
 		for _, c := range connsIn(t, topo.Gateway) {
 			if c.Peer == "warm" && c.ClientLeg != nil {
@@ -577,23 +605,21 @@ func testPeerBurstPaced(t *testing.T) {
 				}
 			}
 		}
-		if warm == 3 && capped == 0 {
+		// Still all three starting after the read: the caps were gone
+		// before their start ended.
+		if warm == 3 && capped == 0 && starting() == 3 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("held flows: %d warm, %d still capped 15 s after their start (want 3, 0)", warm, capped)
+			t.Fatalf("quiet flows: %d warm, %d still capped (want 3, 0)", warm, capped)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-
-	if n := gwPaced() - before; n < 2 {
-		t.Errorf("3 flows started together: %d paced starts, want >= 2", n)
+		time.Sleep(20 * time.Millisecond)
 	}
 
 	// Alone, once no other flow is starting: never paced.
 	waitPeer(t, topo.Gateway, "every start over", func(p userspace.PeerStats) bool { return p.Gateway.Starting == 0 })
-	before = gwPaced()
-	if err := transfer(topo.Client, hostPort(f.server, 9000), 0, 300<<10, 99); err != nil {
+	before := gwPaced()
+	if err := transfer(topo.Client, lone, 0, 300<<10, 99); err != nil {
 		t.Errorf("lone flow: %v", err)
 	}
 	if after := gwPaced(); after != before {
