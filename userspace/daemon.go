@@ -95,6 +95,7 @@ type Options struct {
 	Tuning         Tuning
 	Relay          string // "splice" or "sockmap"
 	RelayBudget    uint64 // sockmap: bytes redirected toward a socket and not yet in its send queue
+	OffloadAfter   int64  // sockmap: bytes a connection moves by splice before it goes into the kernel (0: at once)
 	ListenPort     int    // the proxy's listeners, on 127.0.0.1 and ::1
 	ConnectTimeout time.Duration
 	DrainTimeout   time.Duration // on SIGTERM/SIGINT, before live connections are reset
@@ -295,7 +296,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return err
 	}
 	if o.Relay == "sockmap" {
-		splitter.Kernel = &KernelRelay{Log: log, Maps: k.Relay, Budget: o.RelayBudget}
+		splitter.Kernel = &KernelRelay{Log: log, Maps: k.Relay, Budget: o.RelayBudget, OffloadAfter: o.OffloadAfter}
 	}
 	start := time.Now()
 	info := func() DaemonInfo {

@@ -31,6 +31,12 @@ type KernelRelay struct {
 	Log    *slog.Logger
 	Maps   RelayMaps
 	Budget uint64 // bytes redirected toward a socket and not yet in its send queue (the psock backlog)
+	// OffloadAfter: a connection is relayed by splice until it has moved
+	// this many bytes (both ways), then goes into the kernel (0: at once).
+	// Putting sockets into the SOCKHASH and taking them out costs more CPU
+	// than a short connection's bytes, and an idle connection in the map
+	// costs its two psocks' memory for nothing.
+	OffloadAfter int64
 }
 
 // relayDir is one direction of a connection: bytes read from src go to dst.
@@ -55,9 +61,12 @@ const unseenLimit = 5 * time.Second
 
 // relayStart is what userspace did on the legs before the relay starts.
 type relayStart struct {
-	pre        int64 // client bytes already written to the server (fast open's first bytes)
-	clientRead int64 // bytes read from the client and not relayed (a warm path's header)
-	serverRead int64 // bytes read from the server and not relayed (a warm path's hello)
+	pre        int64       // client bytes already written to the server (fast open's first bytes)
+	preDown    int64       // server bytes already written to the client (by splice, before the offload)
+	clientRead int64       // bytes read from the client and not relayed (a warm path's header)
+	serverRead int64       // bytes read from the server and not relayed (a warm path's hello)
+	slots      [2]idleSlot // the sockets' registrations in the idle waiter, if any (up, down)
+	offloaded  bool        // splice already ran: the kernel takes over now
 }
 
 // relay moves the connection's bytes; the first pre bytes from the client
@@ -72,13 +81,34 @@ func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TC
 // relayAsync is relay returning at once: done gets the outcome. No
 // goroutine is held while the connection is idle (see spliceRelayAsync).
 func (k *KernelRelay) relayAsync(ctx context.Context, c *Conn, client, server *net.TCPConn, st relayStart, done func(Outcome)) {
-	pre := st.pre
 	w, _ := idleSockets() // nil: each direction parks a goroutine instead
+	if k.OffloadAfter > 0 && !st.offloaded && w != nil {
+		c.SetRelay("splice until offload")
+		spliceRelayWith(ctx, w, c, client, server, done, spliceOpts{
+			offloadAfter: k.OffloadAfter,
+			offload: func(up, down int64, slots [2]idleSlot) {
+				st.pre += up
+				st.preDown += down
+				st.slots, st.offloaded = slots, true
+				k.relayAsync(ctx, c, client, server, st, done)
+			},
+		})
+		return
+	}
+	k.relayNow(ctx, w, c, client, server, st, done)
+}
+
+// relayNow puts the connection into the kernel relay.
+func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, client, server *net.TCPConn, st relayStart, done func(Outcome)) {
+	pre := st.pre
+	fallback := func(done func(Outcome)) {
+		spliceRelayWith(ctx, w, c, client, server, done, spliceOpts{slots: st.slots})
+	}
 	clientCookie, err1 := SocketCookie(client)
 	serverCookie, err2 := SocketCookie(server)
 	if err := errors.Join(err1, err2); err != nil {
 		c.SetRelay("userspace: " + err.Error())
-		spliceRelayAsync(ctx, w, c, client, server, done)
+		fallback(done)
 		return
 	}
 	// A socket that already got its peer's FIN cannot be inserted; read
@@ -89,7 +119,7 @@ func (k *KernelRelay) relayAsync(ctx context.Context, c *Conn, client, server *n
 	}{{"client", client}, {"server", server}} {
 		if st := tcpState(s.conn); st != unix.BPF_TCP_ESTABLISHED {
 			c.SetRelay(fmt.Sprintf("userspace: %s closed before insert", s.who))
-			spliceRelayAsync(ctx, w, c, client, server, done)
+			fallback(done)
 			return
 		}
 	}
@@ -97,28 +127,31 @@ func (k *KernelRelay) relayAsync(ctx context.Context, c *Conn, client, server *n
 	// leg it includes the SYN. Taken for data, that one byte made the relay
 	// shut the server leg down while the last byte still waited in the psock
 	// backlog (a silent truncation). Measured here, before any relayed byte.
-	clientBase, err1 := seqBase(client, 0)
+	clientBase, err1 := seqBase(client, uint64(st.preDown))
 	serverBase, err2 := seqBase(server, uint64(pre))
 	if err := errors.Join(err1, err2); err != nil {
 		c.SetRelay("userspace: " + err.Error())
-		spliceRelayAsync(ctx, w, c, client, server, done)
+		fallback(done)
 		return
 	}
 	if err := k.Maps.Prepare(
 		loader.RelaySide{Cookie: clientCookie, Pre: uint64(pre), SeqBase: clientBase},
-		loader.RelaySide{Cookie: serverCookie, SeqBase: serverBase},
+		loader.RelaySide{Cookie: serverCookie, Pre: uint64(st.preDown), SeqBase: serverBase},
 		k.Budget); err != nil {
 		c.SetRelay("userspace: " + err.Error())
-		spliceRelayAsync(ctx, w, c, client, server, done)
+		fallback(done)
 		return
 	}
 	up := &relayDir{src: client, dst: server, cookie: clientCookie, dstBase: serverBase, srcSkip: uint64(st.clientRead)}
 	up.userBytes.Store(pre)
 	up.published = uint64(pre)
-	down := &relayDir{src: server, dst: client, cookie: serverCookie, dstBase: clientBase, srcSkip: uint64(st.serverRead)}
+	up.slot = st.slots[0]
+	down := &relayDir{src: server, dst: client, cookie: serverCookie, dstBase: clientBase, srcSkip: uint64(st.serverRead), slot: st.slots[1]}
+	down.userBytes.Store(st.preDown)
+	down.published = uint64(st.preDown)
 	if err := withFD(client, func(fd int) error { return k.Maps.Insert(clientCookie, fd) }); err != nil {
 		c.SetRelay("userspace: client: " + err.Error())
-		spliceRelayAsync(ctx, w, c, client, server, func(o Outcome) {
+		fallback(func(o Outcome) {
 			k.Maps.Forget(clientCookie, serverCookie)
 			done(o)
 		})

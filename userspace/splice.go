@@ -36,6 +36,30 @@ func spliceRelay(c *Conn, client, server *net.TCPConn) Outcome {
 // once; done gets the outcome, once both sockets are closed. Whoever cancels
 // ctx must also close the sockets (the splitter resets both).
 func spliceRelayAsync(ctx context.Context, w *idleWaiter, c *Conn, client, server *net.TCPConn, done func(Outcome)) {
+	spliceRelayWith(ctx, w, c, client, server, done, spliceOpts{})
+}
+
+// spliceOpts are what a relay handed over from, or to, another brings.
+type spliceOpts struct {
+	// slots are the directions' registrations in the idle waiter (up, down)
+	// when another relay already registered the sockets.
+	slots [2]idleSlot
+	// offload, if set, takes the connection over once the relay has moved
+	// offloadAfter bytes (both ways) or made offloadSteps steps that moved
+	// bytes: it is called with both directions
+	// stopped between steps, every byte read written, and gets what each
+	// direction moved and the registrations; it owns the connection then.
+	offload      func(up, down int64, slots [2]idleSlot)
+	offloadAfter int64
+}
+
+// offloadSteps: a connection that exchanged this many messages (steps that
+// moved bytes, both ways) is handed over whatever its bytes: a long-lived
+// connection of small requests is where the kernel relay's shorter round
+// trips pay.
+const offloadSteps = 16
+
+func spliceRelayWith(ctx context.Context, w *idleWaiter, c *Conn, client, server *net.TCPConn, done func(Outcome), opt spliceOpts) {
 	ctx, cancel := context.WithCancel(ctx)
 	var abortOnce sync.Once
 	var aborted atomic.Bool
@@ -47,10 +71,10 @@ func spliceRelayAsync(ctx context.Context, w *idleWaiter, c *Conn, client, serve
 			resetConn(server)
 		})
 	}
-	var upSlot, downSlot idleSlot
+	slots := opt.slots
 	stopWake := func() bool { return false }
 	if w != nil {
-		stopWake = context.AfterFunc(ctx, func() { w.wake(&upSlot); w.wake(&downSlot) })
+		stopWake = context.AfterFunc(ctx, func() { w.wake(&slots[0]); w.wake(&slots[1]) })
 	}
 	var left atomic.Int32
 	left.Store(2)
@@ -68,8 +92,96 @@ func spliceRelayAsync(ctx context.Context, w *idleWaiter, c *Conn, client, serve
 		closeGracefully(server)
 		done(Completed)
 	}
-	pipe := func(dst, src *net.TCPConn, slot *idleSlot, count func(int64), eof func()) {
-		runSteps(ctx, w, src, slot, func() error { return spliceStep(dst, src, count) }, func(err error) {
+
+	// The hand-over: once enough bytes moved, each direction stops after
+	// its next step (ask cancels octx, the directions' context, and wakes
+	// them; runSteps wakes a direction that armed meanwhile); when both have
+	// stopped, the connection goes to opt.offload. A direction that ends
+	// (EOF, an error) first calls it off and resumes the other on ctx.
+	const (
+		offloadNone = iota
+		offloadAsked
+		offloadOff // called off, or done
+	)
+	octx, ocancel := context.WithCancel(ctx)
+	var (
+		omu     sync.Mutex
+		ostate  = offloadNone
+		stopped [2]bool
+		moved   [2]atomic.Int64
+		asked   atomic.Bool  // ostate went to offloadAsked
+		steps   atomic.Int64 // steps that moved bytes, both directions
+	)
+	if opt.offload == nil || w == nil {
+		ostate = offloadOff
+		octx = ctx
+	}
+	ask := func() {
+		if moved[0].Load()+moved[1].Load() < opt.offloadAfter && steps.Load() < offloadSteps {
+			return
+		}
+		omu.Lock()
+		if ostate != offloadNone {
+			omu.Unlock()
+			return
+		}
+		ostate = offloadAsked
+		asked.Store(true)
+		omu.Unlock()
+		ocancel()
+		w.wake(&slots[0])
+		w.wake(&slots[1])
+	}
+	var resume [2]func()
+	pipe := func(dctx context.Context, i int, dst, src *net.TCPConn, count func(int64), eof func()) {
+		var stop func() bool
+		if dctx != ctx { // may be handed over: stop a busy step for it
+			stop = asked.Load
+		}
+		step := func() error {
+			first := true
+			return spliceStepUntil(dst, src, func(n int64) {
+				count(n)
+				moved[i].Add(n)
+				if dctx != ctx {
+					if first {
+						first = false
+						steps.Add(1)
+					}
+					ask()
+				}
+			}, stop)
+		}
+		runSteps(dctx, w, src, &slots[i], step, func(err error) {
+			omu.Lock()
+			if errors.Is(err, context.Canceled) && ctx.Err() == nil {
+				// octx was canceled: stopped for the hand-over.
+				if ostate != offloadAsked { // called off meanwhile
+					omu.Unlock()
+					resume[i]()
+					return
+				}
+				stopped[i] = true
+				both := stopped[0] && stopped[1]
+				if both {
+					ostate = offloadOff
+				}
+				omu.Unlock()
+				if both {
+					stopWake()
+					cancel()
+					opt.offload(moved[0].Load(), moved[1].Load(), slots)
+				}
+				return
+			}
+			other := 1 - i
+			resumeOther := ostate == offloadAsked && stopped[other]
+			stopped[other] = false
+			ostate = offloadOff
+			omu.Unlock()
+			if resumeOther {
+				resume[other]()
+			}
 			defer finished()
 			if err != nil {
 				abort()
@@ -81,8 +193,14 @@ func spliceRelayAsync(ctx context.Context, w *idleWaiter, c *Conn, client, serve
 			}
 		})
 	}
-	pipe(server, client, &upSlot, func(n int64) { c.add(n, 0) }, func() { c.clientDone.Store(true); c.SetState(c.halfState()) })
-	pipe(client, server, &downSlot, func(n int64) { c.add(0, n) }, func() { c.serverDone.Store(true); c.SetState(c.halfState()) })
+	up := func(n int64) { c.add(n, 0) }
+	down := func(n int64) { c.add(0, n) }
+	upEOF := func() { c.clientDone.Store(true); c.SetState(c.halfState()) }
+	downEOF := func() { c.serverDone.Store(true); c.SetState(c.halfState()) }
+	resume[0] = func() { pipe(ctx, 0, server, client, up, upEOF) }
+	resume[1] = func() { pipe(ctx, 1, client, server, down, downEOF) }
+	pipe(octx, 0, server, client, up, upEOF)
+	pipe(octx, 1, client, server, down, downEOF)
 }
 
 func (c *Conn) halfState() string {
@@ -130,6 +248,13 @@ func closeGracefully(c *net.TCPConn) {
 // bytes at hand, and gives it back empty. count gets the bytes written to
 // dst as they go.
 func spliceStep(dst, src *net.TCPConn, count func(int64)) error {
+	return spliceStepUntil(dst, src, count, nil)
+}
+
+// spliceStepUntil is spliceStep that also ends (errWouldBlock) as soon as
+// stop says so between two pieces, when every byte read was written: a busy
+// source would otherwise keep a step going to its EOF.
+func spliceStepUntil(dst, src *net.TCPConn, count func(int64), stop func() bool) error {
 	srcRC, err := src.SyscallConn()
 	if err != nil {
 		return err
@@ -204,6 +329,8 @@ func spliceStep(dst, src *net.TCPConn, count func(int64)) error {
 			return err
 		case n == 0:
 			return nil // EOF
+		case stop != nil && stop():
+			return errWouldBlock
 		}
 	}
 }

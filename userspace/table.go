@@ -17,7 +17,7 @@ type Conn struct {
 	Server  netip.AddrPort // the original destination
 	Started time.Time
 
-	relay atomic.Value // string: "splice", "kernel", or "userspace: why"
+	relay atomic.Value // string: "splice", "kernel", "splice until offload" (sockmap, under --offload-after) or "userspace: why"
 	peer  atomic.Value // string: "warm" when the flow rode a warm path between two pepsals
 
 	state      atomic.Value                    // string

@@ -24,6 +24,7 @@ type runFlags struct {
 	peer           peerFlags
 	relay          string
 	relayBudget    string
+	offloadAfter   string
 	listenPort     int
 	connectTimeout time.Duration
 	drainTimeout   time.Duration
@@ -49,6 +50,7 @@ func runCmd() *cobra.Command {
 	f.peer.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.relay, "relay", "splice", "relay mode: splice (userspace, zero-copy) or sockmap (in-kernel)")
+	fl.StringVar(&f.offloadAfter, "offload-after", "64KiB", "sockmap relay: bytes a connection moves (both ways) by splice before its sockets go into the kernel relay; short and idle connections never pay for it (0: at once)")
 	fl.StringVar(&f.relayBudget, "relay-budget", "4MiB", "sockmap relay: bytes per direction redirected toward a socket and not yet in its TCP send queue, beyond which the sender is slowed by TCP flow control")
 	fl.IntVar(&f.listenPort, "listen-port", 5000, "port of the proxy's listeners on 127.0.0.1 and ::1")
 	fl.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "give up on the upstream connection (and reset the client) after this long")
@@ -80,6 +82,10 @@ func run(cmd *cobra.Command, f *runFlags) error {
 	case "splice", "sockmap":
 	default:
 		return fmt.Errorf("--relay must be splice or sockmap, not %q", f.relay)
+	}
+	offloadAfter, err := parseSize(f.offloadAfter)
+	if err != nil || offloadAfter > 1<<40 {
+		return fmt.Errorf("bad --offload-after %q: want a size, e.g. 64KiB, or 0", f.offloadAfter)
 	}
 	budget, err := parseSize(f.relayBudget)
 	if err != nil || budget < 64<<10 {
@@ -131,6 +137,7 @@ func run(cmd *cobra.Command, f *runFlags) error {
 		Tuning:         tuning,
 		Relay:          f.relay,
 		RelayBudget:    budget,
+		OffloadAfter:   int64(offloadAfter),
 		ListenPort:     f.listenPort,
 		ConnectTimeout: f.connectTimeout,
 		DrainTimeout:   f.drainTimeout,

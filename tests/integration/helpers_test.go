@@ -115,6 +115,9 @@ func startPepsalIn(t *testing.T, ns *testbed.NS, args ...string) *daemon {
 func startPepsalWith(t *testing.T, ns *testbed.NS, opts harness.Options, args ...string) *daemon {
 	t.Helper()
 	args = append([]string{"--log-level", "debug", "--relay", relayMode}, args...)
+	if relayMode == "sockmap" && offloadAfter != "" {
+		args = append([]string{"--offload-after", offloadAfter}, args...)
+	}
 	d, err := harness.StartPepsal(t.Context(), ns, pepsalBin, opts, args...)
 	if d != nil {
 		t.Cleanup(func() {

@@ -43,9 +43,9 @@ func TestConnRateHeavy(t *testing.T) {
 				}
 			})
 			if mode != "routed" {
-				saved := relayMode
-				relayMode = mode
-				defer func() { relayMode = saved }()
+				saved, savedOffload := relayMode, offloadAfter
+				relayMode, offloadAfter = mode, "" // the product's --offload-after
+				defer func() { relayMode, offloadAfter = saved, savedOffload }()
 				b.startPepsal()
 			}
 			var ok, failed atomic.Int64

@@ -1,9 +1,18 @@
 package integration
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 // relayMode is the relay the daemons of the running suite use.
 var relayMode = "splice"
+
+// offloadAfter is the suite's --offload-after in sockmap mode: "0" puts
+// every connection into the kernel at once, so that the whole suite runs
+// through the kernel relay; TestSockmapOffload hands connections over from
+// splice in the middle of their bytes; "" leaves the product's default.
+var offloadAfter = "0"
 
 // relaySuite is every behaviour of the proxy that a relay mode could change;
 // TestSplice and TestSockmap run all of it, unchanged, in each relay mode.
@@ -61,3 +70,21 @@ func runSuite(t *testing.T, relay string) {
 
 func TestSplice(t *testing.T)  { runSuite(t, "splice") }
 func TestSockmap(t *testing.T) { runSuite(t, "sockmap") }
+
+// offloadSuite is what a hand-over from splice to the kernel in the middle of
+// a connection's bytes could break: order and completeness both ways, the
+// half-close, resets, and the warm paths' bytes read and not relayed.
+var offloadSuite = []string{"ConcurrentTransfersIntact", "HalfClose", "ResetPropagates", "BigDownloadSlowClient",
+	"RandomStress", "ShortExchangesIntact", "RealNginxCurl", "RealSocatHalfClose", "PeerWarmPath"}
+
+// TestSockmapOffload runs them with connections handed over from splice to
+// the kernel after 4 KiB.
+func TestSockmapOffload(t *testing.T) {
+	relayMode, offloadAfter = "sockmap", "4KiB"
+	defer func() { relayMode, offloadAfter = "splice", "0" }()
+	for _, tc := range relaySuite {
+		if slices.Contains(offloadSuite, tc.name) {
+			t.Run(tc.name, tc.fn)
+		}
+	}
+}
