@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -74,34 +73,15 @@ func newPeerPair(t *testing.T, pool int, gwExtra ...string) (*testbed.TwoPEP, st
 	return topo, key
 }
 
-type peerStatusJSON struct {
-	Daemon *struct {
-		Peer  *userspace.PeerStats `json:"peer"`
-		Stats userspace.Stats      `json:"stats"`
-	} `json:"daemon"`
-	Counters []struct {
-		Name  string `json:"name"`
-		Value uint64 `json:"value"`
-	} `json:"counters"`
-}
-
-func peerStatus(t *testing.T, ns *testbed.NS) peerStatusJSON {
+// peerStatus is `pepsal status --json` in ns, which must show a daemon with
+// warm paths.
+func peerStatus(t *testing.T, ns *testbed.NS) status {
 	t.Helper()
-	r := runCmdIn(ns, pepsalBin, "status", "--json")
-	var s peerStatusJSON
-	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil || s.Daemon == nil || s.Daemon.Peer == nil {
-		t.Fatalf("status --json in %s: %v\n%s%s", ns.Name, err, r.stdout, r.stderr)
+	s := statusIn(t, ns)
+	if s.Daemon == nil || s.Daemon.Peer == nil {
+		t.Fatalf("status --json in %s: no daemon, or no warm-path section", ns.Name)
 	}
 	return s
-}
-
-func (s peerStatusJSON) counter(name string) uint64 {
-	for _, c := range s.Counters {
-		if c.Name == name {
-			return c.Value
-		}
-	}
-	return 0
 }
 
 func waitPeer(t *testing.T, ns *testbed.NS, what string, ok func(userspace.PeerStats) bool) userspace.PeerStats {
