@@ -98,8 +98,7 @@ func TestSpliceOffloadCalledOffByEOF(t *testing.T) {
 		conn := NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, "splice")
 		outcome := make(chan Outcome, 1)
 		var handovers atomic.Int32
-		var offload func(int64, int64, [2]idleSlot)
-		offload = func(_, _ int64, slots [2]idleSlot) {
+		offload := func(_, _ int64, slots [2]idleSlot) {
 			handovers.Add(1)
 			spliceRelayWith(context.Background(), w, conn, clientLeg, serverLeg, func(o Outcome) { outcome <- o }, spliceOpts{slots: slots})
 		}

@@ -242,18 +242,13 @@ func closeGracefully(c *net.TCPConn) {
 	_ = c.Close()
 }
 
-// spliceStep moves src's bytes to dst until src has none (errWouldBlock),
-// EOF (nil) or an error. Unlike io.Copy, which keeps two 1 MiB pipes per
-// connection for its whole life, it takes a pipe from pipes only to move the
-// bytes at hand, and gives it back empty. count gets the bytes written to
-// dst as they go.
-func spliceStep(dst, src *net.TCPConn, count func(int64)) error {
-	return spliceStepUntil(dst, src, count, nil)
-}
-
-// spliceStepUntil is spliceStep that also ends (errWouldBlock) as soon as
-// stop says so between two pieces, when every byte read was written: a busy
-// source would otherwise keep a step going to its EOF.
+// spliceStepUntil moves src's bytes to dst until src has none
+// (errWouldBlock), EOF (nil) or an error, or until stop (if not nil) says so
+// between two pieces, when every byte read was written (errWouldBlock): a
+// busy source would otherwise keep a step going to its EOF. Unlike io.Copy,
+// which keeps two 1 MiB pipes per connection for its whole life, it takes a
+// pipe from pipes only to move the bytes at hand, and gives it back empty.
+// count gets the bytes written to dst as they go.
 func spliceStepUntil(dst, src *net.TCPConn, count func(int64), stop func() bool) error {
 	srcRC, err := src.SyscallConn()
 	if err != nil {
