@@ -163,7 +163,7 @@ func (p *peerShare) join(conn *net.TCPConn) (leave func()) {
 	// answer is still leaving at its capped rate when the socket closes, and
 	// a closed socket can no longer be changed or read. Keep the cap only if
 	// the queue drains before the lift would have come (uncap a big one),
-	// and count the bytes as in flight until a round trip after.
+	// and put what is left to send into the link queue's model now.
 	beforeClose.Store(conn, func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
