@@ -242,10 +242,21 @@ func closeGracefully(c *net.TCPConn) {
 	_ = c.Close()
 }
 
+// queueEmpty says whether a socket has no unread byte (SIOCINQ).
+func queueEmpty(rc syscall.RawConn) bool {
+	var n int
+	var err error
+	if cerr := rc.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }); cerr != nil || err != nil {
+		return false
+	}
+	return n == 0
+}
+
 // spliceStepUntil moves src's bytes to dst until src has none
 // (errWouldBlock), EOF (nil) or an error, or until stop (if not nil) says so
-// between two pieces, when every byte read was written (errWouldBlock): a
-// busy source would otherwise keep a step going to its EOF. Unlike io.Copy,
+// between two pieces, when every byte read was written and src has no
+// unread byte (errWouldBlock): a busy source would otherwise keep a step
+// going to its EOF. Unlike io.Copy,
 // which keeps two 1 MiB pipes per connection for its whole life, it takes a
 // pipe from pipes only to move the bytes at hand, and gives it back empty.
 // count gets the bytes written to dst as they go.
@@ -324,7 +335,10 @@ func spliceStepUntil(dst, src *net.TCPConn, count func(int64), stop func() bool)
 			return err
 		case n == 0:
 			return nil // EOF
-		case stop != nil && stop():
+		case stop != nil && stop() && queueEmpty(srcRC):
+			// Only with nothing left unread: a read may end inside an
+			// skb, and the kernel relay, reading the receive queue skb by
+			// skb, would hand the whole skb to its verdict again.
 			return errWouldBlock
 		}
 	}

@@ -63,7 +63,10 @@ func TestOffloadHandsOver(t *testing.T) {
 	for _, c := range conns {
 		switch {
 		case c.BytesToServer > 64<<10:
-			if c.Relay != "kernel" || c.KernelBytesToServer == 0 || c.KernelBytesToClient == 0 {
+			// The hand-over waits for a moment with nothing unread on
+			// either socket, so how much of each direction the kernel
+			// moved depends on timing; that it moved bytes does not.
+			if c.Relay != "kernel" || c.KernelBytesToServer+c.KernelBytesToClient == 0 {
 				t.Errorf("long connection: relay %q, kernel bytes %d/%d of %d/%d: want it handed over to the kernel",
 					c.Relay, c.KernelBytesToServer, c.KernelBytesToClient, c.BytesToServer, c.BytesToClient)
 			}
