@@ -22,12 +22,7 @@ func TestSpliceOffloadHandsOverBetweenSteps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, clientLeg := tcpPair(t)
-	serverLeg, server := tcpPair(t)
-	for _, c := range []*net.TCPConn{client, server} {
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-	}
-	conn := NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, "splice")
+	client, clientLeg, serverLeg, server, conn := offloadBed(t)
 	outcome := make(chan Outcome, 1)
 	var handovers atomic.Int32
 	var movedUp, movedDown atomic.Int64
@@ -90,12 +85,7 @@ func TestSpliceOffloadCalledOffByEOF(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, size := range []int{1000, 70 << 10} {
-		client, clientLeg := tcpPair(t)
-		serverLeg, server := tcpPair(t)
-		for _, c := range []*net.TCPConn{client, server} {
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-		}
-		conn := NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, "splice")
+		client, clientLeg, serverLeg, server, conn := offloadBed(t)
 		outcome := make(chan Outcome, 1)
 		var handovers atomic.Int32
 		offload := func(_, _ int64, slots [2]idleSlot) {
@@ -131,4 +121,16 @@ func TestSpliceOffloadCalledOffByEOF(t *testing.T) {
 			t.Errorf("%d bytes: handed over under the threshold", size)
 		}
 	}
+}
+
+// offloadBed is a client and a server, the relay's two legs between them,
+// and the connection's row.
+func offloadBed(t *testing.T) (client, clientLeg, serverLeg, server *net.TCPConn, conn *Conn) {
+	t.Helper()
+	client, clientLeg = tcpPair(t)
+	serverLeg, server = tcpPair(t)
+	for _, c := range []*net.TCPConn{client, server} {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+	}
+	return client, clientLeg, serverLeg, server, NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, "splice")
 }
