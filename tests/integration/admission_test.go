@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pepsal/pepsal/tests/harness"
 	"github.com/pepsal/pepsal/tests/testbed"
 )
 
@@ -19,7 +18,9 @@ import (
 // router namespace, like startPepsalIn.
 func startPepsalLimited(t *testing.T, b *bed, soft, hard int, args ...string) *daemon {
 	t.Helper()
-	return startPepsalWith(t, b.Router, harness.Options{Wrapper: []string{"prlimit", fmt.Sprintf("--nofile=%d:%d", soft, hard)}}, args...)
+	cfg := b.suite
+	cfg.wrapper = []string{"prlimit", fmt.Sprintf("--nofile=%d:%d", soft, hard)}
+	return startPepsalIn(t, cfg, b.Router, args...)
 }
 
 // admitted opens a connection to peerServer at addr and says whether it was
@@ -57,8 +58,8 @@ func admitted(t *testing.T, b *bed, addr string) (*net.TCPConn, bool) {
 // connections splits that many; every further client is forwarded unsplit
 // (and works) until the count falls below the low-water mark, then new
 // connections are split again. The counters say how many took which path.
-func testAdmissionFailsOpen(t *testing.T) {
-	b := newBed(t)
+func testAdmissionFailsOpen(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	addr := hostPort(testbed.ServerV4, 8090)
 	peerServer(t, b.Server, addr)
 	// A hard limit of 2300 fds holds ~20 connections once the accept queues,
@@ -88,7 +89,7 @@ func testAdmissionFailsOpen(t *testing.T) {
 	diverted := after.counter("syn_diverted") - base.counter("syn_diverted")
 	bypassed := after.counter("syn_bypass_full") - base.counter("syn_bypass_full")
 	t.Logf("%s: max_conns %d (low water %d): %d split, %d unsplit; syn_diverted +%d, syn_bypass_full +%d",
-		relayMode, max, low, len(split), len(unsplit), diverted, bypassed)
+		cfg.relay, max, low, len(split), len(unsplit), diverted, bypassed)
 	if len(split) != max || len(unsplit) != extra {
 		t.Fatalf("%d split and %d unsplit of %d clients, want %d and %d", len(split), len(unsplit), max+extra, max, extra)
 	}
@@ -141,7 +142,7 @@ func testAdmissionFailsOpen(t *testing.T) {
 // TestMaxConnsBadInput: a bad --max-conns, or one the fd limit cannot hold,
 // stops `pepsal run` (and `attach`) with one line, before anything is touched.
 func TestMaxConnsBadInput(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	before := netState(t, b.Router)
 	cases := []struct {
 		name string
@@ -171,7 +172,7 @@ func TestMaxConnsBadInput(t *testing.T) {
 // (plus the accept queues), not a fixed 65,536; a daemon asking more than an
 // existing attachment holds is refused.
 func TestMaxConnsSizesMaps(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	t.Cleanup(func() { b.pepsal("detach") })
 	if r := b.pepsal("attach", "--iface", testbed.RouterClientIf, "--max-conns", "3000"); r.code != 0 {
 		t.Fatalf("attach: %s", r.stderr)
@@ -233,8 +234,8 @@ var keepaliveTimer = regexp.MustCompile(`timer:\(keepalive,([0-9.]+)(ms|sec|min)
 // testLegTimeouts: both legs carry pepsal's keepalive (not Go's 15 s), and
 // a leg whose peer vanished is dropped after --user-timeout, with a reset to
 // the other side: idle (keepalive probes unanswered) and while sending.
-func testLegTimeouts(t *testing.T) {
-	b := newBed(t)
+func testLegTimeouts(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	idleAddr, busyAddr := hostPort(testbed.ServerV4, 8091), hostPort(testbed.ServerV4, 8092)
 	idleEnd, busyEnd := make(chan error, 4), make(chan error, 4)
 	holdServer(t, b.Server, idleAddr, false, idleEnd)

@@ -32,12 +32,12 @@ func TestPeerBurstHeavy(t *testing.T) {
 	key := writeKey(t, testKey(), 0o600)
 	f := twoPEPFamilies[0]
 	transferServer(t, topo.Server, hostPort(f.server, 9100))
-	startPeerGateway(t, topo, key)
+	startPeerGateway(t, defaultSuite(), topo, key)
 	pool := userspace.DefaultPeerPool
 	if n, err := strconv.Atoi(os.Getenv("PEPSAL_BURST_POOL")); err == nil && n > 0 {
 		pool = n // what another pool size does
 	}
-	startPeerTerminal(t, topo, key, pool)
+	startPeerTerminal(t, defaultSuite(), topo, key, pool)
 	full := func(p userspace.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool }
 	var times []time.Duration
 	for run := range 5 {

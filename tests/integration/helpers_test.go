@@ -26,11 +26,6 @@ import (
 
 var pepsalBin string
 
-// daemonWrapper, when set, runs every `pepsal run` through this command
-// (setpriv with the service's capability set): a suite setting, like
-// relayMode, that the relay suite's tests do not take as an argument.
-var daemonWrapper []string
-
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "integration tests need root (network namespaces, BPF)")
@@ -43,11 +38,14 @@ func TestMain(m *testing.M) {
 type bed struct {
 	*testbed.Topology
 	t *testing.T
+	// suite is how the bed's daemons run (startPepsal).
+	suite suite
 }
 
-func newBed(t *testing.T) *bed {
+// newBed builds a test bed whose daemons run with settings cfg.
+func newBed(t *testing.T, cfg suite) *bed {
 	t.Helper()
-	return newBedWith(t, testbed.Options{})
+	return newBedWith(t, cfg, testbed.Options{})
 }
 
 // server and client addresses per family.
@@ -102,23 +100,18 @@ func (b *bed) startPepsal(args ...string) *daemon {
 	if len(args) == 0 {
 		args = []string{"--iface", testbed.RouterClientIf}
 	}
-	return startPepsalIn(b.t, b.Router, args...)
+	return startPepsalIn(b.t, b.suite, b.Router, args...)
 }
 
-// startPepsalIn runs `pepsal run` (in the suite's relay mode) in ns.
-func startPepsalIn(t *testing.T, ns *testbed.NS, args ...string) *daemon {
+// startPepsalIn runs `pepsal run` in ns with settings cfg (relay mode, wrapper
+// command).
+func startPepsalIn(t *testing.T, cfg suite, ns *testbed.NS, args ...string) *daemon {
 	t.Helper()
-	return startPepsalWith(t, ns, harness.Options{Wrapper: daemonWrapper}, args...)
-}
-
-// startPepsalWith is startPepsalIn with launch options (a wrapper command).
-func startPepsalWith(t *testing.T, ns *testbed.NS, opts harness.Options, args ...string) *daemon {
-	t.Helper()
-	args = append([]string{"--log-level", "debug", "--relay", relayMode}, args...)
-	if relayMode == "sockmap" && offloadAfter != "" {
-		args = append([]string{"--offload-after", offloadAfter}, args...)
+	args = append([]string{"--log-level", "debug", "--relay", cfg.relay}, args...)
+	if cfg.relay == "sockmap" && cfg.offloadAfter != "" {
+		args = append([]string{"--offload-after", cfg.offloadAfter}, args...)
 	}
-	d, err := harness.StartPepsal(t.Context(), ns, pepsalBin, opts, args...)
+	d, err := harness.StartPepsal(t.Context(), ns, pepsalBin, harness.Options{Wrapper: cfg.wrapper}, args...)
 	if d != nil {
 		t.Cleanup(func() {
 			d.Stop(syscall.SIGTERM, 10*time.Second)

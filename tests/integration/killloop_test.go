@@ -18,9 +18,9 @@ import (
 // after the restart are split; the restarted daemon adopts the dead one's
 // attachment, and once the last one stops nothing is left.
 func TestKillLoop(t *testing.T) {
-	forEachRelay(t, func(t *testing.T) {
+	forEachRelay(t, func(t *testing.T, cfg suite) {
 		const kills, loaded = 20, 4
-		b := newBed(t)
+		b := newBed(t, cfg)
 		before := netState(t, b.Router)
 		writeErrs := make(chan error, 4*kills*loaded)
 		for _, f := range families {

@@ -13,7 +13,7 @@ import (
 // attach refuse them with one line that says to detach, and detach still
 // removes everything.
 func TestOtherLayoutRefused(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	before := netState(t, b.Router)
 	if r := b.pepsal("attach", "--iface", testbed.RouterClientIf); r.code != 0 {
 		t.Fatalf("attach: %d %s", r.code, r.stderr)

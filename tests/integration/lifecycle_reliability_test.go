@@ -146,8 +146,9 @@ func oneLineError(t *testing.T, r result, want string) {
 }
 
 // bedAround builds the usual client -- router -- server topology with router
-// as the router namespace (testbed.NewTopology makes its own).
-func bedAround(t *testing.T, router *testbed.NS) *bed {
+// as the router namespace (testbed.NewTopology makes its own), whose daemons
+// run with settings cfg.
+func bedAround(t *testing.T, cfg suite, router *testbed.NS) *bed {
 	t.Helper()
 	cli, srv := newNS(t, "pit-cli"), newNS(t, "pit-srv")
 	must := func(err error) {
@@ -171,7 +172,7 @@ func bedAround(t *testing.T, router *testbed.NS) *bed {
 	must(srv.DefaultRoute(testbed.RouterServerV6))
 	must(router.Sysctl("net.ipv4.ip_forward", "1"))
 	must(router.Sysctl("net.ipv6.conf.all.forwarding", "1"))
-	b := &bed{Topology: &testbed.Topology{Client: cli, Router: router, Server: srv}, t: t}
+	b := &bed{Topology: &testbed.Topology{Client: cli, Router: router, Server: srv}, t: t, suite: cfg}
 	t.Cleanup(func() { b.pepsal("detach") }) // runs before the namespaces go
 	return b
 }
@@ -263,7 +264,7 @@ func deadNamespaceReused(t *testing.T) (router *testbed.NS, deadDir string, tune
 // not adopted (issue #10, 1).
 func TestDeadNamespacePinsNotAdopted(t *testing.T) {
 	router, deadDir, tuneID := deadNamespaceReused(t)
-	b := bedAround(t, router)
+	b := bedAround(t, defaultSuite(), router)
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 8080))
 	}
@@ -347,7 +348,7 @@ func TestStatusFailsWhenIncoherent(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			b := newBed(t)
+			b := newBed(t, defaultSuite())
 			veth(t, b.Router, "pit-x0", "pit-x1", 0)
 			b.startPepsal("--iface", testbed.RouterClientIf, "--iface", "pit-x0")
 			c.breakIt(t, b)
@@ -363,7 +364,7 @@ func TestStatusFailsWhenIncoherent(t *testing.T) {
 		})
 	}
 	t.Run("attach prunes a gone interface", func(t *testing.T) {
-		b := newBed(t)
+		b := newBed(t, defaultSuite())
 		veth(t, b.Router, "pit-x0", "pit-x1", 0)
 		b.startPepsal("--iface", testbed.RouterClientIf, "--iface", "pit-x0")
 		cases[0].breakIt(t, b)
@@ -443,7 +444,7 @@ func TestAttachErrorPathsNoPanic(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			b := newBed(t)
+			b := newBed(t, defaultSuite())
 			if c.pre != nil {
 				c.pre(b)
 			}
@@ -476,7 +477,7 @@ func TestAttachErrorPathsNoPanic(t *testing.T) {
 // taken (issue #10, 3).
 func TestRestartedDaemonOwnsAttachment(t *testing.T) {
 	t.Run("adopts a killed daemon's attachment", func(t *testing.T) {
-		b := newBed(t)
+		b := newBed(t, defaultSuite())
 		before := netState(t, b.Router)
 		peerServer(t, b.Server, hostPort(testbed.ServerV4, 8080))
 		b.startPepsal().Stop(syscall.SIGKILL, 5*time.Second)
@@ -510,17 +511,17 @@ func TestRestartedDaemonOwnsAttachment(t *testing.T) {
 		}
 	}
 	t.Run("persistent attach survives run --iface", func(t *testing.T) {
-		attachSurvivesRun(t, newBed(t), "a persistent attachment")
+		attachSurvivesRun(t, newBed(t, defaultSuite()), "a persistent attachment")
 	})
 	t.Run("attach claims a killed daemon's attachment", func(t *testing.T) {
-		b := newBed(t)
+		b := newBed(t, defaultSuite())
 		b.startPepsal().Stop(syscall.SIGKILL, 5*time.Second)
 		attachSurvivesRun(t, b, "an attachment `pepsal attach` claimed")
 	})
 	t.Run("not while another daemon serves it", func(t *testing.T) {
-		b := newBed(t)
+		b := newBed(t, defaultSuite())
 		b.startPepsal().Stop(syscall.SIGKILL, 5*time.Second)
-		startPepsalIn(t, b.Router) // serves on it without owning it
+		startPepsalIn(t, b.suite, b.Router) // serves on it without owning it
 		r, timedOut := runBounded(b.Router, 15*time.Second, "run", "--log-level", "error", "--listen-port", "5001", "--iface", testbed.RouterClientIf)
 		if timedOut {
 			t.Fatal("a second daemon served the same attachment")
@@ -537,7 +538,7 @@ func TestRestartedDaemonOwnsAttachment(t *testing.T) {
 // program, and changes nothing of this namespace.
 func TestDetachRemovesDeadNamespacePins(t *testing.T) {
 	router, deadDir, tuneID := deadNamespaceReused(t)
-	b := bedAround(t, router)
+	b := bedAround(t, defaultSuite(), router)
 	withoutPins := func(s string) string { return s[:strings.LastIndex(s, "\npins:\n")] }
 	before := withoutPins(netState(t, b.Router))
 	if r := b.pepsal("detach"); r.code != 0 {

@@ -15,8 +15,8 @@ import (
 
 // TestKilledDaemonFailsOpenAndDetachCleans: after SIGKILL new connections are
 // forwarded unsplit, and `pepsal detach` leaves nothing behind.
-func testKilledDaemonFailsOpenAndDetachCleans(t *testing.T) {
-	b := newBed(t)
+func testKilledDaemonFailsOpenAndDetachCleans(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	before := netState(t, b.Router)
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 8080))
@@ -78,10 +78,10 @@ func testKilledDaemonFailsOpenAndDetachCleans(t *testing.T) {
 
 // TestSIGTERMDetaches: SIGTERM (and SIGINT) stop the daemon with exit 0 and
 // remove what it attached; connections go on unsplit.
-func testSIGTERMDetaches(t *testing.T) {
+func testSIGTERMDetaches(t *testing.T, cfg suite) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
-			b := newBed(t)
+			b := newBed(t, cfg)
 			before := netState(t, b.Router)
 			peerServer(t, b.Server, hostPort(testbed.ServerV4, 8080))
 			d := b.startPepsal()
@@ -101,10 +101,10 @@ func testSIGTERMDetaches(t *testing.T) {
 // TestAttachIdempotentAndDetach: attach persists without a daemon, twice is
 // the same as once, `run` without --iface serves on it, detach undoes it.
 // Both tc attachment modes.
-func testAttachIdempotentAndDetach(t *testing.T) {
+func testAttachIdempotentAndDetach(t *testing.T, cfg suite) {
 	for _, mode := range []string{"tcx", "clsact"} {
 		t.Run(mode, func(t *testing.T) {
-			b := newBed(t)
+			b := newBed(t, cfg)
 			before := netState(t, b.Router)
 			peerServer(t, b.Server, hostPort(testbed.ServerV4, 8080))
 			args := []string{"attach", "--iface", testbed.RouterClientIf, "--tc-mode", mode}
@@ -148,8 +148,8 @@ func testAttachIdempotentAndDetach(t *testing.T) {
 
 // TestTwoNamespacesDoNotCollide: daemons in two namespaces of one host have
 // their own pins and each status sees its own daemon.
-func testTwoNamespacesDoNotCollide(t *testing.T) {
-	a, b := newBed(t), newBed(t)
+func testTwoNamespacesDoNotCollide(t *testing.T, cfg suite) {
+	a, b := newBed(t, cfg), newBed(t, cfg)
 	a.startPepsal()
 	b.startPepsal()
 	sa, sb := a.pepsal("status", "--json"), b.pepsal("status", "--json")
@@ -178,7 +178,7 @@ func testTwoNamespacesDoNotCollide(t *testing.T) {
 // TestBadInput: each mistake gives one line on stderr, a non-zero exit, and
 // leaves nothing attached.
 func TestBadInput(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	// An unprivileged user must be able to execute the binary to be refused by it.
 	os.Chmod(filepath.Dir(pepsalBin), 0o755)
 	before := netState(t, b.Router)

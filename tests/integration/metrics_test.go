@@ -27,11 +27,7 @@ const metricsAddr = "127.0.0.1:9595"
 // attached.
 func TestMetrics(t *testing.T) {
 	for _, relay := range []string{"splice", "sockmap"} {
-		t.Run(relay, func(t *testing.T) {
-			relayMode = relay
-			defer func() { relayMode = "splice" }()
-			testMetricsMatchStatus(t)
-		})
+		t.Run(relay, func(t *testing.T) { testMetricsMatchStatus(t, defaultSuite().inRelay(relay)) })
 	}
 	t.Run("BadAddr", testMetricsBadAddr)
 }
@@ -48,8 +44,8 @@ func sizedServer(t *testing.T, ns *testbed.NS, addr string, reply int) {
 	})
 }
 
-func testMetricsMatchStatus(t *testing.T) {
-	b := newBed(t)
+func testMetricsMatchStatus(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	before := netState(t, b.Router)
 	const reply = 30_000
 	ups := []int{1, 1000, 70_000}
@@ -206,7 +202,7 @@ func testMetricsMatchStatus(t *testing.T) {
 // testMetricsBadAddr: a --metrics-addr that cannot be served is one line on
 // stderr, a non-zero exit, and nothing attached.
 func testMetricsBadAddr(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	before := netState(t, b.Router)
 	for _, c := range []struct {
 		name, addr, want string

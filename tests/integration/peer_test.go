@@ -52,23 +52,23 @@ func newPeerTopo(t *testing.T) *testbed.TwoPEP {
 	return twoPEPBed(t, testbed.Options{Prefix: "pwp"})
 }
 
-func startPeerGateway(t *testing.T, topo *testbed.TwoPEP, key string, extra ...string) *daemon {
-	return startPepsalIn(t, topo.Gateway, append([]string{"--iface", testbed.GatewayLinkIf, "--role", "gateway",
+func startPeerGateway(t *testing.T, cfg suite, topo *testbed.TwoPEP, key string, extra ...string) *daemon {
+	return startPepsalIn(t, cfg, topo.Gateway, append([]string{"--iface", testbed.GatewayLinkIf, "--role", "gateway",
 		"--peer-listen", peerGatewayAddr, "--peer-key", key}, extra...)...)
 }
 
-func startPeerTerminal(t *testing.T, topo *testbed.TwoPEP, key string, pool int, extra ...string) *daemon {
-	return startPepsalIn(t, topo.Terminal, append([]string{"--iface", testbed.TerminalClientIf, "--role", "terminal",
+func startPeerTerminal(t *testing.T, cfg suite, topo *testbed.TwoPEP, key string, pool int, extra ...string) *daemon {
+	return startPepsalIn(t, cfg, topo.Terminal, append([]string{"--iface", testbed.TerminalClientIf, "--role", "terminal",
 		"--peer", peerGatewayAddr, "--peer-key", key, "--peer-pool", fmt.Sprint(pool)}, extra...)...)
 }
 
 // newPeerPair starts both ends and waits for the terminal's pool to fill.
-func newPeerPair(t *testing.T, pool int, gwExtra ...string) (*testbed.TwoPEP, string) {
+func newPeerPair(t *testing.T, cfg suite, pool int, gwExtra ...string) (*testbed.TwoPEP, string) {
 	t.Helper()
 	topo := newPeerTopo(t)
 	key := writeKey(t, testKey(), 0o600)
-	startPeerGateway(t, topo, key, gwExtra...)
-	startPeerTerminal(t, topo, key, pool)
+	startPeerGateway(t, cfg, topo, key, gwExtra...)
+	startPeerTerminal(t, cfg, topo, key, pool)
 	waitPeer(t, topo.Terminal, "pool full", func(p userspace.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
 	return topo, key
 }
@@ -102,8 +102,8 @@ func waitPeer(t *testing.T, ns *testbed.NS, what string, ok func(userspace.PeerS
 // testPeerWarmPath: flows ride warm connections byte-exact both ways (v4,
 // v6), half-closes and resets cross them each way, `pepsal conns` marks
 // them, and the gateway diverts nothing (no flow went the fast-open way).
-func testPeerWarmPath(t *testing.T) {
-	topo, _ := newPeerPair(t, 4)
+func testPeerWarmPath(t *testing.T, cfg suite) {
+	topo, _ := newPeerPair(t, cfg, 4)
 	reply := bytes.Repeat([]byte("reply after EOF "), 64<<10)
 	rstConns := make(chan *net.TCPConn, 8)
 	for _, f := range twoPEPFamilies {
@@ -211,8 +211,8 @@ func testPeerWarmPath(t *testing.T) {
 // testPeerUpstreamFailureResetsClient: the gateway cannot reach the server
 // (refused, unreachable, silent): it resets the warm connection, and the
 // terminal resets the client, never a clean end.
-func testPeerUpstreamFailureResetsClient(t *testing.T) {
-	topo, _ := newPeerPair(t, 4, "--connect-timeout", "2s")
+func testPeerUpstreamFailureResetsClient(t *testing.T, cfg suite) {
+	topo, _ := newPeerPair(t, cfg, 4, "--connect-timeout", "2s")
 	silent := map[string]string{"ipv4": "10.78.2.77", "ipv6": "fd78:2::77"}
 	unreachable := map[string]string{"ipv4": "10.78.2.99", "ipv6": "fd78:2::99"}
 	h, err := topo.Server.Handle()
@@ -261,8 +261,8 @@ func testPeerUpstreamFailureResetsClient(t *testing.T) {
 
 // testPeerTransparentGateway: a --transparent gateway dials the server from
 // the client's address, warm path or not.
-func testPeerTransparentGateway(t *testing.T) {
-	topo, _ := newPeerPair(t, 2, "--transparent")
+func testPeerTransparentGateway(t *testing.T, cfg suite) {
+	topo, _ := newPeerPair(t, cfg, 2, "--transparent")
 	for _, f := range twoPEPFamilies {
 		peerServer(t, topo.Server, hostPort(f.server, 7300))
 		if seen := peerSeen(t, topo.Client, hostPort(f.server, 7300)); seen != f.client {
@@ -277,7 +277,7 @@ func testPeerTransparentGateway(t *testing.T) {
 // testPeerFallback: a burst larger than the pool, and a gateway that is not
 // running, fall back to the fast-open path, counted; the pool refills by
 // itself when the gateway comes back.
-func testPeerFallback(t *testing.T) {
+func testPeerFallback(t *testing.T, cfg suite) {
 	// A 100 ms round trip, so that the pool cannot refill while the burst
 	// takes its connections (without delay it refills at once).
 	hop := linkemu.Dir{Delay: 50 * time.Millisecond}
@@ -286,7 +286,7 @@ func testPeerFallback(t *testing.T) {
 	for _, f := range twoPEPFamilies {
 		transferServer(t, topo.Server, hostPort(f.server, 9000))
 	}
-	startPeerTerminal(t, topo, key, 2)
+	startPeerTerminal(t, cfg, topo, key, 2)
 	// Gateway down (no pepsal there at all): flows still work, unsplit at
 	// the gateway, and count as fallbacks while the pool backs off.
 	waitPeer(t, topo.Terminal, "backing off", func(p userspace.PeerStats) bool { return p.Pool.DialFailures > 0 })
@@ -298,7 +298,7 @@ func testPeerFallback(t *testing.T) {
 	if p := peerStatus(t, topo.Terminal).Daemon.Peer.Pool; p.FallbackDown != 2 || p.Taken != 0 {
 		t.Errorf("gateway down: pool %+v, want 2 fallbacks counted as down", p)
 	}
-	startPeerGateway(t, topo, key)
+	startPeerGateway(t, cfg, topo, key)
 	waitPeer(t, topo.Terminal, "refilled after the gateway came up", func(p userspace.PeerStats) bool { return p.Pool.Idle == 2 })
 	// A burst of 8 over a pool of 2: 2 ride warm connections (or a few
 	// more, refilled meanwhile), the rest fall back; all are intact.
@@ -360,7 +360,7 @@ func TestPeerAuth(t *testing.T) {
 		seen.Add(1)
 		io.Copy(c, c)
 	})
-	startPeerGateway(t, topo, key)
+	startPeerGateway(t, defaultSuite(), topo, key)
 	dst := netip.MustParseAddrPort(hostPort(testbed.TPServerV4, 7400))
 	cli := netip.MustParseAddrPort(hostPort(testbed.TPClientV4, 40000))
 
@@ -422,7 +422,7 @@ func TestPeerAuth(t *testing.T) {
 func TestPeerNotAllowed(t *testing.T) {
 	topo := newPeerTopo(t)
 	key := writeKey(t, testKey(), 0o600)
-	startPeerGateway(t, topo, key, "--peer-allow", "192.0.2.0/24", "--peer-allow", "fd00:99::/64")
+	startPeerGateway(t, defaultSuite(), topo, key, "--peer-allow", "192.0.2.0/24", "--peer-allow", "fd00:99::/64")
 	c, err := dial(topo.Terminal, peerGatewayAddr, 5*time.Second)
 	if err == nil { // the reset may beat the dial's return
 		err = closedByGateway(c, 10*time.Second)
@@ -441,7 +441,7 @@ func TestPeerNotAllowed(t *testing.T) {
 // TestPeerBadCLI: bad warm-path options stop `pepsal run` with one line,
 // a non-zero exit and nothing attached.
 func TestPeerBadCLI(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	dir := t.TempDir()
 	mk := func(name string, data []byte, mode os.FileMode) string {
 		p := filepath.Join(dir, name)
@@ -510,7 +510,7 @@ func barrier(n int, serve func(*net.TCPConn)) func(*net.TCPConn) {
 	}
 }
 
-func testPeerBurstPaced(t *testing.T) {
+func testPeerBurstPaced(t *testing.T, cfg suite) {
 	// An 800 ms round trip: a flow's start (two round trips) outlasts the
 	// status and conns reads below by far.
 	hop := linkemu.Dir{Delay: 400 * time.Millisecond}
@@ -527,8 +527,8 @@ func testPeerBurstPaced(t *testing.T) {
 	}))
 	lone := hostPort(f.server, 9002)
 	transferServer(t, topo.Server, lone)
-	startPeerGateway(t, topo, key)
-	startPeerTerminal(t, topo, key, pool)
+	startPeerGateway(t, cfg, topo, key)
+	startPeerTerminal(t, cfg, topo, key, pool)
 	waitPeer(t, topo.Terminal, "pool full", func(p userspace.PeerStats) bool { return p.Pool.Idle == pool })
 	gwPaced := func() uint64 { return peerStatus(t, topo.Gateway).Daemon.Peer.Gateway.PacedStarts }
 

@@ -17,7 +17,7 @@ import (
 //
 // It runs once, not per relay mode: no connection reaches a relay (loops are refused at accept).
 func TestRouterOwnTrafficNotIntercepted(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	peerServer(t, b.Router, "[::]:2222") // "sshd" on the router, dual stack
 	b.startPepsal()
 	for _, f := range families {
@@ -59,7 +59,7 @@ func TestRouterOwnTrafficNotIntercepted(t *testing.T) {
 //
 // It runs once, not per relay mode: no TCP, no relay.
 func TestUDPAndICMPPass(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	b.startPepsal()
 	for _, f := range families {
 		var pc net.PacketConn
@@ -158,8 +158,8 @@ func icmpChecksum(b []byte) uint16 {
 
 // TestPolicyBypass: excluded destinations and ports not in --ports are
 // forwarded unsplit; listed ports are split.
-func testPolicyBypass(t *testing.T) {
-	b := newBed(t)
+func testPolicyBypass(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 8080))
 		peerServer(t, b.Server, hostPort(f.server, 9090))
@@ -198,7 +198,7 @@ func testPolicyBypass(t *testing.T) {
 //
 // It runs once, not per relay mode: the flows are never split.
 func TestFlowOpenedBeforeAttachSurvives(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 8080))
 	}
@@ -240,8 +240,8 @@ func TestFlowOpenedBeforeAttachSurvives(t *testing.T) {
 // TestBothDirectionsAndOwnUpstream: with both interfaces intercepted,
 // connections are split whichever side opens them, and the proxy's own
 // upstream connections are not intercepted again.
-func testBothDirectionsAndOwnUpstream(t *testing.T) {
-	b := newBed(t)
+func testBothDirectionsAndOwnUpstream(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 8080))
 		peerServer(t, b.Client, hostPort(f.client, 8081))

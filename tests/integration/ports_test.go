@@ -69,7 +69,7 @@ func shortConns(b *bed, addr string, n int) (failed int, firstErr error) {
 // the resets the test would see without it.
 func TestUpstreamPortsReused(t *testing.T) {
 	const wave = 140 // connections per wave; two waves overflow 150 ports
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	addr := hostPort(testbed.ServerV4, 8093)
 	requestServer(t, b.Server, addr)
 	if err := b.Router.Sysctl("net.ipv4.ip_local_port_range", "61000 61149"); err != nil {

@@ -32,7 +32,9 @@ func TestConnRateHeavy(t *testing.T) {
 	rates := map[string]float64{}
 	for _, mode := range []string{"routed", "splice", "sockmap"} {
 		t.Run(mode, func(t *testing.T) {
-			b := newBed(t)
+			// "routed" starts no daemon; the others run with the product's
+			// --offload-after.
+			b := newBed(t, suite{relay: mode})
 			addr := hostPort(testbed.ServerV4, 7740)
 			// The server answers and closes first, as web servers do: no
 			// TIME_WAIT on the client or the router.
@@ -43,9 +45,6 @@ func TestConnRateHeavy(t *testing.T) {
 				}
 			})
 			if mode != "routed" {
-				saved, savedOffload := relayMode, offloadAfter
-				relayMode, offloadAfter = mode, "" // the product's --offload-after
-				defer func() { relayMode, offloadAfter = saved, savedOffload }()
 				b.startPepsal()
 			}
 			var ok, failed atomic.Int64

@@ -331,9 +331,9 @@ func urlHost(host string) string {
 // testRealNginxCurl: curl downloads and uploads a few MB from nginx through
 // pepsal, over HTTP/1.1 in clear and HTTPS with HTTP/2, IPv4 and IPv6, every
 // file byte-exact; nginx saw every request come from the router.
-func testRealNginxCurl(t *testing.T) {
+func testRealNginxCurl(t *testing.T, cfg suite) {
 	curl := realTool(t, "curl", "curl")
-	b := newBed(t)
+	b := newBed(t, cfg)
 	ngx := startNginx(t, b)
 	const size = 4 << 20
 	download := writeRandomFile(t, filepath.Join(ngx.dir, "www", "blob"), size, 0x4e47)
@@ -402,9 +402,9 @@ var h2loadSummary = regexp.MustCompile(`requests: (\d+) total, (\d+) started, (\
 // closes every connection after nginxKeepalive requests (bursts of short
 // connections, with a TLS handshake each), and HTTP/2 over TLS on c
 // concurrent connections.
-func testRealH2loadBurst(t *testing.T) {
+func testRealH2loadBurst(t *testing.T, cfg suite) {
 	h2load := realTool(t, "h2load", "nghttp2-client")
-	b := newBed(t)
+	b := newBed(t, cfg)
 	ngx := startNginx(t, b)
 	writeRandomFile(t, filepath.Join(ngx.dir, "www", "small"), 8<<10, 0x5348)
 	b.startPepsal()
@@ -454,11 +454,11 @@ func testRealH2loadBurst(t *testing.T) {
 
 // testRealSCP: scp of a few MB to and from an OpenSSH sshd through pepsal,
 // IPv4 and IPv6, byte-exact; sshd saw the router as the client.
-func testRealSCP(t *testing.T) {
+func testRealSCP(t *testing.T, cfg suite) {
 	sshd := realTool(t, "sshd", "openssh-server")
 	scp := realTool(t, "scp", "openssh-client")
 	keygen := realTool(t, "ssh-keygen", "openssh-client")
-	b := newBed(t)
+	b := newBed(t, cfg)
 	dir := t.TempDir()
 	for _, k := range []string{"host_key", "client_key"} {
 		if out, err := exec.Command(keygen, "-q", "-t", "ed25519", "-N", "", "-C", "pepsal-test", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
@@ -546,9 +546,9 @@ LogLevel INFO
 // testRealSocatHalfClose: socat sends a request and half-closes (stdin at
 // EOF); the server reads to EOF before it answers with several MB, which must
 // all reach socat, whose own direction is already closed.
-func testRealSocatHalfClose(t *testing.T) {
+func testRealSocatHalfClose(t *testing.T, cfg suite) {
 	socat := realTool(t, "socat", "socat")
-	b := newBed(t)
+	b := newBed(t, cfg)
 	const port, reqSize, replySize = 9300, 1 << 20, 8 << 20
 	peers := make(chan string, 4)
 	for _, f := range families {

@@ -17,15 +17,16 @@ import (
 	"github.com/pepsal/pepsal/tests/testbed"
 )
 
-// newBedWith builds a test bed, with emulated links if opt says so.
-func newBedWith(t *testing.T, opt testbed.Options) *bed {
+// newBedWith builds a test bed whose daemons run with settings cfg, with
+// emulated links if opt says so.
+func newBedWith(t *testing.T, cfg suite, opt testbed.Options) *bed {
 	t.Helper()
 	opt.Prefix = "pit"
 	topo, err := testbed.NewTopology(opt)
 	if err != nil {
 		t.Fatalf("test bed: %v", err)
 	}
-	b := &bed{Topology: topo, t: t}
+	b := &bed{Topology: topo, t: t, suite: cfg}
 	t.Cleanup(func() {
 		// Detach first: pins live in the shared bpffs, not in the namespace.
 		b.pepsal("detach")
@@ -40,8 +41,8 @@ func newBedWith(t *testing.T, opt testbed.Options) *bed {
 // pepsal has even finished dialing, and the server accepts a second late.
 // The request must not get stuck (in sockmap mode: bytes that arrived before
 // the sockets were inserted).
-func testLateAccept(t *testing.T) {
-	b := newBed(t)
+func testLateAccept(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	for _, f := range families {
 		ln := listen(t, b.Server, hostPort(f.server, 7200))
 		go func() {
@@ -72,7 +73,7 @@ func testLateAccept(t *testing.T) {
 			t.Errorf("%s: response %q, %v", f.name, got, err)
 		}
 	}
-	if relayMode == "sockmap" {
+	if cfg.relay == "sockmap" {
 		if got := b.status().counter("relay_redirected"); got < 2 {
 			t.Errorf("relay_redirected = %d: the requests did not go through the kernel relay", got)
 		}
@@ -81,9 +82,9 @@ func testLateAccept(t *testing.T) {
 
 // testEarlyClose: the client sends and closes before the upstream connect
 // completes (server behind a 300 ms one-way link): everything arrives, then FIN.
-func testEarlyClose(t *testing.T) {
+func testEarlyClose(t *testing.T, cfg suite) {
 	slow := linkemu.Link{Down: linkemu.Dir{Delay: 300 * time.Millisecond}, Up: linkemu.Dir{Delay: 300 * time.Millisecond}}
-	b := newBedWith(t, testbed.Options{ServerMiddle: linkemu.Middle(slow)})
+	b := newBedWith(t, cfg, testbed.Options{ServerMiddle: linkemu.Middle(slow)})
 	type got struct {
 		n   int64
 		sum []byte
@@ -120,7 +121,7 @@ func testEarlyClose(t *testing.T) {
 	}
 	// 32 KB fits the first window: the client's FIN is in before the upstream
 	// connect ends, so the socket cannot go into the sockmap.
-	if relayMode == "sockmap" {
+	if cfg.relay == "sockmap" {
 		if fb := b.daemonInfo().Stats.Fallback; fb < 2 {
 			t.Errorf("userspace_fallback = %d, want the two 32 KB connections at least", fb)
 		}
@@ -130,12 +131,12 @@ func testEarlyClose(t *testing.T) {
 // testBigDownloadSlowClient: the server sends 50 MB and closes at once; the
 // client is behind a 10 Mbit/s link. Everything arrives, then FIN (no
 // truncation at teardown).
-func testBigDownloadSlowClient(t *testing.T) {
+func testBigDownloadSlowClient(t *testing.T, cfg suite) {
 	if testing.Short() {
 		t.Skip("40 s at 10 Mbit/s")
 	}
 	link := linkemu.Link{Down: linkemu.Dir{RateBps: 10e6, Delay: 5 * time.Millisecond}, Up: linkemu.Dir{Delay: 5 * time.Millisecond}}
-	b := newBedWith(t, testbed.Options{Middle: linkemu.Middle(link)})
+	b := newBedWith(t, cfg, testbed.Options{Middle: linkemu.Middle(link)})
 	const size = 50 << 20
 	ln := listen(t, b.Server, hostPort(testbed.ServerV4, 7400))
 	go func() {
@@ -159,8 +160,8 @@ func testBigDownloadSlowClient(t *testing.T) {
 // testConnsShowsConnection: `pepsal conns` lists a live connection with its
 // relay, live byte counts (and how many the kernel moved), state and age;
 // `pepsal status` adds its bytes to the totals once it is closed.
-func testConnsShowsConnection(t *testing.T) {
-	b := newBed(t)
+func testConnsShowsConnection(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	peerServer(t, b.Server, hostPort(testbed.ServerV4, 8080))
 	b.startPepsal()
 	c := mustDial(t, b.Client, hostPort(testbed.ServerV4, 8080))
@@ -176,23 +177,23 @@ func testConnsShowsConnection(t *testing.T) {
 		t.Fatalf("conns --json: %+v", conns)
 	}
 	got := conns[0]
-	wantRelay := map[string]string{"splice": "splice", "sockmap": "kernel"}[relayMode]
+	wantRelay := map[string]string{"splice": "splice", "sockmap": "kernel"}[cfg.relay]
 	if got.Relay != wantRelay || got.State != "established" || got.Server != hostPort(testbed.ServerV4, 8080) ||
 		!strings.HasPrefix(got.Client, testbed.ClientV4+":") || got.AgeSeconds <= 0 {
 		t.Errorf("conns row %+v", got)
 	}
-	if relayMode == "sockmap" && (got.BytesToServer != int64(len(msg)) || got.BytesToClient < int64(len(msg))) {
+	if cfg.relay == "sockmap" && (got.BytesToServer != int64(len(msg)) || got.BytesToClient < int64(len(msg))) {
 		t.Errorf("live bytes %d/%d, want %d each way", got.BytesToServer, got.BytesToClient, len(msg))
 	}
 	// The request was sent well after both sockets were in the map, far
 	// under the budget: the kernel moved all of it. Splice: the kernel
 	// relay moved nothing.
-	wantKernel := map[string]int64{"splice": 0, "sockmap": int64(len(msg))}[relayMode]
-	if got.KernelBytesToServer != wantKernel || got.KernelBytesToClient > got.BytesToClient || (relayMode == "splice" && got.KernelBytesToClient != 0) {
+	wantKernel := map[string]int64{"splice": 0, "sockmap": int64(len(msg))}[cfg.relay]
+	if got.KernelBytesToServer != wantKernel || got.KernelBytesToClient > got.BytesToClient || (cfg.relay == "splice" && got.KernelBytesToClient != 0) {
 		t.Errorf("kernel bytes %d/%d of %d/%d, want %d to the server", got.KernelBytesToServer, got.KernelBytesToClient,
 			got.BytesToServer, got.BytesToClient, wantKernel)
 	}
-	wantText := map[string]*regexp.Regexp{"splice": regexp.MustCompile(`\ssplice\s`), "sockmap": regexp.MustCompile(`\skernel \d+%\s`)}[relayMode]
+	wantText := map[string]*regexp.Regexp{"splice": regexp.MustCompile(`\ssplice\s`), "sockmap": regexp.MustCompile(`\skernel \d+%\s`)}[cfg.relay]
 	if text := b.pepsal("conns"); text.code != 0 || !wantText.MatchString(text.stdout) {
 		t.Errorf("conns text: %d %s", text.code, text.stdout)
 	}
@@ -206,7 +207,7 @@ func testConnsShowsConnection(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		st = b.status()
 	}
-	if s := st.Daemon.Stats; s.BytesToServer != uint64(len(msg)) || s.KernelBytes < uint64(wantKernel) || (relayMode == "splice" && s.KernelBytes != 0) {
+	if s := st.Daemon.Stats; s.BytesToServer != uint64(len(msg)) || s.KernelBytes < uint64(wantKernel) || (cfg.relay == "splice" && s.KernelBytes != 0) {
 		t.Errorf("totals: %d bytes to servers, %d moved by the kernel; want %d and at least %d", s.BytesToServer, s.KernelBytes, len(msg), wantKernel)
 	}
 }
@@ -242,23 +243,23 @@ func daemonRSS(t *testing.T, b *bed) int64 {
 // testMemoryBoundedSlowClient: servers send at full speed to clients behind a
 // 10 Mbit/s link for 20 s. What the kernel and the daemon hold must stay
 // under 48 MiB per connection (a relay without backpressure piles up GBs).
-func testMemoryBoundedSlowClient(t *testing.T) {
+func testMemoryBoundedSlowClient(t *testing.T, cfg suite) {
 	if testing.Short() {
 		t.Skip("20 s per case")
 	}
 	for _, conns := range []int{1, 20} {
 		t.Run(fmt.Sprintf("%d conns", conns), func(t *testing.T) {
-			growth := slowClientMemory(t, conns, 20*time.Second)
+			growth := slowClientMemory(t, cfg, conns, 20*time.Second)
 			if limit := int64(conns) * 48 << 20; growth > limit {
 				t.Errorf("memory grew by %.1f MiB in 20 s, limit %d MiB", float64(growth)/(1<<20), limit>>20)
 			}
 		})
 	}
-	if relayMode == "sockmap" {
+	if cfg.relay == "sockmap" {
 		// The control: with a budget too large to matter, the kernel relay
 		// has no backpressure and this same measurement must see it.
 		t.Run("control without budget", func(t *testing.T) {
-			if growth := slowClientMemory(t, 1, 5*time.Second, "--relay-budget", "64GiB"); growth < 256<<20 {
+			if growth := slowClientMemory(t, cfg, 1, 5*time.Second, "--relay-budget", "64GiB"); growth < 256<<20 {
 				t.Errorf("without a budget memory grew only %.1f MiB in 5 s: the measurement cannot see a pile-up", float64(growth)/(1<<20))
 			}
 		})
@@ -268,9 +269,9 @@ func testMemoryBoundedSlowClient(t *testing.T) {
 // slowClientMemory runs conns connections from a fast server to clients
 // behind a 10 Mbit/s link for d and returns how much the machine's used
 // memory grew meanwhile.
-func slowClientMemory(t *testing.T, conns int, d time.Duration, extra ...string) int64 {
+func slowClientMemory(t *testing.T, cfg suite, conns int, d time.Duration, extra ...string) int64 {
 	link := linkemu.Link{Down: linkemu.Dir{RateBps: 10e6, Delay: 5 * time.Millisecond}, Up: linkemu.Dir{Delay: 5 * time.Millisecond}}
-	b := newBedWith(t, testbed.Options{Middle: linkemu.Middle(link)})
+	b := newBedWith(t, cfg, testbed.Options{Middle: linkemu.Middle(link)})
 	stop := make(chan struct{})
 	serve(t, b.Server, hostPort(testbed.ServerV4, 7500), func(c *net.TCPConn) {
 		go func() { <-stop; c.Close() }()
@@ -310,7 +311,7 @@ func slowClientMemory(t *testing.T, conns int, d time.Duration, extra ...string)
 	}
 	const mib = 1 << 20
 	t.Logf("%s, %d conns: used +%.1f MiB, slab +%.1f MiB, daemon RSS +%.1f MiB (%.1f MiB), client got %.1f MB",
-		relayMode, conns, float64(used1-used0)/mib, float64(slab1-slab0)/mib, float64(rss1-rss0)/mib, float64(rss1)/mib, float64(total)/1e6)
+		cfg.relay, conns, float64(used1-used0)/mib, float64(slab1-slab0)/mib, float64(rss1-rss0)/mib, float64(rss1)/mib, float64(total)/1e6)
 	if total < int64(conns)*1e6 {
 		t.Errorf("clients received only %d bytes: the test measured nothing", total)
 	}
@@ -322,9 +323,9 @@ func slowClientMemory(t *testing.T, conns int, d time.Duration, extra ...string)
 // the daemon's heap less than 24 KiB each (goroutines are stacks, not heap;
 // a relay buffer parked per direction would be 128 KiB), and its RSS less
 // than 48 KiB each.
-func testManyIdleConnsCheap(t *testing.T) {
+func testManyIdleConnsCheap(t *testing.T, cfg suite) {
 	const conns = 1000
-	b := newBed(t)
+	b := newBed(t, cfg)
 	peerServer(t, b.Server, hostPort(testbed.ServerV4, 8081))
 	b.startPepsal()
 	// Warm the daemon up (runtime, first connection) before the baseline.
@@ -358,7 +359,7 @@ func testManyIdleConnsCheap(t *testing.T) {
 		t.Fatalf("daemon saw %+v, want %d connections", st.Daemon, conns+1)
 	}
 	heap, rss := int64(st.Daemon.HeapBytes-heap0), daemonRSS(t, b)-rss0
-	t.Logf("%s: %d idle connections: daemon heap +%.1f MiB (%.1f KiB each), RSS +%.1f MiB (%.1f KiB each)", relayMode, conns,
+	t.Logf("%s: %d idle connections: daemon heap +%.1f MiB (%.1f KiB each), RSS +%.1f MiB (%.1f KiB each)", cfg.relay, conns,
 		float64(heap)/(1<<20), float64(heap)/1024/conns, float64(rss)/(1<<20), float64(rss)/1024/conns)
 	if heap > conns*24<<10 || rss > conns*48<<10 {
 		t.Errorf("%d idle connections grew the daemon's heap by %.1f MiB and RSS by %.1f MiB; want under 24 and 48 KiB each",

@@ -20,15 +20,11 @@ import (
 
 // Reliability of the daemon itself (issue #10): fd shortage, crash, fd cost.
 
-// forEachRelay runs fn once per relay mode, the way runSuite sets the mode.
-func forEachRelay(t *testing.T, fn func(t *testing.T)) {
+// forEachRelay runs fn once per relay mode, with the settings TestSplice and
+// TestSockmap run the relay suite with.
+func forEachRelay(t *testing.T, fn func(t *testing.T, cfg suite)) {
 	for _, mode := range []string{"splice", "sockmap"} {
-		t.Run(mode, func(t *testing.T) {
-			old := relayMode
-			relayMode = mode
-			defer func() { relayMode = old }()
-			fn(t)
-		})
+		t.Run(mode, func(t *testing.T) { fn(t, defaultSuite().inRelay(mode)) })
 	}
 }
 
@@ -114,7 +110,7 @@ func restingFDs(t *testing.T, pid, pipes int) fdKinds {
 // waited meanwhile, and keeps its live connections working through it: the
 // accept loops wait a shortage out instead of ending.
 func TestControlSurvivesFDShortage(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	addr := hostPort(testbed.ServerV4, 7700)
 	peerServer(t, b.Server, addr)
 	d := b.startPepsal()
@@ -213,9 +209,9 @@ func endlessServer(t *testing.T, ns *testbed.NS, addr string, writeErrs chan<- e
 // never a clean EOF that would pass a cut-off stream for a complete one;
 // servers get a reset too, and the dead daemon leaves no TIME_WAIT sockets.
 func TestCrashResetsConnections(t *testing.T) {
-	forEachRelay(t, func(t *testing.T) {
+	forEachRelay(t, func(t *testing.T, cfg suite) {
 		const perFamily = 4
-		b := newBed(t)
+		b := newBed(t, cfg)
 		writeErrs := make(chan error, 2*perFamily)
 		for _, f := range families {
 			endlessServer(t, b.Server, hostPort(f.server, 7710), writeErrs)
@@ -282,9 +278,9 @@ func TestCrashResetsConnections(t *testing.T) {
 // (the answer then waits in the client leg's send queue), and still gets
 // every byte and a clean EOF.
 func TestGracefulEndKeepsFINAndBytes(t *testing.T) {
-	forEachRelay(t, func(t *testing.T) {
+	forEachRelay(t, func(t *testing.T, cfg suite) {
 		const up, down = 512 << 10, 1 << 20
-		b := newBed(t)
+		b := newBed(t, cfg)
 		answer := bytes.Repeat([]byte("pepsal graceful end. "), down/21+1)[:down]
 		uploads := make(chan []byte, 2)
 		for _, f := range families {
@@ -342,7 +338,7 @@ func TestGracefulEndKeepsFINAndBytes(t *testing.T) {
 // connections the daemon's fds come back to where they were.
 func TestSpliceFDCost(t *testing.T) {
 	const idle, churn = 20, 200
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 7730))
 	}

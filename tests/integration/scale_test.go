@@ -102,7 +102,7 @@ func TestUpstreamEntriesOnlyWhileConnecting(t *testing.T) {
 		{"server initcwnd", []string{"--server-initcwnd", "20"}},
 	} {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			b := newBed(t)
+			b := newBed(t, defaultSuite())
 			peerServer(t, b.Server, hostPort(testbed.ServerV4, 8081))
 			b.startPepsal(append([]string{"--iface", testbed.RouterClientIf}, tc.args...)...)
 			upstream := pinnedMap(t, b.Router, "pepsal_upstream")
@@ -125,7 +125,7 @@ func TestUpstreamEntriesOnlyWhileConnecting(t *testing.T) {
 // connection is split and works; the skip is counted. Before: the client was
 // reset ("key too big for map").
 func TestUpstreamMapFullFailsOpen(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	peerServer(t, b.Server, hostPort(testbed.ServerV4, 8081))
 	b.startPepsal("--iface", testbed.RouterClientIf, "--server-initcwnd", "20")
 	fillMap(t, pinnedMap(t, b.Router, "pepsal_upstream"), 0)
@@ -147,7 +147,7 @@ func TestUpstreamMapFullFailsOpen(t *testing.T) {
 // own in pepsal_relay_dirs or pepsal_relay_user. Before 4021e99: one entry
 // of each leaked per connection until detach.
 func TestRelayMapsFullFallBack(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	peerServer(t, b.Server, hostPort(testbed.ServerV4, 8081))
 	b.startPepsal("--iface", testbed.RouterClientIf, "--relay", "sockmap", "--offload-after", "0")
 	dirs, user := pinnedMap(t, b.Router, "pepsal_relay_dirs"), pinnedMap(t, b.Router, "pepsal_relay_user")
@@ -176,7 +176,7 @@ func TestRelayMapsFullFallBack(t *testing.T) {
 // not upstream_failed, and a storm of them logs a few lines, not one per
 // client. Before: upstream_failed and a line per client.
 func TestLocalFailureAccounted(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	peerServer(t, b.Server, hostPort(testbed.ServerV4, 8081))
 	if err := b.Router.Sysctl("net.ipv4.ip_local_port_range", "40000 40003"); err != nil {
 		t.Fatal(err)
@@ -445,7 +445,7 @@ type idleCost struct {
 }
 
 func measureIdle(t *testing.T, relay string, n int, routedBaseline bool, extra ...string) idleCost {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	addr := hostPort(testbed.ServerV4, 9100)
 	srv := startHelper(t, b.Server, "server "+addr)
 	srv.expect(t, "listening", 30*time.Second)

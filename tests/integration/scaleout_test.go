@@ -18,7 +18,7 @@ import (
 // without a daemon); withdrawing that box from the group moves only its own
 // flows, so the other box's live flows still run and every new flow is split.
 func TestScaleOutECMP(t *testing.T) {
-	forEachRelay(t, func(t *testing.T) {
+	forEachRelay(t, func(t *testing.T, cfg suite) {
 		topo, err := testbed.NewECMP("pit")
 		if err != nil {
 			t.Fatalf("test bed: %v", err)
@@ -38,7 +38,7 @@ func TestScaleOutECMP(t *testing.T) {
 		}
 		var daemons [2]*daemon
 		for i, pep := range topo.Peps {
-			daemons[i] = startPepsalIn(t, pep, "--iface", testbed.ECMPPepIf, "--drain-timeout", "1s")
+			daemons[i] = startPepsalIn(t, cfg, pep, "--iface", testbed.ECMPPepIf, "--drain-timeout", "1s")
 		}
 		// box says which pepsal router split a flow, from the address the
 		// server saw; -1: the flow was not split.

@@ -85,21 +85,14 @@ var serviceChecks = []string{
 // `pepsal run` fails at once with one line and leaves nothing behind.
 func TestServiceCapabilities(t *testing.T) {
 	caps := serviceCaps(t)
-	forEachRelay(t, func(t *testing.T) {
-		daemonWrapper = setprivWith(caps)
-		defer func() { daemonWrapper = nil }()
-		for _, tc := range relaySuite {
-			for _, name := range serviceChecks {
-				if tc.name == name {
-					t.Run(tc.name, tc.fn)
-				}
-			}
-		}
+	forEachRelay(t, func(t *testing.T, cfg suite) {
+		cfg.wrapper = setprivWith(caps)
+		runSuite(t, cfg, serviceChecks)
 	})
 	for i, c := range caps {
 		fewer := append(append([]string{}, caps[:i]...), caps[i+1:]...)
 		t.Run("without_"+c, func(t *testing.T) {
-			b := newBed(t)
+			b := newBed(t, defaultSuite())
 			before := netState(t, b.Router)
 			args := append(setprivWith(fewer), pepsalBin, "run", "--iface", "r-cli", "--relay", "sockmap")
 			r := runCmdIn(b.Router, args[0], args[1:]...)

@@ -145,12 +145,12 @@ func clientExchange(c *net.TCPConn, e exchange) string {
 // together or back to back, both directions, 20 at a time through a 5 ms
 // link: not one byte lost, not one reset. (The kernel relay used to half-close
 // the other leg on EOF before the verdict had seen the last bytes.)
-func testShortExchangesIntact(t *testing.T) {
+func testShortExchangesIntact(t *testing.T, cfg suite) {
 	link := linkemu.Link{
 		Down: linkemu.Dir{RateBps: 20e6, Delay: 5 * time.Millisecond},
 		Up:   linkemu.Dir{RateBps: 20e6, Delay: 5 * time.Millisecond},
 	}
-	b := newBedWith(t, testbed.Options{Middle: linkemu.Middle(link)})
+	b := newBedWith(t, cfg, testbed.Options{Middle: linkemu.Middle(link)})
 	total, parallel := 2000, 20
 	if n, err := strconv.Atoi(os.Getenv("PEPSAL_SHORT_EXCHANGES")); err == nil && n > 0 {
 		total = n // a soak run: PEPSAL_SHORT_EXCHANGES=10000

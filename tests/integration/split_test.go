@@ -17,8 +17,8 @@ import (
 
 // TestSplitIsSeenByServer: through pepsal the server talks to the router (the
 // connection is split); without it, to the client. Status counts the split.
-func testSplitIsSeenByServer(t *testing.T) {
-	b := newBed(t)
+func testSplitIsSeenByServer(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 8080))
 	}
@@ -151,8 +151,8 @@ func transfer(ns *testbed.NS, addr string, up, down int64, seed uint64) error {
 
 // TestConcurrentTransfersIntact: 50 concurrent connections, random sizes from
 // 0 to 20 MB each way, IPv4 and IPv6 mixed, every byte checked at both ends.
-func testConcurrentTransfersIntact(t *testing.T) {
-	b := newBed(t)
+func testConcurrentTransfersIntact(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	for _, f := range families {
 		transferServer(t, b.Server, hostPort(f.server, 9000))
 	}
@@ -196,8 +196,8 @@ func testConcurrentTransfersIntact(t *testing.T) {
 
 // TestHalfClose: the client sends its request and shuts down writing; the
 // server reads to EOF and only then replies, which the client reads in full.
-func testHalfClose(t *testing.T) {
-	b := newBed(t)
+func testHalfClose(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	reply := bytes.Repeat([]byte("reply after EOF "), 64<<10) // 1 MiB
 	for _, f := range families {
 		serve(t, b.Server, hostPort(f.server, 7000), func(c *net.TCPConn) {
@@ -232,8 +232,8 @@ func testHalfClose(t *testing.T) {
 }
 
 // TestResetPropagates: an RST from either end reaches the other end as an RST.
-func testResetPropagates(t *testing.T) {
-	b := newBed(t)
+func testResetPropagates(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	type accepted struct{ c *net.TCPConn }
 	conns := make(chan accepted, 4)
 	for _, f := range families {
@@ -276,8 +276,8 @@ func testResetPropagates(t *testing.T) {
 
 // TestUpstreamFailureResetsClient: refused, unreachable and silent upstreams
 // give the client an RST, within the connect timeout, never a clean FIN.
-func testUpstreamFailureResetsClient(t *testing.T) {
-	b := newBed(t)
+func testUpstreamFailureResetsClient(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	// A silent server: the router resolves its address to the server's MAC,
 	// and the server, which does not own the address, drops the SYNs.
 	silent := map[string]string{"ipv4": "10.77.2.77", "ipv6": "fd77:2::77"}

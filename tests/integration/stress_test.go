@@ -139,7 +139,7 @@ func stressConn(ns *testbed.NS, addr string, mode byte, up, down int64, seed uin
 // testRandomStress: 200 connections of random sizes, half-closes and resets
 // over the lossy GEO link. Nothing corrupted, truncated or hung; afterwards no
 // connection, relay map entry, descriptor or goroutine is left.
-func testRandomStress(t *testing.T) {
+func testRandomStress(t *testing.T, cfg suite) {
 	if testing.Short() {
 		t.Skip("over a 600 ms lossy link")
 	}
@@ -148,7 +148,7 @@ func testRandomStress(t *testing.T) {
 		t.Fatal(err)
 	}
 	link.Seed = 7
-	b := newBedWith(t, testbed.Options{Middle: linkemu.Middle(link)})
+	b := newBedWith(t, cfg, testbed.Options{Middle: linkemu.Middle(link)})
 	sawReset := make(chan uint64, 256)
 	for _, f := range families {
 		stressServer(t, b.Server, hostPort(f.server, 7600), sawReset)
@@ -246,5 +246,5 @@ func testRandomStress(t *testing.T) {
 	if info.Stats.Accepted != n {
 		t.Errorf("accepted %d, want %d", info.Stats.Accepted, n)
 	}
-	t.Logf("%s: %+v", relayMode, info.Stats)
+	t.Logf("%s: %+v", cfg.relay, info.Stats)
 }

@@ -5,14 +5,32 @@ import (
 	"testing"
 )
 
-// relayMode is the relay the daemons of the running suite use.
-var relayMode = "splice"
+// suite is how a run of the tests starts its daemons. The relay suite's
+// tests take it as an argument and each bed carries the one it was built
+// with, so that a test cannot see another run's settings.
+type suite struct {
+	// relay is the daemons' --relay.
+	relay string
+	// offloadAfter is --offload-after in sockmap mode: "0" puts every
+	// connection into the kernel at once, so that the whole suite runs
+	// through the kernel relay; TestSockmapOffload hands connections over
+	// from splice in the middle of their bytes; "" leaves the product's
+	// default.
+	offloadAfter string
+	// wrapper, when set, runs every `pepsal run` through this command
+	// (setpriv with the service's capability set, prlimit).
+	wrapper []string
+}
 
-// offloadAfter is the suite's --offload-after in sockmap mode: "0" puts
-// every connection into the kernel at once, so that the whole suite runs
-// through the kernel relay; TestSockmapOffload hands connections over from
-// splice in the middle of their bytes; "" leaves the product's default.
-var offloadAfter = "0"
+// defaultSuite is the settings of the tests that run once: splice, and in
+// sockmap mode every connection in the kernel at once.
+func defaultSuite() suite { return suite{relay: "splice", offloadAfter: "0"} }
+
+// inRelay is s with its daemons in relay mode relay.
+func (s suite) inRelay(relay string) suite {
+	s.relay = relay
+	return s
+}
 
 // relaySuite is every behaviour of the proxy that a relay mode could change;
 // TestSplice and TestSockmap run all of it, unchanged, in each relay mode.
@@ -21,7 +39,7 @@ var offloadAfter = "0"
 // functions that run once.
 var relaySuite = []struct {
 	name string
-	fn   func(*testing.T)
+	fn   func(*testing.T, suite)
 }{
 	{"SplitIsSeenByServer", testSplitIsSeenByServer},
 	{"ConcurrentTransfersIntact", testConcurrentTransfersIntact},
@@ -60,16 +78,18 @@ var relaySuite = []struct {
 	{"PeerFallback", testPeerFallback},
 }
 
-func runSuite(t *testing.T, relay string) {
-	relayMode = relay
-	defer func() { relayMode = "splice" }()
+// runSuite runs the relay suite's tests named in keep (all of them when
+// keep is nil) with settings cfg.
+func runSuite(t *testing.T, cfg suite, keep []string) {
 	for _, tc := range relaySuite {
-		t.Run(tc.name, tc.fn)
+		if keep == nil || slices.Contains(keep, tc.name) {
+			t.Run(tc.name, func(t *testing.T) { tc.fn(t, cfg) })
+		}
 	}
 }
 
-func TestSplice(t *testing.T)  { runSuite(t, "splice") }
-func TestSockmap(t *testing.T) { runSuite(t, "sockmap") }
+func TestSplice(t *testing.T)  { runSuite(t, defaultSuite(), nil) }
+func TestSockmap(t *testing.T) { runSuite(t, defaultSuite().inRelay("sockmap"), nil) }
 
 // offloadSuite is what a hand-over from splice to the kernel in the middle of
 // a connection's bytes could break: order and completeness both ways, the
@@ -80,11 +100,5 @@ var offloadSuite = []string{"ConcurrentTransfersIntact", "HalfClose", "ResetProp
 // TestSockmapOffload runs them with connections handed over from splice to
 // the kernel after 4 KiB.
 func TestSockmapOffload(t *testing.T) {
-	relayMode, offloadAfter = "sockmap", "4KiB"
-	defer func() { relayMode, offloadAfter = "splice", "0" }()
-	for _, tc := range relaySuite {
-		if slices.Contains(offloadSuite, tc.name) {
-			t.Run(tc.name, tc.fn)
-		}
-	}
+	runSuite(t, suite{relay: "sockmap", offloadAfter: "4KiB"}, offloadSuite)
 }

@@ -39,7 +39,7 @@ func dialFrom(ns *testbed.NS, local, remote string, timeout time.Duration) (*net
 // (early demux finds it, and ip_forward drops a packet that has a socket).
 // Once a daemon serves again, the same tuple is split again.
 func TestTimeWaitAfterCrashFailsOpen(t *testing.T) {
-	b := newBed(t)
+	b := newBed(t, defaultSuite())
 	for _, f := range families {
 		closeFirstServer(t, b.Server, hostPort(f.server, 7800))
 	}

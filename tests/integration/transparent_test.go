@@ -13,8 +13,8 @@ import (
 
 // testTransparent: with --transparent the server sees the client's own
 // address and port, and data, half-close and resets behave as without it.
-func testTransparent(t *testing.T) {
-	b := newBed(t)
+func testTransparent(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	for _, f := range families {
 		serve(t, b.Server, hostPort(f.server, 8600), func(c *net.TCPConn) {
 			fmt.Fprintf(c, "%s\n", c.RemoteAddr())

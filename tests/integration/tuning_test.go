@@ -25,8 +25,8 @@ func tcpInfo(t *testing.T, c *net.TCPConn) *unix.TCPInfo {
 
 // testLegTuning: every per-leg setting is seen on the real sockets, by the
 // daemon (getsockopt, TCP_INFO) and by the ends (MSS and window they were offered).
-func testLegTuning(t *testing.T) {
-	b := newBed(t)
+func testLegTuning(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	accepted := make(chan *net.TCPConn, 1)
 	ln := listen(t, b.Server, hostPort(testbed.ServerV4, 8300))
 	go func() {
@@ -87,8 +87,8 @@ func testLegTuning(t *testing.T) {
 
 // testDefaultsUntouched: without tuning flags, sockets keep Linux's defaults
 // (the comparison that makes testLegTuning mean something).
-func testDefaultsUntouched(t *testing.T) {
-	b := newBed(t)
+func testDefaultsUntouched(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	peerServer(t, b.Server, hostPort(testbed.ServerV4, 8080))
 	b.startPepsal()
 	c := mustDial(t, b.Client, hostPort(testbed.ServerV4, 8080))
@@ -107,8 +107,8 @@ func testDefaultsUntouched(t *testing.T) {
 }
 
 // testToSCopied: the ToS / traffic class of the client's SYN is on the upstream SYN.
-func testToSCopied(t *testing.T) {
-	b := newBed(t)
+func testToSCopied(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	for _, f := range families {
 		peerServer(t, b.Server, hostPort(f.server, 8400))
 	}

@@ -16,12 +16,12 @@ import (
 
 // newTwoPEP builds client -- terminal -- 300 ms link -- gateway -- server and
 // starts pepsal on both ends of the link with their roles.
-func newTwoPEP(t *testing.T) *testbed.TwoPEP {
+func newTwoPEP(t *testing.T, cfg suite) *testbed.TwoPEP {
 	t.Helper()
 	slow := linkemu.Link{Down: linkemu.Dir{Delay: 300 * time.Millisecond}, Up: linkemu.Dir{Delay: 300 * time.Millisecond}}
 	topo := twoPEPBed(t, testbed.Options{Prefix: "pit", Middle: linkemu.Middle(slow)})
-	startPepsalIn(t, topo.Terminal, "--iface", testbed.TerminalClientIf, "--role", "terminal")
-	startPepsalIn(t, topo.Gateway, "--iface", testbed.GatewayLinkIf, "--role", "gateway")
+	startPepsalIn(t, cfg, topo.Terminal, "--iface", testbed.TerminalClientIf, "--role", "terminal")
+	startPepsalIn(t, cfg, topo.Gateway, "--iface", testbed.GatewayLinkIf, "--role", "gateway")
 	return topo
 }
 
@@ -74,8 +74,8 @@ func netstat(t *testing.T, ns *testbed.NS, name string) int {
 // testTwoPEPFastOpen: between two pepsals the client's request rides on the
 // SYN: it reaches the server before the inter-PEP handshake could have
 // completed (600 ms), and transfers through both are byte-exact.
-func testTwoPEPFastOpen(t *testing.T) {
-	topo := newTwoPEP(t)
+func testTwoPEPFastOpen(t *testing.T, cfg suite) {
+	topo := newTwoPEP(t, cfg)
 	type fam struct{ name, server string }
 	fams := []fam{{"ipv4", testbed.TPServerV4}, {"ipv6", testbed.TPServerV6}}
 	arrived := make(chan time.Time, 4)
@@ -128,8 +128,8 @@ func testTwoPEPFastOpen(t *testing.T) {
 
 // testLoneTerminalFallsBack: a pepsal that dials with fast open in front of an
 // ordinary server (no fast open) still works, byte for byte.
-func testLoneTerminalFallsBack(t *testing.T) {
-	b := newBed(t)
+func testLoneTerminalFallsBack(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
 	for _, f := range families {
 		transferServer(t, b.Server, hostPort(f.server, 9000))
 	}

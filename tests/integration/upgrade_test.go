@@ -65,8 +65,8 @@ func pacedServer(t *testing.T, ns *testbed.NS, addr string, size int64) {
 // refused, reset or forwarded unsplit). The new daemon then owns the
 // attachment: its SIGTERM leaves nothing behind.
 func TestUpgradeUnderChurn(t *testing.T) {
-	forEachRelay(t, func(t *testing.T) {
-		b := newBed(t)
+	forEachRelay(t, func(t *testing.T, cfg suite) {
+		b := newBed(t, cfg)
 		before := netState(t, b.Router)
 		for _, f := range families {
 			transferServer(t, b.Server, hostPort(f.server, 7730))
@@ -83,7 +83,7 @@ func TestUpgradeUnderChurn(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer logFile.Close()
-		old := b.Router.Command(installed, "run", "--log-level", "debug", "--relay", relayMode, "--iface", testbed.RouterClientIf)
+		old := b.Router.Command(installed, "run", "--log-level", "debug", "--relay", cfg.relay, "--iface", testbed.RouterClientIf)
 		old.Stdout, old.Stderr = logFile, logFile
 		// What systemd (Type=notify) would be told.
 		notifyPath := filepath.Join(t.TempDir(), "notify")
