@@ -14,7 +14,16 @@ struct tcp_sock {
 	__u64 bytes_acked;
 	__u32 snd_una;
 	__u32 write_seq;
+	__u32 copied_seq;
 } __attribute__((preserve_access_index));
+
+/* The kernel's skb, for TCP's control block: its first word is the skb's
+ * sequence number (struct tcp_skb_cb). */
+struct sk_buff {
+	char cb[48];
+} __attribute__((preserve_access_index));
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
 /* Both legs of every split connection in kernel mode, keyed by socket cookie. */
 struct {
@@ -35,6 +44,8 @@ struct relay_dir {
 	__u64 budget;       /* max bytes redirected toward the peer and not yet in its send queue */
 	__u64 kernel_bytes; /* redirected in the kernel */
 	__u64 passed_bytes; /* left to userspace */
+	__u32 next_seq;     /* sequence number of the next byte not seen yet */
+	__u32 seq_known;    /* next_seq is set (from the socket's copied_seq, at the first skb) */
 };
 
 struct {
@@ -73,6 +84,82 @@ static __always_inline __s64 peer_queued(struct relay_dir *d)
 	return queued;
 }
 
+/* The sequence number of the skb's first byte; 0 if unreadable. */
+static __always_inline int skb_seq(struct __sk_buff *skb, __u32 *seq)
+{
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+
+	return bpf_probe_read_kernel(seq, sizeof(*seq), &kskb->cb[0]);
+}
+
+/* Where the socket's reader stands: every byte before it was read, by
+ * userspace before the socket entered the map. */
+static __always_inline int own_copied_seq(__u64 cookie, __u32 *seq)
+{
+	struct bpf_sock *sk = bpf_map_lookup_elem(&pepsal_relay, &cookie);
+	struct tcp_sock *tp;
+	int err = -1;
+
+	if (!sk)
+		return -1;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		*seq = tp->copied_seq;
+		err = 0;
+	}
+	bpf_sk_release(sk);
+	return err;
+}
+
+/* The kernel hands the verdict whole skbs (tcp_read_skb), also one that
+ * begins before what was already read: a retransmission overlapping bytes
+ * received before (a sender that resends a larger segment after a loss),
+ * or an skb userspace had read part of. Relayed whole, its head would
+ * reach the peer twice. Cut it off: 4095 bytes at most per call. Returns
+ * the skb's length after the cut, or -1 if the skb must be dropped. */
+static __always_inline __s64 cut_overlap(struct __sk_buff *skb, struct relay_dir *d, __u64 cookie)
+{
+	__u32 seq, len = skb->len;
+	__s32 overlap;
+
+	if (skb_seq(skb, &seq) < 0) {
+		COUNT(relay_no_seq);
+		return len;
+	}
+	if (!d->seq_known) {
+		if (own_copied_seq(cookie, &d->next_seq) < 0) {
+			COUNT(relay_no_seq);
+			return len;
+		}
+		d->seq_known = 1;
+	}
+	overlap = (__s32)(d->next_seq - seq);
+	if (overlap <= 0) {
+		d->next_seq = seq + len;
+		return len;
+	}
+	if ((__u32)overlap >= len) {
+		COUNT(relay_overlap_dropped);
+		return -1;
+	}
+	for (int i = 0; i < 16 && overlap > 0; i++) {
+		__s32 cut = overlap > 4095 ? 4095 : overlap;
+
+		if (bpf_skb_adjust_room(skb, -cut, 0, 0) < 0) {
+			COUNT(relay_overlap_dropped);
+			return -1;
+		}
+		overlap -= cut;
+	}
+	if (overlap > 0) {
+		COUNT(relay_overlap_dropped);
+		return -1;
+	}
+	COUNT(relay_overlap_trimmed);
+	d->next_seq = seq + len;
+	return skb->len;
+}
+
 static __always_inline int pass(struct relay_dir *d, __u32 len)
 {
 	d->passed_bytes += len;
@@ -98,6 +185,8 @@ int pepsal_relay_verdict(struct __sk_buff *skb)
 		COUNT(relay_drop_empty);
 		return SK_DROP;
 	}
+	if (cut_overlap(skb, d, cookie) < 0)
+		return SK_DROP;
 	user = bpf_map_lookup_elem(&pepsal_relay_user, &cookie);
 	if (user)
 		user_bytes = *user;

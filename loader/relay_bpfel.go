@@ -38,6 +38,9 @@ type relayCounters struct {
 	RelayPassNoPeer      uint64
 	RelayPassUnknown     uint64
 	RelayDropEmpty       uint64
+	RelayOverlapTrimmed  uint64
+	RelayOverlapDropped  uint64
+	RelayNoSeq           uint64
 	TuneInitCwnd         uint64
 	TuneInitRwnd         uint64
 	TuneFailed           uint64
@@ -50,6 +53,8 @@ type relayRelayDir struct {
 	Budget      uint64
 	KernelBytes uint64
 	PassedBytes uint64
+	NextSeq     uint32
+	SeqKnown    uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -51,6 +51,9 @@ type steerCounters struct {
 	RelayPassNoPeer      uint64
 	RelayPassUnknown     uint64
 	RelayDropEmpty       uint64
+	RelayOverlapTrimmed  uint64
+	RelayOverlapDropped  uint64
+	RelayNoSeq           uint64
 	TuneInitCwnd         uint64
 	TuneInitRwnd         uint64
 	TuneFailed           uint64

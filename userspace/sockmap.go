@@ -47,6 +47,8 @@ type relayDir struct {
 	dstBase   uint64 // dst's acked sequence space that is not data (its SYN if dialed)
 	srcSkip   uint64 // bytes src received that userspace read and did not relay
 	userBytes atomic.Int64
+	dstShut   atomic.Bool // this direction half-closes (or closed) dst: its FIN is ours
+	peer      *relayDir   // the other direction: its dst is this one's src
 
 	// Owned by the direction's pump goroutine:
 	flushed     uint64    // kernel_bytes already seen in dst's send queue
@@ -149,6 +151,7 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 	down := &relayDir{src: server, dst: client, cookie: serverCookie, dstBase: clientBase, srcSkip: uint64(st.serverRead), slot: st.slots[1]}
 	down.userBytes.Store(st.preDown)
 	down.published = uint64(st.preDown)
+	up.peer, down.peer = down, up
 	if err := withFD(client, func(fd int) error { return k.Maps.Insert(clientCookie, fd) }); err != nil {
 		c.SetRelay("userspace: client: " + err.Error())
 		fallback(func(o Outcome) {
@@ -340,6 +343,11 @@ func (k *KernelRelay) pump(ctx context.Context, d *relayDir) error {
 			if err := k.flushKernel(ctx, d); err != nil {
 				return err
 			}
+			if err := k.endedByFIN(d); err != nil {
+				return err
+			}
+			// Marked first: the peer's FIN can answer ours before Store.
+			d.dstShut.Store(true)
 			return d.dst.CloseWrite()
 		}
 		if err != nil {
@@ -404,20 +412,69 @@ func (k *KernelRelay) tailPending(d *relayDir) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("read relay state: %w", err)
 	}
-	if seen := st.KernelBytes + st.PassedBytes + d.srcSkip; seen < received {
-		// The verdict runs from the socket's data_ready, right behind TCP,
-		// so this lasts microseconds. If it ever lasted, the books would be
-		// wrong: reset the connection rather than guess, never a clean
-		// FIN after a truncated stream.
-		if d.unseenSince.IsZero() {
-			d.unseenSince = time.Now()
-		} else if time.Since(d.unseenSince) > unseenLimit {
-			return false, fmt.Errorf("%d received bytes never reached the verdict", received-seen)
-		}
-		return true, nil
+	seen := st.KernelBytes + st.PassedBytes + d.srcSkip
+	if seen > received {
+		// received assumes a FIN: a stream that has all its bytes seen
+		// and one more than that was ended by a reset (a psock's read
+		// can report the reset as EOF, when the kernel's own send of
+		// redirected bytes on this socket took the error first).
+		return false, errResetNotFIN
 	}
-	d.unseenSince = time.Time{}
-	return st.PassedBytes > uint64(d.userBytes.Load()), nil
+	var late uint64 // bytes the books still wait for
+	switch user := uint64(d.userBytes.Load()); {
+	case seen < received:
+		// The verdict runs from the socket's data_ready, right behind
+		// TCP, so this lasts microseconds.
+		late = received - seen
+	case st.PassedBytes > user:
+		// Left to userspace and not read yet: they wait in the psock's
+		// queue, which a reset empties for good.
+		late = st.PassedBytes - user
+	default:
+		d.unseenSince = time.Time{}
+		return false, nil
+	}
+	// If the wait ever lasted, the books would be wrong: reset the
+	// connection rather than guess, never a clean FIN after a truncated
+	// stream.
+	if d.unseenSince.IsZero() {
+		d.unseenSince = time.Now()
+	} else if time.Since(d.unseenSince) > unseenLimit {
+		return false, fmt.Errorf("%d bytes received never reached userspace or the verdict", late)
+	}
+	return true, nil
+}
+
+// errResetNotFIN: d.src read EOF, but its peer reset the connection.
+var errResetNotFIN = fmt.Errorf("connection reset by peer (read as EOF): %w", unix.ECONNRESET)
+
+// endedByFIN checks, right before d.dst is half-closed, that the EOF read
+// on d.src was a FIN. A socket that got its peer's FIN, and was not shut
+// down by us, waits in CLOSE_WAIT; one in CLOSE was reset. Once we had
+// shut it down both end in CLOSE, and the books tell them apart: a FIN is
+// one more than the data in TCP's count of received sequence space.
+func (k *KernelRelay) endedByFIN(d *relayDir) error {
+	if !d.inMap {
+		return nil // read by plain recv, which returns the reset itself
+	}
+	if d.peer == nil || !d.peer.dstShut.Load() {
+		if tcpState(d.src) == unix.BPF_TCP_CLOSE {
+			return errResetNotFIN
+		}
+		return nil
+	}
+	received, err := dataReceived(d.src)
+	if err != nil {
+		return err
+	}
+	st, err := k.Maps.Dir(d.cookie)
+	if err != nil {
+		return fmt.Errorf("read relay state: %w", err)
+	}
+	if st.KernelBytes+st.PassedBytes+d.srcSkip > received {
+		return errResetNotFIN
+	}
+	return nil
 }
 
 // dataReceived is how many data bytes c's TCP received in all, once its FIN

@@ -246,8 +246,15 @@ func index(calls []string, prefix string) int {
 func TestKernelRelayOrderAndBooks(t *testing.T) {
 	b := newKernelBed(t)
 	const pre = 5
-	// Fast open's first bytes: written to the server leg before the relay.
+	// Fast open's first bytes: read from the client leg and written to the
+	// server leg before the relay.
 	first := []byte("first")
+	if _, err := b.client.Write(first); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(b.clientLeg, make([]byte, pre)); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := b.serverLeg.Write(first); err != nil {
 		t.Fatal(err)
 	}
@@ -367,14 +374,47 @@ func TestKernelRelayEOFWaitsForTheVerdict(t *testing.T) {
 	b.checkEnd(t)
 }
 
+// An EOF whose books hold one byte more than TCP's received data minus the
+// FIN had no FIN: a psock can read a reset as EOF (the kernel's own send of
+// redirected bytes on the socket takes the error first). The other side
+// must see the reset, never a clean end of a cut-off stream.
+func TestKernelRelayEOFWithoutFINResets(t *testing.T) {
+	b := newKernelBed(t)
+	b.start(t, relayStart{})
+	msg := randomBytes(10<<10, 14)
+	if _, err := b.client.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(b.server, make([]byte, len(msg))); err != nil {
+		t.Fatal(err)
+	}
+	// The verdict saw one byte more than the data before a FIN would be.
+	b.maps.set(b.clientCookie, func(d *fakeDir) { d.dir.KernelBytes = 1 })
+	b.client.CloseWrite()
+	if _, err := io.Copy(io.Discard, b.server); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("server read %v, want a reset", err)
+	}
+	if o := b.wait(t); o != WasReset {
+		t.Fatalf("outcome %v, want WasReset", o)
+	}
+	b.checkEnd(t)
+}
+
 // Bytes the kernel redirected toward a socket must all be in its send queue
 // before userspace writes behind them or shuts it down (closing earlier
 // would drop the psock's backlog: a silent truncation; writing earlier
 // would reorder).
 func TestKernelRelayFlushesKernelBytesFirst(t *testing.T) {
 	b := newKernelBed(t)
-	b.start(t, relayStart{})
 	kernel := bytes.Repeat([]byte("K"), 4096) // what the verdict redirected
+	// The client sent them, and the verdict took them off the client leg.
+	if _, err := b.client.Write(kernel); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(b.clientLeg, make([]byte, len(kernel))); err != nil {
+		t.Fatal(err)
+	}
+	b.start(t, relayStart{})
 	tail := []byte("tail from userspace")
 	b.maps.set(b.clientCookie, func(d *fakeDir) { d.dir.KernelBytes = uint64(len(kernel)) })
 	before := b.maps.dirReads(b.clientCookie)
