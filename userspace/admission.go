@@ -204,9 +204,7 @@ func NewFDBudget(listeners int) (FDBudget, error) {
 			b.Backlog = n
 		}
 	}
-	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
-		b.Open = len(fds)
-	}
+	b.Open = countOpenFDs()
 	return b, nil
 }
 

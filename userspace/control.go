@@ -10,8 +10,11 @@ import (
 	"os"
 	"runtime"
 	"runtime/metrics"
+	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ControlAddr is the daemon's control socket. Abstract unix sockets belong to
@@ -39,9 +42,7 @@ type DaemonInfo struct {
 // finished connections leave nothing behind.
 func (d *DaemonInfo) fillRuntime() {
 	d.Goroutines = runtime.NumGoroutine()
-	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
-		d.OpenFDs = len(fds)
-	}
+	d.OpenFDs = countOpenFDs()
 	d.SplitStats = readSplitStats()
 	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
 	metrics.Read(sample)
@@ -142,4 +143,39 @@ func Query(request string, out any) error {
 		return fmt.Errorf("read daemon answer: %w", err)
 	}
 	return nil
+}
+
+// countOpenFDs counts the process's open descriptors with one fcntl per
+// slot of its descriptor table. Listing /proc/self/fd would be one syscall,
+// but it makes the kernel build a proc inode and a dentry for every
+// descriptor and keep them cached: about 2 KiB per connection each time an
+// operator asks for the status of a daemon holding thousands.
+func countOpenFDs() int {
+	slots := fdTableSize()
+	n := 0
+	for fd := range slots {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// fdTableSize is how many descriptor slots the process has: the kernel's
+// table size (FDSize in /proc/self/status), which covers every open one.
+func fdTableSize() int {
+	if data, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			if rest, ok := strings.CutPrefix(l, "FDSize:"); ok {
+				if n, err := strconv.Atoi(strings.TrimSpace(rest)); err == nil && n > 0 {
+					return n
+				}
+			}
+		}
+	}
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur < 1<<24 {
+		return int(rl.Cur)
+	}
+	return 1 << 16
 }

@@ -394,8 +394,12 @@ func (h *helperProc) expect(t *testing.T, want string, within time.Duration) {
 
 // kernelMem is the kernel memory that sockets cost, machine-wide: slab
 // (socket, inode, file, dentry, epoll and kmalloc objects) plus the pages
-// TCP charges for socket buffers.
-func kernelMem(t *testing.T) int64 {
+// TCP charges for socket buffers, less the /proc cache (procCache): a
+// process that reads /proc/<pid>/fd makes the kernel build a proc inode and
+// a dentry for every descriptor listed, and this machine's init
+// (process_api) walks every process's descriptors about once a second. That
+// cache belongs to the reader, is reclaimable, and grows with any fd.
+func kernelMem(t *testing.T) (mem, proc int64) {
 	t.Helper()
 	data, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
@@ -408,7 +412,33 @@ func kernelMem(t *testing.T) int64 {
 			slab = kb << 10
 		}
 	}
-	return slab + sockstatTCPMem(t)
+	proc = procCache(t)
+	return slab + sockstatTCPMem(t) - proc, proc
+}
+
+// procCache is the bytes of proc inodes in the slab, and of as many
+// dentries (one names each).
+func procCache(t *testing.T) int64 {
+	data, err := os.ReadFile("/proc/slabinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inodes, inodeSize, dentrySize int64
+	for _, l := range strings.Split(string(data), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 4 {
+			continue
+		}
+		objs, _ := strconv.ParseInt(f[2], 10, 64) // num_objs: slots in use or held
+		size, _ := strconv.ParseInt(f[3], 10, 64)
+		switch f[0] {
+		case "proc_inode_cache":
+			inodes, inodeSize = objs, size
+		case "dentry":
+			dentrySize = size
+		}
+	}
+	return inodes * (inodeSize + dentrySize)
 }
 
 // sockstatTCPMem is /proc/net/sockstat's TCP "mem" (pages), in bytes; it is
@@ -440,6 +470,7 @@ type idleCost struct {
 	fdsPer, goroutinesPer   float64
 	rssPer, kernelPer       float64 // bytes
 	kernelRoutedPer         float64 // kernel bytes of the same connections routed, no daemon
+	procPer                 float64 // /proc cache built meanwhile by readers of /proc/<pid>/fd (not counted)
 	settle                  time.Duration
 	mapEntries, upstreamMap int
 }
@@ -465,10 +496,11 @@ func measureIdle(t *testing.T, relay string, n int, routedBaseline bool, extra .
 		// The same connections without pepsal: what the client's and the
 		// server's sockets cost the kernel, to tell the daemon's share.
 		time.Sleep(time.Second)
-		k0 := kernelMem(t)
+		k0, _ := kernelMem(t)
 		cl, _ := openIdle()
 		time.Sleep(2 * time.Second)
-		cost.kernelRoutedPer = float64(kernelMem(t)-k0) / float64(n)
+		k1, _ := kernelMem(t)
+		cost.kernelRoutedPer = float64(k1-k0) / float64(n)
 		closeIdle(cl)
 	}
 	b.startPepsal(append([]string{"--iface", testbed.RouterClientIf, "--relay", relay, "--log-level", "info"}, extra...)...)
@@ -490,12 +522,16 @@ func measureIdle(t *testing.T, relay string, n int, routedBaseline bool, extra .
 	}
 	time.Sleep(time.Second)
 	base = b.daemonStatus()
-	rss0, k0 := daemonRSS(t, b), kernelMem(t)
+	k0, proc0 := kernelMem(t)
+	rss0 := daemonRSS(t, b)
 
 	cl, took := openIdle()
 	time.Sleep(2 * time.Second) // let the handshakes' last ACKs and the slab settle
+	// Memory first: a status request, whatever it reads, is not a cost of
+	// the connections.
+	k, proc := kernelMem(t)
+	rss := daemonRSS(t, b)
 	live := b.daemonStatus()
-	rss, k := daemonRSS(t, b), kernelMem(t)
 	if live.Daemon.Stats.Active != int64(n) {
 		t.Fatalf("%d connections active, want %d", live.Daemon.Stats.Active, n)
 	}
@@ -503,6 +539,7 @@ func measureIdle(t *testing.T, relay string, n int, routedBaseline bool, extra .
 	cost.goroutinesPer = float64(live.Daemon.Goroutines-base.Daemon.Goroutines) / float64(n)
 	cost.rssPer = float64(rss-rss0) / float64(n)
 	cost.kernelPer = float64(k-k0)/float64(n) - cost.kernelRoutedPer
+	cost.procPer = float64(proc-proc0) / float64(n)
 	cost.upstreamMap = mapEntries(t, pinnedMap(t, b.Router, "pepsal_upstream"))
 	t.Logf("%s: %d idle connections opened in %s; fallback %d; %d sockets in pepsal_relay; Go heap %.1f KiB per connection", relay, n, took.Round(time.Millisecond),
 		live.Daemon.Stats.Fallback, live.Relay.Sockets, float64(int64(live.Daemon.HeapBytes)-int64(base.Daemon.HeapBytes))/1024/float64(n))
@@ -525,8 +562,8 @@ func measureIdle(t *testing.T, relay string, n int, routedBaseline bool, extra .
 	}
 	cost.settle = time.Since(start)
 	cost.mapEntries = after.Relay.Sockets + after.Relay.Directions + after.Relay.UserCounts
-	t.Logf("%s: per connection: %.2f fds, %.2f goroutines, daemon RSS %.1f KiB, kernel %.1f KiB (routed alone %.1f KiB, not counted), total %.1f KiB; back to baseline %s after close",
-		relay, cost.fdsPer, cost.goroutinesPer, cost.rssPer/1024, cost.kernelPer/1024, cost.kernelRoutedPer/1024,
+	t.Logf("%s: per connection: %.2f fds, %.2f goroutines, daemon RSS %.1f KiB, kernel %.1f KiB (routed alone %.1f KiB and the /proc cache %.1f KiB, not counted), total %.1f KiB; back to baseline %s after close",
+		relay, cost.fdsPer, cost.goroutinesPer, cost.rssPer/1024, cost.kernelPer/1024, cost.kernelRoutedPer/1024, cost.procPer/1024,
 		(cost.rssPer+cost.kernelPer)/1024, cost.settle.Round(time.Millisecond))
 	return cost
 }
