@@ -15,7 +15,9 @@ import (
 // SYNs addressed to foreign servers (the SYN-ACK leaves from the server's
 // address); MPTCP is off because an MPTCP listener cannot go into a SOCKMAP.
 func Listen(addr string, t Tuning) (*net.TCPListener, error) {
-	lc := net.ListenConfig{Control: t.ListenerControl()}
+	// KeepAlive -1: Go would set its own keepalive (4 setsockopts) on every
+	// accepted socket, which Leg.established then replaces.
+	lc := net.ListenConfig{Control: t.ListenerControl(), KeepAlive: -1}
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {

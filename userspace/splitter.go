@@ -247,7 +247,8 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 // socket from sock_ops later.
 func (s *Splitter) dial(ctx context.Context, src, dst netip.AddrPort, tos uint32) (*net.TCPConn, uint64, error) {
 	var cookie uint64
-	d := net.Dialer{Timeout: s.ConnectTimeout, Control: func(network, _ string, c syscall.RawConn) error {
+	// KeepAlive -1: Leg.established sets the leg's own (see Listen).
+	d := net.Dialer{Timeout: s.ConnectTimeout, KeepAlive: -1, Control: func(network, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) { cookie, serr = s.setupUpstream(int(fd), network, tos) })
 		if err != nil {

@@ -160,7 +160,8 @@ func (l Leg) established(c *net.TCPConn) error {
 			return wrapOpt("TCP_QUICKACK", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_QUICKACK, 1))
 		}))
 	}
-	// Go turned keepalive on (15 s) at accept and dial; these replace it.
+	// The proxy's own listener and dialer leave keepalive off; on the warm
+	// paths Go turned it on (15 s) at accept and dial. These replace both.
 	if l.KeepAlive > 0 {
 		errs = append(errs, wrapOpt("keepalive", c.SetKeepAliveConfig(net.KeepAliveConfig{
 			Enable:   true,
