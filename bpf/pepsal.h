@@ -58,7 +58,7 @@ struct counters {
 	__u64 relay_pass_unknown;     /* socket without relay state */
 	__u64 relay_drop_empty;       /* empty skb (a bare FIN): nothing to relay */
 	__u64 relay_overlap_trimmed;  /* skb began with bytes already relayed (a retransmission that overlaps): those cut off */
-	__u64 relay_overlap_dropped;  /* skb held only bytes already relayed, or its overlap could not be cut: dropped (the books then reset the connection) */
+	__u64 relay_overlap_dropped;  /* skb held nothing new, or its overlap could not be cut: dropped (then the books reset the connection) */
 	__u64 relay_no_seq;           /* skb's sequence number unreadable: relayed whole */
 	/* sock_ops tuning */
 	__u64 tune_init_cwnd;         /* initial congestion window set on a leg */

@@ -84,7 +84,7 @@ static __always_inline __s64 peer_queued(struct relay_dir *d)
 	return queued;
 }
 
-/* The sequence number of the skb's first byte; 0 if unreadable. */
+/* The sequence number of the skb's first byte (a negative return: unreadable). */
 static __always_inline int skb_seq(struct __sk_buff *skb, __u32 *seq)
 {
 	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
