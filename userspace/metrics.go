@@ -25,6 +25,7 @@ type Metrics struct {
 	connect  *prometheus.HistogramVec
 
 	active, accepted, closed, bytes, mover, decisions, fallbacks, fallbacksBy, fallbackLive *prometheus.Desc
+	localFailed, tuningSkipped                                                              *prometheus.Desc
 }
 
 // NewMetrics describes the daemon's metrics; counters reads the BPF decision
@@ -58,12 +59,16 @@ func NewMetrics(table *Table, counters func() ([]loader.Counter, error)) *Metric
 			"Closed connections that were relayed in userspace although the kernel relay was asked for, by reason class.", []string{"reason"}, nil),
 		fallbackLive: prometheus.NewDesc("pepsal_relay_fallback_connections",
 			"Open connections relayed in userspace although the kernel relay was asked for, by reason class.", []string{"reason"}, nil),
+		localFailed: prometheus.NewDesc("pepsal_local_failures_total",
+			"Connections reset because the router ran out of a local resource (file descriptors, memory, ports) while accepting or dialing: not the server's fault.", nil, nil),
+		tuningSkipped: prometheus.NewDesc("pepsal_upstream_tuning_skipped_total",
+			"Upstream sockets dialed without their sock_ops tuning because pepsal_upstream was full.", nil, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbacksBy, m.fallbackLive} {
+	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbacksBy, m.fallbackLive, m.localFailed, m.tuningSkipped} {
 		ch <- d
 	}
 	m.connect.Describe(ch)
@@ -91,6 +96,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.mover, kernel, "kernel")
 	counter(m.mover, s.BytesToServer+s.BytesToClient-kernel, "userspace")
 	counter(m.fallbacks, s.Fallback)
+	split := readSplitStats()
+	counter(m.localFailed, split.LocalFailed)
+	counter(m.tuningSkipped, split.UpstreamTuningSkipped)
 	for _, reason := range fallbackReasons {
 		counter(m.fallbacksBy, s.FallbackByReason[reason], reason)
 	}

@@ -2,6 +2,7 @@ package userspace
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http/httptest"
@@ -35,8 +36,11 @@ func TestMetricsCollect(t *testing.T) {
 	})
 	m.ObserveConnect(20*time.Millisecond, nil)
 	m.ObserveConnect(3*time.Second, errors.New("refused"))
+	split := readSplitStats()
+	splitStats.localFailed.Add(2)
+	splitStats.tuningSkipped.Add(1)
 
-	want := `
+	want := fmt.Sprintf(`
 # HELP pepsal_connections_active Split connections open now.
 # TYPE pepsal_connections_active gauge
 pepsal_connections_active 1
@@ -70,10 +74,16 @@ pepsal_relay_fallback_connections{reason="closed_before_insert"} 0
 pepsal_relay_fallback_connections{reason="first_bytes_partial"} 1
 pepsal_relay_fallback_connections{reason="insert_failed"} 0
 pepsal_relay_fallback_connections{reason="setup_failed"} 0
-`
+# HELP pepsal_local_failures_total Connections reset because the router ran out of a local resource (file descriptors, memory, ports) while accepting or dialing: not the server's fault.
+# TYPE pepsal_local_failures_total counter
+pepsal_local_failures_total %d
+# HELP pepsal_upstream_tuning_skipped_total Upstream sockets dialed without their sock_ops tuning because pepsal_upstream was full.
+# TYPE pepsal_upstream_tuning_skipped_total counter
+pepsal_upstream_tuning_skipped_total %d
+`, split.LocalFailed+2, split.UpstreamTuningSkipped+1)
 	names := []string{"pepsal_connections_active", "pepsal_connections_accepted_total", "pepsal_connections_closed_total",
 		"pepsal_relayed_bytes_total", "pepsal_relayed_by_mover_bytes_total", "pepsal_bpf_decisions_total",
-		"pepsal_relay_fallbacks_total", "pepsal_relay_fallback_connections"}
+		"pepsal_relay_fallbacks_total", "pepsal_relay_fallback_connections", "pepsal_local_failures_total", "pepsal_upstream_tuning_skipped_total"}
 	if err := testutil.CollectAndCompare(m, strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}

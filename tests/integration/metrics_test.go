@@ -141,6 +141,8 @@ func testMetricsMatchStatus(t *testing.T, cfg suite) {
 		{get("pepsal_relayed_by_mover_bytes_total", "mover", "kernel"), s.KernelBytes, "kernel_bytes"},
 		{get("pepsal_relayed_by_mover_bytes_total", "mover", "userspace"), s.BytesToServer + s.BytesToClient - s.KernelBytes, "userspace bytes"},
 		{get("pepsal_relay_fallbacks_total"), s.Fallback, "userspace_fallback"},
+		{get("pepsal_local_failures_total"), st.Daemon.LocalFailed, "local_failed"},
+		{get("pepsal_upstream_tuning_skipped_total"), st.Daemon.UpstreamTuningSkipped, "upstream_tuning_skipped"},
 	} {
 		if c.got != float64(c.want) {
 			t.Errorf("%s: metrics %v, status %d", c.what, c.got, c.want)
