@@ -47,8 +47,9 @@ type relayDir struct {
 	dstBase   uint64 // dst's acked sequence space that is not data (its SYN if dialed)
 	srcSkip   uint64 // bytes src received that userspace read and did not relay
 	userBytes atomic.Int64
-	dstShut   atomic.Bool // this direction half-closes (or closed) dst: its FIN is ours
-	peer      *relayDir   // the other direction: its dst is this one's src
+	dstShut   atomic.Bool  // this direction half-closes (or closed) dst: its FIN is ours
+	peer      *relayDir    // the other direction: its dst is this one's src
+	phase     atomic.Value // string: where the direction is (see pump), for the log of an aborted relay
 
 	// Owned by the direction's pump goroutine:
 	flushed     uint64    // kernel_bytes already seen in dst's send queue
@@ -222,12 +223,22 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 			defer finished()
 			if err != nil {
 				if !aborted.Load() {
-					k.Log.Debug("relay aborted", "conn", c.ID, "from", d.src.RemoteAddr(), "err", err)
+					k.Log.Debug("relay aborted", "conn", c.ID, "from", d.src.RemoteAddr(), "err", err,
+						"up", up.where(), "down", down.where())
 				}
 				abort()
 			}
 		})
 	}
+}
+
+// where says what the direction was doing last (for the log of an aborted
+// relay: a direction that never ended shows where it waited).
+func (d *relayDir) where() string {
+	if p, ok := d.phase.Load().(string); ok {
+		return p
+	}
+	return "not started"
 }
 
 // moved is how many bytes of each direction reached the destination socket,
@@ -295,8 +306,10 @@ func (k *KernelRelay) pumpAsync(ctx context.Context, d *relayDir, w *idleWaiter,
 func (k *KernelRelay) pump(ctx context.Context, d *relayDir) error {
 	eofWait := 50 * time.Microsecond
 	for {
+		d.phase.Store("reading")
 		bufp, n, err := readPooled(d.src)
 		if err == errWouldBlock {
+			d.phase.Store("parked")
 			return err
 		}
 		if n > 0 {
@@ -306,6 +319,7 @@ func (k *KernelRelay) pump(ctx context.Context, d *relayDir) error {
 			// so there is nothing new to wait for and nothing to tell it:
 			// under load this path is just read and write.
 			if d.published >= d.seenPassed {
+				d.phase.Store("flushing before a write")
 				if err := k.flushKernel(ctx, d); err != nil {
 					relayBufs.Put(bufp)
 					return err
@@ -332,6 +346,7 @@ func (k *KernelRelay) pump(ctx context.Context, d *relayDir) error {
 			// userspace was read: the FIN can overtake both (the passed ones
 			// may wait in the psock's backlog, behind data redirected to
 			// this socket).
+			d.phase.Store("EOF: waiting for the books")
 			if pending, err := k.tailPending(d); err != nil {
 				return err
 			} else if pending {
@@ -340,6 +355,7 @@ func (k *KernelRelay) pump(ctx context.Context, d *relayDir) error {
 				}
 				continue
 			}
+			d.phase.Store("EOF: flushing")
 			if err := k.flushKernel(ctx, d); err != nil {
 				return err
 			}
