@@ -37,7 +37,7 @@ func TestKernelRelayCutsOverlap(t *testing.T) {
 	b.startPepsal()
 
 	const rawClient = "10.77.1.50"
-	if err := b.clientNeighbor(rawClient); err != nil {
+	if err := b.staticNeighbor(b.Client, testbed.RouterClientIf, rawClient); err != nil {
 		t.Fatal(err)
 	}
 	c := newRawTCP(t, b.Client, "eth0", rawClient, testbed.ServerV4, port)
@@ -81,26 +81,6 @@ func describeOverlap(got, want []byte) string {
 		}
 	}
 	return "one is a prefix of the other"
-}
-
-// clientNeighbor makes the router send frames for ip to the client
-// namespace's interface, where no one would answer its ARP for it.
-func (b *bed) clientNeighbor(ip string) error {
-	h, err := b.Client.Handle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName("eth0")
-	if err != nil {
-		return fmt.Errorf("client eth0: %w", err)
-	}
-	mac := l.Attrs().HardwareAddr.String()
-	out, err := b.Router.Command("ip", "-4", "neigh", "replace", ip, "lladdr", mac, "dev", testbed.RouterClientIf, "nud", "permanent").CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("static neighbour %s: %w: %s", ip, err, out)
-	}
-	return nil
 }
 
 // waitKernelRelay waits until the daemon relays client's connection in the

@@ -283,7 +283,7 @@ func testUpstreamFailureResetsClient(t *testing.T, cfg suite) {
 	silent := map[string]string{"ipv4": "10.77.2.77", "ipv6": "fd77:2::77"}
 	unreachable := map[string]string{"ipv4": "10.77.2.99", "ipv6": "fd77:2::99"}
 	for _, f := range families {
-		if err := b.staticNeighbor(silent[f.name]); err != nil {
+		if err := b.staticNeighbor(b.Server, testbed.RouterServerIf, silent[f.name]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -319,8 +319,10 @@ func testUpstreamFailureResetsClient(t *testing.T, cfg suite) {
 	}
 }
 
-func (b *bed) staticNeighbor(ip string) error {
-	h, err := b.Server.Handle()
+// staticNeighbor makes the router send frames for ip, out of its interface
+// routerIf, to ns's eth0, where no one answers an ARP or ND for it.
+func (b *bed) staticNeighbor(ns *testbed.NS, routerIf, ip string) error {
+	h, err := ns.Handle()
 	if err != nil {
 		return err
 	}
@@ -334,7 +336,7 @@ func (b *bed) staticNeighbor(ip string) error {
 	if net.ParseIP(ip).To4() == nil {
 		proto = "-6"
 	}
-	out, err := b.Router.Command("ip", proto, "neigh", "replace", ip, "lladdr", mac, "dev", testbed.RouterServerIf, "nud", "permanent").CombinedOutput()
+	out, err := b.Router.Command("ip", proto, "neigh", "replace", ip, "lladdr", mac, "dev", routerIf, "nud", "permanent").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("static neighbor %s: %v: %s", ip, err, out)
 	}
