@@ -238,7 +238,7 @@ func (d *relayDir) where() string {
 	if p, ok := d.phase.Load().(string); ok {
 		return p
 	}
-	return "not started"
+	return "parked since the start" // runSteps waits before the first step
 }
 
 // moved is how many bytes of each direction reached the destination socket,

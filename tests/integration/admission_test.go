@@ -295,3 +295,31 @@ func testLegTimeouts(t *testing.T, cfg suite) {
 		}
 	}
 }
+
+// testLostResetFoundByKeepalive: a client whose reset was lost on the link
+// (nothing follows it: the connection was idle) is found by the client leg's
+// keepalive, whose probe its host answers with a reset; pepsal then resets
+// the server. Without keepalive the server would hold the connection for
+// good, as it would without pepsal.
+func testLostResetFoundByKeepalive(t *testing.T, cfg suite) {
+	b := newBed(t, cfg)
+	addr := hostPort(testbed.ServerV4, 8093)
+	end := make(chan error, 1)
+	holdServer(t, b.Server, addr, false, end)
+	b.startPepsal("--iface", testbed.RouterClientIf, "--keepalive", "1s")
+
+	c := mustDial(t, b.Client, addr)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if l, err := readLine(c); err != nil || l != "hello" {
+		t.Fatalf("greeting %q: %v", l, err)
+	}
+	vanish(t, c)
+	select {
+	case err := <-end:
+		if !isReset(err) {
+			t.Errorf("the server saw %v, want a reset", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Errorf("the server saw nothing 15 s after the client's reset was lost (--keepalive 1s)")
+	}
+}

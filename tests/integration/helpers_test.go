@@ -22,6 +22,7 @@ import (
 	"github.com/pepsal/pepsal/tests/harness"
 	"github.com/pepsal/pepsal/tests/testbed"
 	"github.com/pepsal/pepsal/userspace"
+	"golang.org/x/sys/unix"
 )
 
 var pepsalBin string
@@ -384,6 +385,22 @@ func pins(t *testing.T, ns *testbed.NS) string {
 	}
 	sort.Strings(names)
 	return strings.Join(names, "\n")
+}
+
+// vanish closes c without a segment to its peer, as if its reset had been
+// lost on the link: a socket in TCP repair mode closes silently (CRIU's
+// way), and its host answers whatever comes next with a reset.
+func vanish(t *testing.T, c *net.TCPConn) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_TCP, unix.TCP_REPAIR, 1) }); err != nil || serr != nil {
+		t.Fatalf("TCP_REPAIR: %v", errors.Join(err, serr))
+	}
+	c.Close()
 }
 
 func isReset(err error) bool {

@@ -72,6 +72,7 @@ var relaySuite = []struct {
 	{"RealSocatHalfClose", testRealSocatHalfClose},
 	{"AdmissionFailsOpen", testAdmissionFailsOpen},
 	{"LegTimeouts", testLegTimeouts},
+	{"LostResetFoundByKeepalive", testLostResetFoundByKeepalive},
 	{"PeerTransparentGateway", testPeerTransparentGateway},
 	{"PeerWarmPath", testPeerWarmPath},
 	{"PeerUpstreamFailureResetsClient", testPeerUpstreamFailureResetsClient},
