@@ -417,19 +417,11 @@ func (k *KernelRelay) tailPending(d *relayDir) (bool, error) {
 	if !d.inMap {
 		return false, nil
 	}
-	// Received first, verdict counters second: the verdict only ever
-	// catches up, so a byte counted as received and not yet as seen keeps us
-	// waiting, never the other way round.
-	received, err := dataReceived(d.src)
+	b, err := k.books(d)
 	if err != nil {
 		return false, err
 	}
-	st, err := k.Maps.Dir(d.cookie)
-	if err != nil {
-		return false, fmt.Errorf("read relay state: %w", err)
-	}
-	seen := st.KernelBytes + st.PassedBytes + d.srcSkip
-	if seen > received {
+	if b.seen > b.received {
 		// received assumes a FIN: a stream that has all its bytes seen
 		// and one more than that was ended by a reset (a psock's read
 		// can report the reset as EOF, when the kernel's own send of
@@ -438,14 +430,14 @@ func (k *KernelRelay) tailPending(d *relayDir) (bool, error) {
 	}
 	var late uint64 // bytes the books still wait for
 	switch user := uint64(d.userBytes.Load()); {
-	case seen < received:
+	case b.seen < b.received:
 		// The verdict runs from the socket's data_ready, right behind
 		// TCP, so this lasts microseconds.
-		late = received - seen
-	case st.PassedBytes > user:
+		late = b.received - b.seen
+	case b.dir.PassedBytes > user:
 		// Left to userspace and not read yet: they wait in the psock's
 		// queue, which a reset empties for good.
-		late = st.PassedBytes - user
+		late = b.dir.PassedBytes - user
 	default:
 		d.unseenSince = time.Time{}
 		return false, nil
@@ -479,18 +471,39 @@ func (k *KernelRelay) endedByFIN(d *relayDir) error {
 		}
 		return nil
 	}
-	received, err := dataReceived(d.src)
+	// Read again: the flush since tailPending may have taken time, and a
+	// reset since then would show here.
+	b, err := k.books(d)
 	if err != nil {
 		return err
 	}
-	st, err := k.Maps.Dir(d.cookie)
-	if err != nil {
-		return fmt.Errorf("read relay state: %w", err)
-	}
-	if st.KernelBytes+st.PassedBytes+d.srcSkip > received {
+	if b.seen > b.received {
 		return errResetNotFIN
 	}
 	return nil
+}
+
+// relayBooks is d.src's stream at EOF: what its TCP received, and what of
+// it the verdict or userspace's own reads account for.
+type relayBooks struct {
+	received uint64          // data bytes received, assuming a FIN (dataReceived)
+	seen     uint64          // kernel + passed + read and not relayed (srcSkip)
+	dir      loader.RelayDir // the verdict's counters behind seen
+}
+
+// books reads received first, the verdict's counters second: the verdict
+// only ever catches up, so a byte counted as received and not yet as seen
+// keeps the caller waiting, never the other way round.
+func (k *KernelRelay) books(d *relayDir) (relayBooks, error) {
+	received, err := dataReceived(d.src)
+	if err != nil {
+		return relayBooks{}, err
+	}
+	st, err := k.Maps.Dir(d.cookie)
+	if err != nil {
+		return relayBooks{}, fmt.Errorf("read relay state: %w", err)
+	}
+	return relayBooks{received: received, seen: st.KernelBytes + st.PassedBytes + d.srcSkip, dir: st}, nil
 }
 
 // dataReceived is how many data bytes c's TCP received in all, once its FIN
