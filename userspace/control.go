@@ -145,12 +145,22 @@ func Query(request string, out any) error {
 	return nil
 }
 
-// countOpenFDs counts the process's open descriptors with one fcntl per
-// slot of its descriptor table. Listing /proc/self/fd would be one syscall,
-// but it makes the kernel build a proc inode and a dentry for every
+// countOpenFDs counts the process's open descriptors. Since Linux 6.2 the
+// size of /proc/self/fd is that count: one stat. Listing the directory
+// instead makes the kernel build a proc inode and a dentry for every
 // descriptor and keep them cached: about 2 KiB per connection each time an
 // operator asks for the status of a daemon holding thousands.
 func countOpenFDs() int {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/fd", &st); err == nil && st.Size > 0 {
+		return int(st.Size)
+	}
+	return countOpenFDsBySlot() // older kernels say 0
+}
+
+// countOpenFDsBySlot counts with one fcntl per slot of the descriptor
+// table: ~20,000 syscalls here, ~262,000 with LimitNOFILE=262144.
+func countOpenFDsBySlot() int {
 	slots := fdTableSize()
 	n := 0
 	for fd := range slots {
