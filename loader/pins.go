@@ -46,7 +46,12 @@ func PinDir() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return filepath.Join(BPFFS, pinDirBaseName, fmt.Sprintf("netns-%d", id)), nil
+	return PinDirOf(id), nil
+}
+
+// PinDirOf is the pin directory of the namespace whose inode number is id.
+func PinDirOf(id uint64) string {
+	return filepath.Join(BPFFS, pinDirBaseName, fmt.Sprintf("netns-%d", id))
 }
 
 // ForeignPinsError says that the pin directory of this namespace holds the
@@ -132,6 +137,21 @@ func steerLinkNetns(dir string) (uint64, error) {
 // rules, routes and sysctls died with it; what outlives it is the sock_ops
 // program on the root cgroup (shared by every namespace) and the pins, and
 // nothing here may touch this namespace's interfaces or routing.
+// RemoveDeadNamespacePins removes the pins of the namespace whose inode is
+// id, and the temporary directory of an attach killed midway, from outside
+// that namespace, which is gone or about to go (a test bed swept after its
+// run was killed). Its sock_ops link is detached first: it sits on the
+// host's root cgroup.
+func RemoveDeadNamespacePins(id uint64) error {
+	dir := PinDirOf(id)
+	tmps, _ := filepath.Glob(dir + "_tmp_*")
+	var errs []error
+	for _, d := range append([]string{dir}, tmps...) {
+		errs = append(errs, removeForeignPins(d))
+	}
+	return errors.Join(errs...)
+}
+
 func removeForeignPins(dir string) error {
 	var errs []error
 	if l, err := link.LoadPinnedLink(filepath.Join(dir, pinTuneLink), nil); err == nil {

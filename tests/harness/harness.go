@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -33,10 +34,12 @@ func Build(out string, flags ...string) error {
 	return nil
 }
 
-// RunWithBinary is the body of a TestMain: it builds pepsal once into a
-// temporary directory, sets *bin, runs the tests and removes the directory.
+// RunWithBinary is the body of a TestMain: it sweeps the test beds of killed
+// runs, builds pepsal once into a temporary directory, sets *bin, runs the
+// tests and removes the directory.
 // It returns the exit code for os.Exit.
 func RunWithBinary(m *testing.M, bin *string) int {
+	SweepStaleBeds()
 	dir, err := os.MkdirTemp("", "pepsal-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -49,6 +52,18 @@ func RunWithBinary(m *testing.M, bin *string) int {
 		return 1
 	}
 	return m.Run()
+}
+
+// SweepStaleBeds removes the test beds of runs that were killed before
+// their clean-up (testbed.SweepStale), saying so on stderr.
+func SweepStaleBeds() {
+	removed, err := testbed.SweepStale()
+	if len(removed) > 0 {
+		fmt.Fprintf(os.Stderr, "removed %d namespaces (and their pepsal pins) left by killed runs: %s\n", len(removed), strings.Join(removed, " "))
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "warning: stale test beds: %v\n", err)
+	}
 }
 
 // StartTimeout bounds how long a process may take to become ready.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -552,5 +553,68 @@ func TestDetachRemovesDeadNamespacePins(t *testing.T) {
 	}
 	if after := withoutPins(netState(t, b.Router)); after != before {
 		t.Errorf("detach of a dead namespace's pins changed this namespace:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// TestSweepStaleBeds: what a test run killed before its clean-up leaves (a
+// namespace with a process and a pepsal attachment in it, whose sock_ops
+// program runs for every socket of the host) is removed by the next run's
+// sweep; the namespaces of a live run are not touched.
+func TestSweepStaleBeds(t *testing.T) {
+	live := newNS(t, "sweep-live")
+	doomed := newNS(t, "sweep-dead")
+	veth(t, doomed, "sw0", "sw1", 0)
+	if r := runCmdIn(doomed, pepsalBin, "attach", "--iface", "sw0"); r.code != 0 {
+		t.Fatalf("attach: %s", r.stderr)
+	}
+	dir := pinDirFor(nsInode(t, doomed))
+	t.Cleanup(func() { removeDeadPins(t, dir) })
+	tuneID := statusIn(t, doomed).Programs["pepsal_tune"]
+	if tuneID == 0 || !exists(dir) {
+		t.Fatalf("attachment: sock_ops id %d, pin dir %s exists: %v", tuneID, dir, exists(dir))
+	}
+	sleeper := doomed.Command("sleep", "600")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- sleeper.Wait() }()
+	t.Cleanup(func() { sleeper.Process.Kill() })
+
+	// The run that made doomed is gone: its owner is a process that ended.
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	marker := filepath.Join(testbed.OwnersDir, doomed.Name)
+	if err := os.WriteFile(marker, fmt.Appendf(nil, "%d 1\n", gone.Process.Pid), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	removed, err := testbed.SweepStale()
+	if err != nil {
+		t.Fatalf("sweep: %v", err)
+	}
+	if !slices.Contains(removed, doomed.Name) || slices.Contains(removed, live.Name) {
+		t.Errorf("swept %v: want %s and not %s", removed, doomed.Name, live.Name)
+	}
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Error("the process in the stale namespace survived the sweep")
+	}
+	for _, p := range []string{doomed.Path(), dir, marker} {
+		if exists(p) {
+			t.Errorf("%s survives the sweep", p)
+		}
+	}
+	for end := time.Now().Add(10 * time.Second); programExists(tuneID); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Errorf("the stale attachment's sock_ops program (id %d) survives the sweep", tuneID)
+			break
+		}
+	}
+	if !exists(live.Path()) || !exists(filepath.Join(testbed.OwnersDir, live.Name)) {
+		t.Errorf("the sweep touched %s, whose run is alive", live.Name)
 	}
 }

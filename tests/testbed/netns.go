@@ -5,6 +5,7 @@ package testbed
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -62,6 +63,9 @@ func NewNS(prefix string) (*NS, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := recordOwner(ns.Name); err != nil {
+		return nil, errors.Join(err, ns.Close())
+	}
 	return ns, nil
 }
 
@@ -101,6 +105,7 @@ func (n *NS) Close() error {
 	if err := netns.DeleteNamed(n.Name); err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("delete netns %s: %w", n.Name, err)
 	}
+	forgetOwner(n.Name)
 	return nil
 }
 

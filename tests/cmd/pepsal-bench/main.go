@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/tests/bench"
+	"github.com/pepsal/pepsal/tests/harness"
 )
 
 func main() {
@@ -70,6 +71,7 @@ func run() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go interrupts(cancel)
+	harness.SweepStaleBeds() // a run killed past its third Ctrl-C, or by SIGKILL
 
 	if flag.Arg(0) == "demo" {
 		cfg.Runs = 3
