@@ -309,7 +309,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	go ServeControl(control, info, splitter.Table, log)
 	stopMetrics := func() {}
 	if metricsLn != nil {
-		stop, err := serveMetrics(metricsLn, splitter.Table, k.Counters, log)
+		stop, err := serveMetrics(metricsLn, splitter.Table, k.Counters, func() *PeerStats { return peerStats(splitter) }, log)
 		if err != nil {
 			return err
 		}
@@ -490,8 +490,9 @@ func peerStats(sp *Splitter) *PeerStats {
 }
 
 // serveMetrics serves Prometheus metrics on ln until the returned stop.
-func serveMetrics(ln net.Listener, table *Table, counters func() ([]loader.Counter, error), log *slog.Logger) (stop func(), err error) {
+func serveMetrics(ln net.Listener, table *Table, counters func() ([]loader.Counter, error), peer func() *PeerStats, log *slog.Logger) (stop func(), err error) {
 	m := NewMetrics(table, counters)
+	m.Peer = peer
 	handler, err := m.Handler(log)
 	if err != nil {
 		return nil, err

@@ -16,16 +16,32 @@ import (
 )
 
 // Metrics exposes the daemon to Prometheus. Everything but the connect
-// histogram is read at scrape time from the connection table and the BPF
-// counters map, the same sources as `pepsal status`, so the two always agree
-// and nothing polls between scrapes.
+// histogram is read at scrape time from the connection table, the BPF
+// counters map and the warm paths, the same sources as `pepsal status`, so
+// the two always agree and nothing polls between scrapes.
 type Metrics struct {
 	table    *Table
 	counters func() ([]loader.Counter, error) // the per-CPU sums of pepsal_counters
 	connect  *prometheus.HistogramVec
+	// Peer reads the warm paths' report (the daemon's peerStats); nil, or
+	// nil returned, for a daemon without warm paths. Set before serving.
+	Peer func() *PeerStats
 
 	active, accepted, closed, bytes, mover, decisions, fallbacks, fallbacksBy, fallbackLive *prometheus.Desc
 	localFailed, tuningSkipped                                                              *prometheus.Desc
+
+	pool    peerPoolDescs
+	gateway peerGatewayDescs
+}
+
+// peerPoolDescs describe the terminal's pool (PeerPoolStats).
+type peerPoolDescs struct {
+	size, conns, refills, dialFailures, taken, recycled, dead, fallbacks, backoff *prometheus.Desc
+}
+
+// peerGatewayDescs describe the gateway's listener (PeerGatewayStats).
+type peerGatewayDescs struct {
+	accepted, waiting, served, idleClosed, authFailures, pacedStarts, starting *prometheus.Desc
 }
 
 // NewMetrics describes the daemon's metrics; counters reads the BPF decision
@@ -63,12 +79,51 @@ func NewMetrics(table *Table, counters func() ([]loader.Counter, error)) *Metric
 			"Connections reset because the router ran out of a local resource (file descriptors, memory, ports) while accepting or dialing: not the server's fault.", nil, nil),
 		tuningSkipped: prometheus.NewDesc("pepsal_upstream_tuning_skipped_total",
 			"Upstream sockets dialed without their sock_ops tuning because pepsal_upstream was full.", nil, nil),
+		pool: peerPoolDescs{
+			size: prometheus.NewDesc("pepsal_peer_pool_size",
+				"Warm connections the terminal keeps to its gateway (--peer-pool).", nil, nil),
+			conns: prometheus.NewDesc("pepsal_peer_pool_connections",
+				"The terminal's warm connections now, by state: idle (ready for a flow), in_use (carrying one), dialing.", []string{"state"}, nil),
+			refills: prometheus.NewDesc("pepsal_peer_pool_refills_total",
+				"Warm connections the terminal opened and the gateway greeted.", nil, nil),
+			dialFailures: prometheus.NewDesc("pepsal_peer_pool_dial_failures_total",
+				"Dials to the gateway that failed or met no pepsal gateway.", nil, nil),
+			taken: prometheus.NewDesc("pepsal_peer_pool_taken_total",
+				"Client flows that rode a warm connection.", nil, nil),
+			recycled: prometheus.NewDesc("pepsal_peer_pool_recycled_total",
+				"Idle warm connections closed at their maximum age.", nil, nil),
+			dead: prometheus.NewDesc("pepsal_peer_pool_dead_total",
+				"Warm connections found closed by the gateway when taken.", nil, nil),
+			fallbacks: prometheus.NewDesc("pepsal_peer_pool_fallbacks_total",
+				"Client flows sent the fast-open way instead of a warm connection, by reason: the pool was empty (a burst) or the gateway was down (backing off).", []string{"reason"}, nil),
+			backoff: prometheus.NewDesc("pepsal_peer_pool_backoff_seconds",
+				"Wait before the next dial to the gateway after failed dials; 0 when the last dial succeeded.", nil, nil),
+		},
+		gateway: peerGatewayDescs{
+			accepted: prometheus.NewDesc("pepsal_peer_gateway_accepted_total",
+				"Warm connections the gateway accepted from terminals.", nil, nil),
+			waiting: prometheus.NewDesc("pepsal_peer_gateway_waiting",
+				"Warm connections idle at the gateway now, no header yet (the terminals' pools).", nil, nil),
+			served: prometheus.NewDesc("pepsal_peer_gateway_served_total",
+				"Headers the gateway accepted on warm connections: client flows relayed.", nil, nil),
+			idleClosed: prometheus.NewDesc("pepsal_peer_gateway_idle_closed_total",
+				"Warm connections closed before a header: by the terminal, or idle past the limit.", nil, nil),
+			authFailures: prometheus.NewDesc("pepsal_peer_gateway_auth_failures_total",
+				"Warm connections the gateway refused, by reason.", []string{"reason"}, nil),
+			pacedStarts: prometheus.NewDesc("pepsal_peer_gateway_paced_starts_total",
+				"Flows that started with others toward the same terminal and were paced to a share of its link for their first round trips.", nil, nil),
+			starting: prometheus.NewDesc("pepsal_peer_gateway_starting",
+				"Flows toward terminals in their first round trips now.", nil, nil),
+		},
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbacksBy, m.fallbackLive, m.localFailed, m.tuningSkipped} {
+	p, g := m.pool, m.gateway
+	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbacksBy, m.fallbackLive, m.localFailed, m.tuningSkipped,
+		p.size, p.conns, p.refills, p.dialFailures, p.taken, p.recycled, p.dead, p.fallbacks, p.backoff,
+		g.accepted, g.waiting, g.served, g.idleClosed, g.authFailures, g.pacedStarts, g.starting} {
 		ch <- d
 	}
 	m.connect.Describe(ch)
@@ -125,6 +180,46 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	m.connect.Collect(ch)
+	m.collectPeer(gauge, counter)
+}
+
+// collectPeer emits the terminal's pool and the gateway's listener, each only
+// where the daemon has one: a series at 0 would say a pool exists.
+func (m *Metrics) collectPeer(gauge func(*prometheus.Desc, float64, ...string), counter func(*prometheus.Desc, uint64, ...string)) {
+	if m.Peer == nil {
+		return
+	}
+	ps := m.Peer()
+	if ps == nil {
+		return
+	}
+	if s, d := ps.Pool, m.pool; s != nil {
+		gauge(d.size, float64(s.Size))
+		gauge(d.conns, float64(s.Idle), "idle")
+		gauge(d.conns, float64(s.InUse), "in_use")
+		gauge(d.conns, float64(s.Dialing), "dialing")
+		counter(d.refills, s.Refills)
+		counter(d.dialFailures, s.DialFailures)
+		counter(d.taken, s.Taken)
+		counter(d.recycled, s.Recycled)
+		counter(d.dead, s.Dead)
+		counter(d.fallbacks, s.FallbackEmpty, "empty")
+		counter(d.fallbacks, s.FallbackDown, "down")
+		gauge(d.backoff, float64(s.BackoffMS)/1000)
+	}
+	if s, d := ps.Gateway, m.gateway; s != nil {
+		counter(d.accepted, s.Accepted)
+		gauge(d.waiting, float64(s.Waiting))
+		counter(d.served, s.Served)
+		counter(d.idleClosed, s.IdleClosed)
+		// Every reason, 0 included, so a dashboard sees the series before
+		// the first refusal.
+		for _, r := range AuthReasons {
+			counter(d.authFailures, s.Refused[r], r)
+		}
+		counter(d.pacedStarts, s.PacedStarts)
+		gauge(d.starting, float64(s.Starting))
+	}
 }
 
 // fallbackReasons are the classes of fallbackReason, all exported (at 0 when

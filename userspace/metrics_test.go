@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -133,4 +135,180 @@ func TestMetricsFallbackReason(t *testing.T) {
 			t.Errorf("%q: %q %v, want %q", relay, got, ok, want)
 		}
 	}
+}
+
+// TestMetricsPeer: a daemon with both warm-path ends exports what its peer
+// report holds, read at each scrape, under names that pass the linter.
+func TestMetricsPeer(t *testing.T) {
+	ps := PeerStats{
+		Pool: &PeerPoolStats{Gateway: "10.0.0.2:7700", Size: 8, Idle: 5, InUse: 2, Dialing: 1, Refills: 40, DialFailures: 3,
+			Taken: 31, Recycled: 4, Dead: 2, FallbackEmpty: 6, FallbackDown: 7, BackoffMS: 2500, LastError: "connection refused"},
+		Gateway: &PeerGatewayStats{Listen: "10.0.0.2:7700", Accepted: 50, Waiting: 9, Served: 33, IdleClosed: 5,
+			Refused: map[string]uint64{AuthBadMAC: 2, AuthOverload: 1}, PacedStarts: 12, Starting: 3},
+	}
+	m := NewMetrics(NewTable(), func() ([]loader.Counter, error) { return nil, nil })
+	m.Peer = func() *PeerStats { return &ps }
+
+	want := `
+# HELP pepsal_peer_pool_size Warm connections the terminal keeps to its gateway (--peer-pool).
+# TYPE pepsal_peer_pool_size gauge
+pepsal_peer_pool_size 8
+# HELP pepsal_peer_pool_connections The terminal's warm connections now, by state: idle (ready for a flow), in_use (carrying one), dialing.
+# TYPE pepsal_peer_pool_connections gauge
+pepsal_peer_pool_connections{state="dialing"} 1
+pepsal_peer_pool_connections{state="idle"} 5
+pepsal_peer_pool_connections{state="in_use"} 2
+# HELP pepsal_peer_pool_refills_total Warm connections the terminal opened and the gateway greeted.
+# TYPE pepsal_peer_pool_refills_total counter
+pepsal_peer_pool_refills_total 40
+# HELP pepsal_peer_pool_dial_failures_total Dials to the gateway that failed or met no pepsal gateway.
+# TYPE pepsal_peer_pool_dial_failures_total counter
+pepsal_peer_pool_dial_failures_total 3
+# HELP pepsal_peer_pool_taken_total Client flows that rode a warm connection.
+# TYPE pepsal_peer_pool_taken_total counter
+pepsal_peer_pool_taken_total 31
+# HELP pepsal_peer_pool_recycled_total Idle warm connections closed at their maximum age.
+# TYPE pepsal_peer_pool_recycled_total counter
+pepsal_peer_pool_recycled_total 4
+# HELP pepsal_peer_pool_dead_total Warm connections found closed by the gateway when taken.
+# TYPE pepsal_peer_pool_dead_total counter
+pepsal_peer_pool_dead_total 2
+# HELP pepsal_peer_pool_fallbacks_total Client flows sent the fast-open way instead of a warm connection, by reason: the pool was empty (a burst) or the gateway was down (backing off).
+# TYPE pepsal_peer_pool_fallbacks_total counter
+pepsal_peer_pool_fallbacks_total{reason="down"} 7
+pepsal_peer_pool_fallbacks_total{reason="empty"} 6
+# HELP pepsal_peer_pool_backoff_seconds Wait before the next dial to the gateway after failed dials; 0 when the last dial succeeded.
+# TYPE pepsal_peer_pool_backoff_seconds gauge
+pepsal_peer_pool_backoff_seconds 2.5
+# HELP pepsal_peer_gateway_accepted_total Warm connections the gateway accepted from terminals.
+# TYPE pepsal_peer_gateway_accepted_total counter
+pepsal_peer_gateway_accepted_total 50
+# HELP pepsal_peer_gateway_waiting Warm connections idle at the gateway now, no header yet (the terminals' pools).
+# TYPE pepsal_peer_gateway_waiting gauge
+pepsal_peer_gateway_waiting 9
+# HELP pepsal_peer_gateway_served_total Headers the gateway accepted on warm connections: client flows relayed.
+# TYPE pepsal_peer_gateway_served_total counter
+pepsal_peer_gateway_served_total 33
+# HELP pepsal_peer_gateway_idle_closed_total Warm connections closed before a header: by the terminal, or idle past the limit.
+# TYPE pepsal_peer_gateway_idle_closed_total counter
+pepsal_peer_gateway_idle_closed_total 5
+# HELP pepsal_peer_gateway_auth_failures_total Warm connections the gateway refused, by reason.
+# TYPE pepsal_peer_gateway_auth_failures_total counter
+pepsal_peer_gateway_auth_failures_total{reason="bad_mac"} 2
+pepsal_peer_gateway_auth_failures_total{reason="garbage"} 0
+pepsal_peer_gateway_auth_failures_total{reason="incomplete"} 0
+pepsal_peer_gateway_auth_failures_total{reason="not_allowed"} 0
+pepsal_peer_gateway_auth_failures_total{reason="overload"} 1
+pepsal_peer_gateway_auth_failures_total{reason="replay"} 0
+# HELP pepsal_peer_gateway_paced_starts_total Flows that started with others toward the same terminal and were paced to a share of its link for their first round trips.
+# TYPE pepsal_peer_gateway_paced_starts_total counter
+pepsal_peer_gateway_paced_starts_total 12
+# HELP pepsal_peer_gateway_starting Flows toward terminals in their first round trips now.
+# TYPE pepsal_peer_gateway_starting gauge
+pepsal_peer_gateway_starting 3
+`
+	names := []string{"pepsal_peer_pool_size", "pepsal_peer_pool_connections", "pepsal_peer_pool_refills_total",
+		"pepsal_peer_pool_dial_failures_total", "pepsal_peer_pool_taken_total", "pepsal_peer_pool_recycled_total",
+		"pepsal_peer_pool_dead_total", "pepsal_peer_pool_fallbacks_total", "pepsal_peer_pool_backoff_seconds",
+		"pepsal_peer_gateway_accepted_total", "pepsal_peer_gateway_waiting", "pepsal_peer_gateway_served_total",
+		"pepsal_peer_gateway_idle_closed_total", "pepsal_peer_gateway_auth_failures_total",
+		"pepsal_peer_gateway_paced_starts_total", "pepsal_peer_gateway_starting"}
+	if err := testutil.CollectAndCompare(m, strings.NewReader(want), names...); err != nil {
+		t.Error(err)
+	}
+	// Every peer family the scrape has is one the test compared.
+	got := peerSeries(t, m)
+	for key := range got {
+		if !slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(key, n+"{") }) {
+			t.Errorf("%s: not in the expected exposition", key)
+		}
+	}
+	problems, err := testutil.CollectAndLint(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+
+	// Read at scrape time: the next scrape sees the report as it is then.
+	ps.Pool.Taken, ps.Gateway.Served = 32, 34
+	got = peerSeries(t, m)
+	if got["pepsal_peer_pool_taken_total{}"] != 32 || got["pepsal_peer_gateway_served_total{}"] != 34 {
+		t.Errorf("second scrape: taken %v, served %v; want 32 and 34", got["pepsal_peer_pool_taken_total{}"], got["pepsal_peer_gateway_served_total{}"])
+	}
+}
+
+// TestMetricsPeerAbsent: an end the daemon does not have exports no series
+// (a pool at 0 would read as a pool that never worked).
+func TestMetricsPeerAbsent(t *testing.T) {
+	pool := &PeerPoolStats{Size: 2, Idle: 2, Refills: 2}
+	gateway := &PeerGatewayStats{Accepted: 2, Waiting: 2, Refused: map[string]uint64{}}
+	for _, c := range []struct {
+		name                string
+		peer                func() *PeerStats
+		hasPool, hasGateway bool
+	}{
+		{name: "no source"},
+		{name: "nil report", peer: func() *PeerStats { return nil }},
+		{name: "empty report", peer: func() *PeerStats { return &PeerStats{} }},
+		{name: "terminal", peer: func() *PeerStats { return &PeerStats{Pool: pool} }, hasPool: true},
+		{name: "gateway", peer: func() *PeerStats { return &PeerStats{Gateway: gateway} }, hasGateway: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := NewMetrics(NewTable(), func() ([]loader.Counter, error) { return nil, nil })
+			m.Peer = c.peer
+			var pools, gateways int
+			for key := range peerSeries(t, m) {
+				switch {
+				case strings.HasPrefix(key, "pepsal_peer_pool_"):
+					pools++
+				case strings.HasPrefix(key, "pepsal_peer_gateway_"):
+					gateways++
+				default:
+					t.Errorf("%s: neither pool nor gateway", key)
+				}
+			}
+			// 9 pool families, one of them with 3 states and one with 2
+			// reasons; 7 gateway families, one with every auth reason.
+			wantPools, wantGateways := 0, 0
+			if c.hasPool {
+				wantPools = 7 + 3 + 2
+			}
+			if c.hasGateway {
+				wantGateways = 6 + len(AuthReasons)
+			}
+			if pools != wantPools || gateways != wantGateways {
+				t.Errorf("%d pool and %d gateway series, want %d and %d", pools, gateways, wantPools, wantGateways)
+			}
+		})
+	}
+}
+
+// peerSeries scrapes m through a pedantic registry (every series must be
+// described) and returns its pepsal_peer_ series as name{labels} -> value.
+func peerSeries(t *testing.T, m *Metrics) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(m); err != nil {
+		t.Fatal(err)
+	}
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, fam := range fams {
+		if !strings.HasPrefix(fam.GetName(), "pepsal_peer_") {
+			continue
+		}
+		for _, s := range fam.GetMetric() {
+			var labels []string
+			for _, l := range s.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			out[fam.GetName()+"{"+strings.Join(labels, ",")+"}"] = s.GetGauge().GetValue() + s.GetCounter().GetValue()
+		}
+	}
+	return out
 }
