@@ -146,8 +146,16 @@ type slotListener struct {
 // then reset; SIGHUP: hand over to the binary now on disk).
 func (d *Daemon) Run(ctx context.Context) (err error) {
 	o, log := &d.opts, d.log
-	peerGateway, err := d.listenGateway()
+	// Started by an upgrade: the old daemon's sockets, not new ones.
+	inherited, err := InheritedFromEnv()
 	if err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	peerGateway, err := d.listenGateway(inherited)
+	if err != nil {
+		if inherited != nil {
+			inherited.Close()
+		}
 		return err
 	}
 	if peerGateway != nil {
@@ -157,12 +165,6 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find this program's path: %w", err)
-	}
-
-	// Started by an upgrade: the old daemon's sockets, not new ones.
-	inherited, err := InheritedFromEnv()
-	if err != nil {
-		return fmt.Errorf("upgrade: %w", err)
 	}
 	var (
 		control   net.Listener
@@ -365,6 +367,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 				if len(listeners) > 1 {
 					h.V6 = listeners[1].ln
 				}
+				if peerGateway != nil {
+					h.Peer = peerGateway.Listener()
+				}
 				pid, err := StartSuccessor(exe, o.Args, h, 30*time.Second)
 				if err != nil {
 					log.Error("upgrade failed: still serving", "binary", exe, "err", err)
@@ -372,6 +377,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 					continue
 				}
 				handedOver.Store(true)
+				if peerGateway != nil {
+					peerGateway.HandedOver() // its waiting warm connections stay until used
+				}
 				control.Close() // `pepsal status` now reaches the new daemon
 				stopMetrics()   // and so do scrapes
 				log.Info("upgraded: the new daemon serves; relaying the live connections", "new_pid", pid, "live", splitter.Table.Len(), "upgrade_drain", o.UpgradeDrain)
@@ -436,13 +444,30 @@ func listenProxy(port int, tuning Tuning, log *slog.Logger) ([]slotListener, err
 }
 
 // listenGateway opens the gateway's listener for terminals (before anything
-// is attached, so that a taken port changes nothing); nil when not a gateway.
-func (d *Daemon) listenGateway() (*PeerGateway, error) {
+// is attached, so that a taken port changes nothing), or takes the one an
+// upgraded daemon handed over; nil when not a gateway.
+func (d *Daemon) listenGateway(in *Inherited) (*PeerGateway, error) {
 	p := d.opts.Peer
+	var handed *net.TCPListener
+	if in != nil {
+		handed, in.Peer = in.Peer, nil
+	}
 	if p.Listen == "" {
+		if handed != nil {
+			handed.Close()
+		}
 		return nil, nil
 	}
-	g, err := ListenPeers(p.Listen, d.opts.Tuning)
+	var g *PeerGateway
+	var err error
+	if handed != nil {
+		g, err = PeerGatewayOn(handed, d.opts.Tuning)
+		if err != nil {
+			handed.Close()
+		}
+	} else {
+		g, err = ListenPeers(p.Listen, d.opts.Tuning)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -22,6 +22,7 @@ import (
 // and relays its live connections until they end.
 
 // upgradeEnv names the inherited descriptors: "control:3,v4:4,v6:5,ready:6".
+// (also "metrics:N" and "peer:N" when the daemon has them.)
 const upgradeEnv = "PEPSAL_UPGRADE_FDS"
 
 // Handed is what a daemon passes to its successor.
@@ -29,6 +30,7 @@ type Handed struct {
 	Control net.Listener
 	V4, V6  *net.TCPListener // V6 may be nil
 	Metrics net.Listener     // nil when off
+	Peer    *net.TCPListener // the gateway's listener for terminals; nil when not a gateway
 }
 
 // Inherited is what a daemon started by an upgrade took over.
@@ -74,7 +76,7 @@ func StartSuccessor(binary string, args []string, h Handed, wait time.Duration) 
 	for _, s := range []struct {
 		name string
 		l    net.Listener
-	}{{"control", h.Control}, {"v4", tcpOrNil(h.V4)}, {"v6", tcpOrNil(h.V6)}, {"metrics", h.Metrics}} {
+	}{{"control", h.Control}, {"v4", tcpOrNil(h.V4)}, {"v6", tcpOrNil(h.V6)}, {"metrics", h.Metrics}, {"peer", tcpOrNil(h.Peer)}} {
 		if s.l == nil {
 			continue
 		}
@@ -163,23 +165,26 @@ func InheritedFromEnv() (*Inherited, error) {
 		ln, err := net.FileListener(f) // a duplicate
 		f.Close()
 		if err != nil {
-			return nil, fmt.Errorf("inherited %s socket: %w", name, err)
+			return nil, errors.Join(fmt.Errorf("inherited %s socket: %w", name, err), in.Close())
 		}
 		switch name {
 		case "control":
 			in.Control = ln
 		case "metrics":
 			in.Metrics = ln
-		case "v4", "v6":
+		case "v4", "v6", "peer":
 			tl, ok := ln.(*net.TCPListener)
 			if !ok {
 				ln.Close()
-				return nil, fmt.Errorf("inherited %s socket is not a TCP listener", name)
+				return nil, errors.Join(fmt.Errorf("inherited %s socket is not a TCP listener", name), in.Close())
 			}
-			if name == "v4" {
+			switch name {
+			case "v4":
 				in.V4 = tl
-			} else {
+			case "v6":
 				in.V6 = tl
+			default:
+				in.Peer = tl
 			}
 		default:
 			ln.Close()
@@ -210,7 +215,7 @@ func (in *Inherited) Close() error {
 			errs = append(errs, l.Close())
 		}
 	}
-	for _, l := range []*net.TCPListener{in.V4, in.V6} {
+	for _, l := range []*net.TCPListener{in.V4, in.V6, in.Peer} {
 		if l != nil {
 			errs = append(errs, l.Close())
 		}

@@ -54,7 +54,11 @@ func successor(mode string) int {
 		return 5
 	}
 	// Serve one connection on each inherited socket, saying who we are.
-	for _, ln := range []net.Listener{in.V4, in.Control} {
+	lns := []net.Listener{in.V4, in.Control}
+	if in.Peer != nil {
+		lns = append(lns, in.Peer)
+	}
+	for _, ln := range lns {
 		c, err := ln.Accept()
 		if err != nil {
 			return 6
@@ -77,6 +81,11 @@ func TestHandoffPassesListeningSockets(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ctl.Close()
+	peer, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
 	// A connection queued before the handoff is served by the successor:
 	// the accept queue belongs to the socket, not to a process.
 	queued, err := net.Dial("tcp", tcp.Addr().String())
@@ -84,9 +93,15 @@ func TestHandoffPassesListeningSockets(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer queued.Close()
+	// So is a terminal's connection to the gateway's listener.
+	queuedPeer, err := net.Dial("tcp", peer.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer queuedPeer.Close()
 
 	t.Setenv("PEPSAL_TEST_SUCCESSOR", "serve")
-	pid, err := StartSuccessor(os.Args[0], []string{"-test.run=^$"}, Handed{Control: ctl, V4: tcp}, 20*time.Second)
+	pid, err := StartSuccessor(os.Args[0], []string{"-test.run=^$"}, Handed{Control: ctl, V4: tcp, Peer: peer}, 20*time.Second)
 	if err != nil {
 		t.Fatalf("successor: %v", err)
 	}
@@ -96,7 +111,7 @@ func TestHandoffPassesListeningSockets(t *testing.T) {
 	// The old daemon's sockets must stay non-blocking (the mode belongs to
 	// the socket, not to a descriptor): else its accept loop blocks in
 	// accept(2) and its Close waits for the next connection.
-	for what, c := range map[string]syscall.Conn{"tcp": tcp, "control": ctl.(syscall.Conn)} {
+	for what, c := range map[string]syscall.Conn{"tcp": tcp, "control": ctl.(syscall.Conn), "peer": peer} {
 		rc, _ := c.SyscallConn()
 		rc.Control(func(fd uintptr) {
 			flags, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
@@ -106,7 +121,8 @@ func TestHandoffPassesListeningSockets(t *testing.T) {
 		})
 	}
 	tcp.Close() // the old daemon stops accepting; the socket lives on in the successor
-	for what, c := range map[string]net.Conn{"queued tcp": queued, "control": mustDialUnix(t, ctlPath)} {
+	peer.Close()
+	for what, c := range map[string]net.Conn{"queued tcp": queued, "control": mustDialUnix(t, ctlPath), "queued peer": queuedPeer} {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		got, err := io.ReadAll(c)
 		if err != nil || strings.TrimSpace(string(got)) != "successor" {

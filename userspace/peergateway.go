@@ -39,11 +39,12 @@ type PeerGateway struct {
 	Key   []byte
 	Allow []netip.Prefix // empty: any source (the key still applies)
 
-	ln      *net.TCPListener
-	stopped context.Context // done once Close is called: idle warm connections are let go
-	stop    context.CancelFunc
-	pending atomic.Int64 // accepted, no header yet
-	share   *peerShare   // flows of a terminal that start together share its link
+	ln         *net.TCPListener
+	stopped    context.Context // done once Close is called: idle warm connections are let go
+	stop       context.CancelFunc
+	pending    atomic.Int64 // accepted, no header yet
+	handedOver atomic.Bool  // a new daemon took the listener over (HandedOver)
+	share      *peerShare   // flows of a terminal that start together share its link
 
 	accepted, served, idleClosed atomic.Uint64
 	mu                           sync.Mutex
@@ -86,8 +87,22 @@ func ListenPeers(addr string, t Tuning) (*PeerGateway, error) {
 	if err != nil {
 		return nil, &ListenError{What: "peer", Addr: addr, Err: err}
 	}
+	return newPeerGateway(ln.(*net.TCPListener)), nil
+}
+
+// PeerGatewayOn is the gateway on the listener an upgraded daemon handed
+// over: its accept queue, terminals' connections in it included, carries
+// on. The client leg's tuning is set again, as this binary has it.
+func PeerGatewayOn(ln *net.TCPListener, t Tuning) (*PeerGateway, error) {
+	if err := withFD(ln, t.Client.beforeHandshake); err != nil {
+		return nil, &ListenError{What: "peer", Addr: ln.Addr().String(), Err: err}
+	}
+	return newPeerGateway(ln), nil
+}
+
+func newPeerGateway(ln *net.TCPListener) *PeerGateway {
 	stopped, stop := context.WithCancel(context.Background())
-	return &PeerGateway{ln: ln.(*net.TCPListener), stopped: stopped, stop: stop, share: newPeerShare(), refused: map[string]uint64{}, refuseLog: rateLog{period: 5 * time.Second}}, nil
+	return &PeerGateway{ln: ln, stopped: stopped, stop: stop, share: newPeerShare(), refused: map[string]uint64{}, refuseLog: rateLog{period: 5 * time.Second}}
 }
 
 // Port is the listener's port (for sock_ops, which tunes its sockets).
@@ -96,8 +111,25 @@ func (g *PeerGateway) Port() uint16 { return addrPort(g.ln.Addr()).Port() }
 // Addr is the listener's address.
 func (g *PeerGateway) Addr() net.Addr { return g.ln.Addr() }
 
-// Close closes the listener.
-func (g *PeerGateway) Close() error { g.stop(); return g.ln.Close() }
+// Close stops accepting. Warm connections waiting for a header are let go
+// at once (the daemon stops: terminals must not start flows on them),
+// unless the listener was handed over (HandedOver).
+func (g *PeerGateway) Close() error {
+	if !g.handedOver.Load() {
+		g.stop()
+	}
+	return g.ln.Close()
+}
+
+// HandedOver says that a new daemon serves the listener now (an upgrade).
+// Close then leaves the warm connections accepted here waiting for their
+// headers, until the terminal recycles them or the upgrade's drain ends: a
+// terminal may be sending a header on one right now, and a reset would
+// reach it after it had handed that connection a client's flow.
+func (g *PeerGateway) HandedOver() { g.handedOver.Store(true) }
+
+// Listener is the listener, to hand over at an upgrade.
+func (g *PeerGateway) Listener() *net.TCPListener { return g.ln }
 
 // Stats reads the counters.
 func (g *PeerGateway) Stats() PeerGatewayStats {

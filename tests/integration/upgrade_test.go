@@ -8,8 +8,11 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -17,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/tests/harness"
+	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
 	"github.com/pepsal/pepsal/userspace"
 )
@@ -72,19 +76,6 @@ func TestUpgradeUnderChurn(t *testing.T) {
 			transferServer(t, b.Server, hostPort(f.server, 7730))
 			pacedServer(t, b.Server, hostPort(f.server, 7731), 2<<20)
 		}
-		installed := filepath.Join(t.TempDir(), "pepsal")
-		copyFile(t, pepsalBin, installed)
-		// The daemon runs, and re-executes, the installed path. Its log goes
-		// to a file: the new daemon inherits it and outlives the old one,
-		// which a pipe would not let Wait see exit.
-		logPath := filepath.Join(t.TempDir(), "pepsal.log")
-		logFile, err := os.Create(logPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer logFile.Close()
-		old := b.Router.Command(installed, "run", "--log-level", "debug", "--relay", cfg.relay, "--iface", testbed.RouterClientIf)
-		old.Stdout, old.Stderr = logFile, logFile
 		// What systemd (Type=notify) would be told.
 		notifyPath := filepath.Join(t.TempDir(), "notify")
 		notifySock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
@@ -92,20 +83,8 @@ func TestUpgradeUnderChurn(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer notifySock.Close()
-		old.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
-		if err := old.Start(); err != nil {
-			t.Fatal(err)
-		}
-		oldDone := make(chan error, 1)
-		go func() { oldDone <- old.Wait() }()
-		t.Cleanup(func() {
-			old.Process.Kill()
-			if t.Failed() {
-				out, _ := os.ReadFile(logPath)
-				t.Logf("daemon log:\n%s", out)
-			}
-		})
-		waitFor(t, 15*time.Second, "the daemon serving", func() bool { return b.pepsal("status").code == 0 })
+		old, installed, oldDone := startUpgradable(t, b.Router, []string{"NOTIFY_SOCKET=" + notifyPath},
+			"--relay", cfg.relay, "--iface", testbed.RouterClientIf)
 		oldPID, oldVersion := b.daemonIdentity()
 		if oldPID != old.Process.Pid {
 			t.Fatalf("status names pid %d, the daemon is %d", oldPID, old.Process.Pid)
@@ -255,6 +234,133 @@ func TestUpgradeUnderChurn(t *testing.T) {
 			t.Errorf("traces left after the new daemon stopped:\nbefore:\n%s\nafter:\n%s", before, after)
 		}
 	})
+}
+
+// startUpgradable runs `pepsal run args...` in ns from a copy of the
+// binary, which is what SIGHUP re-executes, and waits until it serves. Its
+// log goes to a file, printed if the test fails: the new daemon inherits
+// it and outlives the old one, which a pipe would not let Wait see exit.
+// done gets the old daemon's exit.
+func startUpgradable(t *testing.T, ns *testbed.NS, env []string, args ...string) (old *exec.Cmd, installed string, done <-chan error) {
+	t.Helper()
+	installed = filepath.Join(t.TempDir(), "pepsal")
+	copyFile(t, pepsalBin, installed)
+	logPath := filepath.Join(t.TempDir(), "pepsal.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logFile.Close() })
+	old = ns.Command(installed, append([]string{"run", "--log-level", "debug"}, args...)...)
+	old.Stdout, old.Stderr = logFile, logFile
+	old.Env = append(os.Environ(), env...)
+	if err := old.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- old.Wait() }()
+	t.Cleanup(func() {
+		old.Process.Kill()
+		if t.Failed() {
+			out, _ := os.ReadFile(logPath)
+			t.Logf("daemon log (%s):\n%s", ns.Name, out)
+		}
+	})
+	waitFor(t, 15*time.Second, "the daemon serving", func() bool { return runCmdIn(ns, pepsalBin, "status").code == 0 })
+	return old, installed, exited
+}
+
+// TestPeerGatewayUpgradeDropsNothing: a gateway's upgrade breaks none of
+// its terminals' flows. The listener for terminals moves to the new daemon
+// with its accept queue, and the warm connections the old daemon accepted
+// keep waiting for their headers: a terminal may take one from its pool
+// while the upgrade goes on, and a reset from the old daemon would reach it
+// half a satellite round trip later, after it had sent a client's flow on
+// it. The old daemon serves those, then exits.
+func TestPeerGatewayUpgradeDropsNothing(t *testing.T) {
+	forEachRelay(t, func(t *testing.T, cfg suite) {
+		geo, err := linkemu.Profile("geo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		topo := twoPEPBed(t, testbed.Options{Prefix: "pgu", Middle: linkemu.Middle(geo)})
+		for _, f := range twoPEPFamilies {
+			transferServer(t, topo.Server, hostPort(f.server, 9000))
+		}
+		key := writeKey(t, testKey(), 0o600)
+		const pool = 8
+		old, _, oldDone := startUpgradable(t, topo.Gateway, nil, "--relay", cfg.relay, "--iface", testbed.GatewayLinkIf,
+			"--role", "gateway", "--peer-listen", peerGatewayAddr, "--peer-key", key)
+		startPeerTerminal(t, cfg, topo, key, pool)
+		waitPeer(t, topo.Terminal, "pool full", func(p userspace.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
+		listener := listenerInode(t, topo.Gateway, peerPort)
+		before := *peerStatus(t, topo.Terminal).Daemon.Peer.Pool
+
+		if err := old.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		var newPID int
+		t.Cleanup(func() { // the new daemon is not our child
+			if newPID != 0 {
+				syscall.Kill(newPID, syscall.SIGKILL)
+			}
+		})
+		waitFor(t, 30*time.Second, "the new gateway serving", func() bool {
+			var s userspace.StatusReport
+			r := runCmdIn(topo.Gateway, pepsalBin, "status", "--json")
+			if json.Unmarshal([]byte(r.stdout), &s) == nil && s.Daemon != nil && s.Daemon.PID != old.Process.Pid {
+				newPID = s.Daemon.PID
+			}
+			return newPID != 0
+		})
+		// At once: the flows take the warm connections the old daemon
+		// accepted, while a reset it sent would still be on the link.
+		var wg sync.WaitGroup
+		errs := make(chan error, pool)
+		for i := range pool {
+			f := twoPEPFamilies[i%2]
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := transfer(topo.Client, hostPort(f.server, 9000), 20<<10, 200<<10, uint64(i)); err != nil {
+					errs <- fmt.Errorf("flow %d (%s) across the gateway's upgrade: %w", i, f.name, err)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		after := *peerStatus(t, topo.Terminal).Daemon.Peer.Pool
+		if after.Dead != before.Dead || after.Taken-before.Taken != pool {
+			t.Errorf("terminal's pool: %d warm connections found closed when taken, %d taken; want 0 and %d", after.Dead-before.Dead, after.Taken-before.Taken, pool)
+		}
+		if got := listenerInode(t, topo.Gateway, peerPort); got != listener {
+			t.Errorf("the listener for terminals is socket %d after the upgrade, was %d: not handed over", got, listener)
+		}
+		// Its warm connections all used, the old daemon has nothing left.
+		select {
+		case <-oldDone:
+		case <-time.After(20 * time.Second):
+			t.Errorf("old gateway still running after its warm connections were used")
+		}
+	})
+}
+
+// listenerInode is the inode of the socket listening on port in ns.
+func listenerInode(t *testing.T, ns *testbed.NS, port int) uint64 {
+	t.Helper()
+	out, err := ns.Command("ss", "-tlnHe", fmt.Sprintf("sport = :%d", port)).Output()
+	if err != nil {
+		t.Fatalf("ss: %v", err)
+	}
+	m := regexp.MustCompile(`ino:(\d+)`).FindAllStringSubmatch(string(out), -1)
+	if len(m) != 1 {
+		t.Fatalf("want one listener on port %d:\n%s", port, out)
+	}
+	ino, _ := strconv.ParseUint(m[0][1], 10, 64)
+	return ino
 }
 
 func copyFile(t *testing.T, from, to string) {
