@@ -182,6 +182,12 @@ func testMetricsMatchStatus(t *testing.T, cfg suite) {
 			t.Errorf("%s missing", name)
 		}
 	}
+	// No warm paths here: no pool or gateway series, not even at 0.
+	for name := range scrape {
+		if strings.HasPrefix(name, "pepsal_peer_") {
+			t.Errorf("%s exported by a daemon without warm paths", name)
+		}
+	}
 
 	// The README's command, as printed.
 	readme := fmt.Sprintf("curl -s http://%s/metrics | grep pepsal_", metricsAddr)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
 	"github.com/pepsal/pepsal/userspace"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // Warm paths between a terminal and a gateway pepsal (issue #12). The
@@ -101,9 +103,17 @@ func waitPeer(t *testing.T, ns *testbed.NS, what string, ok func(userspace.PeerS
 
 // testPeerWarmPath: flows ride warm connections byte-exact both ways (v4,
 // v6), half-closes and resets cross them each way, `pepsal conns` marks
-// them, and the gateway diverts nothing (no flow went the fast-open way).
+// them, the gateway diverts nothing (no flow went the fast-open way), and
+// both ends' /metrics say what their status says.
 func testPeerWarmPath(t *testing.T, cfg suite) {
-	topo, _ := newPeerPair(t, cfg, 4)
+	// newPeerPair, with metrics on both ends (its extra arguments go to the
+	// gateway only). Each end is in its own namespace: one address for both.
+	const pool = 4
+	topo := newPeerTopo(t)
+	key := writeKey(t, testKey(), 0o600)
+	startPeerGateway(t, cfg, topo, key, "--metrics-addr", metricsAddr)
+	startPeerTerminal(t, cfg, topo, key, pool, "--metrics-addr", metricsAddr)
+	waitPeer(t, topo.Terminal, "pool full", func(p userspace.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
 	reply := bytes.Repeat([]byte("reply after EOF "), 64<<10)
 	rstConns := make(chan *net.TCPConn, 8)
 	for _, f := range twoPEPFamilies {
@@ -205,6 +215,105 @@ func testPeerWarmPath(t *testing.T, cfg suite) {
 	}
 	if g.counter("tune_init_cwnd") == 0 {
 		t.Error("gateway: sock_ops tuned no warm connection (tune_init_cwnd = 0)")
+	}
+	waitPeer(t, topo.Terminal, "refilled", func(p userspace.PeerStats) bool { return p.Pool.Idle == pool })
+	checkPeerMetrics(t, topo)
+}
+
+// checkPeerMetrics: the terminal's /metrics has its pool and the gateway's
+// its listener, each equal to `pepsal status --json` read in the same quiet
+// moment, and neither has the other end's series.
+func checkPeerMetrics(t *testing.T, topo *testbed.TwoPEP) {
+	t.Helper()
+	// Scrape, status, scrape on both ends: equal peer series mean no warm
+	// connection moved meanwhile (a refill touches both ends), so status
+	// must match them. Only the peer series: a stray packet may bump a BPF
+	// counter.
+	peerOnly := func(fams map[string]*dto.MetricFamily) map[string]float64 {
+		out := pepsalValues(fams)
+		for k := range out {
+			if !strings.HasPrefix(k, "pepsal_peer_") {
+				delete(out, k)
+			}
+		}
+		return out
+	}
+	var term, gw map[string]*dto.MetricFamily
+	var p *userspace.PeerPoolStats
+	var g *userspace.PeerGatewayStats
+	for try := 0; ; try++ {
+		at, ag := scrapeMetrics(t, topo.Terminal), scrapeMetrics(t, topo.Gateway)
+		p, g = peerStatus(t, topo.Terminal).Daemon.Peer.Pool, peerStatus(t, topo.Gateway).Daemon.Peer.Gateway
+		zt, zg := scrapeMetrics(t, topo.Terminal), scrapeMetrics(t, topo.Gateway)
+		if reflect.DeepEqual(peerOnly(at), peerOnly(zt)) && reflect.DeepEqual(peerOnly(ag), peerOnly(zg)) {
+			term, gw = at, ag
+			break
+		}
+		if try == 10 {
+			t.Fatalf("peer metrics never stable between two scrapes:\nterminal %v\n      -> %v\ngateway %v\n     -> %v",
+				peerOnly(at), peerOnly(zt), peerOnly(ag), peerOnly(zg))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if p == nil || g == nil {
+		t.Fatalf("status: terminal pool %+v, gateway %+v: want both", p, g)
+	}
+	for _, c := range []struct {
+		fams   map[string]*dto.MetricFamily
+		name   string
+		labels []string
+		want   float64
+		what   string
+	}{
+		{term, "pepsal_peer_pool_size", nil, float64(p.Size), "pool size"},
+		{term, "pepsal_peer_pool_connections", []string{"state", "idle"}, float64(p.Idle), "pool idle"},
+		{term, "pepsal_peer_pool_connections", []string{"state", "in_use"}, float64(p.InUse), "pool in_use"},
+		{term, "pepsal_peer_pool_connections", []string{"state", "dialing"}, float64(p.Dialing), "pool dialing"},
+		{term, "pepsal_peer_pool_refills_total", nil, float64(p.Refills), "pool refills"},
+		{term, "pepsal_peer_pool_dial_failures_total", nil, float64(p.DialFailures), "pool dial_failures"},
+		{term, "pepsal_peer_pool_taken_total", nil, float64(p.Taken), "pool taken"},
+		{term, "pepsal_peer_pool_recycled_total", nil, float64(p.Recycled), "pool recycled"},
+		{term, "pepsal_peer_pool_dead_total", nil, float64(p.Dead), "pool dead"},
+		{term, "pepsal_peer_pool_fallbacks_total", []string{"reason", "empty"}, float64(p.FallbackEmpty), "pool fallback_empty"},
+		{term, "pepsal_peer_pool_fallbacks_total", []string{"reason", "down"}, float64(p.FallbackDown), "pool fallback_down"},
+		{term, "pepsal_peer_pool_backoff_seconds", nil, float64(p.BackoffMS) / 1000, "pool backoff"},
+		{gw, "pepsal_peer_gateway_accepted_total", nil, float64(g.Accepted), "gateway accepted"},
+		{gw, "pepsal_peer_gateway_waiting", nil, float64(g.Waiting), "gateway waiting"},
+		{gw, "pepsal_peer_gateway_served_total", nil, float64(g.Served), "gateway served"},
+		{gw, "pepsal_peer_gateway_idle_closed_total", nil, float64(g.IdleClosed), "gateway idle_closed"},
+		{gw, "pepsal_peer_gateway_paced_starts_total", nil, float64(g.PacedStarts), "gateway paced_starts"},
+		{gw, "pepsal_peer_gateway_starting", nil, float64(g.Starting), "gateway starting"},
+	} {
+		if got := metricValue(t, c.fams, c.name, c.labels...); got != c.want {
+			t.Errorf("%s: metrics %v, status %v", c.what, got, c.want)
+		}
+	}
+	for _, r := range userspace.AuthReasons {
+		if got := metricValue(t, gw, "pepsal_peer_gateway_auth_failures_total", "reason", r); got != float64(g.Refused[r]) {
+			t.Errorf("gateway auth failures (%s): metrics %v, status %d", r, got, g.Refused[r])
+		}
+	}
+	// Across the two ends, in the metrics alone: every flow the terminal
+	// sent over a warm connection was served, and every warm connection
+	// the gateway greeted it had accepted.
+	taken, served := metricValue(t, term, "pepsal_peer_pool_taken_total"), metricValue(t, gw, "pepsal_peer_gateway_served_total")
+	if taken == 0 || served != taken {
+		t.Errorf("terminal took %v warm connections, gateway served %v: want equal, not 0", taken, served)
+	}
+	refills, accepted := metricValue(t, term, "pepsal_peer_pool_refills_total"), metricValue(t, gw, "pepsal_peer_gateway_accepted_total")
+	if refills < taken || accepted < refills {
+		t.Errorf("terminal refills %v, gateway accepted %v, taken %v: want taken <= refills <= accepted", refills, accepted, taken)
+	}
+	for _, end := range []struct {
+		name  string
+		fams  map[string]*dto.MetricFamily
+		other string
+	}{{"terminal", term, "pepsal_peer_gateway_"}, {"gateway", gw, "pepsal_peer_pool_"}} {
+		for name := range end.fams {
+			if strings.HasPrefix(name, end.other) {
+				t.Errorf("%s exports %s, an end it does not have", end.name, name)
+			}
+		}
 	}
 }
 
