@@ -345,6 +345,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	// for up to UpgradeDrain).
 	serveCtx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
+	// A terminal that no longer accepts flows has no use for its warm
+	// connections: let the gateway have them back now, not when the last
+	// live connection of a drain (up to --upgrade-drain) ends.
+	context.AfterFunc(serveCtx, stopPeers)
 	drainCtx, cancelDrain := context.WithCancel(context.Background())
 	defer cancelDrain()
 	signals := make(chan os.Signal, 4)

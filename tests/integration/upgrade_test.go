@@ -299,20 +299,7 @@ func TestPeerGatewayUpgradeDropsNothing(t *testing.T) {
 		if err := old.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
-		var newPID int
-		t.Cleanup(func() { // the new daemon is not our child
-			if newPID != 0 {
-				syscall.Kill(newPID, syscall.SIGKILL)
-			}
-		})
-		waitFor(t, 30*time.Second, "the new gateway serving", func() bool {
-			var s userspace.StatusReport
-			r := runCmdIn(topo.Gateway, pepsalBin, "status", "--json")
-			if json.Unmarshal([]byte(r.stdout), &s) == nil && s.Daemon != nil && s.Daemon.PID != old.Process.Pid {
-				newPID = s.Daemon.PID
-			}
-			return newPID != 0
-		})
+		waitSuccessor(t, topo.Gateway, old.Process.Pid)
 		// At once: the flows take the warm connections the old daemon
 		// accepted, while a reset it sent would still be on the link.
 		var wg sync.WaitGroup
@@ -346,6 +333,71 @@ func TestPeerGatewayUpgradeDropsNothing(t *testing.T) {
 			t.Errorf("old gateway still running after its warm connections were used")
 		}
 	})
+}
+
+// TestPeerTerminalUpgradeReturnsItsPool: an upgraded terminal's old
+// process, which takes no more flows, closes its idle warm connections at
+// once instead of holding (and refilling) them while it drains its live
+// connections: the gateway then holds the new process's pool only.
+func TestPeerTerminalUpgradeReturnsItsPool(t *testing.T) {
+	cfg := defaultSuite()
+	topo := newPeerTopo(t)
+	key := writeKey(t, testKey(), 0o600)
+	startPeerGateway(t, cfg, topo, key)
+	addr := hostPort(testbed.TPServerV4, 9001)
+	serve(t, topo.Server, addr, func(c *net.TCPConn) {
+		io.Copy(io.Discard, c) // until the client closes
+	})
+	const pool = 4
+	old, _, oldDone := startUpgradable(t, topo.Terminal, nil, "--relay", cfg.relay, "--iface", testbed.TerminalClientIf,
+		"--role", "terminal", "--peer", peerGatewayAddr, "--peer-key", key, "--peer-pool", fmt.Sprint(pool))
+	waitPeer(t, topo.Terminal, "pool full", func(p userspace.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
+	// A live flow keeps the old process draining.
+	live := mustDial(t, topo.Client, addr)
+	live.Write([]byte("held"))
+	waitPeer(t, topo.Gateway, "the flow served and the pool refilled", func(p userspace.PeerStats) bool {
+		return p.Gateway != nil && p.Gateway.Served == 1 && p.Gateway.Waiting == pool
+	})
+
+	if err := old.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitSuccessor(t, topo.Terminal, old.Process.Pid)
+	waitPeer(t, topo.Terminal, "the new pool full", func(p userspace.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
+	waitPeer(t, topo.Gateway, "only the new terminal's pool waiting", func(p userspace.PeerStats) bool {
+		return p.Gateway != nil && p.Gateway.Waiting == pool
+	})
+	select {
+	case err := <-oldDone:
+		t.Fatalf("the old terminal exited (%v) with a live flow", err)
+	default:
+	}
+	live.Close()
+	select {
+	case <-oldDone:
+	case <-time.After(20 * time.Second):
+		t.Errorf("old terminal still running after its last flow ended")
+	}
+}
+
+// waitSuccessor waits until `pepsal status` in ns names another daemon than
+// oldPID, which it kills at the end of the test (it is not our child).
+func waitSuccessor(t *testing.T, ns *testbed.NS, oldPID int) (pid int) {
+	t.Helper()
+	t.Cleanup(func() {
+		if pid != 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	waitFor(t, 30*time.Second, "the new daemon serving", func() bool {
+		var s userspace.StatusReport
+		r := runCmdIn(ns, pepsalBin, "status", "--json")
+		if json.Unmarshal([]byte(r.stdout), &s) == nil && s.Daemon != nil && s.Daemon.PID != oldPID {
+			pid = s.Daemon.PID
+		}
+		return pid != 0
+	})
+	return pid
 }
 
 // listenerInode is the inode of the socket listening on port in ns.
