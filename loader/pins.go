@@ -185,16 +185,16 @@ func newOwnerMap() (*ebpf.Map, error) {
 // self is this process as an owner.
 func self() (owner, error) {
 	pid := os.Getpid()
-	start, err := processStart(pid)
+	start, err := ProcessStart(pid)
 	if err != nil {
 		return owner{}, err
 	}
 	return owner{PID: uint32(pid), StartTime: start}, nil
 }
 
-// processStart reads when pid started, which no later process with the same
+// ProcessStart reads when pid started, which no later process with the same
 // pid shares.
-func processStart(pid int) (uint64, error) {
+func ProcessStart(pid int) (uint64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, fmt.Errorf("read start time of pid %d: %w", pid, err)
@@ -226,7 +226,7 @@ func (o owner) alive() bool {
 	if o.PID == 0 {
 		return false
 	}
-	start, err := processStart(int(o.PID))
+	start, err := ProcessStart(int(o.PID))
 	return err == nil && start == o.StartTime
 }
 

@@ -580,6 +580,13 @@ func TestSweepStaleBeds(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- sleeper.Wait() }()
 	t.Cleanup(func() { sleeper.Process.Kill() })
+	// nsenter enters the namespace after the fork: until then the sweep
+	// cannot see the process as one of the bed's.
+	ino := nsInode(t, doomed)
+	waitFor(t, 10*time.Second, "the process in the namespace", func() bool {
+		var st syscall.Stat_t
+		return syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", sleeper.Process.Pid), &st) == nil && st.Ino == ino
+	})
 
 	// The run that made doomed is gone: its owner is a process that ended.
 	gone := exec.Command("true")

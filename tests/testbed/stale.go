@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/pepsal/pepsal/loader"
@@ -22,36 +21,19 @@ import (
 const OwnersDir = "/run/pepsal-testbed"
 
 // owner is a process, told apart from a later one with the same pid by its
-// start time (field 22 of /proc/<pid>/stat).
+// start time.
 type owner struct {
 	pid   int
 	start uint64
 }
 
 func self() (owner, error) {
-	start, err := startTime(os.Getpid())
+	start, err := loader.ProcessStart(os.Getpid())
 	return owner{pid: os.Getpid(), start: start}, err
 }
 
-func startTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name, in parentheses, may hold spaces: count after it.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	return strconv.ParseUint(f[19], 10, 64) // field 22: the state is field 3
-}
-
 func (o owner) alive() bool {
-	start, err := startTime(o.pid)
+	start, err := loader.ProcessStart(o.pid)
 	return err == nil && start == o.start
 }
 
