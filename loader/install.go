@@ -14,7 +14,7 @@ import (
 // namespace and pins it all, first in a temporary directory that is renamed
 // into place at the end, so a half-made attachment is never visible.
 func createPinned(dir string, routing Routing, own owner, conns int) (err error) {
-	tmp := fmt.Sprintf("%s_tmp_%d", dir, os.Getpid()) // bpffs refuses names with dots
+	tmp := fmt.Sprintf("%s%s%d", dir, tmpPinSuffix, os.Getpid())
 	// A leftover of a crashed attach with this pid: loading by name would
 	// share its maps.
 	if err := os.RemoveAll(tmp); err != nil {

@@ -26,6 +26,9 @@ const (
 	pinOwner       = "pepsal_owner"
 	tcLinkPrefix   = "link_classify_if"
 	pinDirBaseName = "pepsal"
+	// tmpPinSuffix and the attaching pid name the directory an attach
+	// fills before renaming it into place (bpffs refuses names with dots).
+	tmpPinSuffix = "_tmp_"
 )
 
 // NetnsID identifies the current network namespace (its inode number), which
@@ -133,10 +136,6 @@ func steerLinkNetns(dir string) (uint64, error) {
 	return uint64(ns.NetnsInode), nil
 }
 
-// removeForeignPins removes a dead namespace's attachment. Its tc links,
-// rules, routes and sysctls died with it; what outlives it is the sock_ops
-// program on the root cgroup (shared by every namespace) and the pins, and
-// nothing here may touch this namespace's interfaces or routing.
 // RemoveDeadNamespacePins removes the pins of the namespace whose inode is
 // id, and the temporary directory of an attach killed midway, from outside
 // that namespace, which is gone or about to go (a test bed swept after its
@@ -144,7 +143,7 @@ func steerLinkNetns(dir string) (uint64, error) {
 // host's root cgroup.
 func RemoveDeadNamespacePins(id uint64) error {
 	dir := PinDirOf(id)
-	tmps, _ := filepath.Glob(dir + "_tmp_*")
+	tmps, _ := filepath.Glob(dir + tmpPinSuffix + "*")
 	var errs []error
 	for _, d := range append([]string{dir}, tmps...) {
 		errs = append(errs, removeForeignPins(d))
@@ -152,6 +151,10 @@ func RemoveDeadNamespacePins(id uint64) error {
 	return errors.Join(errs...)
 }
 
+// removeForeignPins removes a dead namespace's attachment. Its tc links,
+// rules, routes and sysctls died with it; what outlives it is the sock_ops
+// program on the root cgroup (shared by every namespace) and the pins, and
+// nothing here may touch this namespace's interfaces or routing.
 func removeForeignPins(dir string) error {
 	var errs []error
 	if l, err := link.LoadPinnedLink(filepath.Join(dir, pinTuneLink), nil); err == nil {

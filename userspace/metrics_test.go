@@ -92,6 +92,12 @@ pepsal_upstream_tuning_skipped_total %d
 	if n := testutil.CollectAndCount(m, "pepsal_upstream_connect_duration_seconds"); n != 2 {
 		t.Errorf("connect histogram: %d series, want success and failure", n)
 	}
+	lintMetrics(t, m)
+}
+
+// lintMetrics fails t on every problem Prometheus's linter finds in m.
+func lintMetrics(t *testing.T, m *Metrics) {
+	t.Helper()
 	problems, err := testutil.CollectAndLint(m)
 	if err != nil {
 		t.Fatal(err)
@@ -223,13 +229,7 @@ pepsal_peer_gateway_starting 3
 			t.Errorf("%s: not in the expected exposition", key)
 		}
 	}
-	problems, err := testutil.CollectAndLint(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range problems {
-		t.Errorf("lint: %s: %s", p.Metric, p.Text)
-	}
+	lintMetrics(t, m)
 
 	// Read at scrape time: the next scrape sees the report as it is then.
 	ps.Pool.Taken, ps.Gateway.Served = 32, 34

@@ -47,9 +47,9 @@ type relayDir struct {
 	dstBase   uint64 // dst's acked sequence space that is not data (its SYN if dialed)
 	srcSkip   uint64 // bytes src received that userspace read and did not relay
 	userBytes atomic.Int64
-	dstShut   atomic.Bool  // this direction half-closes (or closed) dst: its FIN is ours
-	peer      *relayDir    // the other direction: its dst is this one's src
-	phase     atomic.Value // string: where the direction is (see pump), for the log of an aborted relay
+	dstShut   atomic.Bool   // this direction half-closes (or closed) dst: its FIN is ours
+	peer      *relayDir     // the other direction: its dst is this one's src
+	phase     atomic.Uint32 // where the direction is (see pump), for the log of an aborted relay
 
 	// Owned by the direction's pump goroutine:
 	flushed     uint64    // kernel_bytes already seen in dst's send queue
@@ -235,10 +235,27 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 // where says what the direction was doing last (for the log of an aborted
 // relay: a direction that never ended shows where it waited).
 func (d *relayDir) where() string {
-	if p, ok := d.phase.Load().(string); ok {
-		return p
-	}
-	return "parked since the start" // runSteps waits before the first step
+	return phaseNames[d.phase.Load()]
+}
+
+// Phases of a direction (relayDir.phase): one atomic store each on the
+// pump's path.
+const (
+	phaseStart    = iota // runSteps waits before the first step
+	phaseReading         // reading src
+	phaseParked          // nothing for userspace: waiting in the idle waiter
+	phaseFlushing        // waiting for the kernel's bytes to reach dst before a write
+	phaseEOFBooks        // EOF: waiting for the books
+	phaseEOFFlush        // EOF: waiting for the kernel's bytes before the half-close
+)
+
+var phaseNames = [...]string{
+	phaseStart:    "parked since the start",
+	phaseReading:  "reading",
+	phaseParked:   "parked",
+	phaseFlushing: "flushing before a write",
+	phaseEOFBooks: "EOF: waiting for the books",
+	phaseEOFFlush: "EOF: flushing",
 }
 
 // moved is how many bytes of each direction reached the destination socket,
@@ -306,10 +323,10 @@ func (k *KernelRelay) pumpAsync(ctx context.Context, d *relayDir, w *idleWaiter,
 func (k *KernelRelay) pump(ctx context.Context, d *relayDir) error {
 	eofWait := 50 * time.Microsecond
 	for {
-		d.phase.Store("reading")
+		d.phase.Store(phaseReading)
 		bufp, n, err := readPooled(d.src)
 		if err == errWouldBlock {
-			d.phase.Store("parked")
+			d.phase.Store(phaseParked)
 			return err
 		}
 		if n > 0 {
@@ -319,7 +336,7 @@ func (k *KernelRelay) pump(ctx context.Context, d *relayDir) error {
 			// so there is nothing new to wait for and nothing to tell it:
 			// under load this path is just read and write.
 			if d.published >= d.seenPassed {
-				d.phase.Store("flushing before a write")
+				d.phase.Store(phaseFlushing)
 				if err := k.flushKernel(ctx, d); err != nil {
 					relayBufs.Put(bufp)
 					return err
@@ -346,7 +363,7 @@ func (k *KernelRelay) pump(ctx context.Context, d *relayDir) error {
 			// userspace was read: the FIN can overtake both (the passed ones
 			// may wait in the psock's backlog, behind data redirected to
 			// this socket).
-			d.phase.Store("EOF: waiting for the books")
+			d.phase.Store(phaseEOFBooks)
 			if pending, err := k.tailPending(d); err != nil {
 				return err
 			} else if pending {
@@ -355,7 +372,7 @@ func (k *KernelRelay) pump(ctx context.Context, d *relayDir) error {
 				}
 				continue
 			}
-			d.phase.Store("EOF: flushing")
+			d.phase.Store(phaseEOFFlush)
 			if err := k.flushKernel(ctx, d); err != nil {
 				return err
 			}
