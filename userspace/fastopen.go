@@ -78,18 +78,32 @@ func firstBytes(c *net.TCPConn, wait time.Duration) (data []byte, drained bool, 
 	if err != nil {
 		return nil, true, err
 	}
-	data = buf[:n]
+	if n < synData {
+		return buf[:n], true, nil // a short read: nothing more was queued
+	}
+	return readQueued(c, buf[:n], maxFirst)
+}
+
+// readQueued appends to data what is queued on c, without waiting, until a
+// read comes back short (every queued skb read whole) or data holds max
+// bytes (drained false). c's read deadline is cleared first: firstBytes's
+// wait may run out between its first read and this one (seen on a slow
+// machine), and a read past its deadline fails without trying: the client
+// would be reset for nothing.
+func readQueued(c *net.TCPConn, data []byte, max int) (_ []byte, drained bool, err error) {
+	if err := c.SetReadDeadline(time.Time{}); err != nil {
+		return data, true, err
+	}
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return nil, true, err
+		return data, true, err
 	}
 	more := make([]byte, 64<<10)
-	for full := n == synData; full; {
-		if len(data) >= maxFirst {
+	for {
+		if len(data) >= max {
 			return data, false, nil
 		}
-		// One non-blocking read of what is queued (a deadline in the past
-		// would not even try).
+		// One non-blocking read of what is queued.
 		var m int
 		var rerr error
 		if err := rc.Read(func(fd uintptr) bool {
@@ -99,15 +113,16 @@ func firstBytes(c *net.TCPConn, wait time.Duration) (data []byte, drained bool, 
 			return data, true, err
 		}
 		if errors.Is(rerr, unix.EAGAIN) || m == 0 {
-			break // nothing queued (or EOF): every skb was read whole
+			return data, true, nil // nothing queued (or EOF): every skb was read whole
 		}
 		if rerr != nil {
 			return data, true, rerr
 		}
 		data = append(data, more[:m]...)
-		full = m == len(more)
+		if m < len(more) {
+			return data, true, nil
+		}
 	}
-	return data, true, nil
 }
 
 func isTimeout(err error) bool {

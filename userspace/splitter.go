@@ -168,6 +168,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		if err != nil && !errors.Is(err, io.EOF) {
 			resetConn(client)
 			s.Table.Remove(c, WasReset)
+			log.Debug("client failed before its first bytes", "err", err)
 			return
 		}
 	}
