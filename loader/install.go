@@ -81,7 +81,7 @@ func createPinned(dir string, routing Routing, own owner, conns int) (err error)
 	}
 	defer steer.Close()
 	steerProg := steer.Programs[pinSteer]
-	if err := attachRelay(tmp, conns); err != nil {
+	if err := createRelayMaps(tmp, conns); err != nil {
 		return err
 	}
 	if err := attachTune(tmp, conns); err != nil {

@@ -3,10 +3,12 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
 )
 
 // CheckKernel names the first kernel feature pepsal needs and does not find.
@@ -31,6 +33,30 @@ func CheckKernel() error {
 			}
 			return fmt.Errorf("probe kernel for %s: %w", c.what, err)
 		}
+	}
+	return nil
+}
+
+// ProbeTCX tells whether the kernel has tcx links (Linux 6.6), which the
+// classifier prefers to a clsact filter: an *Unsupported error if not.
+func ProbeTCX() error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SchedCLS,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		return fmt.Errorf("probe tcx: %w", err)
+	}
+	defer prog.Close()
+	// No interface has this index: a kernel with tcx refuses with ENODEV.
+	l, err := link.AttachTCX(link.TCXOptions{Interface: math.MaxInt32, Program: prog, Attach: ebpf.AttachTCXIngress})
+	if err == nil {
+		l.Close()
+		return nil
+	}
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return &Unsupported{Feature: "tcx", Why: "the kernel has no tcx links (Linux 6.6)"}
 	}
 	return nil
 }

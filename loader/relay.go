@@ -3,23 +3,68 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 )
 
-// attachRelay loads the sk_skb relay verdict, attaches it to pepsal_relay
-// (every socket inserted there gets it) and pins both.
-func attachRelay(dir string, conns int) error {
-	coll, err := loadObject(dir, loadRelay, conns, pinRelay)
+// createRelayMaps creates and pins the kernel relay's maps without its
+// verdict: a splice daemon never loads the program, and a kernel that cannot
+// run it (EnableKernelRelay says why) still gets an attachment.
+func createRelayMaps(dir string, conns int) error {
+	spec, err := loadRelay()
 	if err != nil {
 		return err
 	}
-	defer coll.Close()
+	spec.Programs = nil
+	sizeConnMaps(spec, conns)
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}})
+	if err != nil {
+		return fmt.Errorf("create relay maps: %w", err)
+	}
+	coll.Close()
+	return nil
+}
+
+// EnableKernelRelay makes the attachment ready for the kernel relay: it
+// probes the kernel (ProbeKernelRelay), then loads and pins the verdict,
+// unless an earlier daemon did, and attaches it to pepsal_relay (again:
+// attaching the same program is harmless, and a daemon killed between pin
+// and attach left it pinned but not attached). An *Unsupported error means
+// this kernel cannot relay safely; nothing was attached then.
+func (a *Attachment) EnableKernelRelay() error {
+	if err := ProbeKernelRelay(); err != nil {
+		return err
+	}
+	unlock, err := lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	pin := filepath.Join(a.Dir, pinRelay)
+	prog, err := ebpf.LoadPinnedProgram(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		conns, cerr := connCapacity(a.Dir)
+		if cerr != nil {
+			return cerr
+		}
+		coll, lerr := loadObject(a.Dir, loadRelay, conns, pinRelay)
+		if lerr != nil {
+			return lerr
+		}
+		prog, err = coll.DetachProgram(pinRelay), nil
+		coll.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned %s: %w", pinRelay, err)
+	}
+	defer prog.Close()
 	// A program attached to a map stays as long as the map (pinned) lives.
 	err = link.RawAttachProgram(link.RawAttachProgramOptions{
-		Target:  coll.Maps["pepsal_relay"].FD(),
-		Program: coll.Programs[pinRelay],
+		Target:  a.relay.PepsalRelay.FD(),
+		Program: prog,
 		Attach:  ebpf.AttachSkSKBVerdict,
 	})
 	if err != nil {

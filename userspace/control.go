@@ -26,7 +26,9 @@ const ControlAddr = "@pepsal-control"
 type DaemonInfo struct {
 	PID            int        `json:"pid"`
 	Version        string     `json:"version"`
-	Relay          string     `json:"relay"`
+	Relay          string     `json:"relay"`                 // in use
+	RelayAsked     string     `json:"relay_asked,omitempty"` // --relay
+	Off            []Off      `json:"off,omitempty"`         // what the kernel cannot give
 	Listeners      []string   `json:"listeners"`
 	ConnectTimeout string     `json:"connect_timeout"`
 	UptimeSeconds  float64    `json:"uptime_seconds"`
@@ -37,6 +39,15 @@ type DaemonInfo struct {
 	Peer           *PeerStats `json:"peer,omitempty"` // warm paths between two pepsals
 	SplitStats
 }
+
+// Off is a feature pepsal turned off because the kernel cannot give it.
+type Off struct {
+	Feature string `json:"feature"`
+	Why     string `json:"why"`
+	Instead string `json:"instead"`
+}
+
+func (o Off) String() string { return o.Feature + " off: " + o.Why + "; " + o.Instead }
 
 // fillRuntime adds what lets an operator (and the leak tests) see that
 // finished connections leave nothing behind.

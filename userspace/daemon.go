@@ -46,6 +46,9 @@ type Attachment interface {
 	Ifaces() ([]loader.Iface, error)
 	// OwnedByMe: this process created the attachment (a detach will follow).
 	OwnedByMe() bool
+	// EnableKernelRelay probes the kernel and attaches the relay verdict; a
+	// *loader.Unsupported error says why this kernel cannot relay safely.
+	EnableKernelRelay() error
 }
 
 // Tuner is the sock_ops tuning as the daemon drives it (loader.Tuner).
@@ -297,13 +300,22 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err := d.startPeers(peerCtx, splitter, k.Tuner, peerGateway); err != nil {
 		return err
 	}
-	if o.Relay == "sockmap" {
+	relay, off, err := chooseRelay(o.Relay, k.EnableKernelRelay)
+	if err != nil {
+		return err
+	}
+	ifaces, _ := k.Ifaces()
+	off = append(off, tcxOff(ifaces)...)
+	for _, o := range off {
+		log.Warn(o.String())
+	}
+	if relay == "sockmap" {
 		splitter.Kernel = &KernelRelay{Log: log, Maps: k.Relay, Budget: o.RelayBudget, OffloadAfter: o.OffloadAfter}
 	}
 	start := time.Now()
 	info := func() DaemonInfo {
 		return DaemonInfo{
-			PID: os.Getpid(), Version: o.Version, Relay: o.Relay, Listeners: addrs,
+			PID: os.Getpid(), Version: o.Version, Relay: relay, RelayAsked: o.Relay, Off: off, Listeners: addrs,
 			ConnectTimeout: o.ConnectTimeout.String(), UptimeSeconds: time.Since(start).Seconds(),
 			Stats: splitter.Table.Stats(), Peer: peerStats(splitter),
 		}
@@ -319,12 +331,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		defer stopMetrics()
 	}
 
-	ifaces, _ := k.Ifaces()
 	names := make([]string, 0, len(ifaces))
 	for _, i := range ifaces {
 		names = append(names, i.Name)
 	}
-	log.Info("serving", "ifaces", strings.Join(names, ","), "relay", o.Relay, "listeners", strings.Join(addrs, ","), "pin_dir", k.PinDir,
+	log.Info("serving", "ifaces", strings.Join(names, ","), "relay", relay, "listeners", strings.Join(addrs, ","), "pin_dir", k.PinDir,
 		"max_conns", o.MaxConns, "low_water", admission.Low, "max_conns_from", o.MaxConnsFrom, "fd_limit", o.FDBudget.Limit)
 
 	if inherited != nil {
@@ -404,6 +415,38 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		}
 	}()
 	splitter.Serve(serveCtx, drainCtx)
+	return nil
+}
+
+// chooseRelay settles the relay a daemon uses: the kernel relay (asked
+// "sockmap") only where enable, the kernel's probe and the verdict's
+// attachment, succeeds; splice where it says the kernel cannot
+// (*loader.Unsupported), with what is off and why for the log and status.
+func chooseRelay(asked string, enable func() error) (relay string, off []Off, err error) {
+	if asked != "sockmap" {
+		return asked, nil, nil
+	}
+	err = enable()
+	var un *loader.Unsupported
+	switch {
+	case err == nil:
+		return "sockmap", nil, nil
+	case errors.As(err, &un):
+		return "splice", []Off{{Feature: un.Feature, Why: un.Why, Instead: "every connection is relayed by splice"}}, nil
+	default:
+		return "", nil, fmt.Errorf("kernel relay: %w", err)
+	}
+}
+
+// tcxOff says that the classifier is a clsact filter because the kernel has
+// no tcx (nothing is lost: an operator reading bpftool should know why).
+func tcxOff(ifaces []loader.Iface) []Off {
+	for _, i := range ifaces {
+		var un *loader.Unsupported
+		if i.TCMode == "clsact" && errors.As(loader.ProbeTCX(), &un) {
+			return []Off{{Feature: un.Feature, Why: un.Why, Instead: "the classifier is attached as a clsact filter"}}
+		}
+	}
 	return nil
 }
 

@@ -95,7 +95,7 @@ func (e *LegError) Unwrap() error { return e.Err }
 // Validate checks what can be checked before anything is opened.
 func (l Leg) Validate(name string) error {
 	if l.CC != "" {
-		avail, err := availableCC()
+		avail, err := availableCC(l.CC)
 		if err != nil {
 			return err
 		}
@@ -121,12 +121,26 @@ func (l Leg) Validate(name string) error {
 	return nil
 }
 
-func availableCC() (string, error) {
-	data, err := readSysctl("net/ipv4/tcp_available_congestion_control")
-	if err != nil {
-		return "", fmt.Errorf("read available congestion controls: %w", err)
+// availableCC lists the congestion controls the kernel has, after asking it
+// for want: most distributions build them as modules (Debian's tcp_bbr), which
+// the kernel loads when a process with CAP_NET_ADMIN first sets one.
+func availableCC(want string) (string, error) {
+	read := func() (string, error) {
+		data, err := readSysctl("net/ipv4/tcp_available_congestion_control")
+		if err != nil {
+			return "", fmt.Errorf("read available congestion controls: %w", err)
+		}
+		return strings.TrimSpace(data), nil
 	}
-	return strings.TrimSpace(data), nil
+	avail, err := read()
+	if err != nil || strings.Contains(" "+avail+" ", " "+want+" ") {
+		return avail, err
+	}
+	if fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err == nil {
+		_ = unix.SetsockoptString(fd, unix.SOL_TCP, unix.TCP_CONGESTION, want)
+		unix.Close(fd)
+	}
+	return read()
 }
 
 // beforeHandshake sets what the SYN or SYN-ACK must already carry (window

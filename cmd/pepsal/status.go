@@ -143,6 +143,9 @@ func printStatus(w io.Writer, rep *userspace.StatusReport) {
 	if d := rep.Daemon; d != nil {
 		fmt.Fprintf(w, "daemon:    pid %d, %s relay, up %s, listening on %v\n", d.PID, d.Relay,
 			(time.Duration(d.UptimeSeconds) * time.Second).String(), d.Listeners)
+		for _, o := range d.Off {
+			fmt.Fprintf(w, "off:       %s\n", o)
+		}
 		s := d.Stats
 		fmt.Fprintf(w, "conns:     %d active, %d accepted, %d completed, %d reset, %d upstream failed, %d refused (loop), %d relayed in userspace instead of the kernel\n",
 			s.Active, s.Accepted, s.Completed, s.Reset, s.UpstreamFailed, s.LoopRefused, s.Fallback)

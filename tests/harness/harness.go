@@ -34,12 +34,25 @@ func Build(out string, flags ...string) error {
 	return nil
 }
 
+// BinaryEnv names a pepsal binary built beforehand, which RunWithBinary
+// uses instead of building one (the kernel matrix builds once, on the host,
+// for test binaries that run in a VM).
+const BinaryEnv = "PEPSAL_TEST_BINARY"
+
 // RunWithBinary is the body of a TestMain: it sweeps the test beds of killed
-// runs, builds pepsal once into a temporary directory, sets *bin, runs the
-// tests and removes the directory.
+// runs, builds pepsal once into a temporary directory (or takes $BinaryEnv),
+// sets *bin, runs the tests and removes the directory.
 // It returns the exit code for os.Exit.
 func RunWithBinary(m *testing.M, bin *string) int {
 	SweepStaleBeds()
+	if prebuilt := os.Getenv(BinaryEnv); prebuilt != "" {
+		if _, err := os.Stat(prebuilt); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", BinaryEnv, err)
+			return 1
+		}
+		*bin = prebuilt
+		return m.Run()
+	}
 	dir, err := os.MkdirTemp("", "pepsal-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

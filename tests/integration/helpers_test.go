@@ -128,7 +128,34 @@ func startPepsalIn(t *testing.T, cfg suite, ns *testbed.NS, args ...string) *dae
 		}
 		t.Fatalf("%v:\n%s", err, out)
 	}
+	checkRelayInUse(t, ns, args)
 	return d
+}
+
+// checkRelayInUse: a daemon asked for the kernel relay uses it exactly where
+// the product's probe says this kernel can (what relayInUse predicts for the
+// tests' assertions), and says why not otherwise.
+func checkRelayInUse(t *testing.T, ns *testbed.NS, args []string) {
+	t.Helper()
+	asked := ""
+	for i, a := range args[:len(args)-1] {
+		if a == "--relay" {
+			asked = args[i+1]
+		}
+	}
+	if asked != "sockmap" {
+		return
+	}
+	want := suite{relay: asked}.relayInUse(t)
+	info := statusIn(t, ns).Daemon
+	switch {
+	case info == nil:
+		t.Fatalf("no daemon in status after start")
+	case info.Relay != want:
+		t.Fatalf("daemon relays by %s, the kernel relay probe says %s (off: %v)", info.Relay, want, info.Off)
+	case want != asked && len(info.Off) == 0:
+		t.Fatalf("daemon relays by %s instead of %s and does not say why", info.Relay, asked)
+	}
 }
 
 // status is `pepsal status --json` in the router namespace.

@@ -15,6 +15,7 @@ import (
 // stays under the threshold never enters the maps. Byte-exact through the
 // hand-over, both ways (an echo server).
 func TestOffloadHandsOver(t *testing.T) {
+	requireKernelRelay(t)
 	b := newBed(t, defaultSuite())
 	peerServer(t, b.Server, hostPort(testbed.ServerV4, 8080))
 	b.startPepsal("--iface", testbed.RouterClientIf, "--relay", "sockmap", "--offload-after", "64KiB")

@@ -26,6 +26,7 @@ import (
 // proxy's replies instead of resetting a connection it has no socket for,
 // and the router reaches that address through a static neighbour entry.
 func TestKernelRelayCutsOverlap(t *testing.T) {
+	requireKernelRelay(t)
 	b := newBed(t, defaultSuite().inRelay("sockmap")) // --offload-after 0: in the kernel relay at once
 	const port = 7900
 	received := make(chan []byte, 1)

@@ -73,7 +73,7 @@ func testLateAccept(t *testing.T, cfg suite) {
 			t.Errorf("%s: response %q, %v", f.name, got, err)
 		}
 	}
-	if cfg.relay == "sockmap" {
+	if cfg.relayInUse(t) == "sockmap" {
 		if got := b.status().counter("relay_redirected"); got < 2 {
 			t.Errorf("relay_redirected = %d: the requests did not go through the kernel relay", got)
 		}
@@ -121,7 +121,7 @@ func testEarlyClose(t *testing.T, cfg suite) {
 	}
 	// 32 KB fits the first window: the client's FIN is in before the upstream
 	// connect ends, so the socket cannot go into the sockmap.
-	if cfg.relay == "sockmap" {
+	if cfg.relayInUse(t) == "sockmap" {
 		if fb := b.daemonInfo().Stats.Fallback; fb < 2 {
 			t.Errorf("userspace_fallback = %d, want the two 32 KB connections at least", fb)
 		}
@@ -177,23 +177,24 @@ func testConnsShowsConnection(t *testing.T, cfg suite) {
 		t.Fatalf("conns --json: %+v", conns)
 	}
 	got := conns[0]
-	wantRelay := map[string]string{"splice": "splice", "sockmap": "kernel"}[cfg.relay]
+	relay := cfg.relayInUse(t)
+	wantRelay := map[string]string{"splice": "splice", "sockmap": "kernel"}[relay]
 	if got.Relay != wantRelay || got.State != "established" || got.Server != hostPort(testbed.ServerV4, 8080) ||
 		!strings.HasPrefix(got.Client, testbed.ClientV4+":") || got.AgeSeconds <= 0 {
 		t.Errorf("conns row %+v", got)
 	}
-	if cfg.relay == "sockmap" && (got.BytesToServer != int64(len(msg)) || got.BytesToClient < int64(len(msg))) {
+	if relay == "sockmap" && (got.BytesToServer != int64(len(msg)) || got.BytesToClient < int64(len(msg))) {
 		t.Errorf("live bytes %d/%d, want %d each way", got.BytesToServer, got.BytesToClient, len(msg))
 	}
 	// The request was sent well after both sockets were in the map, far
 	// under the budget: the kernel moved all of it. Splice: the kernel
 	// relay moved nothing.
-	wantKernel := map[string]int64{"splice": 0, "sockmap": int64(len(msg))}[cfg.relay]
-	if got.KernelBytesToServer != wantKernel || got.KernelBytesToClient > got.BytesToClient || (cfg.relay == "splice" && got.KernelBytesToClient != 0) {
+	wantKernel := map[string]int64{"splice": 0, "sockmap": int64(len(msg))}[relay]
+	if got.KernelBytesToServer != wantKernel || got.KernelBytesToClient > got.BytesToClient || (relay == "splice" && got.KernelBytesToClient != 0) {
 		t.Errorf("kernel bytes %d/%d of %d/%d, want %d to the server", got.KernelBytesToServer, got.KernelBytesToClient,
 			got.BytesToServer, got.BytesToClient, wantKernel)
 	}
-	wantText := map[string]*regexp.Regexp{"splice": regexp.MustCompile(`\ssplice\s`), "sockmap": regexp.MustCompile(`\skernel \d+%\s`)}[cfg.relay]
+	wantText := map[string]*regexp.Regexp{"splice": regexp.MustCompile(`\ssplice\s`), "sockmap": regexp.MustCompile(`\skernel \d+%\s`)}[relay]
 	if text := b.pepsal("conns"); text.code != 0 || !wantText.MatchString(text.stdout) {
 		t.Errorf("conns text: %d %s", text.code, text.stdout)
 	}
@@ -207,7 +208,7 @@ func testConnsShowsConnection(t *testing.T, cfg suite) {
 		time.Sleep(50 * time.Millisecond)
 		st = b.status()
 	}
-	if s := st.Daemon.Stats; s.BytesToServer != uint64(len(msg)) || s.KernelBytes < uint64(wantKernel) || (cfg.relay == "splice" && s.KernelBytes != 0) {
+	if s := st.Daemon.Stats; s.BytesToServer != uint64(len(msg)) || s.KernelBytes < uint64(wantKernel) || (relay == "splice" && s.KernelBytes != 0) {
 		t.Errorf("totals: %d bytes to servers, %d moved by the kernel; want %d and at least %d", s.BytesToServer, s.KernelBytes, len(msg), wantKernel)
 	}
 }
@@ -255,7 +256,7 @@ func testMemoryBoundedSlowClient(t *testing.T, cfg suite) {
 			}
 		})
 	}
-	if cfg.relay == "sockmap" {
+	if cfg.relayInUse(t) == "sockmap" {
 		// The control: with a budget too large to matter, the kernel relay
 		// has no backpressure and this same measurement must see it.
 		t.Run("control without budget", func(t *testing.T) {

@@ -252,7 +252,7 @@ func testRandomStress(t *testing.T, cfg suite) {
 		t.Errorf("accepted %d, want %d", info.Stats.Accepted, n)
 	}
 	t.Logf("%s: %+v", cfg.relay, info.Stats)
-	if cfg.relay == "sockmap" {
+	if cfg.relayInUse(t) == "sockmap" {
 		// Retransmissions over the lossy link that overlap bytes received
 		// before: relayed whole, their heads would be duplicated.
 		s := b.daemonStatus()

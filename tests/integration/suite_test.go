@@ -1,8 +1,12 @@
 package integration
 
 import (
+	"errors"
 	"slices"
+	"sync"
 	"testing"
+
+	"github.com/pepsal/pepsal/loader"
 )
 
 // suite is how a run of the tests starts its daemons. The relay suite's
@@ -25,6 +29,38 @@ type suite struct {
 // defaultSuite is the settings of the tests that run once: splice, and in
 // sockmap mode every connection in the kernel at once.
 func defaultSuite() suite { return suite{relay: "splice", offloadAfter: "0"} }
+
+// kernelRelayProbe is the product's own probe (loader.ProbeKernelRelay):
+// the tests expect the kernel relay exactly where it says the kernel can.
+var kernelRelayProbe = sync.OnceValue(loader.ProbeKernelRelay)
+
+// relayInUse is the relay s's daemons use: splice where the kernel relay
+// probe turns the asked kernel relay off (logged, so that a run says which
+// relay its assertions checked).
+func (s suite) relayInUse(t testing.TB) string {
+	if s.relay != "sockmap" {
+		return s.relay
+	}
+	err := kernelRelayProbe()
+	var un *loader.Unsupported
+	switch {
+	case err == nil:
+		return "sockmap"
+	case errors.As(err, &un):
+		t.Logf("%v: expecting splice", err)
+		return "splice"
+	}
+	t.Fatalf("kernel relay probe: %v", err)
+	return ""
+}
+
+// requireKernelRelay skips a test of the kernel relay itself where the
+// product's probe turns it off.
+func requireKernelRelay(t testing.TB) {
+	if suite.relayInUse(suite{relay: "sockmap"}, t) != "sockmap" {
+		t.Skipf("%v", kernelRelayProbe())
+	}
+}
 
 // inRelay is s with its daemons in relay mode relay.
 func (s suite) inRelay(relay string) suite {
@@ -101,5 +137,6 @@ var offloadSuite = []string{"ConcurrentTransfersIntact", "HalfClose", "ResetProp
 // TestSockmapOffload runs them with connections handed over from splice to
 // the kernel after 4 KiB.
 func TestSockmapOffload(t *testing.T) {
+	requireKernelRelay(t) // otherwise every connection is spliced, as in TestSplice
 	runSuite(t, suite{relay: "sockmap", offloadAfter: "4KiB"}, offloadSuite)
 }

@@ -154,6 +154,16 @@ func (n *NS) Sysctl(key, value string) error {
 	})
 }
 
+// ReadSysctl reads /proc/sys/<key> (dots as slashes) from inside the namespace.
+func (n *NS) ReadSysctl(key string) (string, error) {
+	var v []byte
+	err := n.Do(func() (err error) {
+		v, err = os.ReadFile("/proc/sys/" + strings.ReplaceAll(key, ".", "/"))
+		return err
+	})
+	return strings.TrimSpace(string(v)), err
+}
+
 // Handle returns a netlink handle bound to the namespace.
 func (n *NS) Handle() (*netlink.Handle, error) {
 	h, err := netns.GetFromName(n.Name)
