@@ -115,9 +115,14 @@ func detachLocked(dir string) error {
 			errs = append(errs, att.detachIface(i))
 		}
 		att.Close()
-	} else if c, ok := rawConfig(dir); ok { // pins of another layout
-		routing = Routing{Mark: c.Mark, Table: int(c.RouteTable), Priority: int(c.RulePriority)}
-		restoreFastOpen, restoreEarlyDemux, restoreTWReuse = c.FastopenRestore, c.EarlyDemuxRestore, c.TwReuseRestore
+	} else { // pins of another layout
+		if c, ok := rawConfig(dir); ok {
+			routing = Routing{Mark: c.Mark, Table: int(c.RouteTable), Priority: int(c.RulePriority)}
+			restoreFastOpen, restoreEarlyDemux, restoreTWReuse = c.FastopenRestore, c.EarlyDemuxRestore, c.TwReuseRestore
+		}
+		for i, st := range rawIfaces(dir) {
+			errs = append(errs, detachTC(dir, i, st))
+		}
 	}
 	// Links pinned without a record (a crash between pin and record).
 	entries, _ := os.ReadDir(dir)

@@ -153,3 +153,26 @@ func rawConfig(dir string) (classifyConfig, bool) {
 	}
 	return c, m.Lookup(uint32(0), &c) == nil
 }
+
+// rawIfaces reads pepsal_ifaces from pins of another layout, when its entries
+// still have this binary's sizes, so that detach can remove the classifier
+// from interfaces where it is a clsact filter (a tcx link is pinned: removing
+// the pin removes it; a filter is not).
+func rawIfaces(dir string) map[int]classifyIfaceState {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, classifyMapPepsalIfaces), nil)
+	if err != nil {
+		return nil
+	}
+	defer m.Close()
+	var st classifyIfaceState
+	if m.KeySize() != 4 || int(m.ValueSize()) != binary.Size(st) {
+		return nil
+	}
+	out := map[int]classifyIfaceState{}
+	var idx uint32
+	it := m.Iterate()
+	for it.Next(&idx, &st) {
+		out[int(idx)] = st
+	}
+	return out
+}

@@ -12,10 +12,23 @@ import (
 // older or newer version) are never read as this version's: status, run and
 // attach refuse them with one line that says to detach, and detach still
 // removes everything.
+// In both tc modes: a tcx link goes with its pin, a clsact filter must be
+// found from the interfaces the pins record.
 func TestOtherLayoutRefused(t *testing.T) {
+	for _, mode := range []string{"tcx", "clsact"} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == "tcx" {
+				requireTCX(t)
+			}
+			testOtherLayoutRefused(t, mode)
+		})
+	}
+}
+
+func testOtherLayoutRefused(t *testing.T, tcMode string) {
 	b := newBed(t, defaultSuite())
 	before := netState(t, b.Router)
-	if r := b.pepsal("attach", "--iface", testbed.RouterClientIf); r.code != 0 {
+	if r := b.pepsal("attach", "--iface", testbed.RouterClientIf, "--tc-mode", tcMode); r.code != 0 {
 		t.Fatalf("attach: %d %s", r.code, r.stderr)
 	}
 	var layoutPin string

@@ -147,6 +147,7 @@ func TestUpstreamMapFullFailsOpen(t *testing.T) {
 // own in pepsal_relay_dirs or pepsal_relay_user. Before 4021e99: one entry
 // of each leaked per connection until detach.
 func TestRelayMapsFullFallBack(t *testing.T) {
+	requireKernelRelay(t)
 	b := newBed(t, defaultSuite())
 	peerServer(t, b.Server, hostPort(testbed.ServerV4, 8081))
 	b.startPepsal("--iface", testbed.RouterClientIf, "--relay", "sockmap", "--offload-after", "0")

@@ -62,6 +62,15 @@ func requireKernelRelay(t testing.TB) {
 	}
 }
 
+// requireTCX skips a test of tcx links where the product's probe says the
+// kernel has none (the classifier is then a clsact filter).
+func requireTCX(t testing.TB) {
+	var un *loader.Unsupported
+	if err := loader.ProbeTCX(); errors.As(err, &un) {
+		t.Skipf("%v", err)
+	}
+}
+
 // inRelay is s with its daemons in relay mode relay.
 func (s suite) inRelay(relay string) suite {
 	s.relay = relay
