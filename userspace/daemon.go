@@ -306,6 +306,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	ifaces, _ := k.Ifaces()
 	off = append(off, tcxOff(ifaces)...)
+	off = append(off, windowOff(o.Tuning, ProbeLargeInitialWindow)...)
 	for _, o := range off {
 		log.Warn(o.String())
 	}

@@ -40,3 +40,37 @@ func TestChooseRelay(t *testing.T) {
 		}
 	}
 }
+
+// TestWindowOff: a kernel that opens windows at 64 KiB at most is reported
+// only when a leg asks for more, and only when the probe says so.
+func TestWindowOff(t *testing.T) {
+	small := &loader.Unsupported{Feature: "initial receive windows above 64 KiB", Why: "64 KiB at most"}
+	asks := Tuning{Client: Leg{InitRwnd: 2048}}
+	probes := 0
+	probe := func(err error) func() error { return func() error { probes++; return err } }
+	if got := windowOff(Tuning{Client: Leg{InitRwnd: 40}}, probe(small)); len(got) != 0 || probes != 0 {
+		t.Errorf("40 segments fit a SYN's window: %v, %d probes", got, probes)
+	}
+	if got := windowOff(asks, probe(nil)); len(got) != 0 {
+		t.Errorf("a kernel that opens large windows: %v", got)
+	}
+	got := windowOff(asks, probe(small))
+	if len(got) != 1 || !strings.HasPrefix(got[0].String(), "initial receive windows above 64 KiB off: 64 KiB at most; ") {
+		t.Errorf("a kernel that cannot: %v", got)
+	}
+	if got := windowOff(asks, probe(errors.New("no loopback"))); len(got) != 0 {
+		t.Errorf("a probe that failed for its own reasons: %v", got)
+	}
+}
+
+// TestProbeLargeInitialWindow: the probe answers (on any kernel) without
+// failing for its own reasons; the integration test LegTuning checks its
+// answer against the windows a split connection really gets.
+func TestProbeLargeInitialWindow(t *testing.T) {
+	err := ProbeLargeInitialWindow()
+	var un *loader.Unsupported
+	if err != nil && !errors.As(err, &un) {
+		t.Fatal(err)
+	}
+	t.Logf("probe: %v", err)
+}
