@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the build, the tests and `make generate` need.
-APT_PKGS := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool util-linux nginx curl nghttp2-client openssh-server openssh-client socat openssl systemd
+APT_PKGS := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool util-linux nginx curl nghttp2-client openssh-server openssh-client socat openssl systemd cpio
 
 # make install [PREFIX=/usr/local] [DESTDIR=...]: binary, systemd unit, flags file, docs.
 PREFIX     ?= /usr/local
@@ -14,7 +14,7 @@ SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 DOCDIR     ?= $(PREFIX)/share/doc/pepsal
 
-.PHONY: build generate unit lint test bench demo deps check-root check-go clean install
+.PHONY: build generate unit lint test test-kernels bench demo deps check-root check-go clean install
 
 build: check-go
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/pepsal ./cmd/pepsal
@@ -48,6 +48,24 @@ $(STATICCHECK):
 test: check-root deps check-go unit
 	$(GO) vet ./...
 	$(GO) test -p 1 -count=1 -timeout 14m ./... # one package at a time: the memory and timing tests read machine-wide counters
+
+# The kernel matrix: the test suites under other kernels (Debian's packages,
+# booted by qemu with this machine's root shared read-only; tests/kmatrix).
+# KERNELS: labels (6.1, 6.12, 6.18), LABEL=PACKAGE-REGEXP or LABEL=FILE.deb;
+# KERNEL_TESTS: a regexp of top-level tests (default: all); KERNEL_OUT: where
+# the binaries, logs and the table go (default: a new directory in /tmp).
+KMATRIX_PKGS := qemu-system-x86 busybox-static zstd xz-utils kmod
+KERNELS      ?= 6.1,6.12,6.18
+KERNEL_TESTS ?=
+KERNEL_OUT   ?=
+test-kernels: check-root deps check-go
+	@missing=""; for p in $(KMATRIX_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(GO) build -o bin/pepsal-kernels ./tests/cmd/pepsal-kernels
+	bin/pepsal-kernels --kernels '$(KERNELS)' --tests '$(KERNEL_TESTS)' $(if $(KERNEL_OUT),--out '$(KERNEL_OUT)') run
 
 # Only `make bench` and `make demo` need these (the page-load part: a real
 # browser, a web server, iptables for the reference PEPs), without recommends.
