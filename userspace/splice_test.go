@@ -107,11 +107,24 @@ func lentPipes() int64 {
 func TestSpliceRelayHalfCloseAndGracefulClose(t *testing.T) {
 	b := newRelayBed(t)
 	// Room for the whole download in the client leg's send queue, so that
-	// the relay can finish while the client reads nothing.
-	if err := b.clientLeg.SetWriteBuffer(4 << 20); err != nil {
+	// the relay can finish while the client reads nothing. SO_SNDBUF is
+	// capped by net.core.wmem_max (Debian's default: 208 KiB), which only
+	// root may pass: the download is sized to what the queue really holds.
+	var sndbuf int
+	err := withFD(b.clientLeg, func(fd int) error {
+		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4<<20) != nil {
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20); err != nil {
+				return err
+			}
+		}
+		var err error
+		sndbuf, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+		return err
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	up, down := randomBytes(3<<20+17, 1), randomBytes(1<<20+5, 2)
+	up, down := randomBytes(3<<20+17, 1), randomBytes(min(1<<20+5, sndbuf/8+5), 2)
 
 	serverGot := make(chan []byte, 1)
 	go func() {

@@ -113,6 +113,9 @@ func testSIGTERMDetaches(t *testing.T, cfg suite) {
 func testAttachIdempotentAndDetach(t *testing.T, cfg suite) {
 	for _, mode := range []string{"tcx", "clsact"} {
 		t.Run(mode, func(t *testing.T) {
+			if mode == "tcx" {
+				requireTCX(t)
+			}
 			b := newBed(t, cfg)
 			before := netState(t, b.Router)
 			peerServer(t, b.Server, hostPort(testbed.ServerV4, 8080))

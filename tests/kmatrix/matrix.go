@@ -143,6 +143,9 @@ func RunKernel(ctx context.Context, o Options, k Kernel, b *Binaries) *Run {
 		return run
 	}
 	plan := Plan{Out: out, Env: []string{"PEPSAL_TEST_BINARY=" + b.Pepsal}, Groups: b.Groups}
+	if o.Accel == "tcg" {
+		plan.Env = append(plan.Env, EmulatedEnv+"=tcg")
+	}
 	if err := writeJSON(filepath.Join(out, "plan.json"), plan); err != nil {
 		run.Error = err.Error()
 		return run

@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pepsal/pepsal/tests/kmatrix"
 	"github.com/pepsal/pepsal/tests/testbed"
 )
 
@@ -179,6 +180,9 @@ func TestBridgePlainNoLeak(t *testing.T) {
 
 // The TCP handshake takes exactly one round trip: SYN up, SYN-ACK down.
 func TestGeoRTT(t *testing.T) {
+	if kmatrix.Emulated() {
+		t.Skip("measures the emulator's timing, which an emulated CPU distorts")
+	}
 	geo, err := Profile("geo")
 	if err != nil {
 		t.Fatal(err)
@@ -216,6 +220,9 @@ func TestGeoRTT(t *testing.T) {
 
 // A bulk TCP download must run at the configured rate, less header overhead.
 func TestGoodput(t *testing.T) {
+	if kmatrix.Emulated() {
+		t.Skip("measures the emulator's timing, which an emulated CPU distorts")
+	}
 	const rate = 20e6
 	dir := Dir{Delay: 10 * time.Millisecond, RateBps: rate}
 	topo, br := newTopo(t, Link{Down: dir, Up: dir, Seed: 1})
