@@ -110,6 +110,11 @@ func TestKillLoop(t *testing.T) {
 
 // echoOnce writes msg and reads it back.
 func echoOnce(c *net.TCPConn, msg string) error {
+	// Its own deadline: a connection kept across rounds may have lived
+	// longer than the deadline it was opened with (a slow machine).
+	if err := c.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		return err
+	}
 	if _, err := io.WriteString(c, msg); err != nil {
 		return err
 	}
