@@ -381,6 +381,17 @@ func netState(t *testing.T, ns *testbed.NS) string {
 	return strings.Join(parts, "\n")
 }
 
+// withoutLines drops the lines of s that end with suffix.
+func withoutLines(s, suffix string) string {
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if !strings.HasSuffix(l, suffix) {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
 // scrubVolatile drops route cache details that change by themselves.
 func scrubVolatile(s string) string {
 	var keep []string

@@ -145,7 +145,15 @@ func testAttachIdempotentAndDetach(t *testing.T, cfg suite) {
 			if err := d.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
 				t.Fatal(err)
 			}
-			if after := netState(t, b.Router); after != once {
+			// As it found it, but for the relay verdict a kernel-relay
+			// daemon loads: it stays pinned for the next daemon (a socket
+			// inserted after it left the map would get no verdict) until
+			// `pepsal detach`.
+			after := netState(t, b.Router)
+			if cfg.relayInUse(t) == "sockmap" {
+				after = withoutLines(after, "/pepsal_relay_verdict")
+			}
+			if after != once {
 				t.Errorf("run without --iface must leave the attachment:\n%s", after)
 			}
 			if r := b.pepsal("detach"); r.code != 0 {
