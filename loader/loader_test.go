@@ -74,7 +74,8 @@ func TestOwnerAliveTellsAReusedPidApart(t *testing.T) {
 	}
 }
 
-func TestOneLine(t *testing.T) {
+// TestOneLineJoinsErrors: an errors.Join error prints on one line.
+func TestOneLineJoinsErrors(t *testing.T) {
 	err := errors.Join(errors.New("a"), errors.New("b"))
 	if got := oneLine(err); got != "a; b" {
 		t.Errorf("oneLine = %q", got)

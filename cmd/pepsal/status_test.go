@@ -2,7 +2,9 @@ package main
 
 import "testing"
 
-func TestShare(t *testing.T) {
+// TestKernelShareText: the kernel relay's share of a connection's bytes, as
+// `pepsal conns` prints it.
+func TestKernelShareText(t *testing.T) {
 	for _, c := range []struct {
 		part, total uint64
 		want        string

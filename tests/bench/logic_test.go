@@ -147,7 +147,9 @@ func TestTableMarkdown(t *testing.T) {
 	}
 }
 
-func TestFormat(t *testing.T) {
+// TestFormatUnits: the report's seconds, rates, sizes and speed-ups read as a
+// person writes them.
+func TestFormatUnits(t *testing.T) {
 	for _, c := range []struct{ got, want string }{
 		{FormatSeconds(5.123), "5.12 s"},
 		{FormatSeconds(21.64), "21.6 s"},
@@ -298,7 +300,9 @@ func TestParseSockstat(t *testing.T) {
 	}
 }
 
-func TestReport(t *testing.T) {
+// TestReportHasEveryTable: the Markdown report holds each table its parts ran,
+// and only those.
+func TestReportHasEveryTable(t *testing.T) {
 	cfg, _ := ConfigFromEnv(env(nil))
 	si := SystemInfo{Date: time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC), Kernel: "6.18.1", CPU: "AMD EPYC", Cores: 2, DefaultC: "bbr", LoadAvg: "0.1 0.2 0.3"}
 	res := &SpecResult{Spec: Spec{Profile: "leo", Topo: TwoPEP, Transfers: SatTransfers}, Runs: 5, Timeout: time.Minute,

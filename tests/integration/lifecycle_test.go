@@ -195,9 +195,9 @@ func testTwoNamespacesDoNotCollide(t *testing.T, cfg suite) {
 	}
 }
 
-// TestBadInput: each mistake gives one line on stderr, a non-zero exit, and
+// TestBadInputOneLineNothingAttached: each mistake gives one line on stderr, a non-zero exit, and
 // leaves nothing attached.
-func TestBadInput(t *testing.T) {
+func TestBadInputOneLineNothingAttached(t *testing.T) {
 	b := newBed(t, defaultSuite())
 	// An unprivileged user must be able to execute the binary to be refused by it.
 	os.Chmod(filepath.Dir(pepsalBin), 0o755)
