@@ -77,15 +77,18 @@ func (s suite) inRelay(relay string) suite {
 	return s
 }
 
+// suiteCase is a behaviour test that takes the suite's settings.
+type suiteCase struct {
+	name string
+	fn   func(*testing.T, suite)
+}
+
 // relaySuite is every behaviour of the proxy that a relay mode could change;
 // TestSplice and TestSockmap run all of it, unchanged, in each relay mode.
 // Tests of what happens before or beside the relay (the classifier passing
 // packets, refused loops, flows older than the attachment) are plain Test
-// functions that run once.
-var relaySuite = []struct {
-	name string
-	fn   func(*testing.T, suite)
-}{
+// functions that run once, and so are the cases of relayIndependent.
+var relaySuite = []suiteCase{
 	{"SplitIsSeenByServer", testSplitIsSeenByServer},
 	{"ConcurrentTransfersIntact", testConcurrentTransfersIntact},
 	{"HalfClose", testHalfClose},
@@ -99,13 +102,9 @@ var relaySuite = []struct {
 	{"ManyIdleConnsCheap", testManyIdleConnsCheap},
 	{"RandomStress", testRandomStress},
 	{"ShortExchangesIntact", testShortExchangesIntact},
-	{"LegTuning", testLegTuning},
-	{"DefaultsUntouched", testDefaultsUntouched},
-	{"ToSCopied", testToSCopied},
 	{"TwoPEPFastOpen", testTwoPEPFastOpen},
 	{"LoneTerminalFallsBack", testLoneTerminalFallsBack},
 	{"Transparent", testTransparent},
-	{"PolicyBypass", testPolicyBypass},
 	{"BothDirectionsAndOwnUpstream", testBothDirectionsAndOwnUpstream},
 	{"KilledDaemonFailsOpenAndDetachCleans", testKilledDaemonFailsOpenAndDetachCleans},
 	{"SIGTERMDetaches", testSIGTERMDetaches},
@@ -124,18 +123,38 @@ var relaySuite = []struct {
 	{"PeerFallback", testPeerFallback},
 }
 
-// runSuite runs the relay suite's tests named in keep (all of them when
-// keep is nil) with settings cfg.
+// relayIndependent are behaviours decided before any byte is relayed (the
+// classifier's policy, the legs' socket options and initial windows, the
+// upstream SYN's ToS): no relay mode changes them, so they run once.
+var relayIndependent = []suiteCase{
+	{"LegTuning", testLegTuning},
+	{"DefaultsUntouched", testDefaultsUntouched},
+	{"ToSCopied", testToSCopied},
+	{"PolicyBypass", testPolicyBypass},
+}
+
+// runSuite runs the cases named in keep, from the relay suite and then the
+// relay-independent cases, with settings cfg.
 func runSuite(t *testing.T, cfg suite, keep []string) {
-	for _, tc := range relaySuite {
-		if keep == nil || slices.Contains(keep, tc.name) {
+	for _, tc := range slices.Concat(relaySuite, relayIndependent) {
+		if slices.Contains(keep, tc.name) {
 			t.Run(tc.name, func(t *testing.T) { tc.fn(t, cfg) })
 		}
 	}
 }
 
-func TestSplice(t *testing.T)  { runSuite(t, defaultSuite(), nil) }
-func TestSockmap(t *testing.T) { runSuite(t, defaultSuite().inRelay("sockmap"), nil) }
+// runCases runs cases with settings cfg.
+func runCases(t *testing.T, cfg suite, cases []suiteCase) {
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, cfg) })
+	}
+}
+
+func TestSplice(t *testing.T)  { runCases(t, defaultSuite(), relaySuite) }
+func TestSockmap(t *testing.T) { runCases(t, defaultSuite().inRelay("sockmap"), relaySuite) }
+
+// TestRelayIndependent runs the relay-independent cases once, with splice.
+func TestRelayIndependent(t *testing.T) { runCases(t, defaultSuite(), relayIndependent) }
 
 // offloadSuite is what a hand-over from splice to the kernel in the middle of
 // a connection's bytes could break: order and completeness both ways, the
