@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -199,12 +200,12 @@ func NewFDBudget(listeners int) (FDBudget, error) {
 		}
 	}
 	b := FDBudget{Limit: rl.Cur, Listeners: listeners, Backlog: ListenBacklog}
-	if s, err := readSysctl("net/core/somaxconn"); err == nil {
+	if s, err := sockopt.ReadSysctl("net/core/somaxconn"); err == nil {
 		if n, err := strconv.Atoi(strings.TrimSpace(s)); err == nil && n < b.Backlog {
 			b.Backlog = n
 		}
 	}
-	b.Open = countOpenFDs()
+	b.Open = sockopt.OpenFDs()
 	return b, nil
 }
 

@@ -7,14 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"runtime"
 	"runtime/metrics"
-	"strconv"
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/pepsal/pepsal/userspace/sockopt"
 )
 
 // ControlAddr is the daemon's control socket. Abstract unix sockets belong to
@@ -53,7 +51,7 @@ func (o Off) String() string { return o.Feature + " off: " + o.Why + "; " + o.In
 // finished connections leave nothing behind.
 func (d *DaemonInfo) fillRuntime() {
 	d.Goroutines = runtime.NumGoroutine()
-	d.OpenFDs = countOpenFDs()
+	d.OpenFDs = sockopt.OpenFDs()
 	d.SplitStats = readSplitStats()
 	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
 	metrics.Read(sample)
@@ -154,49 +152,4 @@ func Query(request string, out any) error {
 		return fmt.Errorf("read daemon answer: %w", err)
 	}
 	return nil
-}
-
-// countOpenFDs counts the process's open descriptors. Since Linux 6.2 the
-// size of /proc/self/fd is that count: one stat. Listing the directory
-// instead makes the kernel build a proc inode and a dentry for every
-// descriptor and keep them cached: about 2 KiB per connection each time an
-// operator asks for the status of a daemon holding thousands.
-func countOpenFDs() int {
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/fd", &st); err == nil && st.Size > 0 {
-		return int(st.Size)
-	}
-	return countOpenFDsBySlot() // older kernels say 0
-}
-
-// countOpenFDsBySlot counts with one fcntl per slot of the descriptor
-// table: ~20,000 syscalls here, ~262,000 with LimitNOFILE=262144.
-func countOpenFDsBySlot() int {
-	slots := fdTableSize()
-	n := 0
-	for fd := range slots {
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
-			n++
-		}
-	}
-	return n
-}
-
-// fdTableSize is how many descriptor slots the process has: the kernel's
-// table size (FDSize in /proc/self/status), which covers every open one.
-func fdTableSize() int {
-	if data, err := os.ReadFile("/proc/self/status"); err == nil {
-		for _, l := range strings.Split(string(data), "\n") {
-			if rest, ok := strings.CutPrefix(l, "FDSize:"); ok {
-				if n, err := strconv.Atoi(strings.TrimSpace(rest)); err == nil && n > 0 {
-					return n
-				}
-			}
-		}
-	}
-	var rl unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur < 1<<24 {
-		return int(rl.Cur)
-	}
-	return 1 << 16
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -243,7 +244,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			if !ownAttachment { // a detach would restore it; without one, the daemon does
 				defer func() {
 					if !handedOver.Load() {
-						WriteSysctl("net/ipv4/tcp_fastopen", old)
+						sockopt.WriteSysctl("net/ipv4/tcp_fastopen", old)
 					}
 				}()
 			}
@@ -259,10 +260,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	for _, l := range listeners {
 		ln := l.ln
 		// The accept queue the fd budget counts on (listen again only sets it).
-		if err := ListenerFD(ln, func(fd int) error { return unix.Listen(fd, o.FDBudget.Backlog) }); err != nil {
+		if err := sockopt.WithFD(ln, func(fd int) error { return unix.Listen(fd, o.FDBudget.Backlog) }); err != nil {
 			return fmt.Errorf("set listener backlog: %w", err)
 		}
-		if err := ListenerFD(ln, func(fd int) error { return k.RegisterListener(l.slot, fd) }); err != nil {
+		if err := sockopt.WithFD(ln, func(fd int) error { return k.RegisterListener(l.slot, fd) }); err != nil {
 			return err
 		}
 		tcpListeners = append(tcpListeners, ln)
@@ -460,7 +461,7 @@ func notify(log *slog.Logger, state string) {
 
 // listenerCookie is the socket cookie of a listener, 0 if unknown.
 func listenerCookie(ln *net.TCPListener) uint64 {
-	cookie, _ := SocketCookie(ln)
+	cookie, _ := sockopt.Cookie(ln)
 	return cookie
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,13 +32,13 @@ func acceptFastOpen(fd int) error {
 	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN, fastOpenQueue); err != nil {
 		return fmt.Errorf("set TCP_FASTOPEN: %w", err)
 	}
-	return wrapOpt("TCP_FASTOPEN_NO_COOKIE", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1))
+	return sockopt.Wrap("TCP_FASTOPEN_NO_COOKIE", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1))
 }
 
 // EnableServerFastOpen sets the server bit of net.ipv4.tcp_fastopen in this
 // namespace (no socket option can) and returns the value to restore.
 func EnableServerFastOpen() (old string, changed bool, err error) {
-	cur, err := readSysctl("net/ipv4/tcp_fastopen")
+	cur, err := sockopt.ReadSysctl("net/ipv4/tcp_fastopen")
 	if err != nil {
 		return "", false, fmt.Errorf("read net.ipv4.tcp_fastopen: %w", err)
 	}
@@ -49,15 +50,10 @@ func EnableServerFastOpen() (old string, changed bool, err error) {
 	if v&serverEnable != 0 {
 		return cur, false, nil
 	}
-	if err := WriteSysctl("net/ipv4/tcp_fastopen", fmt.Sprint(v|serverEnable)); err != nil {
+	if err := sockopt.WriteSysctl("net/ipv4/tcp_fastopen", fmt.Sprint(v|serverEnable)); err != nil {
 		return "", false, fmt.Errorf("enable server fast open: %w", err)
 	}
 	return fmt.Sprint(v), true, nil
-}
-
-// WriteSysctl writes /proc/sys/<path>.
-func WriteSysctl(path, value string) error {
-	return os.WriteFile("/proc/sys/"+path, []byte(value), 0o644)
 }
 
 // firstBytes waits up to wait for what the client sends first, so that it can
@@ -72,7 +68,7 @@ func firstBytes(c *net.TCPConn, wait time.Duration) (data []byte, drained bool, 
 	_ = c.SetReadDeadline(time.Now().Add(wait))
 	defer c.SetReadDeadline(time.Time{})
 	n, err := c.Read(buf)
-	if isTimeout(err) {
+	if sockopt.IsTimeout(err) {
 		return nil, true, nil
 	}
 	if err != nil {
@@ -125,11 +121,6 @@ func readQueued(c *net.TCPConn, data []byte, max int) (_ []byte, drained bool, e
 	}
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
 // dialFastOpen connects to dst with data in the SYN (sendto MSG_FASTOPEN),
 // with the same socket setup as an ordinary dial, and writes what did not fit
 // in the SYN once connected.
@@ -152,7 +143,7 @@ func (s *Splitter) dialFastOpen(ctx context.Context, src, dst netip.AddrPort, to
 		return nil, 0, fmt.Errorf("socket: %w", err)
 	}
 	if cookie, err = s.setupUpstream(fd, network, tos); err == nil {
-		err = wrapOpt("TCP_FASTOPEN_NO_COOKIE", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1))
+		err = sockopt.Wrap("TCP_FASTOPEN_NO_COOKIE", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1))
 	}
 	if err == nil && s.Transparent {
 		var local unix.Sockaddr = &unix.SockaddrInet6{Port: int(src.Port()), Addr: src.Addr().As16()}

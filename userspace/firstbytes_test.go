@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,7 +19,7 @@ func queued(t *testing.T, c *net.TCPConn, n int) {
 	t.Helper()
 	waitFor(t, "bytes never reached the receive queue", func() bool {
 		var q int
-		_ = withFD(c, func(fd int) (err error) { q, err = unix.IoctlGetInt(fd, unix.SIOCINQ); return err })
+		_ = sockopt.WithFD(c, func(fd int) (err error) { q, err = unix.IoctlGetInt(fd, unix.SIOCINQ); return err })
 		return q >= n
 	})
 }
@@ -117,7 +118,7 @@ func TestSpliceRelayAbortResetsBoth(t *testing.T) {
 	client, clientLeg := tcpPair(t)
 	serverLeg, server := tcpPair(t)
 	for _, c := range []*net.TCPConn{clientLeg, serverLeg} {
-		if err := resetOnCrash(c); err != nil {
+		if err := sockopt.ResetOnCrash(c); err != nil {
 			t.Fatal(err)
 		}
 		c.SetDeadline(time.Now().Add(30 * time.Second))
@@ -129,7 +130,7 @@ func TestSpliceRelayAbortResetsBoth(t *testing.T) {
 	conn := NewTable().Add(clientLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), serverLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), "splice")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	context.AfterFunc(ctx, func() { resetConn(clientLeg); resetConn(serverLeg) })
+	context.AfterFunc(ctx, func() { sockopt.Reset(clientLeg); sockopt.Reset(serverLeg) })
 	outcome := make(chan Outcome, 1)
 	spliceRelayAsync(ctx, w, conn, clientLeg, serverLeg, func(o Outcome) { outcome <- o })
 

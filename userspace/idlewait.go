@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -144,7 +145,7 @@ func runSteps(ctx context.Context, w *idleWaiter, src *net.TCPConn, slot *idleSl
 			}()
 			return
 		}
-		if err := withFD(src, func(fd int) error { return w.arm(slot, fd, next) }); err != nil {
+		if err := sockopt.WithFD(src, func(fd int) error { return w.arm(slot, fd, next) }); err != nil {
 			fin(err)
 			return
 		}
@@ -170,5 +171,5 @@ func waitReadable(c *net.TCPConn) error {
 	if err != nil {
 		return err
 	}
-	return rc.Read(func(fd uintptr) bool { return readable(int(fd)) })
+	return rc.Read(func(fd uintptr) bool { return sockopt.Readable(int(fd)) })
 }

@@ -1,12 +1,9 @@
 package userspace
 
 import (
-	"fmt"
 	"net/netip"
-	"syscall"
 
 	"github.com/pepsal/pepsal/loader"
-	"golang.org/x/sys/unix"
 )
 
 // What the proxy needs of the BPF side, as small interfaces: the daemon
@@ -55,25 +52,6 @@ type ListenerRegistry interface {
 	RegisterListener(slot uint32, fd int) error
 	// ListenerCookie is the cookie of the socket in a slot, 0 if none.
 	ListenerCookie(slot uint32) uint64
-}
-
-// SocketCookie is the kernel's cookie of a socket (SO_COOKIE): the key of
-// its entries in the BPF maps.
-func SocketCookie(c syscall.Conn) (uint64, error) {
-	var cookie uint64
-	err := withFD(c, func(fd int) (err error) {
-		cookie, err = fdCookie(fd)
-		return err
-	})
-	return cookie, err
-}
-
-func fdCookie(fd int) (uint64, error) {
-	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
-	if err != nil {
-		return 0, fmt.Errorf("SO_COOKIE: %w", err)
-	}
-	return cookie, nil
 }
 
 // The loader's handles are what the daemon wires in.

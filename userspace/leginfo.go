@@ -3,6 +3,7 @@ package userspace
 import (
 	"net"
 
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,7 +33,7 @@ func legInfo(c *net.TCPConn) *LegInfo {
 		return nil
 	}
 	var li LegInfo
-	err := withFD(c, func(fd int) error {
+	err := sockopt.WithFD(c, func(fd int) error {
 		info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
 		if err != nil {
 			return err

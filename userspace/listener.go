@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -49,31 +47,3 @@ func (e *ListenError) Error() string {
 }
 
 func (e *ListenError) Unwrap() error { return e.Err }
-
-func transparent(network, _ string, c syscall.RawConn) error {
-	var serr error
-	if err := c.Control(func(fd uintptr) { serr = transparentFD(int(fd), network) }); err != nil {
-		return err
-	}
-	return serr
-}
-
-// transparentFD lets a socket use addresses that are not the host's.
-func transparentFD(fd int, network string) error {
-	var err error
-	if network == "tcp6" {
-		err = unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
-	} else {
-		err = unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-	}
-	return wrapOpt("IP_TRANSPARENT", err)
-}
-
-// ListenerFD runs fn with the listener's file descriptor without dup'ing it
-// (a dup would keep the socket, and its SOCKMAP entry, alive).
-func ListenerFD(ln *net.TCPListener, fn func(fd int) error) error { return withFD(ln, fn) }
-
-func readSysctl(path string) (string, error) {
-	data, err := os.ReadFile("/proc/sys/" + path)
-	return string(data), err
-}

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -75,7 +76,7 @@ func ListenPeers(addr string, t Tuning) (*PeerGateway, error) {
 		if err := c.Control(func(fd uintptr) {
 			// An upgraded daemon binds the same port while the old one
 			// still holds it (it hands over only the proxy's listeners).
-			serr = errors.Join(wrapOpt("SO_REUSEPORT", unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)),
+			serr = errors.Join(sockopt.Wrap("SO_REUSEPORT", unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)),
 				t.Client.beforeHandshake(int(fd)))
 		}); err != nil {
 			return err
@@ -94,7 +95,7 @@ func ListenPeers(addr string, t Tuning) (*PeerGateway, error) {
 // over: its accept queue, terminals' connections in it included, carries
 // on. The client leg's tuning is set again, as this binary has it.
 func PeerGatewayOn(ln *net.TCPListener, t Tuning) (*PeerGateway, error) {
-	if err := withFD(ln, t.Client.beforeHandshake); err != nil {
+	if err := sockopt.WithFD(ln, t.Client.beforeHandshake); err != nil {
 		return nil, &ListenError{What: "peer", Addr: ln.Addr().String(), Err: err}
 	}
 	return newPeerGateway(ln), nil
@@ -106,7 +107,7 @@ func newPeerGateway(ln *net.TCPListener) *PeerGateway {
 }
 
 // Port is the listener's port (for sock_ops, which tunes its sockets).
-func (g *PeerGateway) Port() uint16 { return addrPort(g.ln.Addr()).Port() }
+func (g *PeerGateway) Port() uint16 { return sockopt.AddrPort(g.ln.Addr()).Port() }
 
 // Addr is the listener's address.
 func (g *PeerGateway) Addr() net.Addr { return g.ln.Addr() }
@@ -157,7 +158,7 @@ func (g *PeerGateway) allowed(a netip.Addr) bool {
 
 // refuse resets a peer connection without dialing anything, and counts why.
 func (g *PeerGateway) refuse(s *Splitter, conn *net.TCPConn, reason string, err error) {
-	resetConn(conn)
+	sockopt.Reset(conn)
 	g.mu.Lock()
 	g.refused[reason]++
 	g.mu.Unlock()
@@ -168,7 +169,7 @@ func (g *PeerGateway) refuse(s *Splitter, conn *net.TCPConn, reason string, err 
 func (s *Splitter) peerAcceptLoop(ctx context.Context, g *PeerGateway) {
 	s.acceptEach(g.ln, "peer", func(conn *net.TCPConn) {
 		g.accepted.Add(1)
-		if !g.allowed(addrPort(conn.RemoteAddr()).Addr()) {
+		if !g.allowed(sockopt.AddrPort(conn.RemoteAddr()).Addr()) {
 			g.refuse(s, conn, AuthNotAllowed, errors.New("source not in the allowed prefixes"))
 			return
 		}
@@ -206,7 +207,7 @@ func (s *Splitter) servePeer(ctx context.Context, g *PeerGateway, conn *net.TCPC
 	}
 	if err != nil {
 		stop()
-		resetConn(conn)
+		sockopt.Reset(conn)
 		return
 	}
 	data, drained, err := readHeader(conn)
@@ -221,7 +222,7 @@ func (s *Splitter) servePeer(ctx context.Context, g *PeerGateway, conn *net.TCPC
 			// The terminal recycled it, or it sat idle past the limit, or
 			// we are stopping: not an attack, nothing to count as one.
 			g.idleClosed.Add(1)
-			resetConn(conn)
+			sockopt.Reset(conn)
 		default:
 			g.refuse(s, conn, AuthIncomplete, err)
 		}
@@ -260,7 +261,7 @@ func readHeader(conn *net.TCPConn) (data []byte, drained bool, err error) {
 			return data, true, &authError{AuthGarbage, "bad magic"}
 		}
 		if rerr != nil {
-			if len(data) > 0 && (isTimeout(rerr) || errors.Is(rerr, io.EOF)) {
+			if len(data) > 0 && (sockopt.IsTimeout(rerr) || errors.Is(rerr, io.EOF)) {
 				return data, true, &authError{AuthIncomplete, fmt.Sprintf("%d of %d header bytes, then %v", len(data), headerLen, rerr)}
 			}
 			return data, true, rerr
@@ -310,11 +311,11 @@ func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPC
 	}
 	c := s.Table.Add(hdr.Client, hdr.Dst, relay)
 	c.SetPeer("warm")
-	if err := resetOnCrash(warm); err != nil {
+	if err := sockopt.ResetOnCrash(warm); err != nil {
 		s.Log.Warn("warm leg", "conn", c.ID, "err", err)
 	}
-	if s.own[hdr.Dst] || hdr.Dst.Addr().IsLoopback() || hdr.Dst == addrPort(warm.LocalAddr()) {
-		resetConn(warm)
+	if s.own[hdr.Dst] || hdr.Dst.Addr().IsLoopback() || hdr.Dst == sockopt.AddrPort(warm.LocalAddr()) {
+		sockopt.Reset(warm)
 		s.Table.Remove(c, LoopRefused)
 		s.Log.Info("warm path refused: destination is the proxy itself", "conn", c.ID, "server", hdr.Dst)
 		return
@@ -330,7 +331,7 @@ func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPC
 		}
 	}
 	if err != nil {
-		resetConn(warm)
+		sockopt.Reset(warm)
 		if IsLocalFailure(err) {
 			splitStats.localFailed.Add(1)
 			s.Table.Remove(c, LocalFailed)
@@ -341,7 +342,7 @@ func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPC
 		s.Log.Info("warm path: upstream connect failed", "conn", c.ID, "client", hdr.Client, "server", hdr.Dst, "err", err)
 		return
 	}
-	if err := resetOnCrash(server); err != nil {
+	if err := sockopt.ResetOnCrash(server); err != nil {
 		s.Log.Warn("server leg", "conn", c.ID, "err", err)
 	}
 	if err := s.Tuning.Client.established(warm); err != nil {
@@ -363,7 +364,7 @@ func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPC
 // server leg.
 func (s *Splitter) relayLegs(ctx context.Context, c *Conn, client, server *net.TCPConn, st relayStart, drained bool) {
 	pre := st.pre
-	stop := context.AfterFunc(ctx, func() { resetConn(client); resetConn(server) })
+	stop := context.AfterFunc(ctx, func() { sockopt.Reset(client); sockopt.Reset(server) })
 	c.add(pre, 0)
 	var how Outcome
 	if s.Kernel != nil && drained {

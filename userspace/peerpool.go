@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -258,7 +259,7 @@ func (p *PeerPool) Stats() PeerPoolStats {
 // error means the connection is gone).
 func stillOpen(c *net.TCPConn) bool {
 	open := false
-	_ = withFD(c, func(fd int) error {
+	_ = sockopt.WithFD(c, func(fd int) error {
 		var b [1]byte
 		_, _, err := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		open = errors.Is(err, unix.EAGAIN)
@@ -341,13 +342,13 @@ func (s *Splitter) splitWarm(ctx context.Context, c *Conn, client *net.TCPConn, 
 		_, err = w.conn.Write(append(b[:], first...))
 	}
 	if err != nil {
-		resetConn(client)
-		resetConn(w.conn)
+		sockopt.Reset(client)
+		sockopt.Reset(w.conn)
 		s.Table.Remove(c, WasReset)
 		s.Log.Info("warm path: header not sent", "conn", c.ID, "err", err)
 		return
 	}
-	if err := resetOnCrash(w.conn); err != nil {
+	if err := sockopt.ResetOnCrash(w.conn); err != nil {
 		s.Log.Warn("warm leg", "conn", c.ID, "err", err)
 	}
 	if err := s.Tuning.Client.established(client); err != nil {

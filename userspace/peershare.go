@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -131,7 +132,7 @@ func (p *peerShare) join(conn *net.TCPConn) (leave func()) {
 	// The initial window is sized as one round trip of the link: a whole
 	// window per round trip is the rate it stands for.
 	f.prior = uint64(float64(info.Snd_cwnd) * float64(info.Snd_mss) / f.rtt.Seconds())
-	term := addrPort(conn.RemoteAddr()).Addr()
+	term := sockopt.AddrPort(conn.RemoteAddr()).Addr()
 
 	p.mu.Lock()
 	e := p.terms[term]

@@ -10,10 +10,10 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -107,8 +107,8 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 	fallback := func(done func(Outcome)) {
 		spliceRelayWith(ctx, w, c, client, server, done, spliceOpts{slots: st.slots})
 	}
-	clientCookie, err1 := SocketCookie(client)
-	serverCookie, err2 := SocketCookie(server)
+	clientCookie, err1 := sockopt.Cookie(client)
+	serverCookie, err2 := sockopt.Cookie(server)
 	if err := errors.Join(err1, err2); err != nil {
 		c.SetRelay("userspace: " + err.Error())
 		fallback(done)
@@ -120,7 +120,7 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 		who  string
 		conn *net.TCPConn
 	}{{"client", client}, {"server", server}} {
-		if st := tcpState(s.conn); st != unix.BPF_TCP_ESTABLISHED {
+		if st := sockopt.TCPState(s.conn); st != unix.BPF_TCP_ESTABLISHED {
 			c.SetRelay(fmt.Sprintf("userspace: %s closed before insert", s.who))
 			fallback(done)
 			return
@@ -153,7 +153,7 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 	down.userBytes.Store(st.preDown)
 	down.published = uint64(st.preDown)
 	up.peer, down.peer = down, up
-	if err := withFD(client, func(fd int) error { return k.Maps.Insert(clientCookie, fd) }); err != nil {
+	if err := sockopt.WithFD(client, func(fd int) error { return k.Maps.Insert(clientCookie, fd) }); err != nil {
 		c.SetRelay("userspace: client: " + err.Error())
 		fallback(func(o Outcome) {
 			k.Maps.Forget(clientCookie, serverCookie)
@@ -166,7 +166,7 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 	// From here the client is in the map for good (removing it would drop
 	// whatever the verdict left on it), so a failure below keeps it there
 	// and relays through it in userspace.
-	if err := withFD(server, func(fd int) error { return k.Maps.Insert(serverCookie, fd) }); err != nil {
+	if err := sockopt.WithFD(server, func(fd int) error { return k.Maps.Insert(serverCookie, fd) }); err != nil {
 		c.SetRelay("userspace: server: " + err.Error())
 	} else {
 		down.inMap = true
@@ -176,7 +176,7 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 	// socket's data_ready now, which hands them to the verdict, in order.
 	for _, d := range []*relayDir{up, down} {
 		if d.inMap {
-			_ = withFD(d.src, func(fd int) error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1) })
+			_ = sockopt.WithFD(d.src, func(fd int) error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1) })
 		}
 	}
 	live := func() Moved { return k.moved(up, down) }
@@ -189,8 +189,8 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 		abortOnce.Do(func() {
 			aborted.Store(true)
 			cancel()
-			resetConn(client)
-			resetConn(server)
+			sockopt.Reset(client)
+			sockopt.Reset(server)
 		})
 	}
 	// Neither direction holds a goroutine while its socket has nothing for
@@ -290,7 +290,7 @@ func readPooled(c *net.TCPConn) (bufp *[]byte, n int, err error) {
 	var rerr error
 	err = rc.Read(func(fd uintptr) bool {
 		bufp = relayBufs.Get().(*[]byte)
-		n, rerr = retryEINTR(func() (int, error) { return unix.Read(int(fd), *bufp) })
+		n, rerr = sockopt.RetryEINTR(func() (int, error) { return unix.Read(int(fd), *bufp) })
 		if rerr == unix.EAGAIN {
 			relayBufs.Put(bufp)
 			bufp = nil
@@ -410,7 +410,7 @@ func (k *KernelRelay) flushKernel(ctx context.Context, d *relayDir) error {
 	want := st.KernelBytes + uint64(d.userBytes.Load())
 	wait := 50 * time.Microsecond
 	for {
-		written, state, err := sentBytes(d.dst)
+		written, state, err := sockopt.SentBytes(d.dst)
 		if err != nil {
 			return err
 		}
@@ -483,7 +483,7 @@ func (k *KernelRelay) endedByFIN(d *relayDir) error {
 		return nil // read by plain recv, which returns the reset itself
 	}
 	if d.peer == nil || !d.peer.dstShut.Load() {
-		if tcpState(d.src) == unix.BPF_TCP_CLOSE {
+		if sockopt.TCPState(d.src) == unix.BPF_TCP_CLOSE {
 			return errResetNotFIN
 		}
 		return nil
@@ -503,7 +503,7 @@ func (k *KernelRelay) endedByFIN(d *relayDir) error {
 // relayBooks is d.src's stream at EOF: what its TCP received, and what of
 // it the verdict or userspace's own reads account for.
 type relayBooks struct {
-	received uint64          // data bytes received, assuming a FIN (dataReceived)
+	received uint64          // data bytes received, assuming a FIN (sockopt.DataReceived)
 	seen     uint64          // kernel + passed + read and not relayed (srcSkip)
 	dir      loader.RelayDir // the verdict's counters behind seen
 }
@@ -512,7 +512,7 @@ type relayBooks struct {
 // only ever catches up, so a byte counted as received and not yet as seen
 // keeps the caller waiting, never the other way round.
 func (k *KernelRelay) books(d *relayDir) (relayBooks, error) {
-	received, err := dataReceived(d.src)
+	received, err := sockopt.DataReceived(d.src)
 	if err != nil {
 		return relayBooks{}, err
 	}
@@ -521,26 +521,6 @@ func (k *KernelRelay) books(d *relayDir) (relayBooks, error) {
 		return relayBooks{}, fmt.Errorf("read relay state: %w", err)
 	}
 	return relayBooks{received: received, seen: st.KernelBytes + st.PassedBytes + d.srcSkip, dir: st}, nil
-}
-
-// dataReceived is how many data bytes c's TCP received in all, once its FIN
-// is in: TCP_INFO's bytes_received counts sequence space up to rcv_nxt, which
-// includes the FIN (measured on 6.18: 13 data bytes and a FIN read as 14).
-// Only called after EOF, when the FIN is always counted.
-func dataReceived(c *net.TCPConn) (uint64, error) {
-	var received uint64
-	err := withFD(c, func(fd int) error {
-		info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
-		if err != nil {
-			return fmt.Errorf("TCP_INFO: %w", err)
-		}
-		received = info.Bytes_received
-		return nil
-	})
-	if received > 0 {
-		received-- // the FIN
-	}
-	return received, err
 }
 
 // sleepCtx sleeps *wait, doubling it up to 10 ms for the next call: these
@@ -555,30 +535,10 @@ func sleepCtx(ctx context.Context, wait *time.Duration) error {
 	return nil
 }
 
-// sentBytes is how much sequence space was ever written into c's TCP:
-// acknowledged (the SYN of a dialed socket included) plus still in the send
-// queue. Read in that order, an ACK that lands in between can only make the
-// sum low, never high.
-func sentBytes(c *net.TCPConn) (written uint64, state uint8, err error) {
-	err = withFD(c, func(fd int) error {
-		info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
-		if err != nil {
-			return fmt.Errorf("TCP_INFO: %w", err)
-		}
-		outq, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
-		if err != nil {
-			return fmt.Errorf("SIOCOUTQ: %w", err)
-		}
-		written, state = info.Bytes_acked+uint64(outq), info.State
-		return nil
-	})
-	return written, state, err
-}
-
-// seqBase is the part of c's sentBytes that is not data, given that
+// seqBase is the part of sockopt.SentBytes(c) that is not data, given that
 // userspace wrote written bytes into it so far (nothing was relayed yet).
 func seqBase(c *net.TCPConn, written uint64) (uint64, error) {
-	sent, _, err := sentBytes(c)
+	sent, _, err := sockopt.SentBytes(c)
 	if err != nil {
 		return 0, err
 	}
@@ -586,29 +546,4 @@ func seqBase(c *net.TCPConn, written uint64) (uint64, error) {
 		return 0, nil
 	}
 	return sent - written, nil
-}
-
-func tcpState(c *net.TCPConn) uint8 {
-	var st uint8
-	_ = withFD(c, func(fd int) error {
-		info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
-		if err == nil {
-			st = info.State
-		}
-		return err
-	})
-	return st
-}
-
-// withFD runs fn on a socket's descriptor without dup'ing it.
-func withFD(c syscall.Conn, fn func(fd int) error) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ferr error
-	if err := rc.Control(func(fd uintptr) { ferr = fn(int(fd)) }); err != nil {
-		return err
-	}
-	return ferr
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -170,15 +171,15 @@ func newKernelBed(t *testing.T) *kernelBed {
 	b.client, b.clientLeg = tcpPair(t)
 	b.serverLeg, b.server = tcpPair(t)
 	for _, c := range []*net.TCPConn{b.clientLeg, b.serverLeg} {
-		if err := resetOnCrash(c); err != nil {
+		if err := sockopt.ResetOnCrash(c); err != nil {
 			t.Fatal(err)
 		}
 	}
 	var err error
-	if b.clientCookie, err = SocketCookie(b.clientLeg); err != nil {
+	if b.clientCookie, err = sockopt.Cookie(b.clientLeg); err != nil {
 		t.Fatal(err)
 	}
-	if b.serverCookie, err = SocketCookie(b.serverLeg); err != nil {
+	if b.serverCookie, err = sockopt.Cookie(b.serverLeg); err != nil {
 		t.Fatal(err)
 	}
 	b.conn = NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, "kernel")
@@ -195,7 +196,7 @@ func (b *kernelBed) start(t *testing.T, st relayStart) {
 	b.cancel = cancel
 	t.Cleanup(cancel)
 	// As split does: whoever cancels resets both legs.
-	context.AfterFunc(ctx, func() { resetConn(b.clientLeg); resetConn(b.serverLeg) })
+	context.AfterFunc(ctx, func() { sockopt.Reset(b.clientLeg); sockopt.Reset(b.serverLeg) })
 	k.relayAsync(ctx, b.conn, b.clientLeg, b.serverLeg, st, func(o Outcome) {
 		select {
 		case <-b.maps.forgot:
@@ -358,9 +359,9 @@ func TestKernelRelayEOFWaitsForTheVerdict(t *testing.T) {
 	// Polled 20 more times with the verdict behind, the server leg
 	// must still be open (a shutdown changes its state at once).
 	waitFor(t, "the relay did not poll the verdict at EOF, nor half-close", func() bool {
-		return b.maps.dirReads(b.clientCookie) >= before+20 || tcpState(b.serverLeg) != unix.BPF_TCP_ESTABLISHED
+		return b.maps.dirReads(b.clientCookie) >= before+20 || sockopt.TCPState(b.serverLeg) != unix.BPF_TCP_ESTABLISHED
 	})
-	if st := tcpState(b.serverLeg); st != unix.BPF_TCP_ESTABLISHED {
+	if st := sockopt.TCPState(b.serverLeg); st != unix.BPF_TCP_ESTABLISHED {
 		t.Fatalf("server leg half-closed (state %d) while 100 received bytes had not reached the verdict", st)
 	}
 	b.maps.set(b.clientCookie, func(d *fakeDir) { d.holdBack = 0 })
@@ -425,7 +426,7 @@ func TestKernelRelayFlushesKernelBytesFirst(t *testing.T) {
 	waitFor(t, "the relay never read the relay state", func() bool { return b.maps.dirReads(b.clientCookie) > before })
 	// A relay that does not wait writes the tail, or shuts down, now.
 	time.Sleep(100 * time.Millisecond)
-	if st := tcpState(b.serverLeg); st != unix.BPF_TCP_ESTABLISHED {
+	if st := sockopt.TCPState(b.serverLeg); st != unix.BPF_TCP_ESTABLISHED {
 		t.Fatalf("server leg shut down (state %d) before the kernel's bytes were in its queue", st)
 	}
 	// The kernel's redirect lands in the server leg's send queue.

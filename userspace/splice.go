@@ -3,7 +3,6 @@ package userspace
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -67,8 +67,8 @@ func spliceRelayWith(ctx context.Context, w *idleWaiter, c *Conn, client, server
 		abortOnce.Do(func() {
 			aborted.Store(true)
 			cancel() // wakes the other direction if it waits in the idle waiter
-			resetConn(client)
-			resetConn(server)
+			sockopt.Reset(client)
+			sockopt.Reset(server)
 		})
 	}
 	slots := opt.slots
@@ -214,42 +214,15 @@ func (c *Conn) halfState() string {
 	}
 }
 
-// resetConn closes with SO_LINGER 0, which sends an RST and drops unsent data:
-// the right answer when the other leg was reset.
-func resetConn(c *net.TCPConn) {
-	_ = c.SetLinger(0)
-	_ = c.Close()
-}
-
-// resetOnCrash gives a leg SO_LINGER {on, 0} for the life of the relay: if
-// the daemon dies, the kernel's close of its fds sends an RST, and a peer
-// that reads to EOF cannot take a cut-off stream for a complete one.
-func resetOnCrash(c *net.TCPConn) error {
-	if err := c.SetLinger(0); err != nil {
-		return fmt.Errorf("SO_LINGER: %w", err)
-	}
-	return nil
-}
-
 // closeGracefully ends a relay that finished cleanly: SO_LINGER off first,
 // so that close() lets queued bytes leave and the FIN (already sent by the
-// half-closes) stands, instead of the RST resetOnCrash armed.
+// half-closes) stands, instead of the RST sockopt.ResetOnCrash armed.
 func closeGracefully(c *net.TCPConn) {
 	if f, ok := beforeClose.LoadAndDelete(c); ok {
 		f.(func())()
 	}
 	_ = c.SetLinger(-1)
 	_ = c.Close()
-}
-
-// queueEmpty says whether a socket has no unread byte (SIOCINQ).
-func queueEmpty(rc syscall.RawConn) bool {
-	var n int
-	var err error
-	if cerr := rc.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }); cerr != nil || err != nil {
-		return false
-	}
-	return n == 0
 }
 
 // spliceStepUntil moves src's bytes to dst until src has none
@@ -281,7 +254,7 @@ func spliceStepUntil(dst, src *net.TCPConn, count func(int64), stop func() bool)
 			// An idle pipe is free to try with; a new one is made only for
 			// bytes that are there, or an idle connection would cost one.
 			if p = pipes.idlePipe(); p == nil {
-				if !readable(int(fd)) {
+				if !sockopt.Readable(int(fd)) {
 					empty = true
 					return true // never park here: the caller waits
 				}
@@ -290,7 +263,7 @@ func spliceStepUntil(dst, src *net.TCPConn, count func(int64), stop func() bool)
 					// Out of fds: move these bytes through a buffer rather
 					// than fail a connection that works.
 					bufp = relayBufs.Get().(*[]byte)
-					n, serr = retryEINTR(func() (int, error) { return unix.Read(int(fd), *bufp) })
+					n, serr = sockopt.RetryEINTR(func() (int, error) { return unix.Read(int(fd), *bufp) })
 					if serr == unix.EAGAIN {
 						relayBufs.Put(bufp)
 						bufp, empty = nil, true
@@ -298,7 +271,7 @@ func spliceStepUntil(dst, src *net.TCPConn, count func(int64), stop func() bool)
 					return true
 				}
 			}
-			n, serr = retryEINTR(func() (int, error) { return splice(int(fd), p.w, p.size) })
+			n, serr = sockopt.RetryEINTR(func() (int, error) { return splice(int(fd), p.w, p.size) })
 			if serr == unix.EAGAIN {
 				pipes.put(p)
 				p, empty = nil, true
@@ -335,7 +308,7 @@ func spliceStepUntil(dst, src *net.TCPConn, count func(int64), stop func() bool)
 			return err
 		case n == 0:
 			return nil // EOF
-		case stop != nil && stop() && queueEmpty(srcRC):
+		case stop != nil && stop() && sockopt.QueueEmpty(srcRC):
 			// Only with nothing left unread: a read may end inside an
 			// skb, and the kernel relay, reading the receive queue skb by
 			// skb, would hand the whole skb to its verdict again.
@@ -350,7 +323,7 @@ func (p *pipe) drainTo(rc syscall.RawConn, count func(int64)) error {
 		var m int
 		var serr error
 		err := rc.Write(func(fd uintptr) bool {
-			m, serr = retryEINTR(func() (int, error) { return splice(p.r, int(fd), p.data) })
+			m, serr = sockopt.RetryEINTR(func() (int, error) { return splice(p.r, int(fd), p.data) })
 			return serr != unix.EAGAIN
 		})
 		if err == nil && serr != nil {
@@ -368,29 +341,9 @@ func (p *pipe) drainTo(rc syscall.RawConn, count func(int64)) error {
 	return nil
 }
 
-// readable tells whether a read on the socket would not block: bytes, EOF
-// or an error are waiting. It asks poll(2), which leaves a pending error on
-// the socket: a peek (recv MSG_PEEK) would consume it, and the read that
-// follows would then see a clean EOF where the peer had reset, and pass a
-// FIN on where a reset was due.
-func readable(fd int) bool {
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
-	n, err := retryEINTR(func() (int, error) { return unix.Poll(fds, 0) })
-	return err != nil || (n > 0 && fds[0].Revents != 0)
-}
-
 func splice(from, to, n int) (int, error) {
 	m, err := unix.Splice(from, nil, to, nil, n, unix.SPLICE_F_NONBLOCK)
 	return int(m), err
-}
-
-func retryEINTR(f func() (int, error)) (int, error) {
-	for {
-		n, err := f()
-		if err != unix.EINTR {
-			return n, err
-		}
-	}
 }
 
 const (

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -50,7 +51,7 @@ func newRelayBed(t *testing.T) *relayBed {
 	b.client, b.clientLeg = tcpPair(t)
 	b.serverLeg, b.server = tcpPair(t)
 	for _, c := range []*net.TCPConn{b.clientLeg, b.serverLeg} {
-		if err := resetOnCrash(c); err != nil {
+		if err := sockopt.ResetOnCrash(c); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -111,7 +112,7 @@ func TestSpliceRelayHalfCloseAndGracefulClose(t *testing.T) {
 	// capped by net.core.wmem_max (Debian's default: 208 KiB), which only
 	// root may pass: the download is sized to what the queue really holds.
 	var sndbuf int
-	err := withFD(b.clientLeg, func(fd int) error {
+	err := sockopt.WithFD(b.clientLeg, func(fd int) error {
 		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4<<20) != nil {
 			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20); err != nil {
 				return err

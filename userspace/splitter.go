@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,7 +48,7 @@ func NewSplitter(listeners []*net.TCPListener, connectTimeout time.Duration, log
 	s := &Splitter{ConnectTimeout: connectTimeout, Table: NewTable(), Log: log, listeners: listeners, own: map[netip.AddrPort]bool{},
 		localLog: rateLog{period: 5 * time.Second}, tuneLog: rateLog{period: 5 * time.Second}}
 	for _, ln := range listeners {
-		s.own[addrPort(ln.Addr())] = true
+		s.own[sockopt.AddrPort(ln.Addr())] = true
 	}
 	// The idle waiter's epoll fd is the daemon's for good: open it now, not
 	// with the first connection (a leak check takes its baseline after start).
@@ -131,8 +132,8 @@ func (s *Splitter) acceptEach(ln *net.TCPListener, what string, handle func(*net
 // split handles one connection: the kernel has completed the client's
 // handshake on behalf of the server; now reach the server or reset the client.
 func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
-	clientAddr := addrPort(client.RemoteAddr())
-	serverAddr := addrPort(client.LocalAddr()) // sk_lookup keeps the original destination
+	clientAddr := sockopt.AddrPort(client.RemoteAddr())
+	serverAddr := sockopt.AddrPort(client.LocalAddr()) // sk_lookup keeps the original destination
 	relay := "splice"
 	if s.Kernel != nil {
 		relay = "kernel"
@@ -142,13 +143,13 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	// thousands of idle connections would each keep a logger.
 	log := connLogger{s.Log, c.ID, clientAddr, serverAddr}
 
-	if err := resetOnCrash(client); err != nil {
+	if err := sockopt.ResetOnCrash(client); err != nil {
 		log.Warn("client leg", "err", err)
 	}
 
 	if s.own[serverAddr] || serverAddr.Addr().Unmap().IsLoopback() {
 		// A connection to the proxy itself would be relayed back to itself.
-		resetConn(client)
+		sockopt.Reset(client)
 		s.Table.Remove(c, LoopRefused)
 		log.Info("refused: connection to the proxy's own address")
 		return
@@ -166,7 +167,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		var err error
 		first, drained, err = firstBytes(client, s.Tuning.FastOpen.Wait)
 		if err != nil && !errors.Is(err, io.EOF) {
-			resetConn(client)
+			sockopt.Reset(client)
 			s.Table.Remove(c, WasReset)
 			log.Debug("client failed before its first bytes", "err", err)
 			return
@@ -195,7 +196,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	}
 	if err != nil {
 		// The client believes it is connected: only an RST tells it the truth.
-		resetConn(client)
+		sockopt.Reset(client)
 		if IsLocalFailure(err) {
 			splitStats.localFailed.Add(1)
 			s.Table.Remove(c, LocalFailed)
@@ -207,7 +208,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		log.Info("upstream connect failed", "err", err)
 		return
 	}
-	if err := resetOnCrash(server); err != nil {
+	if err := sockopt.ResetOnCrash(server); err != nil {
 		log.Warn("server leg", "err", err)
 	}
 	if err := s.Tuning.Client.established(client); err != nil {
@@ -220,7 +221,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	c.setLegs(client, server)
 	log.Debug("split")
 
-	stop := context.AfterFunc(ctx, func() { resetConn(client); resetConn(server) })
+	stop := context.AfterFunc(ctx, func() { sockopt.Reset(client); sockopt.Reset(server) })
 	c.add(int64(len(first)), 0)
 	// The relay runs on without this goroutine (an idle connection holds
 	// none); the connection counts as live for Serve's drain until done.
@@ -279,15 +280,15 @@ func (s *Splitter) setupUpstream(fd int, network string, tos uint32) (cookie uin
 	if s.Transparent {
 		// The client's address is not ours; the client's port may still be
 		// in TIME_WAIT from its previous connection to the same server.
-		if err := transparentFD(fd, network); err != nil {
+		if err := sockopt.TransparentFD(fd, network); err != nil {
 			return 0, err
 		}
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-			return 0, wrapOpt("SO_REUSEADDR", err)
+			return 0, sockopt.Wrap("SO_REUSEADDR", err)
 		}
 	}
 	if tos != 0 {
-		if err := setTOS(fd, network, int(tos)); err != nil {
+		if err := sockopt.SetTOS(fd, network, int(tos)); err != nil {
 			return 0, err
 		}
 	}
@@ -296,7 +297,7 @@ func (s *Splitter) setupUpstream(fd int, network string, tos uint32) (cookie uin
 	if s.Tuner == nil || (s.Tuning.Server.InitCwnd == 0 && s.Tuning.Server.InitRwnd == 0) {
 		return 0, nil
 	}
-	if cookie, err = fdCookie(fd); err != nil {
+	if cookie, err = sockopt.CookieFD(fd); err != nil {
 		return 0, err
 	}
 	if err := s.Tuner.RegisterUpstream(cookie); err != nil {
@@ -307,22 +308,6 @@ func (s *Splitter) setupUpstream(fd int, network string, tos uint32) (cookie uin
 		return 0, nil
 	}
 	return cookie, nil
-}
-
-// setTOS gives the upstream SYN the client SYN's ToS / traffic class.
-func setTOS(fd int, network string, tos int) error {
-	if network == "tcp6" {
-		return wrapOpt("IPV6_TCLASS", unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_TCLASS, tos))
-	}
-	return wrapOpt("IP_TOS", unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TOS, tos))
-}
-
-func addrPort(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	return netip.AddrPort{}
 }
 
 // connLogger logs with a connection's identity.

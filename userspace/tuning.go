@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -126,7 +127,7 @@ func (l Leg) Validate(name string) error {
 // the kernel loads when a process with CAP_NET_ADMIN first sets one.
 func availableCC(want string) (string, error) {
 	read := func() (string, error) {
-		data, err := readSysctl("net/ipv4/tcp_available_congestion_control")
+		data, err := sockopt.ReadSysctl("net/ipv4/tcp_available_congestion_control")
 		if err != nil {
 			return "", fmt.Errorf("read available congestion controls: %w", err)
 		}
@@ -149,16 +150,16 @@ func availableCC(want string) (string, error) {
 func (l Leg) beforeHandshake(fd int) error {
 	var errs []error
 	if l.CC != "" {
-		errs = append(errs, wrapOpt("TCP_CONGESTION", unix.SetsockoptString(fd, unix.SOL_TCP, unix.TCP_CONGESTION, l.CC)))
+		errs = append(errs, sockopt.Wrap("TCP_CONGESTION", unix.SetsockoptString(fd, unix.SOL_TCP, unix.TCP_CONGESTION, l.CC)))
 	}
 	if l.SndBuf > 0 {
-		errs = append(errs, wrapOpt("SO_SNDBUFFORCE", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, l.SndBuf)))
+		errs = append(errs, sockopt.Wrap("SO_SNDBUFFORCE", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, l.SndBuf)))
 	}
 	if l.RcvBuf > 0 {
-		errs = append(errs, wrapOpt("SO_RCVBUFFORCE", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, l.RcvBuf)))
+		errs = append(errs, sockopt.Wrap("SO_RCVBUFFORCE", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, l.RcvBuf)))
 	}
 	if l.MSS > 0 {
-		errs = append(errs, wrapOpt("TCP_MAXSEG", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_MAXSEG, l.MSS)))
+		errs = append(errs, sockopt.Wrap("TCP_MAXSEG", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_MAXSEG, l.MSS)))
 	}
 	return errors.Join(errs...)
 }
@@ -170,42 +171,35 @@ func (l Leg) established(c *net.TCPConn) error {
 		errs = append(errs, c.SetNoDelay(*l.NoDelay))
 	}
 	if l.QuickAck {
-		errs = append(errs, withFD(c, func(fd int) error {
-			return wrapOpt("TCP_QUICKACK", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_QUICKACK, 1))
+		errs = append(errs, sockopt.WithFD(c, func(fd int) error {
+			return sockopt.Wrap("TCP_QUICKACK", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_QUICKACK, 1))
 		}))
 	}
 	// The proxy's own listener and dialer leave keepalive off; on the warm
 	// paths Go turned it on (15 s) at accept and dial. These replace both.
 	if l.KeepAlive > 0 {
-		errs = append(errs, wrapOpt("keepalive", c.SetKeepAliveConfig(net.KeepAliveConfig{
+		errs = append(errs, sockopt.Wrap("keepalive", c.SetKeepAliveConfig(net.KeepAliveConfig{
 			Enable:   true,
 			Idle:     l.KeepAlive,
 			Interval: max(l.KeepAlive/keepAliveProbes, time.Second),
 			Count:    keepAliveProbes,
 		})))
 	} else {
-		errs = append(errs, wrapOpt("SO_KEEPALIVE", c.SetKeepAlive(false)))
+		errs = append(errs, sockopt.Wrap("SO_KEEPALIVE", c.SetKeepAlive(false)))
 	}
 	if l.UserTimeout > 0 {
-		errs = append(errs, withFD(c, func(fd int) error {
-			return wrapOpt("TCP_USER_TIMEOUT", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_USER_TIMEOUT, int(l.UserTimeout.Milliseconds())))
+		errs = append(errs, sockopt.WithFD(c, func(fd int) error {
+			return sockopt.Wrap("TCP_USER_TIMEOUT", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_USER_TIMEOUT, int(l.UserTimeout.Milliseconds())))
 		}))
 	}
 	return errors.Join(errs...)
-}
-
-func wrapOpt(name string, err error) error {
-	if err != nil {
-		return fmt.Errorf("set %s: %w", name, err)
-	}
-	return nil
 }
 
 // ListenerControl returns the socket setup of the listeners: transparent,
 // plus the client leg's pre-handshake tuning, inherited by accepted sockets.
 func (t Tuning) ListenerControl() func(network, address string, c syscall.RawConn) error {
 	return func(network, address string, c syscall.RawConn) error {
-		if err := transparent(network, address, c); err != nil {
+		if err := sockopt.Transparent(network, address, c); err != nil {
 			return err
 		}
 		var serr error

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
 
@@ -53,7 +54,7 @@ func ProbeLargeInitialWindow() error {
 	}
 	defer a.Close()
 	var ssthresh uint32
-	err = withFD(a.(*net.TCPConn), func(fd int) error {
+	err = sockopt.WithFD(a.(*net.TCPConn), func(fd int) error {
 		info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
 		if err == nil {
 			ssthresh = info.Rcv_ssthresh
