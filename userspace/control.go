@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/internal/logx"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 )
 
@@ -65,17 +66,17 @@ func (d *DaemonInfo) fillRuntime() {
 // a health check built on `pepsal status` must not condemn a daemon that
 // once ran out of fds.
 func ServeControl(ln net.Listener, info func() DaemonInfo, table *Table, log *slog.Logger) {
-	backoff := acceptBackoff{log: log, what: "control"}
+	backoff := logx.AcceptBackoff{Log: log, What: "control"}
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			backoff.failed(err)
+			backoff.Failed(err)
 			continue
 		}
-		backoff.ok()
+		backoff.OK()
 		go func() {
 			defer conn.Close()
 			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
@@ -95,35 +96,6 @@ func ServeControl(ln net.Listener, info func() DaemonInfo, table *Table, log *sl
 				_ = enc.Encode(map[string]string{"error": "unknown request"})
 			}
 		}()
-	}
-}
-
-// acceptBackoff paces an accept loop through errors that pass (EMFILE,
-// ENFILE, ENOBUFS, ENOMEM, an aborted handshake): it retries after a pause
-// that doubles up to a second rather than spinning or giving up, and logs
-// once per streak of failures rather than once per try.
-type acceptBackoff struct {
-	log   *slog.Logger
-	what  string
-	delay time.Duration
-	fails int
-}
-
-// failed records a failed accept and sleeps before the next try.
-func (b *acceptBackoff) failed(err error) {
-	if b.fails == 0 {
-		b.log.Warn(b.what+" accept failing, retrying", "err", err)
-	}
-	b.fails++
-	b.delay = min(max(2*b.delay, 5*time.Millisecond), time.Second)
-	time.Sleep(b.delay)
-}
-
-// ok records a successful accept and ends a streak of failures.
-func (b *acceptBackoff) ok() {
-	if b.fails > 0 {
-		b.log.Info(b.what+" accept recovered", "failed_tries", b.fails)
-		b.fails, b.delay = 0, 0
 	}
 }
 

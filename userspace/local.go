@@ -1,12 +1,8 @@
 package userspace
 
 import (
-	"context"
 	"errors"
-	"log/slog"
-	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,34 +44,6 @@ var splitStats struct{ localFailed, tuningSkipped atomic.Uint64 }
 
 func readSplitStats() SplitStats {
 	return SplitStats{LocalFailed: splitStats.localFailed.Load(), UpstreamTuningSkipped: splitStats.tuningSkipped.Load()}
-}
-
-// rateLog lets one line through per period and says how many it held back:
-// a storm (thousands of clients while fds run out) must not become a storm
-// of log lines.
-type rateLog struct {
-	period time.Duration
-	mu     sync.Mutex
-	next   time.Time
-	held   int
-}
-
-// log writes the line if the period since the last one is over.
-func (r *rateLog) log(l *slog.Logger, level slog.Level, msg string, args ...any) {
-	r.mu.Lock()
-	now := time.Now()
-	if now.Before(r.next) {
-		r.held++
-		r.mu.Unlock()
-		return
-	}
-	held := r.held
-	r.held, r.next = 0, now.Add(r.period)
-	r.mu.Unlock()
-	if held > 0 {
-		args = append(args, "similar_lines_held_back", held)
-	}
-	l.Log(context.Background(), level, msg, args...)
 }
 
 // onLocalExhaustion is called when accept or an upstream dial fails for want

@@ -1,16 +1,12 @@
 package userspace
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,23 +34,6 @@ func TestIsLocalFailure(t *testing.T) {
 		if got := IsLocalFailure(tc.err); got != tc.local {
 			t.Errorf("IsLocalFailure(%v) = %v, want %v", tc.err, got, tc.local)
 		}
-	}
-}
-
-func TestRateLogHoldsBackAStorm(t *testing.T) {
-	var buf bytes.Buffer
-	log := slog.New(slog.NewTextHandler(&buf, nil))
-	r := rateLog{period: time.Hour}
-	for range 1000 {
-		r.log(log, slog.LevelWarn, "storm")
-	}
-	if n := strings.Count(buf.String(), "storm"); n != 1 {
-		t.Fatalf("1000 lines in one period wrote %d, want 1:\n%s", n, buf.String())
-	}
-	r.next = time.Time{} // the period is over
-	r.log(log, slog.LevelWarn, "storm")
-	if !strings.Contains(buf.String(), "similar_lines_held_back=999") {
-		t.Errorf("the next line does not say how many were held back:\n%s", buf.String())
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/internal/logx"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -50,7 +51,7 @@ type PeerGateway struct {
 	accepted, served, idleClosed atomic.Uint64
 	mu                           sync.Mutex
 	refused                      map[string]uint64
-	refuseLog                    rateLog
+	refuseLog                    logx.RateLog
 }
 
 // PeerGatewayStats is the gateway's part of `pepsal status`.
@@ -103,7 +104,7 @@ func PeerGatewayOn(ln *net.TCPListener, t Tuning) (*PeerGateway, error) {
 
 func newPeerGateway(ln *net.TCPListener) *PeerGateway {
 	stopped, stop := context.WithCancel(context.Background())
-	return &PeerGateway{ln: ln, stopped: stopped, stop: stop, share: newPeerShare(), refused: map[string]uint64{}, refuseLog: rateLog{period: 5 * time.Second}}
+	return &PeerGateway{ln: ln, stopped: stopped, stop: stop, share: newPeerShare(), refused: map[string]uint64{}, refuseLog: logx.RateLog{Period: 5 * time.Second}}
 }
 
 // Port is the listener's port (for sock_ops, which tunes its sockets).
@@ -162,7 +163,7 @@ func (g *PeerGateway) refuse(s *Splitter, conn *net.TCPConn, reason string, err 
 	g.mu.Lock()
 	g.refused[reason]++
 	g.mu.Unlock()
-	s.localLog.log(s.Log, slog.LevelWarn, "peer connection refused", "from", conn.RemoteAddr(), "reason", reason, "err", err)
+	s.localLog.Log(s.Log, slog.LevelWarn, "peer connection refused", "from", conn.RemoteAddr(), "reason", reason, "err", err)
 }
 
 // peerAcceptLoop accepts terminals' connections until the listener closes.

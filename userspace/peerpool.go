@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/internal/logx"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -57,7 +58,7 @@ type PeerPool struct {
 	retryAt  time.Time
 	lastErr  error
 	wake     chan struct{}
-	failLog  rateLog
+	failLog  logx.RateLog
 	counters struct {
 		refills, dialFailures, taken, recycled, dead atomic.Uint64
 		fallbackEmpty, fallbackDown                  atomic.Uint64
@@ -102,7 +103,7 @@ func (s *Splitter) NewPeerPool(gateway string, size int, key []byte) *PeerPool {
 
 func newPeerPool(size int, key []byte, log *slog.Logger) *PeerPool {
 	return &PeerPool{Size: size, Key: key, maxAge: PeerMaxAge, log: log, wake: make(chan struct{}, 1),
-		failLog: rateLog{period: 30 * time.Second}}
+		failLog: logx.RateLog{Period: 30 * time.Second}}
 }
 
 // Run keeps the pool full until ctx is done, then closes the idle connections.
@@ -191,7 +192,7 @@ func (p *PeerPool) refill(ctx context.Context) {
 		p.backoff = min(max(2*p.backoff, peerBackoffMin), peerBackoffMax)
 		// Jitter: terminals that lost the same gateway do not come back together.
 		p.retryAt = time.Now().Add(p.backoff/2 + rand.N(p.backoff/2+1))
-		p.failLog.log(p.log, slog.LevelWarn, "warm path to the gateway failed: new flows use fast open meanwhile", "err", err, "retry_in", p.backoff)
+		p.failLog.Log(p.log, slog.LevelWarn, "warm path to the gateway failed: new flows use fast open meanwhile", "err", err, "retry_in", p.backoff)
 		return
 	}
 	if p.backoff > 0 {

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/internal/logx"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -40,13 +41,13 @@ type Splitter struct {
 	own       map[netip.AddrPort]bool // the listeners' own addresses: never a destination
 	wg        sync.WaitGroup
 
-	localLog, tuneLog rateLog
+	localLog, tuneLog logx.RateLog
 }
 
 // NewSplitter prepares a splitter serving the given listeners.
 func NewSplitter(listeners []*net.TCPListener, connectTimeout time.Duration, log *slog.Logger) *Splitter {
 	s := &Splitter{ConnectTimeout: connectTimeout, Table: NewTable(), Log: log, listeners: listeners, own: map[netip.AddrPort]bool{},
-		localLog: rateLog{period: 5 * time.Second}, tuneLog: rateLog{period: 5 * time.Second}}
+		localLog: logx.RateLog{Period: 5 * time.Second}, tuneLog: logx.RateLog{Period: 5 * time.Second}}
 	for _, ln := range listeners {
 		s.own[sockopt.AddrPort(ln.Addr())] = true
 	}
@@ -113,7 +114,7 @@ func (s *Splitter) acceptLoop(ctx context.Context, ln *net.TCPListener) {
 // closed. Other errors (EMFILE and the like) are waited out with a growing
 // pause: the connection stays in the kernel's accept queue meanwhile.
 func (s *Splitter) acceptEach(ln *net.TCPListener, what string, handle func(*net.TCPConn)) {
-	backoff := acceptBackoff{log: s.Log, what: what}
+	backoff := logx.AcceptBackoff{Log: s.Log, What: what}
 	for {
 		conn, err := ln.AcceptTCP()
 		if err != nil {
@@ -121,10 +122,10 @@ func (s *Splitter) acceptEach(ln *net.TCPListener, what string, handle func(*net
 				return
 			}
 			s.onLocalExhaustion(err)
-			backoff.failed(err)
+			backoff.Failed(err)
 			continue
 		}
-		backoff.ok()
+		backoff.OK()
 		handle(conn)
 	}
 }
@@ -141,7 +142,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	c := s.Table.Add(clientAddr, serverAddr, relay)
 	// Built when a line is written, not held for the connection's life:
 	// thousands of idle connections would each keep a logger.
-	log := connLogger{s.Log, c.ID, clientAddr, serverAddr}
+	log := logx.ConnLogger{Log: s.Log, ID: c.ID, Client: clientAddr, Server: serverAddr}
 
 	if err := sockopt.ResetOnCrash(client); err != nil {
 		log.Warn("client leg", "err", err)
@@ -201,7 +202,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 			splitStats.localFailed.Add(1)
 			s.Table.Remove(c, LocalFailed)
 			s.onLocalExhaustion(err)
-			s.localLog.log(s.Log, slog.LevelWarn, "connection reset: this host is short of a resource", "client", clientAddr, "server", serverAddr, "err", err)
+			s.localLog.Log(s.Log, slog.LevelWarn, "connection reset: this host is short of a resource", "client", clientAddr, "server", serverAddr, "err", err)
 			return
 		}
 		s.Table.Remove(c, UpstreamFailed)
@@ -304,26 +305,8 @@ func (s *Splitter) setupUpstream(fd int, network string, tos uint32) (cookie uin
 		// A full pepsal_upstream costs this leg its initial windows, not
 		// the client its connection.
 		splitStats.tuningSkipped.Add(1)
-		s.tuneLog.log(s.Log, slog.LevelWarn, "server leg dialed without initial-window tuning", "err", err)
+		s.tuneLog.Log(s.Log, slog.LevelWarn, "server leg dialed without initial-window tuning", "err", err)
 		return 0, nil
 	}
 	return cookie, nil
 }
-
-// connLogger logs with a connection's identity.
-type connLogger struct {
-	l              *slog.Logger
-	id             uint64
-	client, server netip.AddrPort
-}
-
-func (cl connLogger) log(level slog.Level, msg string, args ...any) {
-	if !cl.l.Enabled(context.Background(), level) {
-		return
-	}
-	cl.l.Log(context.Background(), level, msg, append([]any{"conn", cl.id, "client", cl.client, "server", cl.server}, args...)...)
-}
-
-func (cl connLogger) Debug(msg string, args ...any) { cl.log(slog.LevelDebug, msg, args...) }
-func (cl connLogger) Info(msg string, args ...any)  { cl.log(slog.LevelInfo, msg, args...) }
-func (cl connLogger) Warn(msg string, args ...any)  { cl.log(slog.LevelWarn, msg, args...) }
