@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -315,8 +316,8 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		splitter.Kernel = &KernelRelay{Log: log, Maps: k.Relay, Budget: o.RelayBudget, OffloadAfter: o.OffloadAfter}
 	}
 	start := time.Now()
-	info := func() DaemonInfo {
-		return DaemonInfo{
+	info := func() report.DaemonInfo {
+		return report.DaemonInfo{
 			PID: os.Getpid(), Version: o.Version, Relay: relay, RelayAsked: o.Relay, Off: off, Listeners: addrs,
 			ConnectTimeout: o.ConnectTimeout.String(), UptimeSeconds: time.Since(start).Seconds(),
 			Stats: splitter.Table.Stats(), Peer: peerStats(splitter),
@@ -325,7 +326,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	go ServeControl(control, info, splitter.Table, log)
 	stopMetrics := func() {}
 	if metricsLn != nil {
-		stop, err := serveMetrics(metricsLn, splitter.Table, k.Counters, func() *PeerStats { return peerStats(splitter) }, log)
+		stop, err := serveMetrics(metricsLn, splitter.Table, k.Counters, func() *report.PeerStats { return peerStats(splitter) }, log)
 		if err != nil {
 			return err
 		}
@@ -424,7 +425,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 // "sockmap") only where enable, the kernel's probe and the verdict's
 // attachment, succeeds; splice where it says the kernel cannot
 // (*loader.Unsupported), with what is off and why for the log and status.
-func chooseRelay(asked string, enable func() error) (relay string, off []Off, err error) {
+func chooseRelay(asked string, enable func() error) (relay string, off []report.Off, err error) {
 	if asked != "sockmap" {
 		return asked, nil, nil
 	}
@@ -434,7 +435,7 @@ func chooseRelay(asked string, enable func() error) (relay string, off []Off, er
 	case err == nil:
 		return "sockmap", nil, nil
 	case errors.As(err, &un):
-		return "splice", []Off{{Feature: un.Feature, Why: un.Why, Instead: "every connection is relayed by splice"}}, nil
+		return "splice", []report.Off{{Feature: un.Feature, Why: un.Why, Instead: "every connection is relayed by splice"}}, nil
 	default:
 		return "", nil, fmt.Errorf("kernel relay: %w", err)
 	}
@@ -442,11 +443,11 @@ func chooseRelay(asked string, enable func() error) (relay string, off []Off, er
 
 // tcxOff says that the classifier is a clsact filter because the kernel has
 // no tcx (nothing is lost: an operator reading bpftool should know why).
-func tcxOff(ifaces []loader.Iface) []Off {
+func tcxOff(ifaces []loader.Iface) []report.Off {
 	for _, i := range ifaces {
 		var un *loader.Unsupported
 		if i.TCMode == "clsact" && errors.As(loader.ProbeTCX(), &un) {
-			return []Off{{Feature: un.Feature, Why: un.Why, Instead: "the classifier is attached as a clsact filter"}}
+			return []report.Off{{Feature: un.Feature, Why: un.Why, Instead: "the classifier is attached as a clsact filter"}}
 		}
 	}
 	return nil
@@ -547,11 +548,11 @@ func (d *Daemon) startPeers(ctx context.Context, sp *Splitter, tuner Tuner, g *P
 }
 
 // peerStats is the daemon's peer report (nil without warm paths).
-func peerStats(sp *Splitter) *PeerStats {
+func peerStats(sp *Splitter) *report.PeerStats {
 	if sp.Pool == nil && sp.Peers == nil {
 		return nil
 	}
-	var ps PeerStats
+	var ps report.PeerStats
 	if sp.Pool != nil {
 		st := sp.Pool.Stats()
 		ps.Pool = &st
@@ -564,7 +565,7 @@ func peerStats(sp *Splitter) *PeerStats {
 }
 
 // serveMetrics serves Prometheus metrics on ln until the returned stop.
-func serveMetrics(ln net.Listener, table *Table, counters func() ([]loader.Counter, error), peer func() *PeerStats, log *slog.Logger) (stop func(), err error) {
+func serveMetrics(ln net.Listener, table *Table, counters func() ([]loader.Counter, error), peer func() *report.PeerStats, log *slog.Logger) (stop func(), err error) {
 	m := NewMetrics(table, counters)
 	m.Peer = peer
 	handler, err := m.Handler(log)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"sync/atomic"
 
+	"github.com/pepsal/pepsal/userspace/report"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,22 +29,12 @@ func IsLocalFailure(err error) bool {
 	return false
 }
 
-// SplitStats are the splitter's totals that the connection table does not
-// keep (yet): a process runs one daemon, so they are process-wide, like the
-// connect observer.
-type SplitStats struct {
-	// LocalFailed counts connections reset because accept's follow-up or the
-	// upstream dial ran out of a local resource.
-	LocalFailed uint64 `json:"local_failed"`
-	// UpstreamTuningSkipped counts upstream sockets dialed without their
-	// sock_ops tuning because pepsal_upstream could not take them (full).
-	UpstreamTuningSkipped uint64 `json:"upstream_tuning_skipped"`
-}
-
+// splitStats backs report.SplitStats: a process runs one daemon, so these
+// totals are process-wide, like the connect observer.
 var splitStats struct{ localFailed, tuningSkipped atomic.Uint64 }
 
-func readSplitStats() SplitStats {
-	return SplitStats{LocalFailed: splitStats.localFailed.Load(), UpstreamTuningSkipped: splitStats.tuningSkipped.Load()}
+func readSplitStats() report.SplitStats {
+	return report.SplitStats{LocalFailed: splitStats.localFailed.Load(), UpstreamTuningSkipped: splitStats.tuningSkipped.Load()}
 }
 
 // onLocalExhaustion is called when accept or an upstream dial fails for want

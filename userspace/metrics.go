@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -25,7 +26,7 @@ type Metrics struct {
 	connect  *prometheus.HistogramVec
 	// Peer reads the warm paths' report (the daemon's peerStats); nil, or
 	// nil returned, for a daemon without warm paths. Set before serving.
-	Peer func() *PeerStats
+	Peer func() *report.PeerStats
 
 	active, accepted, closed, bytes, mover, decisions, fallbacks, fallbacksBy, fallbackLive *prometheus.Desc
 	localFailed, tuningSkipped                                                              *prometheus.Desc
@@ -214,7 +215,7 @@ func (m *Metrics) collectPeer(gauge func(*prometheus.Desc, float64, ...string), 
 		counter(d.idleClosed, s.IdleClosed)
 		// Every reason, 0 included, so a dashboard sees the series before
 		// the first refusal.
-		for _, r := range AuthReasons {
+		for _, r := range report.AuthReasons {
 			counter(d.authFailures, s.Refused[r], r)
 		}
 		counter(d.pacedStarts, s.PacedStarts)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -146,14 +147,14 @@ func TestMetricsFallbackReason(t *testing.T) {
 // TestMetricsPeer: a daemon with both warm-path ends exports what its peer
 // report holds, read at each scrape, under names that pass the linter.
 func TestMetricsPeer(t *testing.T) {
-	ps := PeerStats{
-		Pool: &PeerPoolStats{Gateway: "10.0.0.2:7700", Size: 8, Idle: 5, InUse: 2, Dialing: 1, Refills: 40, DialFailures: 3,
+	ps := report.PeerStats{
+		Pool: &report.PeerPoolStats{Gateway: "10.0.0.2:7700", Size: 8, Idle: 5, InUse: 2, Dialing: 1, Refills: 40, DialFailures: 3,
 			Taken: 31, Recycled: 4, Dead: 2, FallbackEmpty: 6, FallbackDown: 7, BackoffMS: 2500, LastError: "connection refused"},
-		Gateway: &PeerGatewayStats{Listen: "10.0.0.2:7700", Accepted: 50, Waiting: 9, Served: 33, IdleClosed: 5,
-			Refused: map[string]uint64{AuthBadMAC: 2, AuthOverload: 1}, PacedStarts: 12, Starting: 3},
+		Gateway: &report.PeerGatewayStats{Listen: "10.0.0.2:7700", Accepted: 50, Waiting: 9, Served: 33, IdleClosed: 5,
+			Refused: map[string]uint64{report.AuthBadMAC: 2, report.AuthOverload: 1}, PacedStarts: 12, Starting: 3},
 	}
 	m := NewMetrics(NewTable(), func() ([]loader.Counter, error) { return nil, nil })
-	m.Peer = func() *PeerStats { return &ps }
+	m.Peer = func() *report.PeerStats { return &ps }
 
 	want := `
 # HELP pepsal_peer_pool_size Warm connections the terminal keeps to its gateway (--peer-pool).
@@ -242,18 +243,18 @@ pepsal_peer_gateway_starting 3
 // TestMetricsPeerAbsent: an end the daemon does not have exports no series
 // (a pool at 0 would read as a pool that never worked).
 func TestMetricsPeerAbsent(t *testing.T) {
-	pool := &PeerPoolStats{Size: 2, Idle: 2, Refills: 2}
-	gateway := &PeerGatewayStats{Accepted: 2, Waiting: 2, Refused: map[string]uint64{}}
+	pool := &report.PeerPoolStats{Size: 2, Idle: 2, Refills: 2}
+	gateway := &report.PeerGatewayStats{Accepted: 2, Waiting: 2, Refused: map[string]uint64{}}
 	for _, c := range []struct {
 		name                string
-		peer                func() *PeerStats
+		peer                func() *report.PeerStats
 		hasPool, hasGateway bool
 	}{
 		{name: "no source"},
-		{name: "nil report", peer: func() *PeerStats { return nil }},
-		{name: "empty report", peer: func() *PeerStats { return &PeerStats{} }},
-		{name: "terminal", peer: func() *PeerStats { return &PeerStats{Pool: pool} }, hasPool: true},
-		{name: "gateway", peer: func() *PeerStats { return &PeerStats{Gateway: gateway} }, hasGateway: true},
+		{name: "nil report", peer: func() *report.PeerStats { return nil }},
+		{name: "empty report", peer: func() *report.PeerStats { return &report.PeerStats{} }},
+		{name: "terminal", peer: func() *report.PeerStats { return &report.PeerStats{Pool: pool} }, hasPool: true},
+		{name: "gateway", peer: func() *report.PeerStats { return &report.PeerStats{Gateway: gateway} }, hasGateway: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m := NewMetrics(NewTable(), func() ([]loader.Counter, error) { return nil, nil })
@@ -276,7 +277,7 @@ func TestMetricsPeerAbsent(t *testing.T) {
 				wantPools = 7 + 3 + 2
 			}
 			if c.hasGateway {
-				wantGateways = 6 + len(AuthReasons)
+				wantGateways = 6 + len(report.AuthReasons)
 			}
 			if pools != wantPools || gateways != wantGateways {
 				t.Errorf("%d pool and %d gateway series, want %d and %d", pools, gateways, wantPools, wantGateways)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/userspace/internal/logx"
+	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -52,20 +53,6 @@ type PeerGateway struct {
 	mu                           sync.Mutex
 	refused                      map[string]uint64
 	refuseLog                    logx.RateLog
-}
-
-// PeerGatewayStats is the gateway's part of `pepsal status`.
-type PeerGatewayStats struct {
-	Listen     string            `json:"listen"`
-	Accepted   uint64            `json:"accepted"`    // connections from terminals
-	Waiting    int64             `json:"waiting"`     // idle, no header yet (a terminal's pool)
-	Served     uint64            `json:"served"`      // headers accepted: client flows relayed
-	IdleClosed uint64            `json:"idle_closed"` // closed by the terminal, or idle past the limit, before a header
-	Refused    map[string]uint64 `json:"auth_failures"`
-	// PacedStarts: flows that started with others toward the same terminal
-	// and were paced to a share of its link for their first round trips.
-	PacedStarts uint64 `json:"paced_starts"`
-	Starting    int    `json:"starting"` // flows in their first round trips now
 }
 
 // ListenPeers opens the gateway's listener for terminals on addr. It is an
@@ -134,11 +121,11 @@ func (g *PeerGateway) HandedOver() { g.handedOver.Store(true) }
 func (g *PeerGateway) Listener() *net.TCPListener { return g.ln }
 
 // Stats reads the counters.
-func (g *PeerGateway) Stats() PeerGatewayStats {
-	s := PeerGatewayStats{Listen: g.ln.Addr().String(), Accepted: g.accepted.Load(), Waiting: g.pending.Load(),
+func (g *PeerGateway) Stats() report.PeerGatewayStats {
+	s := report.PeerGatewayStats{Listen: g.ln.Addr().String(), Accepted: g.accepted.Load(), Waiting: g.pending.Load(),
 		Served: g.served.Load(), IdleClosed: g.idleClosed.Load(), Refused: map[string]uint64{}, PacedStarts: g.share.paced.Load(), Starting: g.share.starting()}
 	g.mu.Lock()
-	for _, r := range AuthReasons {
+	for _, r := range report.AuthReasons {
 		s.Refused[r] = g.refused[r]
 	}
 	g.mu.Unlock()
@@ -171,12 +158,12 @@ func (s *Splitter) peerAcceptLoop(ctx context.Context, g *PeerGateway) {
 	s.acceptEach(g.ln, "peer", func(conn *net.TCPConn) {
 		g.accepted.Add(1)
 		if !g.allowed(sockopt.AddrPort(conn.RemoteAddr()).Addr()) {
-			g.refuse(s, conn, AuthNotAllowed, errors.New("source not in the allowed prefixes"))
+			g.refuse(s, conn, report.AuthNotAllowed, errors.New("source not in the allowed prefixes"))
 			return
 		}
 		if g.pending.Add(1) > peerMaxPending {
 			g.pending.Add(-1)
-			g.refuse(s, conn, AuthOverload, fmt.Errorf("%d connections already wait for a header", peerMaxPending))
+			g.refuse(s, conn, report.AuthOverload, fmt.Errorf("%d connections already wait for a header", peerMaxPending))
 			return
 		}
 		s.wg.Add(1)
@@ -225,7 +212,7 @@ func (s *Splitter) servePeer(ctx context.Context, g *PeerGateway, conn *net.TCPC
 			g.idleClosed.Add(1)
 			sockopt.Reset(conn)
 		default:
-			g.refuse(s, conn, AuthIncomplete, err)
+			g.refuse(s, conn, report.AuthIncomplete, err)
 		}
 		return
 	}
@@ -259,11 +246,11 @@ func readHeader(conn *net.TCPConn) (data []byte, drained bool, err error) {
 		}
 		data = append(data, buf[:n]...)
 		if len(data) >= 4 && [4]byte(data[:4]) != headerMagic {
-			return data, true, &authError{AuthGarbage, "bad magic"}
+			return data, true, &authError{report.AuthGarbage, "bad magic"}
 		}
 		if rerr != nil {
 			if len(data) > 0 && (sockopt.IsTimeout(rerr) || errors.Is(rerr, io.EOF)) {
-				return data, true, &authError{AuthIncomplete, fmt.Sprintf("%d of %d header bytes, then %v", len(data), headerLen, rerr)}
+				return data, true, &authError{report.AuthIncomplete, fmt.Sprintf("%d of %d header bytes, then %v", len(data), headerLen, rerr)}
 			}
 			return data, true, rerr
 		}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/userspace/internal/logx"
+	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -63,33 +64,6 @@ type PeerPool struct {
 		refills, dialFailures, taken, recycled, dead atomic.Uint64
 		fallbackEmpty, fallbackDown                  atomic.Uint64
 	}
-}
-
-// PeerStats is the warm-path part of `pepsal status`: the terminal's pool,
-// the gateway's listener, or both.
-type PeerStats struct {
-	Pool    *PeerPoolStats    `json:"pool,omitempty"`
-	Gateway *PeerGatewayStats `json:"gateway,omitempty"`
-}
-
-// PeerPoolStats is the terminal's part of `pepsal status`.
-type PeerPoolStats struct {
-	Gateway      string `json:"gateway"`
-	Size         int    `json:"size"`
-	Idle         int    `json:"idle"`
-	InUse        int    `json:"in_use"`
-	Dialing      int    `json:"dialing"`
-	Refills      uint64 `json:"refills"`       // connections opened and greeted by the gateway
-	DialFailures uint64 `json:"dial_failures"` // dials that failed or met no pepsal gateway
-	Taken        uint64 `json:"taken"`         // client flows that rode a warm connection
-	Recycled     uint64 `json:"recycled"`      // closed idle at their maximum age
-	Dead         uint64 `json:"dead"`          // found closed by the gateway when taken
-	// Client flows sent the fast-open way instead: the pool was empty
-	// (a burst) or the gateway was unreachable (backing off).
-	FallbackEmpty uint64 `json:"fallback_empty"`
-	FallbackDown  uint64 `json:"fallback_down"`
-	BackoffMS     int64  `json:"backoff_ms"`
-	LastError     string `json:"last_error,omitempty"`
 }
 
 // NewPeerPool prepares a pool of size connections to gateway, dialed with
@@ -242,9 +216,9 @@ func (p *PeerPool) done() {
 }
 
 // Stats reads the pool's state and counters.
-func (p *PeerPool) Stats() PeerPoolStats {
+func (p *PeerPool) Stats() report.PeerPoolStats {
 	p.mu.Lock()
-	s := PeerPoolStats{Gateway: p.gateway, Size: p.Size, Idle: len(p.idle), InUse: p.inUse, Dialing: p.dialing, BackoffMS: p.backoff.Milliseconds()}
+	s := report.PeerPoolStats{Gateway: p.gateway, Size: p.Size, Idle: len(p.idle), InUse: p.inUse, Dialing: p.dialing, BackoffMS: p.backoff.Milliseconds()}
 	if p.lastErr != nil {
 		s.LastError = p.lastErr.Error()
 	}

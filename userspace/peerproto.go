@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+
+	"github.com/pepsal/pepsal/userspace/report"
 )
 
 // The warm-path protocol between a terminal pepsal and a gateway pepsal.
@@ -106,19 +108,6 @@ func (p peerHeader) encode(key []byte, h hello) ([headerLen]byte, error) {
 	return b, nil
 }
 
-// Reasons a gateway refuses a peer connection, as counted.
-const (
-	AuthGarbage    = "garbage"    // not a header of this protocol
-	AuthReplay     = "replay"     // a header made for another connection
-	AuthBadMAC     = "bad_mac"    // wrong key or altered header
-	AuthIncomplete = "incomplete" // header not complete within the deadline
-	AuthNotAllowed = "not_allowed"
-	AuthOverload   = "overload" // too many connections waiting for a header
-)
-
-// AuthReasons lists every reason, for status and metrics.
-var AuthReasons = []string{AuthGarbage, AuthReplay, AuthBadMAC, AuthIncomplete, AuthNotAllowed, AuthOverload}
-
 // authError is a refused header with the reason it is counted under.
 type authError struct{ reason, detail string }
 
@@ -129,39 +118,39 @@ func (e *authError) Error() string { return e.reason + ": " + e.detail }
 func decodeHeader(key []byte, h hello, b []byte) (peerHeader, error) {
 	var p peerHeader
 	if len(b) < headerLen {
-		return p, &authError{AuthIncomplete, fmt.Sprintf("%d of %d header bytes", len(b), headerLen)}
+		return p, &authError{report.AuthIncomplete, fmt.Sprintf("%d of %d header bytes", len(b), headerLen)}
 	}
 	b = b[:headerLen]
 	if [4]byte(b[:4]) != headerMagic || b[4] != peerVersion {
-		return p, &authError{AuthGarbage, "bad magic or version"}
+		return p, &authError{report.AuthGarbage, "bad magic or version"}
 	}
 	if !hmac.Equal(b[44:60], h.challenge()) {
-		return p, &authError{AuthReplay, "challenge of another connection"}
+		return p, &authError{report.AuthReplay, "challenge of another connection"}
 	}
 	if !hmac.Equal(b[headerMACAt:], headerMAC(key, h, b[:headerMACAt])) {
-		return p, &authError{AuthBadMAC, "MAC mismatch"}
+		return p, &authError{report.AuthBadMAC, "MAC mismatch"}
 	}
 	// Authentic from here on: what is wrong is a terminal's bug, still refused.
 	if b[5] != 0 {
-		return p, &authError{AuthGarbage, fmt.Sprintf("unknown flags %#x", b[5])}
+		return p, &authError{report.AuthGarbage, fmt.Sprintf("unknown flags %#x", b[5])}
 	}
 	dst, cli := netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[26:42]))
 	switch b[7] {
 	case 4:
 		if !dst.Is4In6() || !cli.Is4In6() {
-			return p, &authError{AuthGarbage, "family 4 with non-IPv4 addresses"}
+			return p, &authError{report.AuthGarbage, "family 4 with non-IPv4 addresses"}
 		}
 		dst, cli = dst.Unmap(), cli.Unmap()
 	case 6:
 		if dst.Is4In6() || cli.Is4In6() {
-			return p, &authError{AuthGarbage, "family 6 with IPv4-mapped addresses"}
+			return p, &authError{report.AuthGarbage, "family 6 with IPv4-mapped addresses"}
 		}
 	default:
-		return p, &authError{AuthGarbage, fmt.Sprintf("family %d", b[7])}
+		return p, &authError{report.AuthGarbage, fmt.Sprintf("family %d", b[7])}
 	}
 	dport, cport := binary.BigEndian.Uint16(b[24:26]), binary.BigEndian.Uint16(b[42:44])
 	if dport == 0 || dst.IsUnspecified() || dst.IsMulticast() {
-		return p, &authError{AuthGarbage, "bad destination"}
+		return p, &authError{report.AuthGarbage, "bad destination"}
 	}
 	p.ToS = b[6]
 	p.Dst = netip.AddrPortFrom(dst, dport)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pepsal/pepsal/userspace/report"
 )
 
 var testKey = bytes.Repeat([]byte{7}, 32)
@@ -76,12 +78,12 @@ func TestPeerHeaderRefusals(t *testing.T) {
 		b    []byte
 		want string
 	}{
-		{"replayed on another connection", other, good[:], AuthReplay},
-		{"wrong key", h, wrongKey[:], AuthBadMAC},
-		{"altered", h, flipped[:], AuthBadMAC},
-		{"garbage", h, bytes.Repeat([]byte("GET / HTTP/1.1\r\n"), 8), AuthGarbage},
-		{"short", h, good[:50], AuthIncomplete},
-		{"family mismatch", h, mixed[:], AuthGarbage},
+		{"replayed on another connection", other, good[:], report.AuthReplay},
+		{"wrong key", h, wrongKey[:], report.AuthBadMAC},
+		{"altered", h, flipped[:], report.AuthBadMAC},
+		{"garbage", h, bytes.Repeat([]byte("GET / HTTP/1.1\r\n"), 8), report.AuthGarbage},
+		{"short", h, good[:50], report.AuthIncomplete},
+		{"family mismatch", h, mixed[:], report.AuthGarbage},
 	} {
 		if _, err := decodeHeader(testKey, c.h, c.b); reason(err) != c.want {
 			t.Errorf("%s: %v, want reason %s", c.name, err, c.want)

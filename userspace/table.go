@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pepsal/pepsal/userspace/report"
 )
 
 // Conn is one split connection as the table holds it.
@@ -76,47 +78,6 @@ func (c *Conn) SetPeer(p string) { c.peer.Store(p) }
 
 // SetState records where the connection is in its life.
 func (c *Conn) SetState(s string) { c.state.Store(s) }
-
-// ConnInfo is the exported view of a connection (for `pepsal conns`).
-type ConnInfo struct {
-	ID            uint64 `json:"id"`
-	Client        string `json:"client"`
-	Server        string `json:"server"`
-	Relay         string `json:"relay"`
-	Peer          string `json:"peer,omitempty"` // "warm": rode a warm path between two pepsals
-	State         string `json:"state"`
-	BytesToServer int64  `json:"bytes_to_server"`
-	BytesToClient int64  `json:"bytes_to_client"`
-	// Of those, moved by the sk_skb verdict without userspace (sockmap mode).
-	KernelBytesToServer int64    `json:"kernel_bytes_to_server"`
-	KernelBytesToClient int64    `json:"kernel_bytes_to_client"`
-	AgeSeconds          float64  `json:"age_seconds"`
-	ClientLeg           *LegInfo `json:"client_leg,omitempty"`
-	ServerLeg           *LegInfo `json:"server_leg,omitempty"`
-}
-
-// Stats are the daemon's totals since start.
-type Stats struct {
-	Accepted       uint64 `json:"accepted"`
-	Active         int64  `json:"active"`
-	Completed      uint64 `json:"completed"`
-	Reset          uint64 `json:"reset"`
-	UpstreamFailed uint64 `json:"upstream_failed"`
-	LoopRefused    uint64 `json:"loop_refused"`
-	Fallback       uint64 `json:"userspace_fallback"` // sockmap mode: relayed in userspace instead
-	BytesToServer  uint64 `json:"bytes_to_server"`
-	BytesToClient  uint64 `json:"bytes_to_client"`
-	KernelBytes    uint64 `json:"kernel_bytes"` // of both, moved by the sk_skb verdict
-	// FallbackByReason splits Fallback by fallbackReason class.
-	FallbackByReason map[string]uint64 `json:"userspace_fallback_by_reason,omitempty"`
-	// Admission (0 / false without a limit).
-	MaxConns  int    `json:"max_conns"`
-	LowWater  int    `json:"low_water"`
-	Full      bool   `json:"full"`               // new connections are forwarded unsplit now
-	FullTrips uint64 `json:"full_trips"`         // times the limit (or a shortage) stopped diverting
-	Shortages uint64 `json:"resource_shortages"` // accepts and dials that ran out of fds, memory or map room
-	FDLimit   uint64 `json:"fd_limit"`
-}
 
 // Table is the set of live connections plus totals.
 type Table struct {
@@ -231,7 +192,7 @@ func (t *Table) Len() int {
 }
 
 // Stats returns the totals.
-func (t *Table) Stats() Stats {
+func (t *Table) Stats() report.Stats {
 	s := t.counts()
 	s.FallbackByReason = map[string]uint64{}
 	t.mu.Lock()
@@ -246,8 +207,8 @@ func (t *Table) Stats() Stats {
 	return s
 }
 
-func (t *Table) counts() Stats {
-	return Stats{
+func (t *Table) counts() report.Stats {
+	return report.Stats{
 		Accepted:       t.accepted.Load(),
 		Active:         int64(t.Len()),
 		Completed:      t.completed.Load(),
@@ -262,18 +223,18 @@ func (t *Table) counts() Stats {
 }
 
 // Snapshot lists the live connections, oldest first.
-func (t *Table) Snapshot() []ConnInfo {
+func (t *Table) Snapshot() []report.ConnInfo {
 	t.mu.Lock()
 	conns := make([]*Conn, 0, len(t.conns))
 	for _, c := range t.conns {
 		conns = append(conns, c)
 	}
 	t.mu.Unlock()
-	out := make([]ConnInfo, 0, len(conns))
+	out := make([]report.ConnInfo, 0, len(conns))
 	for _, c := range conns { // TCP_INFO outside the lock: accepts must not wait on it
 		state, _ := c.state.Load().(string)
 		m := c.Moved()
-		out = append(out, ConnInfo{
+		out = append(out, report.ConnInfo{
 			ID:                  c.ID,
 			Client:              c.Client.String(),
 			Server:              c.Server.String(),

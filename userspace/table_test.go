@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"reflect"
 	"testing"
+
+	"github.com/pepsal/pepsal/userspace/report"
 )
 
 // The table's totals follow what was added and how each connection ended:
@@ -43,7 +45,7 @@ func TestTableAccounting(t *testing.T) {
 	tb.Remove(partial, WasReset)
 
 	s := tb.Stats()
-	want := Stats{
+	want := report.Stats{
 		Accepted: 7, Active: 1, Completed: 2, Reset: 2, UpstreamFailed: 1, LoopRefused: 1, Fallback: 2,
 		BytesToServer: 100 + 7 + 5, BytesToClient: 1000 + 3, KernelBytes: 60 + 900,
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -73,14 +74,14 @@ func ProbeLargeInitialWindow() error {
 
 // windowOff says what the legs' initial receive windows become on a kernel
 // that opens windows at 64 KiB at most (nothing when none asks for more).
-func windowOff(t Tuning, probe func() error) []Off {
+func windowOff(t Tuning, probe func() error) []report.Off {
 	const typicalMSS = 1400
 	if max(t.Client.InitRwnd, t.Server.InitRwnd)*typicalMSS <= bigInitialWindow {
 		return nil
 	}
 	var un *loader.Unsupported
 	if err := probe(); errors.As(err, &un) {
-		return []Off{{Feature: un.Feature, Why: un.Why, Instead: "the legs' initial receive windows open at 64 KiB and grow with the data"}}
+		return []report.Off{{Feature: un.Feature, Why: un.Why, Instead: "the legs' initial receive windows open at 64 KiB and grow with the data"}}
 	}
 	return nil
 }

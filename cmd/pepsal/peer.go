@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/spf13/cobra"
 )
 
@@ -110,7 +111,7 @@ func checkPeerAddr(addr string, listener bool) error {
 }
 
 // printPeer writes the warm-path lines of `pepsal status`.
-func printPeer(w io.Writer, p *userspace.PeerStats) {
+func printPeer(w io.Writer, p *report.PeerStats) {
 	if p == nil {
 		return
 	}
@@ -123,7 +124,7 @@ func printPeer(w io.Writer, p *userspace.PeerStats) {
 	}
 	if s := p.Gateway; s != nil {
 		var refused []string
-		for _, r := range userspace.AuthReasons {
+		for _, r := range report.AuthReasons {
 			refused = append(refused, fmt.Sprintf("%s %d", r, s.Refused[r]))
 		}
 		fmt.Fprintf(w, "warm peers: listening on %s: %d accepted, %d waiting, %d flows served, %d closed idle; refused: %s\n",

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/spf13/cobra"
 )
 
@@ -48,10 +48,10 @@ func statusCmd() *cobra.Command {
 	return cmd
 }
 
-func collectStatus() (*userspace.StatusReport, error) {
-	rep := &userspace.StatusReport{Ifaces: []loader.Iface{}}
-	var info userspace.DaemonInfo
-	if err := userspace.Query("info", &info); err == nil {
+func collectStatus() (*report.StatusReport, error) {
+	rep := &report.StatusReport{Ifaces: []loader.Iface{}}
+	var info report.DaemonInfo
+	if err := report.Query("info", &info); err == nil {
 		rep.Daemon = &info
 	} else {
 		rep.DaemonNote = err.Error()
@@ -77,7 +77,7 @@ func collectStatus() (*userspace.StatusReport, error) {
 	}
 	rep.Programs = att.ProgramIDs()
 	if r, err := att.Routing(); err == nil {
-		rr := &userspace.RoutingReport{Fwmark: r.Mark, Table: r.Table, RulePriority: r.Priority}
+		rr := &report.RoutingReport{Fwmark: r.Mark, Table: r.Table, RulePriority: r.Priority}
 		rr.Rules, rr.Routes, _ = r.Present()
 		rep.Routing = rr
 	}
@@ -89,7 +89,7 @@ func collectStatus() (*userspace.StatusReport, error) {
 		return nil, err
 	}
 	if socks, dirs, user, err := att.Relay().Entries(); err == nil {
-		rep.Relay = &userspace.RelayReport{Sockets: socks, Directions: dirs, UserCounts: user}
+		rep.Relay = &report.RelayReport{Sockets: socks, Directions: dirs, UserCounts: user}
 	}
 	rep.OwnerPID, rep.OwnerAlive = att.Owner()
 	rep.Problems = att.Problems()
@@ -97,7 +97,7 @@ func collectStatus() (*userspace.StatusReport, error) {
 	return rep, nil
 }
 
-func printStatus(w io.Writer, rep *userspace.StatusReport) {
+func printStatus(w io.Writer, rep *report.StatusReport) {
 	if !rep.Attached {
 		fmt.Fprintln(w, "attached:  no (nothing in this network namespace)")
 	} else {
@@ -187,14 +187,14 @@ func connsCmd() *cobra.Command {
 		Short: "List the live split connections",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var conns []userspace.ConnInfo
-			if err := userspace.Query("conns", &conns); err != nil {
+			var conns []report.ConnInfo
+			if err := report.Query("conns", &conns); err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
 				if conns == nil {
-					conns = []userspace.ConnInfo{}
+					conns = []report.ConnInfo{}
 				}
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
@@ -232,7 +232,7 @@ func share(part, total uint64) string {
 }
 
 // legSummary is one leg in a few words: congestion control, cwnd, RTT, retransmits.
-func legSummary(l *userspace.LegInfo) string {
+func legSummary(l *report.LegInfo) string {
 	if l == nil {
 		return "-"
 	}

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/tests/linkemu"
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/report"
 )
 
 // EchoSize is the message of the request/response latency test.
@@ -204,7 +204,7 @@ func (row *EffRow) measureVeth(ctx context.Context, cfg Config, bed *Bed, ds []*
 // the last test are closed (up to 2 s). ok is false without pepsal.
 func kernelBytes(ctx context.Context, ds []*Daemon) (kernel, total uint64, ok bool) {
 	for _, d := range ds {
-		var st userspace.StatusReport
+		var st report.StatusReport
 		for deadline := time.Now().Add(2 * time.Second); ; {
 			var err error
 			st, err = d.Status()

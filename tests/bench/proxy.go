@@ -12,7 +12,7 @@ import (
 
 	"github.com/pepsal/pepsal/tests/harness"
 	"github.com/pepsal/pepsal/tests/testbed"
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/report"
 )
 
 // Site is a router namespace where a PEP runs and the interface on which it
@@ -96,9 +96,9 @@ func StartPepsal(ctx context.Context, bin string, site Site, relay string, extra
 }
 
 // Status asks the pepsal daemon of the site for its state.
-func (d *Daemon) Status() (userspace.StatusReport, error) {
+func (d *Daemon) Status() (report.StatusReport, error) {
 	if d.ref {
-		return userspace.StatusReport{}, errors.New("the reference PEPsal has no status command")
+		return report.StatusReport{}, errors.New("the reference PEPsal has no status command")
 	}
 	return harness.Status(d.Site.NS, d.bin)
 }

@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/tests/testbed"
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/report"
 )
 
 // Build compiles cmd/pepsal to out, with extra `go build` flags (-ldflags).
@@ -257,14 +257,14 @@ func (p *Process) Kill() error {
 
 // Status runs `bin status --json` in ns. The document is decoded whatever
 // the exit code (status exits 3 when not serving, but still reports).
-func Status(ns *testbed.NS, bin string) (userspace.StatusReport, error) {
-	var st userspace.StatusReport
+func Status(ns *testbed.NS, bin string) (report.StatusReport, error) {
+	var st report.StatusReport
 	return st, query(ns, bin, "status", &st)
 }
 
 // Conns runs `bin conns --json` in ns.
-func Conns(ns *testbed.NS, bin string) ([]userspace.ConnInfo, error) {
-	var cs []userspace.ConnInfo
+func Conns(ns *testbed.NS, bin string) ([]report.ConnInfo, error) {
+	var cs []report.ConnInfo
 	return cs, query(ns, bin, "conns", &cs)
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
 	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/report"
 )
 
 // TestPeerBurstHeavy measures a browser-like burst through two pepsals with
@@ -38,7 +39,7 @@ func TestPeerBurstHeavy(t *testing.T) {
 		pool = n // what another pool size does
 	}
 	startPeerTerminal(t, defaultSuite(), topo, key, pool)
-	full := func(p userspace.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool }
+	full := func(p report.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool }
 	var times []time.Duration
 	for run := range 5 {
 		waitPeer(t, topo.Terminal, "pool full", full)

@@ -21,7 +21,7 @@ import (
 
 	"github.com/pepsal/pepsal/tests/harness"
 	"github.com/pepsal/pepsal/tests/testbed"
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/report"
 	"golang.org/x/sys/unix"
 )
 
@@ -167,7 +167,7 @@ func (b *bed) status() status {
 // status is the decoded `pepsal status --json`; its counter lookup fails
 // the test on a name the report does not have.
 type status struct {
-	userspace.StatusReport
+	report.StatusReport
 	t testing.TB
 }
 
@@ -184,7 +184,7 @@ func statusIn(t testing.TB, ns *testbed.NS) status {
 func statusExit(t testing.TB, ns *testbed.NS) (status, result) {
 	t.Helper()
 	r := runCmdIn(ns, pepsalBin, "status", "--json")
-	var st userspace.StatusReport
+	var st report.StatusReport
 	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
 		t.Fatalf("status --json in %s: %v\n%s%s", ns.Name, err, r.stdout, r.stderr)
 	}
@@ -218,7 +218,7 @@ func (b *bed) daemonStatus() status {
 }
 
 // daemonInfo is what the router's daemon says of itself.
-func (b *bed) daemonInfo() *userspace.DaemonInfo {
+func (b *bed) daemonInfo() *report.DaemonInfo {
 	b.t.Helper()
 	s := b.status()
 	if s.Daemon == nil {
@@ -228,12 +228,12 @@ func (b *bed) daemonInfo() *userspace.DaemonInfo {
 }
 
 // conns is `pepsal conns --json` in the router namespace.
-func (b *bed) conns() []userspace.ConnInfo {
+func (b *bed) conns() []report.ConnInfo {
 	b.t.Helper()
 	return connsIn(b.t, b.Router)
 }
 
-func connsIn(t testing.TB, ns *testbed.NS) []userspace.ConnInfo {
+func connsIn(t testing.TB, ns *testbed.NS) []report.ConnInfo {
 	t.Helper()
 	cs, err := harness.Conns(ns, pepsalBin)
 	if err != nil {

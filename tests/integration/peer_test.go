@@ -18,6 +18,7 @@ import (
 	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
 	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/report"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -71,7 +72,7 @@ func newPeerPair(t *testing.T, cfg suite, pool int, gwExtra ...string) (*testbed
 	key := writeKey(t, testKey(), 0o600)
 	startPeerGateway(t, cfg, topo, key, gwExtra...)
 	startPeerTerminal(t, cfg, topo, key, pool)
-	waitPeer(t, topo.Terminal, "pool full", func(p userspace.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
+	waitPeer(t, topo.Terminal, "pool full", func(p report.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
 	return topo, key
 }
 
@@ -86,7 +87,7 @@ func peerStatus(t *testing.T, ns *testbed.NS) status {
 	return s
 }
 
-func waitPeer(t *testing.T, ns *testbed.NS, what string, ok func(userspace.PeerStats) bool) userspace.PeerStats {
+func waitPeer(t *testing.T, ns *testbed.NS, what string, ok func(report.PeerStats) bool) report.PeerStats {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -113,7 +114,7 @@ func testPeerWarmPath(t *testing.T, cfg suite) {
 	key := writeKey(t, testKey(), 0o600)
 	startPeerGateway(t, cfg, topo, key, "--metrics-addr", metricsAddr)
 	startPeerTerminal(t, cfg, topo, key, pool, "--metrics-addr", metricsAddr)
-	waitPeer(t, topo.Terminal, "pool full", func(p userspace.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
+	waitPeer(t, topo.Terminal, "pool full", func(p report.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
 	reply := bytes.Repeat([]byte("reply after EOF "), 64<<10)
 	rstConns := make(chan *net.TCPConn, 8)
 	for _, f := range twoPEPFamilies {
@@ -216,7 +217,7 @@ func testPeerWarmPath(t *testing.T, cfg suite) {
 	if g.counter("tune_init_cwnd") == 0 {
 		t.Error("gateway: sock_ops tuned no warm connection (tune_init_cwnd = 0)")
 	}
-	waitPeer(t, topo.Terminal, "refilled", func(p userspace.PeerStats) bool { return p.Pool.Idle == pool })
+	waitPeer(t, topo.Terminal, "refilled", func(p report.PeerStats) bool { return p.Pool.Idle == pool })
 	checkPeerMetrics(t, topo)
 }
 
@@ -239,8 +240,8 @@ func checkPeerMetrics(t *testing.T, topo *testbed.TwoPEP) {
 		return out
 	}
 	var term, gw map[string]*dto.MetricFamily
-	var p *userspace.PeerPoolStats
-	var g *userspace.PeerGatewayStats
+	var p *report.PeerPoolStats
+	var g *report.PeerGatewayStats
 	for try := 0; ; try++ {
 		at, ag := scrapeMetrics(t, topo.Terminal), scrapeMetrics(t, topo.Gateway)
 		p, g = peerStatus(t, topo.Terminal).Daemon.Peer.Pool, peerStatus(t, topo.Gateway).Daemon.Peer.Gateway
@@ -288,7 +289,7 @@ func checkPeerMetrics(t *testing.T, topo *testbed.TwoPEP) {
 			t.Errorf("%s: metrics %v, status %v", c.what, got, c.want)
 		}
 	}
-	for _, r := range userspace.AuthReasons {
+	for _, r := range report.AuthReasons {
 		if got := metricValue(t, gw, "pepsal_peer_gateway_auth_failures_total", "reason", r); got != float64(g.Refused[r]) {
 			t.Errorf("gateway auth failures (%s): metrics %v, status %d", r, got, g.Refused[r])
 		}
@@ -398,7 +399,7 @@ func testPeerFallback(t *testing.T, cfg suite) {
 	startPeerTerminal(t, cfg, topo, key, 2)
 	// Gateway down (no pepsal there at all): flows still work, unsplit at
 	// the gateway, and count as fallbacks while the pool backs off.
-	waitPeer(t, topo.Terminal, "backing off", func(p userspace.PeerStats) bool { return p.Pool.DialFailures > 0 })
+	waitPeer(t, topo.Terminal, "backing off", func(p report.PeerStats) bool { return p.Pool.DialFailures > 0 })
 	for _, f := range twoPEPFamilies {
 		if err := transfer(topo.Client, hostPort(f.server, 9000), 100<<10, 300<<10, 3); err != nil {
 			t.Errorf("%s with the gateway down: %v", f.name, err)
@@ -408,7 +409,7 @@ func testPeerFallback(t *testing.T, cfg suite) {
 		t.Errorf("gateway down: pool %+v, want 2 fallbacks counted as down", p)
 	}
 	startPeerGateway(t, cfg, topo, key)
-	waitPeer(t, topo.Terminal, "refilled after the gateway came up", func(p userspace.PeerStats) bool { return p.Pool.Idle == 2 })
+	waitPeer(t, topo.Terminal, "refilled after the gateway came up", func(p report.PeerStats) bool { return p.Pool.Idle == 2 })
 	// A burst of 8 over a pool of 2: 2 ride warm connections (or a few
 	// more, refilled meanwhile), the rest fall back; all are intact.
 	var wg sync.WaitGroup
@@ -429,7 +430,7 @@ func testPeerFallback(t *testing.T, cfg suite) {
 	if p.Taken < 2 || p.FallbackEmpty == 0 || p.Taken+p.FallbackEmpty != 8 {
 		t.Errorf("burst of 8 over a pool of 2: pool %+v, want >= 2 taken, the rest counted as empty-pool fallbacks", p)
 	}
-	waitPeer(t, topo.Terminal, "refilled after the burst", func(p userspace.PeerStats) bool { return p.Pool.Idle == 2 })
+	waitPeer(t, topo.Terminal, "refilled after the burst", func(p report.PeerStats) bool { return p.Pool.Idle == 2 })
 }
 
 // peerClient speaks the protocol by hand from the terminal's namespace.
@@ -513,7 +514,7 @@ func TestPeerAuth(t *testing.T) {
 		t.Errorf("incomplete header: %v", err)
 	}
 	s := peerStatus(t, topo.Gateway).Daemon.Peer.Gateway
-	for reason, want := range map[string]uint64{userspace.AuthReplay: 1, userspace.AuthBadMAC: 1, userspace.AuthGarbage: 1, userspace.AuthIncomplete: 1} {
+	for reason, want := range map[string]uint64{report.AuthReplay: 1, report.AuthBadMAC: 1, report.AuthGarbage: 1, report.AuthIncomplete: 1} {
 		if s.Refused[reason] != want {
 			t.Errorf("refused[%s] = %d, want %d (%+v)", reason, s.Refused[reason], want, s.Refused)
 		}
@@ -542,7 +543,7 @@ func TestPeerNotAllowed(t *testing.T) {
 	if err != nil {
 		t.Errorf("terminal not allowed: %v", err)
 	}
-	if s := peerStatus(t, topo.Gateway).Daemon.Peer.Gateway; s.Refused[userspace.AuthNotAllowed] != 1 || s.Served != 0 {
+	if s := peerStatus(t, topo.Gateway).Daemon.Peer.Gateway; s.Refused[report.AuthNotAllowed] != 1 || s.Served != 0 {
 		t.Errorf("gateway %+v: want one refused as not_allowed", s)
 	}
 }
@@ -638,7 +639,7 @@ func testPeerBurstPaced(t *testing.T, cfg suite) {
 	transferServer(t, topo.Server, lone)
 	startPeerGateway(t, cfg, topo, key)
 	startPeerTerminal(t, cfg, topo, key, pool)
-	waitPeer(t, topo.Terminal, "pool full", func(p userspace.PeerStats) bool { return p.Pool.Idle == pool })
+	waitPeer(t, topo.Terminal, "pool full", func(p report.PeerStats) bool { return p.Pool.Idle == pool })
 	gwPaced := func() uint64 { return peerStatus(t, topo.Gateway).Daemon.Peer.Gateway.PacedStarts }
 
 	// A burst whose answers come together: every flow intact, and all but
@@ -660,7 +661,7 @@ func testPeerBurstPaced(t *testing.T, cfg suite) {
 
 	// Flows that answered one byte and went quiet, still open and still in
 	// their start: they hold no cap.
-	waitPeer(t, topo.Terminal, "pool refilled", func(p userspace.PeerStats) bool { return p.Pool.Idle == pool })
+	waitPeer(t, topo.Terminal, "pool refilled", func(p report.PeerStats) bool { return p.Pool.Idle == pool })
 	var heldWG sync.WaitGroup
 	for range 3 {
 		heldWG.Add(1)
@@ -706,7 +707,7 @@ func testPeerBurstPaced(t *testing.T, cfg suite) {
 	}
 
 	// Alone, once no other flow is starting: never paced.
-	waitPeer(t, topo.Gateway, "every start over", func(p userspace.PeerStats) bool { return p.Gateway.Starting == 0 })
+	waitPeer(t, topo.Gateway, "every start over", func(p report.PeerStats) bool { return p.Gateway.Starting == 0 })
 	before := gwPaced()
 	if err := transfer(topo.Client, lone, 0, 300<<10, 99); err != nil {
 		t.Errorf("lone flow: %v", err)

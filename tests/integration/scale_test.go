@@ -20,7 +20,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/pepsal/pepsal/tests/testbed"
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/report"
 )
 
 // pinnedMap opens one of the daemon's pinned maps in ns's pin directory.
@@ -206,7 +206,7 @@ func TestLocalFailureAccounted(t *testing.T) {
 		t.Fatalf("%d connections split, %d reset: want 1-4 split (4 local ports), the rest reset", ok, failed)
 	}
 	// The resets are counted once the daemon is done with them.
-	var s *userspace.DaemonInfo
+	var s *report.DaemonInfo
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 		if s = b.daemonInfo(); s.LocalFailed == uint64(failed) {
 			break

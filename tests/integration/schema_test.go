@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/pepsal/pepsal/loader"
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/report"
 )
 
 // fatalRecorder is a testing.TB whose Fatalf records the message and ends
@@ -30,7 +30,7 @@ func (f *fatalRecorder) Fatalf(format string, args ...any) {
 func TestCounterUnknownNameFails(t *testing.T) {
 	lookup := func(name string) (uint64, string) {
 		rec := &fatalRecorder{TB: t}
-		s := status{userspace.StatusReport{Counters: []loader.Counter{{Name: "syn_diverted", Value: 3}, {Name: "pkt_unparsed"}}}, rec}
+		s := status{report.StatusReport{Counters: []loader.Counter{{Name: "syn_diverted", Value: 3}, {Name: "pkt_unparsed"}}}, rec}
 		var v uint64
 		done := make(chan struct{})
 		go func() {

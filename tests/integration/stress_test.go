@@ -15,7 +15,7 @@ import (
 
 	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/report"
 )
 
 // What a stress connection does.
@@ -221,8 +221,8 @@ func testRandomStress(t *testing.T, cfg suite) {
 	}
 
 	// Leaks: wait for the daemon to settle, then compare with the start.
-	var info *userspace.DaemonInfo
-	var st *userspace.RelayReport
+	var info *report.DaemonInfo
+	var st *report.RelayReport
 	var fds fdKinds
 	for end := time.Now().Add(15 * time.Second); ; {
 		fds = processFDs(t, pid)

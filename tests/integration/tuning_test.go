@@ -12,6 +12,7 @@ import (
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/tests/testbed"
 	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/report"
 	"golang.org/x/sys/unix"
 )
 
@@ -87,7 +88,7 @@ func testLegTuning(t *testing.T, cfg suite) {
 	var small *loader.Unsupported
 	if err := userspace.ProbeLargeInitialWindow(); errors.As(err, &small) {
 		want, why = 60<<10, "64 KiB (the most this kernel opens)"
-		if off := b.daemonInfo().Off; !slices.ContainsFunc(off, func(o userspace.Off) bool { return o.Feature == small.Feature }) {
+		if off := b.daemonInfo().Off; !slices.ContainsFunc(off, func(o report.Off) bool { return o.Feature == small.Feature }) {
 			t.Errorf("the daemon does not say %q: off %v", small, off)
 		}
 	}

@@ -22,13 +22,13 @@ import (
 	"github.com/pepsal/pepsal/tests/harness"
 	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/report"
 )
 
 // daemonIdentity is who answers `pepsal status`.
 func (b *bed) daemonIdentity() (pid int, version string) {
 	// Not statusIn: for a moment during the handover status may not answer.
-	var s userspace.StatusReport
+	var s report.StatusReport
 	r := b.pepsal("status", "--json")
 	if json.Unmarshal([]byte(r.stdout), &s) != nil || s.Daemon == nil {
 		return 0, ""
@@ -292,7 +292,7 @@ func TestPeerGatewayUpgradeDropsNothing(t *testing.T) {
 		old, _, oldDone := startUpgradable(t, topo.Gateway, nil, "--relay", cfg.relay, "--iface", testbed.GatewayLinkIf,
 			"--role", "gateway", "--peer-listen", peerGatewayAddr, "--peer-key", key)
 		startPeerTerminal(t, cfg, topo, key, pool)
-		waitPeer(t, topo.Terminal, "pool full", func(p userspace.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
+		waitPeer(t, topo.Terminal, "pool full", func(p report.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
 		listener := listenerInode(t, topo.Gateway, peerPort)
 		before := *peerStatus(t, topo.Terminal).Daemon.Peer.Pool
 
@@ -351,11 +351,11 @@ func TestPeerTerminalUpgradeReturnsItsPool(t *testing.T) {
 	const pool = 4
 	old, _, oldDone := startUpgradable(t, topo.Terminal, nil, "--relay", cfg.relay, "--iface", testbed.TerminalClientIf,
 		"--role", "terminal", "--peer", peerGatewayAddr, "--peer-key", key, "--peer-pool", fmt.Sprint(pool))
-	waitPeer(t, topo.Terminal, "pool full", func(p userspace.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
+	waitPeer(t, topo.Terminal, "pool full", func(p report.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
 	// A live flow keeps the old process draining.
 	live := mustDial(t, topo.Client, addr)
 	live.Write([]byte("held"))
-	waitPeer(t, topo.Gateway, "the flow served and the pool refilled", func(p userspace.PeerStats) bool {
+	waitPeer(t, topo.Gateway, "the flow served and the pool refilled", func(p report.PeerStats) bool {
 		return p.Gateway != nil && p.Gateway.Served == 1 && p.Gateway.Waiting == pool
 	})
 
@@ -363,8 +363,8 @@ func TestPeerTerminalUpgradeReturnsItsPool(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitSuccessor(t, topo.Terminal, old.Process.Pid)
-	waitPeer(t, topo.Terminal, "the new pool full", func(p userspace.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
-	waitPeer(t, topo.Gateway, "only the new terminal's pool waiting", func(p userspace.PeerStats) bool {
+	waitPeer(t, topo.Terminal, "the new pool full", func(p report.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
+	waitPeer(t, topo.Gateway, "only the new terminal's pool waiting", func(p report.PeerStats) bool {
 		return p.Gateway != nil && p.Gateway.Waiting == pool
 	})
 	select {
@@ -390,7 +390,7 @@ func waitSuccessor(t *testing.T, ns *testbed.NS, oldPID int) (pid int) {
 		}
 	})
 	waitFor(t, 30*time.Second, "the new daemon serving", func() bool {
-		var s userspace.StatusReport
+		var s report.StatusReport
 		r := runCmdIn(ns, pepsalBin, "status", "--json")
 		if json.Unmarshal([]byte(r.stdout), &s) == nil && s.Daemon != nil && s.Daemon.PID != oldPID {
 			pid = s.Daemon.PID

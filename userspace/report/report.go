@@ -1,13 +1,18 @@
-package userspace
+// Package report is the JSON schema of `pepsal status --json` and `pepsal
+// conns --json`, in one place: the daemon fills these types, the CLI prints
+// them, the integration tests and the benchmark decode them, so a renamed
+// field cannot drift between copies. `pepsal conns --json` is a []ConnInfo,
+// each with its legs (LegInfo, conns.go); the daemon part of the status is
+// DaemonInfo (daemon.go) with its Stats and PeerStats (peer.go). Query
+// (control.go) asks the daemon for them over its control socket.
+//
+// It owns the types and their names on the wire, nothing else: no logic
+// beyond encoding and decoding, no state (AuthReasons is a fixed list), and
+// no import of pepsal's packages but loader (whose value types the status
+// lists).
+package report
 
 import "github.com/pepsal/pepsal/loader"
-
-// The JSON schema of `pepsal status --json` and `pepsal conns --json`, in one
-// place: the CLI encodes these types, and the integration tests and the
-// benchmark decode them, so a renamed field cannot drift between copies.
-// `pepsal conns --json` is a []ConnInfo (table.go), each with its legs
-// (LegInfo, leginfo.go); the daemon part of the status is DaemonInfo
-// (control.go) with its Stats and PeerStats.
 
 // StatusReport is `pepsal status --json`; the text form prints the same.
 type StatusReport struct {

@@ -1,4 +1,4 @@
-package userspace
+package report
 
 import (
 	"encoding/json"

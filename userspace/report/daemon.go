@@ -1,0 +1,62 @@
+package report
+
+// DaemonInfo is what the daemon reports about itself.
+type DaemonInfo struct {
+	PID            int        `json:"pid"`
+	Version        string     `json:"version"`
+	Relay          string     `json:"relay"`                 // in use
+	RelayAsked     string     `json:"relay_asked,omitempty"` // --relay
+	Off            []Off      `json:"off,omitempty"`         // what the kernel cannot give
+	Listeners      []string   `json:"listeners"`
+	ConnectTimeout string     `json:"connect_timeout"`
+	UptimeSeconds  float64    `json:"uptime_seconds"`
+	Goroutines     int        `json:"goroutines"`
+	OpenFDs        int        `json:"open_fds"`
+	HeapBytes      uint64     `json:"heap_bytes"` // Go heap objects, live or not yet swept
+	Stats          Stats      `json:"stats"`
+	Peer           *PeerStats `json:"peer,omitempty"` // warm paths between two pepsals
+	SplitStats
+}
+
+// SplitStats are the splitter's totals that the connection table does not
+// keep (yet).
+type SplitStats struct {
+	// LocalFailed counts connections reset because accept's follow-up or the
+	// upstream dial ran out of a local resource.
+	LocalFailed uint64 `json:"local_failed"`
+	// UpstreamTuningSkipped counts upstream sockets dialed without their
+	// sock_ops tuning because pepsal_upstream could not take them (full).
+	UpstreamTuningSkipped uint64 `json:"upstream_tuning_skipped"`
+}
+
+// Stats are the daemon's totals since start.
+type Stats struct {
+	Accepted       uint64 `json:"accepted"`
+	Active         int64  `json:"active"`
+	Completed      uint64 `json:"completed"`
+	Reset          uint64 `json:"reset"`
+	UpstreamFailed uint64 `json:"upstream_failed"`
+	LoopRefused    uint64 `json:"loop_refused"`
+	Fallback       uint64 `json:"userspace_fallback"` // sockmap mode: relayed in userspace instead
+	BytesToServer  uint64 `json:"bytes_to_server"`
+	BytesToClient  uint64 `json:"bytes_to_client"`
+	KernelBytes    uint64 `json:"kernel_bytes"` // of both, moved by the sk_skb verdict
+	// FallbackByReason splits Fallback by reason class (the metric labels).
+	FallbackByReason map[string]uint64 `json:"userspace_fallback_by_reason,omitempty"`
+	// Admission (0 / false without a limit).
+	MaxConns  int    `json:"max_conns"`
+	LowWater  int    `json:"low_water"`
+	Full      bool   `json:"full"`               // new connections are forwarded unsplit now
+	FullTrips uint64 `json:"full_trips"`         // times the limit (or a shortage) stopped diverting
+	Shortages uint64 `json:"resource_shortages"` // accepts and dials that ran out of fds, memory or map room
+	FDLimit   uint64 `json:"fd_limit"`
+}
+
+// Off is a feature pepsal turned off because the kernel cannot give it.
+type Off struct {
+	Feature string `json:"feature"`
+	Why     string `json:"why"`
+	Instead string `json:"instead"`
+}
+
+func (o Off) String() string { return o.Feature + " off: " + o.Why + "; " + o.Instead }
