@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -24,20 +25,20 @@ func TestAdmissionHysteresis(t *testing.T) {
 		t.Fatalf("low water %d (of 10), %d (of 100), %d (of 1)", a.Low, LowWater(100), LowWater(1))
 	}
 	c := netip.MustParseAddrPort("10.0.0.1:1")
-	var conns []*Conn
+	var conns []*conn.Conn
 	for range 12 {
-		conns = append(conns, table.Add(c, c, "splice"))
+		conns = append(conns, table.Add(c, c, conn.Splice))
 	}
 	if fmt.Sprint(writes) != "[true]" || !table.Stats().Full {
 		t.Fatalf("after 12 adds: writes %v", writes)
 	}
-	table.Remove(conns[0], Completed) // 11
-	table.Remove(conns[1], Completed) // 10
-	table.Remove(conns[2], Completed) // 9: at the mark, still full
+	table.Remove(conns[0], conn.Completed) // 11
+	table.Remove(conns[1], conn.Completed) // 10
+	table.Remove(conns[2], conn.Completed) // 9: at the mark, still full
 	if fmt.Sprint(writes) != "[true]" {
 		t.Fatalf("at the low-water mark: writes %v", writes)
 	}
-	table.Remove(conns[3], Completed) // 8
+	table.Remove(conns[3], conn.Completed) // 8
 	if fmt.Sprint(writes) != "[true false]" || table.Stats().Full {
 		t.Fatalf("below the low-water mark: writes %v", writes)
 	}
@@ -75,9 +76,9 @@ func TestMetricsFallbacksByReason(t *testing.T) {
 	table := NewTable()
 	c := netip.MustParseAddrPort("10.0.0.1:1")
 	for _, relay := range []string{"userspace: client closed before insert", "userspace: server closed before insert", "userspace: client: update pepsal_relay: no space", "kernel"} {
-		conn := table.Add(c, c, "kernel")
-		conn.SetRelay(relay)
-		table.Remove(conn, Completed)
+		record := table.Add(c, c, conn.Kernel)
+		record.SetRelay(relayState(t, relay))
+		table.Remove(record, conn.Completed)
 	}
 	m := NewMetrics(table, func() ([]loader.Counter, error) { return nil, nil })
 	want := `

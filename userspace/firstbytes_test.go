@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -127,12 +128,12 @@ func TestSpliceRelayAbortResetsBoth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := NewTable().Add(clientLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), serverLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), "splice")
+	record := NewTable().Add(clientLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), serverLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), conn.Splice)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	context.AfterFunc(ctx, func() { sockopt.Reset(clientLeg); sockopt.Reset(serverLeg) })
-	outcome := make(chan Outcome, 1)
-	spliceRelayAsync(ctx, w, conn, clientLeg, serverLeg, func(o Outcome) { outcome <- o })
+	outcome := make(chan conn.Outcome, 1)
+	spliceRelayAsync(ctx, w, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o })
 
 	// One byte each way: both directions then wait, idle.
 	for _, d := range []struct{ from, to *net.TCPConn }{{client, server}, {server, client}} {
@@ -150,13 +151,13 @@ func TestSpliceRelayAbortResetsBoth(t *testing.T) {
 	}
 	select {
 	case o := <-outcome:
-		if o != WasReset {
+		if o != conn.WasReset {
 			t.Fatalf("outcome %v, want WasReset", o)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("relay did not end after the abort")
 	}
-	if m := conn.Moved(); m.ToServer != 1 || m.ToClient != 1 {
+	if m := record.Moved(); m.ToServer != 1 || m.ToClient != 1 {
 		t.Errorf("moved %+v, want 1 each way", m)
 	}
 }

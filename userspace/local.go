@@ -8,12 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// LocalFailed is the outcome of a connection that could not be split for
-// want of a resource of this host (fds, memory, ports), not because of the
-// server. Table.Remove counts it once table.go has its case; until then the
-// splitter counts it in splitStats.
-const LocalFailed Outcome = LoopRefused + 1
-
 // localErrnos are the errors that say this host ran short of something.
 var localErrnos = []unix.Errno{unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.EADDRNOTAVAIL}
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -141,10 +142,10 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(m.active, float64(s.Active))
 	counter(m.accepted, s.Accepted)
-	counter(m.closed, s.Completed, "completed")
-	counter(m.closed, s.Reset, "reset")
-	counter(m.closed, s.UpstreamFailed, "upstream_failed")
-	counter(m.closed, s.LoopRefused, "loop_refused")
+	counter(m.closed, s.Completed, conn.Completed.String())
+	counter(m.closed, s.Reset, conn.WasReset.String())
+	counter(m.closed, s.UpstreamFailed, conn.UpstreamFailed.String())
+	counter(m.closed, s.LoopRefused, conn.LoopRefused.String())
 	counter(m.bytes, s.BytesToServer, "to_server")
 	counter(m.bytes, s.BytesToClient, "to_client")
 	// The table keeps the kernel's share of both directions as one sum.
@@ -155,21 +156,15 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	split := readSplitStats()
 	counter(m.localFailed, split.LocalFailed)
 	counter(m.tuningSkipped, split.UpstreamTuningSkipped)
-	for _, reason := range fallbackReasons {
-		counter(m.fallbacksBy, s.FallbackByReason[reason], reason)
+	// Every reason, 0 included, so that a dashboard sees the series before
+	// the first fallback.
+	for _, reason := range conn.FallbackReasons() {
+		counter(m.fallbacksBy, s.FallbackByReason[reason.String()], reason.String())
 	}
 
-	// Not Snapshot: that reads TCP_INFO of every socket, a scrape needs none.
-	live := map[string]int{}
-	m.table.mu.Lock()
-	for _, c := range m.table.conns {
-		if reason, ok := fallbackReason(c.Relay()); ok {
-			live[reason]++
-		}
-	}
-	m.table.mu.Unlock()
-	for _, reason := range fallbackReasons {
-		gauge(m.fallbackLive, float64(live[reason]), reason)
+	live := m.table.FallbacksLive()
+	for _, reason := range conn.FallbackReasons() {
+		gauge(m.fallbackLive, float64(live[reason]), reason.String())
 	}
 
 	if cs, err := m.counters(); err != nil {
@@ -220,30 +215,6 @@ func (m *Metrics) collectPeer(gauge func(*prometheus.Desc, float64, ...string), 
 		}
 		counter(d.pacedStarts, s.PacedStarts)
 		gauge(d.starting, float64(s.Starting))
-	}
-}
-
-// fallbackReasons are the classes of fallbackReason, all exported (at 0 when
-// none) so that a dashboard sees the series before the first fallback.
-var fallbackReasons = []string{"first_bytes_partial", "closed_before_insert", "insert_failed", "setup_failed"}
-
-// fallbackReason classes a connection's relay ("userspace: why", as the
-// kernel relay and the splitter record it); ok is false for a connection
-// relayed as asked.
-func fallbackReason(relay string) (reason string, ok bool) {
-	why, ok := strings.CutPrefix(relay, "userspace: ")
-	if !ok {
-		return "", false
-	}
-	switch {
-	case strings.HasPrefix(why, "first bytes"):
-		return "first_bytes_partial", true // fast open read part of an skb
-	case strings.HasSuffix(why, "closed before insert"):
-		return "closed_before_insert", true // a FIN came before the socket could enter the map
-	case strings.HasPrefix(why, "client: "), strings.HasPrefix(why, "server: "):
-		return "insert_failed", true
-	default:
-		return "setup_failed", true // cookies, sequence bases, relay state
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -23,16 +24,16 @@ import (
 func TestMetricsCollect(t *testing.T) {
 	table := NewTable()
 	client, server := netip.MustParseAddrPort("10.0.0.1:40000"), netip.MustParseAddrPort("10.0.1.1:80")
-	done := table.Add(client, server, "kernel")
-	done.setMoved(Moved{ToServer: 100, ToClient: 1000, KernelToServer: 60, KernelToClient: 900})
-	table.Remove(done, Completed)
-	fell := table.Add(client, server, "kernel")
-	fell.SetRelay("userspace: client closed before insert")
-	fell.add(7, 3)
-	table.Remove(fell, WasReset)
-	table.Remove(table.Add(client, server, "splice"), UpstreamFailed)
-	live := table.Add(client, server, "kernel")
-	live.SetRelay("userspace: first bytes not read whole")
+	done := table.Add(client, server, conn.Kernel)
+	done.SetMoved(conn.Moved{ToServer: 100, ToClient: 1000, KernelToServer: 60, KernelToClient: 900})
+	table.Remove(done, conn.Completed)
+	fell := table.Add(client, server, conn.Kernel)
+	fell.SetRelay(relayState(t, "userspace: client closed before insert"))
+	fell.AddMoved(7, 3)
+	table.Remove(fell, conn.WasReset)
+	table.Remove(table.Add(client, server, conn.Splice), conn.UpstreamFailed)
+	live := table.Add(client, server, conn.Kernel)
+	live.SetRelay(relayState(t, "userspace: first bytes not read whole"))
 
 	m := NewMetrics(table, func() ([]loader.Counter, error) {
 		return []loader.Counter{{Name: "syn_diverted", Value: 4}, {Name: "relay_redirected", Value: 9}}, nil
@@ -124,23 +125,6 @@ func TestMetricsCountersUnreadable(t *testing.T) {
 	}
 	if strings.Contains(body, "pepsal_bpf_decisions_total{") {
 		t.Errorf("decisions served from a failed read:\n%s", body)
-	}
-}
-
-func TestMetricsFallbackReason(t *testing.T) {
-	for relay, want := range map[string]string{
-		"splice":                                 "",
-		"kernel":                                 "",
-		"userspace: first bytes not read whole":  "first_bytes_partial",
-		"userspace: server closed before insert": "closed_before_insert",
-		"userspace: client: update pepsal_relay: no space": "insert_failed",
-		"userspace: server: bad fd":                        "insert_failed",
-		"userspace: SO_COOKIE: bad file descriptor":        "setup_failed",
-	} {
-		got, ok := fallbackReason(relay)
-		if got != want || ok != (want != "") {
-			t.Errorf("%q: %q %v, want %q", relay, got, ok, want)
-		}
 	}
 }
 

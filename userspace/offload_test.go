@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/pepsal/pepsal/userspace/conn"
 )
 
 // TestSpliceOffloadHandsOverBetweenSteps: the splice relay hands a
@@ -22,21 +24,21 @@ func TestSpliceOffloadHandsOverBetweenSteps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, clientLeg, serverLeg, server, conn := offloadBed(t)
-	outcome := make(chan Outcome, 1)
+	client, clientLeg, serverLeg, server, record := offloadBed(t)
+	outcome := make(chan conn.Outcome, 1)
 	var handovers atomic.Int32
 	var movedUp, movedDown atomic.Int64
-	done := func(o Outcome) { outcome <- o }
-	spliceRelayWith(context.Background(), w, conn, clientLeg, serverLeg, done, spliceOpts{
+	done := func(o conn.Outcome) { outcome <- o }
+	spliceRelayWith(context.Background(), w, record, clientLeg, serverLeg, done, spliceOpts{
 		offloadAfter: 64 << 10,
 		offload: func(up, down int64, slots [2]idleSlot) {
 			handovers.Add(1)
 			movedUp.Store(up)
 			movedDown.Store(down)
-			if m := conn.Moved(); m.ToServer != up || m.ToClient != down {
+			if m := record.Moved(); m.ToServer != up || m.ToClient != down {
 				t.Errorf("handed over after %d/%d bytes, the connection counted %d/%d", up, down, m.ToServer, m.ToClient)
 			}
-			spliceRelayWith(context.Background(), w, conn, clientLeg, serverLeg, done, spliceOpts{slots: slots})
+			spliceRelayWith(context.Background(), w, record, clientLeg, serverLeg, done, spliceOpts{slots: slots})
 		},
 	})
 	up, down := randomBytes(1<<20, 1), randomBytes(3<<20, 2)
@@ -62,7 +64,7 @@ func TestSpliceOffloadHandsOverBetweenSteps(t *testing.T) {
 	}
 	select {
 	case o := <-outcome:
-		if o != Completed {
+		if o != conn.Completed {
 			t.Errorf("outcome %v, want completed", o)
 		}
 	case <-time.After(10 * time.Second):
@@ -85,14 +87,14 @@ func TestSpliceOffloadCalledOffByEOF(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, size := range []int{1000, 70 << 10} {
-		client, clientLeg, serverLeg, server, conn := offloadBed(t)
-		outcome := make(chan Outcome, 1)
+		client, clientLeg, serverLeg, server, record := offloadBed(t)
+		outcome := make(chan conn.Outcome, 1)
 		var handovers atomic.Int32
 		offload := func(_, _ int64, slots [2]idleSlot) {
 			handovers.Add(1)
-			spliceRelayWith(context.Background(), w, conn, clientLeg, serverLeg, func(o Outcome) { outcome <- o }, spliceOpts{slots: slots})
+			spliceRelayWith(context.Background(), w, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o }, spliceOpts{slots: slots})
 		}
-		spliceRelayWith(context.Background(), w, conn, clientLeg, serverLeg, func(o Outcome) { outcome <- o }, spliceOpts{offloadAfter: 64 << 10, offload: offload})
+		spliceRelayWith(context.Background(), w, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o }, spliceOpts{offloadAfter: 64 << 10, offload: offload})
 		// The server answers with size bytes and its FIN at once; the
 		// client never writes: up stays parked while down ends.
 		down := randomBytes(size, 3)
@@ -111,7 +113,7 @@ func TestSpliceOffloadCalledOffByEOF(t *testing.T) {
 		}
 		select {
 		case o := <-outcome:
-			if o != Completed {
+			if o != conn.Completed {
 				t.Errorf("%d bytes: outcome %v, want completed", size, o)
 			}
 		case <-time.After(10 * time.Second):
@@ -125,12 +127,12 @@ func TestSpliceOffloadCalledOffByEOF(t *testing.T) {
 
 // offloadBed is a client and a server, the relay's two legs between them,
 // and the connection's row.
-func offloadBed(t *testing.T) (client, clientLeg, serverLeg, server *net.TCPConn, conn *Conn) {
+func offloadBed(t *testing.T) (client, clientLeg, serverLeg, server *net.TCPConn, record *conn.Conn) {
 	t.Helper()
 	client, clientLeg = tcpPair(t)
 	serverLeg, server = tcpPair(t)
 	for _, c := range []*net.TCPConn{client, server} {
 		c.SetDeadline(time.Now().Add(30 * time.Second))
 	}
-	return client, clientLeg, serverLeg, server, NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, "splice")
+	return client, clientLeg, serverLeg, server, NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, conn.Splice)
 }

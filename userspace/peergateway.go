@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/internal/logx"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
@@ -293,18 +294,18 @@ func readHeader(conn *net.TCPConn) (data []byte, drained bool, err error) {
 // connection to it like a client leg: a refused, unreachable or silent server
 // resets the warm connection, which makes the terminal reset its client.
 func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPConn, hdr peerHeader, rest []byte, drained bool) {
-	relay := "splice"
+	via := conn.Splice
 	if s.Kernel != nil {
-		relay = "kernel"
+		via = conn.Kernel
 	}
-	c := s.Table.Add(hdr.Client, hdr.Dst, relay)
+	c := s.Table.Add(hdr.Client, hdr.Dst, via)
 	c.SetPeer("warm")
 	if err := sockopt.ResetOnCrash(warm); err != nil {
 		s.Log.Warn("warm leg", "conn", c.ID, "err", err)
 	}
 	if s.own[hdr.Dst] || hdr.Dst.Addr().IsLoopback() || hdr.Dst == sockopt.AddrPort(warm.LocalAddr()) {
 		sockopt.Reset(warm)
-		s.Table.Remove(c, LoopRefused)
+		s.Table.Remove(c, conn.LoopRefused)
 		s.Log.Info("warm path refused: destination is the proxy itself", "conn", c.ID, "server", hdr.Dst)
 		return
 	}
@@ -322,11 +323,11 @@ func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPC
 		sockopt.Reset(warm)
 		if IsLocalFailure(err) {
 			splitStats.localFailed.Add(1)
-			s.Table.Remove(c, LocalFailed)
+			s.Table.Remove(c, conn.LocalFailed)
 			s.onLocalExhaustion(err)
 			return
 		}
-		s.Table.Remove(c, UpstreamFailed)
+		s.Table.Remove(c, conn.UpstreamFailed)
 		s.Log.Info("warm path: upstream connect failed", "conn", c.ID, "client", hdr.Client, "server", hdr.Dst, "err", err)
 		return
 	}
@@ -340,7 +341,7 @@ func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPC
 		s.Log.Warn("tune server leg", "conn", c.ID, "err", err)
 	}
 	c.SetState("established")
-	c.setLegs(warm, server)
+	c.SetLegs(warm, server)
 	// The header was read from the warm connection, not relayed.
 	leave := g.share.join(warm)
 	s.relayLegs(ctx, c, warm, server, relayStart{pre: int64(len(rest)), clientRead: headerLen}, drained)
@@ -350,16 +351,16 @@ func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPC
 // relayLegs runs the usual relay between two connected legs and accounts
 // for the connection; pre bytes already went from the client leg to the
 // server leg.
-func (s *Splitter) relayLegs(ctx context.Context, c *Conn, client, server *net.TCPConn, st relayStart, drained bool) {
+func (s *Splitter) relayLegs(ctx context.Context, c *conn.Conn, client, server *net.TCPConn, st relayStart, drained bool) {
 	pre := st.pre
 	stop := context.AfterFunc(ctx, func() { sockopt.Reset(client); sockopt.Reset(server) })
-	c.add(pre, 0)
-	var how Outcome
+	c.AddMoved(pre, 0)
+	var how conn.Outcome
 	if s.Kernel != nil && drained {
 		how = s.Kernel.relay(ctx, c, client, server, st)
 	} else {
 		if s.Kernel != nil {
-			c.SetRelay("userspace: first bytes not read whole")
+			c.SetRelay(conn.Fallback(conn.FirstBytesPartial, "first bytes not read whole"))
 		}
 		how = spliceRelay(c, client, server)
 	}

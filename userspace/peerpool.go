@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/internal/logx"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
@@ -308,7 +309,7 @@ func readFull(c *net.TCPConn, b []byte) (int, error) {
 // client's first bytes in one write, then the usual relay. A gateway that
 // cannot reach the server resets the warm connection, and the relay resets
 // the client.
-func (s *Splitter) splitWarm(ctx context.Context, c *Conn, client *net.TCPConn, w *warmConn, tos uint32, first []byte, drained bool) {
+func (s *Splitter) splitWarm(ctx context.Context, c *conn.Conn, client *net.TCPConn, w *warmConn, tos uint32, first []byte, drained bool) {
 	defer s.Pool.done()
 	c.SetPeer("warm")
 	hdr := peerHeader{ToS: uint8(tos), Dst: c.Server, Client: c.Client}
@@ -319,7 +320,7 @@ func (s *Splitter) splitWarm(ctx context.Context, c *Conn, client *net.TCPConn, 
 	if err != nil {
 		sockopt.Reset(client)
 		sockopt.Reset(w.conn)
-		s.Table.Remove(c, WasReset)
+		s.Table.Remove(c, conn.WasReset)
 		s.Log.Info("warm path: header not sent", "conn", c.ID, "err", err)
 		return
 	}
@@ -330,9 +331,7 @@ func (s *Splitter) splitWarm(ctx context.Context, c *Conn, client *net.TCPConn, 
 		s.Log.Warn("tune client leg", "conn", c.ID, "err", err)
 	}
 	c.SetState("established")
-	c.setLegs(client, w.conn)
+	c.SetLegs(client, w.conn)
 	// The gateway's hello was read from the warm connection, not relayed.
 	s.relayLegs(ctx, c, client, w.conn, relayStart{pre: int64(len(first)), serverRead: helloLen}, drained)
 }
-
-func peerOf(c *Conn) string { p, _ := c.peer.Load().(string); return p }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -75,18 +76,18 @@ type relayStart struct {
 // relay moves the connection's bytes; the first pre bytes from the client
 // were already written to the server by userspace (fast open). It returns
 // the outcome once both sockets are closed.
-func (k *KernelRelay) relay(ctx context.Context, c *Conn, client, server *net.TCPConn, st relayStart) Outcome {
-	done := make(chan Outcome, 1)
-	k.relayAsync(ctx, c, client, server, st, func(o Outcome) { done <- o })
+func (k *KernelRelay) relay(ctx context.Context, c *conn.Conn, client, server *net.TCPConn, st relayStart) conn.Outcome {
+	done := make(chan conn.Outcome, 1)
+	k.relayAsync(ctx, c, client, server, st, func(o conn.Outcome) { done <- o })
 	return <-done
 }
 
 // relayAsync is relay returning at once: done gets the outcome. No
 // goroutine is held while the connection is idle (see spliceRelayAsync).
-func (k *KernelRelay) relayAsync(ctx context.Context, c *Conn, client, server *net.TCPConn, st relayStart, done func(Outcome)) {
+func (k *KernelRelay) relayAsync(ctx context.Context, c *conn.Conn, client, server *net.TCPConn, st relayStart, done func(conn.Outcome)) {
 	w, _ := idleSockets() // nil: each direction parks a goroutine instead
 	if k.OffloadAfter > 0 && !st.offloaded && w != nil {
-		c.SetRelay("splice until offload")
+		c.SetRelay(conn.RelayState{Via: conn.SpliceUntilOffload})
 		spliceRelayWith(ctx, w, c, client, server, done, spliceOpts{
 			offloadAfter: k.OffloadAfter,
 			offload: func(up, down int64, slots [2]idleSlot) {
@@ -102,15 +103,15 @@ func (k *KernelRelay) relayAsync(ctx context.Context, c *Conn, client, server *n
 }
 
 // relayNow puts the connection into the kernel relay.
-func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, client, server *net.TCPConn, st relayStart, done func(Outcome)) {
+func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *conn.Conn, client, server *net.TCPConn, st relayStart, done func(conn.Outcome)) {
 	pre := st.pre
-	fallback := func(done func(Outcome)) {
+	fallback := func(done func(conn.Outcome)) {
 		spliceRelayWith(ctx, w, c, client, server, done, spliceOpts{slots: st.slots})
 	}
 	clientCookie, err1 := sockopt.Cookie(client)
 	serverCookie, err2 := sockopt.Cookie(server)
 	if err := errors.Join(err1, err2); err != nil {
-		c.SetRelay("userspace: " + err.Error())
+		c.SetRelay(conn.Fallback(conn.SetupFailed, err.Error()))
 		fallback(done)
 		return
 	}
@@ -121,7 +122,7 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 		conn *net.TCPConn
 	}{{"client", client}, {"server", server}} {
 		if st := sockopt.TCPState(s.conn); st != unix.BPF_TCP_ESTABLISHED {
-			c.SetRelay(fmt.Sprintf("userspace: %s closed before insert", s.who))
+			c.SetRelay(conn.Fallback(conn.ClosedBeforeInsert, s.who+" closed before insert"))
 			fallback(done)
 			return
 		}
@@ -133,7 +134,7 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 	clientBase, err1 := seqBase(client, uint64(st.preDown))
 	serverBase, err2 := seqBase(server, uint64(pre))
 	if err := errors.Join(err1, err2); err != nil {
-		c.SetRelay("userspace: " + err.Error())
+		c.SetRelay(conn.Fallback(conn.SetupFailed, err.Error()))
 		fallback(done)
 		return
 	}
@@ -141,7 +142,7 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 		loader.RelaySide{Cookie: clientCookie, Pre: uint64(pre), SeqBase: clientBase},
 		loader.RelaySide{Cookie: serverCookie, Pre: uint64(st.preDown), SeqBase: serverBase},
 		k.Budget); err != nil {
-		c.SetRelay("userspace: " + err.Error())
+		c.SetRelay(conn.Fallback(conn.SetupFailed, err.Error()))
 		fallback(done)
 		return
 	}
@@ -154,20 +155,20 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 	down.published = uint64(st.preDown)
 	up.peer, down.peer = down, up
 	if err := sockopt.WithFD(client, func(fd int) error { return k.Maps.Insert(clientCookie, fd) }); err != nil {
-		c.SetRelay("userspace: client: " + err.Error())
-		fallback(func(o Outcome) {
+		c.SetRelay(conn.Fallback(conn.InsertFailed, "client: "+err.Error()))
+		fallback(func(o conn.Outcome) {
 			k.Maps.Forget(clientCookie, serverCookie)
 			done(o)
 		})
 		return
 	}
 	up.inMap = true
-	c.SetRelay("kernel")
+	c.SetRelay(conn.RelayState{Via: conn.Kernel})
 	// From here the client is in the map for good (removing it would drop
 	// whatever the verdict left on it), so a failure below keeps it there
 	// and relays through it in userspace.
 	if err := sockopt.WithFD(server, func(fd int) error { return k.Maps.Insert(serverCookie, fd) }); err != nil {
-		c.SetRelay("userspace: server: " + err.Error())
+		c.SetRelay(conn.Fallback(conn.InsertFailed, "server: "+err.Error()))
 	} else {
 		down.inMap = true
 	}
@@ -179,8 +180,8 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 			_ = sockopt.WithFD(d.src, func(fd int) error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1) })
 		}
 	}
-	live := func() Moved { return k.moved(up, down) }
-	c.liveMoved.Store(&live)
+	live := func() conn.Moved { return k.moved(up, down) }
+	c.SetLiveMoved(live)
 
 	var abortOnce sync.Once
 	var aborted atomic.Bool
@@ -208,15 +209,15 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *Conn, clie
 		}
 		stopWake()
 		cancel()
-		c.setMoved(k.moved(up, down))
+		c.SetMoved(k.moved(up, down))
 		k.Maps.Forget(clientCookie, serverCookie)
 		if aborted.Load() { // both legs already reset
-			done(WasReset)
+			done(conn.WasReset)
 			return
 		}
 		closeGracefully(client)
 		closeGracefully(server)
-		done(Completed)
+		done(conn.Completed)
 	}
 	for _, d := range []*relayDir{up, down} {
 		k.pumpAsync(relayCtx, d, w, func(err error) {
@@ -260,7 +261,7 @@ var phaseNames = [...]string{
 
 // moved is how many bytes of each direction reached the destination socket,
 // and how many of them the kernel moved.
-func (k *KernelRelay) moved(up, down *relayDir) Moved {
+func (k *KernelRelay) moved(up, down *relayDir) conn.Moved {
 	kernel := func(d *relayDir) int64 {
 		if d.inMap {
 			if st, err := k.Maps.Dir(d.cookie); err == nil {
@@ -269,7 +270,7 @@ func (k *KernelRelay) moved(up, down *relayDir) Moved {
 		}
 		return 0
 	}
-	m := Moved{KernelToServer: kernel(up), KernelToClient: kernel(down)}
+	m := conn.Moved{KernelToServer: kernel(up), KernelToClient: kernel(down)}
 	m.ToServer = up.userBytes.Load() + m.KernelToServer
 	m.ToClient = down.userBytes.Load() + m.KernelToClient
 	return m

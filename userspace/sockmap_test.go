@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -158,8 +159,8 @@ type kernelBed struct {
 	clientCookie         uint64       // up direction's key
 	serverCookie         uint64       // down direction's key
 	maps                 *fakeRelay
-	conn                 *Conn
-	outcome              chan Outcome
+	conn                 *conn.Conn
+	outcome              chan conn.Outcome
 	cancel               context.CancelFunc
 	// forgotAtDone: the maps were cleaned before the relay reported its end.
 	forgotAtDone bool
@@ -167,7 +168,7 @@ type kernelBed struct {
 
 func newKernelBed(t *testing.T) *kernelBed {
 	t.Helper()
-	b := &kernelBed{outcome: make(chan Outcome, 1), maps: newFakeRelay()}
+	b := &kernelBed{outcome: make(chan conn.Outcome, 1), maps: newFakeRelay()}
 	b.client, b.clientLeg = tcpPair(t)
 	b.serverLeg, b.server = tcpPair(t)
 	for _, c := range []*net.TCPConn{b.clientLeg, b.serverLeg} {
@@ -182,7 +183,7 @@ func newKernelBed(t *testing.T) *kernelBed {
 	if b.serverCookie, err = sockopt.Cookie(b.serverLeg); err != nil {
 		t.Fatal(err)
 	}
-	b.conn = NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, "kernel")
+	b.conn = NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, conn.Kernel)
 	for _, c := range []*net.TCPConn{b.client, b.server} {
 		c.SetDeadline(time.Now().Add(30 * time.Second))
 	}
@@ -197,7 +198,7 @@ func (b *kernelBed) start(t *testing.T, st relayStart) {
 	t.Cleanup(cancel)
 	// As split does: whoever cancels resets both legs.
 	context.AfterFunc(ctx, func() { sockopt.Reset(b.clientLeg); sockopt.Reset(b.serverLeg) })
-	k.relayAsync(ctx, b.conn, b.clientLeg, b.serverLeg, st, func(o Outcome) {
+	k.relayAsync(ctx, b.conn, b.clientLeg, b.serverLeg, st, func(o conn.Outcome) {
 		select {
 		case <-b.maps.forgot:
 			b.forgotAtDone = true
@@ -207,7 +208,7 @@ func (b *kernelBed) start(t *testing.T, st relayStart) {
 	})
 }
 
-func (b *kernelBed) wait(t *testing.T) Outcome {
+func (b *kernelBed) wait(t *testing.T) conn.Outcome {
 	t.Helper()
 	select {
 	case o := <-b.outcome:
@@ -280,7 +281,7 @@ func TestKernelRelayOrderAndBooks(t *testing.T) {
 	if err != nil || !bytes.Equal(got, down) {
 		t.Fatalf("client got %d bytes (%v), want %d intact", len(got), err, len(down))
 	}
-	if o := b.wait(t); o != Completed {
+	if o := b.wait(t); o != conn.Completed {
 		t.Fatalf("outcome %v, want Completed", o)
 	}
 
@@ -296,7 +297,7 @@ func TestKernelRelayOrderAndBooks(t *testing.T) {
 		t.Errorf("%s: want the client's cookie first", calls[prep])
 	}
 	b.checkEnd(t)
-	if r := b.conn.Relay(); r != "kernel" {
+	if r := b.conn.Relay().String(); r != "kernel" {
 		t.Errorf("relay %q, want kernel", r)
 	}
 	// pre bytes were written by userspace before the relay: counted with
@@ -315,8 +316,8 @@ func TestKernelRelayPrepareArgs(t *testing.T) {
 	if _, err := b.serverLeg.Write([]byte("123456789")); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan Outcome, 1)
-	k.relayAsync(context.Background(), b.conn, b.clientLeg, b.serverLeg, relayStart{pre: 9}, func(o Outcome) { done <- o })
+	done := make(chan conn.Outcome, 1)
+	k.relayAsync(context.Background(), b.conn, b.clientLeg, b.serverLeg, relayStart{pre: 9}, func(o conn.Outcome) { done <- o })
 	// The accepted leg's sequence space starts with data, the dialed
 	// leg's with its SYN; 9 bytes written to the server leg before the
 	// relay are data, not base.
@@ -369,7 +370,7 @@ func TestKernelRelayEOFWaitsForTheVerdict(t *testing.T) {
 		t.Fatalf("server: %d more bytes, %v; want EOF", n, err)
 	}
 	b.server.Close()
-	if o := b.wait(t); o != Completed {
+	if o := b.wait(t); o != conn.Completed {
 		t.Fatalf("outcome %v, want Completed", o)
 	}
 	b.checkEnd(t)
@@ -395,7 +396,7 @@ func TestKernelRelayEOFWithoutFINResets(t *testing.T) {
 	if _, err := io.Copy(io.Discard, b.server); !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("server read %v, want a reset", err)
 	}
-	if o := b.wait(t); o != WasReset {
+	if o := b.wait(t); o != conn.WasReset {
 		t.Fatalf("outcome %v, want WasReset", o)
 	}
 	b.checkEnd(t)
@@ -441,7 +442,7 @@ func TestKernelRelayFlushesKernelBytesFirst(t *testing.T) {
 		t.Fatalf("server got %q..., want the kernel's %d bytes, then %q", got[:min(len(got), 32)], len(kernel), tail)
 	}
 	b.server.Close()
-	if o := b.wait(t); o != Completed {
+	if o := b.wait(t); o != conn.Completed {
 		t.Fatalf("outcome %v, want Completed", o)
 	}
 	// The final counts are read from the map before its state is deleted.
@@ -481,10 +482,10 @@ func TestKernelRelayFullMapFallsBack(t *testing.T) {
 			if got, err = io.ReadAll(b.client); err != nil || !bytes.Equal(got, down) {
 				t.Fatalf("client got %d of %d bytes: %v", len(got), len(down), err)
 			}
-			if o := b.wait(t); o != Completed {
+			if o := b.wait(t); o != conn.Completed {
 				t.Fatalf("outcome %v, want Completed", o)
 			}
-			if r := b.conn.Relay(); !strings.HasPrefix(r, c.relay) {
+			if r := b.conn.Relay().String(); !strings.HasPrefix(r, c.relay) {
 				t.Errorf("relay %q, want %q...", r, c.relay)
 			}
 			calls := b.maps.callLog()
@@ -527,7 +528,7 @@ func TestKernelRelayResetAndAbort(t *testing.T) {
 		if _, err := io.Copy(io.Discard, b.client); !errors.Is(err, syscall.ECONNRESET) {
 			t.Fatalf("client saw %v after the server's reset, want ECONNRESET", err)
 		}
-		if o := b.wait(t); o != WasReset {
+		if o := b.wait(t); o != conn.WasReset {
 			t.Fatalf("outcome %v, want WasReset", o)
 		}
 		b.checkEnd(t)
@@ -547,7 +548,7 @@ func TestKernelRelayResetAndAbort(t *testing.T) {
 				t.Errorf("%v after the abort, want ECONNRESET", err)
 			}
 		}
-		if o := b.wait(t); o != WasReset {
+		if o := b.wait(t); o != conn.WasReset {
 			t.Fatalf("outcome %v, want WasReset", o)
 		}
 		b.checkEnd(t)

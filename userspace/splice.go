@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -24,9 +25,9 @@ import (
 // It returns once both directions are finished and both sockets are closed:
 // reset on error, else closed with SO_LINGER off so that queued bytes still
 // leave, whatever linger the relay ran with.
-func spliceRelay(c *Conn, client, server *net.TCPConn) Outcome {
-	done := make(chan Outcome, 1)
-	spliceRelayAsync(context.Background(), nil, c, client, server, func(o Outcome) { done <- o })
+func spliceRelay(c *conn.Conn, client, server *net.TCPConn) conn.Outcome {
+	done := make(chan conn.Outcome, 1)
+	spliceRelayAsync(context.Background(), nil, c, client, server, func(o conn.Outcome) { done <- o })
 	return <-done
 }
 
@@ -35,7 +36,7 @@ func spliceRelay(c *Conn, client, server *net.TCPConn) Outcome {
 // is readable (nil: each direction parks a goroutine instead). It returns at
 // once; done gets the outcome, once both sockets are closed. Whoever cancels
 // ctx must also close the sockets (the splitter resets both).
-func spliceRelayAsync(ctx context.Context, w *idleWaiter, c *Conn, client, server *net.TCPConn, done func(Outcome)) {
+func spliceRelayAsync(ctx context.Context, w *idleWaiter, c *conn.Conn, client, server *net.TCPConn, done func(conn.Outcome)) {
 	spliceRelayWith(ctx, w, c, client, server, done, spliceOpts{})
 }
 
@@ -59,7 +60,7 @@ type spliceOpts struct {
 // trips pay.
 const offloadSteps = 16
 
-func spliceRelayWith(ctx context.Context, w *idleWaiter, c *Conn, client, server *net.TCPConn, done func(Outcome), opt spliceOpts) {
+func spliceRelayWith(ctx context.Context, w *idleWaiter, c *conn.Conn, client, server *net.TCPConn, done func(conn.Outcome), opt spliceOpts) {
 	ctx, cancel := context.WithCancel(ctx)
 	var abortOnce sync.Once
 	var aborted atomic.Bool
@@ -85,12 +86,12 @@ func spliceRelayWith(ctx context.Context, w *idleWaiter, c *Conn, client, server
 		stopWake()
 		cancel()
 		if aborted.Load() {
-			done(WasReset)
+			done(conn.WasReset)
 			return
 		}
 		closeGracefully(client)
 		closeGracefully(server)
-		done(Completed)
+		done(conn.Completed)
 	}
 
 	// The hand-over: once enough bytes moved, each direction stops after
@@ -193,25 +194,14 @@ func spliceRelayWith(ctx context.Context, w *idleWaiter, c *Conn, client, server
 			}
 		})
 	}
-	up := func(n int64) { c.add(n, 0) }
-	down := func(n int64) { c.add(0, n) }
-	upEOF := func() { c.clientDone.Store(true); c.SetState(c.halfState()) }
-	downEOF := func() { c.serverDone.Store(true); c.SetState(c.halfState()) }
+	up := func(n int64) { c.AddMoved(n, 0) }
+	down := func(n int64) { c.AddMoved(0, n) }
+	upEOF := c.ClientHalfClosed
+	downEOF := c.ServerHalfClosed
 	resume[0] = func() { pipe(ctx, 0, server, client, up, upEOF) }
 	resume[1] = func() { pipe(ctx, 1, client, server, down, downEOF) }
 	pipe(octx, 0, server, client, up, upEOF)
 	pipe(octx, 1, client, server, down, downEOF)
-}
-
-func (c *Conn) halfState() string {
-	switch {
-	case c.clientDone.Load() && c.serverDone.Load():
-		return "closing"
-	case c.clientDone.Load():
-		return "client-half-closed"
-	default:
-		return "server-half-closed"
-	}
 }
 
 // closeGracefully ends a relay that finished cleanly: SO_LINGER off first,

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -41,13 +42,13 @@ func tcpPair(t *testing.T) (dialed, accepted *net.TCPConn) {
 type relayBed struct {
 	client, server       *net.TCPConn // the outside ends
 	clientLeg, serverLeg *net.TCPConn // the relay's
-	conn                 *Conn
-	outcome              chan Outcome
+	conn                 *conn.Conn
+	outcome              chan conn.Outcome
 }
 
 func newRelayBed(t *testing.T) *relayBed {
 	t.Helper()
-	b := &relayBed{outcome: make(chan Outcome, 1)}
+	b := &relayBed{outcome: make(chan conn.Outcome, 1)}
 	b.client, b.clientLeg = tcpPair(t)
 	b.serverLeg, b.server = tcpPair(t)
 	for _, c := range []*net.TCPConn{b.clientLeg, b.serverLeg} {
@@ -55,7 +56,7 @@ func newRelayBed(t *testing.T) *relayBed {
 			t.Fatal(err)
 		}
 	}
-	b.conn = NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, "splice")
+	b.conn = NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, conn.Splice)
 	go func() { b.outcome <- spliceRelay(b.conn, b.clientLeg, b.serverLeg) }()
 	for _, c := range []*net.TCPConn{b.client, b.server} {
 		c.SetDeadline(time.Now().Add(30 * time.Second))
@@ -63,7 +64,7 @@ func newRelayBed(t *testing.T) *relayBed {
 	return b
 }
 
-func (b *relayBed) wait(t *testing.T) Outcome {
+func (b *relayBed) wait(t *testing.T) conn.Outcome {
 	t.Helper()
 	select {
 	case o := <-b.outcome:
@@ -143,7 +144,7 @@ func TestSpliceRelayHalfCloseAndGracefulClose(t *testing.T) {
 	if got := <-serverGot; !bytes.Equal(got, up) {
 		t.Fatalf("server got %d bytes, want %d intact", len(got), len(up))
 	}
-	if o := b.wait(t); o != Completed {
+	if o := b.wait(t); o != conn.Completed {
 		t.Fatalf("outcome %v, want Completed", o)
 	}
 	got, err := io.ReadAll(b.client)
@@ -179,7 +180,7 @@ func TestSpliceRelayOtherDirectionFlowsAfterHalfClose(t *testing.T) {
 		t.Fatal("upload corrupted")
 	}
 	b.server.Close()
-	if o := b.wait(t); o != Completed {
+	if o := b.wait(t); o != conn.Completed {
 		t.Fatalf("outcome %v, want Completed", o)
 	}
 }
@@ -199,7 +200,7 @@ func TestSpliceRelayResetPropagates(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("client saw %v after the server's reset, want ECONNRESET", err)
 	}
-	if o := b.wait(t); o != WasReset {
+	if o := b.wait(t); o != conn.WasReset {
 		t.Fatalf("outcome %v, want WasReset", o)
 	}
 }
@@ -275,7 +276,7 @@ func TestSpliceRelayResetOfIdleLegIsNotAFIN(t *testing.T) {
 			if !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatalf("%s reset an idle connection: the other side saw %v, want ECONNRESET", side, err)
 			}
-			if o := b.wait(t); o != WasReset {
+			if o := b.wait(t); o != conn.WasReset {
 				t.Fatalf("outcome %v, want WasReset", o)
 			}
 		})

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/internal/logx"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
@@ -135,11 +136,11 @@ func (s *Splitter) acceptEach(ln *net.TCPListener, what string, handle func(*net
 func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	clientAddr := sockopt.AddrPort(client.RemoteAddr())
 	serverAddr := sockopt.AddrPort(client.LocalAddr()) // sk_lookup keeps the original destination
-	relay := "splice"
+	via := conn.Splice
 	if s.Kernel != nil {
-		relay = "kernel"
+		via = conn.Kernel
 	}
-	c := s.Table.Add(clientAddr, serverAddr, relay)
+	c := s.Table.Add(clientAddr, serverAddr, via)
 	// Built when a line is written, not held for the connection's life:
 	// thousands of idle connections would each keep a logger.
 	log := logx.ConnLogger{Log: s.Log, ID: c.ID, Client: clientAddr, Server: serverAddr}
@@ -151,7 +152,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	if s.own[serverAddr] || serverAddr.Addr().Unmap().IsLoopback() {
 		// A connection to the proxy itself would be relayed back to itself.
 		sockopt.Reset(client)
-		s.Table.Remove(c, LoopRefused)
+		s.Table.Remove(c, conn.LoopRefused)
 		log.Info("refused: connection to the proxy's own address")
 		return
 	}
@@ -169,7 +170,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		first, drained, err = firstBytes(client, s.Tuning.FastOpen.Wait)
 		if err != nil && !errors.Is(err, io.EOF) {
 			sockopt.Reset(client)
-			s.Table.Remove(c, WasReset)
+			s.Table.Remove(c, conn.WasReset)
 			log.Debug("client failed before its first bytes", "err", err)
 			return
 		}
@@ -200,12 +201,12 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		sockopt.Reset(client)
 		if IsLocalFailure(err) {
 			splitStats.localFailed.Add(1)
-			s.Table.Remove(c, LocalFailed)
+			s.Table.Remove(c, conn.LocalFailed)
 			s.onLocalExhaustion(err)
 			s.localLog.Log(s.Log, slog.LevelWarn, "connection reset: this host is short of a resource", "client", clientAddr, "server", serverAddr, "err", err)
 			return
 		}
-		s.Table.Remove(c, UpstreamFailed)
+		s.Table.Remove(c, conn.UpstreamFailed)
 		log.Info("upstream connect failed", "err", err)
 		return
 	}
@@ -219,15 +220,15 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		log.Warn("tune server leg", "err", err)
 	}
 	c.SetState("established")
-	c.setLegs(client, server)
+	c.SetLegs(client, server)
 	log.Debug("split")
 
 	stop := context.AfterFunc(ctx, func() { sockopt.Reset(client); sockopt.Reset(server) })
-	c.add(int64(len(first)), 0)
+	c.AddMoved(int64(len(first)), 0)
 	// The relay runs on without this goroutine (an idle connection holds
 	// none); the connection counts as live for Serve's drain until done.
 	s.wg.Add(1)
-	done := func(how Outcome) {
+	done := func(how conn.Outcome) {
 		defer s.wg.Done()
 		stop()
 		s.Table.Remove(c, how)
@@ -239,7 +240,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		return
 	}
 	if s.Kernel != nil {
-		c.SetRelay("userspace: first bytes not read whole")
+		c.SetRelay(conn.Fallback(conn.FirstBytesPartial, "first bytes not read whole"))
 	}
 	w, _ := idleSockets() // nil: each direction parks a goroutine instead
 	spliceRelayAsync(ctx, w, c, client, server, done)

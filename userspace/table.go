@@ -1,93 +1,25 @@
 package userspace
 
 import (
-	"net"
 	"net/netip"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/report"
 )
-
-// Conn is one split connection as the table holds it.
-type Conn struct {
-	ID      uint64
-	Client  netip.AddrPort // the real client
-	Server  netip.AddrPort // the original destination
-	Started time.Time
-
-	relay atomic.Value // string: "splice", "kernel", "splice until offload" (sockmap, under --offload-after) or "userspace: why"
-	peer  atomic.Value // string: "warm" when the flow rode a warm path between two pepsals
-
-	state      atomic.Value                    // string
-	moved      Moved                           // once the kernel relay is done, or all along in userspace
-	mu         sync.Mutex                      // guards moved
-	clientDone atomic.Bool                     // client half-closed its sending side
-	serverDone atomic.Bool                     // server half-closed its sending side
-	liveMoved  atomic.Pointer[func() Moved]    // while the kernel moves the bytes
-	legs       atomic.Pointer[[2]*net.TCPConn] // client and server sockets, while open
-}
-
-// Moved counts a connection's bytes each way, and how many of them the
-// kernel relay moved without userspace.
-type Moved struct {
-	ToServer, ToClient             int64
-	KernelToServer, KernelToClient int64
-}
-
-// add counts bytes moved by userspace.
-func (c *Conn) add(toServer, toClient int64) {
-	c.mu.Lock()
-	c.moved.ToServer += toServer
-	c.moved.ToClient += toClient
-	c.mu.Unlock()
-}
-
-// setLegs records the two sockets, so that `pepsal conns` can read their state.
-func (c *Conn) setLegs(client, server *net.TCPConn) { c.legs.Store(&[2]*net.TCPConn{client, server}) }
-
-// Moved is how many bytes went each way so far.
-func (c *Conn) Moved() Moved {
-	if f := c.liveMoved.Load(); f != nil {
-		return (*f)()
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.moved
-}
-
-// setMoved records the final counts of a connection the kernel relayed.
-func (c *Conn) setMoved(m Moved) {
-	c.mu.Lock()
-	c.moved = m
-	c.mu.Unlock()
-	c.liveMoved.Store(nil)
-}
-
-// SetRelay records how the connection's bytes are moved.
-func (c *Conn) SetRelay(r string) { c.relay.Store(r) }
-
-// Relay is how the connection's bytes are moved.
-func (c *Conn) Relay() string { r, _ := c.relay.Load().(string); return r }
-
-// SetPeer records that the flow rode a warm path between two pepsals.
-func (c *Conn) SetPeer(p string) { c.peer.Store(p) }
-
-// SetState records where the connection is in its life.
-func (c *Conn) SetState(s string) { c.state.Store(s) }
 
 // Table is the set of live connections plus totals.
 type Table struct {
 	mu    sync.Mutex
-	conns map[uint64]*Conn
+	conns map[uint64]*conn.Conn
 	next  uint64
 
 	accepted, completed, reset, upstreamFailed, loopRefused, fallback atomic.Uint64
 	bytesToServer, bytesToClient, kernelBytes                         atomic.Uint64
-	fallbackBy                                                        map[string]uint64 // closed fallbacks by fallbackReason; guarded by mu
+	fallbackBy                                                        map[conn.FallbackReason]uint64 // closed fallbacks; guarded by mu
 
 	admission *Admission // nil: no limit; guarded by mu once set
 }
@@ -125,16 +57,18 @@ func (t *Table) withCount(f func(n int)) {
 }
 
 // NewTable returns an empty table.
-func NewTable() *Table { return &Table{conns: map[uint64]*Conn{}, fallbackBy: map[string]uint64{}} }
+func NewTable() *Table {
+	return &Table{conns: map[uint64]*conn.Conn{}, fallbackBy: map[conn.FallbackReason]uint64{}}
+}
 
-// Add registers a freshly accepted connection.
-func (t *Table) Add(client, server netip.AddrPort, relay string) *Conn {
+// Add registers a freshly accepted connection, to be relayed via.
+func (t *Table) Add(client, server netip.AddrPort, via conn.Via) *conn.Conn {
 	t.accepted.Add(1)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.next++
-	c := &Conn{ID: t.next, Client: client, Server: server, Started: time.Now()}
-	c.SetRelay(relay)
+	c := &conn.Conn{ID: t.next, Client: client, Server: server, Started: time.Now()}
+	c.SetRelay(conn.RelayState{Via: via})
 	c.SetState("connecting")
 	t.conns[c.ID] = c
 	if t.admission != nil {
@@ -143,29 +77,20 @@ func (t *Table) Add(client, server netip.AddrPort, relay string) *Conn {
 	return c
 }
 
-// Outcome is how a connection ended.
-type Outcome int
-
-const (
-	Completed Outcome = iota
-	WasReset
-	UpstreamFailed
-	LoopRefused
-)
-
 // Remove drops a connection and accounts for how it ended.
-func (t *Table) Remove(c *Conn, how Outcome) {
+func (t *Table) Remove(c *conn.Conn, how conn.Outcome) {
 	t.mu.Lock()
 	delete(t.conns, c.ID)
 	if t.admission != nil {
 		t.admission.update(len(t.conns))
 	}
-	if reason, ok := fallbackReason(c.Relay()); ok {
+	reason, fellBack := c.Relay().Fallback()
+	if fellBack {
 		t.fallbackBy[reason]++
 	}
 	t.mu.Unlock()
-	c.legs.Store(nil)
-	if strings.HasPrefix(c.Relay(), "userspace") {
+	c.DropLegs()
+	if fellBack {
 		t.fallback.Add(1)
 	}
 	m := c.Moved()
@@ -173,13 +98,13 @@ func (t *Table) Remove(c *Conn, how Outcome) {
 	t.bytesToClient.Add(uint64(m.ToClient))
 	t.kernelBytes.Add(uint64(m.KernelToServer + m.KernelToClient))
 	switch how {
-	case Completed:
+	case conn.Completed:
 		t.completed.Add(1)
-	case WasReset:
+	case conn.WasReset:
 		t.reset.Add(1)
-	case UpstreamFailed:
+	case conn.UpstreamFailed:
 		t.upstreamFailed.Add(1)
-	case LoopRefused:
+	case conn.LoopRefused:
 		t.loopRefused.Add(1)
 	}
 }
@@ -191,13 +116,28 @@ func (t *Table) Len() int {
 	return len(t.conns)
 }
 
+// FallbacksLive counts the live connections that fell back to userspace,
+// by reason. Unlike Snapshot it reads no socket: a metrics scrape needs
+// none.
+func (t *Table) FallbacksLive() map[conn.FallbackReason]int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	live := map[conn.FallbackReason]int{}
+	for _, c := range t.conns {
+		if reason, ok := c.Relay().Fallback(); ok {
+			live[reason]++
+		}
+	}
+	return live
+}
+
 // Stats returns the totals.
 func (t *Table) Stats() report.Stats {
 	s := t.counts()
 	s.FallbackByReason = map[string]uint64{}
 	t.mu.Lock()
-	for _, reason := range fallbackReasons {
-		s.FallbackByReason[reason] = t.fallbackBy[reason]
+	for _, reason := range conn.FallbackReasons() {
+		s.FallbackByReason[reason.String()] = t.fallbackBy[reason]
 	}
 	if a := t.admission; a != nil {
 		s.MaxConns, s.LowWater, s.Full = a.Max, a.Low, a.full
@@ -225,31 +165,30 @@ func (t *Table) counts() report.Stats {
 // Snapshot lists the live connections, oldest first.
 func (t *Table) Snapshot() []report.ConnInfo {
 	t.mu.Lock()
-	conns := make([]*Conn, 0, len(t.conns))
+	conns := make([]*conn.Conn, 0, len(t.conns))
 	for _, c := range t.conns {
 		conns = append(conns, c)
 	}
 	t.mu.Unlock()
 	out := make([]report.ConnInfo, 0, len(conns))
 	for _, c := range conns { // TCP_INFO outside the lock: accepts must not wait on it
-		state, _ := c.state.Load().(string)
 		m := c.Moved()
 		out = append(out, report.ConnInfo{
 			ID:                  c.ID,
 			Client:              c.Client.String(),
 			Server:              c.Server.String(),
-			Relay:               c.Relay(),
-			Peer:                peerOf(c),
-			State:               state,
+			Relay:               c.Relay().String(),
+			Peer:                c.Peer(),
+			State:               c.State(),
 			BytesToServer:       m.ToServer,
 			BytesToClient:       m.ToClient,
 			KernelBytesToServer: m.KernelToServer,
 			KernelBytesToClient: m.KernelToClient,
 			AgeSeconds:          time.Since(c.Started).Seconds(),
 		})
-		if legs := c.legs.Load(); legs != nil {
-			out[len(out)-1].ClientLeg = legInfo(legs[0])
-			out[len(out)-1].ServerLeg = legInfo(legs[1])
+		if client, server := c.Legs(); client != nil {
+			out[len(out)-1].ClientLeg = legInfo(client)
+			out[len(out)-1].ServerLeg = legInfo(server)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })

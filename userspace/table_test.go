@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/report"
 )
 
@@ -15,13 +16,13 @@ func TestTableAccounting(t *testing.T) {
 	cl := netip.MustParseAddrPort("10.0.0.1:40000")
 	sv := netip.MustParseAddrPort("192.0.2.1:80")
 
-	done := tb.Add(cl, sv, "kernel")
-	reset := tb.Add(cl, sv, "splice")
-	failed := tb.Add(cl, sv, "splice")
-	loop := tb.Add(cl, sv, "splice")
-	fellBack := tb.Add(cl, sv, "kernel")
-	partial := tb.Add(cl, sv, "kernel")
-	live := tb.Add(cl, sv, "splice")
+	done := tb.Add(cl, sv, conn.Kernel)
+	reset := tb.Add(cl, sv, conn.Splice)
+	failed := tb.Add(cl, sv, conn.Splice)
+	loop := tb.Add(cl, sv, conn.Splice)
+	fellBack := tb.Add(cl, sv, conn.Kernel)
+	partial := tb.Add(cl, sv, conn.Kernel)
+	live := tb.Add(cl, sv, conn.Splice)
 	if done.ID == reset.ID || live.ID <= done.ID {
 		t.Fatalf("ids %d, %d, ..., %d: want distinct and increasing", done.ID, reset.ID, live.ID)
 	}
@@ -30,19 +31,19 @@ func TestTableAccounting(t *testing.T) {
 	}
 
 	// A kernel-relayed connection: its final counts include the kernel's.
-	done.setMoved(Moved{ToServer: 100, ToClient: 1000, KernelToServer: 60, KernelToClient: 900})
-	reset.add(7, 3)
-	fellBack.SetRelay("userspace: client: insert into pepsal_relay: no space left")
-	fellBack.add(5, 0)
-	partial.SetRelay("userspace: first bytes not read whole")
-	live.add(11, 13) // still open: counted only when it ends
+	done.SetMoved(conn.Moved{ToServer: 100, ToClient: 1000, KernelToServer: 60, KernelToClient: 900})
+	reset.AddMoved(7, 3)
+	fellBack.SetRelay(relayState(t, "userspace: client: insert into pepsal_relay: no space left"))
+	fellBack.AddMoved(5, 0)
+	partial.SetRelay(relayState(t, "userspace: first bytes not read whole"))
+	live.AddMoved(11, 13) // still open: counted only when it ends
 
-	tb.Remove(done, Completed)
-	tb.Remove(reset, WasReset)
-	tb.Remove(failed, UpstreamFailed)
-	tb.Remove(loop, LoopRefused)
-	tb.Remove(fellBack, Completed)
-	tb.Remove(partial, WasReset)
+	tb.Remove(done, conn.Completed)
+	tb.Remove(reset, conn.WasReset)
+	tb.Remove(failed, conn.UpstreamFailed)
+	tb.Remove(loop, conn.LoopRefused)
+	tb.Remove(fellBack, conn.Completed)
+	tb.Remove(partial, conn.WasReset)
 
 	s := tb.Stats()
 	want := report.Stats{
@@ -54,7 +55,8 @@ func TestTableAccounting(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("stats\n got %+v\nwant %+v", got, want)
 	}
-	for _, r := range fallbackReasons {
+	for _, reason := range conn.FallbackReasons() {
+		r := reason.String()
 		n, ok := s.FallbackByReason[r]
 		if !ok {
 			t.Errorf("reason %q missing from %v", r, s.FallbackByReason)
@@ -68,7 +70,7 @@ func TestTableAccounting(t *testing.T) {
 	if len(snap) != 1 || snap[0].ID != live.ID || snap[0].BytesToServer != 11 || snap[0].BytesToClient != 13 || snap[0].State != "connecting" {
 		t.Errorf("snapshot %+v: want only the live connection, its bytes and state", snap)
 	}
-	tb.Remove(live, Completed)
+	tb.Remove(live, conn.Completed)
 	if s := tb.Stats(); s.Active != 0 || s.Completed != 3 || s.BytesToServer != 123 {
 		t.Errorf("after the last remove: %+v", s)
 	}
@@ -78,13 +80,13 @@ func TestTableAccounting(t *testing.T) {
 // runs.
 func TestTableSnapshotOrderAndLiveCounts(t *testing.T) {
 	tb := NewTable()
-	var conns []*Conn
+	var conns []*conn.Conn
 	for range 5 {
-		conns = append(conns, tb.Add(netip.AddrPort{}, netip.AddrPort{}, "kernel"))
+		conns = append(conns, tb.Add(netip.AddrPort{}, netip.AddrPort{}, conn.Kernel))
 	}
-	live := func() Moved { return Moved{ToServer: 42, KernelToServer: 40} }
-	conns[2].liveMoved.Store(&live)
-	tb.Remove(conns[0], Completed)
+	live := func() conn.Moved { return conn.Moved{ToServer: 42, KernelToServer: 40} }
+	conns[2].SetLiveMoved(live)
+	tb.Remove(conns[0], conn.Completed)
 	snap := tb.Snapshot()
 	if len(snap) != 4 {
 		t.Fatalf("%d in snapshot, want 4", len(snap))
@@ -97,10 +99,20 @@ func TestTableSnapshotOrderAndLiveCounts(t *testing.T) {
 	if snap[1].ID != conns[2].ID || snap[1].BytesToServer != 42 || snap[1].KernelBytesToServer != 40 {
 		t.Errorf("live kernel counts not shown: %+v", snap[1])
 	}
-	// setMoved ends the live view: the final counts are what is accounted.
-	conns[2].setMoved(Moved{ToServer: 50, KernelToServer: 45})
-	tb.Remove(conns[2], Completed)
+	// SetMoved ends the live view: the final counts are what is accounted.
+	conns[2].SetMoved(conn.Moved{ToServer: 50, KernelToServer: 45})
+	tb.Remove(conns[2], conn.Completed)
 	if s := tb.Stats(); s.BytesToServer != 50 || s.KernelBytes != 45 {
 		t.Errorf("final counts not accounted: %+v", s)
 	}
+}
+
+// relayState is the state a connection shows as text in `pepsal conns`.
+func relayState(t testing.TB, text string) conn.RelayState {
+	t.Helper()
+	var r conn.RelayState
+	if err := r.UnmarshalText([]byte(text)); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

@@ -1,0 +1,28 @@
+package conn
+
+// Outcome is how a connection ended. Its text is the metrics' label.
+type Outcome uint8
+
+const (
+	Completed      Outcome = iota // both sides closed cleanly
+	WasReset                      // a side reset, or the relay aborted
+	UpstreamFailed                // the server refused, was unreachable or silent
+	LoopRefused                   // the destination was the proxy itself
+	// LocalFailed: the connection could not be split for want of a resource
+	// of this host (fds, memory, ports), not because of the server.
+	// Table.Remove does not count it yet: the splitter counts it in its
+	// split stats.
+	LocalFailed
+)
+
+func outcomeNames() names {
+	return names{"completed", "reset", "upstream_failed", "loop_refused", "local_failed"}
+}
+
+// String is the outcome's name, as the metrics label it.
+func (o Outcome) String() string { return outcomeNames().of(uint8(o), "outcome") }
+
+// UnmarshalText reads what String wrote.
+func (o *Outcome) UnmarshalText(text []byte) error {
+	return parseInto(o, outcomeNames(), text, "outcome")
+}
