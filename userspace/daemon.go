@@ -20,6 +20,7 @@ import (
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
+	"github.com/pepsal/pepsal/userspace/tuning"
 	"golang.org/x/sys/unix"
 )
 
@@ -97,7 +98,7 @@ type PeerOptions struct {
 // Options are a daemon's settings, checked by the caller (the CLI names its
 // flags in its errors; the daemon does not know them).
 type Options struct {
-	Tuning         Tuning
+	Tuning         tuning.Tuning
 	Relay          string // "splice" or "sockmap"
 	RelayBudget    uint64 // sockmap: bytes redirected toward a socket and not yet in its send queue
 	OffloadAfter   int64  // sockmap: bytes a connection moves by splice before it goes into the kernel (0: at once)
@@ -232,7 +233,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	// daemon's: this one leaves them alone when it exits.
 	var handedOver atomic.Bool
 	if o.Tuning.FastOpen.Accept {
-		old, changed, err := EnableServerFastOpen()
+		old, changed, err := tuning.EnableServerFastOpen()
 		if err != nil {
 			return err
 		}
@@ -475,13 +476,13 @@ func firstListenerCookie(r ListenerRegistry) uint64 {
 
 // listenProxy opens the IPv4 and IPv6 listeners on loopback addresses, where
 // no remote host can reach them directly. IPv6 is skipped on a host without it.
-func listenProxy(port int, tuning Tuning, log *slog.Logger) ([]slotListener, error) {
-	ln4, err := Listen(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), tuning)
+func listenProxy(port int, t tuning.Tuning, log *slog.Logger) ([]slotListener, error) {
+	ln4, err := Listen(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), t)
 	if err != nil {
 		return nil, err
 	}
 	out := []slotListener{{slotV4, ln4}}
-	ln6, err := Listen(net.JoinHostPort("::1", strconv.Itoa(port)), tuning)
+	ln6, err := Listen(net.JoinHostPort("::1", strconv.Itoa(port)), t)
 	if err != nil {
 		if errors.Is(err, unix.EADDRINUSE) {
 			ln4.Close()

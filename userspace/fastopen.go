@@ -13,49 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// FastOpen makes the long leg between two pepsals cost one round trip less:
-// the dialing side puts the client's first bytes in its SYN, the accepting
-// side takes them from the SYN, both without cookies (the peers are known
-// to each other; an ordinary server ignores the data and gets it again after
-// its handshake, which is TCP's own fallback).
-type FastOpen struct {
-	Dial   bool          // send the client's first bytes in the upstream SYN
-	Accept bool          // accept data in SYNs on the listeners
-	Wait   time.Duration // how long to wait for the client's first bytes before dialing without them
-}
-
-// fastOpenQueue bounds the pending fast-open requests on a listener.
-const fastOpenQueue = 4096
-
-// acceptFastOpen enables cookie-less fast open on a listener socket.
-func acceptFastOpen(fd int) error {
-	if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN, fastOpenQueue); err != nil {
-		return fmt.Errorf("set TCP_FASTOPEN: %w", err)
-	}
-	return sockopt.Wrap("TCP_FASTOPEN_NO_COOKIE", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1))
-}
-
-// EnableServerFastOpen sets the server bit of net.ipv4.tcp_fastopen in this
-// namespace (no socket option can) and returns the value to restore.
-func EnableServerFastOpen() (old string, changed bool, err error) {
-	cur, err := sockopt.ReadSysctl("net/ipv4/tcp_fastopen")
-	if err != nil {
-		return "", false, fmt.Errorf("read net.ipv4.tcp_fastopen: %w", err)
-	}
-	var v int
-	if _, err := fmt.Sscan(cur, &v); err != nil {
-		return "", false, fmt.Errorf("parse net.ipv4.tcp_fastopen %q: %w", cur, err)
-	}
-	const serverEnable = 0x2
-	if v&serverEnable != 0 {
-		return cur, false, nil
-	}
-	if err := sockopt.WriteSysctl("net/ipv4/tcp_fastopen", fmt.Sprint(v|serverEnable)); err != nil {
-		return "", false, fmt.Errorf("enable server fast open: %w", err)
-	}
-	return fmt.Sprint(v), true, nil
-}
-
 // firstBytes waits up to wait for what the client sends first, so that it can
 // ride on the upstream SYN; protocols where the server speaks first get
 // nothing here. It then reads on, without waiting, until a read comes back

@@ -6,15 +6,16 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/pepsal/pepsal/userspace/tuning"
 	"golang.org/x/sys/unix"
 )
 
 // Listen opens a transparent listener on addr. IP_TRANSPARENT lets it answer
 // SYNs addressed to foreign servers (the SYN-ACK leaves from the server's
 // address); MPTCP is off because an MPTCP listener cannot go into a SOCKMAP.
-func Listen(addr string, t Tuning) (*net.TCPListener, error) {
+func Listen(addr string, t tuning.Tuning) (*net.TCPListener, error) {
 	// KeepAlive -1: Go would set its own keepalive (4 setsockopts) on every
-	// accepted socket, which Leg.established then replaces.
+	// accepted socket, which tuning.Leg.Established then replaces.
 	lc := net.ListenConfig{Control: t.ListenerControl(), KeepAlive: -1}
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), "tcp", addr)

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/tuning"
 )
 
 // TestChooseRelay: the kernel relay is used only when the kernel's probe and
@@ -45,10 +46,10 @@ func TestChooseRelay(t *testing.T) {
 // only when a leg asks for more, and only when the probe says so.
 func TestWindowOff(t *testing.T) {
 	small := &loader.Unsupported{Feature: "initial receive windows above 64 KiB", Why: "64 KiB at most"}
-	asks := Tuning{Client: Leg{InitRwnd: 2048}}
+	asks := tuning.Tuning{Client: tuning.Leg{InitRwnd: 2048}}
 	probes := 0
 	probe := func(err error) func() error { return func() error { probes++; return err } }
-	if got := windowOff(Tuning{Client: Leg{InitRwnd: 40}}, probe(small)); len(got) != 0 || probes != 0 {
+	if got := windowOff(tuning.Tuning{Client: tuning.Leg{InitRwnd: 40}}, probe(small)); len(got) != 0 || probes != 0 {
 		t.Errorf("40 segments fit a SYN's window: %v, %d probes", got, probes)
 	}
 	if got := windowOff(asks, probe(nil)); len(got) != 0 {

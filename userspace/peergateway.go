@@ -17,6 +17,7 @@ import (
 	"github.com/pepsal/pepsal/userspace/internal/logx"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
+	"github.com/pepsal/pepsal/userspace/tuning"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,14 +60,14 @@ type PeerGateway struct {
 // ListenPeers opens the gateway's listener for terminals on addr. It is an
 // ordinary listener (never steered, not transparent) whose accepted sockets
 // get the client leg's tuning: toward the terminals it is the long leg.
-func ListenPeers(addr string, t Tuning) (*PeerGateway, error) {
+func ListenPeers(addr string, t tuning.Tuning) (*PeerGateway, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		if err := c.Control(func(fd uintptr) {
 			// An upgraded daemon binds the same port while the old one
 			// still holds it (it hands over only the proxy's listeners).
 			serr = errors.Join(sockopt.Wrap("SO_REUSEPORT", unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)),
-				t.Client.beforeHandshake(int(fd)))
+				t.Client.BeforeHandshake(int(fd)))
 		}); err != nil {
 			return err
 		}
@@ -83,8 +84,8 @@ func ListenPeers(addr string, t Tuning) (*PeerGateway, error) {
 // PeerGatewayOn is the gateway on the listener an upgraded daemon handed
 // over: its accept queue, terminals' connections in it included, carries
 // on. The client leg's tuning is set again, as this binary has it.
-func PeerGatewayOn(ln *net.TCPListener, t Tuning) (*PeerGateway, error) {
-	if err := sockopt.WithFD(ln, t.Client.beforeHandshake); err != nil {
+func PeerGatewayOn(ln *net.TCPListener, t tuning.Tuning) (*PeerGateway, error) {
+	if err := sockopt.WithFD(ln, t.Client.BeforeHandshake); err != nil {
 		return nil, &ListenError{What: "peer", Addr: ln.Addr().String(), Err: err}
 	}
 	return newPeerGateway(ln), nil
@@ -334,10 +335,10 @@ func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPC
 	if err := sockopt.ResetOnCrash(server); err != nil {
 		s.Log.Warn("server leg", "conn", c.ID, "err", err)
 	}
-	if err := s.Tuning.Client.established(warm); err != nil {
+	if err := s.Tuning.Client.Established(warm); err != nil {
 		s.Log.Warn("tune warm leg", "conn", c.ID, "err", err)
 	}
-	if err := s.Tuning.Server.established(server); err != nil {
+	if err := s.Tuning.Server.Established(server); err != nil {
 		s.Log.Warn("tune server leg", "conn", c.ID, "err", err)
 	}
 	c.SetState("established")

@@ -17,6 +17,7 @@ import (
 	"github.com/pepsal/pepsal/userspace/internal/logx"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
+	"github.com/pepsal/pepsal/userspace/tuning"
 	"golang.org/x/sys/unix"
 )
 
@@ -276,12 +277,12 @@ func (s *Splitter) dialPeer(ctx context.Context, gateway string) (*net.TCPConn, 
 		err = checkHello(h)
 	}
 	if err == nil {
-		err = s.Tuning.Server.established(c)
+		err = s.Tuning.Server.Established(c)
 	}
 	if err == nil && s.Tuning.Server.KeepAlive == 0 {
 		// An idle pool needs keepalive even when the leg has none: a
 		// gateway that vanished must not leave dead connections to take.
-		err = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: time.Minute, Interval: 15 * time.Second, Count: keepAliveProbes})
+		err = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: time.Minute, Interval: 15 * time.Second, Count: tuning.KeepAliveProbes})
 	}
 	if err != nil {
 		c.Close()
@@ -327,7 +328,7 @@ func (s *Splitter) splitWarm(ctx context.Context, c *conn.Conn, client *net.TCPC
 	if err := sockopt.ResetOnCrash(w.conn); err != nil {
 		s.Log.Warn("warm leg", "conn", c.ID, "err", err)
 	}
-	if err := s.Tuning.Client.established(client); err != nil {
+	if err := s.Tuning.Client.Established(client); err != nil {
 		s.Log.Warn("tune client leg", "conn", c.ID, "err", err)
 	}
 	c.SetState("established")

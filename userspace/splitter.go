@@ -17,6 +17,7 @@ import (
 	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/internal/logx"
 	"github.com/pepsal/pepsal/userspace/sockopt"
+	"github.com/pepsal/pepsal/userspace/tuning"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,7 +25,7 @@ import (
 type Splitter struct {
 	ConnectTimeout time.Duration
 	Kernel         *KernelRelay // nil: every connection is spliced in userspace
-	Tuning         Tuning
+	Tuning         tuning.Tuning
 	Diverted       DivertedSYNs  // the SYN's record, read and deleted after accept; nil: none
 	Tuner          UpstreamTuner // nil: no sock_ops (initial windows untouched)
 	Transparent    bool          // dial from the client's address and port
@@ -213,10 +214,10 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	if err := sockopt.ResetOnCrash(server); err != nil {
 		log.Warn("server leg", "err", err)
 	}
-	if err := s.Tuning.Client.established(client); err != nil {
+	if err := s.Tuning.Client.Established(client); err != nil {
 		log.Warn("tune client leg", "err", err)
 	}
-	if err := s.Tuning.Server.established(server); err != nil {
+	if err := s.Tuning.Server.Established(server); err != nil {
 		log.Warn("tune server leg", "err", err)
 	}
 	c.SetState("established")
@@ -251,7 +252,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 // socket from sock_ops later.
 func (s *Splitter) dial(ctx context.Context, src, dst netip.AddrPort, tos uint32) (*net.TCPConn, uint64, error) {
 	var cookie uint64
-	// KeepAlive -1: Leg.established sets the leg's own (see Listen).
+	// KeepAlive -1: tuning.Leg.Established sets the leg's own (see Listen).
 	d := net.Dialer{Timeout: s.ConnectTimeout, KeepAlive: -1, Control: func(network, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) { cookie, serr = s.setupUpstream(int(fd), network, tos) })
@@ -276,7 +277,7 @@ func (s *Splitter) dial(ctx context.Context, src, dst netip.AddrPort, tos uint32
 // setupUpstream prepares an upstream socket before its SYN: the server leg's
 // tuning, the client's ToS, and registration with sock_ops by cookie.
 func (s *Splitter) setupUpstream(fd int, network string, tos uint32) (cookie uint64, err error) {
-	if err := s.Tuning.Server.beforeHandshake(fd); err != nil {
+	if err := s.Tuning.Server.BeforeHandshake(fd); err != nil {
 		return 0, err
 	}
 	if s.Transparent {

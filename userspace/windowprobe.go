@@ -11,6 +11,7 @@ import (
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
+	"github.com/pepsal/pepsal/userspace/tuning"
 	"golang.org/x/sys/unix"
 )
 
@@ -74,7 +75,7 @@ func ProbeLargeInitialWindow() error {
 
 // windowOff says what the legs' initial receive windows become on a kernel
 // that opens windows at 64 KiB at most (nothing when none asks for more).
-func windowOff(t Tuning, probe func() error) []report.Off {
+func windowOff(t tuning.Tuning, probe func() error) []report.Off {
 	const typicalMSS = 1400
 	if max(t.Client.InitRwnd, t.Server.InitRwnd)*typicalMSS <= bigInitialWindow {
 		return nil

@@ -8,20 +8,21 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/tuning"
 	"golang.org/x/sys/unix"
 )
 
 // The domain's errors name no flag; the CLI says them with the flag, in the
 // words it always used (scripts and tests match them).
 func TestFlagNamesInErrors(t *testing.T) {
-	legErr := func(l userspace.Leg) error { return legFlagErr(l.Validate("client")) }
+	legErr := func(l tuning.Leg) error { return legFlagErr(l.Validate("client")) }
 	_, roleErr := (&tuningFlags{role: "satellite"}).tuning(runCmd())
 	taken, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	_, peerErr := userspace.ListenPeers(taken.Addr().String(), userspace.Tuning{})
+	_, peerErr := userspace.ListenPeers(taken.Addr().String(), tuning.Tuning{})
 	if !errors.Is(peerErr, unix.EADDRINUSE) {
 		t.Errorf("%v: EADDRINUSE lost", peerErr)
 	}
@@ -36,11 +37,11 @@ func TestFlagNamesInErrors(t *testing.T) {
 		want string
 	}{
 		{roleErr, `--role must be gateway or terminal, not "satellite"`},
-		{legErr(userspace.Leg{MSS: 5}), "--client-mss 5 is out of range (88-65495)"},
-		{legErr(userspace.Leg{SndBuf: -1}), "--client buffer sizes must not be negative"},
-		{legErr(userspace.Leg{InitCwnd: 5000}), "--client-initcwnd must be <= 4096 and initrwnd <= 65535"},
-		{legErr(userspace.Leg{KeepAlive: time.Millisecond}), "--keepalive 1ms: want 0 (off) or 1s to 8h"},
-		{legErr(userspace.Leg{UserTimeout: -1}), "--user-timeout -1ns: want 0 (kernel default) or 1ms to 24h"},
+		{legErr(tuning.Leg{MSS: 5}), "--client-mss 5 is out of range (88-65495)"},
+		{legErr(tuning.Leg{SndBuf: -1}), "--client buffer sizes must not be negative"},
+		{legErr(tuning.Leg{InitCwnd: 5000}), "--client-initcwnd must be <= 4096 and initrwnd <= 65535"},
+		{legErr(tuning.Leg{KeepAlive: time.Millisecond}), "--keepalive 1ms: want 0 (off) or 1s to 8h"},
+		{legErr(tuning.Leg{UserTimeout: -1}), "--user-timeout -1ns: want 0 (kernel default) or 1ms to 24h"},
 		{flagErr(peerErr), "--peer-listen " + taken.Addr().String() + ": address in use"},
 		{flagErr(proxyErr), "listener port in use: " + taken.Addr().String()},
 		{flagErr(&userspace.ListenError{What: "metrics", Addr: "x", Err: unix.EADDRINUSE}), "--metrics-addr: address already in use"},
@@ -51,9 +52,10 @@ func TestFlagNamesInErrors(t *testing.T) {
 		}
 	}
 	// The domain's own texts.
-	_, rawRole := userspace.RoleTuning("satellite")
+	var role tuning.Role
+	rawRole := role.UnmarshalText([]byte("satellite"))
 	_, rawKey := userspace.LoadPeerKey("")
-	for _, e := range []error{rawRole, rawKey, peerErr, userspace.Leg{MSS: 5}.Validate("client"), userspace.Leg{KeepAlive: 1}.Validate("client")} {
+	for _, e := range []error{rawRole, rawKey, peerErr, tuning.Leg{MSS: 5}.Validate("client"), tuning.Leg{KeepAlive: 1}.Validate("client")} {
 		if e == nil || strings.Contains(e.Error(), "--") {
 			t.Errorf("domain error %q: want one, without a flag name", e)
 		}

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/tuning"
 	"github.com/spf13/cobra"
 )
 
@@ -34,8 +34,8 @@ func (t *tuningFlags) register(cmd *cobra.Command) {
 	f.StringVar(&t.role, "role", "", "preset for the long (satellite) leg: gateway (clients are across the link) or terminal (servers are)")
 	f.BoolVar(&t.fastOpen, "fastopen", false, "TCP Fast Open without cookies, for the link between two pepsals: dial with the client's first bytes in the SYN, accept data in SYNs (enables the server bit of net.ipv4.tcp_fastopen, restored at exit)")
 	f.DurationVar(&t.fastOpenWait, "fastopen-wait", 20*time.Millisecond, "how long to wait for a client's first bytes to put them in the upstream SYN")
-	f.DurationVar(&t.keepAlive, "keepalive", userspace.DefaultKeepAlive, "both legs: idle time before TCP keepalive probes (4, a quarter of it apart), so that dead peers are found; 0: off")
-	f.DurationVar(&t.userTimeout, "user-timeout", userspace.DefaultUserTimeout, "both legs: drop a leg whose data (or keepalive probes) stay unacknowledged this long (TCP_USER_TIMEOUT), resetting the other; 0: the kernel's (~15 min)")
+	f.DurationVar(&t.keepAlive, "keepalive", tuning.DefaultKeepAlive, "both legs: idle time before TCP keepalive probes (4, a quarter of it apart), so that dead peers are found; 0: off")
+	f.DurationVar(&t.userTimeout, "user-timeout", tuning.DefaultUserTimeout, "both legs: drop a leg whose data (or keepalive probes) stay unacknowledged this long (TCP_USER_TIMEOUT), resetting the other; 0: the kernel's (~15 min)")
 	t.legs[0].name, t.legs[1].name = "client", "server"
 	for i := range t.legs {
 		l := &t.legs[i]
@@ -50,13 +50,12 @@ func (t *tuningFlags) register(cmd *cobra.Command) {
 	}
 }
 
-func (t *tuningFlags) tuning(cmd *cobra.Command) (userspace.Tuning, error) {
-	tun, err := userspace.RoleTuning(t.role)
-	if errors.Is(err, userspace.ErrBadRole) {
-		return tun, fmt.Errorf("--%w", err)
-	} else if err != nil {
-		return tun, err
+func (t *tuningFlags) tuning(cmd *cobra.Command) (tuning.Tuning, error) {
+	var role tuning.Role
+	if err := role.UnmarshalText([]byte(t.role)); err != nil {
+		return tuning.Tuning{}, fmt.Errorf("--%w", err)
 	}
+	tun := role.Tuning()
 	if cmd.Flags().Changed("fastopen") {
 		tun.FastOpen.Dial, tun.FastOpen.Accept = t.fastOpen, t.fastOpen
 	}
@@ -66,7 +65,7 @@ func (t *tuningFlags) tuning(cmd *cobra.Command) (userspace.Tuning, error) {
 		}
 		tun.FastOpen.Wait = t.fastOpenWait
 	}
-	legs := [2]*userspace.Leg{&tun.Client, &tun.Server}
+	legs := [2]*tuning.Leg{&tun.Client, &tun.Server}
 	f := cmd.Flags()
 	for i, l := range t.legs {
 		leg := legs[i]
@@ -114,7 +113,7 @@ func (t *tuningFlags) tuning(cmd *cobra.Command) (userspace.Tuning, error) {
 
 // legFlagErr names the flag of a leg setting out of range.
 func legFlagErr(err error) error {
-	var le *userspace.LegError
+	var le *tuning.LegError
 	if !errors.As(err, &le) {
 		return err
 	}

@@ -1,4 +1,14 @@
-package userspace
+// Package tuning is what pepsal asks of each leg of a split connection:
+// the per-leg TCP settings (Leg), the role presets of the satellite leg
+// (Role), TCP Fast Open on the link between two pepsals (FastOpen), their
+// validation, and putting them on a socket before and after its handshake.
+//
+// It holds the policy, not the mechanism: the options go on through
+// sockopt, the only pepsal package it may import. It must not know
+// connections, relays or the BPF side (sock_ops reads the initial windows
+// from the daemon), and it has no package-level state but the read-only
+// presets.
+package tuning
 
 import (
 	"errors"
@@ -42,7 +52,8 @@ type Leg struct {
 const (
 	DefaultKeepAlive   = 60 * time.Second
 	DefaultUserTimeout = 120 * time.Second
-	keepAliveProbes    = 4
+	// KeepAliveProbes is how many unanswered keepalive probes drop a leg.
+	KeepAliveProbes = 4
 )
 
 // Tuning is what the split lets each leg do differently.
@@ -51,34 +62,6 @@ type Tuning struct {
 	Server   Leg // dialed sockets, facing the server
 	FastOpen FastOpen
 }
-
-// Roles preset the long (satellite) leg. Buffers hold a 600 ms path at
-// 200 Mbit/s; the initial window is about one bandwidth-delay product of a
-// 20 Mbit/s GEO path (1000 segments), so a 1 MB answer leaves in one round
-// trip instead of four (measured: two PEPs, 1 MB 2.84 s at 128, 1.59 s at
-// 1000); BBR paces it and keeps its rate through random loss where CUBIC halves it.
-// defaultFastOpenWait is how long a terminal waits for a client's request to
-// put it in the SYN: a LAN client sends it right after its handshake.
-const defaultFastOpenWait = 20 * time.Millisecond
-
-var longLeg = Leg{CC: "bbr", InitCwnd: 1000, InitRwnd: 2048, SndBuf: 16 << 20, RcvBuf: 16 << 20, QuickAck: true}
-
-// RoleTuning returns the preset of a role: "gateway" (clients come from the
-// satellite side), "terminal" (servers are across the satellite) or "" (Linux defaults).
-func RoleTuning(role string) (Tuning, error) {
-	switch role {
-	case "":
-		return Tuning{}, nil
-	case "gateway":
-		return Tuning{Client: longLeg, FastOpen: FastOpen{Accept: true}}, nil
-	case "terminal":
-		return Tuning{Server: longLeg, FastOpen: FastOpen{Dial: true, Wait: defaultFastOpenWait}}, nil
-	}
-	return Tuning{}, fmt.Errorf("%w, not %q", ErrBadRole, role)
-}
-
-// ErrBadRole: a role is "gateway", "terminal" or none.
-var ErrBadRole = errors.New("role must be gateway or terminal")
 
 // LegError is a leg setting out of range. Field names the setting ("cc",
 // "buffer", "mss", "keepalive", "user-timeout", "initcwnd"), Msg what is
@@ -144,10 +127,10 @@ func availableCC(want string) (string, error) {
 	return read()
 }
 
-// beforeHandshake sets what the SYN or SYN-ACK must already carry (window
+// BeforeHandshake sets what the SYN or SYN-ACK must already carry (window
 // scale follows the receive buffer, the MSS option the clamp) and what a
 // listener hands down to its accepted sockets.
-func (l Leg) beforeHandshake(fd int) error {
+func (l Leg) BeforeHandshake(fd int) error {
 	var errs []error
 	if l.CC != "" {
 		errs = append(errs, sockopt.Wrap("TCP_CONGESTION", unix.SetsockoptString(fd, unix.SOL_TCP, unix.TCP_CONGESTION, l.CC)))
@@ -164,8 +147,8 @@ func (l Leg) beforeHandshake(fd int) error {
 	return errors.Join(errs...)
 }
 
-// established sets what only applies to a connected socket.
-func (l Leg) established(c *net.TCPConn) error {
+// Established sets what only applies to a connected socket.
+func (l Leg) Established(c *net.TCPConn) error {
 	var errs []error
 	if l.NoDelay != nil {
 		errs = append(errs, c.SetNoDelay(*l.NoDelay))
@@ -181,8 +164,8 @@ func (l Leg) established(c *net.TCPConn) error {
 		errs = append(errs, sockopt.Wrap("keepalive", c.SetKeepAliveConfig(net.KeepAliveConfig{
 			Enable:   true,
 			Idle:     l.KeepAlive,
-			Interval: max(l.KeepAlive/keepAliveProbes, time.Second),
-			Count:    keepAliveProbes,
+			Interval: max(l.KeepAlive/KeepAliveProbes, time.Second),
+			Count:    KeepAliveProbes,
 		})))
 	} else {
 		errs = append(errs, sockopt.Wrap("SO_KEEPALIVE", c.SetKeepAlive(false)))
@@ -204,7 +187,7 @@ func (t Tuning) ListenerControl() func(network, address string, c syscall.RawCon
 		}
 		var serr error
 		err := c.Control(func(fd uintptr) {
-			serr = t.Client.beforeHandshake(int(fd))
+			serr = t.Client.BeforeHandshake(int(fd))
 			if serr == nil && t.FastOpen.Accept {
 				serr = acceptFastOpen(int(fd))
 			}
