@@ -344,8 +344,8 @@ func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPC
 	c.SetState("established")
 	c.SetLegs(warm, server)
 	// The header was read from the warm connection, not relayed.
-	leave := g.share.join(warm)
-	s.relayLegs(ctx, c, warm, server, relayStart{pre: int64(len(rest)), clientRead: headerLen}, drained)
+	beforeClose, leave := g.share.join(warm)
+	s.relayLegs(ctx, c, warm, server, relayStart{pre: int64(len(rest)), clientRead: headerLen, beforeClose: [2]func(){beforeClose, nil}}, drained)
 	leave()
 }
 
@@ -363,7 +363,7 @@ func (s *Splitter) relayLegs(ctx context.Context, c *conn.Conn, client, server *
 		if s.Kernel != nil {
 			c.SetRelay(conn.Fallback(conn.FirstBytesPartial, "first bytes not read whole"))
 		}
-		how = spliceRelay(c, client, server)
+		how = spliceRelay(c, client, server, spliceOpts{beforeClose: st.beforeClose})
 	}
 	stop()
 	s.Table.Remove(c, how)

@@ -113,19 +113,21 @@ func (p *peerShare) starting() int {
 	return n
 }
 
-// join adds a warm flow that is about to relay; the returned func takes it
-// out. A flow's last delivery rate is sampled when its start ends (two round
-// trips in), which is when a burst's flows have filled the link; once the
-// socket is closed nothing can be read from it.
-func (p *peerShare) join(conn *net.TCPConn) (leave func()) {
+// join adds a warm flow that is about to relay. The relay runs beforeClose
+// (nil when the flow could not join) right before it closes conn
+// gracefully; leave takes the flow out once the relay is over. A flow's
+// last delivery rate is sampled when its start ends (two round trips in),
+// which is when a burst's flows have filled the link; once the socket is
+// closed nothing can be read from it.
+func (p *peerShare) join(conn *net.TCPConn) (beforeClose, leave func()) {
 	rc, err := conn.SyscallConn()
 	if err != nil {
-		return func() {}
+		return nil, func() {}
 	}
 	f := &sharedFlow{rc: rc, joined: time.Now()}
 	info, err := f.info()
 	if err != nil {
-		return func() {}
+		return nil, func() {}
 	}
 	f.sentAt0, f.sentSeen = info.Bytes_sent, info.Bytes_sent
 	f.rtt = max(time.Duration(info.Rtt)*time.Microsecond, 10*time.Millisecond)
@@ -165,7 +167,7 @@ func (p *peerShare) join(conn *net.TCPConn) (leave func()) {
 	// a closed socket can no longer be changed or read. Keep the cap only if
 	// the queue drains before the lift would have come (uncap a big one),
 	// and put what is left to send into the link queue's model now.
-	beforeClose.Store(conn, func() {
+	beforeClose = func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		var notSent int
@@ -187,11 +189,10 @@ func (p *peerShare) join(conn *net.TCPConn) (leave func()) {
 			}
 		}
 		p.pace(e)
-	})
+	}
 	var once sync.Once
-	return func() {
+	return beforeClose, func() {
 		once.Do(func() {
-			beforeClose.Delete(conn)
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			delete(e.flows, f)
@@ -370,7 +371,3 @@ func (p *peerShare) sample(e *ensemble, f *sharedFlow) {
 		e.measured, e.at = sum, time.Now()
 	}
 }
-
-// beforeClose holds, per socket, what to do just before a relay closes it
-// gracefully (closeGracefully runs it).
-var beforeClose sync.Map // *net.TCPConn -> func()

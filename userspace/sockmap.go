@@ -71,6 +71,9 @@ type relayStart struct {
 	serverRead int64       // bytes read from the server and not relayed (a warm path's hello)
 	slots      [2]idleSlot // the sockets' registrations in the idle waiter, if any (up, down)
 	offloaded  bool        // splice already ran: the kernel takes over now
+	// beforeClose run right before the graceful close of the client and
+	// the server leg (see spliceOpts), whichever relay closes them.
+	beforeClose [2]func()
 }
 
 // relay moves the connection's bytes; the first pre bytes from the client
@@ -90,6 +93,7 @@ func (k *KernelRelay) relayAsync(ctx context.Context, c *conn.Conn, client, serv
 		c.SetRelay(conn.RelayState{Via: conn.SpliceUntilOffload})
 		spliceRelayWith(ctx, w, c, client, server, done, spliceOpts{
 			offloadAfter: k.OffloadAfter,
+			beforeClose:  st.beforeClose,
 			offload: func(up, down int64, slots [2]idleSlot) {
 				st.pre += up
 				st.preDown += down
@@ -106,7 +110,7 @@ func (k *KernelRelay) relayAsync(ctx context.Context, c *conn.Conn, client, serv
 func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *conn.Conn, client, server *net.TCPConn, st relayStart, done func(conn.Outcome)) {
 	pre := st.pre
 	fallback := func(done func(conn.Outcome)) {
-		spliceRelayWith(ctx, w, c, client, server, done, spliceOpts{slots: st.slots})
+		spliceRelayWith(ctx, w, c, client, server, done, spliceOpts{slots: st.slots, beforeClose: st.beforeClose})
 	}
 	clientCookie, err1 := sockopt.Cookie(client)
 	serverCookie, err2 := sockopt.Cookie(server)
@@ -215,8 +219,8 @@ func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *conn.Conn,
 			done(conn.WasReset)
 			return
 		}
-		closeGracefully(client)
-		closeGracefully(server)
+		closeGracefully(client, st.beforeClose[0])
+		closeGracefully(server, st.beforeClose[1])
 		done(conn.Completed)
 	}
 	for _, d := range []*relayDir{up, down} {

@@ -25,9 +25,9 @@ import (
 // It returns once both directions are finished and both sockets are closed:
 // reset on error, else closed with SO_LINGER off so that queued bytes still
 // leave, whatever linger the relay ran with.
-func spliceRelay(c *conn.Conn, client, server *net.TCPConn) conn.Outcome {
+func spliceRelay(c *conn.Conn, client, server *net.TCPConn, opt spliceOpts) conn.Outcome {
 	done := make(chan conn.Outcome, 1)
-	spliceRelayAsync(context.Background(), nil, c, client, server, func(o conn.Outcome) { done <- o })
+	spliceRelayWith(context.Background(), nil, c, client, server, func(o conn.Outcome) { done <- o }, opt)
 	return <-done
 }
 
@@ -52,6 +52,10 @@ type spliceOpts struct {
 	// direction moved and the registrations; it owns the connection then.
 	offload      func(up, down int64, slots [2]idleSlot)
 	offloadAfter int64
+	// beforeClose run right before the graceful close of the client and
+	// the server leg (nil: nothing to run): the gateway's pacing books a
+	// warm flow's last bytes while its socket can still be read.
+	beforeClose [2]func()
 }
 
 // offloadSteps: a connection that exchanged this many messages (steps that
@@ -89,8 +93,8 @@ func spliceRelayWith(ctx context.Context, w *idleWaiter, c *conn.Conn, client, s
 			done(conn.WasReset)
 			return
 		}
-		closeGracefully(client)
-		closeGracefully(server)
+		closeGracefully(client, opt.beforeClose[0])
+		closeGracefully(server, opt.beforeClose[1])
 		done(conn.Completed)
 	}
 
@@ -207,9 +211,10 @@ func spliceRelayWith(ctx context.Context, w *idleWaiter, c *conn.Conn, client, s
 // closeGracefully ends a relay that finished cleanly: SO_LINGER off first,
 // so that close() lets queued bytes leave and the FIN (already sent by the
 // half-closes) stands, instead of the RST sockopt.ResetOnCrash armed.
-func closeGracefully(c *net.TCPConn) {
-	if f, ok := beforeClose.LoadAndDelete(c); ok {
-		f.(func())()
+// before, if not nil, runs first, while the socket is still open.
+func closeGracefully(c *net.TCPConn, before func()) {
+	if before != nil {
+		before()
 	}
 	_ = c.SetLinger(-1)
 	_ = c.Close()

@@ -57,7 +57,7 @@ func newRelayBed(t *testing.T) *relayBed {
 		}
 	}
 	b.conn = NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, conn.Splice)
-	go func() { b.outcome <- spliceRelay(b.conn, b.clientLeg, b.serverLeg) }()
+	go func() { b.outcome <- spliceRelay(b.conn, b.clientLeg, b.serverLeg, spliceOpts{}) }()
 	for _, c := range []*net.TCPConn{b.client, b.server} {
 		c.SetDeadline(time.Now().Add(30 * time.Second))
 	}
