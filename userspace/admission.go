@@ -233,20 +233,3 @@ func MemMaxConns() int {
 	}
 	return 0
 }
-
-// pipeLimit bounds the splice pipes open at once (0: unbounded), so that
-// pipes never take the fds accept and dial need: pipePool.get fails past it
-// and the relay copies through a buffer instead.
-var pipeLimit atomic.Int64
-
-// SetPipeLimit sets the bound (PipeLimit of the daemon's --max-conns).
-func SetPipeLimit(n int) { pipeLimit.Store(int64(n)) }
-
-// errPipeLimit is what pipePool.get returns past the bound.
-var errPipeLimit = errors.New("splice pipe limit reached")
-
-// pipeAllowed says whether one more splice pipe may be opened.
-func pipeAllowed() bool {
-	l := pipeLimit.Load()
-	return l <= 0 || pipes.open.Load() < l
-}

@@ -288,7 +288,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	} else if o.Tuning.Client.InitCwnd+o.Tuning.Client.InitRwnd+o.Tuning.Server.InitCwnd+o.Tuning.Server.InitRwnd > 0 {
 		return ErrNoSockOps
 	}
-	SetPipeLimit(PipeLimit(o.MaxConns))
+	splitter.SetPipeLimit(PipeLimit(o.MaxConns))
 	setFull := func(full bool) error {
 		if handedOver.Load() {
 			return nil // the new daemon counts from now on
@@ -314,7 +314,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		log.Warn(o.String())
 	}
 	if relay == "sockmap" {
-		splitter.Kernel = &KernelRelay{Log: log, Maps: k.Relay, Budget: o.RelayBudget, OffloadAfter: o.OffloadAfter}
+		splitter.Kernel = &KernelRelay{Log: log, Maps: k.Relay, Budget: o.RelayBudget, OffloadAfter: o.OffloadAfter, splice: splitter.splice}
 	}
 	start := time.Now()
 	info := func() report.DaemonInfo {

@@ -133,7 +133,7 @@ func TestSpliceRelayAbortResetsBoth(t *testing.T) {
 	defer cancel()
 	context.AfterFunc(ctx, func() { sockopt.Reset(clientLeg); sockopt.Reset(serverLeg) })
 	outcome := make(chan conn.Outcome, 1)
-	spliceRelayAsync(ctx, w, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o })
+	splicer{pipes: &pipePool{}}.relayAsync(ctx, w, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o })
 
 	// One byte each way: both directions then wait, idle.
 	for _, d := range []struct{ from, to *net.TCPConn }{{client, server}, {server, client}} {

@@ -29,7 +29,8 @@ func TestSpliceOffloadHandsOverBetweenSteps(t *testing.T) {
 	var handovers atomic.Int32
 	var movedUp, movedDown atomic.Int64
 	done := func(o conn.Outcome) { outcome <- o }
-	spliceRelayWith(context.Background(), w, record, clientLeg, serverLeg, done, spliceOpts{
+	sp := splicer{pipes: &pipePool{}}
+	sp.relayWith(context.Background(), w, record, clientLeg, serverLeg, done, spliceOpts{
 		offloadAfter: 64 << 10,
 		offload: func(up, down int64, slots [2]idleSlot) {
 			handovers.Add(1)
@@ -38,7 +39,7 @@ func TestSpliceOffloadHandsOverBetweenSteps(t *testing.T) {
 			if m := record.Moved(); m.ToServer != up || m.ToClient != down {
 				t.Errorf("handed over after %d/%d bytes, the connection counted %d/%d", up, down, m.ToServer, m.ToClient)
 			}
-			spliceRelayWith(context.Background(), w, record, clientLeg, serverLeg, done, spliceOpts{slots: slots})
+			sp.relayWith(context.Background(), w, record, clientLeg, serverLeg, done, spliceOpts{slots: slots})
 		},
 	})
 	up, down := randomBytes(1<<20, 1), randomBytes(3<<20, 2)
@@ -86,15 +87,16 @@ func TestSpliceOffloadCalledOffByEOF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sp := splicer{pipes: &pipePool{}}
 	for _, size := range []int{1000, 70 << 10} {
 		client, clientLeg, serverLeg, server, record := offloadBed(t)
 		outcome := make(chan conn.Outcome, 1)
 		var handovers atomic.Int32
 		offload := func(_, _ int64, slots [2]idleSlot) {
 			handovers.Add(1)
-			spliceRelayWith(context.Background(), w, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o }, spliceOpts{slots: slots})
+			sp.relayWith(context.Background(), w, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o }, spliceOpts{slots: slots})
 		}
-		spliceRelayWith(context.Background(), w, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o }, spliceOpts{offloadAfter: 64 << 10, offload: offload})
+		sp.relayWith(context.Background(), w, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o }, spliceOpts{offloadAfter: 64 << 10, offload: offload})
 		// The server answers with size bytes and its FIN at once; the
 		// client never writes: up stays parked while down ends.
 		down := randomBytes(size, 3)

@@ -363,7 +363,7 @@ func (s *Splitter) relayLegs(ctx context.Context, c *conn.Conn, client, server *
 		if s.Kernel != nil {
 			c.SetRelay(conn.Fallback(conn.FirstBytesPartial, "first bytes not read whole"))
 		}
-		how = spliceRelay(c, client, server, spliceOpts{beforeClose: st.beforeClose})
+		how = s.splice.relay(c, client, server, spliceOpts{beforeClose: st.beforeClose})
 	}
 	stop()
 	s.Table.Remove(c, how)

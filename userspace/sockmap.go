@@ -38,6 +38,8 @@ type KernelRelay struct {
 	// than a short connection's bytes, and an idle connection in the map
 	// costs its two psocks' memory for nothing.
 	OffloadAfter int64
+
+	splice splicer // for the connections the kernel cannot take, and before an offload
 }
 
 // relayDir is one direction of a connection: bytes read from src go to dst.
@@ -86,12 +88,12 @@ func (k *KernelRelay) relay(ctx context.Context, c *conn.Conn, client, server *n
 }
 
 // relayAsync is relay returning at once: done gets the outcome. No
-// goroutine is held while the connection is idle (see spliceRelayAsync).
+// goroutine is held while the connection is idle (see splicer.relayAsync).
 func (k *KernelRelay) relayAsync(ctx context.Context, c *conn.Conn, client, server *net.TCPConn, st relayStart, done func(conn.Outcome)) {
 	w, _ := idleSockets() // nil: each direction parks a goroutine instead
 	if k.OffloadAfter > 0 && !st.offloaded && w != nil {
 		c.SetRelay(conn.RelayState{Via: conn.SpliceUntilOffload})
-		spliceRelayWith(ctx, w, c, client, server, done, spliceOpts{
+		k.splice.relayWith(ctx, w, c, client, server, done, spliceOpts{
 			offloadAfter: k.OffloadAfter,
 			beforeClose:  st.beforeClose,
 			offload: func(up, down int64, slots [2]idleSlot) {
@@ -110,7 +112,7 @@ func (k *KernelRelay) relayAsync(ctx context.Context, c *conn.Conn, client, serv
 func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *conn.Conn, client, server *net.TCPConn, st relayStart, done func(conn.Outcome)) {
 	pre := st.pre
 	fallback := func(done func(conn.Outcome)) {
-		spliceRelayWith(ctx, w, c, client, server, done, spliceOpts{slots: st.slots, beforeClose: st.beforeClose})
+		k.splice.relayWith(ctx, w, c, client, server, done, spliceOpts{slots: st.slots, beforeClose: st.beforeClose})
 	}
 	clientCookie, err1 := sockopt.Cookie(client)
 	serverCookie, err2 := sockopt.Cookie(server)

@@ -16,7 +16,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// spliceRelay moves bytes both ways with splice(2) between two *net.TCPConn,
+// splicer is the splice relay, with what it borrows from: the splitter's
+// pipe pool.
+type splicer struct {
+	pipes *pipePool
+}
+
+// relay moves bytes both ways with splice(2) between two *net.TCPConn,
 // keeping TCP semantics end to end:
 //   - EOF from one side becomes shutdown(SHUT_WR) on the other, after every
 //     byte read before it has been written; the other direction keeps flowing;
@@ -25,19 +31,19 @@ import (
 // It returns once both directions are finished and both sockets are closed:
 // reset on error, else closed with SO_LINGER off so that queued bytes still
 // leave, whatever linger the relay ran with.
-func spliceRelay(c *conn.Conn, client, server *net.TCPConn, opt spliceOpts) conn.Outcome {
+func (sp splicer) relay(c *conn.Conn, client, server *net.TCPConn, opt spliceOpts) conn.Outcome {
 	done := make(chan conn.Outcome, 1)
-	spliceRelayWith(context.Background(), nil, c, client, server, func(o conn.Outcome) { done <- o }, opt)
+	sp.relayWith(context.Background(), nil, c, client, server, func(o conn.Outcome) { done <- o }, opt)
 	return <-done
 }
 
-// spliceRelayAsync is spliceRelay holding no goroutine while the connection
-// is idle: w, the idle waiter, starts one for a direction when its source
-// is readable (nil: each direction parks a goroutine instead). It returns at
+// relayAsync is relay holding no goroutine while the connection is idle:
+// w, the idle waiter, starts one for a direction when its source is
+// readable (nil: each direction parks a goroutine instead). It returns at
 // once; done gets the outcome, once both sockets are closed. Whoever cancels
 // ctx must also close the sockets (the splitter resets both).
-func spliceRelayAsync(ctx context.Context, w *idleWaiter, c *conn.Conn, client, server *net.TCPConn, done func(conn.Outcome)) {
-	spliceRelayWith(ctx, w, c, client, server, done, spliceOpts{})
+func (sp splicer) relayAsync(ctx context.Context, w *idleWaiter, c *conn.Conn, client, server *net.TCPConn, done func(conn.Outcome)) {
+	sp.relayWith(ctx, w, c, client, server, done, spliceOpts{})
 }
 
 // spliceOpts are what a relay handed over from, or to, another brings.
@@ -64,7 +70,7 @@ type spliceOpts struct {
 // trips pay.
 const offloadSteps = 16
 
-func spliceRelayWith(ctx context.Context, w *idleWaiter, c *conn.Conn, client, server *net.TCPConn, done func(conn.Outcome), opt spliceOpts) {
+func (sp splicer) relayWith(ctx context.Context, w *idleWaiter, c *conn.Conn, client, server *net.TCPConn, done func(conn.Outcome), opt spliceOpts) {
 	ctx, cancel := context.WithCancel(ctx)
 	var abortOnce sync.Once
 	var aborted atomic.Bool
@@ -145,7 +151,7 @@ func spliceRelayWith(ctx context.Context, w *idleWaiter, c *conn.Conn, client, s
 		}
 		step := func() error {
 			first := true
-			return spliceStepUntil(dst, src, func(n int64) {
+			return spliceStepUntil(sp.pipes, dst, src, func(n int64) {
 				count(n)
 				moved[i].Add(n)
 				if dctx != ctx {
@@ -228,7 +234,7 @@ func closeGracefully(c *net.TCPConn, before func()) {
 // which keeps two 1 MiB pipes per connection for its whole life, it takes a
 // pipe from pipes only to move the bytes at hand, and gives it back empty.
 // count gets the bytes written to dst as they go.
-func spliceStepUntil(dst, src *net.TCPConn, count func(int64), stop func() bool) error {
+func spliceStepUntil(pipes *pipePool, dst, src *net.TCPConn, count func(int64), stop func() bool) error {
 	srcRC, err := src.SyscallConn()
 	if err != nil {
 		return err
@@ -362,15 +368,29 @@ type pipe struct {
 
 // pipePool lends pipes to bursts of splicing. Only empty pipes come back to
 // it: bytes left in a pipe belong to one connection and must never reach
-// another.
+// another. The zero value is a pool without a limit.
 type pipePool struct {
 	mu    sync.Mutex
 	idle  []*pipe // oldest first; lent from the end
 	sweep *time.Timer
 	open  atomic.Int64 // pipes open, idle or lent
+	// limit bounds the pipes open at once (0: unbounded), so that pipes
+	// never take the fds accept and dial need: get fails past it and the
+	// relay copies through a buffer instead.
+	limit atomic.Int64
 }
 
-var pipes = &pipePool{}
+// setLimit sets the bound (PipeLimit of the daemon's --max-conns).
+func (pp *pipePool) setLimit(n int) { pp.limit.Store(int64(n)) }
+
+// errPipeLimit is what get returns past the bound.
+var errPipeLimit = errors.New("splice pipe limit reached")
+
+// allowed says whether one more pipe may be opened.
+func (pp *pipePool) allowed() bool {
+	l := pp.limit.Load()
+	return l <= 0 || pp.open.Load() < l
+}
 
 // idlePipe lends an idle pipe, or returns nil when there is none.
 func (pp *pipePool) idlePipe() *pipe {
@@ -391,7 +411,7 @@ func (pp *pipePool) get() (*pipe, error) {
 	if p := pp.idlePipe(); p != nil {
 		return p, nil
 	}
-	if !pipeAllowed() { // keep the fds accept and dial need (--max-conns)
+	if !pp.allowed() { // keep the fds accept and dial need (--max-conns)
 		return nil, errPipeLimit
 	}
 	var fds [2]int

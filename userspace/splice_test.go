@@ -37,18 +37,19 @@ func tcpPair(t *testing.T) (dialed, accepted *net.TCPConn) {
 	return d, a
 }
 
-// relayBed is a client, a server and spliceRelay between them, its legs
-// armed with SO_LINGER 0 as split arms them.
+// relayBed is a client, a server and the splice relay between them, its
+// legs armed with SO_LINGER 0 as split arms them.
 type relayBed struct {
 	client, server       *net.TCPConn // the outside ends
 	clientLeg, serverLeg *net.TCPConn // the relay's
 	conn                 *conn.Conn
 	outcome              chan conn.Outcome
+	pipes                *pipePool // the relay's
 }
 
 func newRelayBed(t *testing.T) *relayBed {
 	t.Helper()
-	b := &relayBed{outcome: make(chan conn.Outcome, 1)}
+	b := &relayBed{outcome: make(chan conn.Outcome, 1), pipes: &pipePool{}}
 	b.client, b.clientLeg = tcpPair(t)
 	b.serverLeg, b.server = tcpPair(t)
 	for _, c := range []*net.TCPConn{b.clientLeg, b.serverLeg} {
@@ -57,7 +58,7 @@ func newRelayBed(t *testing.T) *relayBed {
 		}
 	}
 	b.conn = NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, conn.Splice)
-	go func() { b.outcome <- spliceRelay(b.conn, b.clientLeg, b.serverLeg, spliceOpts{}) }()
+	go func() { b.outcome <- splicer{pipes: b.pipes}.relay(b.conn, b.clientLeg, b.serverLeg, spliceOpts{}) }()
 	for _, c := range []*net.TCPConn{b.client, b.server} {
 		c.SetDeadline(time.Now().Add(30 * time.Second))
 	}
@@ -96,7 +97,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func lentPipes() int64 {
+func lentPipes(pipes *pipePool) int64 {
 	pipes.mu.Lock()
 	defer pipes.mu.Unlock()
 	return pipes.open.Load() - int64(len(pipes.idle))
@@ -216,8 +217,8 @@ func TestSpliceRelayIdleHoldsNoPipe(t *testing.T) {
 			t.Fatalf("relayed %v", err)
 		}
 	}
-	waitFor(t, "an idle connection still holds a pipe", func() bool { return lentPipes() == 0 })
-	waitFor(t, "idle pipes still open", func() bool { return pipes.open.Load() == 0 })
+	waitFor(t, "an idle connection still holds a pipe", func() bool { return lentPipes(b.pipes) == 0 })
+	waitFor(t, "idle pipes still open", func() bool { return b.pipes.open.Load() == 0 })
 	b.client.Close()
 	b.server.Close()
 	b.wait(t)
@@ -225,6 +226,7 @@ func TestSpliceRelayIdleHoldsNoPipe(t *testing.T) {
 
 // A pipe that comes back with bytes in it is closed, never lent again.
 func TestPipePoolNeverLendsBytes(t *testing.T) {
+	pipes := &pipePool{}
 	p, err := pipes.get()
 	if err != nil {
 		t.Fatal(err)

@@ -42,6 +42,7 @@ type Splitter struct {
 	listeners []*net.TCPListener
 	own       map[netip.AddrPort]bool // the listeners' own addresses: never a destination
 	wg        sync.WaitGroup
+	splice    splicer // the splice relay and its pipes, the kernel relay's too
 
 	localLog, tuneLog logx.RateLog
 }
@@ -49,6 +50,7 @@ type Splitter struct {
 // NewSplitter prepares a splitter serving the given listeners.
 func NewSplitter(listeners []*net.TCPListener, connectTimeout time.Duration, log *slog.Logger) *Splitter {
 	s := &Splitter{ConnectTimeout: connectTimeout, Table: NewTable(), Log: log, listeners: listeners, own: map[netip.AddrPort]bool{},
+		splice:   splicer{pipes: &pipePool{}},
 		localLog: logx.RateLog{Period: 5 * time.Second}, tuneLog: logx.RateLog{Period: 5 * time.Second}}
 	for _, ln := range listeners {
 		s.own[sockopt.AddrPort(ln.Addr())] = true
@@ -58,6 +60,10 @@ func NewSplitter(listeners []*net.TCPListener, connectTimeout time.Duration, log
 	_, _ = idleSockets()
 	return s
 }
+
+// SetPipeLimit bounds the splice pipes open at once (PipeLimit of the
+// admission limit), so that pipes never take the fds accept and dial need.
+func (s *Splitter) SetPipeLimit(n int) { s.splice.pipes.setLimit(n) }
 
 // Serve accepts until ctx is done, then waits for live connections to end, at
 // most until drainCtx is done, after which they are reset.
@@ -244,7 +250,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		c.SetRelay(conn.Fallback(conn.FirstBytesPartial, "first bytes not read whole"))
 	}
 	w, _ := idleSockets() // nil: each direction parks a goroutine instead
-	spliceRelayAsync(ctx, w, c, client, server, done)
+	s.splice.relayAsync(ctx, w, c, client, server, done)
 }
 
 // dial connects to the original destination with the server leg's tuning
