@@ -273,6 +273,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 
 	splitter := NewSplitter(tcpListeners, o.ConnectTimeout, log)
+	defer splitter.Close()
 	splitter.Tuning = o.Tuning
 	splitter.Diverted = k
 	splitter.Transparent = o.Transparent

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"syscall"
 	"testing"
@@ -124,16 +125,17 @@ func TestSpliceRelayAbortResetsBoth(t *testing.T) {
 		}
 		c.SetDeadline(time.Now().Add(30 * time.Second))
 	}
-	w, err := idleSockets()
+	w, err := newIdleWaiter(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer w.Close()
 	record := NewTable().Add(clientLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), serverLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), conn.Splice)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	context.AfterFunc(ctx, func() { sockopt.Reset(clientLeg); sockopt.Reset(serverLeg) })
 	outcome := make(chan conn.Outcome, 1)
-	splicer{pipes: &pipePool{}}.relayAsync(ctx, w, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o })
+	splicer{pipes: &pipePool{}, idle: w}.relayAsync(ctx, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o })
 
 	// One byte each way: both directions then wait, idle.
 	for _, d := range []struct{ from, to *net.TCPConn }{{client, server}, {server, client}} {

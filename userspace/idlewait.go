@@ -19,31 +19,53 @@ import (
 // woken on purpose. An idle kernel-relayed connection otherwise parks a
 // goroutine per direction, and a goroutine's stack is most of what it costs.
 type idleWaiter struct {
-	epfd int
+	epfd      int
+	log       *slog.Logger
+	loopDone  chan struct{} // closed once the loop has returned
+	closeOnce sync.Once
+	closeErr  error
 
 	mu   sync.Mutex
 	next uint64
 	fns  map[uint64]func() // armed sockets: what to run when readable
 }
 
-var (
-	idleOnce sync.Once
-	idle     *idleWaiter
-	idleErr  error
-)
+// stopID is the id of the event that ends the loop (Close); the slots'
+// ids start at 1.
+const stopID = 0
 
-// idleSockets returns the process's waiter, started on first use.
-func idleSockets() (*idleWaiter, error) {
-	idleOnce.Do(func() {
-		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+// newIdleWaiter starts a waiter whose loop logs to log.
+func newIdleWaiter(log *slog.Logger) (*idleWaiter, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	w := &idleWaiter{epfd: epfd, log: log, loopDone: make(chan struct{}), fns: map[uint64]func(){}}
+	go w.loop()
+	return w, nil
+}
+
+// Close ends the loop and closes the epoll set. Functions still armed
+// never run: close the waiter once no relay uses it. The loop is woken by
+// an eventfd made for the purpose, so that a running waiter holds no
+// descriptor but its epoll set.
+func (w *idleWaiter) Close() error {
+	w.closeOnce.Do(func() {
+		stop, err := unix.Eventfd(1, unix.EFD_CLOEXEC) // readable from the start
 		if err != nil {
-			idleErr = os.NewSyscallError("epoll_create1", err)
+			w.closeErr = fmt.Errorf("stop the idle socket waiter: %w", os.NewSyscallError("eventfd", err))
 			return
 		}
-		idle = &idleWaiter{epfd: epfd, fns: map[uint64]func(){}}
-		go idle.loop()
+		defer unix.Close(stop)
+		ev := unix.EpollEvent{Events: unix.EPOLLIN} // id stopID: Fd and Pad 0
+		if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, stop, &ev); err != nil {
+			w.closeErr = fmt.Errorf("stop the idle socket waiter: %w", os.NewSyscallError("epoll_ctl", err))
+			return
+		}
+		<-w.loopDone
+		w.closeErr = os.NewSyscallError("close", unix.Close(w.epfd))
 	})
-	return idle, idleErr
+	return w.closeErr
 }
 
 // slot is one socket's registration; the zero value is not registered.
@@ -94,6 +116,7 @@ func (w *idleWaiter) wake(s *idleSlot) {
 }
 
 func (w *idleWaiter) loop() {
+	defer close(w.loopDone)
 	events := make([]unix.EpollEvent, 256)
 	for {
 		n, err := unix.EpollWait(w.epfd, events, -1)
@@ -102,18 +125,26 @@ func (w *idleWaiter) loop() {
 		}
 		if err != nil {
 			// Not expected; every armed socket would hang, so say it loudly.
-			slog.Error("idle socket waiter stopped", "err", fmt.Errorf("epoll_wait: %w", err))
+			w.log.Error("idle socket waiter stopped", "err", fmt.Errorf("epoll_wait: %w", err))
 			return
 		}
+		stopped := false
 		w.mu.Lock()
 		for _, ev := range events[:n] {
 			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			if id == stopID {
+				stopped = true
+				continue
+			}
 			if fn, ok := w.fns[id]; ok { // else woken already
 				delete(w.fns, id)
 				go fn()
 			}
 		}
 		w.mu.Unlock()
+		if stopped {
+			return
+		}
 	}
 }
 

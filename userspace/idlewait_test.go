@@ -1,6 +1,8 @@
 package userspace
 
 import (
+	"bytes"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -10,10 +12,11 @@ import (
 // TestIdleWaiter: an armed socket runs its function once when readable, or
 // once when woken, never twice and never while idle.
 func TestIdleWaiter(t *testing.T) {
-	w, err := idleSockets()
+	w, err := newIdleWaiter(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer w.Close()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -71,4 +74,44 @@ func TestIdleWaiter(t *testing.T) {
 		t.Fatal(err)
 	}
 	quiet() // one shot: the wake used it up
+}
+
+// TestIdleWaiterClose: Close ends the loop without a word (its error line
+// is for a loop that died) and closes the epoll set; a second Close is a
+// no-op.
+func TestIdleWaiterClose(t *testing.T) {
+	var logged bytes.Buffer
+	w, err := newIdleWaiter(slog.New(slog.NewTextHandler(&logged, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.loopDone:
+	default:
+		t.Fatal("Close returned with the loop running")
+	}
+	if logged.Len() > 0 {
+		t.Errorf("closing logged %q", logged.String())
+	}
+	if err := w.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if _, err := unix.EpollWait(w.epfd, make([]unix.EpollEvent, 1), 0); err != unix.EBADF {
+		t.Errorf("epoll set still open after Close (epoll_wait: %v)", err)
+	}
+}
+
+// testSplicer is a splice relay as the splitter makes it (a pipe pool, an
+// idle waiter), for one test.
+func testSplicer(t *testing.T) splicer {
+	t.Helper()
+	w, err := newIdleWaiter(slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	return splicer{pipes: &pipePool{}, idle: w}
 }

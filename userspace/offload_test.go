@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -20,17 +21,18 @@ import (
 // on byte-exact both ways, through the half-close. Here the next relay is
 // another splice relay: the kernel's stand-in.
 func TestSpliceOffloadHandsOverBetweenSteps(t *testing.T) {
-	w, err := idleSockets()
+	w, err := newIdleWaiter(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer w.Close()
 	client, clientLeg, serverLeg, server, record := offloadBed(t)
 	outcome := make(chan conn.Outcome, 1)
 	var handovers atomic.Int32
 	var movedUp, movedDown atomic.Int64
 	done := func(o conn.Outcome) { outcome <- o }
-	sp := splicer{pipes: &pipePool{}}
-	sp.relayWith(context.Background(), w, record, clientLeg, serverLeg, done, spliceOpts{
+	sp := splicer{pipes: &pipePool{}, idle: w}
+	sp.relayWith(context.Background(), record, clientLeg, serverLeg, done, spliceOpts{
 		offloadAfter: 64 << 10,
 		offload: func(up, down int64, slots [2]idleSlot) {
 			handovers.Add(1)
@@ -39,7 +41,7 @@ func TestSpliceOffloadHandsOverBetweenSteps(t *testing.T) {
 			if m := record.Moved(); m.ToServer != up || m.ToClient != down {
 				t.Errorf("handed over after %d/%d bytes, the connection counted %d/%d", up, down, m.ToServer, m.ToClient)
 			}
-			sp.relayWith(context.Background(), w, record, clientLeg, serverLeg, done, spliceOpts{slots: slots})
+			sp.relayWith(context.Background(), record, clientLeg, serverLeg, done, spliceOpts{slots: slots})
 		},
 	})
 	up, down := randomBytes(1<<20, 1), randomBytes(3<<20, 2)
@@ -83,20 +85,21 @@ func TestSpliceOffloadHandsOverBetweenSteps(t *testing.T) {
 // threshold, or whose direction ends while the hand-over waits for the
 // other, is never handed over and ends as usual.
 func TestSpliceOffloadCalledOffByEOF(t *testing.T) {
-	w, err := idleSockets()
+	w, err := newIdleWaiter(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	sp := splicer{pipes: &pipePool{}}
+	defer w.Close()
+	sp := splicer{pipes: &pipePool{}, idle: w}
 	for _, size := range []int{1000, 70 << 10} {
 		client, clientLeg, serverLeg, server, record := offloadBed(t)
 		outcome := make(chan conn.Outcome, 1)
 		var handovers atomic.Int32
 		offload := func(_, _ int64, slots [2]idleSlot) {
 			handovers.Add(1)
-			sp.relayWith(context.Background(), w, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o }, spliceOpts{slots: slots})
+			sp.relayWith(context.Background(), record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o }, spliceOpts{slots: slots})
 		}
-		sp.relayWith(context.Background(), w, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o }, spliceOpts{offloadAfter: 64 << 10, offload: offload})
+		sp.relayWith(context.Background(), record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o }, spliceOpts{offloadAfter: 64 << 10, offload: offload})
 		// The server answers with size bytes and its FIN at once; the
 		// client never writes: up stays parked while down ends.
 		down := randomBytes(size, 3)

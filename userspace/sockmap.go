@@ -39,7 +39,9 @@ type KernelRelay struct {
 	// costs its two psocks' memory for nothing.
 	OffloadAfter int64
 
-	splice splicer // for the connections the kernel cannot take, and before an offload
+	// splice relays the connections the kernel cannot take, and those not
+	// yet offloaded; its idle waiter is the kernel relay's too.
+	splice splicer
 }
 
 // relayDir is one direction of a connection: bytes read from src go to dst.
@@ -90,10 +92,10 @@ func (k *KernelRelay) relay(ctx context.Context, c *conn.Conn, client, server *n
 // relayAsync is relay returning at once: done gets the outcome. No
 // goroutine is held while the connection is idle (see splicer.relayAsync).
 func (k *KernelRelay) relayAsync(ctx context.Context, c *conn.Conn, client, server *net.TCPConn, st relayStart, done func(conn.Outcome)) {
-	w, _ := idleSockets() // nil: each direction parks a goroutine instead
+	w := k.splice.idle // nil: each direction parks a goroutine instead
 	if k.OffloadAfter > 0 && !st.offloaded && w != nil {
 		c.SetRelay(conn.RelayState{Via: conn.SpliceUntilOffload})
-		k.splice.relayWith(ctx, w, c, client, server, done, spliceOpts{
+		k.splice.relayWith(ctx, c, client, server, done, spliceOpts{
 			offloadAfter: k.OffloadAfter,
 			beforeClose:  st.beforeClose,
 			offload: func(up, down int64, slots [2]idleSlot) {
@@ -105,14 +107,15 @@ func (k *KernelRelay) relayAsync(ctx context.Context, c *conn.Conn, client, serv
 		})
 		return
 	}
-	k.relayNow(ctx, w, c, client, server, st, done)
+	k.relayNow(ctx, c, client, server, st, done)
 }
 
 // relayNow puts the connection into the kernel relay.
-func (k *KernelRelay) relayNow(ctx context.Context, w *idleWaiter, c *conn.Conn, client, server *net.TCPConn, st relayStart, done func(conn.Outcome)) {
+func (k *KernelRelay) relayNow(ctx context.Context, c *conn.Conn, client, server *net.TCPConn, st relayStart, done func(conn.Outcome)) {
+	w := k.splice.idle
 	pre := st.pre
 	fallback := func(done func(conn.Outcome)) {
-		k.splice.relayWith(ctx, w, c, client, server, done, spliceOpts{slots: st.slots, beforeClose: st.beforeClose})
+		k.splice.relayWith(ctx, c, client, server, done, spliceOpts{slots: st.slots, beforeClose: st.beforeClose})
 	}
 	clientCookie, err1 := sockopt.Cookie(client)
 	serverCookie, err2 := sockopt.Cookie(server)

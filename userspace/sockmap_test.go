@@ -192,7 +192,7 @@ func newKernelBed(t *testing.T) *kernelBed {
 
 func (b *kernelBed) start(t *testing.T, st relayStart) {
 	t.Helper()
-	k := &KernelRelay{Log: slog.New(slog.DiscardHandler), Maps: b.maps, Budget: 4 << 20, splice: splicer{pipes: &pipePool{}}}
+	k := &KernelRelay{Log: slog.New(slog.DiscardHandler), Maps: b.maps, Budget: 4 << 20, splice: testSplicer(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	t.Cleanup(cancel)
@@ -312,7 +312,7 @@ func TestKernelRelayPrepareArgs(t *testing.T) {
 	b := newKernelBed(t)
 	var got [2]loader.RelaySide
 	rec := &recordingPrepare{fakeRelay: b.maps, got: &got}
-	k := &KernelRelay{Log: slog.New(slog.DiscardHandler), Maps: rec, Budget: 1 << 20, splice: splicer{pipes: &pipePool{}}}
+	k := &KernelRelay{Log: slog.New(slog.DiscardHandler), Maps: rec, Budget: 1 << 20, splice: testSplicer(t)}
 	if _, err := b.serverLeg.Write([]byte("123456789")); err != nil {
 		t.Fatal(err)
 	}

@@ -17,9 +17,10 @@ import (
 )
 
 // splicer is the splice relay, with what it borrows from: the splitter's
-// pipe pool.
+// pipe pool and idle waiter.
 type splicer struct {
 	pipes *pipePool
+	idle  *idleWaiter // starts a direction's next step; nil: each direction parks a goroutine
 }
 
 // relay moves bytes both ways with splice(2) between two *net.TCPConn,
@@ -31,19 +32,21 @@ type splicer struct {
 // It returns once both directions are finished and both sockets are closed:
 // reset on error, else closed with SO_LINGER off so that queued bytes still
 // leave, whatever linger the relay ran with.
+// Each direction parks a goroutine meanwhile (the idle waiter is left out).
 func (sp splicer) relay(c *conn.Conn, client, server *net.TCPConn, opt spliceOpts) conn.Outcome {
 	done := make(chan conn.Outcome, 1)
-	sp.relayWith(context.Background(), nil, c, client, server, func(o conn.Outcome) { done <- o }, opt)
+	parked := splicer{pipes: sp.pipes}
+	parked.relayWith(context.Background(), c, client, server, func(o conn.Outcome) { done <- o }, opt)
 	return <-done
 }
 
 // relayAsync is relay holding no goroutine while the connection is idle:
-// w, the idle waiter, starts one for a direction when its source is
-// readable (nil: each direction parks a goroutine instead). It returns at
-// once; done gets the outcome, once both sockets are closed. Whoever cancels
-// ctx must also close the sockets (the splitter resets both).
-func (sp splicer) relayAsync(ctx context.Context, w *idleWaiter, c *conn.Conn, client, server *net.TCPConn, done func(conn.Outcome)) {
-	sp.relayWith(ctx, w, c, client, server, done, spliceOpts{})
+// the idle waiter starts one for a direction when its source is readable
+// (without a waiter each direction parks a goroutine instead). It returns
+// at once; done gets the outcome, once both sockets are closed. Whoever
+// cancels ctx must also close the sockets (the splitter resets both).
+func (sp splicer) relayAsync(ctx context.Context, c *conn.Conn, client, server *net.TCPConn, done func(conn.Outcome)) {
+	sp.relayWith(ctx, c, client, server, done, spliceOpts{})
 }
 
 // spliceOpts are what a relay handed over from, or to, another brings.
@@ -70,7 +73,8 @@ type spliceOpts struct {
 // trips pay.
 const offloadSteps = 16
 
-func (sp splicer) relayWith(ctx context.Context, w *idleWaiter, c *conn.Conn, client, server *net.TCPConn, done func(conn.Outcome), opt spliceOpts) {
+func (sp splicer) relayWith(ctx context.Context, c *conn.Conn, client, server *net.TCPConn, done func(conn.Outcome), opt spliceOpts) {
+	w := sp.idle
 	ctx, cancel := context.WithCancel(ctx)
 	var abortOnce sync.Once
 	var aborted atomic.Bool

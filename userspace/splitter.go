@@ -57,8 +57,18 @@ func NewSplitter(listeners []*net.TCPListener, connectTimeout time.Duration, log
 	}
 	// The idle waiter's epoll fd is the daemon's for good: open it now, not
 	// with the first connection (a leak check takes its baseline after start).
-	_, _ = idleSockets()
+	idle, _ := newIdleWaiter(log) // nil: each direction parks a goroutine instead
+	s.splice.idle = idle
 	return s
+}
+
+// Close releases what NewSplitter opened (the idle waiter), once no
+// connection is relayed any more: after Serve, or instead of it.
+func (s *Splitter) Close() error {
+	if s.splice.idle == nil {
+		return nil
+	}
+	return s.splice.idle.Close()
 }
 
 // SetPipeLimit bounds the splice pipes open at once (PipeLimit of the
@@ -249,8 +259,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	if s.Kernel != nil {
 		c.SetRelay(conn.Fallback(conn.FirstBytesPartial, "first bytes not read whole"))
 	}
-	w, _ := idleSockets() // nil: each direction parks a goroutine instead
-	s.splice.relayAsync(ctx, w, c, client, server, done)
+	s.splice.relayAsync(ctx, c, client, server, done)
 }
 
 // dial connects to the original destination with the server leg's tuning
