@@ -22,7 +22,6 @@ import (
 func fillRuntime(d *report.DaemonInfo) {
 	d.Goroutines = runtime.NumGoroutine()
 	d.OpenFDs = sockopt.OpenFDs()
-	d.SplitStats = readSplitStats()
 	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
 	metrics.Read(sample)
 	if sample[0].Value.Kind() == metrics.KindUint64 {

@@ -322,13 +322,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return report.DaemonInfo{
 			PID: os.Getpid(), Version: o.Version, Relay: relay, RelayAsked: o.Relay, Off: off, Listeners: addrs,
 			ConnectTimeout: o.ConnectTimeout.String(), UptimeSeconds: time.Since(start).Seconds(),
-			Stats: splitter.Table.Stats(), Peer: peerStats(splitter),
+			Stats: splitter.Table.Stats(), Peer: peerStats(splitter), SplitStats: splitter.SplitStats(),
 		}
 	}
 	go ServeControl(control, info, splitter.Table, log)
 	stopMetrics := func() {}
 	if metricsLn != nil {
-		stop, err := serveMetrics(metricsLn, splitter.Table, k.Counters, func() *report.PeerStats { return peerStats(splitter) }, log)
+		stop, err := serveMetrics(metricsLn, splitter, k.Counters, log)
 		if err != nil {
 			return err
 		}
@@ -566,10 +566,12 @@ func peerStats(sp *Splitter) *report.PeerStats {
 	return &ps
 }
 
-// serveMetrics serves Prometheus metrics on ln until the returned stop.
-func serveMetrics(ln net.Listener, table *Table, counters func() ([]loader.Counter, error), peer func() *report.PeerStats, log *slog.Logger) (stop func(), err error) {
-	m := NewMetrics(table, counters)
-	m.Peer = peer
+// serveMetrics serves Prometheus metrics of sp and the BPF counters on ln
+// until the returned stop.
+func serveMetrics(ln net.Listener, sp *Splitter, counters func() ([]loader.Counter, error), log *slog.Logger) (stop func(), err error) {
+	m := NewMetrics(sp.Table, counters)
+	m.Peer = func() *report.PeerStats { return peerStats(sp) }
+	m.Split = sp.SplitStats
 	handler, err := m.Handler(log)
 	if err != nil {
 		return nil, err

@@ -23,13 +23,19 @@ func IsLocalFailure(err error) bool {
 	return false
 }
 
-// splitStats backs report.SplitStats: a process runs one daemon, so these
-// totals are process-wide, like the connect observer.
-var splitStats struct{ localFailed, tuningSkipped atomic.Uint64 }
-
-func readSplitStats() report.SplitStats {
-	return report.SplitStats{LocalFailed: splitStats.localFailed.Load(), UpstreamTuningSkipped: splitStats.tuningSkipped.Load()}
+// splitStats are a splitter's totals that its table does not keep
+// (report.SplitStats).
+type splitStats struct {
+	localFailed   atomic.Uint64 // connections reset for want of a local resource (conn.LocalFailed)
+	tuningSkipped atomic.Uint64 // server legs dialed without their sock_ops registration
 }
+
+func (st *splitStats) read() report.SplitStats {
+	return report.SplitStats{LocalFailed: st.localFailed.Load(), UpstreamTuningSkipped: st.tuningSkipped.Load()}
+}
+
+// SplitStats reads the splitter's totals that its table does not keep.
+func (s *Splitter) SplitStats() report.SplitStats { return s.stats.read() }
 
 // onLocalExhaustion is called when accept or an upstream dial fails for want
 // of a local resource; the admission logic can hook OnExhausted to stop

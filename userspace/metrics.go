@@ -28,6 +28,9 @@ type Metrics struct {
 	// Peer reads the warm paths' report (the daemon's peerStats); nil, or
 	// nil returned, for a daemon without warm paths. Set before serving.
 	Peer func() *report.PeerStats
+	// Split reads the splitter's totals that the table does not keep
+	// (Splitter.SplitStats); nil: none counted. Set before serving.
+	Split func() report.SplitStats
 
 	active, accepted, closed, bytes, mover, decisions, fallbacks, fallbacksBy, fallbackLive *prometheus.Desc
 	localFailed, tuningSkipped                                                              *prometheus.Desc
@@ -153,7 +156,10 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.mover, kernel, "kernel")
 	counter(m.mover, s.BytesToServer+s.BytesToClient-kernel, "userspace")
 	counter(m.fallbacks, s.Fallback)
-	split := readSplitStats()
+	var split report.SplitStats
+	if m.Split != nil {
+		split = m.Split()
+	}
 	counter(m.localFailed, split.LocalFailed)
 	counter(m.tuningSkipped, split.UpstreamTuningSkipped)
 	// Every reason, 0 included, so that a dashboard sees the series before

@@ -40,9 +40,11 @@ func TestMetricsCollect(t *testing.T) {
 	})
 	m.ObserveConnect(20*time.Millisecond, nil)
 	m.ObserveConnect(3*time.Second, errors.New("refused"))
-	split := readSplitStats()
-	splitStats.localFailed.Add(2)
-	splitStats.tuningSkipped.Add(1)
+	var stats splitStats
+	m.Split = stats.read
+	split := stats.read()
+	stats.localFailed.Add(2)
+	stats.tuningSkipped.Add(1)
 
 	want := fmt.Sprintf(`
 # HELP pepsal_connections_active Split connections open now.

@@ -323,7 +323,7 @@ func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPC
 	if err != nil {
 		sockopt.Reset(warm)
 		if IsLocalFailure(err) {
-			splitStats.localFailed.Add(1)
+			s.stats.localFailed.Add(1)
 			s.Table.Remove(c, conn.LocalFailed)
 			s.onLocalExhaustion(err)
 			return

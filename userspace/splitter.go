@@ -45,6 +45,7 @@ type Splitter struct {
 	splice    splicer // the splice relay and its pipes, the kernel relay's too
 
 	localLog, tuneLog logx.RateLog
+	stats             splitStats
 }
 
 // NewSplitter prepares a splitter serving the given listeners.
@@ -217,7 +218,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		// The client believes it is connected: only an RST tells it the truth.
 		sockopt.Reset(client)
 		if IsLocalFailure(err) {
-			splitStats.localFailed.Add(1)
+			s.stats.localFailed.Add(1)
 			s.Table.Remove(c, conn.LocalFailed)
 			s.onLocalExhaustion(err)
 			s.localLog.Log(s.Log, slog.LevelWarn, "connection reset: this host is short of a resource", "client", clientAddr, "server", serverAddr, "err", err)
@@ -321,7 +322,7 @@ func (s *Splitter) setupUpstream(fd int, network string, tos uint32) (cookie uin
 	if err := s.Tuner.RegisterUpstream(cookie); err != nil {
 		// A full pepsal_upstream costs this leg its initial windows, not
 		// the client its connection.
-		splitStats.tuningSkipped.Add(1)
+		s.stats.tuningSkipped.Add(1)
 		s.tuneLog.Log(s.Log, slog.LevelWarn, "server leg dialed without initial-window tuning", "err", err)
 		return 0, nil
 	}

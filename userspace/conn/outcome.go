@@ -10,8 +10,8 @@ const (
 	LoopRefused                   // the destination was the proxy itself
 	// LocalFailed: the connection could not be split for want of a resource
 	// of this host (fds, memory, ports), not because of the server.
-	// Table.Remove does not count it yet: the splitter counts it in its
-	// split stats.
+	// Table.Remove does not count it: the splitter counts it in its split
+	// stats.
 	LocalFailed
 )
 
