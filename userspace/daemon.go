@@ -579,7 +579,7 @@ func serveMetrics(ln net.Listener, sp *Splitter, counters func() ([]loader.Count
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", handler)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	ObserveConnects(m.ObserveConnect)
+	sp.ObserveConnects(m.ObserveConnect)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -589,7 +589,7 @@ func serveMetrics(ln net.Listener, sp *Splitter, counters func() ([]loader.Count
 	}()
 	log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
 	return func() {
-		ObserveConnects(nil)
+		sp.ObserveConnects(nil)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		if err := srv.Shutdown(ctx); err != nil {

@@ -94,7 +94,7 @@ func (s *Splitter) dialFastOpen(ctx context.Context, src, dst netip.AddrPort, to
 	}
 	// Timed like an ordinary dial: socket setup, SYN (with data), handshake.
 	start := time.Now()
-	defer func() { observeConnect(start, err) }()
+	defer func() { s.observeConnect(start, err) }()
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, 0, fmt.Errorf("socket: %w", err)

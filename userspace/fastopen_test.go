@@ -26,8 +26,9 @@ func TestDialFastOpenTimed(t *testing.T) {
 			return obs{}
 		}
 	}
-	ObserveConnects(func(d time.Duration, err error) { got <- obs{d, err} })
-	defer ObserveConnects(nil)
+	s := &Splitter{ConnectTimeout: 5 * time.Second}
+	s.ObserveConnects(func(d time.Duration, err error) { got <- obs{d, err} })
+	defer s.ObserveConnects(nil)
 
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -41,7 +42,6 @@ func TestDialFastOpenTimed(t *testing.T) {
 			c.Close()
 		}
 	}()
-	s := &Splitter{ConnectTimeout: 5 * time.Second}
 	dst := netip.MustParseAddrPort(ln.Addr().String())
 	conn, _, err := s.dialFastOpen(context.Background(), netip.AddrPort{}, dst, 0, []byte("hello"))
 	if err != nil {

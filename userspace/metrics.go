@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
@@ -268,25 +267,4 @@ func (l slogPrintln) Println(v ...any) {
 		parts = append(parts, fmt.Sprint(x))
 	}
 	l.log.Warn("metrics", "err", strings.Join(parts, "; "))
-}
-
-// connectObserver gets the duration of every upstream connect Splitter.dial
-// makes. A process-wide hook: a process runs one daemon, and the splitter
-// need not know about metrics.
-var connectObserver atomic.Pointer[func(time.Duration, error)]
-
-// ObserveConnects sends every later upstream connect to f (nil: to nobody).
-func ObserveConnects(f func(time.Duration, error)) {
-	if f == nil {
-		connectObserver.Store(nil)
-		return
-	}
-	connectObserver.Store(&f)
-}
-
-// observeConnect reports a connect started at start that ended with err.
-func observeConnect(start time.Time, err error) {
-	if f := connectObserver.Load(); f != nil {
-		(*f)(time.Since(start), err)
-	}
 }

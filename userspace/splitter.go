@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,6 +47,9 @@ type Splitter struct {
 
 	localLog, tuneLog logx.RateLog
 	stats             splitStats
+	// connectObserver gets the duration of every upstream connect dial and
+	// dialFastOpen make (the metrics' histogram); nil: nobody.
+	connectObserver atomic.Pointer[func(time.Duration, error)]
 }
 
 // NewSplitter prepares a splitter serving the given listeners.
@@ -283,11 +287,27 @@ func (s *Splitter) dial(ctx context.Context, src, dst netip.AddrPort, tos uint32
 	}
 	start := time.Now()
 	conn, err := d.DialContext(ctx, "tcp", dst.String())
-	observeConnect(start, err)
+	s.observeConnect(start, err)
 	if err != nil {
 		return nil, cookie, fmt.Errorf("dial %s: %w", dst, err)
 	}
 	return conn.(*net.TCPConn), cookie, nil
+}
+
+// ObserveConnects sends every later upstream connect to f (nil: to nobody).
+func (s *Splitter) ObserveConnects(f func(time.Duration, error)) {
+	if f == nil {
+		s.connectObserver.Store(nil)
+		return
+	}
+	s.connectObserver.Store(&f)
+}
+
+// observeConnect reports a connect started at start that ended with err.
+func (s *Splitter) observeConnect(start time.Time, err error) {
+	if f := s.connectObserver.Load(); f != nil {
+		(*f)(time.Since(start), err)
+	}
 }
 
 // setupUpstream prepares an upstream socket before its SYN: the server leg's
