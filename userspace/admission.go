@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -139,14 +140,7 @@ const (
 	// program fds (~20), the Go runtime's (epoll, eventfd), control socket
 	// and metrics clients, /proc reads.
 	fdReserve = 64
-	// splice pipes are held only while bytes move; their number is
-	// bounded (PipeLimit) and past it the relay copies through a buffer.
-	pipesMin, pipesMax = 64, 1024
 )
-
-// PipeLimit is how many splice pipes (2 fds each) a daemon with maxConns
-// connections may hold at once.
-func PipeLimit(maxConns int) int { return min(max(maxConns/4, pipesMin), pipesMax) }
 
 // FDBudget is the file-descriptor arithmetic of a daemon.
 type FDBudget struct {
@@ -158,10 +152,12 @@ type FDBudget struct {
 
 // Need is how many fds n connections may hold at once: two sockets each,
 // the connections already in the accept queues when the limit trips (two
-// each once accepted), splice pipes, what is open now and a reserve.
+// each once accepted), splice pipes (held only while bytes move, and
+// bounded: relay.PipeLimit), what is open now and a reserve.
 func (b FDBudget) Need(n int) uint64 {
 	queued := b.Listeners * (b.Backlog + 1)
-	return uint64(2*(n+queued) + 2*PipeLimit(n) + b.Open + fdReserve)
+	return uint64(2*(n+queued) + 2*relay.PipeLimit(n) + b.Open + fdReserve)
+
 }
 
 // MaxConns is the largest connection count the fd limit holds (0: none).

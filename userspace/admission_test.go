@@ -10,6 +10,7 @@ import (
 
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/conn"
+	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -62,7 +63,7 @@ func TestFDBudget(t *testing.T) {
 	if b.Need(n) > b.Limit || b.Need(n+1) <= b.Limit {
 		t.Fatalf("MaxConns %d: need %d, need of one more %d, limit %d", n, b.Need(n), b.Need(n+1), b.Limit)
 	}
-	if want := uint64(2*(n+2*513) + 2*PipeLimit(n) + 10 + fdReserve); b.Need(n) != want {
+	if want := uint64(2*(n+2*513) + 2*relay.PipeLimit(n) + 10 + fdReserve); b.Need(n) != want {
 		t.Fatalf("need %d, want %d", b.Need(n), want)
 	}
 	if (FDBudget{Limit: 100, Listeners: 2, Backlog: 512}).MaxConns() != 0 {

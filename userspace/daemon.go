@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"github.com/pepsal/pepsal/userspace/tuning"
@@ -31,7 +32,6 @@ var (
 	// ErrUpgradeMetrics: an upgrade's metrics address must be the running
 	// daemon's (its listener is handed over, not opened again).
 	ErrUpgradeMetrics = errors.New("upgrade: the metrics listener differs from the running daemon's")
-	ErrBadRelay       = errors.New("relay must be splice or sockmap")
 )
 
 // Attachment is what the daemon needs of the BPF side it serves
@@ -66,9 +66,9 @@ type Tuner interface {
 // Kernel is the attached BPF side, as Options.Attach hands it over.
 type Kernel struct {
 	Attachment
-	Tuner  Tuner     // nil: no sock_ops on this host
-	Relay  RelayMaps // the kernel relay's maps
-	PinDir string    // for the log
+	Tuner  Tuner      // nil: no sock_ops on this host
+	Relay  relay.Maps // the kernel relay's maps
+	PinDir string     // for the log
 	// Close releases the handles (and removes what the daemon owns); the
 	// daemon calls it last.
 	Close func() error
@@ -129,10 +129,9 @@ type Daemon struct {
 
 // NewDaemon checks the options that the caller cannot get wrong silently.
 func NewDaemon(opts Options) (*Daemon, error) {
-	switch opts.Relay {
-	case "splice", "sockmap":
-	default:
-		return nil, fmt.Errorf("%w, not %q", ErrBadRelay, opts.Relay)
+	var mode relay.Mode
+	if err := mode.UnmarshalText([]byte(opts.Relay)); err != nil {
+		return nil, err
 	}
 	if opts.Attach == nil {
 		return nil, errors.New("no attachment")
@@ -289,7 +288,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	} else if o.Tuning.Client.InitCwnd+o.Tuning.Client.InitRwnd+o.Tuning.Server.InitCwnd+o.Tuning.Server.InitRwnd > 0 {
 		return ErrNoSockOps
 	}
-	splitter.SetPipeLimit(PipeLimit(o.MaxConns))
+	splitter.SetPipeLimit(relay.PipeLimit(o.MaxConns))
 	setFull := func(full bool) error {
 		if handedOver.Load() {
 			return nil // the new daemon counts from now on
@@ -304,7 +303,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err := d.startPeers(peerCtx, splitter, k.Tuner, peerGateway); err != nil {
 		return err
 	}
-	relay, off, err := chooseRelay(o.Relay, k.EnableKernelRelay)
+	inUse, off, err := chooseRelay(o.Relay, k.EnableKernelRelay)
 	if err != nil {
 		return err
 	}
@@ -314,13 +313,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	for _, o := range off {
 		log.Warn(o.String())
 	}
-	if relay == "sockmap" {
-		splitter.Kernel = &KernelRelay{Log: log, Maps: k.Relay, Budget: o.RelayBudget, OffloadAfter: o.OffloadAfter, splice: splitter.splice}
+	if inUse == relay.ModeSockmap.String() {
+		splitter.Relay = &relay.Kernel{Log: log, Maps: k.Relay, Budget: o.RelayBudget, OffloadAfter: o.OffloadAfter, Splice: splitter.Splice}
 	}
 	start := time.Now()
 	info := func() report.DaemonInfo {
 		return report.DaemonInfo{
-			PID: os.Getpid(), Version: o.Version, Relay: relay, RelayAsked: o.Relay, Off: off, Listeners: addrs,
+			PID: os.Getpid(), Version: o.Version, Relay: inUse, RelayAsked: o.Relay, Off: off, Listeners: addrs,
 			ConnectTimeout: o.ConnectTimeout.String(), UptimeSeconds: time.Since(start).Seconds(),
 			Stats: splitter.Table.Stats(), Peer: peerStats(splitter), SplitStats: splitter.SplitStats(),
 		}
@@ -340,7 +339,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	for _, i := range ifaces {
 		names = append(names, i.Name)
 	}
-	log.Info("serving", "ifaces", strings.Join(names, ","), "relay", relay, "listeners", strings.Join(addrs, ","), "pin_dir", k.PinDir,
+	log.Info("serving", "ifaces", strings.Join(names, ","), "relay", inUse, "listeners", strings.Join(addrs, ","), "pin_dir", k.PinDir,
 		"max_conns", o.MaxConns, "low_water", admission.Low, "max_conns_from", o.MaxConnsFrom, "fd_limit", o.FDBudget.Limit)
 
 	if inherited != nil {

@@ -2,16 +2,13 @@ package userspace
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/pepsal/pepsal/userspace/conn"
+	"github.com/pepsal/pepsal/userspace/internal/nettest"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
@@ -19,7 +16,7 @@ import (
 // queued waits until c's receive queue holds n bytes (SIOCINQ).
 func queued(t *testing.T, c *net.TCPConn, n int) {
 	t.Helper()
-	waitFor(t, "bytes never reached the receive queue", func() bool {
+	nettest.WaitFor(t, "bytes never reached the receive queue", func() bool {
 		var q int
 		_ = sockopt.WithFD(c, func(fd int) (err error) { q, err = unix.IoctlGetInt(fd, unix.SIOCINQ); return err })
 		return q >= n
@@ -31,7 +28,7 @@ func queued(t *testing.T, c *net.TCPConn, n int) {
 // so that no skb is left partly read; EOF as EOF.
 func TestFirstBytes(t *testing.T) {
 	t.Run("server speaks first", func(t *testing.T) {
-		client, leg := tcpPair(t)
+		client, leg := nettest.TCPPair(t)
 		data, drained, err := firstBytes(leg, 20*time.Millisecond)
 		if err != nil || len(data) != 0 || !drained {
 			t.Fatalf("got %d bytes, drained %v, %v; want nothing, drained", len(data), drained, err)
@@ -45,7 +42,7 @@ func TestFirstBytes(t *testing.T) {
 		}
 	})
 	t.Run("short request", func(t *testing.T) {
-		client, leg := tcpPair(t)
+		client, leg := nettest.TCPPair(t)
 		req := []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 		client.Write(req)
 		data, drained, err := firstBytes(leg, 5*time.Second)
@@ -54,8 +51,8 @@ func TestFirstBytes(t *testing.T) {
 		}
 	})
 	t.Run("more than a SYN holds", func(t *testing.T) {
-		client, leg := tcpPair(t)
-		msg := randomBytes(48<<10+1, 21)
+		client, leg := nettest.TCPPair(t)
+		msg := nettest.RandomBytes(48<<10+1, 21)
 		if _, err := client.Write(msg); err != nil {
 			t.Fatal(err)
 		}
@@ -80,8 +77,8 @@ func TestFirstBytes(t *testing.T) {
 	t.Run("exactly a SYN's worth", func(t *testing.T) {
 		// A full first read is not the end: the next read finds nothing
 		// queued, which is when every skb is known read whole.
-		client, leg := tcpPair(t)
-		msg := randomBytes(1400, 22)
+		client, leg := nettest.TCPPair(t)
+		msg := nettest.RandomBytes(1400, 22)
 		client.Write(msg)
 		queued(t, leg, len(msg))
 		data, drained, err := firstBytes(leg, 5*time.Second)
@@ -93,8 +90,8 @@ func TestFirstBytes(t *testing.T) {
 		// On a slow machine the wait can run out between the first read
 		// and the next: what is queued must still be read, not the client
 		// reset (a read past its deadline fails without trying).
-		client, leg := tcpPair(t)
-		msg := randomBytes(48<<10+1, 23)
+		client, leg := nettest.TCPPair(t)
+		msg := nettest.RandomBytes(48<<10+1, 23)
 		client.Write(msg)
 		queued(t, leg, len(msg))
 		leg.SetReadDeadline(time.Now().Add(-time.Second))
@@ -104,62 +101,11 @@ func TestFirstBytes(t *testing.T) {
 		}
 	})
 	t.Run("EOF", func(t *testing.T) {
-		client, leg := tcpPair(t)
+		client, leg := nettest.TCPPair(t)
 		client.CloseWrite()
 		data, _, err := firstBytes(leg, 5*time.Second)
 		if !errors.Is(err, io.EOF) || len(data) != 0 {
 			t.Fatalf("got %d bytes, %v; want EOF", len(data), err)
 		}
 	})
-}
-
-// The splice relay run as the splitter runs it (idle waiter, a context the
-// drain timeout cancels): cancelling resets both sides and ends the relay as
-// reset, even with both directions idle and parked in the waiter.
-func TestSpliceRelayAbortResetsBoth(t *testing.T) {
-	client, clientLeg := tcpPair(t)
-	serverLeg, server := tcpPair(t)
-	for _, c := range []*net.TCPConn{clientLeg, serverLeg} {
-		if err := sockopt.ResetOnCrash(c); err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-	}
-	w, err := newIdleWaiter(slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	record := NewTable().Add(clientLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), serverLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), conn.Splice)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	context.AfterFunc(ctx, func() { sockopt.Reset(clientLeg); sockopt.Reset(serverLeg) })
-	outcome := make(chan conn.Outcome, 1)
-	splicer{pipes: &pipePool{}, idle: w}.relayAsync(ctx, record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o })
-
-	// One byte each way: both directions then wait, idle.
-	for _, d := range []struct{ from, to *net.TCPConn }{{client, server}, {server, client}} {
-		d.from.Write([]byte("x"))
-		if _, err := io.ReadFull(d.to, make([]byte, 1)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cancel()
-	for _, c := range []*net.TCPConn{client, server} {
-		c.SetReadDeadline(time.Now().Add(30 * time.Second))
-		if _, err := io.Copy(io.Discard, c); !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("%s saw %v after the abort, want ECONNRESET", c.LocalAddr(), err)
-		}
-	}
-	select {
-	case o := <-outcome:
-		if o != conn.WasReset {
-			t.Fatalf("outcome %v, want WasReset", o)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("relay did not end after the abort")
-	}
-	if m := record.Moved(); m.ToServer != 1 || m.ToClient != 1 {
-		t.Errorf("moved %+v, want 1 each way", m)
-	}
 }

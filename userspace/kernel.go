@@ -28,24 +28,6 @@ type UpstreamTuner interface {
 	ForgetUpstream(cookie uint64)
 }
 
-// RelayMaps is the kernel relay's state: the SOCKHASH the verdict redirects
-// through, and per direction its counters and the bytes userspace wrote
-// (loader.Relay implements it).
-type RelayMaps interface {
-	// Prepare creates the state of both directions before either socket is
-	// inserted; on error nothing is left.
-	Prepare(a, b loader.RelaySide, budget uint64) error
-	// Insert puts a socket into the SOCKHASH: from then on its data goes
-	// through the verdict.
-	Insert(cookie uint64, fd int) error
-	// Dir reads a direction's counters (keyed by its source socket).
-	Dir(cookie uint64) (loader.RelayDir, error)
-	// SetUser publishes how many bytes of a direction userspace wrote.
-	SetUser(cookie uint64, bytes uint64) error
-	// Forget deletes the state of a connection's directions.
-	Forget(cookies ...uint64)
-}
-
 // ListenerRegistry steers diverted SYNs to the proxy's listeners
 // (pepsal_listener; loader.Attachment implements it).
 type ListenerRegistry interface {
@@ -59,5 +41,4 @@ var (
 	_ DivertedSYNs     = (*loader.Attachment)(nil)
 	_ ListenerRegistry = (*loader.Attachment)(nil)
 	_ UpstreamTuner    = (*loader.Tuner)(nil)
-	_ RelayMaps        = (*loader.Relay)(nil)
 )

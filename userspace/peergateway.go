@@ -15,6 +15,7 @@ import (
 
 	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/internal/logx"
+	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"github.com/pepsal/pepsal/userspace/tuning"
@@ -295,11 +296,7 @@ func readHeader(conn *net.TCPConn) (data []byte, drained bool, err error) {
 // connection to it like a client leg: a refused, unreachable or silent server
 // resets the warm connection, which makes the terminal reset its client.
 func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPConn, hdr peerHeader, rest []byte, drained bool) {
-	via := conn.Splice
-	if s.Kernel != nil {
-		via = conn.Kernel
-	}
-	c := s.Table.Add(hdr.Client, hdr.Dst, via)
+	c := s.Table.Add(hdr.Client, hdr.Dst, s.Relay.Via())
 	c.SetPeer("warm")
 	if err := sockopt.ResetOnCrash(warm); err != nil {
 		s.Log.Warn("warm leg", "conn", c.ID, "err", err)
@@ -345,26 +342,17 @@ func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPC
 	c.SetLegs(warm, server)
 	// The header was read from the warm connection, not relayed.
 	beforeClose, leave := g.share.join(warm)
-	s.relayLegs(ctx, c, warm, server, relayStart{pre: int64(len(rest)), clientRead: headerLen, beforeClose: [2]func(){beforeClose, nil}}, drained)
+	s.relayLegs(ctx, c, warm, server, relay.Setup{Pre: int64(len(rest)), ClientRead: headerLen, PartlyRead: !drained, BeforeClose: [2]func(){beforeClose, nil}})
 	leave()
 }
 
-// relayLegs runs the usual relay between two connected legs and accounts
-// for the connection; pre bytes already went from the client leg to the
-// server leg.
-func (s *Splitter) relayLegs(ctx context.Context, c *conn.Conn, client, server *net.TCPConn, st relayStart, drained bool) {
-	pre := st.pre
+// relayLegs runs the usual relay between two connected legs, waiting for
+// its end (relay.Wait), and accounts for the connection; st.Pre bytes
+// already went from the client leg to the server leg.
+func (s *Splitter) relayLegs(ctx context.Context, c *conn.Conn, client, server *net.TCPConn, st relay.Setup) {
 	stop := context.AfterFunc(ctx, func() { sockopt.Reset(client); sockopt.Reset(server) })
-	c.AddMoved(pre, 0)
-	var how conn.Outcome
-	if s.Kernel != nil && drained {
-		how = s.Kernel.relay(ctx, c, client, server, st)
-	} else {
-		if s.Kernel != nil {
-			c.SetRelay(conn.Fallback(conn.FirstBytesPartial, "first bytes not read whole"))
-		}
-		how = s.splice.relay(c, client, server, spliceOpts{beforeClose: st.beforeClose})
-	}
+	c.AddMoved(st.Pre, 0)
+	how := relay.Wait(ctx, s.Relay, c, client, server, st)
 	stop()
 	s.Table.Remove(c, how)
 	m := c.Moved()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/internal/logx"
+	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"github.com/pepsal/pepsal/userspace/tuning"
@@ -334,5 +335,5 @@ func (s *Splitter) splitWarm(ctx context.Context, c *conn.Conn, client *net.TCPC
 	c.SetState("established")
 	c.SetLegs(client, w.conn)
 	// The gateway's hello was read from the warm connection, not relayed.
-	s.relayLegs(ctx, c, client, w.conn, relayStart{pre: int64(len(first)), serverRead: helloLen}, drained)
+	s.relayLegs(ctx, c, client, w.conn, relay.Setup{Pre: int64(len(first)), ServerRead: helloLen, PartlyRead: !drained})
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/internal/logx"
+	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"github.com/pepsal/pepsal/userspace/tuning"
 	"golang.org/x/sys/unix"
@@ -25,7 +26,7 @@ import (
 // Splitter accepts diverted connections and splits them.
 type Splitter struct {
 	ConnectTimeout time.Duration
-	Kernel         *KernelRelay // nil: every connection is spliced in userspace
+	Relay          relay.Relay // moves the bytes: Splice (NewSplitter's), or a kernel relay over it
 	Tuning         tuning.Tuning
 	Diverted       DivertedSYNs  // the SYN's record, read and deleted after accept; nil: none
 	Tuner          UpstreamTuner // nil: no sock_ops (initial windows untouched)
@@ -43,7 +44,9 @@ type Splitter struct {
 	listeners []*net.TCPListener
 	own       map[netip.AddrPort]bool // the listeners' own addresses: never a destination
 	wg        sync.WaitGroup
-	splice    splicer // the splice relay and its pipes, the kernel relay's too
+	// Splice is the splice relay, its pipes and idle waiter (NewSplitter
+	// makes them; Close closes the waiter): a kernel relay falls back to it.
+	Splice relay.Splice
 
 	localLog, tuneLog logx.RateLog
 	stats             splitStats
@@ -55,30 +58,30 @@ type Splitter struct {
 // NewSplitter prepares a splitter serving the given listeners.
 func NewSplitter(listeners []*net.TCPListener, connectTimeout time.Duration, log *slog.Logger) *Splitter {
 	s := &Splitter{ConnectTimeout: connectTimeout, Table: NewTable(), Log: log, listeners: listeners, own: map[netip.AddrPort]bool{},
-		splice:   splicer{pipes: &pipePool{}},
 		localLog: logx.RateLog{Period: 5 * time.Second}, tuneLog: logx.RateLog{Period: 5 * time.Second}}
 	for _, ln := range listeners {
 		s.own[sockopt.AddrPort(ln.Addr())] = true
 	}
 	// The idle waiter's epoll fd is the daemon's for good: open it now, not
 	// with the first connection (a leak check takes its baseline after start).
-	idle, _ := newIdleWaiter(log) // nil: each direction parks a goroutine instead
-	s.splice.idle = idle
+	waiter, _ := relay.NewIdleWaiter(log) // nil: each direction parks a goroutine instead
+	s.Splice = relay.Splice{Pipes: &relay.Pipes{}, Waiter: waiter}
+	s.Relay = s.Splice
 	return s
 }
 
 // Close releases what NewSplitter opened (the idle waiter), once no
 // connection is relayed any more: after Serve, or instead of it.
 func (s *Splitter) Close() error {
-	if s.splice.idle == nil {
+	if s.Splice.Waiter == nil {
 		return nil
 	}
-	return s.splice.idle.Close()
+	return s.Splice.Waiter.Close()
 }
 
 // SetPipeLimit bounds the splice pipes open at once (PipeLimit of the
 // admission limit), so that pipes never take the fds accept and dial need.
-func (s *Splitter) SetPipeLimit(n int) { s.splice.pipes.setLimit(n) }
+func (s *Splitter) SetPipeLimit(n int) { s.Splice.Pipes.SetLimit(n) }
 
 // Serve accepts until ctx is done, then waits for live connections to end, at
 // most until drainCtx is done, after which they are reset.
@@ -158,11 +161,7 @@ func (s *Splitter) acceptEach(ln *net.TCPListener, what string, handle func(*net
 func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 	clientAddr := sockopt.AddrPort(client.RemoteAddr())
 	serverAddr := sockopt.AddrPort(client.LocalAddr()) // sk_lookup keeps the original destination
-	via := conn.Splice
-	if s.Kernel != nil {
-		via = conn.Kernel
-	}
-	c := s.Table.Add(clientAddr, serverAddr, via)
+	c := s.Table.Add(clientAddr, serverAddr, s.Relay.Via())
 	// Built when a line is written, not held for the connection's life:
 	// thousands of idle connections would each keep a logger.
 	log := logx.ConnLogger{Log: s.Log, ID: c.ID, Client: clientAddr, Server: serverAddr}
@@ -257,14 +256,7 @@ func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
 		m := c.Moved()
 		log.Debug("closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient, "kernel", m.KernelToServer+m.KernelToClient)
 	}
-	if s.Kernel != nil && drained {
-		s.Kernel.relayAsync(ctx, c, client, server, relayStart{pre: int64(len(first))}, done)
-		return
-	}
-	if s.Kernel != nil {
-		c.SetRelay(conn.Fallback(conn.FirstBytesPartial, "first bytes not read whole"))
-	}
-	s.splice.relayAsync(ctx, c, client, server, done)
+	s.Relay.Start(ctx, c, client, server, relay.Setup{Pre: int64(len(first)), PartlyRead: !drained}, done)
 }
 
 // dial connects to the original destination with the server leg's tuning

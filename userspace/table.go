@@ -67,9 +67,7 @@ func (t *Table) Add(client, server netip.AddrPort, via conn.Via) *conn.Conn {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.next++
-	c := &conn.Conn{ID: t.next, Client: client, Server: server, Started: time.Now()}
-	c.SetRelay(conn.RelayState{Via: via})
-	c.SetState("connecting")
+	c := conn.New(t.next, client, server, via)
 	t.conns[c.ID] = c
 	if t.admission != nil {
 		t.admission.update(len(t.conns))

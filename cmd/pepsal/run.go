@@ -13,6 +13,7 @@ import (
 
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
@@ -307,7 +308,7 @@ func connLimit(asked int, newMaps bool, log *slog.Logger) (connLimitResult, erro
 	if asked > 0 {
 		if need := budget.Need(asked); need > budget.Limit {
 			return r, fmt.Errorf("--max-conns %d needs %d file descriptors (2 per connection and per queued accept, %d for splice pipes, %d open or reserved) but RLIMIT_NOFILE is %d: lower --max-conns to %d or raise the limit (systemd LimitNOFILE=)",
-				asked, need, 2*userspace.PipeLimit(asked), need-uint64(2*(asked+queued)+2*userspace.PipeLimit(asked)), budget.Limit, budget.MaxConns())
+				asked, need, 2*relay.PipeLimit(asked), need-uint64(2*(asked+queued)+2*relay.PipeLimit(asked)), budget.Limit, budget.MaxConns())
 		}
 	} else {
 		r.max, r.from = budget.MaxConns(), "fd limit"

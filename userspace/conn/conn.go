@@ -5,7 +5,7 @@
 //
 // It knows neither the connection table nor the relays: they write the
 // record, the table and the metrics read it. It holds no package-level
-// state and imports no pepsal package.
+// state and imports no pepsal package but internal/enum.
 package conn
 
 import (
@@ -35,6 +35,15 @@ type Conn struct {
 	serverDone atomic.Bool                     // server half-closed its sending side
 	liveMoved  atomic.Pointer[func() Moved]    // while the kernel moves the bytes
 	legs       atomic.Pointer[[2]*net.TCPConn] // client and server sockets, while open
+}
+
+// New is the record of a connection just accepted, to be relayed via: its
+// state "connecting", its relay the one asked for.
+func New(id uint64, client, server netip.AddrPort, via Via) *Conn {
+	c := &Conn{ID: id, Client: client, Server: server, Started: time.Now()}
+	c.SetRelay(RelayState{Via: via})
+	c.SetState("connecting")
+	return c
 }
 
 // Moved counts a connection's bytes each way, and how many of them the

@@ -1,5 +1,7 @@
 package conn
 
+import "github.com/pepsal/pepsal/userspace/internal/enum"
+
 // Outcome is how a connection ended. Its text is the metrics' label.
 type Outcome uint8
 
@@ -15,12 +17,12 @@ const (
 	LocalFailed
 )
 
-func outcomeNames() names {
-	return names{"completed", "reset", "upstream_failed", "loop_refused", "local_failed"}
+func outcomeNames() enum.Names {
+	return enum.Names{"completed", "reset", "upstream_failed", "loop_refused", "local_failed"}
 }
 
 // String is the outcome's name, as the metrics label it.
-func (o Outcome) String() string { return outcomeNames().of(uint8(o), "outcome") }
+func (o Outcome) String() string { return outcomeNames().Of(uint8(o), "outcome") }
 
 // UnmarshalText reads what String wrote.
 func (o *Outcome) UnmarshalText(text []byte) error {

@@ -3,6 +3,8 @@ package conn
 import (
 	"fmt"
 	"strings"
+
+	"github.com/pepsal/pepsal/userspace/internal/enum"
 )
 
 // Via is the relay that moves a connection's bytes.
@@ -14,10 +16,10 @@ const (
 	SpliceUntilOffload            // splice, then the kernel once it moved enough (--offload-after)
 )
 
-func viaNames() names { return names{"splice", "kernel", "splice until offload"} }
+func viaNames() enum.Names { return enum.Names{"splice", "kernel", "splice until offload"} }
 
 // String is how `pepsal conns` shows the relay.
-func (v Via) String() string { return viaNames().of(uint8(v), "via") }
+func (v Via) String() string { return viaNames().Of(uint8(v), "via") }
 
 // UnmarshalText reads what String wrote.
 func (v *Via) UnmarshalText(text []byte) error { return parseInto(v, viaNames(), text, "relay") }
@@ -40,12 +42,12 @@ func FallbackReasons() []FallbackReason {
 	return []FallbackReason{FirstBytesPartial, ClosedBeforeInsert, InsertFailed, SetupFailed}
 }
 
-func reasonNames() names {
-	return names{"", "first_bytes_partial", "closed_before_insert", "insert_failed", "setup_failed"}
+func reasonNames() enum.Names {
+	return enum.Names{"", "first_bytes_partial", "closed_before_insert", "insert_failed", "setup_failed"}
 }
 
 // String is the reason's metric label; "" for NoFallback.
-func (r FallbackReason) String() string { return reasonNames().of(uint8(r), "reason") }
+func (r FallbackReason) String() string { return reasonNames().Of(uint8(r), "reason") }
 
 // UnmarshalText reads what String wrote.
 func (r *FallbackReason) UnmarshalText(text []byte) error {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/pepsal/pepsal/userspace/internal/enum"
 )
 
 // Role is which side of the satellite link a pepsal stands on: it presets
@@ -16,31 +18,19 @@ const (
 	Terminal             // servers are across the satellite: the server leg is long
 )
 
-// roleNames are the roles' texts, in value order: one list serves String
-// and UnmarshalText.
-var roleNames = [...]string{NoRole: "", Gateway: "gateway", Terminal: "terminal"}
+// roleNames are the roles' texts, in value order.
+var roleNames = enum.Names{NoRole: "", Gateway: "gateway", Terminal: "terminal"}
 
 // ErrBadRole: a role is "gateway", "terminal" or none.
 var ErrBadRole = errors.New("role must be gateway or terminal")
 
 // String is the role as --role takes it ("" for none).
-func (r Role) String() string {
-	if int(r) < len(roleNames) {
-		return roleNames[r]
-	}
-	return fmt.Sprintf("role(%d)", r)
-}
+func (r Role) String() string { return roleNames.Of(uint8(r), "role") }
 
 // UnmarshalText reads what String wrote; an unknown role is ErrBadRole and
 // leaves r as it was.
 func (r *Role) UnmarshalText(text []byte) error {
-	for v, name := range roleNames {
-		if name == string(text) {
-			*r = Role(v)
-			return nil
-		}
-	}
-	return fmt.Errorf("%w, not %q", ErrBadRole, text)
+	return enum.Parse(r, roleNames, text, func(text []byte) error { return fmt.Errorf("%w, not %q", ErrBadRole, text) })
 }
 
 // Roles preset the long (satellite) leg. Buffers hold a 600 ms path at

@@ -4,10 +4,10 @@
 // validation, and putting them on a socket before and after its handshake.
 //
 // It holds the policy, not the mechanism: the options go on through
-// sockopt, the only pepsal package it may import. It must not know
-// connections, relays or the BPF side (sock_ops reads the initial windows
-// from the daemon), and it has no package-level state but the read-only
-// presets.
+// sockopt, which with internal/enum is all of pepsal it may import. It must
+// not know connections, relays or the BPF side (sock_ops reads the initial
+// windows from the daemon), and it has no package-level state but the
+// read-only presets.
 package tuning
 
 import (

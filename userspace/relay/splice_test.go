@@ -1,11 +1,12 @@
-package userspace
+package relay
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"io"
-	"math/rand/v2"
+	"log/slog"
 	"net"
 	"net/netip"
 	"syscall"
@@ -13,29 +14,10 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/userspace/conn"
+	"github.com/pepsal/pepsal/userspace/internal/nettest"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
-
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (dialed, accepted *net.TCPConn) {
-	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	d, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close(); a.Close() })
-	return d, a
-}
 
 // relayBed is a client, a server and the splice relay between them, its
 // legs armed with SO_LINGER 0 as split arms them.
@@ -44,21 +26,23 @@ type relayBed struct {
 	clientLeg, serverLeg *net.TCPConn // the relay's
 	conn                 *conn.Conn
 	outcome              chan conn.Outcome
-	pipes                *pipePool // the relay's
+	pipes                *Pipes // the relay's
 }
 
 func newRelayBed(t *testing.T) *relayBed {
 	t.Helper()
-	b := &relayBed{outcome: make(chan conn.Outcome, 1), pipes: &pipePool{}}
-	b.client, b.clientLeg = tcpPair(t)
-	b.serverLeg, b.server = tcpPair(t)
+	b := &relayBed{outcome: make(chan conn.Outcome, 1), pipes: &Pipes{}}
+	b.client, b.clientLeg = nettest.TCPPair(t)
+	b.serverLeg, b.server = nettest.TCPPair(t)
 	for _, c := range []*net.TCPConn{b.clientLeg, b.serverLeg} {
 		if err := sockopt.ResetOnCrash(c); err != nil {
 			t.Fatal(err)
 		}
 	}
-	b.conn = NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, conn.Splice)
-	go func() { b.outcome <- splicer{pipes: b.pipes}.relay(b.conn, b.clientLeg, b.serverLeg, spliceOpts{}) }()
+	b.conn = conn.New(0, netip.AddrPort{}, netip.AddrPort{}, conn.Splice)
+	go func() {
+		b.outcome <- Wait(context.Background(), Splice{Pipes: b.pipes}, b.conn, b.clientLeg, b.serverLeg, Setup{})
+	}()
 	for _, c := range []*net.TCPConn{b.client, b.server} {
 		c.SetDeadline(time.Now().Add(30 * time.Second))
 	}
@@ -76,28 +60,7 @@ func (b *relayBed) wait(t *testing.T) conn.Outcome {
 	}
 }
 
-func randomBytes(n int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, seed))
-	p := make([]byte, n)
-	for i := range p {
-		p[i] = byte(r.Uint32())
-	}
-	return p
-}
-
-// waitFor polls cond for up to 10 s: for what happens right after a peer
-// saw its bytes (a pipe given back, a timer that closes idle pipes).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for end := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(end) {
-			t.Fatalf("after 10 s: %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func lentPipes(pipes *pipePool) int64 {
+func lentPipes(pipes *Pipes) int64 {
 	pipes.mu.Lock()
 	defer pipes.mu.Unlock()
 	return pipes.open.Load() - int64(len(pipes.idle))
@@ -127,7 +90,7 @@ func TestSpliceRelayHalfCloseAndGracefulClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up, down := randomBytes(3<<20+17, 1), randomBytes(min(1<<20+5, sndbuf/8+5), 2)
+	up, down := nettest.RandomBytes(3<<20+17, 1), nettest.RandomBytes(min(1<<20+5, sndbuf/8+5), 2)
 
 	serverGot := make(chan []byte, 1)
 	go func() {
@@ -171,7 +134,7 @@ func TestSpliceRelayOtherDirectionFlowsAfterHalfClose(t *testing.T) {
 	if err != nil || string(got) != "hello" {
 		t.Fatalf("client got %q, %v", got, err)
 	}
-	up := randomBytes(2<<20, 3)
+	up := nettest.RandomBytes(2<<20, 3)
 	go func() { b.client.Write(up); b.client.CloseWrite() }()
 	h := sha256.New()
 	if n, err := io.Copy(h, b.server); err != nil || n != int64(len(up)) {
@@ -191,7 +154,7 @@ func sum(p []byte) []byte { h := sha256.Sum256(p); return h[:] }
 // A reset on one side becomes a reset on the other, mid-stream.
 func TestSpliceRelayResetPropagates(t *testing.T) {
 	b := newRelayBed(t)
-	go b.server.Write(randomBytes(8<<20, 4)) // more than the buffers hold
+	go b.server.Write(nettest.RandomBytes(8<<20, 4)) // more than the buffers hold
 	if _, err := io.ReadFull(b.client, make([]byte, 64<<10)); err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +172,7 @@ func TestSpliceRelayResetPropagates(t *testing.T) {
 // An idle connection holds no pipe, and pipes do not outlive their use.
 func TestSpliceRelayIdleHoldsNoPipe(t *testing.T) {
 	b := newRelayBed(t)
-	msg := randomBytes(256<<10, 5)
+	msg := nettest.RandomBytes(256<<10, 5)
 	for _, dir := range []struct{ from, to *net.TCPConn }{{b.client, b.server}, {b.server, b.client}} {
 		go dir.from.Write(msg)
 		got := make([]byte, len(msg))
@@ -217,8 +180,8 @@ func TestSpliceRelayIdleHoldsNoPipe(t *testing.T) {
 			t.Fatalf("relayed %v", err)
 		}
 	}
-	waitFor(t, "an idle connection still holds a pipe", func() bool { return lentPipes(b.pipes) == 0 })
-	waitFor(t, "idle pipes still open", func() bool { return b.pipes.open.Load() == 0 })
+	nettest.WaitFor(t, "an idle connection still holds a pipe", func() bool { return lentPipes(b.pipes) == 0 })
+	nettest.WaitFor(t, "idle pipes still open", func() bool { return b.pipes.open.Load() == 0 })
 	b.client.Close()
 	b.server.Close()
 	b.wait(t)
@@ -226,7 +189,7 @@ func TestSpliceRelayIdleHoldsNoPipe(t *testing.T) {
 
 // A pipe that comes back with bytes in it is closed, never lent again.
 func TestPipePoolNeverLendsBytes(t *testing.T) {
-	pipes := &pipePool{}
+	pipes := &Pipes{}
 	p, err := pipes.get()
 	if err != nil {
 		t.Fatal(err)
@@ -282,5 +245,56 @@ func TestSpliceRelayResetOfIdleLegIsNotAFIN(t *testing.T) {
 				t.Fatalf("outcome %v, want WasReset", o)
 			}
 		})
+	}
+}
+
+// The splice relay run as the splitter runs it (idle waiter, a context the
+// drain timeout cancels): cancelling resets both sides and ends the relay as
+// reset, even with both directions idle and parked in the waiter.
+func TestSpliceRelayAbortResetsBoth(t *testing.T) {
+	client, clientLeg := nettest.TCPPair(t)
+	serverLeg, server := nettest.TCPPair(t)
+	for _, c := range []*net.TCPConn{clientLeg, serverLeg} {
+		if err := sockopt.ResetOnCrash(c); err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+	}
+	w, err := NewIdleWaiter(slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	record := conn.New(0, clientLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), serverLeg.RemoteAddr().(*net.TCPAddr).AddrPort(), conn.Splice)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	context.AfterFunc(ctx, func() { sockopt.Reset(clientLeg); sockopt.Reset(serverLeg) })
+	outcome := make(chan conn.Outcome, 1)
+	Splice{Pipes: &Pipes{}, Waiter: w}.Start(ctx, record, clientLeg, serverLeg, Setup{}, func(o conn.Outcome) { outcome <- o })
+
+	// One byte each way: both directions then wait, idle.
+	for _, d := range []struct{ from, to *net.TCPConn }{{client, server}, {server, client}} {
+		d.from.Write([]byte("x"))
+		if _, err := io.ReadFull(d.to, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	for _, c := range []*net.TCPConn{client, server} {
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.Copy(io.Discard, c); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("%s saw %v after the abort, want ECONNRESET", c.LocalAddr(), err)
+		}
+	}
+	select {
+	case o := <-outcome:
+		if o != conn.WasReset {
+			t.Fatalf("outcome %v, want WasReset", o)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay did not end after the abort")
+	}
+	if m := record.Moved(); m.ToServer != 1 || m.ToClient != 1 {
+		t.Errorf("moved %+v, want 1 each way", m)
 	}
 }

@@ -1,4 +1,4 @@
-package userspace
+package relay
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/userspace/conn"
+	"github.com/pepsal/pepsal/userspace/internal/nettest"
 )
 
 // TestSpliceOffloadHandsOverBetweenSteps: the splice relay hands a
@@ -21,7 +22,7 @@ import (
 // on byte-exact both ways, through the half-close. Here the next relay is
 // another splice relay: the kernel's stand-in.
 func TestSpliceOffloadHandsOverBetweenSteps(t *testing.T) {
-	w, err := newIdleWaiter(slog.New(slog.DiscardHandler))
+	w, err := NewIdleWaiter(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +32,7 @@ func TestSpliceOffloadHandsOverBetweenSteps(t *testing.T) {
 	var handovers atomic.Int32
 	var movedUp, movedDown atomic.Int64
 	done := func(o conn.Outcome) { outcome <- o }
-	sp := splicer{pipes: &pipePool{}, idle: w}
+	sp := Splice{Pipes: &Pipes{}, Waiter: w}
 	sp.relayWith(context.Background(), record, clientLeg, serverLeg, done, spliceOpts{
 		offloadAfter: 64 << 10,
 		offload: func(up, down int64, slots [2]idleSlot) {
@@ -44,7 +45,7 @@ func TestSpliceOffloadHandsOverBetweenSteps(t *testing.T) {
 			sp.relayWith(context.Background(), record, clientLeg, serverLeg, done, spliceOpts{slots: slots})
 		},
 	})
-	up, down := randomBytes(1<<20, 1), randomBytes(3<<20, 2)
+	up, down := nettest.RandomBytes(1<<20, 1), nettest.RandomBytes(3<<20, 2)
 	go func() {
 		for off := 0; off < len(up); off += 8 << 10 {
 			if _, err := client.Write(up[off : off+8<<10]); err != nil {
@@ -85,12 +86,12 @@ func TestSpliceOffloadHandsOverBetweenSteps(t *testing.T) {
 // threshold, or whose direction ends while the hand-over waits for the
 // other, is never handed over and ends as usual.
 func TestSpliceOffloadCalledOffByEOF(t *testing.T) {
-	w, err := newIdleWaiter(slog.New(slog.DiscardHandler))
+	w, err := NewIdleWaiter(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	sp := splicer{pipes: &pipePool{}, idle: w}
+	sp := Splice{Pipes: &Pipes{}, Waiter: w}
 	for _, size := range []int{1000, 70 << 10} {
 		client, clientLeg, serverLeg, server, record := offloadBed(t)
 		outcome := make(chan conn.Outcome, 1)
@@ -102,7 +103,7 @@ func TestSpliceOffloadCalledOffByEOF(t *testing.T) {
 		sp.relayWith(context.Background(), record, clientLeg, serverLeg, func(o conn.Outcome) { outcome <- o }, spliceOpts{offloadAfter: 64 << 10, offload: offload})
 		// The server answers with size bytes and its FIN at once; the
 		// client never writes: up stays parked while down ends.
-		down := randomBytes(size, 3)
+		down := nettest.RandomBytes(size, 3)
 		server.Write(down)
 		server.CloseWrite()
 		got := make([]byte, size)
@@ -134,10 +135,10 @@ func TestSpliceOffloadCalledOffByEOF(t *testing.T) {
 // and the connection's row.
 func offloadBed(t *testing.T) (client, clientLeg, serverLeg, server *net.TCPConn, record *conn.Conn) {
 	t.Helper()
-	client, clientLeg = tcpPair(t)
-	serverLeg, server = tcpPair(t)
+	client, clientLeg = nettest.TCPPair(t)
+	serverLeg, server = nettest.TCPPair(t)
 	for _, c := range []*net.TCPConn{client, server} {
 		c.SetDeadline(time.Now().Add(30 * time.Second))
 	}
-	return client, clientLeg, serverLeg, server, NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, conn.Splice)
+	return client, clientLeg, serverLeg, server, conn.New(0, netip.AddrPort{}, netip.AddrPort{}, conn.Splice)
 }

@@ -1,4 +1,4 @@
-package userspace
+package relay
 
 import (
 	"context"
@@ -13,12 +13,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// idleWaiter waits for thousands of idle sockets with no goroutine each: one
+// IdleWaiter waits for thousands of idle sockets with no goroutine each: one
 // epoll loop (EPOLLONESHOT, level-triggered) starts a goroutine for a socket
 // only when it becomes readable (bytes, EOF, an error) or when its waiter is
 // woken on purpose. An idle kernel-relayed connection otherwise parks a
 // goroutine per direction, and a goroutine's stack is most of what it costs.
-type idleWaiter struct {
+type IdleWaiter struct {
 	epfd      int
 	log       *slog.Logger
 	loopDone  chan struct{} // closed once the loop has returned
@@ -34,13 +34,15 @@ type idleWaiter struct {
 // ids start at 1.
 const stopID = 0
 
-// newIdleWaiter starts a waiter whose loop logs to log.
-func newIdleWaiter(log *slog.Logger) (*idleWaiter, error) {
+// NewIdleWaiter starts a waiter whose loop logs to log. A daemon makes one
+// at start (its epoll fd is the daemon's for good) and closes it once no
+// relay uses it.
+func NewIdleWaiter(log *slog.Logger) (*IdleWaiter, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
 	}
-	w := &idleWaiter{epfd: epfd, log: log, loopDone: make(chan struct{}), fns: map[uint64]func(){}}
+	w := &IdleWaiter{epfd: epfd, log: log, loopDone: make(chan struct{}), fns: map[uint64]func(){}}
 	go w.loop()
 	return w, nil
 }
@@ -49,7 +51,7 @@ func newIdleWaiter(log *slog.Logger) (*idleWaiter, error) {
 // never run: close the waiter once no relay uses it. The loop is woken by
 // an eventfd made for the purpose, so that a running waiter holds no
 // descriptor but its epoll set.
-func (w *idleWaiter) Close() error {
+func (w *IdleWaiter) Close() error {
 	w.closeOnce.Do(func() {
 		stop, err := unix.Eventfd(1, unix.EFD_CLOEXEC) // readable from the start
 		if err != nil {
@@ -77,7 +79,7 @@ type idleSlot struct {
 // arm runs fn on a new goroutine once fd is readable, or once wake(slot) is
 // called, whichever comes first; exactly once either way. The caller holds
 // fd open meanwhile (or wakes the slot before it closes it).
-func (w *idleWaiter) arm(s *idleSlot, fd int, fn func()) error {
+func (w *IdleWaiter) arm(s *idleSlot, fd int, fn func()) error {
 	// Under the lock from start to end: the event can come at once, and the
 	// step it starts can arm again before this call has returned.
 	w.mu.Lock()
@@ -105,7 +107,7 @@ func (w *idleWaiter) arm(s *idleSlot, fd int, fn func()) error {
 // wake runs the slot's fn now if it is armed (a reset or a drain must reach
 // directions that wait on sockets about to be closed: closing a socket takes
 // it out of the epoll set without an event).
-func (w *idleWaiter) wake(s *idleSlot) {
+func (w *IdleWaiter) wake(s *idleSlot) {
 	w.mu.Lock()
 	fn, ok := w.fns[s.id]
 	delete(w.fns, s.id)
@@ -115,7 +117,7 @@ func (w *idleWaiter) wake(s *idleSlot) {
 	}
 }
 
-func (w *idleWaiter) loop() {
+func (w *IdleWaiter) loop() {
 	defer close(w.loopDone)
 	events := make([]unix.EpollEvent, 256)
 	for {
@@ -159,7 +161,7 @@ var errWouldBlock = errors.New("would block")
 // also closes the sockets, which takes them out of the epoll set without an
 // event. The first step waits for src too: the caller starts both
 // directions of a connection before either moves a byte.
-func runSteps(ctx context.Context, w *idleWaiter, src *net.TCPConn, slot *idleSlot, step func() error, fin func(error)) {
+func runSteps(ctx context.Context, w *IdleWaiter, src *net.TCPConn, slot *idleSlot, step func() error, fin func(error)) {
 	var next func()
 	park := func() {
 		if err := ctx.Err(); err != nil {

@@ -1,4 +1,4 @@
-package userspace
+package relay
 
 import (
 	"bytes"
@@ -11,144 +11,16 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/conn"
+	"github.com/pepsal/pepsal/userspace/internal/nettest"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
 )
-
-// fakeRelay is RelayMaps without BPF: no socket is really in a SOCKHASH, so
-// every byte reaches userspace, as if the verdict had passed it. Its
-// counters model that verdict: a direction's passed_bytes follow what
-// userspace published (SetUser), less holdBack (bytes the verdict has not
-// seen yet); kernel_bytes are what the test says the verdict redirected.
-type fakeRelay struct {
-	mu       sync.Mutex
-	calls    []string // "prepare C S", "insert C", "forget C S"
-	dirs     map[uint64]*fakeDir
-	socks    map[uint64]int
-	reads    map[uint64]int // Dir calls per cookie
-	forgot   chan struct{}  // closed at the first Forget
-	failPrep error
-	failIns  map[uint64]error
-	after    []string // calls after Forget
-}
-
-type fakeDir struct {
-	dir      loader.RelayDir
-	user     uint64
-	holdBack uint64
-}
-
-func newFakeRelay() *fakeRelay {
-	return &fakeRelay{dirs: map[uint64]*fakeDir{}, socks: map[uint64]int{}, reads: map[uint64]int{},
-		forgot: make(chan struct{}), failIns: map[uint64]error{}}
-}
-
-func (f *fakeRelay) log(s string) {
-	select {
-	case <-f.forgot:
-		f.after = append(f.after, s)
-	default:
-	}
-	f.calls = append(f.calls, s)
-}
-
-func (f *fakeRelay) Prepare(a, b loader.RelaySide, budget uint64) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.log(fmt.Sprintf("prepare %d %d", a.Cookie, b.Cookie))
-	if f.failPrep != nil {
-		return f.failPrep
-	}
-	for _, d := range []struct{ src, dst loader.RelaySide }{{a, b}, {b, a}} {
-		if _, ok := f.dirs[d.src.Cookie]; ok {
-			return errors.New("exists")
-		}
-		f.dirs[d.src.Cookie] = &fakeDir{dir: loader.RelayDir{PeerCookie: d.dst.Cookie, PeerBase: d.dst.SeqBase, Budget: budget, PassedBytes: d.src.Pre}, user: d.src.Pre}
-	}
-	return nil
-}
-
-func (f *fakeRelay) Insert(cookie uint64, fd int) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.log(fmt.Sprintf("insert %d", cookie))
-	if _, ok := f.dirs[cookie]; !ok {
-		return errors.New("inserted before its state was prepared")
-	}
-	if err := f.failIns[cookie]; err != nil {
-		return err
-	}
-	f.socks[cookie] = fd
-	return nil
-}
-
-func (f *fakeRelay) Dir(cookie uint64) (loader.RelayDir, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.reads[cookie]++
-	d, ok := f.dirs[cookie]
-	if !ok {
-		f.log(fmt.Sprintf("dir %d (unknown)", cookie))
-		return loader.RelayDir{}, errors.New("key does not exist")
-	}
-	out := d.dir
-	out.PassedBytes = max(d.user, d.dir.PassedBytes)
-	out.PassedBytes -= min(out.PassedBytes, d.holdBack)
-	return out, nil
-}
-
-func (f *fakeRelay) SetUser(cookie uint64, n uint64) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	d, ok := f.dirs[cookie]
-	if !ok {
-		f.log(fmt.Sprintf("setuser %d (unknown)", cookie))
-		return errors.New("key does not exist")
-	}
-	d.user = n
-	return nil
-}
-
-func (f *fakeRelay) Forget(cookies ...uint64) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.log(fmt.Sprintf("forget %v", cookies))
-	for _, c := range cookies {
-		delete(f.dirs, c)
-		delete(f.socks, c)
-	}
-	select {
-	case <-f.forgot:
-	default:
-		close(f.forgot)
-	}
-}
-
-// set changes a direction's counters, as the verdict would.
-func (f *fakeRelay) set(cookie uint64, fn func(d *fakeDir)) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	fn(f.dirs[cookie])
-}
-
-func (f *fakeRelay) dirReads(cookie uint64) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.reads[cookie]
-}
-
-func (f *fakeRelay) callLog() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.calls)
-}
 
 // kernelBed is a client, a server and the kernel relay between them, on a
 // fake map. The relay starts only with start, so that a test can set the
@@ -169,8 +41,8 @@ type kernelBed struct {
 func newKernelBed(t *testing.T) *kernelBed {
 	t.Helper()
 	b := &kernelBed{outcome: make(chan conn.Outcome, 1), maps: newFakeRelay()}
-	b.client, b.clientLeg = tcpPair(t)
-	b.serverLeg, b.server = tcpPair(t)
+	b.client, b.clientLeg = nettest.TCPPair(t)
+	b.serverLeg, b.server = nettest.TCPPair(t)
 	for _, c := range []*net.TCPConn{b.clientLeg, b.serverLeg} {
 		if err := sockopt.ResetOnCrash(c); err != nil {
 			t.Fatal(err)
@@ -183,22 +55,22 @@ func newKernelBed(t *testing.T) *kernelBed {
 	if b.serverCookie, err = sockopt.Cookie(b.serverLeg); err != nil {
 		t.Fatal(err)
 	}
-	b.conn = NewTable().Add(netip.AddrPort{}, netip.AddrPort{}, conn.Kernel)
+	b.conn = conn.New(0, netip.AddrPort{}, netip.AddrPort{}, conn.Kernel)
 	for _, c := range []*net.TCPConn{b.client, b.server} {
 		c.SetDeadline(time.Now().Add(30 * time.Second))
 	}
 	return b
 }
 
-func (b *kernelBed) start(t *testing.T, st relayStart) {
+func (b *kernelBed) start(t *testing.T, st Setup) {
 	t.Helper()
-	k := &KernelRelay{Log: slog.New(slog.DiscardHandler), Maps: b.maps, Budget: 4 << 20, splice: testSplicer(t)}
+	k := &Kernel{Log: slog.New(slog.DiscardHandler), Maps: b.maps, Budget: 4 << 20, Splice: testSplice(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	t.Cleanup(cancel)
 	// As split does: whoever cancels resets both legs.
 	context.AfterFunc(ctx, func() { sockopt.Reset(b.clientLeg); sockopt.Reset(b.serverLeg) })
-	k.relayAsync(ctx, b.conn, b.clientLeg, b.serverLeg, st, func(o conn.Outcome) {
+	k.Start(ctx, b.conn, b.clientLeg, b.serverLeg, st, func(o conn.Outcome) {
 		select {
 		case <-b.maps.forgot:
 			b.forgotAtDone = true
@@ -260,9 +132,9 @@ func TestKernelRelayOrderAndBooks(t *testing.T) {
 	if _, err := b.serverLeg.Write(first); err != nil {
 		t.Fatal(err)
 	}
-	b.start(t, relayStart{pre: pre})
+	b.start(t, Setup{Pre: pre})
 
-	up, down := randomBytes(300<<10+3, 11), randomBytes(200<<10+7, 12)
+	up, down := nettest.RandomBytes(300<<10+3, 11), nettest.RandomBytes(200<<10+7, 12)
 	serverGot := make(chan []byte, 1)
 	go func() {
 		got, _ := io.ReadAll(b.server)
@@ -312,12 +184,12 @@ func TestKernelRelayPrepareArgs(t *testing.T) {
 	b := newKernelBed(t)
 	var got [2]loader.RelaySide
 	rec := &recordingPrepare{fakeRelay: b.maps, got: &got}
-	k := &KernelRelay{Log: slog.New(slog.DiscardHandler), Maps: rec, Budget: 1 << 20, splice: testSplicer(t)}
+	k := &Kernel{Log: slog.New(slog.DiscardHandler), Maps: rec, Budget: 1 << 20, Splice: testSplice(t)}
 	if _, err := b.serverLeg.Write([]byte("123456789")); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan conn.Outcome, 1)
-	k.relayAsync(context.Background(), b.conn, b.clientLeg, b.serverLeg, relayStart{pre: 9}, func(o conn.Outcome) { done <- o })
+	k.Start(context.Background(), b.conn, b.clientLeg, b.serverLeg, Setup{Pre: 9}, func(o conn.Outcome) { done <- o })
 	// The accepted leg's sequence space starts with data, the dialed
 	// leg's with its SYN; 9 bytes written to the server leg before the
 	// relay are data, not base.
@@ -345,8 +217,8 @@ func (r *recordingPrepare) Prepare(a, b loader.RelaySide, budget uint64) error {
 // FIN can overtake bytes still on their way through the verdict.
 func TestKernelRelayEOFWaitsForTheVerdict(t *testing.T) {
 	b := newKernelBed(t)
-	b.start(t, relayStart{})
-	msg := randomBytes(10<<10, 13)
+	b.start(t, Setup{})
+	msg := nettest.RandomBytes(10<<10, 13)
 	if _, err := b.client.Write(msg); err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +231,7 @@ func TestKernelRelayEOFWaitsForTheVerdict(t *testing.T) {
 	b.client.CloseWrite()
 	// Polled 20 more times with the verdict behind, the server leg
 	// must still be open (a shutdown changes its state at once).
-	waitFor(t, "the relay did not poll the verdict at EOF, nor half-close", func() bool {
+	nettest.WaitFor(t, "the relay did not poll the verdict at EOF, nor half-close", func() bool {
 		return b.maps.dirReads(b.clientCookie) >= before+20 || sockopt.TCPState(b.serverLeg) != unix.BPF_TCP_ESTABLISHED
 	})
 	if st := sockopt.TCPState(b.serverLeg); st != unix.BPF_TCP_ESTABLISHED {
@@ -382,8 +254,8 @@ func TestKernelRelayEOFWaitsForTheVerdict(t *testing.T) {
 // must see the reset, never a clean end of a cut-off stream.
 func TestKernelRelayEOFWithoutFINResets(t *testing.T) {
 	b := newKernelBed(t)
-	b.start(t, relayStart{})
-	msg := randomBytes(10<<10, 14)
+	b.start(t, Setup{})
+	msg := nettest.RandomBytes(10<<10, 14)
 	if _, err := b.client.Write(msg); err != nil {
 		t.Fatal(err)
 	}
@@ -416,7 +288,7 @@ func TestKernelRelayFlushesKernelBytesFirst(t *testing.T) {
 	if _, err := io.ReadFull(b.clientLeg, make([]byte, len(kernel))); err != nil {
 		t.Fatal(err)
 	}
-	b.start(t, relayStart{})
+	b.start(t, Setup{})
 	tail := []byte("tail from userspace")
 	b.maps.set(b.clientCookie, func(d *fakeDir) { d.dir.KernelBytes = uint64(len(kernel)) })
 	before := b.maps.dirReads(b.clientCookie)
@@ -424,7 +296,7 @@ func TestKernelRelayFlushesKernelBytesFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.client.CloseWrite()
-	waitFor(t, "the relay never read the relay state", func() bool { return b.maps.dirReads(b.clientCookie) > before })
+	nettest.WaitFor(t, "the relay never read the relay state", func() bool { return b.maps.dirReads(b.clientCookie) > before })
 	// A relay that does not wait writes the tail, or shuts down, now.
 	time.Sleep(100 * time.Millisecond)
 	if st := sockopt.TCPState(b.serverLeg); st != unix.BPF_TCP_ESTABLISHED {
@@ -471,8 +343,8 @@ func TestKernelRelayFullMapFallsBack(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			b := newKernelBed(t)
 			c.setup(b)
-			b.start(t, relayStart{})
-			up, down := randomBytes(100<<10, 14), randomBytes(70<<10, 15)
+			b.start(t, Setup{})
+			up, down := nettest.RandomBytes(100<<10, 14), nettest.RandomBytes(70<<10, 15)
 			go func() { b.client.Write(up); b.client.CloseWrite() }()
 			got, err := io.ReadAll(b.server)
 			if err != nil || !bytes.Equal(got, up) {
@@ -518,8 +390,8 @@ func TestKernelRelayFullMapFallsBack(t *testing.T) {
 func TestKernelRelayResetAndAbort(t *testing.T) {
 	t.Run("reset", func(t *testing.T) {
 		b := newKernelBed(t)
-		b.start(t, relayStart{})
-		go b.server.Write(randomBytes(4<<20, 16))
+		b.start(t, Setup{})
+		go b.server.Write(nettest.RandomBytes(4<<20, 16))
 		if _, err := io.ReadFull(b.client, make([]byte, 64<<10)); err != nil {
 			t.Fatal(err)
 		}
@@ -535,7 +407,7 @@ func TestKernelRelayResetAndAbort(t *testing.T) {
 	})
 	t.Run("abort", func(t *testing.T) {
 		b := newKernelBed(t)
-		b.start(t, relayStart{})
+		b.start(t, Setup{})
 		if _, err := b.client.Write([]byte("x")); err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package userspace
+package relay
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 // TestIdleWaiter: an armed socket runs its function once when readable, or
 // once when woken, never twice and never while idle.
 func TestIdleWaiter(t *testing.T) {
-	w, err := newIdleWaiter(slog.New(slog.DiscardHandler))
+	w, err := NewIdleWaiter(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestIdleWaiter(t *testing.T) {
 // no-op.
 func TestIdleWaiterClose(t *testing.T) {
 	var logged bytes.Buffer
-	w, err := newIdleWaiter(slog.New(slog.NewTextHandler(&logged, nil)))
+	w, err := NewIdleWaiter(slog.New(slog.NewTextHandler(&logged, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,14 +104,14 @@ func TestIdleWaiterClose(t *testing.T) {
 	}
 }
 
-// testSplicer is a splice relay as the splitter makes it (a pipe pool, an
+// testSplice is a splice relay as the splitter makes it (a pipe pool, an
 // idle waiter), for one test.
-func testSplicer(t *testing.T) splicer {
+func testSplice(t *testing.T) Splice {
 	t.Helper()
-	w, err := newIdleWaiter(slog.New(slog.DiscardHandler))
+	w, err := NewIdleWaiter(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.Close() })
-	return splicer{pipes: &pipePool{}, idle: w}
+	return Splice{Pipes: &Pipes{}, Waiter: w}
 }

@@ -1,0 +1,57 @@
+// Package nettest holds what the unit tests of userspace and its relays
+// share to move bytes over loopback: a pair of connected sockets,
+// reproducible random bytes, and a wait for what happens right after a
+// peer saw its bytes.
+//
+// Only tests import it; it holds no state and imports no pepsal package.
+package nettest
+
+import (
+	"math/rand/v2"
+	"net"
+	"testing"
+	"time"
+)
+
+// TCPPair returns both ends of a loopback TCP connection, closed when the
+// test ends.
+func TCPPair(t testing.TB) (dialed, accepted *net.TCPConn) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close(); a.Close() })
+	return d, a
+}
+
+// RandomBytes is n bytes drawn from seed: the same for the same seed.
+func RandomBytes(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = byte(r.Uint32())
+	}
+	return p
+}
+
+// WaitFor polls cond for up to 10 s: for what happens right after a peer
+// saw its bytes (a pipe given back, a timer that closes idle pipes).
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(end) {
+			t.Fatalf("after 10 s: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
