@@ -13,9 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/internal/logx"
-	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"github.com/pepsal/pepsal/userspace/tuning"
@@ -292,69 +290,21 @@ func readHeader(conn *net.TCPConn) (data []byte, drained bool, err error) {
 	return data, false, nil
 }
 
-// relayPeer dials what an authentic header asks for and relays the warm
-// connection to it like a client leg: a refused, unreachable or silent server
+// relayPeer sets up the flow an authentic header asks for, with the warm
+// connection as its client leg: a refused, unreachable or silent server
 // resets the warm connection, which makes the terminal reset its client.
 func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPConn, hdr peerHeader, rest []byte, drained bool) {
-	c := s.Table.Add(hdr.Client, hdr.Dst, s.Relay.Via())
-	c.SetPeer("warm")
-	if err := sockopt.ResetOnCrash(warm); err != nil {
-		s.Log.Warn("warm leg", "conn", c.ID, "err", err)
-	}
-	if s.own[hdr.Dst] || hdr.Dst.Addr().IsLoopback() || hdr.Dst == sockopt.AddrPort(warm.LocalAddr()) {
-		sockopt.Reset(warm)
-		s.Table.Remove(c, conn.LoopRefused)
-		s.Log.Info("warm path refused: destination is the proxy itself", "conn", c.ID, "server", hdr.Dst)
-		return
-	}
-	server, cookie, err := s.dial(ctx, hdr.Client, hdr.Dst, uint32(hdr.ToS))
-	if cookie != 0 {
-		s.Tuner.ForgetUpstream(cookie)
-	}
-	if err == nil && len(rest) > 0 {
-		if _, werr := server.Write(rest); werr != nil {
-			server.Close()
-			err = fmt.Errorf("write first bytes: %w", werr)
-		}
-	}
-	if err != nil {
-		sockopt.Reset(warm)
-		if IsLocalFailure(err) {
-			s.stats.localFailed.Add(1)
-			s.Table.Remove(c, conn.LocalFailed)
-			s.onLocalExhaustion(err)
-			return
-		}
-		s.Table.Remove(c, conn.UpstreamFailed)
-		s.Log.Info("warm path: upstream connect failed", "conn", c.ID, "client", hdr.Client, "server", hdr.Dst, "err", err)
-		return
-	}
-	if err := sockopt.ResetOnCrash(server); err != nil {
-		s.Log.Warn("server leg", "conn", c.ID, "err", err)
-	}
-	if err := s.Tuning.Client.Established(warm); err != nil {
-		s.Log.Warn("tune warm leg", "conn", c.ID, "err", err)
-	}
-	if err := s.Tuning.Server.Established(server); err != nil {
-		s.Log.Warn("tune server leg", "conn", c.ID, "err", err)
-	}
-	c.SetState("established")
-	c.SetLegs(warm, server)
-	// The header was read from the warm connection, not relayed.
-	beforeClose, leave := g.share.join(warm)
-	s.relayLegs(ctx, c, warm, server, relay.Setup{Pre: int64(len(rest)), ClientRead: headerLen, PartlyRead: !drained, BeforeClose: [2]func(){beforeClose, nil}})
-	leave()
-}
-
-// relayLegs runs the usual relay between two connected legs, waiting for
-// its end (relay.Wait), and accounts for the connection; st.Pre bytes
-// already went from the client leg to the server leg.
-func (s *Splitter) relayLegs(ctx context.Context, c *conn.Conn, client, server *net.TCPConn, st relay.Setup) {
-	stop := context.AfterFunc(ctx, func() { sockopt.Reset(client); sockopt.Reset(server) })
-	c.AddMoved(st.Pre, 0)
-	how := relay.Wait(ctx, s.Relay, c, client, server, st)
-	stop()
-	s.Table.Remove(c, how)
-	m := c.Moved()
-	s.Log.Debug("warm path closed", "conn", c.ID, "client", c.Client, "server", c.Server, "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient)
+	s.setup(ctx, &Flow{
+		Leg:        warm,
+		LegName:    "warm leg",
+		Client:     hdr.Client,
+		Dst:        hdr.Dst,
+		Self:       sockopt.AddrPort(warm.LocalAddr()),
+		Warm:       true,
+		ToS:        uint32(hdr.ToS),
+		First:      rest,
+		PartlyRead: !drained,
+		ClientRead: headerLen, // the header was read from the warm connection, not relayed
+		OnRelay:    g.share.join,
+	}, Direct{s})
 }

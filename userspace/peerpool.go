@@ -15,7 +15,6 @@ import (
 
 	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/internal/logx"
-	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"github.com/pepsal/pepsal/userspace/tuning"
@@ -307,33 +306,31 @@ func readFull(c *net.TCPConn, b []byte) (int, error) {
 	return n, nil
 }
 
-// splitWarm sends a client flow over a warm connection: the header and the
-// client's first bytes in one write, then the usual relay. A gateway that
-// cannot reach the server resets the warm connection, and the relay resets
-// the client.
-func (s *Splitter) splitWarm(ctx context.Context, c *conn.Conn, client *net.TCPConn, w *warmConn, tos uint32, first []byte, drained bool) {
-	defer s.Pool.done()
+// Warm sends a flow over one of the pool's warm connections: the header
+// and the flow's first bytes in one write, then the usual relay. A gateway
+// that cannot reach the server resets the warm connection, and the relay
+// resets the client. An empty pool leaves the flow to Fallback.
+type Warm struct {
+	Pool     *PeerPool
+	Fallback Upstream
+}
+
+func (u Warm) Connect(ctx context.Context, c *conn.Conn, f *Flow) (ServerLeg, error) {
+	w := u.Pool.take()
+	if w == nil {
+		return u.Fallback.Connect(ctx, c, f)
+	}
 	c.SetPeer("warm")
-	hdr := peerHeader{ToS: uint8(tos), Dst: c.Server, Client: c.Client}
-	b, err := hdr.encode(s.Pool.Key, w.hello)
+	hdr := peerHeader{ToS: uint8(f.ToS), Dst: f.Dst, Client: f.Client}
+	b, err := hdr.encode(u.Pool.Key, w.hello)
 	if err == nil {
-		_, err = w.conn.Write(append(b[:], first...))
+		_, err = w.conn.Write(append(b[:], f.First...))
 	}
 	if err != nil {
-		sockopt.Reset(client)
 		sockopt.Reset(w.conn)
-		s.Table.Remove(c, conn.WasReset)
-		s.Log.Info("warm path: header not sent", "conn", c.ID, "err", err)
-		return
+		u.Pool.done()
+		return ServerLeg{}, &flowError{outcome: conn.WasReset, level: slog.LevelInfo, msg: "warm path: header not sent", err: err}
 	}
-	if err := sockopt.ResetOnCrash(w.conn); err != nil {
-		s.Log.Warn("warm leg", "conn", c.ID, "err", err)
-	}
-	if err := s.Tuning.Client.Established(client); err != nil {
-		s.Log.Warn("tune client leg", "conn", c.ID, "err", err)
-	}
-	c.SetState("established")
-	c.SetLegs(client, w.conn)
 	// The gateway's hello was read from the warm connection, not relayed.
-	s.relayLegs(ctx, c, client, w.conn, relay.Setup{Pre: int64(len(first)), ServerRead: helloLen, PartlyRead: !drained})
+	return ServerLeg{Conn: w.conn, Name: "warm leg", Read: helloLen, Tuned: true, Done: u.Pool.done}, nil
 }

@@ -89,11 +89,12 @@ func (s *Splitter) Serve(ctx, drainCtx context.Context) {
 	var acceptWG sync.WaitGroup
 	connCtx, cancelConns := context.WithCancel(context.Background())
 	defer cancelConns()
+	up := s.proxyUpstream()
 	for _, ln := range s.listeners {
 		acceptWG.Add(1)
 		go func() {
 			defer acceptWG.Done()
-			s.acceptLoop(connCtx, ln)
+			s.acceptLoop(connCtx, ln, up)
 		}()
 	}
 	if s.Peers != nil {
@@ -125,13 +126,14 @@ func (s *Splitter) Serve(ctx, drainCtx context.Context) {
 	}
 }
 
-// acceptLoop splits each connection of a proxy listener until it closes.
-func (s *Splitter) acceptLoop(ctx context.Context, ln *net.TCPListener) {
+// acceptLoop splits each connection of a proxy listener until it closes;
+// up reaches their servers.
+func (s *Splitter) acceptLoop(ctx context.Context, ln *net.TCPListener, up Upstream) {
 	s.acceptEach(ln, "proxy", func(conn *net.TCPConn) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.split(ctx, conn)
+			s.split(ctx, conn, up)
 		}()
 	})
 }
@@ -156,107 +158,36 @@ func (s *Splitter) acceptEach(ln *net.TCPListener, what string, handle func(*net
 	}
 }
 
-// split handles one connection: the kernel has completed the client's
-// handshake on behalf of the server; now reach the server or reset the client.
-func (s *Splitter) split(ctx context.Context, client *net.TCPConn) {
-	clientAddr := sockopt.AddrPort(client.RemoteAddr())
-	serverAddr := sockopt.AddrPort(client.LocalAddr()) // sk_lookup keeps the original destination
-	c := s.Table.Add(clientAddr, serverAddr, s.Relay.Via())
-	// Built when a line is written, not held for the connection's life:
-	// thousands of idle connections would each keep a logger.
-	log := logx.ConnLogger{Log: s.Log, ID: c.ID, Client: clientAddr, Server: serverAddr}
+// split sets up a connection of a proxy listener: the kernel has completed
+// the client's handshake on behalf of the server; now reach the server or
+// reset the client.
+func (s *Splitter) split(ctx context.Context, client *net.TCPConn, up Upstream) {
+	s.setup(ctx, &Flow{
+		Leg:     client,
+		LegName: "client leg",
+		Client:  sockopt.AddrPort(client.RemoteAddr()),
+		Dst:     sockopt.AddrPort(client.LocalAddr()), // sk_lookup keeps the original destination
+		Prepare: s.readFirst,
+	}, up)
+}
 
-	if err := sockopt.ResetOnCrash(client); err != nil {
-		log.Warn("client leg", "err", err)
-	}
-
-	if s.own[serverAddr] || serverAddr.Addr().Unmap().IsLoopback() {
-		// A connection to the proxy itself would be relayed back to itself.
-		sockopt.Reset(client)
-		s.Table.Remove(c, conn.LoopRefused)
-		log.Info("refused: connection to the proxy's own address")
-		return
-	}
-
-	var tos uint32
+// readFirst takes what a proxy listener's flow brings before its server
+// leg: its SYN's ToS, and with fast open its first bytes.
+func (s *Splitter) readFirst(f *Flow) error {
 	if s.Diverted != nil {
-		if info, ok := s.Diverted.TakeDiverted(clientAddr, serverAddr); ok {
-			tos = info.Tos
+		if info, ok := s.Diverted.TakeDiverted(f.Client, f.Dst); ok {
+			f.ToS = info.Tos
 		}
 	}
-	var first []byte
-	drained := true // no partly read skb left on the client socket
-	if s.Tuning.FastOpen.Dial {
-		var err error
-		first, drained, err = firstBytes(client, s.Tuning.FastOpen.Wait)
-		if err != nil && !errors.Is(err, io.EOF) {
-			sockopt.Reset(client)
-			s.Table.Remove(c, conn.WasReset)
-			log.Debug("client failed before its first bytes", "err", err)
-			return
-		}
+	if !s.Tuning.FastOpen.Dial {
+		return nil
 	}
-	if s.Pool != nil {
-		if w := s.Pool.take(); w != nil {
-			s.splitWarm(ctx, c, client, w, tos, first, drained)
-			return
-		}
+	first, drained, err := firstBytes(f.Leg, s.Tuning.FastOpen.Wait)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return &flowError{outcome: conn.WasReset, level: slog.LevelDebug, msg: "client failed before its first bytes", err: err}
 	}
-	var server *net.TCPConn
-	var upstreamCookie uint64
-	var err error
-	if len(first) > 0 {
-		log.Debug("dial with fast open", "first_bytes", len(first))
-		server, upstreamCookie, err = s.dialFastOpen(ctx, clientAddr, serverAddr, tos, first)
-	} else {
-		server, upstreamCookie, err = s.dial(ctx, clientAddr, serverAddr, tos)
-	}
-	if upstreamCookie != 0 {
-		// sock_ops reads the entry at connect (initial receive window) and
-		// at establishment (initial congestion window), both behind us now:
-		// a live connection must not hold a slot of a bounded map.
-		s.Tuner.ForgetUpstream(upstreamCookie)
-	}
-	if err != nil {
-		// The client believes it is connected: only an RST tells it the truth.
-		sockopt.Reset(client)
-		if IsLocalFailure(err) {
-			s.stats.localFailed.Add(1)
-			s.Table.Remove(c, conn.LocalFailed)
-			s.onLocalExhaustion(err)
-			s.localLog.Log(s.Log, slog.LevelWarn, "connection reset: this host is short of a resource", "client", clientAddr, "server", serverAddr, "err", err)
-			return
-		}
-		s.Table.Remove(c, conn.UpstreamFailed)
-		log.Info("upstream connect failed", "err", err)
-		return
-	}
-	if err := sockopt.ResetOnCrash(server); err != nil {
-		log.Warn("server leg", "err", err)
-	}
-	if err := s.Tuning.Client.Established(client); err != nil {
-		log.Warn("tune client leg", "err", err)
-	}
-	if err := s.Tuning.Server.Established(server); err != nil {
-		log.Warn("tune server leg", "err", err)
-	}
-	c.SetState("established")
-	c.SetLegs(client, server)
-	log.Debug("split")
-
-	stop := context.AfterFunc(ctx, func() { sockopt.Reset(client); sockopt.Reset(server) })
-	c.AddMoved(int64(len(first)), 0)
-	// The relay runs on without this goroutine (an idle connection holds
-	// none); the connection counts as live for Serve's drain until done.
-	s.wg.Add(1)
-	done := func(how conn.Outcome) {
-		defer s.wg.Done()
-		stop()
-		s.Table.Remove(c, how)
-		m := c.Moved()
-		log.Debug("closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient, "kernel", m.KernelToServer+m.KernelToClient)
-	}
-	s.Relay.Start(ctx, c, client, server, relay.Setup{Pre: int64(len(first)), PartlyRead: !drained}, done)
+	f.First, f.PartlyRead = first, !drained
+	return nil
 }
 
 // dial connects to the original destination with the server leg's tuning

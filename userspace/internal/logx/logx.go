@@ -72,20 +72,29 @@ func (b *AcceptBackoff) OK() {
 	}
 }
 
-// ConnLogger logs with a connection's identity.
+// ConnLogger logs with a connection's identity: its id, then its client
+// and server unless Brief.
 type ConnLogger struct {
 	Log            *slog.Logger
 	ID             uint64
 	Client, Server netip.AddrPort
+	// Brief: the id alone (a warm flow's lines name its addresses only
+	// where they say something).
+	Brief bool
 }
 
-func (cl ConnLogger) emit(level slog.Level, msg string, args ...any) {
+// At writes a line at level.
+func (cl ConnLogger) At(level slog.Level, msg string, args ...any) {
 	if !cl.Log.Enabled(context.Background(), level) {
 		return
 	}
-	cl.Log.Log(context.Background(), level, msg, append([]any{"conn", cl.ID, "client", cl.Client, "server", cl.Server}, args...)...)
+	id := []any{"conn", cl.ID}
+	if !cl.Brief {
+		id = append(id, "client", cl.Client, "server", cl.Server)
+	}
+	cl.Log.Log(context.Background(), level, msg, append(id, args...)...)
 }
 
-func (cl ConnLogger) Debug(msg string, args ...any) { cl.emit(slog.LevelDebug, msg, args...) }
-func (cl ConnLogger) Info(msg string, args ...any)  { cl.emit(slog.LevelInfo, msg, args...) }
-func (cl ConnLogger) Warn(msg string, args ...any)  { cl.emit(slog.LevelWarn, msg, args...) }
+func (cl ConnLogger) Debug(msg string, args ...any) { cl.At(slog.LevelDebug, msg, args...) }
+func (cl ConnLogger) Info(msg string, args ...any)  { cl.At(slog.LevelInfo, msg, args...) }
+func (cl ConnLogger) Warn(msg string, args ...any)  { cl.At(slog.LevelWarn, msg, args...) }

@@ -1,0 +1,225 @@
+package userspace
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"github.com/pepsal/pepsal/userspace/conn"
+	"github.com/pepsal/pepsal/userspace/internal/logx"
+	"github.com/pepsal/pepsal/userspace/relay"
+	"github.com/pepsal/pepsal/userspace/sockopt"
+)
+
+// Flow is one accepted connection on its way to its server: what the side
+// that accepted it knows (a proxy listener: the socket's addresses; the
+// gateway: a terminal's header), and what setup learns on the way.
+type Flow struct {
+	Leg     *net.TCPConn // the accepted leg: the client's, or at the gateway a terminal's warm connection
+	LegName string       // what the flow's lines call Leg
+	Client  netip.AddrPort
+	Dst     netip.AddrPort // the original destination
+	// Self is one more address of this proxy that Dst must not be (the
+	// gateway listener's); zero: none.
+	Self netip.AddrPort
+	// Warm: the flow rides a warm path from its start (the gateway's
+	// flows; a terminal's gets on one in its Upstream, Warm).
+	Warm  bool
+	ToS   uint32
+	First []byte // client bytes read before the server leg existed; the Upstream writes them to it
+	// PartlyRead: Leg may hold an skb read in part (relay.Setup.PartlyRead).
+	PartlyRead bool
+	ClientRead int64 // bytes read from Leg and not relayed (the gateway's header)
+	// Prepare, if set, runs once the flow is recorded and not refused,
+	// before its Upstream: a proxy listener's flow takes its SYN's ToS and
+	// its first bytes then. A *flowError it returns ends the flow.
+	Prepare func(*Flow) error
+	// OnRelay, if set, runs as the relay starts: the relay runs
+	// beforeClose right before it closes Leg, and leave runs once the flow
+	// is over (the gateway's pacing of a terminal's starting flows).
+	OnRelay func(leg *net.TCPConn) (beforeClose, leave func())
+}
+
+// flowError is a failure before the relay that says how the flow ends and
+// the line it logs, where the rule for a failed server leg (IsLocalFailure:
+// LocalFailed, else UpstreamFailed) does not apply.
+type flowError struct {
+	outcome conn.Outcome
+	level   slog.Level
+	msg     string
+	err     error
+}
+
+func (e *flowError) Error() string { return e.msg + ": " + e.err.Error() }
+func (e *flowError) Unwrap() error { return e.err }
+
+// setup is the one setup path of every connection, whichever side accepted
+// it and whatever reaches its server: it records the flow, refuses a loop,
+// gets the server leg from up, tunes both legs and starts the relay. A
+// failure on the way resets the accepted leg.
+func (s *Splitter) setup(ctx context.Context, f *Flow, up Upstream) {
+	c := s.record(f)
+	if s.refuseLoop(c, f) {
+		return
+	}
+	leg, err := s.connect(ctx, c, f, up)
+	if err != nil {
+		s.fail(c, f, err)
+		return
+	}
+	s.tuneLegs(c, f, leg)
+	s.startRelay(ctx, c, f, leg)
+}
+
+// record adds the flow to the table and makes its accepted leg reset, not
+// linger, if pepsal dies.
+func (s *Splitter) record(f *Flow) *conn.Conn {
+	c := s.Table.Add(f.Client, f.Dst, s.Relay.Via())
+	if f.Warm {
+		c.SetPeer("warm")
+	}
+	if err := sockopt.ResetOnCrash(f.Leg); err != nil {
+		s.connLog(c).Warn(f.LegName, "err", err)
+	}
+	return c
+}
+
+// refuseLoop resets a flow to one of this proxy's own addresses: it would
+// be relayed back to itself.
+func (s *Splitter) refuseLoop(c *conn.Conn, f *Flow) bool {
+	dst := f.Dst
+	if !s.own[dst] && !dst.Addr().Unmap().IsLoopback() && (!f.Self.IsValid() || dst != f.Self) {
+		return false
+	}
+	sockopt.Reset(f.Leg)
+	s.Table.Remove(c, conn.LoopRefused)
+	if onWarmPath(c) {
+		s.connLog(c).Info("warm path refused: destination is the proxy itself", "server", dst)
+	} else {
+		s.connLog(c).Info("refused: connection to the proxy's own address")
+	}
+	return true
+}
+
+// connect gets the flow's server leg from up, once the accept side's
+// Prepare is done.
+func (s *Splitter) connect(ctx context.Context, c *conn.Conn, f *Flow, up Upstream) (ServerLeg, error) {
+	if f.Prepare != nil {
+		if err := f.Prepare(f); err != nil {
+			return ServerLeg{}, err
+		}
+	}
+	return up.Connect(ctx, c, f)
+}
+
+// fail ends a flow that got no server leg. Its client believes it is
+// connected: only an RST tells it the truth (at the gateway, the warm
+// connection's RST makes the terminal reset its client).
+func (s *Splitter) fail(c *conn.Conn, f *Flow, err error) {
+	sockopt.Reset(f.Leg)
+	var fe *flowError
+	switch {
+	case errors.As(err, &fe):
+		s.Table.Remove(c, fe.outcome)
+		s.connLog(c).At(fe.level, fe.msg, "err", fe.err)
+	case IsLocalFailure(err):
+		s.stats.localFailed.Add(1)
+		s.Table.Remove(c, conn.LocalFailed)
+		s.onLocalExhaustion(err)
+		s.localLog.Log(s.Log, slog.LevelWarn, "connection reset: this host is short of a resource", "client", f.Client, "server", f.Dst, "err", err)
+	default:
+		s.Table.Remove(c, conn.UpstreamFailed)
+		msg := "upstream connect failed"
+		if onWarmPath(c) {
+			msg = "warm path: upstream connect failed"
+		}
+		s.addrLog(c).Info(msg, "err", err)
+	}
+}
+
+// tuneLegs sets what the legs keep while relayed: a reset, not a linger,
+// if pepsal dies, and each leg's tuning (unless its Upstream tuned it).
+func (s *Splitter) tuneLegs(c *conn.Conn, f *Flow, leg ServerLeg) {
+	log := s.connLog(c)
+	if err := sockopt.ResetOnCrash(leg.Conn); err != nil {
+		log.Warn(leg.Name, "err", err)
+	}
+	if err := s.Tuning.Client.Established(f.Leg); err != nil {
+		log.Warn("tune "+f.LegName, "err", err)
+	}
+	if !leg.Tuned {
+		if err := s.Tuning.Server.Established(leg.Conn); err != nil {
+			log.Warn("tune "+leg.Name, "err", err)
+		}
+	}
+}
+
+// startRelay hands the connected legs to the relay, and books the flow's
+// end when the relay is done. A flow on a warm path waits for its relay
+// here, as the warm paths always did; the others hold no goroutine while
+// idle and count as live for Serve's drain until done.
+func (s *Splitter) startRelay(ctx context.Context, c *conn.Conn, f *Flow, leg ServerLeg) {
+	c.SetState("established")
+	c.SetLegs(f.Leg, leg.Conn)
+	warm := onWarmPath(c)
+	if !warm {
+		s.connLog(c).Debug("split")
+	}
+	st := relay.Setup{Pre: int64(len(f.First)), ClientRead: f.ClientRead, ServerRead: leg.Read, PartlyRead: f.PartlyRead}
+	leave := func() {}
+	if f.OnRelay != nil {
+		st.BeforeClose[0], leave = f.OnRelay(f.Leg)
+	}
+	stop := context.AfterFunc(ctx, func() { sockopt.Reset(f.Leg); sockopt.Reset(leg.Conn) })
+	c.AddMoved(st.Pre, 0)
+	done := func(how conn.Outcome) {
+		stop()
+		s.Table.Remove(c, how)
+		s.logClosed(c, how)
+		leave()
+		if leg.Done != nil {
+			leg.Done()
+		}
+	}
+	if warm {
+		done(relay.Wait(ctx, s.Relay, c, f.Leg, leg.Conn, st))
+		return
+	}
+	s.wg.Add(1)
+	s.Relay.Start(ctx, c, f.Leg, leg.Conn, st, func(how conn.Outcome) {
+		defer s.wg.Done()
+		done(how)
+	})
+}
+
+// logClosed says how a flow ended and what it moved (on a warm path
+// without the kernel's share, as the warm paths always did).
+func (s *Splitter) logClosed(c *conn.Conn, how conn.Outcome) {
+	m := c.Moved()
+	if onWarmPath(c) {
+		s.addrLog(c).Debug("warm path closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient)
+		return
+	}
+	s.addrLog(c).Debug("closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient, "kernel", m.KernelToServer+m.KernelToClient)
+}
+
+// onWarmPath says whether c rides a warm path between two pepsals.
+func onWarmPath(c *conn.Conn) bool { return c.Peer() != "" }
+
+// connLog is c's logger, built when a line is written rather than held
+// for the connection's life (thousands of idle connections would each keep
+// one). On a warm path it names the connection by its id alone, as the
+// warm paths always did.
+func (s *Splitter) connLog(c *conn.Conn) logx.ConnLogger {
+	log := s.addrLog(c)
+	log.Brief = onWarmPath(c)
+	return log
+}
+
+// addrLog is c's logger with its addresses, warm path or not: a failed
+// server leg's line and the closing line always had them.
+func (s *Splitter) addrLog(c *conn.Conn) logx.ConnLogger {
+	return logx.ConnLogger{Log: s.Log, ID: c.ID, Client: c.Client, Server: c.Server}
+}
