@@ -157,14 +157,13 @@ func (s *Splitter) tuneLegs(c *conn.Conn, f *Flow, leg ServerLeg) {
 }
 
 // startRelay hands the connected legs to the relay, and books the flow's
-// end when the relay is done. A flow on a warm path waits for its relay
-// here, as the warm paths always did; the others hold no goroutine while
-// idle and count as live for Serve's drain until done.
+// end when the relay is done. The relay runs on without the goroutine that
+// set the flow up (an idle connection holds none); the flow counts as live
+// for Serve's drain until done.
 func (s *Splitter) startRelay(ctx context.Context, c *conn.Conn, f *Flow, leg ServerLeg) {
 	c.SetState("established")
 	c.SetLegs(f.Leg, leg.Conn)
-	warm := onWarmPath(c)
-	if !warm {
+	if !onWarmPath(c) {
 		s.connLog(c).Debug("split")
 	}
 	st := relay.Setup{Pre: int64(len(f.First)), ClientRead: f.ClientRead, ServerRead: leg.Read, PartlyRead: f.PartlyRead}
@@ -182,10 +181,6 @@ func (s *Splitter) startRelay(ctx context.Context, c *conn.Conn, f *Flow, leg Se
 		if leg.Done != nil {
 			leg.Done()
 		}
-	}
-	if warm {
-		done(relay.Wait(ctx, s.Relay, c, f.Leg, leg.Conn, st))
-		return
 	}
 	s.wg.Add(1)
 	s.Relay.Start(ctx, c, f.Leg, leg.Conn, st, func(how conn.Outcome) {

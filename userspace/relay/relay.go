@@ -53,30 +53,6 @@ type Setup struct {
 	BeforeClose [2]func()
 }
 
-// Wait runs r as Start does and returns how the connection ended: the
-// synchronous shape of the warm paths, kept until they are asynchronous
-// like the proxy's flows. As they always did, a splice relay here (r, or
-// the kernel relay's choice for a partly read client leg) parks a goroutine
-// per direction rather than use the idle waiter, and runs until the legs
-// are closed: the caller resets them when ctx is done.
-func Wait(ctx context.Context, r Relay, c *conn.Conn, client, server *net.TCPConn, st Setup) conn.Outcome {
-	done := make(chan conn.Outcome, 1)
-	finish := func(o conn.Outcome) { done <- o }
-	switch r := r.(type) {
-	case Splice:
-		r.parked().Start(context.Background(), c, client, server, st, finish)
-	case *Kernel:
-		if r.partlyRead(c, st) {
-			r.Splice.parked().Start(context.Background(), c, client, server, st, finish)
-		} else {
-			r.start(ctx, c, client, server, kernelStart{Setup: st}, finish)
-		}
-	default:
-		r.Start(ctx, c, client, server, st, finish)
-	}
-	return <-done
-}
-
 // Mode is the relay a daemon is asked for (--relay).
 type Mode uint8
 

@@ -44,9 +44,6 @@ func (s Splice) Start(ctx context.Context, c *conn.Conn, client, server *net.TCP
 	s.relayWith(ctx, c, client, server, done, spliceOpts{beforeClose: st.BeforeClose})
 }
 
-// parked is s without its idle waiter: each direction parks a goroutine.
-func (s Splice) parked() Splice { return Splice{Pipes: s.Pipes} }
-
 // spliceRun is one connection in the splice relay: its two directions and,
 // when one is asked for, the hand-over to another relay (offload.go).
 type spliceRun struct {

@@ -40,9 +40,8 @@ func newRelayBed(t *testing.T) *relayBed {
 		}
 	}
 	b.conn = conn.New(0, netip.AddrPort{}, netip.AddrPort{}, conn.Splice)
-	go func() {
-		b.outcome <- Wait(context.Background(), Splice{Pipes: b.pipes}, b.conn, b.clientLeg, b.serverLeg, Setup{})
-	}()
+	// No idle waiter: each direction parks a goroutine.
+	Splice{Pipes: b.pipes}.Start(context.Background(), b.conn, b.clientLeg, b.serverLeg, Setup{}, func(o conn.Outcome) { b.outcome <- o })
 	for _, c := range []*net.TCPConn{b.client, b.server} {
 		c.SetDeadline(time.Now().Add(30 * time.Second))
 	}
