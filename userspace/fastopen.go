@@ -99,16 +99,17 @@ func (s *Splitter) dialFastOpen(ctx context.Context, src, dst netip.AddrPort, to
 	if err != nil {
 		return nil, 0, fmt.Errorf("socket: %w", err)
 	}
-	if cookie, err = s.setupUpstream(fd, network, tos); err == nil {
+	from := s.source(src)
+	if cookie, err = s.setupUpstream(fd, network, from, tos); err == nil {
 		err = sockopt.Wrap("TCP_FASTOPEN_NO_COOKIE", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1))
 	}
-	if err == nil && s.Transparent {
-		var local unix.Sockaddr = &unix.SockaddrInet6{Port: int(src.Port()), Addr: src.Addr().As16()}
+	if err == nil && from.IsValid() {
+		var local unix.Sockaddr = &unix.SockaddrInet6{Port: int(from.Port()), Addr: from.Addr().As16()}
 		if family == unix.AF_INET {
-			local = &unix.SockaddrInet4{Port: int(src.Port()), Addr: src.Addr().As4()}
+			local = &unix.SockaddrInet4{Port: int(from.Port()), Addr: from.Addr().As4()}
 		}
 		if err = unix.Bind(fd, local); err != nil {
-			err = fmt.Errorf("bind to the client's %s: %w", src, err)
+			err = fmt.Errorf("bind to the client's %s: %w", from, err)
 		}
 	}
 	if err != nil {

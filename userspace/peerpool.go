@@ -8,9 +8,9 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/pepsal/pepsal/userspace/conn"
@@ -251,19 +251,11 @@ func stillOpen(c *net.TCPConn) bool {
 func (s *Splitter) dialPeer(ctx context.Context, gateway string) (*net.TCPConn, hello, error) {
 	var h hello
 	var cookie uint64
-	d := net.Dialer{Timeout: s.ConnectTimeout, Control: func(network, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) { cookie, serr = s.setupUpstream(int(fd), network, 0) })
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
-	d.SetMultipathTCP(false)
-	conn, err := d.DialContext(ctx, "tcp", gateway)
-	if cookie != 0 {
-		s.Tuner.ForgetUpstream(cookie)
-	}
+	// From one of our own addresses whatever --transparent says (a pool
+	// connection is pepsal's, not a client's); not timed into the connect
+	// histogram, which times the dials of client flows.
+	conn, err := s.dialer(netip.AddrPort{}, 0, &cookie).DialContext(ctx, "tcp", gateway)
+	s.forgetUpstream(cookie)
 	if err != nil {
 		return nil, h, fmt.Errorf("dial gateway %s: %w", gateway, err)
 	}

@@ -195,19 +195,7 @@ func (s *Splitter) readFirst(f *Flow) error {
 // socket from sock_ops later.
 func (s *Splitter) dial(ctx context.Context, src, dst netip.AddrPort, tos uint32) (*net.TCPConn, uint64, error) {
 	var cookie uint64
-	// KeepAlive -1: tuning.Leg.Established sets the leg's own (see Listen).
-	d := net.Dialer{Timeout: s.ConnectTimeout, KeepAlive: -1, Control: func(network, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) { cookie, serr = s.setupUpstream(int(fd), network, tos) })
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
-	d.SetMultipathTCP(false)
-	if s.Transparent {
-		d.LocalAddr = net.TCPAddrFromAddrPort(src)
-	}
+	d := s.dialer(s.source(src), tos, &cookie)
 	start := time.Now()
 	conn, err := d.DialContext(ctx, "tcp", dst.String())
 	s.observeConnect(start, err)
@@ -215,6 +203,36 @@ func (s *Splitter) dial(ctx context.Context, src, dst netip.AddrPort, tos uint32
 		return nil, cookie, fmt.Errorf("dial %s: %w", dst, err)
 	}
 	return conn.(*net.TCPConn), cookie, nil
+}
+
+// dialer dials a server leg as every dial does (dialFastOpen makes its
+// socket by hand, with the same setupUpstream): the socket set up before
+// its SYN, its sock_ops cookie stored in *cookie, from as its source when
+// valid, no MPTCP (the kernel relay's SOCKHASH takes TCP sockets), and no
+// keepalive: tuning.Leg.Established sets the leg's own (see Listen).
+func (s *Splitter) dialer(from netip.AddrPort, tos uint32, cookie *uint64) *net.Dialer {
+	d := &net.Dialer{Timeout: s.ConnectTimeout, KeepAlive: -1, Control: func(network, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { *cookie, serr = s.setupUpstream(int(fd), network, from, tos) })
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	d.SetMultipathTCP(false)
+	if from.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(from)
+	}
+	return d
+}
+
+// source is the address to dial a client's server leg from: the client's
+// own with --transparent, else none (the kernel picks one of ours).
+func (s *Splitter) source(client netip.AddrPort) netip.AddrPort {
+	if s.Transparent {
+		return client
+	}
+	return netip.AddrPort{}
 }
 
 // ObserveConnects sends every later upstream connect to f (nil: to nobody).
@@ -234,12 +252,13 @@ func (s *Splitter) observeConnect(start time.Time, err error) {
 }
 
 // setupUpstream prepares an upstream socket before its SYN: the server leg's
-// tuning, the client's ToS, and registration with sock_ops by cookie.
-func (s *Splitter) setupUpstream(fd int, network string, tos uint32) (cookie uint64, err error) {
+// tuning, what binding to from (when valid) needs, the client's ToS, and
+// registration with sock_ops by cookie. The caller binds.
+func (s *Splitter) setupUpstream(fd int, network string, from netip.AddrPort, tos uint32) (cookie uint64, err error) {
 	if err := s.Tuning.Server.BeforeHandshake(fd); err != nil {
 		return 0, err
 	}
-	if s.Transparent {
+	if from.IsValid() {
 		// The client's address is not ours; the client's port may still be
 		// in TIME_WAIT from its previous connection to the same server.
 		if err := sockopt.TransparentFD(fd, network); err != nil {

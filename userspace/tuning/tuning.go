@@ -158,8 +158,9 @@ func (l Leg) Established(c *net.TCPConn) error {
 			return sockopt.Wrap("TCP_QUICKACK", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_QUICKACK, 1))
 		}))
 	}
-	// The proxy's own listener and dialer leave keepalive off; on the warm
-	// paths Go turned it on (15 s) at accept and dial. These replace both.
+	// The proxy's own listener and every dial leave keepalive off; on the
+	// gateway's warm connections Go turned it on (15 s) at accept. These
+	// replace both.
 	if l.KeepAlive > 0 {
 		errs = append(errs, sockopt.Wrap("keepalive", c.SetKeepAliveConfig(net.KeepAliveConfig{
 			Enable:   true,
