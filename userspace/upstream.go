@@ -28,7 +28,7 @@ type ServerLeg struct {
 // proxyUpstream is what reaches the servers of the proxy listeners' flows:
 // fast open, behind a pool's warm connections on a terminal.
 func (s *Splitter) proxyUpstream() Upstream {
-	var up Upstream = FastOpen{s}
+	var up Upstream = FastOpen{Direct{s}}
 	if s.Pool != nil {
 		up = Warm{Pool: s.Pool, Fallback: up}
 	}
@@ -54,12 +54,12 @@ func (d Direct) Connect(ctx context.Context, _ *conn.Conn, f *Flow) (ServerLeg, 
 }
 
 // FastOpen dials with the flow's first bytes in the SYN; a flow that has
-// none is dialed as Direct would.
-type FastOpen struct{ s *Splitter }
+// none goes to its Direct.
+type FastOpen struct{ Direct }
 
 func (u FastOpen) Connect(ctx context.Context, c *conn.Conn, f *Flow) (ServerLeg, error) {
 	if len(f.First) == 0 {
-		return Direct{u.s}.Connect(ctx, c, f)
+		return u.Direct.Connect(ctx, c, f)
 	}
 	u.s.connLog(c).Debug("dial with fast open", "first_bytes", len(f.First))
 	server, cookie, err := u.s.dialFastOpen(ctx, f.Client, f.Dst, f.ToS, f.First)
