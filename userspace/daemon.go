@@ -271,14 +271,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		addrs = append(addrs, ln.Addr().String())
 	}
 
-	splitter := NewSplitter(tcpListeners, o.ConnectTimeout, log)
+	splitter := NewSplitter(tcpListeners, Config{ConnectTimeout: o.ConnectTimeout, Tuning: o.Tuning, Transparent: o.Transparent,
+		Diverted: k, Tuner: k.Tuner, Log: log})
 	defer splitter.Close()
-	splitter.Tuning = o.Tuning
-	splitter.Diverted = k
-	splitter.Transparent = o.Transparent
 	if k.Tuner != nil {
 		defer k.Tuner.Close()
-		splitter.Tuner = k.Tuner
 		if err := k.Tuner.SetLegs(
 			loader.LegTuning{InitCwnd: o.Tuning.Client.InitCwnd, InitRwnd: o.Tuning.Client.InitRwnd},
 			loader.LegTuning{InitCwnd: o.Tuning.Server.InitCwnd, InitRwnd: o.Tuning.Server.InitRwnd},
@@ -300,9 +297,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	splitter.Table.SetAdmission(admission)
 	peerCtx, stopPeers := context.WithCancel(context.Background())
 	defer stopPeers()
-	if err := d.startPeers(peerCtx, splitter, k.Tuner, peerGateway); err != nil {
+	pool, err := d.startPeers(peerCtx, splitter, k.Tuner, peerGateway)
+	if err != nil {
 		return err
 	}
+	peers := func() *report.PeerStats { return peerStats(pool, peerGateway) }
 	inUse, off, err := chooseRelay(o.Relay, k.EnableKernelRelay)
 	if err != nil {
 		return err
@@ -321,13 +320,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return report.DaemonInfo{
 			PID: os.Getpid(), Version: o.Version, Relay: inUse, RelayAsked: o.Relay, Off: off, Listeners: addrs,
 			ConnectTimeout: o.ConnectTimeout.String(), UptimeSeconds: time.Since(start).Seconds(),
-			Stats: splitter.Table.Stats(), Peer: peerStats(splitter), SplitStats: splitter.SplitStats(),
+			Stats: splitter.Table.Stats(), Peer: peers(), SplitStats: splitter.SplitStats(),
 		}
 	}
 	go ServeControl(control, info, splitter.Table, log)
 	stopMetrics := func() {}
 	if metricsLn != nil {
-		stop, err := serveMetrics(metricsLn, splitter, k.Counters, log)
+		stop, err := serveMetrics(metricsLn, splitter, peers, k.Counters, log)
 		if err != nil {
 			return err
 		}
@@ -527,49 +526,52 @@ func (d *Daemon) listenGateway(in *Inherited) (*PeerGateway, error) {
 }
 
 // startPeers wires warm paths into the splitter: the gateway's listener
-// (served with the proxy's) and its sockets' initial windows, the terminal's
-// pool (run until ctx ends).
-func (d *Daemon) startPeers(ctx context.Context, sp *Splitter, tuner Tuner, g *PeerGateway) error {
+// (served with the proxy's, its flows dialed directly) and its sockets'
+// initial windows, the terminal's pool (run until ctx ends) in front of the
+// proxy listeners' upstream.
+func (d *Daemon) startPeers(ctx context.Context, sp *Splitter, tuner Tuner, g *PeerGateway) (*PeerPool, error) {
 	p := d.opts.Peer
 	if g != nil {
 		if tuner != nil {
 			if err := tuner.SetPeerPort(g.Port()); err != nil {
-				return err
+				return nil, err
 			}
 		}
-		sp.Peers = g
+		sp.Accept(g, Direct{sp.Dialer})
 		d.log.Info("accepting warm connections from terminals", "listen", g.Addr().String(), "allow", len(p.Allow))
 	}
+	var pool *PeerPool
 	if p.Gateway != "" {
-		sp.Pool = sp.NewPeerPool(p.Gateway, p.Pool, p.Key)
-		go sp.Pool.Run(ctx)
+		pool = NewPeerPool(p.Gateway, p.Pool, p.Key, sp.Dialer, sp.Log)
+		go pool.Run(ctx)
+		sp.Upstream = Warm{Pool: pool, Fallback: sp.Upstream}
 		d.log.Info("keeping warm connections to the gateway", "gateway", p.Gateway, "pool", p.Pool)
 	}
-	return nil
+	return pool, nil
 }
 
 // peerStats is the daemon's peer report (nil without warm paths).
-func peerStats(sp *Splitter) *report.PeerStats {
-	if sp.Pool == nil && sp.Peers == nil {
+func peerStats(pool *PeerPool, g *PeerGateway) *report.PeerStats {
+	if pool == nil && g == nil {
 		return nil
 	}
 	var ps report.PeerStats
-	if sp.Pool != nil {
-		st := sp.Pool.Stats()
+	if pool != nil {
+		st := pool.Stats()
 		ps.Pool = &st
 	}
-	if sp.Peers != nil {
-		st := sp.Peers.Stats()
+	if g != nil {
+		st := g.Stats()
 		ps.Gateway = &st
 	}
 	return &ps
 }
 
-// serveMetrics serves Prometheus metrics of sp and the BPF counters on ln
-// until the returned stop.
-func serveMetrics(ln net.Listener, sp *Splitter, counters func() ([]loader.Counter, error), log *slog.Logger) (stop func(), err error) {
+// serveMetrics serves Prometheus metrics of sp, its warm paths (peers) and
+// the BPF counters on ln until the returned stop.
+func serveMetrics(ln net.Listener, sp *Splitter, peers func() *report.PeerStats, counters func() ([]loader.Counter, error), log *slog.Logger) (stop func(), err error) {
 	m := NewMetrics(sp.Table, counters)
-	m.Peer = func() *report.PeerStats { return peerStats(sp) }
+	m.Peer = peers
 	m.Split = sp.SplitStats
 	handler, err := m.Handler(log)
 	if err != nil {
@@ -578,7 +580,7 @@ func serveMetrics(ln net.Listener, sp *Splitter, counters func() ([]loader.Count
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", handler)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	sp.ObserveConnects(m.ObserveConnect)
+	sp.Dialer.ObserveConnects(m.ObserveConnect)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -588,7 +590,7 @@ func serveMetrics(ln net.Listener, sp *Splitter, counters func() ([]loader.Count
 	}()
 	log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
 	return func() {
-		sp.ObserveConnects(nil)
+		sp.Dialer.ObserveConnects(nil)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		if err := srv.Shutdown(ctx); err != nil {

@@ -81,7 +81,7 @@ func readQueued(c *net.TCPConn, data []byte, max int) (_ []byte, drained bool, e
 // dialFastOpen connects to dst with data in the SYN (sendto MSG_FASTOPEN),
 // with the same socket setup as an ordinary dial, and writes what did not fit
 // in the SYN once connected.
-func (s *Splitter) dialFastOpen(ctx context.Context, src, dst netip.AddrPort, tos uint32, data []byte) (conn *net.TCPConn, cookie uint64, err error) {
+func (d *Dialer) dialFastOpen(ctx context.Context, src, dst netip.AddrPort, tos uint32, data []byte) (conn *net.TCPConn, cookie uint64, err error) {
 	var family int
 	var network string
 	var sa unix.Sockaddr
@@ -94,13 +94,13 @@ func (s *Splitter) dialFastOpen(ctx context.Context, src, dst netip.AddrPort, to
 	}
 	// Timed like an ordinary dial: socket setup, SYN (with data), handshake.
 	start := time.Now()
-	defer func() { s.observeConnect(start, err) }()
+	defer func() { d.observeConnect(start, err) }()
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, 0, fmt.Errorf("socket: %w", err)
 	}
-	from := s.source(src)
-	if cookie, err = s.setupUpstream(fd, network, from, tos); err == nil {
+	from := d.source(src)
+	if cookie, err = d.setupUpstream(fd, network, from, tos); err == nil {
 		err = sockopt.Wrap("TCP_FASTOPEN_NO_COOKIE", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1))
 	}
 	if err == nil && from.IsValid() {
@@ -129,7 +129,7 @@ func (s *Splitter) dialFastOpen(ctx context.Context, src, dst netip.AddrPort, to
 		return nil, cookie, fmt.Errorf("dial %s: %w", dst, err)
 	}
 	conn = fc.(*net.TCPConn)
-	if err := waitConnected(ctx, conn, s.ConnectTimeout); err != nil {
+	if err := waitConnected(ctx, conn, d.Timeout); err != nil {
 		conn.Close()
 		return nil, cookie, fmt.Errorf("dial %s: %w", dst, err)
 	}

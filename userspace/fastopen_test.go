@@ -26,9 +26,9 @@ func TestDialFastOpenTimed(t *testing.T) {
 			return obs{}
 		}
 	}
-	s := &Splitter{ConnectTimeout: 5 * time.Second}
-	s.ObserveConnects(func(d time.Duration, err error) { got <- obs{d, err} })
-	defer s.ObserveConnects(nil)
+	dialer := &Dialer{Timeout: 5 * time.Second}
+	dialer.ObserveConnects(func(d time.Duration, err error) { got <- obs{d, err} })
+	defer dialer.ObserveConnects(nil)
 
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -43,7 +43,7 @@ func TestDialFastOpenTimed(t *testing.T) {
 		}
 	}()
 	dst := netip.MustParseAddrPort(ln.Addr().String())
-	conn, _, err := s.dialFastOpen(context.Background(), netip.AddrPort{}, dst, 0, []byte("hello"))
+	conn, _, err := dialer.dialFastOpen(context.Background(), netip.AddrPort{}, dst, 0, []byte("hello"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func TestDialFastOpenTimed(t *testing.T) {
 	}
 
 	ln.Close() // nothing listens there now: refused
-	if _, _, err := s.dialFastOpen(context.Background(), netip.AddrPort{}, dst, 0, []byte("hello")); err == nil {
+	if _, _, err := dialer.dialFastOpen(context.Background(), netip.AddrPort{}, dst, 0, []byte("hello")); err == nil {
 		t.Fatal("dial to a closed port succeeded")
 	}
 	if o := next(); o.err == nil {

@@ -2,9 +2,7 @@ package userspace
 
 import (
 	"errors"
-	"sync/atomic"
 
-	"github.com/pepsal/pepsal/userspace/report"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,20 +20,6 @@ func IsLocalFailure(err error) bool {
 	}
 	return false
 }
-
-// splitStats are a splitter's totals that its table does not keep
-// (report.SplitStats).
-type splitStats struct {
-	localFailed   atomic.Uint64 // connections reset for want of a local resource (conn.LocalFailed)
-	tuningSkipped atomic.Uint64 // server legs dialed without their sock_ops registration
-}
-
-func (st *splitStats) read() report.SplitStats {
-	return report.SplitStats{LocalFailed: st.localFailed.Load(), UpstreamTuningSkipped: st.tuningSkipped.Load()}
-}
-
-// SplitStats reads the splitter's totals that its table does not keep.
-func (s *Splitter) SplitStats() report.SplitStats { return s.stats.read() }
 
 // onLocalExhaustion is called when accept or an upstream dial fails for want
 // of a local resource; the admission logic can hook OnExhausted to stop

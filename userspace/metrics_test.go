@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,11 +41,13 @@ func TestMetricsCollect(t *testing.T) {
 	})
 	m.ObserveConnect(20*time.Millisecond, nil)
 	m.ObserveConnect(3*time.Second, errors.New("refused"))
-	var stats splitStats
-	m.Split = stats.read
-	split := stats.read()
-	stats.localFailed.Add(2)
-	stats.tuningSkipped.Add(1)
+	var localFailed, tuningSkipped atomic.Uint64 // what a splitter and its dialer count
+	m.Split = func() report.SplitStats {
+		return report.SplitStats{LocalFailed: localFailed.Load(), UpstreamTuningSkipped: tuningSkipped.Load()}
+	}
+	split := m.Split()
+	localFailed.Add(2)
+	tuningSkipped.Add(1)
 
 	want := fmt.Sprintf(`
 # HELP pepsal_connections_active Split connections open now.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -146,39 +145,36 @@ func (g *PeerGateway) allowed(a netip.Addr) bool {
 }
 
 // refuse resets a peer connection without dialing anything, and counts why.
-func (g *PeerGateway) refuse(s *Splitter, conn *net.TCPConn, reason string, err error) {
+func (g *PeerGateway) refuse(in Intake, conn *net.TCPConn, reason string, err error) {
 	sockopt.Reset(conn)
 	g.mu.Lock()
 	g.refused[reason]++
 	g.mu.Unlock()
-	s.localLog.Log(s.Log, slog.LevelWarn, "peer connection refused", "from", conn.RemoteAddr(), "reason", reason, "err", err)
+	in.Warn("peer connection refused", "from", conn.RemoteAddr(), "reason", reason, "err", err)
 }
 
-// peerAcceptLoop accepts terminals' connections until the listener closes.
-func (s *Splitter) peerAcceptLoop(ctx context.Context, g *PeerGateway) {
-	s.acceptEach(g.ln, "peer", func(conn *net.TCPConn) {
+// Serve accepts terminals' connections until the listener closes (an
+// Acceptor: each authentic header's flow goes to in).
+func (g *PeerGateway) Serve(ctx context.Context, in Intake) {
+	in.AcceptEach(g.ln, "peer", func(conn *net.TCPConn) {
 		g.accepted.Add(1)
 		if !g.allowed(sockopt.AddrPort(conn.RemoteAddr()).Addr()) {
-			g.refuse(s, conn, report.AuthNotAllowed, errors.New("source not in the allowed prefixes"))
+			g.refuse(in, conn, report.AuthNotAllowed, errors.New("source not in the allowed prefixes"))
 			return
 		}
 		if g.pending.Add(1) > peerMaxPending {
 			g.pending.Add(-1)
-			g.refuse(s, conn, report.AuthOverload, fmt.Errorf("%d connections already wait for a header", peerMaxPending))
+			g.refuse(in, conn, report.AuthOverload, fmt.Errorf("%d connections already wait for a header", peerMaxPending))
 			return
 		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.servePeer(ctx, g, conn)
-		}()
+		in.Go(func() { g.serve(ctx, in, conn) })
 	})
 }
 
-// servePeer serves one warm connection: hello, wait (idle) for the header,
+// serve serves one warm connection: hello, wait (idle) for the header,
 // check it, dial the destination, relay. Until the header is accepted
 // nothing is dialed.
-func (s *Splitter) servePeer(ctx context.Context, g *PeerGateway, conn *net.TCPConn) {
+func (g *PeerGateway) serve(ctx context.Context, in Intake, conn *net.TCPConn) {
 	waiting := true
 	defer func() {
 		if waiting {
@@ -206,14 +202,14 @@ func (s *Splitter) servePeer(ctx context.Context, g *PeerGateway, conn *net.TCPC
 		var ae *authError
 		switch {
 		case errors.As(err, &ae):
-			g.refuse(s, conn, ae.reason, err)
+			g.refuse(in, conn, ae.reason, err)
 		case len(data) == 0:
 			// The terminal recycled it, or it sat idle past the limit, or
 			// we are stopping: not an attack, nothing to count as one.
 			g.idleClosed.Add(1)
 			sockopt.Reset(conn)
 		default:
-			g.refuse(s, conn, report.AuthIncomplete, err)
+			g.refuse(in, conn, report.AuthIncomplete, err)
 		}
 		return
 	}
@@ -221,13 +217,13 @@ func (s *Splitter) servePeer(ctx context.Context, g *PeerGateway, conn *net.TCPC
 	if err != nil {
 		var ae *authError
 		errors.As(err, &ae)
-		g.refuse(s, conn, ae.reason, err)
+		g.refuse(in, conn, ae.reason, err)
 		return
 	}
 	g.pending.Add(-1)
 	waiting = false
 	g.served.Add(1)
-	s.relayPeer(ctx, g, conn, hdr, data[headerLen:], drained)
+	g.relay(ctx, in, conn, hdr, data[headerLen:], drained)
 }
 
 // readHeader reads until a whole header is in: the first byte may take up to
@@ -290,11 +286,11 @@ func readHeader(conn *net.TCPConn) (data []byte, drained bool, err error) {
 	return data, false, nil
 }
 
-// relayPeer sets up the flow an authentic header asks for, with the warm
+// relay sets up the flow an authentic header asks for, with the warm
 // connection as its client leg: a refused, unreachable or silent server
 // resets the warm connection, which makes the terminal reset its client.
-func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPConn, hdr peerHeader, rest []byte, drained bool) {
-	s.setup(ctx, &Flow{
+func (g *PeerGateway) relay(ctx context.Context, in Intake, warm *net.TCPConn, hdr peerHeader, rest []byte, drained bool) {
+	in.Setup(ctx, &Flow{
 		Leg:        warm,
 		LegName:    "warm leg",
 		Client:     hdr.Client,
@@ -306,5 +302,5 @@ func (s *Splitter) relayPeer(ctx context.Context, g *PeerGateway, warm *net.TCPC
 		PartlyRead: !drained,
 		ClientRead: headerLen, // the header was read from the warm connection, not relayed
 		OnRelay:    g.share.join,
-	}, Direct{s})
+	})
 }

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,11 +67,11 @@ type PeerPool struct {
 	}
 }
 
-// NewPeerPool prepares a pool of size connections to gateway, dialed with
-// the terminal's long leg (s's server leg) tuning. Run fills it.
-func (s *Splitter) NewPeerPool(gateway string, size int, key []byte) *PeerPool {
-	p := newPeerPool(size, key, s.Log)
-	p.dial = func(ctx context.Context) (*net.TCPConn, hello, error) { return s.dialPeer(ctx, gateway) }
+// NewPeerPool prepares a pool of size connections to gateway, dialed by d
+// with the terminal's long leg (the server leg) tuning. Run fills it.
+func NewPeerPool(gateway string, size int, key []byte, d *Dialer, log *slog.Logger) *PeerPool {
+	p := newPeerPool(size, key, log)
+	p.dial = func(ctx context.Context) (*net.TCPConn, hello, error) { return dialPeer(ctx, d, gateway) }
 	p.gateway = gateway
 	return p
 }
@@ -248,19 +247,16 @@ func stillOpen(c *net.TCPConn) bool {
 // dialPeer opens one connection to the gateway with the long leg's tuning
 // (buffers and window scale before the SYN, initial windows from sock_ops
 // by cookie) and waits for the gateway's hello.
-func (s *Splitter) dialPeer(ctx context.Context, gateway string) (*net.TCPConn, hello, error) {
+func dialPeer(ctx context.Context, d *Dialer, gateway string) (*net.TCPConn, hello, error) {
 	var h hello
-	var cookie uint64
 	// From one of our own addresses whatever --transparent says (a pool
 	// connection is pepsal's, not a client's); not timed into the connect
 	// histogram, which times the dials of client flows.
-	conn, err := s.dialer(netip.AddrPort{}, 0, &cookie).DialContext(ctx, "tcp", gateway)
-	s.forgetUpstream(cookie)
+	c, err := d.DialOwn(ctx, gateway)
 	if err != nil {
 		return nil, h, fmt.Errorf("dial gateway %s: %w", gateway, err)
 	}
-	c := conn.(*net.TCPConn)
-	_ = c.SetReadDeadline(time.Now().Add(s.ConnectTimeout))
+	_ = c.SetReadDeadline(time.Now().Add(d.Timeout))
 	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Now()) })
 	_, err = readFull(c, h[:])
 	stop()
@@ -269,9 +265,9 @@ func (s *Splitter) dialPeer(ctx context.Context, gateway string) (*net.TCPConn, 
 		err = checkHello(h)
 	}
 	if err == nil {
-		err = s.Tuning.Server.Established(c)
+		err = d.Server.Established(c)
 	}
-	if err == nil && s.Tuning.Server.KeepAlive == 0 {
+	if err == nil && d.Server.KeepAlive == 0 {
 		// An idle pool needs keepalive even when the leg has none: a
 		// gateway that vanished must not leave dead connections to take.
 		err = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: time.Minute, Interval: 15 * time.Second, Count: tuning.KeepAliveProbes})

@@ -81,7 +81,7 @@ func (s *Splitter) record(f *Flow) *conn.Conn {
 		c.SetPeer("warm")
 	}
 	if err := sockopt.ResetOnCrash(f.Leg); err != nil {
-		s.connLog(c).Warn(f.LegName, "err", err)
+		connLog(s.Log, c).Warn(f.LegName, "err", err)
 	}
 	return c
 }
@@ -96,9 +96,9 @@ func (s *Splitter) refuseLoop(c *conn.Conn, f *Flow) bool {
 	sockopt.Reset(f.Leg)
 	s.Table.Remove(c, conn.LoopRefused)
 	if onWarmPath(c) {
-		s.connLog(c).Info("warm path refused: destination is the proxy itself", "server", dst)
+		connLog(s.Log, c).Info("warm path refused: destination is the proxy itself", "server", dst)
 	} else {
-		s.connLog(c).Info("refused: connection to the proxy's own address")
+		connLog(s.Log, c).Info("refused: connection to the proxy's own address")
 	}
 	return true
 }
@@ -123,9 +123,9 @@ func (s *Splitter) fail(c *conn.Conn, f *Flow, err error) {
 	switch {
 	case errors.As(err, &fe):
 		s.Table.Remove(c, fe.outcome)
-		s.connLog(c).At(fe.level, fe.msg, "err", fe.err)
+		connLog(s.Log, c).At(fe.level, fe.msg, "err", fe.err)
 	case IsLocalFailure(err):
-		s.stats.localFailed.Add(1)
+		s.localFailed.Add(1)
 		s.Table.Remove(c, conn.LocalFailed)
 		s.onLocalExhaustion(err)
 		s.localLog.Log(s.Log, slog.LevelWarn, "connection reset: this host is short of a resource", "client", f.Client, "server", f.Dst, "err", err)
@@ -135,22 +135,22 @@ func (s *Splitter) fail(c *conn.Conn, f *Flow, err error) {
 		if onWarmPath(c) {
 			msg = "warm path: upstream connect failed"
 		}
-		s.addrLog(c).Info(msg, "err", err)
+		addrLog(s.Log, c).Info(msg, "err", err)
 	}
 }
 
 // tuneLegs sets what the legs keep while relayed: a reset, not a linger,
 // if pepsal dies, and each leg's tuning (unless its Upstream tuned it).
 func (s *Splitter) tuneLegs(c *conn.Conn, f *Flow, leg ServerLeg) {
-	log := s.connLog(c)
+	log := connLog(s.Log, c)
 	if err := sockopt.ResetOnCrash(leg.Conn); err != nil {
 		log.Warn(leg.Name, "err", err)
 	}
-	if err := s.Tuning.Client.Established(f.Leg); err != nil {
+	if err := s.tuning.Client.Established(f.Leg); err != nil {
 		log.Warn("tune "+f.LegName, "err", err)
 	}
 	if !leg.Tuned {
-		if err := s.Tuning.Server.Established(leg.Conn); err != nil {
+		if err := s.tuning.Server.Established(leg.Conn); err != nil {
 			log.Warn("tune "+leg.Name, "err", err)
 		}
 	}
@@ -164,7 +164,7 @@ func (s *Splitter) startRelay(ctx context.Context, c *conn.Conn, f *Flow, leg Se
 	c.SetState("established")
 	c.SetLegs(f.Leg, leg.Conn)
 	if !onWarmPath(c) {
-		s.connLog(c).Debug("split")
+		connLog(s.Log, c).Debug("split")
 	}
 	st := relay.Setup{Pre: int64(len(f.First)), ClientRead: f.ClientRead, ServerRead: leg.Read, PartlyRead: f.PartlyRead}
 	leave := func() {}
@@ -194,10 +194,10 @@ func (s *Splitter) startRelay(ctx context.Context, c *conn.Conn, f *Flow, leg Se
 func (s *Splitter) logClosed(c *conn.Conn, how conn.Outcome) {
 	m := c.Moved()
 	if onWarmPath(c) {
-		s.addrLog(c).Debug("warm path closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient)
+		addrLog(s.Log, c).Debug("warm path closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient)
 		return
 	}
-	s.addrLog(c).Debug("closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient, "kernel", m.KernelToServer+m.KernelToClient)
+	addrLog(s.Log, c).Debug("closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient, "kernel", m.KernelToServer+m.KernelToClient)
 }
 
 // onWarmPath says whether c rides a warm path between two pepsals.
@@ -207,14 +207,14 @@ func onWarmPath(c *conn.Conn) bool { return c.Peer() != "" }
 // for the connection's life (thousands of idle connections would each keep
 // one). On a warm path it names the connection by its id alone, as the
 // warm paths always did.
-func (s *Splitter) connLog(c *conn.Conn) logx.ConnLogger {
-	log := s.addrLog(c)
-	log.Brief = onWarmPath(c)
-	return log
+func connLog(log *slog.Logger, c *conn.Conn) logx.ConnLogger {
+	cl := addrLog(log, c)
+	cl.Brief = onWarmPath(c)
+	return cl
 }
 
 // addrLog is c's logger with its addresses, warm path or not: a failed
 // server leg's line and the closing line always had them.
-func (s *Splitter) addrLog(c *conn.Conn) logx.ConnLogger {
-	return logx.ConnLogger{Log: s.Log, ID: c.ID, Client: c.Client, Server: c.Server}
+func addrLog(log *slog.Logger, c *conn.Conn) logx.ConnLogger {
+	return logx.ConnLogger{Log: log, ID: c.ID, Client: c.Client, Server: c.Server}
 }

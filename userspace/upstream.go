@@ -25,22 +25,12 @@ type ServerLeg struct {
 	Done  func() // run once the flow is over; nil: nothing to run
 }
 
-// proxyUpstream is what reaches the servers of the proxy listeners' flows:
-// fast open, behind a pool's warm connections on a terminal.
-func (s *Splitter) proxyUpstream() Upstream {
-	var up Upstream = FastOpen{Direct{s}}
-	if s.Pool != nil {
-		up = Warm{Pool: s.Pool, Fallback: up}
-	}
-	return up
-}
-
 // Direct dials the flow's destination, then writes its first bytes.
-type Direct struct{ s *Splitter }
+type Direct struct{ Dialer *Dialer }
 
-func (d Direct) Connect(ctx context.Context, _ *conn.Conn, f *Flow) (ServerLeg, error) {
-	server, cookie, err := d.s.dial(ctx, f.Client, f.Dst, f.ToS)
-	d.s.forgetUpstream(cookie)
+func (u Direct) Connect(ctx context.Context, _ *conn.Conn, f *Flow) (ServerLeg, error) {
+	server, cookie, err := u.Dialer.dial(ctx, f.Client, f.Dst, f.ToS)
+	u.Dialer.forget(cookie)
 	if err != nil {
 		return ServerLeg{}, err
 	}
@@ -61,21 +51,11 @@ func (u FastOpen) Connect(ctx context.Context, c *conn.Conn, f *Flow) (ServerLeg
 	if len(f.First) == 0 {
 		return u.Direct.Connect(ctx, c, f)
 	}
-	u.s.connLog(c).Debug("dial with fast open", "first_bytes", len(f.First))
-	server, cookie, err := u.s.dialFastOpen(ctx, f.Client, f.Dst, f.ToS, f.First)
-	u.s.forgetUpstream(cookie)
+	connLog(u.Dialer.Log, c).Debug("dial with fast open", "first_bytes", len(f.First))
+	server, cookie, err := u.Dialer.dialFastOpen(ctx, f.Client, f.Dst, f.ToS, f.First)
+	u.Dialer.forget(cookie)
 	if err != nil {
 		return ServerLeg{}, err
 	}
 	return ServerLeg{Conn: server, Name: "server leg"}, nil
-}
-
-// forgetUpstream unregisters a dialed server leg from sock_ops (cookie 0:
-// never registered). sock_ops reads the entry at connect (initial receive
-// window) and at establishment (initial congestion window), both behind us
-// now: a live connection must not hold a slot of a bounded map.
-func (s *Splitter) forgetUpstream(cookie uint64) {
-	if cookie != 0 {
-		s.Tuner.ForgetUpstream(cookie)
-	}
 }
