@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/userspace/internal/logx"
+	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 )
@@ -33,7 +34,7 @@ func fillRuntime(d *report.DaemonInfo) {
 // Any other accept error (a shortage of fds or memory passes) is waited out:
 // a health check built on `pepsal status` must not condemn a daemon that
 // once ran out of fds.
-func ServeControl(ln net.Listener, info func() report.DaemonInfo, table *Table, log *slog.Logger) {
+func ServeControl(ln net.Listener, info func() report.DaemonInfo, table *proxy.Table, log *slog.Logger) {
 	backoff := logx.AcceptBackoff{Log: log, What: "control"}
 	for {
 		conn, err := ln.Accept()

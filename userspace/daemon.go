@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
@@ -38,7 +39,7 @@ var (
 // (loader.Attachment implements it).
 type Attachment interface {
 	ListenerRegistry
-	DivertedSYNs
+	proxy.DivertedSYNs
 	// SetFull tells the classifier to forward new connections unsplit.
 	SetFull(full bool) error
 	// RecordFastOpenRestore keeps the tcp_fastopen value a detach restores.
@@ -56,7 +57,7 @@ type Attachment interface {
 
 // Tuner is the sock_ops tuning as the daemon drives it (loader.Tuner).
 type Tuner interface {
-	UpstreamTuner
+	proxy.UpstreamTuner
 	SetLegs(client, server loader.LegTuning) error
 	// SetPeerPort makes sock_ops tune the sockets of the warm-path listener.
 	SetPeerPort(port uint16) error
@@ -110,7 +111,7 @@ type Options struct {
 	MetricsAddr    string // "": no metrics
 	MaxConns       int    // the admission limit
 	MaxConnsFrom   string // what set it (logged)
-	FDBudget       FDBudget
+	FDBudget       proxy.FDBudget
 	Peer           PeerOptions
 	Version        string
 	Args           []string // the successor's arguments at an upgrade
@@ -120,7 +121,7 @@ type Options struct {
 	Attach func() (*Kernel, error)
 }
 
-// Daemon is a running pepsal: listeners, the BPF attachment, the splitter,
+// Daemon is a running pepsal: listeners, the BPF attachment, the pipeline,
 // the control socket, metrics, upgrades by SIGHUP.
 type Daemon struct {
 	opts Options
@@ -201,7 +202,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 				for _, ln := range listeners {
 					ln.ln.Close()
 				}
-				return &ListenError{What: "metrics", Addr: o.MetricsAddr, Err: err}
+				return &proxy.ListenError{What: "metrics", Addr: o.MetricsAddr, Err: err}
 			}
 		}
 	}
@@ -271,9 +272,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		addrs = append(addrs, ln.Addr().String())
 	}
 
-	splitter := NewSplitter(tcpListeners, Config{ConnectTimeout: o.ConnectTimeout, Tuning: o.Tuning, Transparent: o.Transparent,
+	pipeline := proxy.NewPipeline(tcpListeners, proxy.Config{ConnectTimeout: o.ConnectTimeout, Tuning: o.Tuning, Transparent: o.Transparent,
 		Diverted: k, Tuner: k.Tuner, Log: log})
-	defer splitter.Close()
+	defer pipeline.Close()
 	if k.Tuner != nil {
 		defer k.Tuner.Close()
 		if err := k.Tuner.SetLegs(
@@ -285,19 +286,19 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	} else if o.Tuning.Client.InitCwnd+o.Tuning.Client.InitRwnd+o.Tuning.Server.InitCwnd+o.Tuning.Server.InitRwnd > 0 {
 		return ErrNoSockOps
 	}
-	splitter.SetPipeLimit(relay.PipeLimit(o.MaxConns))
+	pipeline.SetPipeLimit(relay.PipeLimit(o.MaxConns))
 	setFull := func(full bool) error {
 		if handedOver.Load() {
 			return nil // the new daemon counts from now on
 		}
 		return k.SetFull(full)
 	}
-	admission := NewAdmission(o.MaxConns, setFull, log)
+	admission := proxy.NewAdmission(o.MaxConns, setFull, log)
 	admission.FDLimit = o.FDBudget.Limit
-	splitter.Table.SetAdmission(admission)
+	pipeline.Table.SetAdmission(admission)
 	peerCtx, stopPeers := context.WithCancel(context.Background())
 	defer stopPeers()
-	pool, err := d.startPeers(peerCtx, splitter, k.Tuner, peerGateway)
+	pool, err := d.startPeers(peerCtx, pipeline, k.Tuner, peerGateway)
 	if err != nil {
 		return err
 	}
@@ -313,20 +314,20 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		log.Warn(o.String())
 	}
 	if inUse == relay.ModeSockmap.String() {
-		splitter.Relay = &relay.Kernel{Log: log, Maps: k.Relay, Budget: o.RelayBudget, OffloadAfter: o.OffloadAfter, Splice: splitter.Splice}
+		pipeline.Relay = &relay.Kernel{Log: log, Maps: k.Relay, Budget: o.RelayBudget, OffloadAfter: o.OffloadAfter, Splice: pipeline.Splice}
 	}
 	start := time.Now()
 	info := func() report.DaemonInfo {
 		return report.DaemonInfo{
 			PID: os.Getpid(), Version: o.Version, Relay: inUse, RelayAsked: o.Relay, Off: off, Listeners: addrs,
 			ConnectTimeout: o.ConnectTimeout.String(), UptimeSeconds: time.Since(start).Seconds(),
-			Stats: splitter.Table.Stats(), Peer: peers(), SplitStats: splitter.SplitStats(),
+			Stats: pipeline.Table.Stats(), Peer: peers(), SplitStats: pipeline.SplitStats(),
 		}
 	}
-	go ServeControl(control, info, splitter.Table, log)
+	go ServeControl(control, info, pipeline.Table, log)
 	stopMetrics := func() {}
 	if metricsLn != nil {
-		stop, err := serveMetrics(metricsLn, splitter, peers, k.Counters, log)
+		stop, err := serveMetrics(metricsLn, pipeline, peers, k.Counters, log)
 		if err != nil {
 			return err
 		}
@@ -400,24 +401,24 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 				}
 				control.Close() // `pepsal status` now reaches the new daemon
 				stopMetrics()   // and so do scrapes
-				log.Info("upgraded: the new daemon serves; relaying the live connections", "new_pid", pid, "live", splitter.Table.Len(), "upgrade_drain", o.UpgradeDrain)
+				log.Info("upgraded: the new daemon serves; relaying the live connections", "new_pid", pid, "live", pipeline.Table.Len(), "upgrade_drain", o.UpgradeDrain)
 				stopServing()
 				time.AfterFunc(o.UpgradeDrain, cancelDrain)
 				continue
 			}
 			if serveCtx.Err() == nil {
-				log.Info("stopping: no new connections", "live", splitter.Table.Len(), "drain_timeout", o.DrainTimeout)
+				log.Info("stopping: no new connections", "live", pipeline.Table.Len(), "drain_timeout", o.DrainTimeout)
 				stopServing()
 				time.AfterFunc(o.DrainTimeout, cancelDrain)
 				continue
 			}
 			// A second signal, or SIGTERM while draining after an upgrade.
-			log.Info("resetting live connections", "live", splitter.Table.Len())
+			log.Info("resetting live connections", "live", pipeline.Table.Len())
 			cancelDrain()
 			return
 		}
 	}()
-	splitter.Serve(serveCtx, drainCtx)
+	pipeline.Serve(serveCtx, drainCtx)
 	return nil
 }
 
@@ -476,12 +477,12 @@ func firstListenerCookie(r ListenerRegistry) uint64 {
 // listenProxy opens the IPv4 and IPv6 listeners on loopback addresses, where
 // no remote host can reach them directly. IPv6 is skipped on a host without it.
 func listenProxy(port int, t tuning.Tuning, log *slog.Logger) ([]slotListener, error) {
-	ln4, err := Listen(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), t)
+	ln4, err := proxy.Listen(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), t)
 	if err != nil {
 		return nil, err
 	}
 	out := []slotListener{{slotV4, ln4}}
-	ln6, err := Listen(net.JoinHostPort("::1", strconv.Itoa(port)), t)
+	ln6, err := proxy.Listen(net.JoinHostPort("::1", strconv.Itoa(port)), t)
 	if err != nil {
 		if errors.Is(err, unix.EADDRINUSE) {
 			ln4.Close()
@@ -525,11 +526,11 @@ func (d *Daemon) listenGateway(in *Inherited) (*PeerGateway, error) {
 	return g, nil
 }
 
-// startPeers wires warm paths into the splitter: the gateway's listener
+// startPeers wires warm paths into the pipeline: the gateway's listener
 // (served with the proxy's, its flows dialed directly) and its sockets'
 // initial windows, the terminal's pool (run until ctx ends) in front of the
 // proxy listeners' upstream.
-func (d *Daemon) startPeers(ctx context.Context, sp *Splitter, tuner Tuner, g *PeerGateway) (*PeerPool, error) {
+func (d *Daemon) startPeers(ctx context.Context, sp *proxy.Pipeline, tuner Tuner, g *PeerGateway) (*PeerPool, error) {
 	p := d.opts.Peer
 	if g != nil {
 		if tuner != nil {
@@ -537,7 +538,7 @@ func (d *Daemon) startPeers(ctx context.Context, sp *Splitter, tuner Tuner, g *P
 				return nil, err
 			}
 		}
-		sp.Accept(g, Direct{sp.Dialer})
+		sp.Accept(g, proxy.Direct{Dialer: sp.Dialer})
 		d.log.Info("accepting warm connections from terminals", "listen", g.Addr().String(), "allow", len(p.Allow))
 	}
 	var pool *PeerPool
@@ -569,7 +570,7 @@ func peerStats(pool *PeerPool, g *PeerGateway) *report.PeerStats {
 
 // serveMetrics serves Prometheus metrics of sp, its warm paths (peers) and
 // the BPF counters on ln until the returned stop.
-func serveMetrics(ln net.Listener, sp *Splitter, peers func() *report.PeerStats, counters func() ([]loader.Counter, error), log *slog.Logger) (stop func(), err error) {
+func serveMetrics(ln net.Listener, sp *proxy.Pipeline, peers func() *report.PeerStats, counters func() ([]loader.Counter, error), log *slog.Logger) (stop func(), err error) {
 	m := NewMetrics(sp.Table, counters)
 	m.Peer = peers
 	m.Split = sp.SplitStats

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/conn"
+	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -21,14 +22,14 @@ import (
 // counters map and the warm paths, the same sources as `pepsal status`, so
 // the two always agree and nothing polls between scrapes.
 type Metrics struct {
-	table    *Table
+	table    *proxy.Table
 	counters func() ([]loader.Counter, error) // the per-CPU sums of pepsal_counters
 	connect  *prometheus.HistogramVec
 	// Peer reads the warm paths' report (the daemon's peerStats); nil, or
 	// nil returned, for a daemon without warm paths. Set before serving.
 	Peer func() *report.PeerStats
-	// Split reads the splitter's totals that the table does not keep
-	// (Splitter.SplitStats); nil: none counted. Set before serving.
+	// Split reads the pipeline's totals that the table does not keep
+	// (proxy.Pipeline.SplitStats); nil: none counted. Set before serving.
 	Split func() report.SplitStats
 
 	active, accepted, closed, bytes, mover, decisions, fallbacks, fallbacksBy, fallbackLive *prometheus.Desc
@@ -50,7 +51,7 @@ type peerGatewayDescs struct {
 
 // NewMetrics describes the daemon's metrics; counters reads the BPF decision
 // counters (loader.Attachment.Counters).
-func NewMetrics(table *Table, counters func() ([]loader.Counter, error)) *Metrics {
+func NewMetrics(table *proxy.Table, counters func() ([]loader.Counter, error)) *Metrics {
 	return &Metrics{
 		table:    table,
 		counters: counters,

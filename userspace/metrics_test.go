@@ -15,6 +15,8 @@ import (
 
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/conn"
+	"github.com/pepsal/pepsal/userspace/internal/nettest"
+	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -23,25 +25,25 @@ import (
 // TestMetricsCollect: what a scrape says is what the table and the counters
 // hold, under names that pass the Prometheus linter.
 func TestMetricsCollect(t *testing.T) {
-	table := NewTable()
+	table := proxy.NewTable()
 	client, server := netip.MustParseAddrPort("10.0.0.1:40000"), netip.MustParseAddrPort("10.0.1.1:80")
 	done := table.Add(client, server, conn.Kernel)
 	done.SetMoved(conn.Moved{ToServer: 100, ToClient: 1000, KernelToServer: 60, KernelToClient: 900})
 	table.Remove(done, conn.Completed)
 	fell := table.Add(client, server, conn.Kernel)
-	fell.SetRelay(relayState(t, "userspace: client closed before insert"))
+	fell.SetRelay(nettest.RelayState(t, "userspace: client closed before insert"))
 	fell.AddMoved(7, 3)
 	table.Remove(fell, conn.WasReset)
 	table.Remove(table.Add(client, server, conn.Splice), conn.UpstreamFailed)
 	live := table.Add(client, server, conn.Kernel)
-	live.SetRelay(relayState(t, "userspace: first bytes not read whole"))
+	live.SetRelay(nettest.RelayState(t, "userspace: first bytes not read whole"))
 
 	m := NewMetrics(table, func() ([]loader.Counter, error) {
 		return []loader.Counter{{Name: "syn_diverted", Value: 4}, {Name: "relay_redirected", Value: 9}}, nil
 	})
 	m.ObserveConnect(20*time.Millisecond, nil)
 	m.ObserveConnect(3*time.Second, errors.New("refused"))
-	var localFailed, tuningSkipped atomic.Uint64 // what a splitter and its dialer count
+	var localFailed, tuningSkipped atomic.Uint64 // what a pipeline and its dialer count
 	m.Split = func() report.SplitStats {
 		return report.SplitStats{LocalFailed: localFailed.Load(), UpstreamTuningSkipped: tuningSkipped.Load()}
 	}
@@ -117,7 +119,7 @@ func lintMetrics(t *testing.T, m *Metrics) {
 // TestMetricsCountersUnreadable: a failing BPF map read loses its family,
 // not the scrape.
 func TestMetricsCountersUnreadable(t *testing.T) {
-	m := NewMetrics(NewTable(), func() ([]loader.Counter, error) { return nil, errors.New("map gone") })
+	m := NewMetrics(proxy.NewTable(), func() ([]loader.Counter, error) { return nil, errors.New("map gone") })
 	h, err := m.Handler(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +144,7 @@ func TestMetricsPeer(t *testing.T) {
 		Gateway: &report.PeerGatewayStats{Listen: "10.0.0.2:7700", Accepted: 50, Waiting: 9, Served: 33, IdleClosed: 5,
 			Refused: map[string]uint64{report.AuthBadMAC: 2, report.AuthOverload: 1}, PacedStarts: 12, Starting: 3},
 	}
-	m := NewMetrics(NewTable(), func() ([]loader.Counter, error) { return nil, nil })
+	m := NewMetrics(proxy.NewTable(), func() ([]loader.Counter, error) { return nil, nil })
 	m.Peer = func() *report.PeerStats { return &ps }
 
 	want := `
@@ -246,7 +248,7 @@ func TestMetricsPeerAbsent(t *testing.T) {
 		{name: "gateway", peer: func() *report.PeerStats { return &report.PeerStats{Gateway: gateway} }, hasGateway: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			m := NewMetrics(NewTable(), func() ([]loader.Counter, error) { return nil, nil })
+			m := NewMetrics(proxy.NewTable(), func() ([]loader.Counter, error) { return nil, nil })
 			m.Peer = c.peer
 			var pools, gateways int
 			for key := range peerSeries(t, m) {
@@ -301,4 +303,30 @@ func peerSeries(t *testing.T, m *Metrics) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// TestMetricsFallbacksByReason: closed fallbacks are counted by reason.
+func TestMetricsFallbacksByReason(t *testing.T) {
+	table := proxy.NewTable()
+	c := netip.MustParseAddrPort("10.0.0.1:1")
+	for _, relay := range []string{"userspace: client closed before insert", "userspace: server closed before insert", "userspace: client: update pepsal_relay: no space", "kernel"} {
+		record := table.Add(c, c, conn.Kernel)
+		record.SetRelay(nettest.RelayState(t, relay))
+		table.Remove(record, conn.Completed)
+	}
+	m := NewMetrics(table, func() ([]loader.Counter, error) { return nil, nil })
+	want := `
+# HELP pepsal_relay_fallbacks_by_reason_total Closed connections that were relayed in userspace although the kernel relay was asked for, by reason class.
+# TYPE pepsal_relay_fallbacks_by_reason_total counter
+pepsal_relay_fallbacks_by_reason_total{reason="closed_before_insert"} 2
+pepsal_relay_fallbacks_by_reason_total{reason="first_bytes_partial"} 0
+pepsal_relay_fallbacks_by_reason_total{reason="insert_failed"} 1
+pepsal_relay_fallbacks_by_reason_total{reason="setup_failed"} 0
+`
+	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "pepsal_relay_fallbacks_by_reason_total"); err != nil {
+		t.Error(err)
+	}
+	if s := table.Stats(); s.Fallback != 3 || s.FallbackByReason["closed_before_insert"] != 2 {
+		t.Errorf("stats %+v", s)
+	}
 }

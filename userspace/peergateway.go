@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/userspace/internal/logx"
+	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"github.com/pepsal/pepsal/userspace/tuning"
@@ -74,7 +75,7 @@ func ListenPeers(addr string, t tuning.Tuning) (*PeerGateway, error) {
 	lc.SetMultipathTCP(false) // its sockets may go into the relay's SOCKHASH
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
-		return nil, &ListenError{What: "peer", Addr: addr, Err: err}
+		return nil, &proxy.ListenError{What: "peer", Addr: addr, Err: err}
 	}
 	return newPeerGateway(ln.(*net.TCPListener)), nil
 }
@@ -84,7 +85,7 @@ func ListenPeers(addr string, t tuning.Tuning) (*PeerGateway, error) {
 // on. The client leg's tuning is set again, as this binary has it.
 func PeerGatewayOn(ln *net.TCPListener, t tuning.Tuning) (*PeerGateway, error) {
 	if err := sockopt.WithFD(ln, t.Client.BeforeHandshake); err != nil {
-		return nil, &ListenError{What: "peer", Addr: ln.Addr().String(), Err: err}
+		return nil, &proxy.ListenError{What: "peer", Addr: ln.Addr().String(), Err: err}
 	}
 	return newPeerGateway(ln), nil
 }
@@ -145,7 +146,7 @@ func (g *PeerGateway) allowed(a netip.Addr) bool {
 }
 
 // refuse resets a peer connection without dialing anything, and counts why.
-func (g *PeerGateway) refuse(in Intake, conn *net.TCPConn, reason string, err error) {
+func (g *PeerGateway) refuse(in proxy.Intake, conn *net.TCPConn, reason string, err error) {
 	sockopt.Reset(conn)
 	g.mu.Lock()
 	g.refused[reason]++
@@ -155,7 +156,7 @@ func (g *PeerGateway) refuse(in Intake, conn *net.TCPConn, reason string, err er
 
 // Serve accepts terminals' connections until the listener closes (an
 // Acceptor: each authentic header's flow goes to in).
-func (g *PeerGateway) Serve(ctx context.Context, in Intake) {
+func (g *PeerGateway) Serve(ctx context.Context, in proxy.Intake) {
 	in.AcceptEach(g.ln, "peer", func(conn *net.TCPConn) {
 		g.accepted.Add(1)
 		if !g.allowed(sockopt.AddrPort(conn.RemoteAddr()).Addr()) {
@@ -174,7 +175,7 @@ func (g *PeerGateway) Serve(ctx context.Context, in Intake) {
 // serve serves one warm connection: hello, wait (idle) for the header,
 // check it, dial the destination, relay. Until the header is accepted
 // nothing is dialed.
-func (g *PeerGateway) serve(ctx context.Context, in Intake, conn *net.TCPConn) {
+func (g *PeerGateway) serve(ctx context.Context, in proxy.Intake, conn *net.TCPConn) {
 	waiting := true
 	defer func() {
 		if waiting {
@@ -289,8 +290,8 @@ func readHeader(conn *net.TCPConn) (data []byte, drained bool, err error) {
 // relay sets up the flow an authentic header asks for, with the warm
 // connection as its client leg: a refused, unreachable or silent server
 // resets the warm connection, which makes the terminal reset its client.
-func (g *PeerGateway) relay(ctx context.Context, in Intake, warm *net.TCPConn, hdr peerHeader, rest []byte, drained bool) {
-	in.Setup(ctx, &Flow{
+func (g *PeerGateway) relay(ctx context.Context, in proxy.Intake, warm *net.TCPConn, hdr peerHeader, rest []byte, drained bool) {
+	in.Setup(ctx, &proxy.Flow{
 		Leg:        warm,
 		LegName:    "warm leg",
 		Client:     hdr.Client,

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/internal/logx"
+	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"github.com/pepsal/pepsal/userspace/tuning"
@@ -69,7 +70,7 @@ type PeerPool struct {
 
 // NewPeerPool prepares a pool of size connections to gateway, dialed by d
 // with the terminal's long leg (the server leg) tuning. Run fills it.
-func NewPeerPool(gateway string, size int, key []byte, d *Dialer, log *slog.Logger) *PeerPool {
+func NewPeerPool(gateway string, size int, key []byte, d *proxy.Dialer, log *slog.Logger) *PeerPool {
 	p := newPeerPool(size, key, log)
 	p.dial = func(ctx context.Context) (*net.TCPConn, hello, error) { return dialPeer(ctx, d, gateway) }
 	p.gateway = gateway
@@ -247,7 +248,7 @@ func stillOpen(c *net.TCPConn) bool {
 // dialPeer opens one connection to the gateway with the long leg's tuning
 // (buffers and window scale before the SYN, initial windows from sock_ops
 // by cookie) and waits for the gateway's hello.
-func dialPeer(ctx context.Context, d *Dialer, gateway string) (*net.TCPConn, hello, error) {
+func dialPeer(ctx context.Context, d *proxy.Dialer, gateway string) (*net.TCPConn, hello, error) {
 	var h hello
 	// From one of our own addresses whatever --transparent says (a pool
 	// connection is pepsal's, not a client's); not timed into the connect
@@ -300,10 +301,10 @@ func readFull(c *net.TCPConn, b []byte) (int, error) {
 // resets the client. An empty pool leaves the flow to Fallback.
 type Warm struct {
 	Pool     *PeerPool
-	Fallback Upstream
+	Fallback proxy.Upstream
 }
 
-func (u Warm) Connect(ctx context.Context, c *conn.Conn, f *Flow) (ServerLeg, error) {
+func (u Warm) Connect(ctx context.Context, c *conn.Conn, f *proxy.Flow) (proxy.ServerLeg, error) {
 	w := u.Pool.take()
 	if w == nil {
 		return u.Fallback.Connect(ctx, c, f)
@@ -317,8 +318,8 @@ func (u Warm) Connect(ctx context.Context, c *conn.Conn, f *Flow) (ServerLeg, er
 	if err != nil {
 		sockopt.Reset(w.conn)
 		u.Pool.done()
-		return ServerLeg{}, &flowError{outcome: conn.WasReset, level: slog.LevelInfo, msg: "warm path: header not sent", err: err}
+		return proxy.ServerLeg{}, &proxy.FlowError{Outcome: conn.WasReset, Level: slog.LevelInfo, Msg: "warm path: header not sent", Err: err}
 	}
 	// The gateway's hello was read from the warm connection, not relayed.
-	return ServerLeg{Conn: w.conn, Name: "warm leg", Read: helloLen, Tuned: true, Done: u.Pool.done}, nil
+	return proxy.ServerLeg{Conn: w.conn, Name: "warm leg", Read: helloLen, Tuned: true, Done: u.Pool.done}, nil
 }

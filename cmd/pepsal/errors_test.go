@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/tuning"
 	"golang.org/x/sys/unix"
 )
@@ -26,9 +27,9 @@ func TestFlagNamesInErrors(t *testing.T) {
 	if !errors.Is(peerErr, unix.EADDRINUSE) {
 		t.Errorf("%v: EADDRINUSE lost", peerErr)
 	}
-	// userspace.Listen needs IP_TRANSPARENT (root): its error, from a real bind.
+	// proxy.Listen needs IP_TRANSPARENT (root): its error, from a real bind.
 	_, bindErr := net.Listen("tcp4", taken.Addr().String())
-	var proxyErr error = &userspace.ListenError{What: "proxy", Addr: taken.Addr().String(), Err: bindErr}
+	var proxyErr error = &proxy.ListenError{What: "proxy", Addr: taken.Addr().String(), Err: bindErr}
 	if !errors.Is(proxyErr, unix.EADDRINUSE) {
 		t.Errorf("%v: EADDRINUSE lost", proxyErr)
 	}
@@ -44,7 +45,7 @@ func TestFlagNamesInErrors(t *testing.T) {
 		{legErr(tuning.Leg{UserTimeout: -1}), "--user-timeout -1ns: want 0 (kernel default) or 1ms to 24h"},
 		{flagErr(peerErr), "--peer-listen " + taken.Addr().String() + ": address in use"},
 		{flagErr(proxyErr), "listener port in use: " + taken.Addr().String()},
-		{flagErr(&userspace.ListenError{What: "metrics", Addr: "x", Err: unix.EADDRINUSE}), "--metrics-addr: address already in use"},
+		{flagErr(&proxy.ListenError{What: "metrics", Addr: "x", Err: unix.EADDRINUSE}), "--metrics-addr: address already in use"},
 		{flagErr(userspace.ErrUpgradeMetrics), "upgrade: --metrics-addr differs from the running daemon's"},
 	} {
 		if c.err == nil || c.err.Error() != c.want {

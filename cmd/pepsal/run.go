@@ -13,6 +13,7 @@ import (
 
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -162,7 +163,7 @@ func run(cmd *cobra.Command, f *runFlags) error {
 
 // flagErr says the daemon's errors with the flag that set what failed.
 func flagErr(err error) error {
-	var le *userspace.ListenError
+	var le *proxy.ListenError
 	switch {
 	case err == nil:
 		return nil
@@ -291,7 +292,7 @@ func parseMaxConns(s string) (int, error) {
 type connLimitResult struct {
 	max    int
 	from   string // what set it: flag, fd limit, memory, attachment
-	budget userspace.FDBudget
+	budget proxy.FDBudget
 }
 
 // connLimit raises RLIMIT_NOFILE and settles the connection limit: asked
@@ -299,7 +300,7 @@ type connLimitResult struct {
 // derived, it is the most that the fd limit, memory and those maps hold.
 // newMaps: the attachment may be created by this process (sized as needed).
 func connLimit(asked int, newMaps bool, log *slog.Logger) (connLimitResult, error) {
-	budget, err := userspace.NewFDBudget(2)
+	budget, err := proxy.NewFDBudget(2)
 	if err != nil {
 		return connLimitResult{}, err
 	}
@@ -312,7 +313,7 @@ func connLimit(asked int, newMaps bool, log *slog.Logger) (connLimitResult, erro
 		}
 	} else {
 		r.max, r.from = budget.MaxConns(), "fd limit"
-		if m := userspace.MemMaxConns(); m > 0 && m < r.max {
+		if m := proxy.MemMaxConns(); m > 0 && m < r.max {
 			r.max, r.from = m, "memory"
 		}
 		if r.max > loader.MaxMapConns-queued {

@@ -17,7 +17,7 @@ import (
 )
 
 // Conn is one split connection as the table holds it. The relays and the
-// splitter write it from their own goroutines; every field is safe to read
+// pipeline write it from their own goroutines; every field is safe to read
 // at any time.
 type Conn struct {
 	ID      uint64

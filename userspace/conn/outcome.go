@@ -12,7 +12,7 @@ const (
 	LoopRefused                   // the destination was the proxy itself
 	// LocalFailed: the connection could not be split for want of a resource
 	// of this host (fds, memory, ports), not because of the server.
-	// Table.Remove does not count it: the splitter counts it in its split
+	// Table.Remove does not count it: the pipeline counts it in its split
 	// stats.
 	LocalFailed
 )

@@ -104,7 +104,7 @@ func TestIdleWaiterClose(t *testing.T) {
 	}
 }
 
-// testSplice is a splice relay as the splitter makes it (a pipe pool, an
+// testSplice is a splice relay as the pipeline makes it (a pipe pool, an
 // idle waiter), for one test.
 func testSplice(t *testing.T) Splice {
 	t.Helper()

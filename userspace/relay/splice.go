@@ -38,7 +38,7 @@ func (Splice) Via() conn.Via { return conn.Splice }
 // waiter starts one for a direction when its source is readable (without
 // a waiter each direction parks a goroutine instead). It returns at once;
 // done gets the outcome, once both sockets are closed. Whoever cancels ctx
-// must also close the sockets (the splitter resets both). Of st, only
+// must also close the sockets (the pipeline resets both). Of st, only
 // BeforeClose matters here.
 func (s Splice) Start(ctx context.Context, c *conn.Conn, client, server *net.TCPConn, st Setup, done func(conn.Outcome)) {
 	s.relayWith(ctx, c, client, server, done, spliceOpts{beforeClose: st.BeforeClose})

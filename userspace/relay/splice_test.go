@@ -247,7 +247,7 @@ func TestSpliceRelayResetOfIdleLegIsNotAFIN(t *testing.T) {
 	}
 }
 
-// The splice relay run as the splitter runs it (idle waiter, a context the
+// The splice relay run as the pipeline runs it (idle waiter, a context the
 // drain timeout cancels): cancelling resets both sides and ends the relay as
 // reset, even with both directions idle and parked in the waiter.
 func TestSpliceRelayAbortResetsBoth(t *testing.T) {

@@ -18,7 +18,7 @@ type DaemonInfo struct {
 	SplitStats
 }
 
-// SplitStats are the splitter's totals that the connection table does not
+// SplitStats are the pipeline's totals that the connection table does not
 // keep (yet).
 type SplitStats struct {
 	// LocalFailed counts connections reset because accept's follow-up or the

@@ -1,9 +1,11 @@
 // Package nettest holds what the unit tests of userspace and its relays
 // share to move bytes over loopback: a pair of connected sockets,
 // reproducible random bytes, and a wait for what happens right after a
-// peer saw its bytes.
+// peer saw its bytes; and a connection's relay state from its text, for
+// the tests of the table and the metrics.
 //
-// Only tests import it; it holds no state and imports no pepsal package.
+// Only tests import it; it holds no state and imports no pepsal package
+// but conn.
 package nettest
 
 import (
@@ -11,6 +13,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/pepsal/pepsal/userspace/conn"
 )
 
 // TCPPair returns both ends of a loopback TCP connection, closed when the
@@ -54,4 +58,14 @@ func WaitFor(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// RelayState is the state a connection shows as text in `pepsal conns`.
+func RelayState(t testing.TB, text string) conn.RelayState {
+	t.Helper()
+	var r conn.RelayState
+	if err := r.UnmarshalText([]byte(text)); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

@@ -1,6 +1,4 @@
-// Package userspace is pepsal's proxy: it accepts the connections that the BPF
-// side steers to its listener, dials the original destination, and relays.
-package userspace
+package proxy
 
 import (
 	"log/slog"
@@ -17,11 +15,13 @@ import (
 	"github.com/pepsal/pepsal/userspace/tuning"
 )
 
-// Splitter accepts diverted connections and splits them.
-type Splitter struct {
-	Relay relay.Relay // moves the bytes: Splice (NewSplitter's), or a kernel relay over it
+// Pipeline splits connections: each accept side (the proxy listeners, and
+// those Accept adds) hands it flows, which it sets up one way (setup.go),
+// connects to their servers through an Upstream and hands to its Relay.
+type Pipeline struct {
+	Relay relay.Relay // moves the bytes: Splice (NewPipeline's), or a kernel relay over it
 	// Upstream reaches the servers of the proxy listeners' flows:
-	// NewSplitter's is FastOpen over Direct. Set before Serve.
+	// NewPipeline's is FastOpen over Direct. Set before Serve.
 	Upstream Upstream
 	Dialer   *Dialer // dials every server leg
 	Table    *Table
@@ -29,7 +29,7 @@ type Splitter struct {
 	// OnExhausted, if set, is called each time accept or an upstream dial
 	// fails for want of a local resource (fds, memory, ports).
 	OnExhausted func()
-	// Splice is the splice relay, its pipes and idle waiter (NewSplitter
+	// Splice is the splice relay, its pipes and idle waiter (NewPipeline
 	// makes them; Close closes the waiter): a kernel relay falls back to it.
 	Splice relay.Splice
 
@@ -44,7 +44,7 @@ type Splitter struct {
 	localFailed atomic.Uint64 // connections reset for want of a local resource (conn.LocalFailed)
 }
 
-// Config is what a splitter is made with.
+// Config is what a pipeline is made with.
 type Config struct {
 	ConnectTimeout time.Duration
 	Tuning         tuning.Tuning
@@ -54,38 +54,38 @@ type Config struct {
 	Log            *slog.Logger
 }
 
-// NewSplitter prepares a splitter serving the given listeners.
-func NewSplitter(listeners []*net.TCPListener, cfg Config) *Splitter {
+// NewPipeline prepares a pipeline serving the given proxy listeners.
+func NewPipeline(listeners []*net.TCPListener, cfg Config) *Pipeline {
 	log := cfg.Log
 	d := &Dialer{Timeout: cfg.ConnectTimeout, Server: cfg.Tuning.Server, Tuner: cfg.Tuner, Transparent: cfg.Transparent, Log: log,
 		tuneLog: logx.RateLog{Period: 5 * time.Second}}
-	s := &Splitter{Upstream: FastOpen{Direct{d}}, Dialer: d, Table: NewTable(), Log: log, tuning: cfg.Tuning, diverted: cfg.Diverted,
+	p := &Pipeline{Upstream: FastOpen{Direct{Dialer: d}}, Dialer: d, Table: NewTable(), Log: log, tuning: cfg.Tuning, diverted: cfg.Diverted,
 		listeners: listeners, own: map[netip.AddrPort]bool{}, localLog: logx.RateLog{Period: 5 * time.Second}}
 	for _, ln := range listeners {
-		s.own[sockopt.AddrPort(ln.Addr())] = true
+		p.own[sockopt.AddrPort(ln.Addr())] = true
 	}
 	// The idle waiter's epoll fd is the daemon's for good: open it now, not
 	// with the first connection (a leak check takes its baseline after start).
 	waiter, _ := relay.NewIdleWaiter(log) // nil: each direction parks a goroutine instead
-	s.Splice = relay.Splice{Pipes: &relay.Pipes{}, Waiter: waiter}
-	s.Relay = s.Splice
-	return s
+	p.Splice = relay.Splice{Pipes: &relay.Pipes{}, Waiter: waiter}
+	p.Relay = p.Splice
+	return p
 }
 
-// Close releases what NewSplitter opened (the idle waiter), once no
+// Close releases what NewPipeline opened (the idle waiter), once no
 // connection is relayed any more: after Serve, or instead of it.
-func (s *Splitter) Close() error {
-	if s.Splice.Waiter == nil {
+func (p *Pipeline) Close() error {
+	if p.Splice.Waiter == nil {
 		return nil
 	}
-	return s.Splice.Waiter.Close()
+	return p.Splice.Waiter.Close()
 }
 
 // SetPipeLimit bounds the splice pipes open at once (PipeLimit of the
 // admission limit), so that pipes never take the fds accept and dial need.
-func (s *Splitter) SetPipeLimit(n int) { s.Splice.Pipes.SetLimit(n) }
+func (p *Pipeline) SetPipeLimit(n int) { p.Splice.Pipes.SetLimit(n) }
 
-// SplitStats reads the splitter's totals that its table does not keep.
-func (s *Splitter) SplitStats() report.SplitStats {
-	return report.SplitStats{LocalFailed: s.localFailed.Load(), UpstreamTuningSkipped: s.Dialer.TuningSkipped()}
+// SplitStats reads the pipeline's totals that its table does not keep.
+func (p *Pipeline) SplitStats() report.SplitStats {
+	return report.SplitStats{LocalFailed: p.localFailed.Load(), UpstreamTuningSkipped: p.Dialer.TuningSkipped()}
 }

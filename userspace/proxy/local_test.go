@@ -1,4 +1,4 @@
-package userspace
+package proxy
 
 import (
 	"context"
@@ -39,10 +39,10 @@ func TestIsLocalFailure(t *testing.T) {
 
 func TestOnLocalExhaustionHook(t *testing.T) {
 	calls := 0
-	s := &Splitter{OnExhausted: func() { calls++ }}
+	s := &Pipeline{OnExhausted: func() { calls++ }}
 	s.onLocalExhaustion(fmt.Errorf("accept: %w", unix.EMFILE))
 	s.onLocalExhaustion(fmt.Errorf("dial: %w", unix.ECONNREFUSED))
-	(&Splitter{}).onLocalExhaustion(unix.EMFILE) // no hook: nothing to call
+	(&Pipeline{}).onLocalExhaustion(unix.EMFILE) // no hook: nothing to call
 	if calls != 1 {
 		t.Errorf("hook called %d times, want 1 (local failures only)", calls)
 	}

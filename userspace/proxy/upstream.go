@@ -1,4 +1,4 @@
-package userspace
+package proxy
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 // Upstream turns an accepted flow into its server leg.
 type Upstream interface {
 	// Connect returns the flow's server leg, connected, with f.First
-	// written to it. A *flowError says how the flow ends; any other error
+	// written to it. A *FlowError says how the flow ends; any other error
 	// is a local failure (IsLocalFailure) or the upstream's.
 	Connect(ctx context.Context, c *conn.Conn, f *Flow) (ServerLeg, error)
 }

@@ -1,4 +1,4 @@
-package userspace
+package proxy
 
 import (
 	"errors"
@@ -24,15 +24,15 @@ func IsLocalFailure(err error) bool {
 // onLocalExhaustion is called when accept or an upstream dial fails for want
 // of a local resource; the admission logic can hook OnExhausted to stop
 // diverting new connections meanwhile.
-func (s *Splitter) onLocalExhaustion(err error) {
+func (p *Pipeline) onLocalExhaustion(err error) {
 	if !IsLocalFailure(err) {
 		return
 	}
 	// Out of fds or memory: new SYNs go unsplit at once (admission).
-	if s.Table != nil {
-		s.Table.ResourceShortage(err)
+	if p.Table != nil {
+		p.Table.ResourceShortage(err)
 	}
-	if f := s.OnExhausted; f != nil {
+	if f := p.OnExhausted; f != nil {
 		f()
 	}
 }

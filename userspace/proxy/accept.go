@@ -1,4 +1,4 @@
-package userspace
+package proxy
 
 import (
 	"context"
@@ -28,7 +28,7 @@ type Acceptor interface {
 // side runs, the drain its flows count in, and the one setup path, with
 // the Upstream chosen for that side.
 type Intake struct {
-	s  *Splitter
+	p  *Pipeline
 	up Upstream
 }
 
@@ -40,22 +40,22 @@ type acceptSide struct {
 
 // Accept adds an accept side besides the proxy listeners (the gateway's),
 // whose flows reach their servers through up. Call before Serve.
-func (s *Splitter) Accept(a Acceptor, up Upstream) {
-	s.sides = append(s.sides, acceptSide{a, up})
+func (p *Pipeline) Accept(a Acceptor, up Upstream) {
+	p.sides = append(p.sides, acceptSide{a, up})
 }
 
 // Serve accepts until ctx is done, then waits for live connections to end, at
 // most until drainCtx is done, after which they are reset.
-func (s *Splitter) Serve(ctx, drainCtx context.Context) {
+func (p *Pipeline) Serve(ctx, drainCtx context.Context) {
 	var acceptWG sync.WaitGroup
 	connCtx, cancelConns := context.WithCancel(context.Background())
 	defer cancelConns()
-	sides := append([]acceptSide{{proxyListeners{s}, s.Upstream}}, s.sides...)
+	sides := append([]acceptSide{{proxyListeners{p}, p.Upstream}}, p.sides...)
 	for _, side := range sides {
 		acceptWG.Add(1)
 		go func() {
 			defer acceptWG.Done()
-			side.acc.Serve(connCtx, Intake{s, side.up})
+			side.acc.Serve(connCtx, Intake{p, side.up})
 		}()
 	}
 	<-ctx.Done()
@@ -65,12 +65,12 @@ func (s *Splitter) Serve(ctx, drainCtx context.Context) {
 	acceptWG.Wait()
 
 	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
+	go func() { p.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-drainCtx.Done():
-		if n := s.Table.Len(); n > 0 {
-			s.Log.Info("drain timeout: resetting live connections", "count", n)
+		if n := p.Table.Len(); n > 0 {
+			p.Log.Info("drain timeout: resetting live connections", "count", n)
 		}
 		cancelConns()
 		<-done
@@ -82,14 +82,14 @@ func (s *Splitter) Serve(ctx, drainCtx context.Context) {
 // growing pause: the connection stays in the kernel's accept queue
 // meanwhile.
 func (in Intake) AcceptEach(ln *net.TCPListener, what string, handle func(*net.TCPConn)) {
-	backoff := logx.AcceptBackoff{Log: in.s.Log, What: what}
+	backoff := logx.AcceptBackoff{Log: in.p.Log, What: what}
 	for {
 		conn, err := ln.AcceptTCP()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			in.s.onLocalExhaustion(err)
+			in.p.onLocalExhaustion(err)
 			backoff.Failed(err)
 			continue
 		}
@@ -100,36 +100,36 @@ func (in Intake) AcceptEach(ln *net.TCPListener, what string, handle func(*net.T
 
 // Go runs f in a goroutine of its own that Serve's drain waits for.
 func (in Intake) Go(f func()) {
-	in.s.wg.Add(1)
+	in.p.wg.Add(1)
 	go func() {
-		defer in.s.wg.Done()
+		defer in.p.wg.Done()
 		f()
 	}()
 }
 
 // Setup sets the flow up (the one setup path, with this side's Upstream)
 // and hands it to the relay.
-func (in Intake) Setup(ctx context.Context, f *Flow) { in.s.setup(ctx, f, in.up) }
+func (in Intake) Setup(ctx context.Context, f *Flow) { in.p.setup(ctx, f, in.up) }
 
 // Warn writes a line rate-limited together with the local-failure line: a
 // storm of either must not become a storm of lines.
 func (in Intake) Warn(msg string, args ...any) {
-	in.s.localLog.Log(in.s.Log, slog.LevelWarn, msg, args...)
+	in.p.localLog.Log(in.p.Log, slog.LevelWarn, msg, args...)
 }
 
 // proxyListeners is the accept side of the proxy's listeners, where the
 // BPF side steers the diverted SYNs.
-type proxyListeners struct{ s *Splitter }
+type proxyListeners struct{ p *Pipeline }
 
 // Serve splits each connection of every listener until they close.
 func (pl proxyListeners) Serve(ctx context.Context, in Intake) {
 	var wg sync.WaitGroup
-	for _, ln := range pl.s.listeners {
+	for _, ln := range pl.p.listeners {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			in.AcceptEach(ln, "proxy", func(conn *net.TCPConn) {
-				in.Go(func() { pl.s.split(ctx, conn, in) })
+				in.Go(func() { pl.p.split(ctx, conn, in) })
 			})
 		}()
 	}
@@ -138,7 +138,7 @@ func (pl proxyListeners) Serve(ctx context.Context, in Intake) {
 
 // Close closes the listeners.
 func (pl proxyListeners) Close() error {
-	for _, ln := range pl.s.listeners {
+	for _, ln := range pl.p.listeners {
 		ln.Close() // its SOCKMAP entry goes with it: new SYNs are forwarded unsplit
 	}
 	return nil
@@ -147,30 +147,30 @@ func (pl proxyListeners) Close() error {
 // split sets up a connection of a proxy listener: the kernel has completed
 // the client's handshake on behalf of the server; now reach the server or
 // reset the client.
-func (s *Splitter) split(ctx context.Context, client *net.TCPConn, in Intake) {
+func (p *Pipeline) split(ctx context.Context, client *net.TCPConn, in Intake) {
 	in.Setup(ctx, &Flow{
 		Leg:     client,
 		LegName: "client leg",
 		Client:  sockopt.AddrPort(client.RemoteAddr()),
 		Dst:     sockopt.AddrPort(client.LocalAddr()), // sk_lookup keeps the original destination
-		Prepare: s.readFirst,
+		Prepare: p.readFirst,
 	})
 }
 
 // readFirst takes what a proxy listener's flow brings before its server
 // leg: its SYN's ToS, and with fast open its first bytes.
-func (s *Splitter) readFirst(f *Flow) error {
-	if s.diverted != nil {
-		if info, ok := s.diverted.TakeDiverted(f.Client, f.Dst); ok {
+func (p *Pipeline) readFirst(f *Flow) error {
+	if p.diverted != nil {
+		if info, ok := p.diverted.TakeDiverted(f.Client, f.Dst); ok {
 			f.ToS = info.Tos
 		}
 	}
-	if !s.tuning.FastOpen.Dial {
+	if !p.tuning.FastOpen.Dial {
 		return nil
 	}
-	first, drained, err := firstBytes(f.Leg, s.tuning.FastOpen.Wait)
+	first, drained, err := firstBytes(f.Leg, p.tuning.FastOpen.Wait)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return &flowError{outcome: conn.WasReset, level: slog.LevelDebug, msg: "client failed before its first bytes", err: err}
+		return &FlowError{Outcome: conn.WasReset, Level: slog.LevelDebug, Msg: "client failed before its first bytes", Err: err}
 	}
 	f.First, f.PartlyRead = first, !drained
 	return nil

@@ -1,4 +1,4 @@
-package userspace
+package proxy
 
 import (
 	"context"
@@ -34,7 +34,7 @@ type Flow struct {
 	ClientRead int64 // bytes read from Leg and not relayed (the gateway's header)
 	// Prepare, if set, runs once the flow is recorded and not refused,
 	// before its Upstream: a proxy listener's flow takes its SYN's ToS and
-	// its first bytes then. A *flowError it returns ends the flow.
+	// its first bytes then. A *FlowError it returns ends the flow.
 	Prepare func(*Flow) error
 	// OnRelay, if set, runs as the relay starts: the relay runs
 	// beforeClose right before it closes Leg, and leave runs once the flow
@@ -42,70 +42,70 @@ type Flow struct {
 	OnRelay func(leg *net.TCPConn) (beforeClose, leave func())
 }
 
-// flowError is a failure before the relay that says how the flow ends and
+// FlowError is a failure before the relay that says how the flow ends and
 // the line it logs, where the rule for a failed server leg (IsLocalFailure:
 // LocalFailed, else UpstreamFailed) does not apply.
-type flowError struct {
-	outcome conn.Outcome
-	level   slog.Level
-	msg     string
-	err     error
+type FlowError struct {
+	Outcome conn.Outcome
+	Level   slog.Level // of the line
+	Msg     string     // the line
+	Err     error
 }
 
-func (e *flowError) Error() string { return e.msg + ": " + e.err.Error() }
-func (e *flowError) Unwrap() error { return e.err }
+func (e *FlowError) Error() string { return e.Msg + ": " + e.Err.Error() }
+func (e *FlowError) Unwrap() error { return e.Err }
 
 // setup is the one setup path of every connection, whichever side accepted
 // it and whatever reaches its server: it records the flow, refuses a loop,
 // gets the server leg from up, tunes both legs and starts the relay. A
 // failure on the way resets the accepted leg.
-func (s *Splitter) setup(ctx context.Context, f *Flow, up Upstream) {
-	c := s.record(f)
-	if s.refuseLoop(c, f) {
+func (p *Pipeline) setup(ctx context.Context, f *Flow, up Upstream) {
+	c := p.record(f)
+	if p.refuseLoop(c, f) {
 		return
 	}
-	leg, err := s.connect(ctx, c, f, up)
+	leg, err := p.connect(ctx, c, f, up)
 	if err != nil {
-		s.fail(c, f, err)
+		p.fail(c, f, err)
 		return
 	}
-	s.tuneLegs(c, f, leg)
-	s.startRelay(ctx, c, f, leg)
+	p.tuneLegs(c, f, leg)
+	p.startRelay(ctx, c, f, leg)
 }
 
 // record adds the flow to the table and makes its accepted leg reset, not
 // linger, if pepsal dies.
-func (s *Splitter) record(f *Flow) *conn.Conn {
-	c := s.Table.Add(f.Client, f.Dst, s.Relay.Via())
+func (p *Pipeline) record(f *Flow) *conn.Conn {
+	c := p.Table.Add(f.Client, f.Dst, p.Relay.Via())
 	if f.Warm {
 		c.SetPeer("warm")
 	}
 	if err := sockopt.ResetOnCrash(f.Leg); err != nil {
-		connLog(s.Log, c).Warn(f.LegName, "err", err)
+		connLog(p.Log, c).Warn(f.LegName, "err", err)
 	}
 	return c
 }
 
 // refuseLoop resets a flow to one of this proxy's own addresses: it would
 // be relayed back to itself.
-func (s *Splitter) refuseLoop(c *conn.Conn, f *Flow) bool {
+func (p *Pipeline) refuseLoop(c *conn.Conn, f *Flow) bool {
 	dst := f.Dst
-	if !s.own[dst] && !dst.Addr().Unmap().IsLoopback() && (!f.Self.IsValid() || dst != f.Self) {
+	if !p.own[dst] && !dst.Addr().Unmap().IsLoopback() && (!f.Self.IsValid() || dst != f.Self) {
 		return false
 	}
 	sockopt.Reset(f.Leg)
-	s.Table.Remove(c, conn.LoopRefused)
+	p.Table.Remove(c, conn.LoopRefused)
 	if onWarmPath(c) {
-		connLog(s.Log, c).Info("warm path refused: destination is the proxy itself", "server", dst)
+		connLog(p.Log, c).Info("warm path refused: destination is the proxy itself", "server", dst)
 	} else {
-		connLog(s.Log, c).Info("refused: connection to the proxy's own address")
+		connLog(p.Log, c).Info("refused: connection to the proxy's own address")
 	}
 	return true
 }
 
 // connect gets the flow's server leg from up, once the accept side's
 // Prepare is done.
-func (s *Splitter) connect(ctx context.Context, c *conn.Conn, f *Flow, up Upstream) (ServerLeg, error) {
+func (p *Pipeline) connect(ctx context.Context, c *conn.Conn, f *Flow, up Upstream) (ServerLeg, error) {
 	if f.Prepare != nil {
 		if err := f.Prepare(f); err != nil {
 			return ServerLeg{}, err
@@ -117,40 +117,40 @@ func (s *Splitter) connect(ctx context.Context, c *conn.Conn, f *Flow, up Upstre
 // fail ends a flow that got no server leg. Its client believes it is
 // connected: only an RST tells it the truth (at the gateway, the warm
 // connection's RST makes the terminal reset its client).
-func (s *Splitter) fail(c *conn.Conn, f *Flow, err error) {
+func (p *Pipeline) fail(c *conn.Conn, f *Flow, err error) {
 	sockopt.Reset(f.Leg)
-	var fe *flowError
+	var fe *FlowError
 	switch {
 	case errors.As(err, &fe):
-		s.Table.Remove(c, fe.outcome)
-		connLog(s.Log, c).At(fe.level, fe.msg, "err", fe.err)
+		p.Table.Remove(c, fe.Outcome)
+		connLog(p.Log, c).At(fe.Level, fe.Msg, "err", fe.Err)
 	case IsLocalFailure(err):
-		s.localFailed.Add(1)
-		s.Table.Remove(c, conn.LocalFailed)
-		s.onLocalExhaustion(err)
-		s.localLog.Log(s.Log, slog.LevelWarn, "connection reset: this host is short of a resource", "client", f.Client, "server", f.Dst, "err", err)
+		p.localFailed.Add(1)
+		p.Table.Remove(c, conn.LocalFailed)
+		p.onLocalExhaustion(err)
+		p.localLog.Log(p.Log, slog.LevelWarn, "connection reset: this host is short of a resource", "client", f.Client, "server", f.Dst, "err", err)
 	default:
-		s.Table.Remove(c, conn.UpstreamFailed)
+		p.Table.Remove(c, conn.UpstreamFailed)
 		msg := "upstream connect failed"
 		if onWarmPath(c) {
 			msg = "warm path: upstream connect failed"
 		}
-		addrLog(s.Log, c).Info(msg, "err", err)
+		addrLog(p.Log, c).Info(msg, "err", err)
 	}
 }
 
 // tuneLegs sets what the legs keep while relayed: a reset, not a linger,
 // if pepsal dies, and each leg's tuning (unless its Upstream tuned it).
-func (s *Splitter) tuneLegs(c *conn.Conn, f *Flow, leg ServerLeg) {
-	log := connLog(s.Log, c)
+func (p *Pipeline) tuneLegs(c *conn.Conn, f *Flow, leg ServerLeg) {
+	log := connLog(p.Log, c)
 	if err := sockopt.ResetOnCrash(leg.Conn); err != nil {
 		log.Warn(leg.Name, "err", err)
 	}
-	if err := s.tuning.Client.Established(f.Leg); err != nil {
+	if err := p.tuning.Client.Established(f.Leg); err != nil {
 		log.Warn("tune "+f.LegName, "err", err)
 	}
 	if !leg.Tuned {
-		if err := s.tuning.Server.Established(leg.Conn); err != nil {
+		if err := p.tuning.Server.Established(leg.Conn); err != nil {
 			log.Warn("tune "+leg.Name, "err", err)
 		}
 	}
@@ -160,11 +160,11 @@ func (s *Splitter) tuneLegs(c *conn.Conn, f *Flow, leg ServerLeg) {
 // end when the relay is done. The relay runs on without the goroutine that
 // set the flow up (an idle connection holds none); the flow counts as live
 // for Serve's drain until done.
-func (s *Splitter) startRelay(ctx context.Context, c *conn.Conn, f *Flow, leg ServerLeg) {
+func (p *Pipeline) startRelay(ctx context.Context, c *conn.Conn, f *Flow, leg ServerLeg) {
 	c.SetState("established")
 	c.SetLegs(f.Leg, leg.Conn)
 	if !onWarmPath(c) {
-		connLog(s.Log, c).Debug("split")
+		connLog(p.Log, c).Debug("split")
 	}
 	st := relay.Setup{Pre: int64(len(f.First)), ClientRead: f.ClientRead, ServerRead: leg.Read, PartlyRead: f.PartlyRead}
 	leave := func() {}
@@ -175,29 +175,29 @@ func (s *Splitter) startRelay(ctx context.Context, c *conn.Conn, f *Flow, leg Se
 	c.AddMoved(st.Pre, 0)
 	done := func(how conn.Outcome) {
 		stop()
-		s.Table.Remove(c, how)
-		s.logClosed(c, how)
+		p.Table.Remove(c, how)
+		p.logClosed(c, how)
 		leave()
 		if leg.Done != nil {
 			leg.Done()
 		}
 	}
-	s.wg.Add(1)
-	s.Relay.Start(ctx, c, f.Leg, leg.Conn, st, func(how conn.Outcome) {
-		defer s.wg.Done()
+	p.wg.Add(1)
+	p.Relay.Start(ctx, c, f.Leg, leg.Conn, st, func(how conn.Outcome) {
+		defer p.wg.Done()
 		done(how)
 	})
 }
 
 // logClosed says how a flow ended and what it moved (on a warm path
 // without the kernel's share, as the warm paths always did).
-func (s *Splitter) logClosed(c *conn.Conn, how conn.Outcome) {
+func (p *Pipeline) logClosed(c *conn.Conn, how conn.Outcome) {
 	m := c.Moved()
 	if onWarmPath(c) {
-		addrLog(s.Log, c).Debug("warm path closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient)
+		addrLog(p.Log, c).Debug("warm path closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient)
 		return
 	}
-	addrLog(s.Log, c).Debug("closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient, "kernel", m.KernelToServer+m.KernelToClient)
+	addrLog(p.Log, c).Debug("closed", "outcome", how, "to_server", m.ToServer, "to_client", m.ToClient, "kernel", m.KernelToServer+m.KernelToClient)
 }
 
 // onWarmPath says whether c rides a warm path between two pepsals.

@@ -1,17 +1,14 @@
-package userspace
+package proxy
 
 import (
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
-	"strings"
 	"testing"
 
-	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/relay"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,30 +67,4 @@ func TestFDBudget(t *testing.T) {
 		t.Fatal("100 fds cannot hold a connection and two accept queues")
 	}
 	t.Logf("RLIMIT_NOFILE 20000: max_conns %d", n)
-}
-
-// TestMetricsFallbacksByReason: closed fallbacks are counted by reason.
-func TestMetricsFallbacksByReason(t *testing.T) {
-	table := NewTable()
-	c := netip.MustParseAddrPort("10.0.0.1:1")
-	for _, relay := range []string{"userspace: client closed before insert", "userspace: server closed before insert", "userspace: client: update pepsal_relay: no space", "kernel"} {
-		record := table.Add(c, c, conn.Kernel)
-		record.SetRelay(relayState(t, relay))
-		table.Remove(record, conn.Completed)
-	}
-	m := NewMetrics(table, func() ([]loader.Counter, error) { return nil, nil })
-	want := `
-# HELP pepsal_relay_fallbacks_by_reason_total Closed connections that were relayed in userspace although the kernel relay was asked for, by reason class.
-# TYPE pepsal_relay_fallbacks_by_reason_total counter
-pepsal_relay_fallbacks_by_reason_total{reason="closed_before_insert"} 2
-pepsal_relay_fallbacks_by_reason_total{reason="first_bytes_partial"} 0
-pepsal_relay_fallbacks_by_reason_total{reason="insert_failed"} 1
-pepsal_relay_fallbacks_by_reason_total{reason="setup_failed"} 0
-`
-	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "pepsal_relay_fallbacks_by_reason_total"); err != nil {
-		t.Error(err)
-	}
-	if s := table.Stats(); s.Fallback != 3 || s.FallbackByReason["closed_before_insert"] != 2 {
-		t.Errorf("stats %+v", s)
-	}
 }

@@ -1,4 +1,4 @@
-package userspace
+package proxy
 
 import (
 	"net/netip"
@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/pepsal/pepsal/userspace/conn"
+	"github.com/pepsal/pepsal/userspace/internal/nettest"
 	"github.com/pepsal/pepsal/userspace/report"
 )
 
@@ -33,9 +34,9 @@ func TestTableAccounting(t *testing.T) {
 	// A kernel-relayed connection: its final counts include the kernel's.
 	done.SetMoved(conn.Moved{ToServer: 100, ToClient: 1000, KernelToServer: 60, KernelToClient: 900})
 	reset.AddMoved(7, 3)
-	fellBack.SetRelay(relayState(t, "userspace: client: insert into pepsal_relay: no space left"))
+	fellBack.SetRelay(nettest.RelayState(t, "userspace: client: insert into pepsal_relay: no space left"))
 	fellBack.AddMoved(5, 0)
-	partial.SetRelay(relayState(t, "userspace: first bytes not read whole"))
+	partial.SetRelay(nettest.RelayState(t, "userspace: first bytes not read whole"))
 	live.AddMoved(11, 13) // still open: counted only when it ends
 
 	tb.Remove(done, conn.Completed)
@@ -105,14 +106,4 @@ func TestTableSnapshotOrderAndLiveCounts(t *testing.T) {
 	if s := tb.Stats(); s.BytesToServer != 50 || s.KernelBytes != 45 {
 		t.Errorf("final counts not accounted: %+v", s)
 	}
-}
-
-// relayState is the state a connection shows as text in `pepsal conns`.
-func relayState(t testing.TB, text string) conn.RelayState {
-	t.Helper()
-	var r conn.RelayState
-	if err := r.UnmarshalText([]byte(text)); err != nil {
-		t.Fatal(err)
-	}
-	return r
 }
