@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/peer"
 	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/report"
@@ -497,7 +498,7 @@ func listenProxy(port int, t tuning.Tuning, log *slog.Logger) ([]slotListener, e
 // listenGateway opens the gateway's listener for terminals (before anything
 // is attached, so that a taken port changes nothing), or takes the one an
 // upgraded daemon handed over; nil when not a gateway.
-func (d *Daemon) listenGateway(in *Inherited) (*PeerGateway, error) {
+func (d *Daemon) listenGateway(in *Inherited) (*peer.Gateway, error) {
 	p := d.opts.Peer
 	var handed *net.TCPListener
 	if in != nil {
@@ -509,15 +510,15 @@ func (d *Daemon) listenGateway(in *Inherited) (*PeerGateway, error) {
 		}
 		return nil, nil
 	}
-	var g *PeerGateway
+	var g *peer.Gateway
 	var err error
 	if handed != nil {
-		g, err = PeerGatewayOn(handed, d.opts.Tuning)
+		g, err = peer.GatewayOn(handed, d.opts.Tuning)
 		if err != nil {
 			handed.Close()
 		}
 	} else {
-		g, err = ListenPeers(p.Listen, d.opts.Tuning)
+		g, err = peer.Listen(p.Listen, d.opts.Tuning)
 	}
 	if err != nil {
 		return nil, err
@@ -530,7 +531,7 @@ func (d *Daemon) listenGateway(in *Inherited) (*PeerGateway, error) {
 // (served with the proxy's, its flows dialed directly) and its sockets'
 // initial windows, the terminal's pool (run until ctx ends) in front of the
 // proxy listeners' upstream.
-func (d *Daemon) startPeers(ctx context.Context, sp *proxy.Pipeline, tuner Tuner, g *PeerGateway) (*PeerPool, error) {
+func (d *Daemon) startPeers(ctx context.Context, sp *proxy.Pipeline, tuner Tuner, g *peer.Gateway) (*peer.Pool, error) {
 	p := d.opts.Peer
 	if g != nil {
 		if tuner != nil {
@@ -541,18 +542,18 @@ func (d *Daemon) startPeers(ctx context.Context, sp *proxy.Pipeline, tuner Tuner
 		sp.Accept(g, proxy.Direct{Dialer: sp.Dialer})
 		d.log.Info("accepting warm connections from terminals", "listen", g.Addr().String(), "allow", len(p.Allow))
 	}
-	var pool *PeerPool
+	var pool *peer.Pool
 	if p.Gateway != "" {
-		pool = NewPeerPool(p.Gateway, p.Pool, p.Key, sp.Dialer, sp.Log)
+		pool = peer.NewPool(p.Gateway, p.Pool, p.Key, sp.Dialer, sp.Log)
 		go pool.Run(ctx)
-		sp.Upstream = Warm{Pool: pool, Fallback: sp.Upstream}
+		sp.Upstream = peer.Warm{Pool: pool, Fallback: sp.Upstream}
 		d.log.Info("keeping warm connections to the gateway", "gateway", p.Gateway, "pool", p.Pool)
 	}
 	return pool, nil
 }
 
 // peerStats is the daemon's peer report (nil without warm paths).
-func peerStats(pool *PeerPool, g *PeerGateway) *report.PeerStats {
+func peerStats(pool *peer.Pool, g *peer.Gateway) *report.PeerStats {
 	if pool == nil && g == nil {
 		return nil
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/peer"
 	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/tuning"
 	"golang.org/x/sys/unix"
@@ -23,7 +24,7 @@ func TestFlagNamesInErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	_, peerErr := userspace.ListenPeers(taken.Addr().String(), tuning.Tuning{})
+	_, peerErr := peer.Listen(taken.Addr().String(), tuning.Tuning{})
 	if !errors.Is(peerErr, unix.EADDRINUSE) {
 		t.Errorf("%v: EADDRINUSE lost", peerErr)
 	}
@@ -55,7 +56,7 @@ func TestFlagNamesInErrors(t *testing.T) {
 	// The domain's own texts.
 	var role tuning.Role
 	rawRole := role.UnmarshalText([]byte("satellite"))
-	_, rawKey := userspace.LoadPeerKey("")
+	_, rawKey := peer.LoadKey("")
 	for _, e := range []error{rawRole, rawKey, peerErr, tuning.Leg{MSS: 5}.Validate("client"), tuning.Leg{KeepAlive: 1}.Validate("client")} {
 		if e == nil || strings.Contains(e.Error(), "--") {
 			t.Errorf("domain error %q: want one, without a flag name", e)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/peer"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/spf13/cobra"
 )
@@ -28,7 +29,7 @@ func (p *peerFlags) register(cmd *cobra.Command) {
 	f.StringVar(&p.listen, "peer-listen", "", "gateway: accept warm connections from terminal pepsals on ADDR:PORT (firewall it to your terminals)")
 	f.StringVar(&p.gateway, "peer", "", "terminal: keep warm connections open to the gateway pepsal at ADDR:PORT")
 	f.StringVar(&p.keyFile, "peer-key", "", "file holding the pre-shared key of the warm paths (at least 32 random bytes, mode 600)")
-	f.IntVar(&p.pool, "peer-pool", userspace.DefaultPeerPool, "terminal: idle warm connections kept open to the gateway")
+	f.IntVar(&p.pool, "peer-pool", peer.DefaultPool, "terminal: idle warm connections kept open to the gateway")
 	f.StringArrayVar(&p.allow, "peer-allow", nil, "gateway: accept warm connections only from this prefix (repeatable; default: any, the key still applies)")
 }
 
@@ -73,10 +74,10 @@ func (p *peerFlags) config(cmd *cobra.Command) (userspace.PeerOptions, error) {
 		}
 		s.Allow = append(s.Allow, pfx.Masked())
 	}
-	key, err := userspace.LoadPeerKey(p.keyFile)
-	var ke *userspace.KeyError
+	key, err := peer.LoadKey(p.keyFile)
+	var ke *peer.KeyError
 	switch {
-	case errors.Is(err, userspace.ErrNoPeerKey):
+	case errors.Is(err, peer.ErrNoKey):
 		return s, errors.New("--peer-key FILE is required with --peer and --peer-listen (make one: head -c 32 /dev/urandom > FILE; chmod 600 FILE)")
 	case errors.As(err, &ke):
 		return s, fmt.Errorf("--peer-key%s", ke.Detail)

@@ -11,7 +11,7 @@ import (
 
 	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/peer"
 	"github.com/pepsal/pepsal/userspace/report"
 )
 
@@ -34,7 +34,7 @@ func TestPeerBurstHeavy(t *testing.T) {
 	f := twoPEPFamilies[0]
 	transferServer(t, topo.Server, hostPort(f.server, 9100))
 	startPeerGateway(t, defaultSuite(), topo, key)
-	pool := userspace.DefaultPeerPool
+	pool := peer.DefaultPool
 	if n, err := strconv.Atoi(os.Getenv("PEPSAL_BURST_POOL")); err == nil && n > 0 {
 		pool = n // what another pool size does
 	}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/peer"
 	"github.com/pepsal/pepsal/userspace/report"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -441,7 +441,7 @@ func peerClient(t *testing.T, topo *testbed.TwoPEP) (*net.TCPConn, []byte) {
 		t.Fatalf("dial the gateway's peer port: %v", err)
 	}
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	hello := make([]byte, userspace.PeerHelloLen)
+	hello := make([]byte, peer.HelloLen)
 	if _, err := io.ReadFull(c, hello); err != nil {
 		t.Fatalf("read hello: %v", err)
 	}
@@ -476,7 +476,7 @@ func TestPeerAuth(t *testing.T) {
 
 	// A legitimate header, captured, works once.
 	c, hello := peerClient(t, topo)
-	hdr, err := userspace.EncodePeerHeader(testKey(), hello, dst, cli, 0)
+	hdr, err := peer.EncodeHeader(testKey(), hello, dst, cli, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -495,7 +495,7 @@ func TestPeerAuth(t *testing.T) {
 	}
 	// Wrong key.
 	c, hello = peerClient(t, topo)
-	bad, _ := userspace.EncodePeerHeader(bytes.Repeat([]byte("wrong key"), 4), hello, dst, cli, 0)
+	bad, _ := peer.EncodeHeader(bytes.Repeat([]byte("wrong key"), 4), hello, dst, cli, 0)
 	c.Write(bad)
 	if err := closedByGateway(c, 10*time.Second); err != nil {
 		t.Errorf("wrong key: %v", err)
@@ -508,7 +508,7 @@ func TestPeerAuth(t *testing.T) {
 	}
 	// A header that never completes: closed after the header timeout.
 	c, hello = peerClient(t, topo)
-	good, _ := userspace.EncodePeerHeader(testKey(), hello, dst, cli, 0)
+	good, _ := peer.EncodeHeader(testKey(), hello, dst, cli, 0)
 	c.Write(good[:40])
 	if err := closedByGateway(c, 15*time.Second); err != nil {
 		t.Errorf("incomplete header: %v", err)

@@ -34,16 +34,17 @@ func firstBytes(c *net.TCPConn, wait time.Duration) (data []byte, drained bool, 
 	if n < synData {
 		return buf[:n], true, nil // a short read: nothing more was queued
 	}
-	return readQueued(c, buf[:n], maxFirst)
+	return ReadQueued(c, buf[:n], maxFirst)
 }
 
-// readQueued appends to data what is queued on c, without waiting, until a
+// ReadQueued appends to data what is queued on c, without waiting, until a
 // read comes back short (every queued skb read whole) or data holds max
-// bytes (drained false). c's read deadline is cleared first: firstBytes's
-// wait may run out between its first read and this one (seen on a slow
-// machine), and a read past its deadline fails without trying: the client
-// would be reset for nothing.
-func readQueued(c *net.TCPConn, data []byte, max int) (_ []byte, drained bool, err error) {
+// bytes (drained false): what firstBytes and the warm-path gateway's header
+// read end with. c's read deadline is cleared first: their wait may run out
+// between their last read and this one (seen on a slow machine), and a read
+// past its deadline fails without trying: the flow would be reset for
+// nothing.
+func ReadQueued(c *net.TCPConn, data []byte, max int) (_ []byte, drained bool, err error) {
 	if err := c.SetReadDeadline(time.Time{}); err != nil {
 		return data, true, err
 	}

@@ -95,7 +95,7 @@ func TestFirstBytes(t *testing.T) {
 		client.Write(msg)
 		queued(t, leg, len(msg))
 		leg.SetReadDeadline(time.Now().Add(-time.Second))
-		data, drained, err := readQueued(leg, nil, 1<<20)
+		data, drained, err := ReadQueued(leg, nil, 1<<20)
 		if err != nil || !drained || !bytes.Equal(data, msg) {
 			t.Fatalf("got %d of %d bytes, drained %v, %v", len(data), len(msg), drained, err)
 		}

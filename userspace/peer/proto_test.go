@@ -1,4 +1,4 @@
-package userspace
+package peer
 
 import (
 	"bytes"
@@ -36,7 +36,7 @@ func reason(err error) string {
 
 func TestPeerHeaderRoundTrip(t *testing.T) {
 	h := mustHello(t)
-	for _, hdr := range []peerHeader{
+	for _, hdr := range []header{
 		{ToS: 0x28, Dst: netip.MustParseAddrPort("10.0.0.1:443"), Client: netip.MustParseAddrPort("192.168.1.2:50000")},
 		{Dst: netip.MustParseAddrPort("[2001:db8::1]:80"), Client: netip.MustParseAddrPort("[fd00::2]:1234")},
 		// IPv4-mapped input comes out as plain IPv4.
@@ -50,7 +50,7 @@ func TestPeerHeaderRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%v: %v", hdr, err)
 		}
-		want := peerHeader{ToS: hdr.ToS, Dst: netip.AddrPortFrom(hdr.Dst.Addr().Unmap(), hdr.Dst.Port()),
+		want := header{ToS: hdr.ToS, Dst: netip.AddrPortFrom(hdr.Dst.Addr().Unmap(), hdr.Dst.Port()),
 			Client: netip.AddrPortFrom(hdr.Client.Addr().Unmap(), hdr.Client.Port())}
 		if got != want {
 			t.Errorf("decoded %+v, want %+v", got, want)
@@ -60,7 +60,7 @@ func TestPeerHeaderRoundTrip(t *testing.T) {
 
 func TestPeerHeaderRefusals(t *testing.T) {
 	h := mustHello(t)
-	hdr := peerHeader{Dst: netip.MustParseAddrPort("10.0.0.1:443"), Client: netip.MustParseAddrPort("192.168.1.2:50000")}
+	hdr := header{Dst: netip.MustParseAddrPort("10.0.0.1:443"), Client: netip.MustParseAddrPort("192.168.1.2:50000")}
 	good, err := hdr.encode(testKey, h)
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +115,7 @@ func TestLoadPeerKey(t *testing.T) {
 		return p
 	}
 	good := write("good", bytes.Repeat([]byte{1}, 32), 0o600)
-	if k, err := LoadPeerKey(good); err != nil || len(k) != 32 {
+	if k, err := LoadKey(good); err != nil || len(k) != 32 {
 		t.Fatalf("good key: %d bytes, %v", len(k), err)
 	}
 	for _, c := range []struct{ path, want string }{
@@ -126,7 +126,7 @@ func TestLoadPeerKey(t *testing.T) {
 		{write("group", bytes.Repeat([]byte{1}, 32), 0o640), "group or others"},
 		{dir, "not a regular file"},
 	} {
-		_, err := LoadPeerKey(c.path)
+		_, err := LoadKey(c.path)
 		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%q: %v, want one line with %q", c.path, err, c.want)
 		}

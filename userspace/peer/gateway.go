@@ -1,4 +1,4 @@
-package userspace
+package peer
 
 import (
 	"context"
@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pepsal/pepsal/userspace/internal/logx"
 	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
@@ -22,24 +21,24 @@ import (
 
 // Timing of the gateway side of warm paths.
 const (
-	// PeerMaxAge is how long a terminal keeps an idle warm connection
+	// MaxAge is how long a terminal keeps an idle warm connection
 	// (minus up to a fifth, jitter, so that a pool filled at once is not
 	// recycled at once).
-	PeerMaxAge = 5 * time.Minute
-	// peerIdleLimit: a connection idle longer than the terminal would keep
+	MaxAge = 5 * time.Minute
+	// idleLimit: a connection idle longer than the terminal would keep
 	// it is a dead or misbehaving terminal's; the gateway closes it.
-	peerIdleLimit = PeerMaxAge + time.Minute
-	// peerHeaderTimeout: once its first byte arrived, a header must be
+	idleLimit = MaxAge + time.Minute
+	// headerTimeout: once its first byte arrived, a header must be
 	// complete within this (a terminal sends it in one write).
-	peerHeaderTimeout = 5 * time.Second
-	// peerMaxPending bounds the connections waiting for a header: each holds
+	headerTimeout = 5 * time.Second
+	// maxPending bounds the connections waiting for a header: each holds
 	// an fd and a goroutine, and nobody can make the gateway hold more.
-	peerMaxPending = 4096
+	maxPending = 4096
 )
 
-// PeerGateway is the gateway side: a listener for terminals that serves
+// Gateway is the gateway side: a listener for terminals that serves
 // authenticated warm connections.
-type PeerGateway struct {
+type Gateway struct {
 	Key   []byte
 	Allow []netip.Prefix // empty: any source (the key still applies)
 
@@ -48,18 +47,17 @@ type PeerGateway struct {
 	stop       context.CancelFunc
 	pending    atomic.Int64 // accepted, no header yet
 	handedOver atomic.Bool  // a new daemon took the listener over (HandedOver)
-	share      *peerShare   // flows of a terminal that start together share its link
+	pacing     *pacing      // flows of a terminal that start together share its link
 
 	accepted, served, idleClosed atomic.Uint64
 	mu                           sync.Mutex
 	refused                      map[string]uint64
-	refuseLog                    logx.RateLog
 }
 
-// ListenPeers opens the gateway's listener for terminals on addr. It is an
+// Listen opens the gateway's listener for terminals on addr. It is an
 // ordinary listener (never steered, not transparent) whose accepted sockets
 // get the client leg's tuning: toward the terminals it is the long leg.
-func ListenPeers(addr string, t tuning.Tuning) (*PeerGateway, error) {
+func Listen(addr string, t tuning.Tuning) (*Gateway, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		if err := c.Control(func(fd uintptr) {
@@ -77,34 +75,34 @@ func ListenPeers(addr string, t tuning.Tuning) (*PeerGateway, error) {
 	if err != nil {
 		return nil, &proxy.ListenError{What: "peer", Addr: addr, Err: err}
 	}
-	return newPeerGateway(ln.(*net.TCPListener)), nil
+	return newGateway(ln.(*net.TCPListener)), nil
 }
 
-// PeerGatewayOn is the gateway on the listener an upgraded daemon handed
+// GatewayOn is the gateway on the listener an upgraded daemon handed
 // over: its accept queue, terminals' connections in it included, carries
 // on. The client leg's tuning is set again, as this binary has it.
-func PeerGatewayOn(ln *net.TCPListener, t tuning.Tuning) (*PeerGateway, error) {
+func GatewayOn(ln *net.TCPListener, t tuning.Tuning) (*Gateway, error) {
 	if err := sockopt.WithFD(ln, t.Client.BeforeHandshake); err != nil {
 		return nil, &proxy.ListenError{What: "peer", Addr: ln.Addr().String(), Err: err}
 	}
-	return newPeerGateway(ln), nil
+	return newGateway(ln), nil
 }
 
-func newPeerGateway(ln *net.TCPListener) *PeerGateway {
+func newGateway(ln *net.TCPListener) *Gateway {
 	stopped, stop := context.WithCancel(context.Background())
-	return &PeerGateway{ln: ln, stopped: stopped, stop: stop, share: newPeerShare(), refused: map[string]uint64{}, refuseLog: logx.RateLog{Period: 5 * time.Second}}
+	return &Gateway{ln: ln, stopped: stopped, stop: stop, pacing: newPacing(), refused: map[string]uint64{}}
 }
 
 // Port is the listener's port (for sock_ops, which tunes its sockets).
-func (g *PeerGateway) Port() uint16 { return sockopt.AddrPort(g.ln.Addr()).Port() }
+func (g *Gateway) Port() uint16 { return sockopt.AddrPort(g.ln.Addr()).Port() }
 
 // Addr is the listener's address.
-func (g *PeerGateway) Addr() net.Addr { return g.ln.Addr() }
+func (g *Gateway) Addr() net.Addr { return g.ln.Addr() }
 
 // Close stops accepting. Warm connections waiting for a header are let go
 // at once (the daemon stops: terminals must not start flows on them),
 // unless the listener was handed over (HandedOver).
-func (g *PeerGateway) Close() error {
+func (g *Gateway) Close() error {
 	if !g.handedOver.Load() {
 		g.stop()
 	}
@@ -116,15 +114,15 @@ func (g *PeerGateway) Close() error {
 // headers, until the terminal recycles them or the upgrade's drain ends: a
 // terminal may be sending a header on one right now, and a reset would
 // reach it after it had handed that connection a client's flow.
-func (g *PeerGateway) HandedOver() { g.handedOver.Store(true) }
+func (g *Gateway) HandedOver() { g.handedOver.Store(true) }
 
 // Listener is the listener, to hand over at an upgrade.
-func (g *PeerGateway) Listener() *net.TCPListener { return g.ln }
+func (g *Gateway) Listener() *net.TCPListener { return g.ln }
 
 // Stats reads the counters.
-func (g *PeerGateway) Stats() report.PeerGatewayStats {
+func (g *Gateway) Stats() report.PeerGatewayStats {
 	s := report.PeerGatewayStats{Listen: g.ln.Addr().String(), Accepted: g.accepted.Load(), Waiting: g.pending.Load(),
-		Served: g.served.Load(), IdleClosed: g.idleClosed.Load(), Refused: map[string]uint64{}, PacedStarts: g.share.paced.Load(), Starting: g.share.starting()}
+		Served: g.served.Load(), IdleClosed: g.idleClosed.Load(), Refused: map[string]uint64{}, PacedStarts: g.pacing.paced.Load(), Starting: g.pacing.starting()}
 	g.mu.Lock()
 	for _, r := range report.AuthReasons {
 		s.Refused[r] = g.refused[r]
@@ -133,7 +131,7 @@ func (g *PeerGateway) Stats() report.PeerGatewayStats {
 	return s
 }
 
-func (g *PeerGateway) allowed(a netip.Addr) bool {
+func (g *Gateway) allowed(a netip.Addr) bool {
 	if len(g.Allow) == 0 {
 		return true
 	}
@@ -146,7 +144,7 @@ func (g *PeerGateway) allowed(a netip.Addr) bool {
 }
 
 // refuse resets a peer connection without dialing anything, and counts why.
-func (g *PeerGateway) refuse(in proxy.Intake, conn *net.TCPConn, reason string, err error) {
+func (g *Gateway) refuse(in proxy.Intake, conn *net.TCPConn, reason string, err error) {
 	sockopt.Reset(conn)
 	g.mu.Lock()
 	g.refused[reason]++
@@ -156,16 +154,16 @@ func (g *PeerGateway) refuse(in proxy.Intake, conn *net.TCPConn, reason string, 
 
 // Serve accepts terminals' connections until the listener closes (an
 // Acceptor: each authentic header's flow goes to in).
-func (g *PeerGateway) Serve(ctx context.Context, in proxy.Intake) {
+func (g *Gateway) Serve(ctx context.Context, in proxy.Intake) {
 	in.AcceptEach(g.ln, "peer", func(conn *net.TCPConn) {
 		g.accepted.Add(1)
 		if !g.allowed(sockopt.AddrPort(conn.RemoteAddr()).Addr()) {
 			g.refuse(in, conn, report.AuthNotAllowed, errors.New("source not in the allowed prefixes"))
 			return
 		}
-		if g.pending.Add(1) > peerMaxPending {
+		if g.pending.Add(1) > maxPending {
 			g.pending.Add(-1)
-			g.refuse(in, conn, report.AuthOverload, fmt.Errorf("%d connections already wait for a header", peerMaxPending))
+			g.refuse(in, conn, report.AuthOverload, fmt.Errorf("%d connections already wait for a header", maxPending))
 			return
 		}
 		in.Go(func() { g.serve(ctx, in, conn) })
@@ -175,7 +173,7 @@ func (g *PeerGateway) Serve(ctx context.Context, in proxy.Intake) {
 // serve serves one warm connection: hello, wait (idle) for the header,
 // check it, dial the destination, relay. Until the header is accepted
 // nothing is dialed.
-func (g *PeerGateway) serve(ctx context.Context, in proxy.Intake, conn *net.TCPConn) {
+func (g *Gateway) serve(ctx context.Context, in proxy.Intake, conn *net.TCPConn) {
 	waiting := true
 	defer func() {
 		if waiting {
@@ -224,23 +222,23 @@ func (g *PeerGateway) serve(ctx context.Context, in proxy.Intake, conn *net.TCPC
 	g.pending.Add(-1)
 	waiting = false
 	g.served.Add(1)
-	g.relay(ctx, in, conn, hdr, data[headerLen:], drained)
+	g.relay(ctx, in, conn, hdr, data[HeaderLen:], drained)
 }
 
 // readHeader reads until a whole header is in: the first byte may take up to
-// peerIdleLimit (the connection waits in a terminal's pool), the rest at most
-// peerHeaderTimeout. It then reads on without waiting until a read comes back
+// idleLimit (the connection waits in a terminal's pool), the rest at most
+// headerTimeout. It then reads on without waiting until a read comes back
 // short, so that no skb is left half read (see firstBytes); drained is false
 // when it stopped at the bound instead.
 func readHeader(conn *net.TCPConn) (data []byte, drained bool, err error) {
 	const bound = 1 << 20
 	buf := make([]byte, 64<<10)
-	_ = conn.SetReadDeadline(time.Now().Add(peerIdleLimit))
+	_ = conn.SetReadDeadline(time.Now().Add(idleLimit))
 	defer conn.SetReadDeadline(time.Time{})
 	for {
 		n, rerr := conn.Read(buf)
 		if n > 0 && len(data) == 0 {
-			_ = conn.SetReadDeadline(time.Now().Add(peerHeaderTimeout))
+			_ = conn.SetReadDeadline(time.Now().Add(headerTimeout))
 		}
 		data = append(data, buf[:n]...)
 		if len(data) >= 4 && [4]byte(data[:4]) != headerMagic {
@@ -248,49 +246,25 @@ func readHeader(conn *net.TCPConn) (data []byte, drained bool, err error) {
 		}
 		if rerr != nil {
 			if len(data) > 0 && (sockopt.IsTimeout(rerr) || errors.Is(rerr, io.EOF)) {
-				return data, true, &authError{report.AuthIncomplete, fmt.Sprintf("%d of %d header bytes, then %v", len(data), headerLen, rerr)}
+				return data, true, &authError{report.AuthIncomplete, fmt.Sprintf("%d of %d header bytes, then %v", len(data), HeaderLen, rerr)}
 			}
 			return data, true, rerr
 		}
-		if len(data) >= headerLen && n < len(buf) {
+		if len(data) >= HeaderLen && n < len(buf) {
 			return data, true, nil
 		}
-		if len(data) >= headerLen {
-			break // a full read: more may be queued
+		if len(data) >= HeaderLen {
+			// A full read: more may be queued. Read it without waiting,
+			// until a short read.
+			return proxy.ReadQueued(conn, data, bound)
 		}
 	}
-	// Non-blocking reads of what is queued, until a short one.
-	rc, err := conn.SyscallConn()
-	if err != nil {
-		return data, true, err
-	}
-	for len(data) < bound {
-		var m int
-		var rerr error
-		if err := rc.Read(func(fd uintptr) bool {
-			m, rerr = unix.Read(int(fd), buf)
-			return true
-		}); err != nil {
-			return data, true, err
-		}
-		if errors.Is(rerr, unix.EAGAIN) || m == 0 {
-			return data, true, nil
-		}
-		if rerr != nil {
-			return data, true, rerr
-		}
-		data = append(data, buf[:m]...)
-		if m < len(buf) {
-			return data, true, nil
-		}
-	}
-	return data, false, nil
 }
 
 // relay sets up the flow an authentic header asks for, with the warm
 // connection as its client leg: a refused, unreachable or silent server
 // resets the warm connection, which makes the terminal reset its client.
-func (g *PeerGateway) relay(ctx context.Context, in proxy.Intake, warm *net.TCPConn, hdr peerHeader, rest []byte, drained bool) {
+func (g *Gateway) relay(ctx context.Context, in proxy.Intake, warm *net.TCPConn, hdr header, rest []byte, drained bool) {
 	in.Setup(ctx, &proxy.Flow{
 		Leg:        warm,
 		LegName:    "warm leg",
@@ -301,7 +275,7 @@ func (g *PeerGateway) relay(ctx context.Context, in proxy.Intake, warm *net.TCPC
 		ToS:        uint32(hdr.ToS),
 		First:      rest,
 		PartlyRead: !drained,
-		ClientRead: headerLen, // the header was read from the warm connection, not relayed
-		OnRelay:    g.share.join,
+		ClientRead: HeaderLen, // the header was read from the warm connection, not relayed
+		OnRelay:    g.pacing.join,
 	})
 }

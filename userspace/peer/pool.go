@@ -1,4 +1,4 @@
-package userspace
+package peer
 
 import (
 	"context"
@@ -21,17 +21,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DefaultPeerPool is --peer-pool's default: a browser opening a page starts
+// DefaultPool is --peer-pool's default: a browser opening a page starts
 // about 6 connections per host and 15-20 in all in its first round trip;
 // 16 warm connections cover such a burst (the rest falls back to fast
 // open, one round trip slower, while the pool refills behind them), and cost
 // the gateway 16 idle sockets per terminal.
-const DefaultPeerPool = 16
+const DefaultPool = 16
 
 // Backoff of the pool while the gateway is unreachable or refuses.
 const (
-	peerBackoffMin = 500 * time.Millisecond
-	peerBackoffMax = 30 * time.Second
+	backoffMin = 500 * time.Millisecond
+	backoffMax = 30 * time.Second
 )
 
 // warmConn is an idle connection to the gateway, hello received.
@@ -41,9 +41,9 @@ type warmConn struct {
 	expires time.Time
 }
 
-// PeerPool keeps idle, tuned, authenticated-ready connections open from a
+// Pool keeps idle, tuned, authenticated-ready connections open from a
 // terminal to its gateway, one per future client flow.
-type PeerPool struct {
+type Pool struct {
 	Size    int
 	Key     []byte
 	gateway string
@@ -68,22 +68,22 @@ type PeerPool struct {
 	}
 }
 
-// NewPeerPool prepares a pool of size connections to gateway, dialed by d
+// NewPool prepares a pool of size connections to gateway, dialed by d
 // with the terminal's long leg (the server leg) tuning. Run fills it.
-func NewPeerPool(gateway string, size int, key []byte, d *proxy.Dialer, log *slog.Logger) *PeerPool {
-	p := newPeerPool(size, key, log)
-	p.dial = func(ctx context.Context) (*net.TCPConn, hello, error) { return dialPeer(ctx, d, gateway) }
+func NewPool(gateway string, size int, key []byte, d *proxy.Dialer, log *slog.Logger) *Pool {
+	p := newPool(size, key, log)
+	p.dial = func(ctx context.Context) (*net.TCPConn, hello, error) { return dialGateway(ctx, d, gateway) }
 	p.gateway = gateway
 	return p
 }
 
-func newPeerPool(size int, key []byte, log *slog.Logger) *PeerPool {
-	return &PeerPool{Size: size, Key: key, maxAge: PeerMaxAge, log: log, wake: make(chan struct{}, 1),
+func newPool(size int, key []byte, log *slog.Logger) *Pool {
+	return &Pool{Size: size, Key: key, maxAge: MaxAge, log: log, wake: make(chan struct{}, 1),
 		failLog: logx.RateLog{Period: 30 * time.Second}}
 }
 
 // Run keeps the pool full until ctx is done, then closes the idle connections.
-func (p *PeerPool) Run(ctx context.Context) {
+func (p *Pool) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer func() {
 		wg.Wait()
@@ -134,7 +134,7 @@ func (p *PeerPool) Run(ctx context.Context) {
 
 // expireLocked closes idle connections past their age; the gateway sees a
 // FIN before any header and forgets them.
-func (p *PeerPool) expireLocked(now time.Time) {
+func (p *Pool) expireLocked(now time.Time) {
 	for len(p.idle) > 0 && !p.idle[0].expires.After(now) {
 		p.idle[0].conn.Close()
 		p.idle = p.idle[1:]
@@ -142,7 +142,7 @@ func (p *PeerPool) expireLocked(now time.Time) {
 	}
 }
 
-func (p *PeerPool) poke() {
+func (p *Pool) poke() {
 	select {
 	case p.wake <- struct{}{}:
 	default:
@@ -150,7 +150,7 @@ func (p *PeerPool) poke() {
 }
 
 // refill dials one connection and adds it, or backs off.
-func (p *PeerPool) refill(ctx context.Context) {
+func (p *Pool) refill(ctx context.Context) {
 	conn, h, err := p.dial(ctx)
 	p.mu.Lock()
 	defer p.poke()
@@ -165,7 +165,7 @@ func (p *PeerPool) refill(ctx context.Context) {
 		if time.Now().Before(p.retryAt) {
 			return // a dial of the same round (the pool dials in parallel): one step of backoff per round
 		}
-		p.backoff = min(max(2*p.backoff, peerBackoffMin), peerBackoffMax)
+		p.backoff = min(max(2*p.backoff, backoffMin), backoffMax)
 		// Jitter: terminals that lost the same gateway do not come back together.
 		p.retryAt = time.Now().Add(p.backoff/2 + rand.N(p.backoff/2+1))
 		p.failLog.Log(p.log, slog.LevelWarn, "warm path to the gateway failed: new flows use fast open meanwhile", "err", err, "retry_in", p.backoff)
@@ -182,7 +182,7 @@ func (p *PeerPool) refill(ctx context.Context) {
 
 // take hands out an idle connection that is still open, or nil (counted as
 // a fallback). The caller must call done when the flow is over.
-func (p *PeerPool) take() *warmConn {
+func (p *Pool) take() *warmConn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := time.Now()
@@ -211,14 +211,14 @@ func (p *PeerPool) take() *warmConn {
 
 // done returns a taken connection's slot (the connection itself is closed
 // with its flow: one flow per warm connection).
-func (p *PeerPool) done() {
+func (p *Pool) done() {
 	p.mu.Lock()
 	p.inUse--
 	p.mu.Unlock()
 }
 
 // Stats reads the pool's state and counters.
-func (p *PeerPool) Stats() report.PeerPoolStats {
+func (p *Pool) Stats() report.PeerPoolStats {
 	p.mu.Lock()
 	s := report.PeerPoolStats{Gateway: p.gateway, Size: p.Size, Idle: len(p.idle), InUse: p.inUse, Dialing: p.dialing, BackoffMS: p.backoff.Milliseconds()}
 	if p.lastErr != nil {
@@ -245,10 +245,10 @@ func stillOpen(c *net.TCPConn) bool {
 	return open
 }
 
-// dialPeer opens one connection to the gateway with the long leg's tuning
+// dialGateway opens one connection to the gateway with the long leg's tuning
 // (buffers and window scale before the SYN, initial windows from sock_ops
 // by cookie) and waits for the gateway's hello.
-func dialPeer(ctx context.Context, d *proxy.Dialer, gateway string) (*net.TCPConn, hello, error) {
+func dialGateway(ctx context.Context, d *proxy.Dialer, gateway string) (*net.TCPConn, hello, error) {
 	var h hello
 	// From one of our own addresses whatever --transparent says (a pool
 	// connection is pepsal's, not a client's); not timed into the connect
@@ -300,7 +300,7 @@ func readFull(c *net.TCPConn, b []byte) (int, error) {
 // that cannot reach the server resets the warm connection, and the relay
 // resets the client. An empty pool leaves the flow to Fallback.
 type Warm struct {
-	Pool     *PeerPool
+	Pool     *Pool
 	Fallback proxy.Upstream
 }
 
@@ -310,7 +310,7 @@ func (u Warm) Connect(ctx context.Context, c *conn.Conn, f *proxy.Flow) (proxy.S
 		return u.Fallback.Connect(ctx, c, f)
 	}
 	c.SetPeer("warm")
-	hdr := peerHeader{ToS: uint8(f.ToS), Dst: f.Dst, Client: f.Client}
+	hdr := header{ToS: uint8(f.ToS), Dst: f.Dst, Client: f.Client}
 	b, err := hdr.encode(u.Pool.Key, w.hello)
 	if err == nil {
 		_, err = w.conn.Write(append(b[:], f.First...))
@@ -321,5 +321,5 @@ func (u Warm) Connect(ctx context.Context, c *conn.Conn, f *proxy.Flow) (proxy.S
 		return proxy.ServerLeg{}, &proxy.FlowError{Outcome: conn.WasReset, Level: slog.LevelInfo, Msg: "warm path: header not sent", Err: err}
 	}
 	// The gateway's hello was read from the warm connection, not relayed.
-	return proxy.ServerLeg{Conn: w.conn, Name: "warm leg", Read: helloLen, Tuned: true, Done: u.Pool.done}, nil
+	return proxy.ServerLeg{Conn: w.conn, Name: "warm leg", Read: HelloLen, Tuned: true, Done: u.Pool.done}, nil
 }

@@ -1,4 +1,4 @@
-package userspace
+package peer
 
 import (
 	"context"
@@ -72,8 +72,8 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func startPool(t *testing.T, g *fakeGateway, size int) *PeerPool {
-	p := newPeerPool(size, testKey, slog.New(slog.NewTextHandler(io.Discard, nil)))
+func startPool(t *testing.T, g *fakeGateway, size int) *Pool {
+	p := newPool(size, testKey, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	p.dial = g.dial
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -141,7 +141,7 @@ func TestPeerPoolBacksOffAndRecovers(t *testing.T) {
 	if d := uint64(g.dials.Load()); d > s.DialFailures+1 {
 		t.Errorf("%d dials for %d failures: the pool does not probe one at a time", d, s.DialFailures)
 	}
-	if s.BackoffMS < peerBackoffMin.Milliseconds()*2 || s.LastError == "" {
+	if s.BackoffMS < backoffMin.Milliseconds()*2 || s.LastError == "" {
 		t.Errorf("after %d failures: backoff %d ms, last error %q", s.DialFailures, s.BackoffMS, s.LastError)
 	}
 	if w := p.take(); w != nil {
@@ -159,7 +159,7 @@ func TestPeerPoolBacksOffAndRecovers(t *testing.T) {
 
 func TestPeerPoolRecyclesOldConnections(t *testing.T) {
 	g := newFakeGateway(t)
-	p := newPeerPool(3, testKey, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p := newPool(3, testKey, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	p.dial = g.dial
 	p.maxAge = 200 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())

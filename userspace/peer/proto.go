@@ -1,4 +1,4 @@
-package userspace
+package peer
 
 import (
 	"crypto/hmac"
@@ -31,13 +31,16 @@ import (
 //
 // MAC = HMAC-SHA256(key, hello || header[:60]). Addresses are IPv4-mapped
 // when family is 4; ports are big endian.
+//
+// HelloLen and HeaderLen are exported for tools and tests that speak the
+// protocol (EncodeHeader).
 const (
-	peerVersion   = 1
-	helloLen      = 24
-	headerLen     = 92
-	headerMACAt   = headerLen - sha256.Size
-	challengeLen  = 16
-	minPeerKeyLen = 32
+	version      = 1
+	HelloLen     = 24
+	HeaderLen    = 92
+	headerMACAt  = HeaderLen - sha256.Size
+	challengeLen = 16
+	minKeyLen    = 32
 )
 
 var (
@@ -46,12 +49,12 @@ var (
 )
 
 // hello is what the gateway sends on a new peer connection.
-type hello [helloLen]byte
+type hello [HelloLen]byte
 
 func newHello() (hello, error) {
 	var h hello
 	copy(h[:4], helloMagic[:])
-	h[4] = peerVersion
+	h[4] = version
 	if _, err := rand.Read(h[8:]); err != nil {
 		return h, fmt.Errorf("random challenge: %w", err)
 	}
@@ -63,16 +66,16 @@ func checkHello(h hello) error {
 	if [4]byte(h[:4]) != helloMagic {
 		return errors.New("not a pepsal gateway (bad hello)")
 	}
-	if h[4] != peerVersion {
-		return fmt.Errorf("gateway speaks warm-path version %d, this terminal %d", h[4], peerVersion)
+	if h[4] != version {
+		return fmt.Errorf("gateway speaks warm-path version %d, this terminal %d", h[4], version)
 	}
 	return nil
 }
 
 func (h hello) challenge() []byte { return h[8:] }
 
-// peerHeader is what a warm connection carries before the client's bytes.
-type peerHeader struct {
+// header is what a warm connection carries before the client's bytes.
+type header struct {
 	Flags  uint8
 	ToS    uint8
 	Dst    netip.AddrPort // the client's original destination
@@ -80,8 +83,8 @@ type peerHeader struct {
 }
 
 // encode builds the header for the connection that sent h.
-func (p peerHeader) encode(key []byte, h hello) ([headerLen]byte, error) {
-	var b [headerLen]byte
+func (p header) encode(key []byte, h hello) ([HeaderLen]byte, error) {
+	var b [HeaderLen]byte
 	if !p.Dst.IsValid() || !p.Client.IsValid() {
 		return b, errors.New("header needs a destination and a client")
 	}
@@ -90,7 +93,7 @@ func (p peerHeader) encode(key []byte, h hello) ([headerLen]byte, error) {
 		return b, errors.New("destination and client of different families")
 	}
 	copy(b[:4], headerMagic[:])
-	b[4] = peerVersion
+	b[4] = version
 	b[5] = p.Flags
 	b[6] = p.ToS
 	b[7] = 6
@@ -115,13 +118,13 @@ func (e *authError) Error() string { return e.reason + ": " + e.detail }
 
 // decodeHeader checks b against the hello sent on this connection: magic and
 // version, challenge, MAC (constant time), then the fields.
-func decodeHeader(key []byte, h hello, b []byte) (peerHeader, error) {
-	var p peerHeader
-	if len(b) < headerLen {
-		return p, &authError{report.AuthIncomplete, fmt.Sprintf("%d of %d header bytes", len(b), headerLen)}
+func decodeHeader(key []byte, h hello, b []byte) (header, error) {
+	var p header
+	if len(b) < HeaderLen {
+		return p, &authError{report.AuthIncomplete, fmt.Sprintf("%d of %d header bytes", len(b), HeaderLen)}
 	}
-	b = b[:headerLen]
-	if [4]byte(b[:4]) != headerMagic || b[4] != peerVersion {
+	b = b[:HeaderLen]
+	if [4]byte(b[:4]) != headerMagic || b[4] != version {
 		return p, &authError{report.AuthGarbage, "bad magic or version"}
 	}
 	if !hmac.Equal(b[44:60], h.challenge()) {
@@ -165,8 +168,8 @@ func headerMAC(key []byte, h hello, body []byte) []byte {
 	return m.Sum(nil)
 }
 
-// ErrNoPeerKey: warm paths need a pre-shared key file.
-var ErrNoPeerKey = errors.New("a pre-shared key file is required for warm paths (make one: head -c 32 /dev/urandom > FILE; chmod 600 FILE)")
+// ErrNoKey: warm paths need a pre-shared key file.
+var ErrNoKey = errors.New("a pre-shared key file is required for warm paths (make one: head -c 32 /dev/urandom > FILE; chmod 600 FILE)")
 
 // KeyError is a pre-shared key file that cannot serve: Error reads "peer key"
 // then Detail (": open ...: no such file", " /etc/k is not a regular file"),
@@ -179,12 +182,12 @@ type KeyError struct {
 func (e *KeyError) Error() string { return "peer key" + e.Detail }
 func (e *KeyError) Unwrap() error { return e.Err }
 
-// LoadPeerKey reads the pre-shared key of the warm paths: at least 32 bytes,
+// LoadKey reads the pre-shared key of the warm paths: at least 32 bytes,
 // in a file nobody but its owner can read (a key others can read is no
 // secret, and a terminal holding it may make the gateway dial anywhere).
-func LoadPeerKey(path string) ([]byte, error) {
+func LoadKey(path string) ([]byte, error) {
 	if path == "" {
-		return nil, ErrNoPeerKey
+		return nil, ErrNoKey
 	}
 	bad := func(err error, format string, args ...any) error {
 		return &KeyError{Detail: fmt.Sprintf(format, args...), Err: err}
@@ -209,8 +212,8 @@ func LoadPeerKey(path string) ([]byte, error) {
 	if err != nil && !errors.Is(err, fs.ErrClosed) && n == 0 {
 		return nil, bad(err, " %s: %v", path, err)
 	}
-	if n < minPeerKeyLen {
-		return nil, bad(nil, " %s holds %d bytes, want at least %d random bytes (head -c 32 /dev/urandom > %s)", path, n, minPeerKeyLen, path)
+	if n < minKeyLen {
+		return nil, bad(nil, " %s holds %d bytes, want at least %d random bytes (head -c 32 /dev/urandom > %s)", path, n, minKeyLen, path)
 	}
 	if n == len(key) {
 		return nil, bad(nil, " %s is larger than %d bytes: not a key file", path, len(key)-1)
@@ -218,23 +221,16 @@ func LoadPeerKey(path string) ([]byte, error) {
 	return key[:n], nil
 }
 
-// PeerHelloLen and PeerHeaderLen are the sizes of the gateway's hello and
-// of a terminal's header (for tools and tests that speak the protocol).
-const (
-	PeerHelloLen  = helloLen
-	PeerHeaderLen = headerLen
-)
-
-// EncodePeerHeader builds a terminal's header for the connection whose
+// EncodeHeader builds a terminal's header for the connection whose
 // gateway sent helloBytes: what a terminal sends, for tools and tests.
-func EncodePeerHeader(key, helloBytes []byte, dst, client netip.AddrPort, tos uint8) ([]byte, error) {
-	if len(helloBytes) != helloLen {
-		return nil, fmt.Errorf("hello of %d bytes, want %d", len(helloBytes), helloLen)
+func EncodeHeader(key, helloBytes []byte, dst, client netip.AddrPort, tos uint8) ([]byte, error) {
+	if len(helloBytes) != HelloLen {
+		return nil, fmt.Errorf("hello of %d bytes, want %d", len(helloBytes), HelloLen)
 	}
 	h := hello(helloBytes)
 	if err := checkHello(h); err != nil {
 		return nil, err
 	}
-	b, err := peerHeader{ToS: tos, Dst: dst, Client: client}.encode(key, h)
+	b, err := header{ToS: tos, Dst: dst, Client: client}.encode(key, h)
 	return b[:], err
 }

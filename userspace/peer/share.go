@@ -1,4 +1,4 @@
-package userspace
+package peer
 
 import (
 	"net"
@@ -49,8 +49,8 @@ const (
 	shareMemory = 10 * time.Minute
 )
 
-// peerShare is the ensembles of the gateway's terminals.
-type peerShare struct {
+// pacing is the ensembles of the gateway's terminals.
+type pacing struct {
 	mu      sync.Mutex
 	terms   map[netip.Addr]*ensemble
 	ticking bool          // the share ticker runs
@@ -100,10 +100,10 @@ func (f *sharedFlow) setCap(rate uint64) {
 	})
 }
 
-func newPeerShare() *peerShare { return &peerShare{terms: map[netip.Addr]*ensemble{}} }
+func newPacing() *pacing { return &pacing{terms: map[netip.Addr]*ensemble{}} }
 
 // starting is how many flows are in their first round trips now.
-func (p *peerShare) starting() int {
+func (p *pacing) starting() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := 0
@@ -119,7 +119,7 @@ func (p *peerShare) starting() int {
 // last delivery rate is sampled when its start ends (two round trips in),
 // which is when a burst's flows have filled the link; once the socket is
 // closed nothing can be read from it.
-func (p *peerShare) join(conn *net.TCPConn) (beforeClose, leave func()) {
+func (p *pacing) join(conn *net.TCPConn) (beforeClose, leave func()) {
 	rc, err := conn.SyscallConn()
 	if err != nil {
 		return nil, func() {}
@@ -208,7 +208,7 @@ func (p *peerShare) join(conn *net.TCPConn) (beforeClose, leave func()) {
 }
 
 // forget drops an ensemble that holds nothing. Called with p.mu.
-func (p *peerShare) forget(e *ensemble) {
+func (p *pacing) forget(e *ensemble) {
 	if len(e.flows) == 0 && len(e.starting) == 0 && time.Since(e.at) > shareMemory {
 		delete(p.terms, e.term)
 	}
@@ -216,7 +216,7 @@ func (p *peerShare) forget(e *ensemble) {
 
 // tick makes the shares follow the flows while any terminal has more than
 // one flow starting.
-func (p *peerShare) tick() {
+func (p *pacing) tick() {
 	for {
 		time.Sleep(shareTick)
 		p.mu.Lock()
@@ -250,7 +250,7 @@ func (p *peerShare) tick() {
 // like one more sharing flow, so that it cannot send a whole initial window
 // at once when its bytes come. A flow busy alone, or idle with no flow busy,
 // is uncapped. Called with p.mu.
-func (p *peerShare) pace(e *ensemble) {
+func (p *pacing) pace(e *ensemble) {
 	now := time.Now()
 	type state struct {
 		notSent int
@@ -356,7 +356,7 @@ func uncap(f *sharedFlow) {
 // concurrent flows share the link, so the rate the link carried is the sum
 // of their delivery rates (an idle flow's last rate may be stale, which only
 // errs high: a cap too high costs what not pacing costs). Called with p.mu.
-func (p *peerShare) sample(e *ensemble, f *sharedFlow) {
+func (p *pacing) sample(e *ensemble, f *sharedFlow) {
 	info, err := f.info()
 	if err != nil || info.Bytes_acked < shareSampleMin {
 		return
