@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/daemon"
 	"github.com/pepsal/pepsal/userspace/peer"
 	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/tuning"
@@ -47,7 +47,7 @@ func TestFlagNamesInErrors(t *testing.T) {
 		{flagErr(peerErr), "--peer-listen " + taken.Addr().String() + ": address in use"},
 		{flagErr(proxyErr), "listener port in use: " + taken.Addr().String()},
 		{flagErr(&proxy.ListenError{What: "metrics", Addr: "x", Err: unix.EADDRINUSE}), "--metrics-addr: address already in use"},
-		{flagErr(userspace.ErrUpgradeMetrics), "upgrade: --metrics-addr differs from the running daemon's"},
+		{flagErr(daemon.ErrUpgradeMetrics), "upgrade: --metrics-addr differs from the running daemon's"},
 	} {
 		if c.err == nil || c.err.Error() != c.want {
 			t.Errorf("error %q, want %q", c.err, c.want)

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/daemon"
 	"github.com/pepsal/pepsal/userspace/peer"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/spf13/cobra"
@@ -34,8 +34,8 @@ func (p *peerFlags) register(cmd *cobra.Command) {
 }
 
 // config checks the flags before anything is opened or attached.
-func (p *peerFlags) config(cmd *cobra.Command) (userspace.PeerOptions, error) {
-	var s userspace.PeerOptions
+func (p *peerFlags) config(cmd *cobra.Command) (daemon.PeerOptions, error) {
+	var s daemon.PeerOptions
 	f := cmd.Flags()
 	if p.listen == "" && p.gateway == "" {
 		for _, name := range []string{"peer-key", "peer-pool", "peer-allow"} {

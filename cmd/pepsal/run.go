@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
-	"github.com/pepsal/pepsal/userspace"
+	"github.com/pepsal/pepsal/userspace/daemon"
 	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/spf13/cobra"
@@ -135,7 +135,7 @@ func run(cmd *cobra.Command, f *runFlags) error {
 	}
 	cfg.MaxConns = limit.budget.Capacity(limit.max)
 
-	d, err := userspace.NewDaemon(userspace.Options{
+	d, err := daemon.NewDaemon(daemon.Options{
 		Tuning:         tuning,
 		Relay:          f.relay,
 		RelayBudget:    budget,
@@ -153,7 +153,7 @@ func run(cmd *cobra.Command, f *runFlags) error {
 		Version:        version,
 		Args:           os.Args[1:],
 		Log:            log,
-		Attach:         func() (*userspace.Kernel, error) { return attachOrOpen(cfg, log) },
+		Attach:         func() (*daemon.Kernel, error) { return attachOrOpen(cfg, log) },
 	})
 	if err != nil {
 		return err
@@ -167,7 +167,7 @@ func flagErr(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, userspace.ErrUpgradeMetrics):
+	case errors.Is(err, daemon.ErrUpgradeMetrics):
 		return errors.New("upgrade: --metrics-addr differs from the running daemon's")
 	case errors.As(err, &le) && le.What == "metrics":
 		return fmt.Errorf("--metrics-addr: %w", le.Err)
@@ -182,7 +182,7 @@ func flagErr(err error) error {
 // attachOrOpen serves on the existing attachment (no --iface) or attaches as
 // a daemon, which owns what it creates and what a dead daemon left; the
 // daemon's Kernel.Close releases it and, with --iface, detaches what it owns.
-func attachOrOpen(cfg loader.Config, log *slog.Logger) (*userspace.Kernel, error) {
+func attachOrOpen(cfg loader.Config, log *slog.Logger) (*daemon.Kernel, error) {
 	var att *loader.Attachment
 	var err error
 	if len(cfg.Ifaces) == 0 {
@@ -201,7 +201,7 @@ func attachOrOpen(cfg loader.Config, log *slog.Logger) (*userspace.Kernel, error
 	if err != nil {
 		return nil, err
 	}
-	k := &userspace.Kernel{Attachment: att, Relay: att.Relay(), PinDir: att.Dir}
+	k := &daemon.Kernel{Attachment: att, Relay: att.Relay(), PinDir: att.Dir}
 	if t := att.Tuner(); t != nil { // a nil *loader.Tuner must stay a nil interface
 		k.Tuner = t
 	}

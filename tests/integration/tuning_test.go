@@ -11,7 +11,7 @@ import (
 
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/tests/testbed"
-	"github.com/pepsal/pepsal/userspace"
+	pepsaldaemon "github.com/pepsal/pepsal/userspace/daemon"
 	"github.com/pepsal/pepsal/userspace/report"
 	"golang.org/x/sys/unix"
 )
@@ -86,7 +86,7 @@ func testLegTuning(t *testing.T, cfg suite) {
 	// says so, and so must the daemon), the window starts there.
 	want, why := uint32(500<<10), "the 1000-segment initial window"
 	var small *loader.Unsupported
-	if err := userspace.ProbeLargeInitialWindow(); errors.As(err, &small) {
+	if err := pepsaldaemon.ProbeLargeInitialWindow(); errors.As(err, &small) {
 		want, why = 60<<10, "64 KiB (the most this kernel opens)"
 		if off := b.daemonInfo().Off; !slices.ContainsFunc(off, func(o report.Off) bool { return o.Feature == small.Feature }) {
 			t.Errorf("the daemon does not say %q: off %v", small, off)

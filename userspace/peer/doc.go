@@ -8,7 +8,8 @@
 //
 // It builds on proxy: a warm flow is set up and relayed like any other, the
 // gateway's pacing hooked in through proxy.Flow.OnRelay, so it must not
-// reach into the relays or the connection table. Only the daemon imports
-// it. Its state lives in its Pool and Gateway values; at package level it
-// has only the protocol's constants and magics.
+// reach into the relays or the connection table. The daemon wires it in;
+// cmd/pepsal reads its key (LoadKey) and the tests speak its protocol
+// (EncodeHeader). Its state lives in its Pool and Gateway values; at
+// package level it has only the protocol's constants and magics.
 package peer

@@ -120,23 +120,42 @@ func (p *pacing) starting() int {
 // which is when a burst's flows have filled the link; once the socket is
 // closed nothing can be read from it.
 func (p *pacing) join(conn *net.TCPConn) (beforeClose, leave func()) {
-	rc, err := conn.SyscallConn()
+	f, err := newSharedFlow(conn)
 	if err != nil {
 		return nil, func() {}
+	}
+	e := p.add(sockopt.AddrPort(conn.RemoteAddr()).Addr(), f)
+	f.lift = time.AfterFunc(2*f.rtt, func() { p.lift(e, f) })
+	var once sync.Once
+	return func() { p.beforeClose(e, f) }, func() { once.Do(func() { p.leave(e, f) }) }
+}
+
+// newSharedFlow reads what pacing needs to know of a flow as it joins: the
+// bytes it sent so far, its round trip, and the rate its initial window
+// stands for.
+func newSharedFlow(conn *net.TCPConn) (*sharedFlow, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
 	}
 	f := &sharedFlow{rc: rc, joined: time.Now()}
 	info, err := f.info()
 	if err != nil {
-		return nil, func() {}
+		return nil, err
 	}
 	f.sentAt0, f.sentSeen = info.Bytes_sent, info.Bytes_sent
 	f.rtt = max(time.Duration(info.Rtt)*time.Microsecond, 10*time.Millisecond)
 	// The initial window is sized as one round trip of the link: a whole
 	// window per round trip is the rate it stands for.
 	f.prior = uint64(float64(info.Snd_cwnd) * float64(info.Snd_mss) / f.rtt.Seconds())
-	term := sockopt.AddrPort(conn.RemoteAddr()).Addr()
+	return f, nil
+}
 
+// add puts f into the ensemble of its terminal term, starting, paces the
+// ensemble and starts the share ticker once two flows start together.
+func (p *pacing) add(term netip.Addr, f *sharedFlow) *ensemble {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	e := p.terms[term]
 	if e == nil {
 		e = &ensemble{term: term, flows: map[*sharedFlow]struct{}{}, starting: map[*sharedFlow]struct{}{}}
@@ -149,62 +168,65 @@ func (p *pacing) join(conn *net.TCPConn) (beforeClose, leave func()) {
 		p.ticking = true
 		go p.tick()
 	}
-	p.mu.Unlock()
+	return e
+}
 
-	f.lift = time.AfterFunc(2*f.rtt, func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if _, ok := e.starting[f]; ok {
-			p.sample(e, f)
-			delete(e.starting, f)
-			uncap(f)
-			p.pace(e)
-		}
-		p.forget(e)
-	})
-	// The relay ends when the last bytes are queued, not sent: a small
-	// answer is still leaving at its capped rate when the socket closes, and
-	// a closed socket can no longer be changed or read. Keep the cap only if
-	// the queue drains before the lift would have come (uncap a big one),
-	// and put what is left to send into the link queue's model now.
-	beforeClose = func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		var notSent int
-		_ = f.rc.Control(func(fd uintptr) { notSent, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQNSD) })
-		// Its last sends, and what is still to leave, go into the queue's
-		// books now: a closed socket can no longer be read.
-		if info, err := f.info(); err == nil {
-			e.queue += float64(info.Bytes_sent-f.sentSeen) + float64(notSent)
-			f.sentSeen = info.Bytes_sent + uint64(notSent)
-		}
-		now := time.Now()
-		if _, starting := e.starting[f]; starting && f.capped {
-			drain := time.Duration(float64(notSent) / float64(f.cap) * float64(time.Second))
-			if drain > 2*f.rtt-now.Sub(f.joined) {
-				delete(e.starting, f)
-				uncap(f)
-			} else {
-				f.closedBy = now.Add(drain)
-			}
-		}
+// lift ends f's start, two round trips in: its delivery rate is sampled
+// and its cap goes.
+func (p *pacing) lift(e *ensemble, f *sharedFlow) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := e.starting[f]; ok {
+		p.sample(e, f)
+		delete(e.starting, f)
+		uncap(f)
 		p.pace(e)
 	}
-	var once sync.Once
-	return beforeClose, func() {
-		once.Do(func() {
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			delete(e.flows, f)
-			if f.closedBy.IsZero() {
-				// Reset, or closed uncapped: nothing of it is left to share.
-				delete(e.starting, f)
-			}
-			// Else still starting (closed while its last bytes leave): it
-			// keeps its share until they are gone, or the lift.
-			p.forget(e)
-		})
+	p.forget(e)
+}
+
+// beforeClose runs right before the relay closes f's socket. The relay
+// ends when the last bytes are queued, not sent: a small answer is still
+// leaving at its capped rate when the socket closes, and a closed socket
+// can no longer be changed or read. Keep the cap only if the queue drains
+// before the lift would have come (uncap a big one), and put what is left
+// to send into the link queue's model now.
+func (p *pacing) beforeClose(e *ensemble, f *sharedFlow) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var notSent int
+	_ = f.rc.Control(func(fd uintptr) { notSent, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQNSD) })
+	// Its last sends, and what is still to leave, go into the queue's
+	// books now: a closed socket can no longer be read.
+	if info, err := f.info(); err == nil {
+		e.queue += float64(info.Bytes_sent-f.sentSeen) + float64(notSent)
+		f.sentSeen = info.Bytes_sent + uint64(notSent)
 	}
+	now := time.Now()
+	if _, starting := e.starting[f]; starting && f.capped {
+		drain := time.Duration(float64(notSent) / float64(f.cap) * float64(time.Second))
+		if drain > 2*f.rtt-now.Sub(f.joined) {
+			delete(e.starting, f)
+			uncap(f)
+		} else {
+			f.closedBy = now.Add(drain)
+		}
+	}
+	p.pace(e)
+}
+
+// leave takes f out once its relay is over (join's leave runs it once).
+func (p *pacing) leave(e *ensemble, f *sharedFlow) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(e.flows, f)
+	if f.closedBy.IsZero() {
+		// Reset, or closed uncapped: nothing of it is left to share.
+		delete(e.starting, f)
+	}
+	// Else still starting (closed while its last bytes leave): it
+	// keeps its share until they are gone, or the lift.
+	p.forget(e)
 }
 
 // forget drops an ensemble that holds nothing. Called with p.mu.

@@ -1,4 +1,4 @@
-package userspace
+package daemon
 
 import (
 	"bufio"
@@ -49,13 +49,44 @@ type Inherited struct {
 // belongs to the socket, so this daemon's own accept loops would then block
 // in accept(2) and its Close wait for the next connection.
 func StartSuccessor(binary string, args []string, h Handed, wait time.Duration) (pid int, err error) {
-	files := []uintptr{0, 1, 2} // stdio: the same log
-	var names []string
+	files, names, err := dupHanded(h)
 	defer func() {
 		for _, fd := range files[3:] {
 			unix.Close(int(fd))
 		}
 	}()
+	if err != nil {
+		return 0, err
+	}
+	var ready [2]int
+	if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
+		return 0, fmt.Errorf("ready pipe: %w", err)
+	}
+	readyR := os.NewFile(uintptr(ready[0]), "ready")
+	defer readyR.Close()
+	files = append(files, uintptr(ready[1])) // closed with the others
+	names = append(names, fmt.Sprintf("ready:%d", len(files)-1))
+
+	env := append(os.Environ(), upgradeEnv+"="+strings.Join(names, ","), "PEPSAL_UPGRADE_PARENT="+strconv.Itoa(os.Getpid()))
+	pid, err = syscall.ForkExec(binary, append([]string{binary}, args...), &syscall.ProcAttr{Env: env, Files: files})
+	if err != nil {
+		return 0, fmt.Errorf("start %s: %w", binary, err)
+	}
+	unix.Close(ready[1])
+	files = files[:len(files)-1]
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		return 0, err
+	}
+	return awaitReady(proc, readyR, wait)
+}
+
+// dupHanded duplicates the handed sockets for the successor: files is
+// stdio (the same log), then the duplicates, which names says by name
+// ("control:3"). On an error files still holds the duplicates made so
+// far, for the caller to close.
+func dupHanded(h Handed) (files []uintptr, names []string, err error) {
+	files = []uintptr{0, 1, 2} // stdio: the same log
 	pass := func(name string, c syscall.Conn) error {
 		rc, err := c.SyscallConn()
 		if err != nil {
@@ -82,44 +113,30 @@ func StartSuccessor(binary string, args []string, h Handed, wait time.Duration) 
 		}
 		c, ok := s.l.(syscall.Conn)
 		if !ok {
-			return 0, fmt.Errorf("pass the %s socket: not a socket listener", s.name)
+			return files, names, fmt.Errorf("pass the %s socket: not a socket listener", s.name)
 		}
 		if err := pass(s.name, c); err != nil {
-			return 0, err
+			return files, names, err
 		}
 	}
-	var ready [2]int
-	if err := unix.Pipe2(ready[:], unix.O_CLOEXEC); err != nil {
-		return 0, fmt.Errorf("ready pipe: %w", err)
-	}
-	readyR := os.NewFile(uintptr(ready[0]), "ready")
-	defer readyR.Close()
-	files = append(files, uintptr(ready[1])) // closed with the others
-	names = append(names, fmt.Sprintf("ready:%d", len(files)-1))
+	return files, names, nil
+}
 
-	env := append(os.Environ(), upgradeEnv+"="+strings.Join(names, ","), "PEPSAL_UPGRADE_PARENT="+strconv.Itoa(os.Getpid()))
-	pid, err = syscall.ForkExec(binary, append([]string{binary}, args...), &syscall.ProcAttr{Env: env, Files: files})
-	if err != nil {
-		return 0, fmt.Errorf("start %s: %w", binary, err)
-	}
-	unix.Close(ready[1])
-	files = files[:len(files)-1]
-	proc, err := os.FindProcess(pid)
-	if err != nil {
-		return 0, err
-	}
-
+// awaitReady waits until the successor proc writes "ready" on its end of
+// the ready pipe (it serves), closes it without (it failed), or wait
+// passes (it is killed).
+func awaitReady(proc *os.Process, ready *os.File, wait time.Duration) (pid int, err error) {
 	// A line "ready" means it serves; EOF without it means it failed.
 	line := make(chan string, 1)
 	go func() {
-		l, _ := bufio.NewReader(readyR).ReadString('\n')
+		l, _ := bufio.NewReader(ready).ReadString('\n')
 		line <- strings.TrimSpace(l)
 	}()
 	select {
 	case l := <-line:
 		if l == "ready" {
 			go proc.Wait() // reaped when it ends; it is on its own now
-			return pid, nil
+			return proc.Pid, nil
 		}
 		st, _ := proc.Wait()
 		return 0, fmt.Errorf("new daemon failed (%v)", st)

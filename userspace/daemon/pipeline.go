@@ -1,0 +1,97 @@
+package daemon
+
+import (
+	"context"
+	"net"
+
+	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/peer"
+	"github.com/pepsal/pepsal/userspace/proxy"
+	"github.com/pepsal/pepsal/userspace/relay"
+	"github.com/pepsal/pepsal/userspace/report"
+)
+
+// buildPipeline makes the pipeline that serves the proxy's listeners, with
+// the legs' initial windows set through sock_ops, the admission limit and
+// the warm paths.
+func (r *run) buildPipeline() error {
+	o, k := r.o, r.k
+	lns := make([]*net.TCPListener, 0, len(r.listeners))
+	for _, l := range r.listeners {
+		lns = append(lns, l.ln)
+	}
+	p := proxy.NewPipeline(lns, proxy.Config{ConnectTimeout: o.ConnectTimeout, Tuning: o.Tuning, Transparent: o.Transparent,
+		Diverted: k, Tuner: k.Tuner, Log: r.log})
+	r.pipeline = p
+	r.atEnd(func() { p.Close() })
+	if k.Tuner != nil {
+		r.atEnd(func() { k.Tuner.Close() })
+		if err := k.Tuner.SetLegs(
+			loader.LegTuning{InitCwnd: o.Tuning.Client.InitCwnd, InitRwnd: o.Tuning.Client.InitRwnd},
+			loader.LegTuning{InitCwnd: o.Tuning.Server.InitCwnd, InitRwnd: o.Tuning.Server.InitRwnd},
+		); err != nil {
+			return err
+		}
+	} else if o.Tuning.Client.InitCwnd+o.Tuning.Client.InitRwnd+o.Tuning.Server.InitCwnd+o.Tuning.Server.InitRwnd > 0 {
+		return ErrNoSockOps
+	}
+	p.SetPipeLimit(relay.PipeLimit(o.MaxConns))
+	r.admission = proxy.NewAdmission(o.MaxConns, r.setFull, r.log)
+	r.admission.FDLimit = o.FDBudget.Limit
+	p.Table.SetAdmission(r.admission)
+	peerCtx, stopPeers := context.WithCancel(context.Background())
+	r.stopPeers = stopPeers
+	r.atEnd(stopPeers)
+	return r.startPeers(peerCtx)
+}
+
+// setFull writes the classifier's admission flag, until a new daemon
+// counts in this one's place.
+func (r *run) setFull(full bool) error {
+	if r.handedOver.Load() {
+		return nil // the new daemon counts from now on
+	}
+	return r.k.SetFull(full)
+}
+
+// startPeers wires warm paths into the pipeline: the gateway's listener
+// (served with the proxy's, its flows dialed directly) and its sockets'
+// initial windows, the terminal's pool (run until ctx ends) in front of the
+// proxy listeners' upstream.
+func (r *run) startPeers(ctx context.Context) error {
+	p, sp, g := r.o.Peer, r.pipeline, r.gateway
+	if g != nil {
+		if tuner := r.k.Tuner; tuner != nil {
+			if err := tuner.SetPeerPort(g.Port()); err != nil {
+				return err
+			}
+		}
+		sp.Accept(g, proxy.Direct{Dialer: sp.Dialer})
+		r.log.Info("accepting warm connections from terminals", "listen", g.Addr().String(), "allow", len(p.Allow))
+	}
+	if p.Gateway != "" {
+		pool := peer.NewPool(p.Gateway, p.Pool, p.Key, sp.Dialer, sp.Log)
+		r.pool = pool
+		go pool.Run(ctx)
+		sp.Upstream = peer.Warm{Pool: pool, Fallback: sp.Upstream}
+		r.log.Info("keeping warm connections to the gateway", "gateway", p.Gateway, "pool", p.Pool)
+	}
+	return nil
+}
+
+// peerStats is the daemon's peer report (nil without warm paths).
+func (r *run) peerStats() *report.PeerStats {
+	if r.pool == nil && r.gateway == nil {
+		return nil
+	}
+	var ps report.PeerStats
+	if r.pool != nil {
+		st := r.pool.Stats()
+		ps.Pool = &st
+	}
+	if r.gateway != nil {
+		st := r.gateway.Stats()
+		ps.Gateway = &st
+	}
+	return &ps
+}

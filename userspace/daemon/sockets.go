@@ -1,0 +1,177 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+
+	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/peer"
+	"github.com/pepsal/pepsal/userspace/proxy"
+	"github.com/pepsal/pepsal/userspace/sockopt"
+	"github.com/pepsal/pepsal/userspace/tuning"
+	"golang.org/x/sys/unix"
+)
+
+// Listener slots of pepsal_listener (loader.ListenerV4, loader.ListenerV6).
+const (
+	slotV4 = loader.ListenerV4
+	slotV6 = loader.ListenerV6
+)
+
+// slotListener is a proxy listener and its slot in pepsal_listener.
+type slotListener struct {
+	slot uint32
+	ln   *net.TCPListener
+}
+
+// openSockets takes the sockets the old daemon handed over, when an
+// upgrade started this one, or opens fresh ones: the gateway's listener,
+// the control socket, the proxy's listeners and the metrics listener, all
+// before anything is attached, so that a taken port changes nothing.
+func (r *run) openSockets() error {
+	// Started by an upgrade: the old daemon's sockets, not new ones.
+	inherited, err := InheritedFromEnv()
+	if err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	r.inherited = inherited
+	if r.gateway, err = listenGateway(r.o, inherited); err != nil {
+		if inherited != nil {
+			inherited.Close()
+		}
+		return err
+	}
+	if g := r.gateway; g != nil {
+		r.atEnd(func() { g.Close() })
+	}
+	// The binary to start on SIGHUP: this path, whatever file is there then.
+	if r.exe, err = os.Executable(); err != nil {
+		return fmt.Errorf("find this program's path: %w", err)
+	}
+	if inherited != nil {
+		err = r.takeInherited()
+	} else {
+		err = r.listen()
+	}
+	if err != nil {
+		return err
+	}
+	control := r.control
+	r.atEnd(func() { control.Close() })
+	r.atEnd(func() {
+		for _, ln := range r.listeners {
+			ln.ln.Close()
+		}
+	})
+	if metricsLn := r.metricsLn; metricsLn != nil {
+		r.atEnd(func() { metricsLn.Close() })
+	}
+	return nil
+}
+
+// takeInherited serves on the sockets the old daemon handed over.
+func (r *run) takeInherited() error {
+	in := r.inherited
+	r.control, r.metricsLn = in.Control, in.Metrics
+	r.listeners = []slotListener{{slotV4, in.V4}}
+	if in.V6 != nil {
+		r.listeners = append(r.listeners, slotListener{slotV6, in.V6})
+	}
+	if (r.metricsLn != nil) != (r.o.MetricsAddr != "") {
+		in.Close()
+		return ErrUpgradeMetrics
+	}
+	return nil
+}
+
+// listen opens the control socket, the proxy's listeners and the metrics
+// listener; on an error it closes what it opened.
+func (r *run) listen() (err error) {
+	if r.control, err = ListenControl(); err != nil {
+		return err
+	}
+	if r.listeners, err = listenProxy(r.o.ListenPort, r.o.Tuning, r.log); err != nil {
+		r.control.Close()
+		return err
+	}
+	// Bound before anything is attached, so that a taken port changes nothing.
+	if addr := r.o.MetricsAddr; addr != "" {
+		if r.metricsLn, err = net.Listen("tcp", addr); err != nil {
+			r.control.Close()
+			for _, ln := range r.listeners {
+				ln.ln.Close()
+			}
+			return &proxy.ListenError{What: "metrics", Addr: addr, Err: err}
+		}
+	}
+	return nil
+}
+
+// listenerCookie is the socket cookie of a listener, 0 if unknown.
+func listenerCookie(ln *net.TCPListener) uint64 {
+	cookie, _ := sockopt.Cookie(ln)
+	return cookie
+}
+
+func firstListenerCookie(r ListenerRegistry) uint64 {
+	if c := r.ListenerCookie(slotV4); c != 0 {
+		return c
+	}
+	return r.ListenerCookie(slotV6)
+}
+
+// listenProxy opens the IPv4 and IPv6 listeners on loopback addresses, where
+// no remote host can reach them directly. IPv6 is skipped on a host without it.
+func listenProxy(port int, t tuning.Tuning, log *slog.Logger) ([]slotListener, error) {
+	ln4, err := proxy.Listen(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), t)
+	if err != nil {
+		return nil, err
+	}
+	out := []slotListener{{slotV4, ln4}}
+	ln6, err := proxy.Listen(net.JoinHostPort("::1", strconv.Itoa(port)), t)
+	if err != nil {
+		if errors.Is(err, unix.EADDRINUSE) {
+			ln4.Close()
+			return nil, err
+		}
+		log.Warn("no IPv6 listener: IPv6 connections will be forwarded unsplit", "err", err)
+		return out, nil
+	}
+	return append(out, slotListener{slotV6, ln6}), nil
+}
+
+// listenGateway opens the gateway's listener for terminals (before anything
+// is attached, so that a taken port changes nothing), or takes the one an
+// upgraded daemon handed over; nil when not a gateway.
+func listenGateway(o *Options, in *Inherited) (*peer.Gateway, error) {
+	p := o.Peer
+	var handed *net.TCPListener
+	if in != nil {
+		handed, in.Peer = in.Peer, nil
+	}
+	if p.Listen == "" {
+		if handed != nil {
+			handed.Close()
+		}
+		return nil, nil
+	}
+	var g *peer.Gateway
+	var err error
+	if handed != nil {
+		g, err = peer.GatewayOn(handed, o.Tuning)
+		if err != nil {
+			handed.Close()
+		}
+	} else {
+		g, err = peer.Listen(p.Listen, o.Tuning)
+	}
+	if err != nil {
+		return nil, err
+	}
+	g.Key, g.Allow = p.Key, p.Allow
+	return g, nil
+}
