@@ -51,6 +51,10 @@ func New(id uint64, client, server netip.AddrPort, via Via) *Conn {
 type Moved struct {
 	ToServer, ToClient             int64
 	KernelToServer, KernelToClient int64
+	// Held by the kernel relay: bytes it redirected toward a leg that are
+	// not yet in that leg's send queue (the psock backlog, which no socket
+	// memory count shows). Live only; zero once the relay ended.
+	BacklogToServer, BacklogToClient int64
 }
 
 // AddMoved counts bytes moved by userspace.

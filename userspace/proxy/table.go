@@ -172,17 +172,19 @@ func (t *Table) Snapshot() []report.ConnInfo {
 	for _, c := range conns { // TCP_INFO outside the lock: accepts must not wait on it
 		m := c.Moved()
 		out = append(out, report.ConnInfo{
-			ID:                  c.ID,
-			Client:              c.Client.String(),
-			Server:              c.Server.String(),
-			Relay:               c.Relay().String(),
-			Peer:                c.Peer(),
-			State:               c.State(),
-			BytesToServer:       m.ToServer,
-			BytesToClient:       m.ToClient,
-			KernelBytesToServer: m.KernelToServer,
-			KernelBytesToClient: m.KernelToClient,
-			AgeSeconds:          time.Since(c.Started).Seconds(),
+			ID:                    c.ID,
+			Client:                c.Client.String(),
+			Server:                c.Server.String(),
+			Relay:                 c.Relay().String(),
+			Peer:                  c.Peer(),
+			State:                 c.State(),
+			BytesToServer:         m.ToServer,
+			BytesToClient:         m.ToClient,
+			KernelBytesToServer:   m.KernelToServer,
+			KernelBytesToClient:   m.KernelToClient,
+			KernelBacklogToServer: m.BacklogToServer,
+			KernelBacklogToClient: m.BacklogToClient,
+			AgeSeconds:            time.Since(c.Started).Seconds(),
 		})
 		if client, server := c.Legs(); client != nil {
 			out[len(out)-1].ClientLeg = legInfo(client)

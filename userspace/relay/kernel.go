@@ -242,7 +242,9 @@ func (k *Kernel) run(ctx context.Context, c *conn.Conn, client, server *net.TCPC
 		}
 		stopWake()
 		cancel()
-		c.SetMoved(k.moved(up, down))
+		m := k.moved(up, down)
+		m.BacklogToServer, m.BacklogToClient = 0, 0 // the record of an ended relay: nothing held
+		c.SetMoved(m)
 		k.Maps.Forget(up.cookie, down.cookie)
 		if aborted.Load() { // both legs already reset
 			done(conn.WasReset)
@@ -293,20 +295,34 @@ var phaseNames = [...]string{
 }
 
 // moved is how many bytes of each direction reached the destination socket,
-// and how many of them the kernel moved.
+// how many of them the kernel moved, and, while the relay runs, how many
+// the kernel holds in the destination's psock backlog.
 func (k *Kernel) moved(up, down *relayDir) conn.Moved {
-	kernel := func(d *relayDir) int64 {
-		if d.inMap {
-			if st, err := k.Maps.Dir(d.cookie); err == nil {
-				return int64(st.KernelBytes)
-			}
-		}
-		return 0
-	}
-	m := conn.Moved{KernelToServer: kernel(up), KernelToClient: kernel(down)}
+	var m conn.Moved
+	m.KernelToServer, m.BacklogToServer = k.kernelBytes(up)
+	m.KernelToClient, m.BacklogToClient = k.kernelBytes(down)
 	m.ToServer = up.userBytes.Load() + m.KernelToServer
 	m.ToClient = down.userBytes.Load() + m.KernelToClient
 	return m
+}
+
+// kernelBytes is what the verdict redirected from d.src, and of it and
+// userspace's writes what has not entered d.dst's send queue yet: measured
+// on the socket, not taken from the verdict's own books, so that the
+// number shows what the kernel really holds. Zero once d.dst is closed.
+func (k *Kernel) kernelBytes(d *relayDir) (redirected, backlog int64) {
+	if !d.inMap {
+		return 0, 0
+	}
+	st, err := k.Maps.Dir(d.cookie)
+	if err != nil {
+		return 0, 0
+	}
+	redirected = int64(st.KernelBytes)
+	if sent, _, err := sockopt.SentBytes(d.dst); err == nil {
+		backlog = max(0, redirected+d.userBytes.Load()-int64(sent-min(sent, d.dstBase)))
+	}
+	return redirected, backlog
 }
 
 // readPooled reads what c holds now, taking a buffer from the pool only

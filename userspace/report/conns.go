@@ -11,11 +11,15 @@ type ConnInfo struct {
 	BytesToServer int64  `json:"bytes_to_server"`
 	BytesToClient int64  `json:"bytes_to_client"`
 	// Of those, moved by the sk_skb verdict without userspace (sockmap mode).
-	KernelBytesToServer int64    `json:"kernel_bytes_to_server"`
-	KernelBytesToClient int64    `json:"kernel_bytes_to_client"`
-	AgeSeconds          float64  `json:"age_seconds"`
-	ClientLeg           *LegInfo `json:"client_leg,omitempty"`
-	ServerLeg           *LegInfo `json:"server_leg,omitempty"`
+	KernelBytesToServer int64 `json:"kernel_bytes_to_server"`
+	KernelBytesToClient int64 `json:"kernel_bytes_to_client"`
+	// Redirected by the verdict toward that leg and not yet in its send
+	// queue: what the kernel relay holds for it (bounded by --relay-budget).
+	KernelBacklogToServer int64    `json:"kernel_backlog_to_server,omitempty"`
+	KernelBacklogToClient int64    `json:"kernel_backlog_to_client,omitempty"`
+	AgeSeconds            float64  `json:"age_seconds"`
+	ClientLeg             *LegInfo `json:"client_leg,omitempty"`
+	ServerLeg             *LegInfo `json:"server_leg,omitempty"`
 }
 
 // LegInfo is what the kernel says of one leg of a connection (TCP_INFO and
