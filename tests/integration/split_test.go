@@ -63,8 +63,14 @@ func serveTransfer(c *net.TCPConn) {
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
 		return
 	}
-	down := binary.BigEndian.Uint64(hdr[8:])
-	seed := binary.BigEndian.Uint64(hdr[16:])
+	answerExchange(c, int64(binary.BigEndian.Uint64(hdr[8:])), binary.BigEndian.Uint64(hdr[16:]))
+}
+
+// answerExchange is the server's side of checkExchange, once the header is
+// read: it sends down bytes of the seed's stream while it hashes what
+// arrives until EOF, then reports how much arrived and its hash, and
+// half-closes.
+func answerExchange(c *net.TCPConn, down int64, seed uint64) {
 	recvDone := make(chan []byte, 1)
 	go func() {
 		h := sha256.New()
@@ -74,7 +80,7 @@ func serveTransfer(c *net.TCPConn) {
 		copy(rep[8:], h.Sum(nil))
 		recvDone <- rep[:]
 	}()
-	if _, err := io.Copy(c, io.LimitReader(newStream(seed^0xd0d0), int64(down))); err != nil {
+	if _, err := io.Copy(c, io.LimitReader(newStream(seed^0xd0d0), down)); err != nil {
 		return
 	}
 	// The report goes after the download, so it also proves ordering at the end.
@@ -111,21 +117,28 @@ func transfer(ns *testbed.NS, addr string, up, down int64, seed uint64) error {
 	binary.BigEndian.PutUint64(hdr[0:], uint64(up))
 	binary.BigEndian.PutUint64(hdr[8:], uint64(down))
 	binary.BigEndian.PutUint64(hdr[16:], seed)
-	sendErr := make(chan error, 1)
+	if _, err := c.Write(hdr[:]); err != nil {
+		return fmt.Errorf("upload: %w", err)
+	}
+	return checkExchange(c, up, down, seed)
+}
+
+// checkExchange is the client's side of transferServer's exchange, once
+// the header is sent: it sends up bytes of the seed's stream and half-closes
+// while it reads down bytes, then the server's report of what it received,
+// then EOF; nil only if both directions arrived whole and intact.
+func checkExchange(c *net.TCPConn, up, down int64, seed uint64) error {
+	sent := make(chan error, 1)
 	go func() {
-		if _, err := c.Write(hdr[:]); err != nil {
-			sendErr <- err
-			return
+		_, err := io.Copy(c, io.LimitReader(newStream(seed), up))
+		if err == nil {
+			err = c.CloseWrite()
 		}
-		if _, err := io.Copy(c, io.LimitReader(newStream(seed), up)); err != nil {
-			sendErr <- err
-			return
-		}
-		sendErr <- c.CloseWrite()
+		sent <- err
 	}()
 	h := sha256.New()
-	if _, err := io.CopyN(h, c, down); err != nil {
-		return fmt.Errorf("download: %w", err)
+	if n, err := io.CopyN(h, c, down); err != nil {
+		return fmt.Errorf("download truncated at %d of %d: %w", n, down, err)
 	}
 	if !bytes.Equal(h.Sum(nil), streamHash(seed^0xd0d0, down)) {
 		return fmt.Errorf("download of %d bytes corrupted", down)
@@ -134,11 +147,11 @@ func transfer(ns *testbed.NS, addr string, up, down int64, seed uint64) error {
 	if _, err := io.ReadFull(c, rep[:]); err != nil {
 		return fmt.Errorf("read server report: %w", err)
 	}
-	if err := <-sendErr; err != nil {
+	if err := <-sent; err != nil {
 		return fmt.Errorf("upload: %w", err)
 	}
 	if n := int64(binary.BigEndian.Uint64(rep[:8])); n != up {
-		return fmt.Errorf("server received %d bytes, sent %d", n, up)
+		return fmt.Errorf("upload truncated: server received %d of %d", n, up)
 	}
 	if !bytes.Equal(rep[8:], streamHash(seed, up)) {
 		return fmt.Errorf("upload of %d bytes corrupted", up)

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -41,19 +40,7 @@ func stressServer(t *testing.T, ns *testbed.NS, addr string, sawReset chan<- uin
 		seed := binary.BigEndian.Uint64(hdr[16:])
 		switch hdr[24] {
 		case stressNormal:
-			h := sha256.New()
-			done := make(chan int64, 1)
-			go func() { n, _ := io.Copy(h, c); done <- n }()
-			if _, err := io.Copy(c, io.LimitReader(newStream(seed^0xd0d0), down)); err != nil {
-				return
-			}
-			n := <-done
-			var rep [40]byte
-			binary.BigEndian.PutUint64(rep[:8], uint64(n))
-			copy(rep[8:], h.Sum(nil))
-			c.Write(rep[:])
-			c.CloseWrite()
-			io.Copy(io.Discard, c)
+			answerExchange(c, int64(down), seed)
 		case stressClientReset:
 			go io.Copy(c, io.LimitReader(newStream(seed), down))
 			_, err := io.Copy(io.Discard, c)
@@ -87,37 +74,7 @@ func stressConn(ns *testbed.NS, addr string, mode byte, up, down int64, seed uin
 	}
 	switch mode {
 	case stressNormal:
-		sent := make(chan error, 1)
-		go func() {
-			_, err := io.Copy(c, io.LimitReader(newStream(seed), up))
-			if err == nil {
-				err = c.CloseWrite()
-			}
-			sent <- err
-		}()
-		h := sha256.New()
-		if n, err := io.CopyN(h, c, down); err != nil {
-			return fmt.Errorf("download truncated at %d of %d: %w", n, down, err)
-		}
-		if !bytes.Equal(h.Sum(nil), streamHash(seed^0xd0d0, down)) {
-			return fmt.Errorf("download corrupted")
-		}
-		var rep [40]byte
-		if _, err := io.ReadFull(c, rep[:]); err != nil {
-			return fmt.Errorf("report: %w", err)
-		}
-		if err := <-sent; err != nil {
-			return fmt.Errorf("upload: %w", err)
-		}
-		if n := int64(binary.BigEndian.Uint64(rep[:8])); n != up {
-			return fmt.Errorf("upload truncated: server got %d of %d", n, up)
-		}
-		if !bytes.Equal(rep[8:], streamHash(seed, up)) {
-			return fmt.Errorf("upload corrupted")
-		}
-		if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-			return fmt.Errorf("want EOF after the report, got %d bytes, %v", n, err)
-		}
+		return checkExchange(c, up, down, seed)
 	case stressClientReset:
 		go io.Copy(c, io.LimitReader(newStream(seed), up))
 		h := sha256.New()
