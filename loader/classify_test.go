@@ -5,8 +5,9 @@ package loader
 // every decision is checked by the counter it bumps (all the others must stay
 // at zero), the skb mark it leaves and the pepsal_diverted entry it writes.
 // bpf_fib_lookup and bpf_skc_lookup_tcp see the namespace of the thread that
-// runs the program, so the tests build one of their own: interfaces, routes
-// and real sockets, nothing of the host's.
+// runs the program, so the tests build one of their own (a testbed.NS, the
+// test beds' namespace): interfaces, routes and real sockets, nothing of the
+// host's.
 
 import (
 	"encoding/binary"
@@ -16,7 +17,6 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -25,6 +25,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+	"github.com/pepsal/pepsal/tests/testbed"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -212,54 +213,6 @@ func TestDiffCounters(t *testing.T) {
 	if d, _ := diffCounters(got, map[string]uint64{"pkt_unparsed": 1}); len(d) != 2 {
 		t.Errorf("one counter moved instead of another: diffs %q, want both", d)
 	}
-}
-
-// netnsForTest makes a network namespace that lives until the test ends.
-// The thread that made it is never unlocked, so it dies with its goroutine
-// and never runs other goroutines in the wrong namespace.
-func netnsForTest(t *testing.T) int {
-	t.Helper()
-	type result struct {
-		fd  int
-		err error
-	}
-	ch := make(chan result)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			ch <- result{-1, err}
-			return
-		}
-		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		ch <- result{fd, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("new network namespace: %v", r.err)
-	}
-	t.Cleanup(func() { unix.Close(r.fd) })
-	return r.fd
-}
-
-// enterNetns runs the rest of the test (its goroutine, on a locked thread) in
-// ns: sockets, netlink, sysctls and BPF_PROG_TEST_RUN all act there.
-func enterNetns(t *testing.T, ns int) {
-	t.Helper()
-	runtime.LockOSThread()
-	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatalf("open own network namespace: %v", err)
-	}
-	if err := unix.Setns(ns, unix.CLONE_NEWNET); err != nil {
-		unix.Close(orig)
-		t.Fatalf("enter the test's network namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread() // else the thread ends with the goroutine
-		}
-		unix.Close(orig)
-	})
 }
 
 // Addresses of the classifier's test namespace.
@@ -456,7 +409,7 @@ func (p pkt) bytes() []byte {
 
 // classifyEnv is the classifier loaded in a test namespace.
 type classifyEnv struct {
-	ns       int
+	ns       *testbed.NS
 	ingress  int
 	coll     *ebpf.Collection
 	counters *counterSet
@@ -584,8 +537,8 @@ func addrPort(a net.Addr) netip.AddrPort {
 func TestClassify(t *testing.T) {
 	needBPF(t)
 	checkCtxSize(t, "__sk_buff", skBuff{})
-	ns := netnsForTest(t)
-	enterNetns(t, ns)
+	ns := testbed.NewTestNS(t, "loader-classify")
+	ns.EnterForTest(t)
 	ingress := setupRouterNS(t)
 
 	spec, err := loadClassify()
@@ -612,7 +565,7 @@ func TestClassify(t *testing.T) {
 	}
 	run := func(tc tcase) {
 		t.Run(tc.name, func(t *testing.T) {
-			enterNetns(t, e.ns)
+			e.ns.EnterForTest(t)
 			p := tc.p
 			if tc.setup != nil {
 				tc.setup(t, &p)
@@ -820,7 +773,7 @@ func TestClassify(t *testing.T) {
 	// No readable config: pepsal_config is an array, whose lookup cannot
 	// miss, so this case loads the classifier with it as an empty hash.
 	t.Run("no_config", func(t *testing.T) {
-		enterNetns(t, e.ns)
+		e.ns.EnterForTest(t)
 		spec, err := loadClassify()
 		if err != nil {
 			t.Fatal(err)

@@ -38,17 +38,8 @@ func TestCheckKernelPasses(t *testing.T) {
 	}
 }
 
-func TestParseStartTimeSkipsOddCommandNames(t *testing.T) {
-	// Field 22 is 4242; the command name holds spaces and a ") ".
-	line := "77 (pep) sal x) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 4242 1000 10 18446744073709551615"
-	if got, err := parseStartTime(line); err != nil || got != 4242 {
-		t.Errorf("parseStartTime = %d, %v; want 4242", got, err)
-	}
-	if _, err := parseStartTime("77 (pepsal) S 1"); err == nil {
-		t.Error("a truncated line parsed")
-	}
-}
-
+// TestOwnerAliveTellsAReusedPidApart: the pinned owner record names its
+// process as procid does (pid and start time).
 func TestOwnerAliveTellsAReusedPidApart(t *testing.T) {
 	me, err := self()
 	if err != nil {

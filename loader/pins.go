@@ -5,11 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/pepsal/pepsal/loader/procid"
 	"golang.org/x/sys/unix"
 )
 
@@ -136,21 +135,6 @@ func steerLinkNetns(dir string) (uint64, error) {
 	return uint64(ns.NetnsInode), nil
 }
 
-// RemoveDeadNamespacePins removes the pins of the namespace whose inode is
-// id, and the temporary directory of an attach killed midway, from outside
-// that namespace, which is gone or about to go (a test bed swept after its
-// run was killed). Its sock_ops link is detached first: it sits on the
-// host's root cgroup.
-func RemoveDeadNamespacePins(id uint64) error {
-	dir := PinDirOf(id)
-	tmps, _ := filepath.Glob(dir + tmpPinSuffix + "*")
-	var errs []error
-	for _, d := range append([]string{dir}, tmps...) {
-		errs = append(errs, removeForeignPins(d))
-	}
-	return errors.Join(errs...)
-}
-
 // removeForeignPins removes a dead namespace's attachment. Its tc links,
 // rules, routes and sysctls died with it; what outlives it is the sock_ops
 // program on the root cgroup (shared by every namespace) and the pins, and
@@ -170,7 +154,8 @@ func removeForeignPins(dir string) error {
 
 // owner identifies the `pepsal run --iface` daemon that made (or adopted) an
 // attachment and removes it when it stops; zero for `pepsal attach`, whose
-// attachment persists. The start time tells a reused pid from the daemon.
+// attachment persists. It is the record pinned as pepsal_owner (its layout is
+// the map's value); the process behind it is a procid.ID.
 type owner struct {
 	PID       uint32
 	_         uint32
@@ -187,50 +172,16 @@ func newOwnerMap() (*ebpf.Map, error) {
 
 // self is this process as an owner.
 func self() (owner, error) {
-	pid := os.Getpid()
-	start, err := ProcessStart(pid)
+	id, err := procid.Self()
 	if err != nil {
 		return owner{}, err
 	}
-	return owner{PID: uint32(pid), StartTime: start}, nil
-}
-
-// ProcessStart reads when pid started, which no later process with the same
-// pid shares.
-func ProcessStart(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, fmt.Errorf("read start time of pid %d: %w", pid, err)
-	}
-	start, err := parseStartTime(string(b))
-	if err != nil {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
-	}
-	return start, nil
-}
-
-// parseStartTime takes field 22 of a /proc/PID/stat line. The command name
-// (field 2) may hold spaces and parentheses: fields are counted after its
-// last closing parenthesis, from field 3 on.
-func parseStartTime(stat string) (uint64, error) {
-	i := strings.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, errors.New("no command name")
-	}
-	fields := strings.Fields(stat[i+1:])
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("%d fields after the command name, want at least 20", len(fields))
-	}
-	return strconv.ParseUint(fields[19], 10, 64)
+	return owner{PID: uint32(id.PID), StartTime: id.Start}, nil
 }
 
 // alive says whether the owner daemon still runs.
 func (o owner) alive() bool {
-	if o.PID == 0 {
-		return false
-	}
-	start, err := ProcessStart(int(o.PID))
-	return err == nil && start == o.StartTime
+	return procid.ID{PID: int(o.PID), Start: o.StartTime}.Alive()
 }
 
 // readOwner returns the owner recorded in dir; zero (persistent) when none is
@@ -278,22 +229,10 @@ func ensureBPFFS() error {
 	return nil
 }
 
-// lock takes an exclusive flock on the pepsal directory in bpffs so that two
+// lock takes the exclusive lock on the pepsal directory in bpffs so that two
 // writers (attach, detach, a starting daemon) never interleave.
 func lock() (unlock func(), err error) {
-	base := filepath.Join(BPFFS, pinDirBaseName)
-	if err := os.MkdirAll(base, 0o700); err != nil {
-		return nil, fmt.Errorf("create %s: %w", base, err)
-	}
-	fd, err := unix.Open(base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", base, err)
-	}
-	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("lock %s: %w", base, err)
-	}
-	return func() { unix.Close(fd) }, nil
+	return procid.Lock(filepath.Join(BPFFS, pinDirBaseName))
 }
 
 func exists(path string) bool {

@@ -8,45 +8,30 @@ import (
 	"strconv"
 	"syscall"
 
-	"github.com/pepsal/pepsal/loader"
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/pepsal/pepsal/loader/procid"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
 // OwnersDir holds one file per namespace made by NewNS, named after it,
-// that names the process that made it ("<pid> <start time>"): a test binary
-// or bench killed before its clean-up (a test timeout, SIGKILL) leaves
-// namespaces, their processes and pepsal's pins behind, and SweepStale
-// finds them by their dead owner.
+// that names the process that made it (a procid.ID, "<pid> <start time>"):
+// a test binary or bench killed before its clean-up (a test timeout,
+// SIGKILL) leaves namespaces, their processes and pepsal's pins behind, and
+// SweepStale finds them by their dead owner.
 const OwnersDir = "/run/pepsal-testbed"
-
-// owner is a process, told apart from a later one with the same pid by its
-// start time.
-type owner struct {
-	pid   int
-	start uint64
-}
-
-func self() (owner, error) {
-	start, err := loader.ProcessStart(os.Getpid())
-	return owner{pid: os.Getpid(), start: start}, err
-}
-
-func (o owner) alive() bool {
-	start, err := loader.ProcessStart(o.pid)
-	return err == nil && start == o.start
-}
 
 // recordOwner marks ns as this process's.
 func recordOwner(name string) error {
-	o, err := self()
+	me, err := procid.Self()
 	if err != nil {
 		return fmt.Errorf("owner of %s: %w", name, err)
 	}
 	if err := os.MkdirAll(OwnersDir, 0o755); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(OwnersDir, name), fmt.Appendf(nil, "%d %d\n", o.pid, o.start), 0o644)
+	return os.WriteFile(filepath.Join(OwnersDir, name), []byte(me.String()+"\n"), 0o644)
 }
 
 func forgetOwner(name string) {
@@ -75,8 +60,7 @@ func SweepStale() ([]string, error) {
 		if err != nil {
 			continue // removed meanwhile by its owner
 		}
-		var o owner
-		if _, err := fmt.Sscan(string(b), &o.pid, &o.start); err != nil || o.alive() {
+		if o, err := procid.Parse(string(b)); err != nil || o.Alive() {
 			continue
 		}
 		if err := removeStale(name); err != nil {
@@ -99,7 +83,7 @@ func removeStale(name string) error {
 		return fmt.Errorf("stale test bed %s: %w", name, err)
 	}
 	killAllIn(st.Dev, st.Ino)
-	if err := loader.RemoveDeadNamespacePins(st.Ino); err != nil {
+	if err := removePepsalPins(st.Ino); err != nil {
 		return fmt.Errorf("stale test bed %s: remove pins: %w", name, err)
 	}
 	if err := netns.DeleteNamed(name); err != nil && !os.IsNotExist(err) {
@@ -122,4 +106,69 @@ func killAllIn(dev, ino uint64) {
 		}
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+}
+
+// pepsalPins holds pepsal's pin directories in bpffs, one per namespace
+// (the loader's PinDirOf); tmpPinSuffix and its pid name the directory an
+// attach fills before renaming it into place. The
+// test beds cannot import the loader (its tests import them); the loader's
+// TestTestbedFindsThePins keeps these in step with it.
+const (
+	pepsalPins   = "/sys/fs/bpf/pepsal"
+	tmpPinSuffix = "_tmp_"
+)
+
+// PinDirGlobs are the patterns of the pepsal pin directories of the
+// namespace whose inode is ino: its own, and those of attaches killed midway.
+func PinDirGlobs(ino uint64) []string {
+	dir := filepath.Join(pepsalPins, fmt.Sprintf("netns-%d", ino))
+	return []string{dir, dir + tmpPinSuffix + "*"}
+}
+
+// removePepsalPins removes the pepsal pins of the namespace whose inode is
+// ino, which is about to go, from outside it. What outlives a namespace is
+// what is attached to a cgroup (the sock_ops program, on the host's root
+// cgroup, which every namespace shares): those links are detached first.
+// Dropping the last reference to the rest (the namespace's tc and sk_lookup
+// links, programs, maps) frees it.
+func removePepsalPins(ino uint64) error {
+	var errs []error
+	for _, g := range PinDirGlobs(ino) {
+		dirs, _ := filepath.Glob(g)
+		for _, dir := range dirs {
+			errs = append(errs, detachCgroupLinks(dir))
+			if err := os.RemoveAll(dir); err != nil {
+				errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+			}
+		}
+	}
+	_ = os.Remove(pepsalPins) // fails while other namespaces have pins
+	return errors.Join(errs...)
+}
+
+// detachCgroupLinks detaches every cgroup link pinned in dir.
+func detachCgroupLinks(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		l, err := link.LoadPinnedLink(filepath.Join(dir, e.Name()), nil)
+		if err != nil {
+			continue // a map or a program
+		}
+		pin := filepath.Join(dir, e.Name())
+		info, err := l.Info()
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("link info of %s: %w", pin, err))
+		case info.Type == link.CgroupType:
+			if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+				errs = append(errs, fmt.Errorf("detach %s: %w", pin, err))
+			}
+		}
+		l.Close()
+	}
+	return errors.Join(errs...)
 }
