@@ -22,10 +22,10 @@ type Config struct {
 	Exclude      []netip.Prefix
 	Routing      Routing
 	TCMode       string // "auto" (tcx, else clsact), "tcx" or "clsact"
-	// MaxConns is how many connections the per-connection maps must hold
+	// MapConns is how many connections the per-connection maps must hold
 	// (the daemon's --max-conns plus its accept queues); 0: DefaultMapConns.
 	// It sizes a new attachment; an existing one must already hold it.
-	MaxConns int
+	MapConns int
 	// Daemon: a `pepsal run` attaches. It owns an attachment it creates, or
 	// one whose daemon died, and removes it when it stops (DetachOwned).
 	Daemon bool
@@ -50,22 +50,12 @@ func ResolveIfaces(names []string) ([]int, error) {
 // stays attached. Pins left by a dead namespace that had this one's inode
 // number are removed first, never adopted.
 func Attach(cfg Config) (*Attachment, error) {
-	ifindexes, err := ResolveIfaces(cfg.Ifaces)
+	targets, err := cfg.targets()
 	if err != nil {
 		return nil, err
 	}
-	returnIndexes, err := ResolveIfaces(cfg.ReturnIfaces)
-	if err != nil {
+	if cfg, err = cfg.withDefaults(); err != nil {
 		return nil, err
-	}
-	if cfg.Routing == (Routing{}) {
-		cfg.Routing = Routing{Mark: DefaultMark, Table: DefaultTable, Priority: DefaultRulePriority}
-	}
-	if cfg.MaxConns == 0 {
-		cfg.MaxConns = DefaultMapConns
-	}
-	if cfg.MaxConns < 0 || cfg.MaxConns > MaxMapConns {
-		return nil, fmt.Errorf("maps for %d connections: want 1 to %d", cfg.MaxConns, MaxMapConns)
 	}
 	if err := CheckKernel(); err != nil {
 		return nil, err
@@ -83,16 +73,30 @@ func Attach(cfg Config) (*Attachment, error) {
 	if err != nil {
 		return nil, err
 	}
-	var foreign *ForeignPinsError
-	if err := foreignPins(dir); errors.As(err, &foreign) {
-		if err := removeForeignPins(dir); err != nil {
-			return nil, fmt.Errorf("remove the pins of a dead network namespace: %w", err)
-		}
-		slog.Info("removed the pins of a dead network namespace", "dir", dir, "why", foreign.Reason)
-	} else if err != nil {
+	if err := removeDeadPins(dir); err != nil {
 		return nil, err
 	}
+	return attachLocked(dir, cfg, targets)
+}
 
+// target is an interface Attach attaches the classifier to.
+type target struct {
+	name       string
+	ifindex    int
+	returnOnly bool
+}
+
+// targets resolves the interfaces the classifier goes on: every one of
+// Ifaces, then those of ReturnIfaces that are not among them.
+func (cfg Config) targets() ([]target, error) {
+	ifindexes, err := ResolveIfaces(cfg.Ifaces)
+	if err != nil {
+		return nil, err
+	}
+	returnIndexes, err := ResolveIfaces(cfg.ReturnIfaces)
+	if err != nil {
+		return nil, err
+	}
 	var targets []target
 	for i, idx := range ifindexes {
 		targets = append(targets, target{cfg.Ifaces[i], idx, false})
@@ -102,16 +106,53 @@ func Attach(cfg Config) (*Attachment, error) {
 			targets = append(targets, target{cfg.ReturnIfaces[i], idx, true})
 		}
 	}
+	return targets, nil
+}
 
+// withDefaults fills in the routing and the map size left zero, and checks
+// the size.
+func (cfg Config) withDefaults() (Config, error) {
+	if cfg.Routing == (Routing{}) {
+		cfg.Routing = Routing{Mark: DefaultMark, Table: DefaultTable, Priority: DefaultRulePriority}
+	}
+	if cfg.MapConns == 0 {
+		cfg.MapConns = DefaultMapConns
+	}
+	if cfg.MapConns < 0 || cfg.MapConns > MaxMapConns {
+		return cfg, fmt.Errorf("maps for %d connections: want 1 to %d", cfg.MapConns, MaxMapConns)
+	}
+	return cfg, nil
+}
+
+// removeDeadPins removes the pins in dir of a dead namespace that had this
+// one's inode number: they are never adopted.
+func removeDeadPins(dir string) error {
+	var foreign *ForeignPinsError
+	err := foreignPins(dir)
+	if !errors.As(err, &foreign) {
+		return err
+	}
+	if err := removeForeignPins(dir); err != nil {
+		return fmt.Errorf("remove the pins of a dead network namespace: %w", err)
+	}
+	slog.Info("removed the pins of a dead network namespace", "dir", dir, "why", foreign.Reason)
+	return nil
+}
+
+// attachLocked creates the pins in dir if there are none, then brings
+// them to cfg; on error, an attachment it created is removed whole. The
+// caller holds the lock.
+func attachLocked(dir string, cfg Config, targets []target) (*Attachment, error) {
 	fresh := !exists(filepath.Join(dir, pinConfig))
 	if fresh {
-		var own owner
+		var own owner // nobody: persistent
 		if cfg.Daemon {
+			var err error
 			if own, err = self(); err != nil {
 				return nil, err
 			}
 		}
-		if err := createPinned(dir, cfg.Routing, own, cfg.MaxConns); err != nil {
+		if err := createPinned(dir, cfg.Routing, own, cfg.MapConns); err != nil {
 			return nil, err
 		}
 	}
@@ -132,32 +173,13 @@ func Attach(cfg Config) (*Attachment, error) {
 	return att, nil
 }
 
-// target is an interface Attach attaches the classifier to.
-type target struct {
-	name       string
-	ifindex    int
-	returnOnly bool
-}
-
 // apply brings an open attachment to cfg. On error, what it changed in an
 // attachment that existed before is undone (a fresh one is detached whole by
 // the caller), except the policy maps, written last, whose updates do not fail.
 func (a *Attachment) apply(cfg Config, fresh bool, targets []target) (err error) {
 	if !fresh {
-		old, err := a.Config()
-		if err != nil {
+		if err := a.checkFits(cfg); err != nil {
 			return err
-		}
-		if old.Mark != cfg.Routing.Mark || int(old.RouteTable) != cfg.Routing.Table || int(old.RulePriority) != cfg.Routing.Priority {
-			return fmt.Errorf("already attached with fwmark %#x, table %d, rule priority %d: detach first to change them",
-				old.Mark, old.RouteTable, old.RulePriority)
-		}
-		capacity, err := a.ConnCapacity()
-		if err != nil {
-			return err
-		}
-		if capacity < cfg.MaxConns {
-			return fmt.Errorf("already attached with maps for %d connections, fewer than the %d asked: detach first to change it", capacity, cfg.MaxConns)
 		}
 	}
 	var undo []func()
@@ -176,39 +198,8 @@ func (a *Attachment) apply(cfg Config, fresh bool, targets []target) (err error)
 	if !fresh {
 		a.pruneGoneIfaces()
 	}
-
-	prog, err := ebpf.LoadPinnedProgram(filepath.Join(a.Dir, pinClassify), nil)
-	if err != nil {
-		return fmt.Errorf("load pinned classifier: %w", err)
-	}
-	defer prog.Close()
-	for _, tg := range targets {
-		var state classifyIfaceState
-		if a.maps.PepsalIfaces.Lookup(uint32(tg.ifindex), &state) == nil {
-			if state.ReturnOnly == 1 && !tg.returnOnly { // promote to a full interception
-				old := state
-				state.ReturnOnly = 0
-				if err := a.maps.PepsalIfaces.Put(uint32(tg.ifindex), state); err != nil {
-					return fmt.Errorf("record interface %s: %w", tg.name, err)
-				}
-				idx := uint32(tg.ifindex)
-				undo = append(undo, func() { _ = a.maps.PepsalIfaces.Put(idx, old) })
-			}
-			continue // already attached here
-		}
-		state, err := attachTC(a.Dir, prog, tg.ifindex, cfg.TCMode)
-		if err != nil {
-			return fmt.Errorf("attach classifier to %s: %w", tg.name, err)
-		}
-		if tg.returnOnly {
-			state.ReturnOnly = 1
-		}
-		if err := a.maps.PepsalIfaces.Put(uint32(tg.ifindex), state); err != nil {
-			_ = detachTC(a.Dir, tg.ifindex, state)
-			return fmt.Errorf("record interface %s: %w", tg.name, err)
-		}
-		idx := tg.ifindex
-		undo = append(undo, func() { _ = a.detachIface(idx) })
+	if err := a.attachTargets(targets, cfg.TCMode, &undo); err != nil {
+		return err
 	}
 	if err := a.setPolicy(cfg); err != nil {
 		return err
@@ -217,6 +208,84 @@ func (a *Attachment) apply(cfg Config, fresh bool, targets []target) (err error)
 		return nil // createPinned recorded the owner
 	}
 	return a.updateOwner(cfg.Daemon)
+}
+
+// checkFits fails unless an attachment that existed before can take cfg:
+// its routing cannot change, nor its maps grow, without a detach.
+func (a *Attachment) checkFits(cfg Config) error {
+	old, err := a.Config()
+	if err != nil {
+		return err
+	}
+	if old.Mark != cfg.Routing.Mark || int(old.RouteTable) != cfg.Routing.Table || int(old.RulePriority) != cfg.Routing.Priority {
+		return fmt.Errorf("already attached with fwmark %#x, table %d, rule priority %d: detach first to change them",
+			old.Mark, old.RouteTable, old.RulePriority)
+	}
+	capacity, err := a.ConnCapacity()
+	if err != nil {
+		return err
+	}
+	if capacity < cfg.MapConns {
+		return fmt.Errorf("already attached with maps for %d connections, fewer than the %d asked: detach first to change it", capacity, cfg.MapConns)
+	}
+	return nil
+}
+
+// attachTargets attaches the pinned classifier to the targets it is not on
+// yet, and appends to undo how to take each change back.
+func (a *Attachment) attachTargets(targets []target, tcMode string, undo *[]func()) error {
+	prog, err := ebpf.LoadPinnedProgram(filepath.Join(a.Dir, pinClassify), nil)
+	if err != nil {
+		return fmt.Errorf("load pinned classifier: %w", err)
+	}
+	defer prog.Close()
+	for _, tg := range targets {
+		u, err := a.attachTarget(prog, tg, tcMode)
+		if err != nil {
+			return err
+		}
+		if u != nil {
+			*undo = append(*undo, u)
+		}
+	}
+	return nil
+}
+
+// attachTarget attaches prog to one interface, or promotes a return-only
+// one to full interception; it returns how to undo that (nil: nothing done).
+func (a *Attachment) attachTarget(prog *ebpf.Program, tg target, tcMode string) (undo func(), err error) {
+	var state classifyIfaceState
+	if a.maps.PepsalIfaces.Lookup(uint32(tg.ifindex), &state) == nil {
+		if state.ReturnOnly == 1 && !tg.returnOnly {
+			return a.promote(tg, state)
+		}
+		return nil, nil // already attached here
+	}
+	state, err = attachTC(a.Dir, prog, tg.ifindex, tcMode)
+	if err != nil {
+		return nil, fmt.Errorf("attach classifier to %s: %w", tg.name, err)
+	}
+	if tg.returnOnly {
+		state.ReturnOnly = 1
+	}
+	if err := a.maps.PepsalIfaces.Put(uint32(tg.ifindex), state); err != nil {
+		_ = detachTC(a.Dir, tg.ifindex, state)
+		return nil, fmt.Errorf("record interface %s: %w", tg.name, err)
+	}
+	idx := tg.ifindex
+	return func() { _ = a.detachIface(idx) }, nil
+}
+
+// promote makes a return-only interface, state, one where new connections
+// are split too: the classifier is on it already.
+func (a *Attachment) promote(tg target, state classifyIfaceState) (undo func(), err error) {
+	old := state
+	state.ReturnOnly = 0
+	if err := a.maps.PepsalIfaces.Put(uint32(tg.ifindex), state); err != nil {
+		return nil, fmt.Errorf("record interface %s: %w", tg.name, err)
+	}
+	idx := uint32(tg.ifindex)
+	return func() { _ = a.maps.PepsalIfaces.Put(idx, old) }, nil
 }
 
 // updateOwner records who removes an attachment that existed before: `pepsal

@@ -14,14 +14,9 @@ import (
 // namespace and pins it all, first in a temporary directory that is renamed
 // into place at the end, so a half-made attachment is never visible.
 func createPinned(dir string, routing Routing, own owner, conns int) (err error) {
-	tmp := fmt.Sprintf("%s%s%d", dir, tmpPinSuffix, os.Getpid())
-	// A leftover of a crashed attach with this pid: loading by name would
-	// share its maps.
-	if err := os.RemoveAll(tmp); err != nil {
-		return fmt.Errorf("remove %s: %w", tmp, err)
-	}
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
-		return fmt.Errorf("create %s: %w", tmp, err)
+	tmp, err := makeTmpPinDir(dir)
+	if err != nil {
+		return err
 	}
 	defer func() {
 		if err != nil {
@@ -34,9 +29,57 @@ func createPinned(dir string, routing Routing, own owner, conns int) (err error)
 		return err
 	}
 	defer classify.Close()
-	// The namespace is recorded before the pins become visible, so that pins
-	// found under a reused inode number can always be told apart; the routing
-	// too, so that undoing a failed attach removes it.
+	if err := recordNamespace(classify.Maps[pinConfig], routing); err != nil {
+		return err
+	}
+	if err := pinOwnerOf(tmp, own); err != nil {
+		return err
+	}
+	if err := pinLayoutVersion(tmp); err != nil {
+		return err
+	}
+
+	steer, err := loadObject(tmp, loadSteer, conns, pinSteer)
+	if err != nil {
+		return err
+	}
+	defer steer.Close()
+	if err := createRelayMaps(tmp, conns); err != nil {
+		return err
+	}
+	if err := attachTune(tmp, conns); err != nil {
+		return err
+	}
+	if err := attachSteer(tmp, steer.Programs[pinSteer]); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return fmt.Errorf("move pins into %s: %w", dir, err)
+	}
+	return setSplitSysctls()
+}
+
+// makeTmpPinDir makes the empty directory where createPinned pins what it
+// creates for dir.
+func makeTmpPinDir(dir string) (string, error) {
+	tmp := fmt.Sprintf("%s%s%d", dir, tmpPinSuffix, os.Getpid())
+	// A leftover of a crashed attach with this pid: loading by name would
+	// share its maps.
+	if err := os.RemoveAll(tmp); err != nil {
+		return "", fmt.Errorf("remove %s: %w", tmp, err)
+	}
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return "", fmt.Errorf("create %s: %w", tmp, err)
+	}
+	return tmp, nil
+}
+
+// recordNamespace writes the classifier's initial config. The namespace is
+// recorded before the pins become visible, so that pins found under a
+// reused inode number can always be told apart; the routing too, so that
+// undoing a failed attach removes it; and the sysctls that setSplitSysctls
+// changes, so that detach restores them.
+func recordNamespace(config *ebpf.Map, routing Routing) error {
 	cookie, err := netnsCookie()
 	if err != nil {
 		return err
@@ -57,9 +100,15 @@ func createPinned(dir string, routing Routing, own owner, conns int) (err error)
 		EarlyDemuxRestore: uint32(earlyDemux) + 1,
 		TwReuseRestore:    uint32(twReuse) + 1,
 	}
-	if err := classify.Maps[pinConfig].Put(uint32(0), initial); err != nil {
+	if err := config.Put(uint32(0), initial); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}
+	return nil
+}
+
+// pinOwnerOf records who removes the attachment (nobody: own is zero) and
+// pins the record in tmp.
+func pinOwnerOf(tmp string, own owner) error {
 	ownerMap, err := newOwnerMap()
 	if err != nil {
 		return err
@@ -71,29 +120,18 @@ func createPinned(dir string, routing Routing, own owner, conns int) (err error)
 	if err := ownerMap.Pin(filepath.Join(tmp, pinOwner)); err != nil {
 		return fmt.Errorf("pin %s: %w", pinOwner, err)
 	}
-	if err := pinLayoutVersion(tmp); err != nil {
-		return err
-	}
+	return nil
+}
 
-	steer, err := loadObject(tmp, loadSteer, conns, pinSteer)
-	if err != nil {
-		return err
-	}
-	defer steer.Close()
-	steerProg := steer.Programs[pinSteer]
-	if err := createRelayMaps(tmp, conns); err != nil {
-		return err
-	}
-	if err := attachTune(tmp, conns); err != nil {
-		return err
-	}
-
+// attachSteer attaches the sk_lookup program to this thread's network
+// namespace and pins the link in tmp: the pin keeps it attached.
+func attachSteer(tmp string, prog *ebpf.Program) error {
 	netns, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
 		return fmt.Errorf("open network namespace: %w", err)
 	}
 	defer netns.Close()
-	nsLink, err := link.AttachNetNs(int(netns.Fd()), steerProg)
+	nsLink, err := link.AttachNetNs(int(netns.Fd()), prog)
 	if err != nil {
 		return fmt.Errorf("attach sk_lookup to network namespace: %w", err)
 	}
@@ -101,9 +139,12 @@ func createPinned(dir string, routing Routing, own owner, conns int) (err error)
 	if err := nsLink.Pin(filepath.Join(tmp, pinSteerLink)); err != nil {
 		return fmt.Errorf("pin sk_lookup link: %w", err)
 	}
-	if err := os.Rename(tmp, dir); err != nil {
-		return fmt.Errorf("move pins into %s: %w", dir, err)
-	}
+	return nil
+}
+
+// setSplitSysctls changes the two TCP sysctls that split connections trip
+// on, while attached; detach restores what recordNamespace recorded.
+func setSplitSysctls() error {
 	// TCP early demux hands a packet whose tuple matches a local socket,
 	// TIME_WAIT included, to that socket before routing, and ip_forward then
 	// drops it: a new flow reusing the tuple of a split connection that just
@@ -118,10 +159,7 @@ func createPinned(dir string, routing Routing, own owner, conns int) (err error)
 	// fails with EADDRNOTAVAIL, the client is reset). tw_reuse=1 lets a new
 	// outgoing connection take a TIME_WAIT tuple once it is 1 s old (TCP
 	// timestamps keep old segments out). Restored at detach.
-	if err := writeSysctl(sysctlTWReuse, 1); err != nil {
-		return err
-	}
-	return nil
+	return writeSysctl(sysctlTWReuse, 1)
 }
 
 // verifierDetail puts the verifier's log in a load error.

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -96,84 +95,121 @@ type misbehaves struct{ error }
 // probeRelayPath runs one split connection through relay on loopback:
 // client <-> proxyClient (accepted) ... proxyServer (dialed) <-> server.
 func probeRelayPath(relay *Relay) error {
-	lc := net.ListenConfig{}
-	lc.SetMultipathTCP(false) // an MPTCP socket cannot enter a SOCKHASH
-	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	lb, err := listenProbe()
 	if err != nil {
-		return fmt.Errorf("probe listener on loopback: %w", err)
+		return err
 	}
-	defer ln.Close()
-	pair := func() (dialed, accepted *net.TCPConn, err error) {
-		d := net.Dialer{Timeout: relayProbeTimeout}
-		d.SetMultipathTCP(false)
-		c, err := d.Dial("tcp4", ln.Addr().String())
-		if err != nil {
-			return nil, nil, fmt.Errorf("probe connection on loopback: %w", err)
-		}
-		_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(relayProbeTimeout))
-		a, err := ln.Accept()
-		if err != nil {
-			c.Close()
-			return nil, nil, fmt.Errorf("probe accept on loopback: %w", err)
-		}
-		return c.(*net.TCPConn), a.(*net.TCPConn), nil
-	}
-	client, proxyClient, err := pair()
+	defer lb.Close()
+	client, proxyClient, err := lb.pair()
 	if err != nil {
 		return err
 	}
 	defer client.Close()
 	defer proxyClient.Close()
-	proxyServer, server, err := pair()
+	proxyServer, server, err := lb.pair()
 	if err != nil {
 		return err
 	}
 	defer proxyServer.Close()
 	defer server.Close()
 
-	var cookies [2]uint64
-	var fds [2]int
-	for i, c := range []*net.TCPConn{proxyClient, proxyServer} {
-		if err := sockFD(c, func(fd int) (err error) {
-			fds[i] = fd
-			cookies[i], err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
-			return err
-		}); err != nil {
-			return fmt.Errorf("SO_COOKIE: %w", err)
-		}
+	cookies, err := socketCookies(proxyClient, proxyServer)
+	if err != nil {
+		return err
 	}
 	err = relay.Prepare(RelaySide{Cookie: cookies[0]}, RelaySide{Cookie: cookies[1], SeqBase: 1}, 1<<20)
 	if err != nil {
 		return err
 	}
-	defer relay.Forget(cookies[:]...)
-	for i, c := range []*net.TCPConn{proxyClient, proxyServer} {
-		if err := sockFD(c, func(int) error { return relay.Insert(cookies[i], fds[i]) }); err != nil {
+	defer relay.Forget(cookies...)
+	if err := insertLegs(relay, cookies, proxyClient, proxyServer); err != nil {
+		return err
+	}
+	if err := probeThrough(client, server, "pepsal probe: to the server"); err != nil {
+		return err
+	}
+	if err := probeThrough(server, client, "pepsal probe: to the client"); err != nil {
+		return err
+	}
+	return probeFIN(client, proxyClient)
+}
+
+// probeLoopback is the probe's listener on loopback, where both legs'
+// connections are made.
+type probeLoopback struct{ net.Listener }
+
+func listenProbe() (probeLoopback, error) {
+	lc := net.ListenConfig{}
+	lc.SetMultipathTCP(false) // an MPTCP socket cannot enter a SOCKHASH
+	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		return probeLoopback{}, fmt.Errorf("probe listener on loopback: %w", err)
+	}
+	return probeLoopback{ln}, nil
+}
+
+// pair makes one loopback connection, both of its ends.
+func (lb probeLoopback) pair() (dialed, accepted *net.TCPConn, err error) {
+	d := net.Dialer{Timeout: relayProbeTimeout}
+	d.SetMultipathTCP(false)
+	c, err := d.Dial("tcp4", lb.Addr().String())
+	if err != nil {
+		return nil, nil, fmt.Errorf("probe connection on loopback: %w", err)
+	}
+	_ = lb.Listener.(*net.TCPListener).SetDeadline(time.Now().Add(relayProbeTimeout))
+	a, err := lb.Accept()
+	if err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("probe accept on loopback: %w", err)
+	}
+	return c.(*net.TCPConn), a.(*net.TCPConn), nil
+}
+
+// socketCookies reads the sockets' cookies, the keys of their relay state.
+func socketCookies(conns ...*net.TCPConn) ([]uint64, error) {
+	cookies := make([]uint64, len(conns))
+	for i, c := range conns {
+		if err := sockFD(c, func(fd int) (err error) {
+			cookies[i], err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("SO_COOKIE: %w", err)
+		}
+	}
+	return cookies, nil
+}
+
+// insertLegs puts the proxy's sockets into the SOCKHASH, as the relay does;
+// a kernel that refuses them misbehaves.
+func insertLegs(relay *Relay, cookies []uint64, legs ...*net.TCPConn) error {
+	for i, c := range legs {
+		if err := sockFD(c, func(fd int) error { return relay.Insert(cookies[i], fd) }); err != nil {
 			return misbehaves{err}
 		}
 	}
+	return nil
+}
 
-	through := func(from, to *net.TCPConn, msg string) error {
-		if _, err := from.Write([]byte(msg)); err != nil {
-			return err
-		}
-		got := make([]byte, len(msg))
-		_ = to.SetReadDeadline(time.Now().Add(relayProbeTimeout))
-		if _, err := io.ReadFull(to, got); err != nil {
-			return misbehaves{fmt.Errorf("bytes redirected by the verdict did not arrive (%w)", err)}
-		}
-		if !bytes.Equal(got, []byte(msg)) {
-			return misbehaves{fmt.Errorf("the verdict delivered %q for %q", got, msg)}
-		}
-		return nil
-	}
-	if err := through(client, server, "pepsal probe: to the server"); err != nil {
+// probeThrough writes msg on from and expects it whole on to, carried
+// between the legs by the verdict.
+func probeThrough(from, to *net.TCPConn, msg string) error {
+	if _, err := from.Write([]byte(msg)); err != nil {
 		return err
 	}
-	if err := through(server, client, "pepsal probe: to the client"); err != nil {
-		return err
+	got := make([]byte, len(msg))
+	_ = to.SetReadDeadline(time.Now().Add(relayProbeTimeout))
+	if _, err := io.ReadFull(to, got); err != nil {
+		return misbehaves{fmt.Errorf("bytes redirected by the verdict did not arrive (%w)", err)}
 	}
-	// The relay learns of a FIN only from its own read on the socket.
+	if !bytes.Equal(got, []byte(msg)) {
+		return misbehaves{fmt.Errorf("the verdict delivered %q for %q", got, msg)}
+	}
+	return nil
+}
+
+// probeFIN closes the client's side and expects end of file on the proxy's
+// socket in the SOCKHASH: the relay learns of a FIN only from its own read.
+func probeFIN(client, proxyClient *net.TCPConn) error {
 	if err := client.CloseWrite(); err != nil {
 		return err
 	}
@@ -196,15 +232,14 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// sockFD runs fn with c's descriptor.
-func sockFD(c syscall.Conn, fn func(fd int) error) error {
+// sockFD runs fn with c's descriptor (its own, not a dup: a dup would put
+// the socket into blocking mode and stop the deadlines the probe relies on).
+func sockFD(c *net.TCPConn, fn func(fd int) error) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var ferr error
-	if err := rc.Control(func(fd uintptr) { ferr = fn(int(fd)) }); err != nil {
-		return err
-	}
-	return ferr
+	var fnErr error
+	ctlErr := rc.Control(func(fd uintptr) { fnErr = fn(int(fd)) })
+	return errors.Join(ctlErr, fnErr)
 }

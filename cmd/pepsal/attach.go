@@ -8,7 +8,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func attachCmd() *cobra.Command {
+func attachCmd(e *env) *cobra.Command {
 	var p policyFlags
 	var maxConns string
 	cmd := &cobra.Command{
@@ -16,33 +16,7 @@ func attachCmd() *cobra.Command {
 		Short: "Attach the classifier and steering to interfaces, pinned, and exit (a daemon serves with `pepsal run`)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := p.config()
-			if err != nil {
-				return err
-			}
-			if len(cfg.Ifaces) == 0 {
-				return fmt.Errorf("attach needs at least one --iface")
-			}
-			asked, err := parseMaxConns(maxConns)
-			if err != nil {
-				return err
-			}
-			if err := requirePrivileges(); err != nil {
-				return err
-			}
-			// Maps are sized for the daemon's limit; derived here as `run` derives it.
-			limit, err := connLimit(asked, true, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
-			if err != nil {
-				return err
-			}
-			cfg.MaxConns = limit.budget.Capacity(limit.max)
-			att, err := loader.Attach(cfg)
-			if err != nil {
-				return err
-			}
-			defer att.Close()
-			fmt.Fprintf(cmd.OutOrStdout(), "attached to %v, pinned in %s\n", cfg.Ifaces, att.Dir)
-			return nil
+			return attach(cmd, e, &p, maxConns)
 		},
 	}
 	p.register(cmd)
@@ -50,13 +24,43 @@ func attachCmd() *cobra.Command {
 	return cmd
 }
 
-func detachCmd() *cobra.Command {
+func attach(cmd *cobra.Command, e *env, p *policyFlags, maxConns string) error {
+	cfg, err := p.config()
+	if err != nil {
+		return err
+	}
+	if len(cfg.Ifaces) == 0 {
+		return fmt.Errorf("attach needs at least one --iface")
+	}
+	asked, err := parseMaxConns(maxConns)
+	if err != nil {
+		return err
+	}
+	if err := e.privileged(); err != nil {
+		return err
+	}
+	// Maps are sized for the daemon's limit; derived here as `run` derives it.
+	limit, err := settleLimit(asked, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
+	if err != nil {
+		return err
+	}
+	cfg.MapConns = limit.MapConns()
+	att, err := loader.Attach(cfg)
+	if err != nil {
+		return err
+	}
+	defer att.Close()
+	fmt.Fprintf(cmd.OutOrStdout(), "attached to %v, pinned in %s\n", cfg.Ifaces, att.Dir)
+	return nil
+}
+
+func detachCmd(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "detach",
 		Short: "Remove every trace of pepsal from this network namespace (also after a killed daemon)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := requirePrivileges(); err != nil {
+			if err := e.privileged(); err != nil {
 				return err
 			}
 			return loader.Detach()

@@ -18,7 +18,7 @@ import (
 // words it always used (scripts and tests match them).
 func TestFlagNamesInErrors(t *testing.T) {
 	legErr := func(l tuning.Leg) error { return legFlagErr(l.Validate("client")) }
-	_, roleErr := (&tuningFlags{role: "satellite"}).tuning(runCmd())
+	_, roleErr := (&tuningFlags{role: "satellite"}).tuning(runCmd(&env{}))
 	taken, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -3,9 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,9 +24,7 @@ type runFlags struct {
 	policy         policyFlags
 	tuning         tuningFlags
 	peer           peerFlags
-	relay          string
-	relayBudget    string
-	offloadAfter   string
+	relay          relayFlags
 	listenPort     int
 	connectTimeout time.Duration
 	drainTimeout   time.Duration
@@ -37,23 +35,21 @@ type runFlags struct {
 	maxConns       string
 }
 
-func runCmd() *cobra.Command {
+func runCmd(e *env) *cobra.Command {
 	var f runFlags
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Attach to the given interfaces (or use the existing attachment) and split connections until stopped",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return run(cmd, &f)
+			return run(cmd, e, &f)
 		},
 	}
 	f.policy.register(cmd)
 	f.tuning.register(cmd)
 	f.peer.register(cmd)
 	fl := cmd.Flags()
-	fl.StringVar(&f.relay, "relay", "splice", "relay mode: splice (userspace, zero-copy) or sockmap (in-kernel)")
-	fl.StringVar(&f.offloadAfter, "offload-after", "64KiB", "sockmap relay: bytes a connection moves (both ways) by splice before its sockets go into the kernel relay; short and idle connections never pay for it (0: at once)")
-	fl.StringVar(&f.relayBudget, "relay-budget", "4MiB", "sockmap relay: bytes per direction redirected toward a socket and not yet in its TCP send queue, beyond which the sender is slowed by TCP flow control")
+	f.relay.register(fl)
 	fl.IntVar(&f.listenPort, "listen-port", 5000, "port of the proxy's listeners on 127.0.0.1 and ::1")
 	fl.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "give up on the upstream connection (and reset the client) after this long")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "on SIGTERM/SIGINT, wait this long for live connections before resetting them")
@@ -65,34 +61,94 @@ func runCmd() *cobra.Command {
 	return cmd
 }
 
-func run(cmd *cobra.Command, f *runFlags) error {
+// runPlan is what `pepsal run` is asked, checked: the attachment's policy,
+// the daemon's options, and the connection limit asked (0: auto), which is
+// settled against the host once it may be touched.
+type runPlan struct {
+	cfg   loader.Config
+	opts  daemon.Options
+	asked int
+}
+
+func run(cmd *cobra.Command, e *env, f *runFlags) error {
 	// Everything that can be checked is checked before anything is touched.
-	cfg, err := f.policy.config()
+	p, err := f.plan(cmd, e)
 	if err != nil {
 		return err
 	}
-	tuning, err := f.tuning.tuning(cmd)
+	if err := checkHost(e, p.cfg.Ifaces); err != nil {
+		return err
+	}
+	limit, err := settleLimit(p.asked, p.opts.Log)
 	if err != nil {
 		return err
+	}
+	cfg, log := p.cfg, p.opts.Log
+	cfg.MapConns = limit.MapConns()
+	p.opts.MaxConns, p.opts.MaxConnsFrom, p.opts.FDBudget = limit.Max, limitFrom(limit), limit.Budget
+	p.opts.Attach = func() (*daemon.Kernel, error) { return attachOrOpen(cfg, log) }
+	d, err := daemon.NewDaemon(p.opts)
+	if err != nil {
+		return err
+	}
+	return flagErr(d.Run(cmd.Context()))
+}
+
+// plan turns the flags into the daemon's options, failing on the first bad
+// one with its name; it touches nothing.
+func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
+	cfg, err := f.policy.config()
+	if err != nil {
+		return runPlan{}, err
+	}
+	tun, err := f.tuning.tuning(cmd)
+	if err != nil {
+		return runPlan{}, err
 	}
 	if f.transparent && len(cfg.Ifaces) > 0 && len(cfg.ReturnIfaces) == 0 {
 		if cfg.ReturnIfaces, err = otherIfaces(cfg.Ifaces); err != nil {
-			return err
+			return runPlan{}, err
 		}
 	}
-	switch f.relay {
-	case "splice", "sockmap":
-	default:
-		return fmt.Errorf("--relay must be splice or sockmap, not %q", f.relay)
+	rs, err := f.relay.settings()
+	if err != nil {
+		return runPlan{}, err
 	}
-	offloadAfter, err := parseSize(f.offloadAfter)
-	if err != nil || offloadAfter > 1<<40 {
-		return fmt.Errorf("bad --offload-after %q: want a size, e.g. 64KiB, or 0", f.offloadAfter)
+	if err := f.checkServing(); err != nil {
+		return runPlan{}, err
 	}
-	budget, err := parseSize(f.relayBudget)
-	if err != nil || budget < 64<<10 {
-		return fmt.Errorf("bad --relay-budget %q: want a size of at least 64KiB, e.g. 4MiB", f.relayBudget)
+	asked, err := parseMaxConns(f.maxConns)
+	if err != nil {
+		return runPlan{}, err
 	}
+	peers, err := f.peer.config(cmd)
+	if err != nil {
+		return runPlan{}, err
+	}
+	log, err := newLogger(f.logLevel, e.stderr)
+	if err != nil {
+		return runPlan{}, err
+	}
+	return runPlan{cfg: cfg, asked: asked, opts: daemon.Options{
+		Tuning:         tun,
+		Relay:          rs.mode,
+		RelayBudget:    rs.budget,
+		OffloadAfter:   rs.offloadAfter,
+		ListenPort:     f.listenPort,
+		ConnectTimeout: f.connectTimeout,
+		DrainTimeout:   f.drainTimeout,
+		UpgradeDrain:   f.upgradeDrain,
+		Transparent:    f.transparent,
+		MetricsAddr:    f.metricsAddr,
+		Peer:           peers,
+		Version:        version,
+		Args:           e.args,
+		Log:            log,
+	}}, nil
+}
+
+// checkServing checks the flags of the daemon's own sockets and clocks.
+func (f *runFlags) checkServing() error {
 	if f.listenPort < 1 || f.listenPort > 65535 {
 		return fmt.Errorf("--listen-port %d is not a port (1-65535)", f.listenPort)
 	}
@@ -107,58 +163,63 @@ func run(cmd *cobra.Command, f *runFlags) error {
 			return fmt.Errorf("bad --metrics-addr %q: %w; want ADDR:PORT, e.g. 127.0.0.1:9595", f.metricsAddr, err)
 		}
 	}
-	maxConns, err := parseMaxConns(f.maxConns)
-	if err != nil {
-		return err
-	}
-	peers, err := f.peer.config(cmd)
-	if err != nil {
-		return err
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		return fmt.Errorf("bad --log-level %q", f.logLevel)
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	if err := requirePrivileges(); err != nil {
-		return err
-	}
-	if _, err := loader.ResolveIfaces(cfg.Ifaces); err != nil {
-		return err
-	}
-	if err := loader.CheckKernel(); err != nil {
-		return err
-	}
-	limit, err := connLimit(maxConns, len(cfg.Ifaces) > 0, log)
-	if err != nil {
-		return err
-	}
-	cfg.MaxConns = limit.budget.Capacity(limit.max)
+	return nil
+}
 
-	d, err := daemon.NewDaemon(daemon.Options{
-		Tuning:         tuning,
-		Relay:          f.relay,
-		RelayBudget:    budget,
-		OffloadAfter:   int64(offloadAfter),
-		ListenPort:     f.listenPort,
-		ConnectTimeout: f.connectTimeout,
-		DrainTimeout:   f.drainTimeout,
-		UpgradeDrain:   f.upgradeDrain,
-		Transparent:    f.transparent,
-		MetricsAddr:    f.metricsAddr,
-		MaxConns:       limit.max,
-		MaxConnsFrom:   limit.from,
-		FDBudget:       limit.budget,
-		Peer:           peers,
-		Version:        version,
-		Args:           os.Args[1:],
-		Log:            log,
-		Attach:         func() (*daemon.Kernel, error) { return attachOrOpen(cfg, log) },
-	})
-	if err != nil {
+// newLogger is the daemon's log on w, at --log-level.
+func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("bad --log-level %q", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// checkHost fails unless this process may attach, to these interfaces, on
+// this kernel: the last check before the host is touched.
+func checkHost(e *env, ifaces []string) error {
+	if err := e.privileged(); err != nil {
 		return err
 	}
-	return flagErr(d.Run(cmd.Context()))
+	if _, err := loader.ResolveIfaces(ifaces); err != nil {
+		return err
+	}
+	return loader.CheckKernel()
+}
+
+// relayFlags choose the relay and tune the kernel one.
+type relayFlags struct {
+	mode, offloadAfter, budget string
+}
+
+func (r *relayFlags) register(fl *pflag.FlagSet) {
+	fl.StringVar(&r.mode, "relay", relay.ModeSplice.String(), "relay mode: splice (userspace, zero-copy) or sockmap (in-kernel)")
+	fl.StringVar(&r.offloadAfter, "offload-after", "64KiB", "sockmap relay: bytes a connection moves (both ways) by splice before its sockets go into the kernel relay; short and idle connections never pay for it (0: at once)")
+	fl.StringVar(&r.budget, "relay-budget", "4MiB", "sockmap relay: bytes per direction redirected toward a socket and not yet in its TCP send queue, beyond which the sender is slowed by TCP flow control")
+}
+
+// relaySettings are the relay flags, parsed.
+type relaySettings struct {
+	mode         relay.Mode
+	budget       uint64
+	offloadAfter int64
+}
+
+func (r *relayFlags) settings() (relaySettings, error) {
+	var s relaySettings
+	if err := s.mode.UnmarshalText([]byte(r.mode)); err != nil {
+		return s, fmt.Errorf("--%w", err) // "--relay must be splice or sockmap, not ..."
+	}
+	offloadAfter, err := parseSize(r.offloadAfter)
+	if err != nil || offloadAfter > 1<<40 {
+		return s, fmt.Errorf("bad --offload-after %q: want a size, e.g. 64KiB, or 0", r.offloadAfter)
+	}
+	s.offloadAfter = int64(offloadAfter)
+	s.budget, err = parseSize(r.budget)
+	if err != nil || s.budget < 64<<10 {
+		return s, fmt.Errorf("bad --relay-budget %q: want a size of at least 64KiB, e.g. 4MiB", r.budget)
+	}
+	return s, nil
 }
 
 // flagErr says the daemon's errors with the flag that set what failed.
@@ -270,77 +331,4 @@ func checkHostPort(addr string) error {
 		return fmt.Errorf("port %q is not 1-65535", port)
 	}
 	return nil
-}
-
-func registerMaxConns(fl *pflag.FlagSet, v *string) {
-	fl.StringVar(v, "max-conns", "auto", "split connections held at most; past it new connections are forwarded unsplit until 10% below (auto: what the fd limit and half the memory hold)")
-}
-
-// parseMaxConns reads --max-conns: a positive count, or 0 for "auto".
-func parseMaxConns(s string) (int, error) {
-	if s == "auto" {
-		return 0, nil
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(s))
-	if err != nil || n < 1 || n > loader.MaxMapConns {
-		return 0, fmt.Errorf("bad --max-conns %q: want a count of connections from 1 to %d, or auto", s, loader.MaxMapConns)
-	}
-	return n, nil
-}
-
-// connLimitResult is the admission limit and the fd budget it fits in.
-type connLimitResult struct {
-	max    int
-	from   string // what set it: flag, fd limit, memory, attachment
-	budget proxy.FDBudget
-}
-
-// connLimit raises RLIMIT_NOFILE and settles the connection limit: asked
-// (asked > 0), it must fit the fd limit and the existing attachment's maps;
-// derived, it is the most that the fd limit, memory and those maps hold.
-// newMaps: the attachment may be created by this process (sized as needed).
-func connLimit(asked int, newMaps bool, log *slog.Logger) (connLimitResult, error) {
-	budget, err := proxy.NewFDBudget(2)
-	if err != nil {
-		return connLimitResult{}, err
-	}
-	queued := budget.Capacity(0)
-	r := connLimitResult{max: asked, from: "--max-conns", budget: budget}
-	if asked > 0 {
-		if need := budget.Need(asked); need > budget.Limit {
-			return r, fmt.Errorf("--max-conns %d needs %d file descriptors (2 per connection and per queued accept, %d for splice pipes, %d open or reserved) but RLIMIT_NOFILE is %d: lower --max-conns to %d or raise the limit (systemd LimitNOFILE=)",
-				asked, need, 2*relay.PipeLimit(asked), need-uint64(2*(asked+queued)+2*relay.PipeLimit(asked)), budget.Limit, budget.MaxConns())
-		}
-	} else {
-		r.max, r.from = budget.MaxConns(), "fd limit"
-		if m := proxy.MemMaxConns(); m > 0 && m < r.max {
-			r.max, r.from = m, "memory"
-		}
-		if r.max > loader.MaxMapConns-queued {
-			r.max, r.from = loader.MaxMapConns-queued, "map limit"
-		}
-		if r.max < 1 {
-			return r, fmt.Errorf("RLIMIT_NOFILE %d holds no connection (a daemon needs %d fds for its first): raise it", budget.Limit, budget.Need(1))
-		}
-	}
-	capacity, attached, err := loader.ExistingCapacity()
-	if err != nil || !attached {
-		if !newMaps && err == nil {
-			return r, nil // run without --iface and nothing attached: it fails later, clearly
-		}
-		return r, err
-	}
-	if capacity >= budget.Capacity(r.max) {
-		return r, nil
-	}
-	if asked > 0 {
-		return r, fmt.Errorf("--max-conns %d: the existing attachment's maps hold %d connections (including %d in accept queues): `pepsal detach` and attach again with --max-conns, or lower it",
-			asked, capacity, queued)
-	}
-	r.max, r.from = capacity-queued, "attachment's maps"
-	if r.max < 1 {
-		return r, fmt.Errorf("the existing attachment's maps hold %d connections, no more than the accept queues (%d): `pepsal detach` and attach again", capacity, queued)
-	}
-	log.Info("connection limit lowered to what the existing attachment's maps hold", "max_conns", r.max)
-	return r, nil
 }

@@ -11,18 +11,19 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/spf13/cobra"
 )
 
-func statusCmd() *cobra.Command {
+func statusCmd(e *env) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the attachment, the daemon and the decision counters; exit 0 only when attached and serving",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			rep, err := collectStatus()
+			rep, err := collectStatus(e)
 			if err != nil {
 				return err
 			}
@@ -48,15 +49,16 @@ func statusCmd() *cobra.Command {
 	return cmd
 }
 
-func collectStatus() (*report.StatusReport, error) {
+// collectStatus asks the daemon and reads the attachment of this namespace.
+func collectStatus(e *env) (*report.StatusReport, error) {
 	rep := &report.StatusReport{Ifaces: []loader.Iface{}}
 	var info report.DaemonInfo
-	if err := report.Query("info", &info); err == nil {
+	if err := e.query("info", &info); err == nil {
 		rep.Daemon = &info
 	} else {
 		rep.DaemonNote = err.Error()
 	}
-	att, err := loader.Open()
+	att, err := e.openAttachment()
 	var foreign *loader.ForeignPinsError
 	if errors.As(err, &foreign) {
 		rep.PinDir = foreign.Dir
@@ -97,73 +99,19 @@ func collectStatus() (*report.StatusReport, error) {
 	return rep, nil
 }
 
+// printStatus writes `pepsal status`: the attachment, the daemon, then the
+// kernel's tables.
 func printStatus(w io.Writer, rep *report.StatusReport) {
 	if !rep.Attached {
 		fmt.Fprintln(w, "attached:  no (nothing in this network namespace)")
 	} else {
-		fmt.Fprintf(w, "attached:  yes, pinned in %s\n", rep.PinDir)
-		switch {
-		case rep.OwnerPID == 0:
-			fmt.Fprintln(w, "owner:     none, persistent (pepsal attach)")
-		case rep.OwnerAlive:
-			fmt.Fprintf(w, "owner:     pepsal run pid %d, removes it when it stops\n", rep.OwnerPID)
-		default:
-			fmt.Fprintf(w, "owner:     pepsal run pid %d, dead (the next `pepsal run --iface` adopts it)\n", rep.OwnerPID)
-		}
-		for _, i := range rep.Ifaces {
-			what := "new connections split"
-			if i.ReturnOnly {
-				what = "replies to transparent connections only"
-			}
-			fmt.Fprintf(w, "iface:     %s (ifindex %d, %s ingress): %s\n", i.Name, i.Index, i.TCMode, what)
-		}
-		names := make([]string, 0, len(rep.Programs))
-		for name := range rep.Programs {
-			names = append(names, name)
-		}
-		sort.Strings(names)
-		for _, name := range names {
-			fmt.Fprintf(w, "program:   %s id %d\n", name, rep.Programs[name])
-		}
-		if r := rep.Routing; r != nil {
-			fmt.Fprintf(w, "routing:   fwmark %#x -> table %d (rule priority %d): %d/2 rules, %d/2 local routes\n",
-				r.Fwmark, r.Table, r.RulePriority, r.Rules, r.Routes)
-		}
-		for _, fam := range []string{"ipv4", "ipv6"} {
-			state := "not registered"
-			if c := rep.Listeners[fam]; c != 0 {
-				state = fmt.Sprintf("registered (socket cookie %d)", c)
-			}
-			fmt.Fprintf(w, "listener:  %s %s\n", fam, state)
-		}
+		printAttachment(w, rep)
 	}
 	for _, p := range rep.Problems {
 		fmt.Fprintf(w, "problem:   %s\n", p)
 	}
-	if d := rep.Daemon; d != nil {
-		fmt.Fprintf(w, "daemon:    pid %d, %s relay, up %s, listening on %v\n", d.PID, d.Relay,
-			(time.Duration(d.UptimeSeconds) * time.Second).String(), d.Listeners)
-		for _, o := range d.Off {
-			fmt.Fprintf(w, "off:       %s\n", o)
-		}
-		s := d.Stats
-		fmt.Fprintf(w, "conns:     %d active, %d accepted, %d completed, %d reset, %d upstream failed, %d refused (loop), %d relayed in userspace instead of the kernel\n",
-			s.Active, s.Accepted, s.Completed, s.Reset, s.UpstreamFailed, s.LoopRefused, s.Fallback)
-		if s.MaxConns > 0 {
-			state := "splitting new connections"
-			if s.Full {
-				state = "FULL: new connections forwarded unsplit"
-			}
-			fmt.Fprintf(w, "limit:     %d connections (split again below %d), fd limit %d: %s; full %d times, %d resource shortages\n",
-				s.MaxConns, s.LowWater, s.FDLimit, state, s.FullTrips, s.Shortages)
-		}
-		fmt.Fprintf(w, "bytes:     %d to servers, %d to clients (closed connections)", s.BytesToServer, s.BytesToClient)
-		if d.Relay == "sockmap" {
-			fmt.Fprintf(w, ", %s moved by the kernel", share(s.KernelBytes, s.BytesToServer+s.BytesToClient))
-		}
-		fmt.Fprintln(w)
-		printPeer(w, d.Peer)
-		fmt.Fprintf(w, "runtime:   %d goroutines, %d open fds, %.1f MiB Go heap\n", d.Goroutines, d.OpenFDs, float64(d.HeapBytes)/(1<<20))
+	if rep.Daemon != nil {
+		printDaemon(w, rep.Daemon)
 	} else {
 		fmt.Fprintln(w, "daemon:    not running in this network namespace")
 	}
@@ -180,7 +128,75 @@ func printStatus(w io.Writer, rep *report.StatusReport) {
 	}
 }
 
-func connsCmd() *cobra.Command {
+// printAttachment writes what is attached: where it is pinned, who removes
+// it, the interfaces, programs, routing and listeners.
+func printAttachment(w io.Writer, rep *report.StatusReport) {
+	fmt.Fprintf(w, "attached:  yes, pinned in %s\n", rep.PinDir)
+	switch {
+	case rep.OwnerPID == 0:
+		fmt.Fprintln(w, "owner:     none, persistent (pepsal attach)")
+	case rep.OwnerAlive:
+		fmt.Fprintf(w, "owner:     pepsal run pid %d, removes it when it stops\n", rep.OwnerPID)
+	default:
+		fmt.Fprintf(w, "owner:     pepsal run pid %d, dead (the next `pepsal run --iface` adopts it)\n", rep.OwnerPID)
+	}
+	for _, i := range rep.Ifaces {
+		what := "new connections split"
+		if i.ReturnOnly {
+			what = "replies to transparent connections only"
+		}
+		fmt.Fprintf(w, "iface:     %s (ifindex %d, %s ingress): %s\n", i.Name, i.Index, i.TCMode, what)
+	}
+	names := make([]string, 0, len(rep.Programs))
+	for name := range rep.Programs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(w, "program:   %s id %d\n", name, rep.Programs[name])
+	}
+	if r := rep.Routing; r != nil {
+		fmt.Fprintf(w, "routing:   fwmark %#x -> table %d (rule priority %d): %d/2 rules, %d/2 local routes\n",
+			r.Fwmark, r.Table, r.RulePriority, r.Rules, r.Routes)
+	}
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		state := "not registered"
+		if c := rep.Listeners[fam]; c != 0 {
+			state = fmt.Sprintf("registered (socket cookie %d)", c)
+		}
+		fmt.Fprintf(w, "listener:  %s %s\n", fam, state)
+	}
+}
+
+// printDaemon writes what the daemon says of itself: its relay, what is
+// off, its connections, limit, bytes, warm paths and runtime.
+func printDaemon(w io.Writer, d *report.DaemonInfo) {
+	fmt.Fprintf(w, "daemon:    pid %d, %s relay, up %s, listening on %v\n", d.PID, d.Relay,
+		(time.Duration(d.UptimeSeconds) * time.Second).String(), d.Listeners)
+	for _, o := range d.Off {
+		fmt.Fprintf(w, "off:       %s\n", o)
+	}
+	s := d.Stats
+	fmt.Fprintf(w, "conns:     %d active, %d accepted, %d completed, %d reset, %d upstream failed, %d refused (loop), %d relayed in userspace instead of the kernel\n",
+		s.Active, s.Accepted, s.Completed, s.Reset, s.UpstreamFailed, s.LoopRefused, s.Fallback)
+	if s.MaxConns > 0 {
+		state := "splitting new connections"
+		if s.Full {
+			state = "FULL: new connections forwarded unsplit"
+		}
+		fmt.Fprintf(w, "limit:     %d connections (split again below %d), fd limit %d: %s; full %d times, %d resource shortages\n",
+			s.MaxConns, s.LowWater, s.FDLimit, state, s.FullTrips, s.Shortages)
+	}
+	fmt.Fprintf(w, "bytes:     %d to servers, %d to clients (closed connections)", s.BytesToServer, s.BytesToClient)
+	if d.Relay == relay.ModeSockmap.String() {
+		fmt.Fprintf(w, ", %s moved by the kernel", share(s.KernelBytes, s.BytesToServer+s.BytesToClient))
+	}
+	fmt.Fprintln(w)
+	printPeer(w, d.Peer)
+	fmt.Fprintf(w, "runtime:   %d goroutines, %d open fds, %.1f MiB Go heap\n", d.Goroutines, d.OpenFDs, float64(d.HeapBytes)/(1<<20))
+}
+
+func connsCmd(e *env) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "conns",
@@ -188,7 +204,7 @@ func connsCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var conns []report.ConnInfo
-			if err := report.Query("conns", &conns); err != nil {
+			if err := e.query("conns", &conns); err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
@@ -203,14 +219,14 @@ func connsCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tCLIENT\tSERVER\tRELAY\tSTATE\tTO SERVER\tTO CLIENT\tAGE\tCLIENT LEG\tSERVER LEG")
 			for _, c := range conns {
-				relay := c.Relay
-				if relay == "kernel" {
-					relay += " " + share(uint64(c.KernelBytesToServer+c.KernelBytesToClient), uint64(c.BytesToServer+c.BytesToClient))
+				via := c.Relay
+				if via == "kernel" {
+					via += " " + share(uint64(c.KernelBytesToServer+c.KernelBytesToClient), uint64(c.BytesToServer+c.BytesToClient))
 				}
 				if c.Peer != "" {
-					relay += ", " + c.Peer // rode a warm path between two pepsals
+					via += ", " + c.Peer // rode a warm path between two pepsals
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", c.ID, c.Client, c.Server, relay, c.State,
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", c.ID, c.Client, c.Server, via, c.State,
 					c.BytesToServer, c.BytesToClient, (time.Duration(c.AgeSeconds*1e3) * time.Millisecond).String(),
 					legSummary(c.ClientLeg), legSummary(c.ServerLeg))
 			}

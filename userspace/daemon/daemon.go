@@ -40,7 +40,7 @@ type PeerOptions struct {
 // flags in its errors; the daemon does not know them).
 type Options struct {
 	Tuning         tuning.Tuning
-	Relay          string // "splice" or "sockmap"
+	Relay          relay.Mode
 	RelayBudget    uint64 // sockmap: bytes redirected toward a socket and not yet in its send queue
 	OffloadAfter   int64  // sockmap: bytes a connection moves by splice before it goes into the kernel (0: at once)
 	ListenPort     int    // the proxy's listeners, on 127.0.0.1 and ::1
@@ -70,10 +70,6 @@ type Daemon struct {
 
 // NewDaemon checks the options that the caller cannot get wrong silently.
 func NewDaemon(opts Options) (*Daemon, error) {
-	var mode relay.Mode
-	if err := mode.UnmarshalText([]byte(opts.Relay)); err != nil {
-		return nil, err
-	}
 	if opts.Attach == nil {
 		return nil, errors.New("no attachment")
 	}

@@ -14,7 +14,7 @@ import (
 )
 
 // ListenerRegistry steers diverted SYNs to the proxy's listeners
-// (pepsal_listener; loader.Attachment implements it).
+// (pepsal_listen; loader.Attachment implements it).
 type ListenerRegistry interface {
 	RegisterListener(slot uint32, fd int) error
 	// ListenerCookie is the cookie of the socket in a slot, 0 if none.
@@ -127,7 +127,7 @@ func (r *run) enableFastOpen(ownAttachment bool) error {
 }
 
 // registerListeners sets each proxy listener's accept queue and puts it in
-// its slot of pepsal_listener, where the diverted SYNs are steered.
+// its slot of pepsal_listen, where the diverted SYNs are steered.
 func (r *run) registerListeners() error {
 	for _, l := range r.listeners {
 		ln := l.ln
@@ -170,9 +170,9 @@ func (r *run) settleRelay() error {
 // "sockmap") only where enable, the kernel's probe and the verdict's
 // attachment, succeeds; splice where it says the kernel cannot
 // (*loader.Unsupported), with what is off and why for the log and status.
-func chooseRelay(asked string, enable func() error) (relay string, off []report.Off, err error) {
-	if asked != "sockmap" {
-		return asked, nil, nil
+func chooseRelay(asked relay.Mode, enable func() error) (inUse string, off []report.Off, err error) {
+	if asked != relay.ModeSockmap {
+		return asked.String(), nil, nil
 	}
 	err = enable()
 	var un *loader.Unsupported

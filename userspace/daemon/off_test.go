@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/tuning"
 )
 
@@ -15,22 +16,22 @@ import (
 func TestChooseRelay(t *testing.T) {
 	unsupported := &loader.Unsupported{Feature: "kernel relay", Why: "the kernel lacks X"}
 	for _, tc := range []struct {
-		asked     string
+		asked     relay.Mode
 		enable    error
 		want      string
 		wantOff   string
 		wantErr   bool
 		wantProbe bool
 	}{
-		{asked: "splice", want: "splice"},
-		{asked: "sockmap", want: "sockmap", wantProbe: true},
-		{asked: "sockmap", enable: unsupported, want: "splice", wantOff: "kernel relay off: the kernel lacks X; every connection is relayed by splice", wantProbe: true},
-		{asked: "sockmap", enable: errors.New("pin: no space"), wantErr: true, wantProbe: true},
+		{asked: relay.ModeSplice, want: "splice"},
+		{asked: relay.ModeSockmap, want: "sockmap", wantProbe: true},
+		{asked: relay.ModeSockmap, enable: unsupported, want: "splice", wantOff: "kernel relay off: the kernel lacks X; every connection is relayed by splice", wantProbe: true},
+		{asked: relay.ModeSockmap, enable: errors.New("pin: no space"), wantErr: true, wantProbe: true},
 	} {
 		probed := false
-		relay, off, err := chooseRelay(tc.asked, func() error { probed = true; return tc.enable })
-		if (err != nil) != tc.wantErr || relay != tc.want || probed != tc.wantProbe {
-			t.Errorf("%s, enable %v: relay %q, err %v, probed %v; want %q, error %v, probed %v", tc.asked, tc.enable, relay, err, probed, tc.want, tc.wantErr, tc.wantProbe)
+		got, off, err := chooseRelay(tc.asked, func() error { probed = true; return tc.enable })
+		if (err != nil) != tc.wantErr || got != tc.want || probed != tc.wantProbe {
+			t.Errorf("%s, enable %v: relay %q, err %v, probed %v; want %q, error %v, probed %v", tc.asked, tc.enable, got, err, probed, tc.want, tc.wantErr, tc.wantProbe)
 		}
 		var offs []string
 		for _, o := range off {

@@ -34,7 +34,7 @@ func (r *run) observe() error {
 func (r *run) info() report.DaemonInfo {
 	o, p := r.o, r.pipeline
 	return report.DaemonInfo{
-		PID: os.Getpid(), Version: o.Version, Relay: r.relay, RelayAsked: o.Relay, Off: r.off, Listeners: r.addrs,
+		PID: os.Getpid(), Version: o.Version, Relay: r.relay, RelayAsked: o.Relay.String(), Off: r.off, Listeners: r.addrs,
 		ConnectTimeout: o.ConnectTimeout.String(), UptimeSeconds: time.Since(r.start).Seconds(),
 		Stats: p.Table.Stats(), Peer: r.peerStats(), SplitStats: p.SplitStats(),
 	}

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"golang.org/x/sys/unix"
@@ -155,10 +156,14 @@ type FDBudget struct {
 // each once accepted), splice pipes (held only while bytes move, and
 // bounded: relay.PipeLimit), what is open now and a reserve.
 func (b FDBudget) Need(n int) uint64 {
-	queued := b.Listeners * (b.Backlog + 1)
-	return uint64(2*(n+queued) + 2*relay.PipeLimit(n) + b.Open + fdReserve)
-
+	return uint64(2*b.Capacity(n) + b.pipeFDs(n) + b.otherFDs())
 }
+
+// pipeFDs is the part of Need that splice pipes take.
+func (b FDBudget) pipeFDs(n int) int { return 2 * relay.PipeLimit(n) }
+
+// otherFDs is the part of Need that is open already or reserved.
+func (b FDBudget) otherFDs() int { return b.Open + fdReserve }
 
 // MaxConns is the largest connection count the fd limit holds (0: none).
 func (b FDBudget) MaxConns() int {
@@ -228,4 +233,126 @@ func MemMaxConns() int {
 		}
 	}
 	return 0
+}
+
+// LimitSource says what set a connection limit (the daemon logs it).
+type LimitSource string
+
+const (
+	FromAsked    LimitSource = "asked"             // the operator's count
+	FromFDLimit  LimitSource = "fd limit"          // RLIMIT_NOFILE
+	FromMemory   LimitSource = "memory"            // half the host's (MemMaxConns)
+	FromMapLimit LimitSource = "map limit"         // the largest maps (loader.MaxMapConns)
+	FromMaps     LimitSource = "attachment's maps" // an existing attachment's, which cannot grow
+)
+
+// Limit is a daemon's admission limit and the fd budget it fits in.
+type Limit struct {
+	Max    int
+	From   LimitSource
+	Budget FDBudget
+}
+
+// MapConns is how many connections the BPF maps must hold under l: the
+// limit and the accept queues.
+func (l Limit) MapConns() int { return l.Budget.Capacity(l.Max) }
+
+// SettleLimit raises RLIMIT_NOFILE and settles the connection limit: asked
+// (asked > 0), it must fit the fd limit and the existing attachment's maps;
+// derived (asked 0), it is the most that the fd limit, memory and those maps
+// hold. The shortfalls are *FDShortError and *MapsShortError.
+func SettleLimit(asked int, log *slog.Logger) (Limit, error) {
+	budget, err := NewFDBudget(2)
+	if err != nil {
+		return Limit{}, err
+	}
+	l, err := FitFDs(asked, budget, MemMaxConns(), loader.MaxMapConns)
+	if err != nil {
+		return l, err
+	}
+	capacity, attached, err := loader.ExistingCapacity()
+	if err != nil || !attached {
+		return l, err // nothing attached: the maps are made to fit
+	}
+	return l.FitMaps(capacity, log)
+}
+
+// FitFDs settles the limit on the fd budget b: asked (asked > 0), it must
+// fit; derived, it is the most that b, memory (memMax connections, 0:
+// unknown) and maps of at most mapMax connections hold.
+func FitFDs(asked int, b FDBudget, memMax, mapMax int) (Limit, error) {
+	l := Limit{Max: asked, From: FromAsked, Budget: b}
+	if asked > 0 {
+		if need := b.Need(asked); need > b.Limit {
+			return l, &FDShortError{Asked: asked, Need: need, Pipes: b.pipeFDs(asked), Other: b.otherFDs(), Limit: b.Limit, Fits: b.MaxConns()}
+		}
+		return l, nil
+	}
+	l.Max, l.From = b.MaxConns(), FromFDLimit
+	if memMax > 0 && memMax < l.Max {
+		l.Max, l.From = memMax, FromMemory
+	}
+	// The maps hold the accept queues too.
+	if queued := b.Capacity(0); l.Max > mapMax-queued {
+		l.Max, l.From = mapMax-queued, FromMapLimit
+	}
+	if l.Max < 1 {
+		return l, fmt.Errorf("RLIMIT_NOFILE %d holds no connection (a daemon needs %d fds for its first): raise it", b.Limit, b.Need(1))
+	}
+	return l, nil
+}
+
+// FitMaps fits l into an existing attachment's maps, which hold capacity
+// connections (accept queues included) and cannot grow: an asked limit
+// must fit them, a derived one shrinks to them.
+func (l Limit) FitMaps(capacity int, log *slog.Logger) (Limit, error) {
+	if capacity >= l.MapConns() {
+		return l, nil
+	}
+	queued := l.Budget.Capacity(0)
+	if l.From == FromAsked {
+		return l, &MapsShortError{Asked: l.Max, Capacity: capacity, Queued: queued}
+	}
+	l.Max, l.From = capacity-queued, FromMaps
+	if l.Max < 1 {
+		return l, &MapsShortError{Capacity: capacity, Queued: queued}
+	}
+	log.Info("connection limit lowered to what the existing attachment's maps hold", "max_conns", l.Max)
+	return l, nil
+}
+
+// FDShortError: an asked limit needs more fds than RLIMIT_NOFILE allows.
+type FDShortError struct {
+	Asked int    // the limit asked
+	Need  uint64 // the fds it needs, of which
+	Pipes int    // for splice pipes,
+	Other int    // open already or reserved, and the rest two per connection and per queued accept
+	Limit uint64 // RLIMIT_NOFILE
+	Fits  int    // the largest limit it holds
+}
+
+// Shortfall is the arithmetic, for a caller that names the limit its own way.
+func (e *FDShortError) Shortfall() string {
+	return fmt.Sprintf("needs %d file descriptors (2 per connection and per queued accept, %d for splice pipes, %d open or reserved) but RLIMIT_NOFILE is %d",
+		e.Need, e.Pipes, e.Other, e.Limit)
+}
+
+func (e *FDShortError) Error() string {
+	return fmt.Sprintf("a limit of %d connections %s: lower it to %d or raise RLIMIT_NOFILE", e.Asked, e.Shortfall(), e.Fits)
+}
+
+// MapsShortError: an existing attachment's maps hold fewer connections
+// than the limit asked (Asked > 0), or than the accept queues (Asked 0).
+type MapsShortError struct {
+	Asked    int // 0: the limit was derived
+	Capacity int // connections the maps hold
+	Queued   int // of them, in accept queues
+}
+
+func (e *MapsShortError) Error() string {
+	if e.Asked > 0 {
+		return fmt.Sprintf("a limit of %d connections: the existing attachment's maps hold %d connections (including %d in accept queues): detach it and attach again with the limit, or lower it",
+			e.Asked, e.Capacity, e.Queued)
+	}
+	return fmt.Sprintf("the existing attachment's maps hold %d connections, no more than the accept queues (%d): detach it and attach again", e.Capacity, e.Queued)
 }

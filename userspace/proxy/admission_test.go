@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/pepsal/pepsal/userspace/conn"
@@ -67,4 +69,79 @@ func TestFDBudget(t *testing.T) {
 		t.Fatal("100 fds cannot hold a connection and two accept queues")
 	}
 	t.Logf("RLIMIT_NOFILE 20000: max_conns %d", n)
+}
+
+// TestFitFDs: an asked limit must fit the fd limit, and the error says by
+// how much it does not; a derived one is the least of what the fd limit,
+// memory and the largest maps hold, and says which set it.
+func TestFitFDs(t *testing.T) {
+	b := FDBudget{Limit: 20000, Open: 10, Listeners: 2, Backlog: 512}
+	queued := b.Capacity(0)
+	fits := b.MaxConns()
+	for _, c := range []struct {
+		name          string
+		asked, memMax int
+		mapMax        int
+		max           int
+		from          LimitSource
+	}{
+		{"asked", 5000, 0, 1 << 22, 5000, FromAsked},
+		{"asked, whatever memory says", 5000, 10, 1 << 22, 5000, FromAsked},
+		{"fd limit, memory unknown", 0, 0, 1 << 22, fits, FromFDLimit},
+		{"memory", 0, 100, 1 << 22, 100, FromMemory},
+		{"memory above the fd limit", 0, fits + 1, 1 << 22, fits, FromFDLimit},
+		{"map limit", 0, 0, queued + 50, 50, FromMapLimit},
+	} {
+		l, err := FitFDs(c.asked, b, c.memMax, c.mapMax)
+		if err != nil || l.Max != c.max || l.From != c.from || l.Budget != b {
+			t.Errorf("%s: %+v, %v; want max %d from %s", c.name, l, err, c.max, c.from)
+		}
+	}
+	if l := (Limit{Max: 100, Budget: b}); l.MapConns() != 100+queued {
+		t.Errorf("maps for %d connections, want %d", l.MapConns(), 100+queued)
+	}
+
+	_, err := FitFDs(fits+1, b, 0, 1<<22)
+	var short *FDShortError
+	if !errors.As(err, &short) || short.Asked != fits+1 || short.Fits != fits || short.Limit != 20000 ||
+		short.Need != b.Need(fits+1) || short.Need != uint64(2*(fits+1+queued)+short.Pipes+short.Other) || short.Other != 10+fdReserve {
+		t.Fatalf("one more than fits: %#v", err)
+	}
+	if strings.Contains(err.Error(), "--") {
+		t.Errorf("%q: a domain error names no flag", err)
+	}
+
+	tiny := FDBudget{Limit: 100, Listeners: 2, Backlog: 512}
+	if _, err := FitFDs(0, tiny, 0, 1<<22); err == nil || err.Error() != fmt.Sprintf("RLIMIT_NOFILE 100 holds no connection (a daemon needs %d fds for its first): raise it", tiny.Need(1)) {
+		t.Errorf("no room: %v", err)
+	}
+}
+
+// TestFitMaps: an existing attachment's maps cannot grow: an asked limit
+// must fit them, a derived one shrinks to them (accept queues included).
+func TestFitMaps(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b := FDBudget{Limit: 1 << 20, Listeners: 2, Backlog: 512}
+	queued := b.Capacity(0)
+	asked := Limit{Max: 5000, From: FromAsked, Budget: b}
+	derived := Limit{Max: 5000, From: FromFDLimit, Budget: b}
+
+	if l, err := asked.FitMaps(5000+queued, log); err != nil || l != asked {
+		t.Errorf("asked, maps just big enough: %+v, %v", l, err)
+	}
+	var short *MapsShortError
+	if _, err := asked.FitMaps(3000+queued, log); !errors.As(err, &short) || *short != (MapsShortError{Asked: 5000, Capacity: 3000 + queued, Queued: queued}) {
+		t.Errorf("asked, maps too small: %#v", err)
+	}
+	if l, err := derived.FitMaps(3000+queued, log); err != nil || l.Max != 3000 || l.From != FromMaps {
+		t.Errorf("derived, maps too small: %+v, %v; want 3000 from the maps", l, err)
+	}
+	if _, err := derived.FitMaps(queued, log); !errors.As(err, &short) || *short != (MapsShortError{Capacity: queued, Queued: queued}) {
+		t.Errorf("derived, maps holding only the queues: %#v", err)
+	}
+	for _, e := range []error{&MapsShortError{Asked: 1, Capacity: 2, Queued: 1}, &MapsShortError{Capacity: 2, Queued: 2}} {
+		if strings.Contains(e.Error(), "--") || strings.Contains(e.Error(), "pepsal ") {
+			t.Errorf("%q: a domain error names no flag and no command", e)
+		}
+	}
 }

@@ -1,0 +1,247 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/conn"
+	"github.com/pepsal/pepsal/userspace/daemon"
+	"github.com/pepsal/pepsal/userspace/proxy"
+	"github.com/pepsal/pepsal/userspace/report"
+)
+
+// result is what a command run in-process left: its exit code and output.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// pepsal runs a command line in-process, as main does, with e's seams.
+func pepsal(t *testing.T, e *env, args ...string) result {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	e.args, e.stdout, e.stderr = args, &stdout, &stderr
+	code := execute(t.Context(), e)
+	return result{code, stdout.String(), stderr.String()}
+}
+
+// untouchable is an env whose every way to the host fails the test: a
+// command run in it must stop at its own checks.
+func untouchable(t *testing.T) *env {
+	stop := errors.New("the test stops here")
+	return &env{
+		privileged: func() error {
+			t.Error("privileges checked: the host was about to be touched")
+			return stop
+		},
+		query: func(string, any) error {
+			t.Error("the daemon was asked")
+			return stop
+		},
+		openAttachment: func() (*loader.Attachment, error) {
+			t.Error("the attachment was opened")
+			return nil, stop
+		},
+	}
+}
+
+// oneLine checks that r failed with one line "pepsal: ..." holding want, and
+// printed nothing else.
+func oneLine(t *testing.T, r result, want string) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n")
+	if r.code != 1 || len(lines) != 1 || !strings.HasPrefix(lines[0], "pepsal: ") || !strings.Contains(lines[0], want) || r.stdout != "" {
+		t.Errorf("exit %d, stdout %q, stderr %q: want exit 1 and one line with %q", r.code, r.stdout, r.stderr, want)
+	}
+}
+
+// TestBadFlagsStopBeforeTheHost: a bad flag of run or attach is one line
+// naming it, and the command stops before it checks its privileges, the
+// gate to everything that touches the host.
+func TestBadFlagsStopBeforeTheHost(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--iface", "eth0", "--relay", "magic"}, `--relay must be splice or sockmap, not "magic"`},
+		{[]string{"run", "--relay-budget", "1KiB"}, `bad --relay-budget "1KiB"`},
+		{[]string{"run", "--offload-after", "lots"}, `bad --offload-after "lots"`},
+		{[]string{"run", "--iface", "eth0", "--ports", "0"}, `bad --ports "0"`},
+		{[]string{"run", "--iface", "eth0", "--ports", "90-80"}, "range 90-80 is reversed"},
+		{[]string{"run", "--exclude", "10.0.0.0/33"}, `bad --exclude "10.0.0.0/33"`},
+		{[]string{"run", "--iface", "lo"}, "--iface lo: loopback carries no forwarded traffic"},
+		{[]string{"run", "--fwmark", "0"}, "--fwmark must not be 0"},
+		{[]string{"run", "--connect-timeout", "-1s"}, "--connect-timeout must be positive"},
+		{[]string{"run", "--upgrade-drain", "0s"}, "--upgrade-drain must be positive"},
+		{[]string{"run", "--listen-port", "70000"}, "--listen-port 70000 is not a port (1-65535)"},
+		{[]string{"run", "--metrics-addr", "127.0.0.1"}, `bad --metrics-addr "127.0.0.1"`},
+		{[]string{"run", "--max-conns", "0"}, `bad --max-conns "0"`},
+		{[]string{"run", "--log-level", "loud"}, `bad --log-level "loud"`},
+		{[]string{"run", "--role", "satellite"}, `--role must be gateway or terminal, not "satellite"`},
+		{[]string{"run", "--client-mss", "5"}, "--client-mss 5 is out of range (88-65495)"},
+		{[]string{"run", "--peer-pool", "5"}, "--peer-pool needs --peer (terminal) or --peer-listen (gateway)"},
+		{[]string{"run", "--peer", "192.0.2.1"}, `bad --peer "192.0.2.1"`},
+		{[]string{"run", "--bogus"}, "unknown flag: --bogus"},
+		{[]string{"run", "extra"}, `unknown command "extra"`},
+		{[]string{"attach"}, "attach needs at least one --iface"},
+		{[]string{"attach", "--iface", "eth0", "--max-conns=-5"}, `bad --max-conns "-5"`},
+		{[]string{"attach", "--iface", "eth0", "--tc-mode", "xdp"}, `--tc-mode must be auto, tcx or clsact, not "xdp"`},
+		{[]string{"attach", "--iface", "eth0", "--route-table", "254"}, "--route-table 254 is reserved or out of range"},
+	} {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			oneLine(t, pepsal(t, untouchable(t), c.args...), c.want)
+		})
+	}
+}
+
+// TestLimitErrorsNameTheFlag: the admission policy's shortfalls, said with
+// --max-conns in the words the CLI always used (the integration tests and
+// operators' scripts match them).
+func TestLimitErrorsNameTheFlag(t *testing.T) {
+	b := proxy.FDBudget{Limit: 1000, Open: 10, Listeners: 2, Backlog: 512}
+	_, fdErr := proxy.FitFDs(5000, b, 0, loader.MaxMapConns)
+	queued := b.Capacity(0)
+	need := b.Need(5000)
+	pipes := int(need) - 2*(5000+queued) - 10 - 64 // 64: the reserve
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{limitErr(fdErr), fmt.Sprintf("--max-conns 5000 needs %d file descriptors (2 per connection and per queued accept, %d for splice pipes, 74 open or reserved) but RLIMIT_NOFILE is 1000: lower --max-conns to 0 or raise the limit (systemd LimitNOFILE=)", need, pipes)},
+		{limitErr(&proxy.MapsShortError{Asked: 5000, Capacity: 4026, Queued: 1026}), "--max-conns 5000: the existing attachment's maps hold 4026 connections (including 1026 in accept queues): `pepsal detach` and attach again with --max-conns, or lower it"},
+		{limitErr(&proxy.MapsShortError{Capacity: 1026, Queued: 1026}), "the existing attachment's maps hold 1026 connections, no more than the accept queues (1026): `pepsal detach` and attach again"},
+		{limitErr(errors.New("other")), "other"},
+	} {
+		if c.err == nil || c.err.Error() != c.want {
+			t.Errorf("error %q,\nwant %q", c.err, c.want)
+		}
+	}
+	if got := limitFrom(proxy.Limit{From: proxy.FromAsked}) + ", " + limitFrom(proxy.Limit{From: proxy.FromMemory}); got != "--max-conns, memory" {
+		t.Errorf("limit from %q", got)
+	}
+}
+
+// serveControl serves a daemon's control socket, as daemon.ServeControl
+// serves it, on a path of the test's; the env's query asks it there.
+func serveControl(t *testing.T, e *env, info report.DaemonInfo, table *proxy.Table) {
+	addr := filepath.Join(t.TempDir(), "control")
+	ln, err := net.Listen("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go daemon.ServeControl(ln, func() report.DaemonInfo { return info }, table, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	// report.Query's exchange, at addr: a request line, a JSON answer.
+	e.query = func(request string, out any) error {
+		c, err := net.Dial("unix", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if _, err := fmt.Fprintln(c, request); err != nil {
+			return err
+		}
+		return json.NewDecoder(c).Decode(out)
+	}
+}
+
+// testDaemon is what the served daemon says of itself.
+var testDaemon = report.DaemonInfo{
+	PID: 4242, Relay: "sockmap", Listeners: []string{"127.0.0.1:5000", "[::1]:5000"}, UptimeSeconds: 90.5,
+	Off: []report.Off{{Feature: "tcx", Why: "Linux 6.1", Instead: "the classifier is attached as a clsact filter"}},
+	Stats: report.Stats{Active: 2, Accepted: 10, Completed: 7, Reset: 1, Fallback: 3, BytesToServer: 1000, BytesToClient: 3000,
+		KernelBytes: 2000, MaxConns: 100, LowWater: 90, FDLimit: 1024},
+}
+
+// TestStatusOfADaemon: `pepsal status` prints what the daemon's control
+// socket answers, and exits 3 while nothing is attached.
+func TestStatusOfADaemon(t *testing.T) {
+	e := untouchable(t)
+	e.openAttachment = func() (*loader.Attachment, error) { return nil, loader.ErrNotAttached }
+	serveControl(t, e, testDaemon, proxy.NewTable())
+	r := pepsal(t, e, "status")
+	want := []string{
+		"attached:  no (nothing in this network namespace)",
+		"daemon:    pid 4242, sockmap relay, up 1m30s, listening on [127.0.0.1:5000 [::1]:5000]",
+		"off:       tcx off: Linux 6.1; the classifier is attached as a clsact filter",
+		"conns:     2 active, 10 accepted, 7 completed, 1 reset, 0 upstream failed, 0 refused (loop), 3 relayed in userspace instead of the kernel",
+		"limit:     100 connections (split again below 90), fd limit 1024: splitting new connections; full 0 times, 0 resource shortages",
+		"bytes:     1000 to servers, 3000 to clients (closed connections), 50% moved by the kernel",
+	}
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	if r.code != 3 || r.stderr != "" || len(lines) != len(want)+1 || !strings.HasPrefix(lines[len(want)], "runtime:   ") {
+		t.Fatalf("exit %d, stderr %q, stdout:\n%s", r.code, r.stderr, r.stdout)
+	}
+	for i, w := range want {
+		if lines[i] != w {
+			t.Errorf("line %d: %q, want %q", i+1, lines[i], w)
+		}
+	}
+
+	r = pepsal(t, e, "status", "--json")
+	var rep report.StatusReport
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 3 || rep.Daemon == nil || rep.Daemon.PID != 4242 || rep.Attached {
+		t.Errorf("status --json: exit %d, %v:\n%s", r.code, err, r.stdout)
+	}
+}
+
+// TestStatusWithoutADaemon: no daemon and another namespace's pins: status
+// says both, then the incoherence in one line, exit 3.
+func TestStatusWithoutADaemon(t *testing.T) {
+	e := untouchable(t)
+	e.query = func(string, any) error { return errors.New("no pepsal daemon in this network namespace") }
+	e.openAttachment = func() (*loader.Attachment, error) {
+		return nil, &loader.ForeignPinsError{Dir: "/sys/fs/bpf/pepsal/netns-1", Reason: "pins of another namespace"}
+	}
+	r := pepsal(t, e, "status")
+	want := "attached:  no (nothing in this network namespace)\n" +
+		"problem:   pins of another namespace; `pepsal detach`, `pepsal attach` or `pepsal run --iface` removes them\n" +
+		"daemon:    not running in this network namespace\n"
+	if r.code != 3 || r.stdout != want || r.stderr != "pepsal: attachment not coherent: pins of another namespace; `pepsal detach`, `pepsal attach` or `pepsal run --iface` removes them\n" {
+		t.Errorf("exit %d, stdout:\n%s\nstderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestConnsOfADaemon: `pepsal conns` lists what the daemon's table holds.
+func TestConnsOfADaemon(t *testing.T) {
+	e := untouchable(t)
+	table := proxy.NewTable()
+	table.Add(netip.MustParseAddrPort("10.0.0.1:40000"), netip.MustParseAddrPort("192.0.2.1:80"), conn.Splice)
+	serveControl(t, e, testDaemon, table)
+	r := pepsal(t, e, "conns")
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	if r.code != 0 || r.stderr != "" || len(lines) != 2 || !strings.HasPrefix(lines[0], "ID ") ||
+		!strings.HasPrefix(strings.Join(strings.Fields(lines[1]), " "), "1 10.0.0.1:40000 192.0.2.1:80 splice") {
+		t.Errorf("exit %d, stderr %q, stdout:\n%s", r.code, r.stderr, r.stdout)
+	}
+}
+
+// TestHelpAndVersionOnStdout: help and the version go to the command's
+// stdout, nothing to its stderr.
+func TestHelpAndVersionOnStdout(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"version"}, "pepsal " + version + "\n"},
+		{[]string{"--help"}, "Usage:\n  pepsal [command]"},
+		{[]string{"help", "status"}, "Usage:\n  pepsal status [flags]"},
+		{[]string{"run", "--help"}, "--relay string"},
+		{[]string{"attach", "-h"}, "--max-conns string"},
+	} {
+		r := pepsal(t, untouchable(t), c.args...)
+		if r.code != 0 || r.stderr != "" || !strings.Contains(r.stdout, c.want) {
+			t.Errorf("%v: exit %d, stderr %q, stdout:\n%s\nwant %q in it", c.args, r.code, r.stderr, r.stdout, c.want)
+		}
+	}
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/report"
+	"github.com/spf13/cobra"
+)
+
+// env is what the commands take from their process: the command line, where
+// they write, the gate before the host is touched, and the way to the
+// daemon and the attachment of this namespace. main passes the process's;
+// tests their own, to run the commands in-process.
+type env struct {
+	args           []string // the command line without the program's name; also an upgrade's
+	stdout, stderr io.Writer
+	// privileged fails unless the process may load BPF and change
+	// networking: everything that touches the host comes after it.
+	privileged func() error
+	// query asks the daemon of this namespace over its control socket.
+	query func(request string, out any) error
+	// openAttachment opens this namespace's attachment (loader.Open).
+	openAttachment func() (*loader.Attachment, error)
+}
+
+// processEnv is the env of the running process.
+func processEnv() *env {
+	return &env{
+		args:           os.Args[1:],
+		stdout:         os.Stdout,
+		stderr:         os.Stderr,
+		privileged:     requirePrivileges,
+		query:          report.Query,
+		openAttachment: loader.Open,
+	}
+}
+
+// newRoot is the pepsal command and its subcommands, writing to e.
+func newRoot(e *env) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "pepsal",
+		Short:         "Transparent TCP performance-enhancing proxy, steered by eBPF",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetArgs(append([]string{}, e.args...)) // never nil: cobra would read os.Args
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	root.AddCommand(runCmd(e), attachCmd(e), detachCmd(e), statusCmd(e), connsCmd(e), versionCmd())
+	return root
+}
+
+// execute runs the command line of e and returns the exit code; an error is
+// one line on e's stderr.
+func execute(ctx context.Context, e *env) int {
+	err := newRoot(e).ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	if msg := err.Error(); msg != "" {
+		fmt.Fprintf(e.stderr, "pepsal: %s\n", msg)
+	}
+	return exitCode(err)
+}
+
+// exitError carries a specific exit code, and a message when there is
+// something to say beyond what was printed.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string { return e.msg }
+
+func exitCode(err error) int {
+	if e, ok := err.(exitError); ok {
+		return e.code
+	}
+	return 1
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "pepsal %s\n", version)
+		},
+	}
+}
