@@ -16,13 +16,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Listener slots of pepsal_listener (loader.ListenerV4, loader.ListenerV6).
+// Listener slots of pepsal_listen (loader.ListenerV4, loader.ListenerV6).
 const (
 	slotV4 = loader.ListenerV4
 	slotV6 = loader.ListenerV6
 )
 
-// slotListener is a proxy listener and its slot in pepsal_listener.
+// slotListener is a proxy listener and its slot in pepsal_listen.
 type slotListener struct {
 	slot uint32
 	ln   *net.TCPListener

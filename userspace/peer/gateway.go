@@ -62,7 +62,8 @@ func Listen(addr string, t tuning.Tuning) (*Gateway, error) {
 		var serr error
 		if err := c.Control(func(fd uintptr) {
 			// An upgraded daemon binds the same port while the old one
-			// still holds it (it hands over only the proxy's listeners).
+			// still holds it: the listener is handed over at an upgrade,
+			// and a successor that cannot take it binds its own.
 			serr = errors.Join(sockopt.Wrap("SO_REUSEPORT", unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)),
 				t.Client.BeforeHandshake(int(fd)))
 		}); err != nil {
