@@ -79,6 +79,8 @@ func TestBadFlagsStopBeforeTheHost(t *testing.T) {
 		{[]string{"run", "--iface", "eth0", "--ports", "0"}, `bad --ports "0"`},
 		{[]string{"run", "--iface", "eth0", "--ports", "90-80"}, "range 90-80 is reversed"},
 		{[]string{"run", "--exclude", "10.0.0.0/33"}, `bad --exclude "10.0.0.0/33"`},
+		{[]string{"run", "--deny", "10.0.0.0/33"}, "--deny 10.0.0.0/33: not a CIDR prefix or address"},
+		{[]string{"run", "--deny", "fd00::/8", "--deny", "intranet"}, "--deny intranet: not a CIDR prefix or address"},
 		{[]string{"run", "--iface", "lo"}, "--iface lo: loopback carries no forwarded traffic"},
 		{[]string{"run", "--fwmark", "0"}, "--fwmark must not be 0"},
 		{[]string{"run", "--connect-timeout", "-1s"}, "--connect-timeout must be positive"},
@@ -159,8 +161,9 @@ func serveControl(t *testing.T, e *env, info report.DaemonInfo, table *proxy.Tab
 var testDaemon = report.DaemonInfo{
 	PID: 4242, Relay: "sockmap", Listeners: []string{"127.0.0.1:5000", "[::1]:5000"}, UptimeSeconds: 90.5,
 	Off: []report.Off{{Feature: "tcx", Why: "Linux 6.1", Instead: "the classifier is attached as a clsact filter"}},
-	Stats: report.Stats{Active: 2, Accepted: 10, Completed: 7, Reset: 1, Fallback: 3, BytesToServer: 1000, BytesToClient: 3000,
-		KernelBytes: 2000, MaxConns: 100, LowWater: 90, FDLimit: 1024},
+	Stats: report.Stats{Active: 2, Accepted: 13, Completed: 7, Reset: 1, Fallback: 3, BytesToServer: 1000, BytesToClient: 3000,
+		KernelBytes: 2000, MaxConns: 100, LowWater: 90, FDLimit: 1024,
+		DestDenied: 3, DestDeniedByReason: map[string]uint64{"own_address": 2, "link_local": 1, "deny_prefix": 0}},
 }
 
 // TestStatusOfADaemon: `pepsal status` prints what the daemon's control
@@ -174,7 +177,8 @@ func TestStatusOfADaemon(t *testing.T) {
 		"attached:  no (nothing in this network namespace)",
 		"daemon:    pid 4242, sockmap relay, up 1m30s, listening on [127.0.0.1:5000 [::1]:5000]",
 		"off:       tcx off: Linux 6.1; the classifier is attached as a clsact filter",
-		"conns:     2 active, 10 accepted, 7 completed, 1 reset, 0 upstream failed, 0 refused (loop), 3 relayed in userspace instead of the kernel",
+		"conns:     2 active, 13 accepted, 7 completed, 1 reset, 0 upstream failed, 0 refused (loop), 3 refused (destination), 3 relayed in userspace instead of the kernel",
+		"refused:   destinations pepsal does not connect to: 2 own_address, 1 link_local",
 		"limit:     100 connections (split again below 90), fd limit 1024: splitting new connections; full 0 times, 0 resource shortages",
 		"bytes:     1000 to servers, 3000 to clients (closed connections), 50% moved by the kernel",
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -45,7 +46,7 @@ func (p *policyFlags) config() (loader.Config, error) {
 	for _, s := range p.exclude {
 		pfx, err := parsePrefix(s)
 		if err != nil {
-			return cfg, err
+			return cfg, fmt.Errorf("bad --exclude %q: %w", s, err)
 		}
 		excl = append(excl, pfx)
 	}
@@ -126,7 +127,21 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	if addr, err := netip.ParseAddr(s); err == nil {
 		return netip.PrefixFrom(addr, addr.BitLen()), nil
 	}
-	return netip.Prefix{}, fmt.Errorf("bad --exclude %q: not a CIDR prefix or address", s)
+	return netip.Prefix{}, errors.New("not a CIDR prefix or address")
+}
+
+// parsePrefixes reads the values of a repeatable prefix flag; an error is
+// "FLAG VALUE: why", e.g. "--deny 10.0.0.0/33: not a CIDR prefix or address".
+func parsePrefixes(flag string, values []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range values {
+		pfx, err := parsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", flag, s, err)
+		}
+		out = append(out, pfx)
+	}
+	return out, nil
 }
 
 // requirePrivileges fails unless the process may load BPF and change networking.

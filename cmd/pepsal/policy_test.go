@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/netip"
 	"slices"
 	"testing"
 )
@@ -43,6 +44,30 @@ func TestParsePrefix(t *testing.T) {
 	for _, in := range []string{"10.0.0.0/33", "banana", "10.0.0/8", ""} {
 		if _, err := parsePrefix(in); err == nil {
 			t.Errorf("parsePrefix(%q) accepted", in)
+		}
+	}
+}
+
+// TestRunPlanDeny: --deny values reach the daemon's options as prefixes,
+// in order, both families; without it the options deny nothing more.
+func TestRunPlanDeny(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want []netip.Prefix
+	}{
+		{nil, nil},
+		{[]string{"--deny", "10.1.2.3/8", "--deny", "fd00::/8", "--deny", "192.0.2.7"},
+			[]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8"), netip.MustParsePrefix("192.0.2.7/32")}},
+	} {
+		e := untouchable(t)
+		var f runFlags
+		cmd := runCmdInto(e, &f)
+		if err := cmd.ParseFlags(c.args); err != nil {
+			t.Fatal(err)
+		}
+		p, err := f.plan(cmd, e)
+		if err != nil || !slices.Equal(p.opts.Deny, c.want) {
+			t.Errorf("%v: deny %v, %v; want %v", c.args, p.opts.Deny, err, c.want)
 		}
 	}
 }

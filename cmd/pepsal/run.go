@@ -31,18 +31,21 @@ type runFlags struct {
 	upgradeDrain   time.Duration
 	logLevel       string
 	transparent    bool
+	deny           []string
 	metricsAddr    string
 	maxConns       string
 }
 
-func runCmd(e *env) *cobra.Command {
-	var f runFlags
+func runCmd(e *env) *cobra.Command { return runCmdInto(e, &runFlags{}) }
+
+// runCmdInto is the run command, its flags parsed into f.
+func runCmdInto(e *env, f *runFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Attach to the given interfaces (or use the existing attachment) and split connections until stopped",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return run(cmd, e, &f)
+			return run(cmd, e, f)
 		},
 	}
 	f.policy.register(cmd)
@@ -55,6 +58,7 @@ func runCmd(e *env) *cobra.Command {
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "on SIGTERM/SIGINT, wait this long for live connections before resetting them")
 	fl.DurationVar(&f.upgradeDrain, "upgrade-drain", time.Hour, "on SIGHUP (upgrade), the old daemon relays its live connections for at most this long, then resets what is left")
 	fl.BoolVar(&f.transparent, "transparent", false, "dial servers from the client's own address and port, so they see the real client; replies are taken on --return-iface (default: every other interface)")
+	fl.StringArrayVar(&f.deny, "deny", nil, "destination prefix pepsal never connects to for a client, e.g. the operator's internal networks 10.0.0.0/8 (repeatable; this host's own addresses, loopback, link-local, multicast and broadcast are always refused)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
 	registerMaxConns(fl, &f.maxConns)
@@ -125,6 +129,10 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 	if err != nil {
 		return runPlan{}, err
 	}
+	deny, err := parsePrefixes("--deny", f.deny)
+	if err != nil {
+		return runPlan{}, err
+	}
 	log, err := newLogger(f.logLevel, e.stderr)
 	if err != nil {
 		return runPlan{}, err
@@ -139,6 +147,7 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 		DrainTimeout:   f.drainTimeout,
 		UpgradeDrain:   f.upgradeDrain,
 		Transparent:    f.transparent,
+		Deny:           deny,
 		MetricsAddr:    f.metricsAddr,
 		Peer:           peers,
 		Version:        version,

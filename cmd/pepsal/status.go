@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/conn"
 	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/spf13/cobra"
@@ -177,8 +178,9 @@ func printDaemon(w io.Writer, d *report.DaemonInfo) {
 		fmt.Fprintf(w, "off:       %s\n", o)
 	}
 	s := d.Stats
-	fmt.Fprintf(w, "conns:     %d active, %d accepted, %d completed, %d reset, %d upstream failed, %d refused (loop), %d relayed in userspace instead of the kernel\n",
-		s.Active, s.Accepted, s.Completed, s.Reset, s.UpstreamFailed, s.LoopRefused, s.Fallback)
+	fmt.Fprintf(w, "conns:     %d active, %d accepted, %d completed, %d reset, %d upstream failed, %d refused (loop), %d refused (destination), %d relayed in userspace instead of the kernel\n",
+		s.Active, s.Accepted, s.Completed, s.Reset, s.UpstreamFailed, s.LoopRefused, s.DestDenied, s.Fallback)
+	printDenied(w, s)
 	if s.MaxConns > 0 {
 		state := "splitting new connections"
 		if s.Full {
@@ -194,6 +196,20 @@ func printDaemon(w io.Writer, d *report.DaemonInfo) {
 	fmt.Fprintln(w)
 	printPeer(w, d.Peer)
 	fmt.Fprintf(w, "runtime:   %d goroutines, %d open fds, %.1f MiB Go heap\n", d.Goroutines, d.OpenFDs, float64(d.HeapBytes)/(1<<20))
+}
+
+// printDenied says why destinations were refused, when some were.
+func printDenied(w io.Writer, s report.Stats) {
+	if s.DestDenied == 0 {
+		return
+	}
+	var why []string
+	for _, r := range conn.DenyReasons() {
+		if n := s.DestDeniedByReason[r.String()]; n > 0 {
+			why = append(why, fmt.Sprintf("%d %s", n, r))
+		}
+	}
+	fmt.Fprintf(w, "refused:   destinations pepsal does not connect to: %s\n", strings.Join(why, ", "))
 }
 
 func connsCmd(e *env) *cobra.Command {

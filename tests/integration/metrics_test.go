@@ -136,6 +136,8 @@ func testMetricsMatchStatus(t *testing.T, cfg suite) {
 		{get("pepsal_connections_closed_total", "outcome", "reset"), s.Reset, "reset"},
 		{get("pepsal_connections_closed_total", "outcome", "upstream_failed"), s.UpstreamFailed, "upstream_failed"},
 		{get("pepsal_connections_closed_total", "outcome", "loop_refused"), s.LoopRefused, "loop_refused"},
+		{get("pepsal_connections_closed_total", "outcome", "dest_denied"), s.DestDenied, "dest_denied"},
+		{get("pepsal_connections_denied_total", "reason", "own_address"), s.DestDeniedByReason["own_address"], "dest_denied own_address"},
 		{get("pepsal_relayed_bytes_total", "direction", "to_server"), s.BytesToServer, "bytes_to_server"},
 		{get("pepsal_relayed_bytes_total", "direction", "to_client"), s.BytesToClient, "bytes_to_client"},
 		{get("pepsal_relayed_by_mover_bytes_total", "mover", "kernel"), s.KernelBytes, "kernel_bytes"},

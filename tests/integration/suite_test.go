@@ -94,6 +94,7 @@ var relaySuite = []suiteCase{
 	{"HalfClose", testHalfClose},
 	{"ResetPropagates", testResetPropagates},
 	{"UpstreamFailureResetsClient", testUpstreamFailureResetsClient},
+	{"DestinationPolicySplit", testDestinationPolicySplit},
 	{"LateAccept", testLateAccept},
 	{"EarlyClose", testEarlyClose},
 	{"ConnsShowsConnection", testConnsShowsConnection},
@@ -120,6 +121,7 @@ var relaySuite = []suiteCase{
 	{"PeerTransparentGateway", testPeerTransparentGateway},
 	{"PeerWarmPath", testPeerWarmPath},
 	{"PeerUpstreamFailureResetsClient", testPeerUpstreamFailureResetsClient},
+	{"DestinationPolicyWarm", testDestinationPolicyWarm},
 	{"PeerFallback", testPeerFallback},
 }
 

@@ -48,7 +48,7 @@ func TestText(t *testing.T) {
 		}
 	}
 	for o, want := range map[Outcome]string{Completed: "completed", WasReset: "reset", UpstreamFailed: "upstream_failed",
-		LoopRefused: "loop_refused", LocalFailed: "local_failed"} {
+		LoopRefused: "loop_refused", LocalFailed: "local_failed", DestDenied: "dest_denied"} {
 		var back Outcome
 		if o.String() != want || back.UnmarshalText([]byte(want)) != nil || back != o {
 			t.Errorf("outcome %d prints %q, reads back as %d, want %q", o, o, back, want)
@@ -58,6 +58,12 @@ func TestText(t *testing.T) {
 		var back FallbackReason
 		if err := back.UnmarshalText([]byte(r.String())); err != nil || back != r {
 			t.Errorf("reason %q reads back as %q (%v)", r, back, err)
+		}
+	}
+	for _, r := range DenyReasons() {
+		var back DenyReason
+		if err := back.UnmarshalText([]byte(r.String())); err != nil || back != r || r.String() == "" {
+			t.Errorf("deny reason %q reads back as %q (%v)", r, back, err)
 		}
 	}
 	var o Outcome

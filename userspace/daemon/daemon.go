@@ -48,9 +48,10 @@ type Options struct {
 	DrainTimeout   time.Duration // on SIGTERM/SIGINT, before live connections are reset
 	UpgradeDrain   time.Duration // on SIGHUP, how long the old daemon relays its live connections
 	Transparent    bool
-	MetricsAddr    string // "": no metrics
-	MaxConns       int    // the admission limit
-	MaxConnsFrom   string // what set it (logged)
+	Deny           []netip.Prefix // destinations refused besides this host's own (--deny)
+	MetricsAddr    string         // "": no metrics
+	MaxConns       int            // the admission limit
+	MaxConnsFrom   string         // what set it (logged)
 	FDBudget       proxy.FDBudget
 	Peer           PeerOptions
 	Version        string

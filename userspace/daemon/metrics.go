@@ -35,7 +35,7 @@ type Metrics struct {
 	Split func() report.SplitStats
 
 	active, accepted, closed, bytes, mover, decisions, fallbacks, fallbacksBy, fallbackLive *prometheus.Desc
-	localFailed, tuningSkipped                                                              *prometheus.Desc
+	localFailed, tuningSkipped, denied                                                      *prometheus.Desc
 
 	pool    peerPoolDescs
 	gateway peerGatewayDescs
@@ -86,6 +86,8 @@ func NewMetrics(table *proxy.Table, counters func() ([]loader.Counter, error)) *
 			"Connections reset because the router ran out of a local resource (file descriptors, memory, ports) while accepting or dialing: not the server's fault.", nil, nil),
 		tuningSkipped: prometheus.NewDesc("pepsal_upstream_tuning_skipped_total",
 			"Upstream sockets dialed without their sock_ops tuning because pepsal_upstream was full.", nil, nil),
+		denied: prometheus.NewDesc("pepsal_connections_denied_total",
+			"Connections reset because the destination policy refused their destination (this host, loopback, link-local, multicast, broadcast, --deny), by reason: nothing was dialed.", []string{"reason"}, nil),
 		pool: peerPoolDescs{
 			size: prometheus.NewDesc("pepsal_peer_pool_size",
 				"Warm connections the terminal keeps to its gateway (--peer-pool).", nil, nil),
@@ -128,7 +130,7 @@ func NewMetrics(table *proxy.Table, counters func() ([]loader.Counter, error)) *
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	p, g := m.pool, m.gateway
-	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbacksBy, m.fallbackLive, m.localFailed, m.tuningSkipped,
+	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbacksBy, m.fallbackLive, m.localFailed, m.tuningSkipped, m.denied,
 		p.size, p.conns, p.refills, p.dialFailures, p.taken, p.recycled, p.dead, p.fallbacks, p.backoff,
 		g.accepted, g.waiting, g.served, g.idleClosed, g.authFailures, g.pacedStarts, g.starting} {
 		ch <- d
@@ -151,6 +153,10 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.closed, s.Reset, conn.WasReset.String())
 	counter(m.closed, s.UpstreamFailed, conn.UpstreamFailed.String())
 	counter(m.closed, s.LoopRefused, conn.LoopRefused.String())
+	counter(m.closed, s.DestDenied, conn.DestDenied.String())
+	for _, reason := range conn.DenyReasons() {
+		counter(m.denied, s.DestDeniedByReason[reason.String()], reason.String())
+	}
 	counter(m.bytes, s.BytesToServer, "to_server")
 	counter(m.bytes, s.BytesToClient, "to_client")
 	// The table keeps the kernel's share of both directions as one sum.

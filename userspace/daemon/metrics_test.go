@@ -35,6 +35,7 @@ func TestMetricsCollect(t *testing.T) {
 	fell.AddMoved(7, 3)
 	table.Remove(fell, conn.WasReset)
 	table.Remove(table.Add(client, server, conn.Splice), conn.UpstreamFailed)
+	table.Deny(table.Add(client, server, conn.Splice), conn.LinkLocal)
 	live := table.Add(client, server, conn.Kernel)
 	live.SetRelay(nettest.RelayState(t, "userspace: first bytes not read whole"))
 
@@ -57,10 +58,11 @@ func TestMetricsCollect(t *testing.T) {
 pepsal_connections_active 1
 # HELP pepsal_connections_accepted_total Diverted connections accepted by the proxy.
 # TYPE pepsal_connections_accepted_total counter
-pepsal_connections_accepted_total 4
+pepsal_connections_accepted_total 5
 # HELP pepsal_connections_closed_total Split connections ended, by outcome.
 # TYPE pepsal_connections_closed_total counter
 pepsal_connections_closed_total{outcome="completed"} 1
+pepsal_connections_closed_total{outcome="dest_denied"} 1
 pepsal_connections_closed_total{outcome="loop_refused"} 0
 pepsal_connections_closed_total{outcome="reset"} 1
 pepsal_connections_closed_total{outcome="upstream_failed"} 1
@@ -91,10 +93,21 @@ pepsal_local_failures_total %d
 # HELP pepsal_upstream_tuning_skipped_total Upstream sockets dialed without their sock_ops tuning because pepsal_upstream was full.
 # TYPE pepsal_upstream_tuning_skipped_total counter
 pepsal_upstream_tuning_skipped_total %d
+# HELP pepsal_connections_denied_total Connections reset because the destination policy refused their destination (this host, loopback, link-local, multicast, broadcast, --deny), by reason: nothing was dialed.
+# TYPE pepsal_connections_denied_total counter
+pepsal_connections_denied_total{reason="broadcast"} 0
+pepsal_connections_denied_total{reason="deny_prefix"} 0
+pepsal_connections_denied_total{reason="link_local"} 1
+pepsal_connections_denied_total{reason="loopback"} 0
+pepsal_connections_denied_total{reason="multicast"} 0
+pepsal_connections_denied_total{reason="own_address"} 0
+pepsal_connections_denied_total{reason="route_lookup_failed"} 0
+pepsal_connections_denied_total{reason="unspecified"} 0
 `, split.LocalFailed+2, split.UpstreamTuningSkipped+1)
 	names := []string{"pepsal_connections_active", "pepsal_connections_accepted_total", "pepsal_connections_closed_total",
 		"pepsal_relayed_bytes_total", "pepsal_relayed_by_mover_bytes_total", "pepsal_bpf_decisions_total",
-		"pepsal_relay_fallbacks_total", "pepsal_relay_fallback_connections", "pepsal_local_failures_total", "pepsal_upstream_tuning_skipped_total"}
+		"pepsal_relay_fallbacks_total", "pepsal_relay_fallback_connections", "pepsal_local_failures_total", "pepsal_upstream_tuning_skipped_total",
+		"pepsal_connections_denied_total"}
 	if err := testutil.CollectAndCompare(m, strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}

@@ -20,10 +20,18 @@ func (r *run) buildPipeline() error {
 	for _, l := range r.listeners {
 		lns = append(lns, l.ln)
 	}
+	routes, err := proxy.OpenHostRoutes()
+	if err != nil {
+		return err
+	}
+	r.atEnd(func() { routes.Close() })
 	p := proxy.NewPipeline(lns, proxy.Config{ConnectTimeout: o.ConnectTimeout, Tuning: o.Tuning, Transparent: o.Transparent,
-		Diverted: k, Tuner: k.Tuner, Log: r.log})
+		Diverted: k, Tuner: k.Tuner, Dest: proxy.NewDestPolicy(o.Deny, routes), Log: r.log})
 	r.pipeline = p
 	r.atEnd(func() { p.Close() })
+	if len(o.Deny) > 0 {
+		r.log.Info("destinations refused besides this host's own", "deny", o.Deny)
+	}
 	if k.Tuner != nil {
 		r.atEnd(func() { k.Tuner.Close() })
 		if err := k.Tuner.SetLegs(

@@ -37,11 +37,13 @@ type Pipeline struct {
 	diverted  DivertedSYNs // the SYN's record, read and deleted after accept; nil: none
 	listeners []*net.TCPListener
 	own       map[netip.AddrPort]bool // the listeners' own addresses: never a destination
+	dest      DestPolicy              // the destinations pepsal may connect to
 	sides     []acceptSide            // accept sides besides the proxy listeners (Accept)
 	wg        sync.WaitGroup
 
 	localLog    logx.RateLog
 	localFailed atomic.Uint64 // connections reset for want of a local resource (conn.LocalFailed)
+	denyLog     logx.RateLog  // refused destinations: a scan must not become a storm of lines
 }
 
 // Config is what a pipeline is made with.
@@ -51,7 +53,12 @@ type Config struct {
 	Transparent    bool          // dial from the client's address and port
 	Diverted       DivertedSYNs  // the SYN's record, read and deleted after accept; nil: none
 	Tuner          UpstreamTuner // nil: no sock_ops (initial windows untouched)
-	Log            *slog.Logger
+	// Dest is the destinations a flow may not reach (NewDestPolicy); the
+	// zero value refuses only what an address alone says (loopback,
+	// link-local, ...): without its route lookup this host's own
+	// addresses are not known.
+	Dest DestPolicy
+	Log  *slog.Logger
 }
 
 // NewPipeline prepares a pipeline serving the given proxy listeners.
@@ -60,7 +67,8 @@ func NewPipeline(listeners []*net.TCPListener, cfg Config) *Pipeline {
 	d := &Dialer{Timeout: cfg.ConnectTimeout, Server: cfg.Tuning.Server, Tuner: cfg.Tuner, Transparent: cfg.Transparent, Log: log,
 		tuneLog: logx.RateLog{Period: 5 * time.Second}}
 	p := &Pipeline{Upstream: FastOpen{Direct{Dialer: d}}, Dialer: d, Table: NewTable(), Log: log, tuning: cfg.Tuning, diverted: cfg.Diverted,
-		listeners: listeners, own: map[netip.AddrPort]bool{}, localLog: logx.RateLog{Period: 5 * time.Second}}
+		listeners: listeners, own: map[netip.AddrPort]bool{}, dest: cfg.Dest,
+		localLog: logx.RateLog{Period: 5 * time.Second}, denyLog: logx.RateLog{Period: 5 * time.Second}}
 	for _, ln := range listeners {
 		p.own[sockopt.AddrPort(ln.Addr())] = true
 	}

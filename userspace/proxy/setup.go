@@ -57,8 +57,9 @@ func (e *FlowError) Unwrap() error { return e.Err }
 
 // setup is the one setup path of every connection, whichever side accepted
 // it and whatever reaches its server: it records the flow, refuses a loop,
-// gets the server leg from up, tunes both legs and starts the relay. A
-// failure on the way resets the accepted leg.
+// gets the server leg from up (if the destination policy allows it), tunes
+// both legs and starts the relay. A failure on the way resets the accepted
+// leg.
 func (p *Pipeline) setup(ctx context.Context, f *Flow, up Upstream) {
 	c := p.record(f)
 	if p.refuseLoop(c, f) {
@@ -86,11 +87,12 @@ func (p *Pipeline) record(f *Flow) *conn.Conn {
 	return c
 }
 
-// refuseLoop resets a flow to one of this proxy's own addresses: it would
-// be relayed back to itself.
+// refuseLoop resets a flow to one of this proxy's own listeners: it would
+// be relayed back to itself. (Every other address of this host is the
+// destination policy's, in connect.)
 func (p *Pipeline) refuseLoop(c *conn.Conn, f *Flow) bool {
 	dst := f.Dst
-	if !p.own[dst] && !dst.Addr().Unmap().IsLoopback() && (!f.Self.IsValid() || dst != f.Self) {
+	if !p.own[dst] && (!f.Self.IsValid() || dst != f.Self) {
 		return false
 	}
 	sockopt.Reset(f.Leg)
@@ -104,12 +106,17 @@ func (p *Pipeline) refuseLoop(c *conn.Conn, f *Flow) bool {
 }
 
 // connect gets the flow's server leg from up, once the accept side's
-// Prepare is done.
+// Prepare is done and the destination policy allows the flow's
+// destination (checked last, right before the dial: Prepare may wait for
+// the client's first bytes).
 func (p *Pipeline) connect(ctx context.Context, c *conn.Conn, f *Flow, up Upstream) (ServerLeg, error) {
 	if f.Prepare != nil {
 		if err := f.Prepare(f); err != nil {
 			return ServerLeg{}, err
 		}
+	}
+	if err := p.dest.Check(f.Dst.Addr()); err != nil {
+		return ServerLeg{}, err
 	}
 	return up.Connect(ctx, c, f)
 }
@@ -120,7 +127,11 @@ func (p *Pipeline) connect(ctx context.Context, c *conn.Conn, f *Flow, up Upstre
 func (p *Pipeline) fail(c *conn.Conn, f *Flow, err error) {
 	sockopt.Reset(f.Leg)
 	var fe *FlowError
+	var de *DeniedError
 	switch {
+	case errors.As(err, &de):
+		p.Table.Deny(c, de.Reason)
+		p.logDenied(c, f, de)
 	case errors.As(err, &fe):
 		p.Table.Remove(c, fe.Outcome)
 		connLog(p.Log, c).At(fe.Level, fe.Msg, "err", fe.Err)
@@ -137,6 +148,24 @@ func (p *Pipeline) fail(c *conn.Conn, f *Flow, err error) {
 		}
 		addrLog(p.Log, c).Info(msg, "err", err)
 	}
+}
+
+// logDenied says that a flow's destination was refused, rate-limited (a
+// client scanning the router's addresses must not flood the log): at debug
+// level, but a failed route lookup, which is this host's trouble, warns.
+func (p *Pipeline) logDenied(c *conn.Conn, f *Flow, de *DeniedError) {
+	level, msg := slog.LevelDebug, "refused: destination denied"
+	if de.Reason == conn.RouteLookupFailed {
+		level = slog.LevelWarn
+	}
+	if onWarmPath(c) {
+		msg = "warm path refused: destination denied"
+	}
+	args := []any{"conn", c.ID, "client", f.Client, "server", f.Dst, "reason", de.Reason}
+	if de.Err != nil {
+		args = append(args, "err", de.Err)
+	}
+	p.denyLog.Log(p.Log, level, msg, args...)
 }
 
 // tuneLegs sets what the legs keep while relayed: a reset, not a linger,

@@ -18,8 +18,10 @@ type Table struct {
 	next  uint64
 
 	accepted, completed, reset, upstreamFailed, loopRefused, fallback atomic.Uint64
+	destDenied                                                        atomic.Uint64
 	bytesToServer, bytesToClient, kernelBytes                         atomic.Uint64
 	fallbackBy                                                        map[conn.FallbackReason]uint64 // closed fallbacks; guarded by mu
+	deniedBy                                                          map[conn.DenyReason]uint64     // refused destinations; guarded by mu
 
 	admission *Admission // nil: no limit; guarded by mu once set
 }
@@ -58,7 +60,7 @@ func (t *Table) withCount(f func(n int)) {
 
 // NewTable returns an empty table.
 func NewTable() *Table {
-	return &Table{conns: map[uint64]*conn.Conn{}, fallbackBy: map[conn.FallbackReason]uint64{}}
+	return &Table{conns: map[uint64]*conn.Conn{}, fallbackBy: map[conn.FallbackReason]uint64{}, deniedBy: map[conn.DenyReason]uint64{}}
 }
 
 // Add registers a freshly accepted connection, to be relayed via.
@@ -104,7 +106,18 @@ func (t *Table) Remove(c *conn.Conn, how conn.Outcome) {
 		t.upstreamFailed.Add(1)
 	case conn.LoopRefused:
 		t.loopRefused.Add(1)
+	case conn.DestDenied:
+		t.destDenied.Add(1)
 	}
+}
+
+// Deny drops a connection whose destination the policy refused, counted
+// by reason.
+func (t *Table) Deny(c *conn.Conn, why conn.DenyReason) {
+	t.mu.Lock()
+	t.deniedBy[why]++
+	t.mu.Unlock()
+	t.Remove(c, conn.DestDenied)
 }
 
 // Len is the number of live connections.
@@ -137,6 +150,10 @@ func (t *Table) Stats() report.Stats {
 	for _, reason := range conn.FallbackReasons() {
 		s.FallbackByReason[reason.String()] = t.fallbackBy[reason]
 	}
+	s.DestDeniedByReason = map[string]uint64{}
+	for _, reason := range conn.DenyReasons() {
+		s.DestDeniedByReason[reason.String()] = t.deniedBy[reason]
+	}
 	if a := t.admission; a != nil {
 		s.MaxConns, s.LowWater, s.Full = a.Max, a.Low, a.full
 		s.FullTrips, s.Shortages, s.FDLimit = a.trips.Load(), a.shortages.Load(), a.FDLimit
@@ -153,6 +170,7 @@ func (t *Table) counts() report.Stats {
 		Reset:          t.reset.Load(),
 		UpstreamFailed: t.upstreamFailed.Load(),
 		LoopRefused:    t.loopRefused.Load(),
+		DestDenied:     t.destDenied.Load(),
 		Fallback:       t.fallback.Load(),
 		BytesToServer:  t.bytesToServer.Load(),
 		BytesToClient:  t.bytesToClient.Load(),

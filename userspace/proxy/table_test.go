@@ -11,7 +11,8 @@ import (
 )
 
 // The table's totals follow what was added and how each connection ended:
-// outcomes, bytes (kernel bytes counted apart), fallbacks by reason.
+// outcomes, bytes (kernel bytes counted apart), fallbacks and refused
+// destinations by reason.
 func TestTableAccounting(t *testing.T) {
 	tb := NewTable()
 	cl := netip.MustParseAddrPort("10.0.0.1:40000")
@@ -21,14 +22,15 @@ func TestTableAccounting(t *testing.T) {
 	reset := tb.Add(cl, sv, conn.Splice)
 	failed := tb.Add(cl, sv, conn.Splice)
 	loop := tb.Add(cl, sv, conn.Splice)
+	denied := tb.Add(cl, sv, conn.Splice)
 	fellBack := tb.Add(cl, sv, conn.Kernel)
 	partial := tb.Add(cl, sv, conn.Kernel)
 	live := tb.Add(cl, sv, conn.Splice)
 	if done.ID == reset.ID || live.ID <= done.ID {
 		t.Fatalf("ids %d, %d, ..., %d: want distinct and increasing", done.ID, reset.ID, live.ID)
 	}
-	if n := tb.Len(); n != 7 {
-		t.Fatalf("Len %d after 7 adds", n)
+	if n := tb.Len(); n != 8 {
+		t.Fatalf("Len %d after 8 adds", n)
 	}
 
 	// A kernel-relayed connection: its final counts include the kernel's.
@@ -43,16 +45,17 @@ func TestTableAccounting(t *testing.T) {
 	tb.Remove(reset, conn.WasReset)
 	tb.Remove(failed, conn.UpstreamFailed)
 	tb.Remove(loop, conn.LoopRefused)
+	tb.Deny(denied, conn.OwnAddress)
 	tb.Remove(fellBack, conn.Completed)
 	tb.Remove(partial, conn.WasReset)
 
 	s := tb.Stats()
 	want := report.Stats{
-		Accepted: 7, Active: 1, Completed: 2, Reset: 2, UpstreamFailed: 1, LoopRefused: 1, Fallback: 2,
+		Accepted: 8, Active: 1, Completed: 2, Reset: 2, UpstreamFailed: 1, LoopRefused: 1, DestDenied: 1, Fallback: 2,
 		BytesToServer: 100 + 7 + 5, BytesToClient: 1000 + 3, KernelBytes: 60 + 900,
 	}
 	got := s
-	got.FallbackByReason = nil
+	got.FallbackByReason, got.DestDeniedByReason = nil, nil
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("stats\n got %+v\nwant %+v", got, want)
 	}
@@ -64,6 +67,12 @@ func TestTableAccounting(t *testing.T) {
 		}
 		if w := map[string]uint64{"insert_failed": 1, "first_bytes_partial": 1}[r]; n != w {
 			t.Errorf("fallbacks %q = %d, want %d", r, n, w)
+		}
+	}
+
+	for _, reason := range conn.DenyReasons() {
+		if n, ok := s.DestDeniedByReason[reason.String()]; !ok || n != map[conn.DenyReason]uint64{conn.OwnAddress: 1}[reason] {
+			t.Errorf("refused %q = %d (listed: %v), want 1 own_address and 0 of the others", reason, n, ok)
 		}
 	}
 

@@ -37,12 +37,15 @@ type Stats struct {
 	Reset          uint64 `json:"reset"`
 	UpstreamFailed uint64 `json:"upstream_failed"`
 	LoopRefused    uint64 `json:"loop_refused"`
+	DestDenied     uint64 `json:"dest_denied"`        // destination refused by the policy (this host, link-local, --deny, ...): reset, nothing dialed
 	Fallback       uint64 `json:"userspace_fallback"` // sockmap mode: relayed in userspace instead
 	BytesToServer  uint64 `json:"bytes_to_server"`
 	BytesToClient  uint64 `json:"bytes_to_client"`
 	KernelBytes    uint64 `json:"kernel_bytes"` // of both, moved by the sk_skb verdict
-	// FallbackByReason splits Fallback by reason class (the metric labels).
-	FallbackByReason map[string]uint64 `json:"userspace_fallback_by_reason,omitempty"`
+	// FallbackByReason and DestDeniedByReason split Fallback and
+	// DestDenied by reason (the metric labels).
+	FallbackByReason   map[string]uint64 `json:"userspace_fallback_by_reason,omitempty"`
+	DestDeniedByReason map[string]uint64 `json:"dest_denied_by_reason,omitempty"`
 	// Admission (0 / false without a limit).
 	MaxConns  int    `json:"max_conns"`
 	LowWater  int    `json:"low_water"`
