@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os/user"
 	"slices"
 	"strconv"
 	"strings"
@@ -33,6 +34,7 @@ type runFlags struct {
 	transparent    bool
 	metricsAddr    string
 	maxConns       string
+	controlGroup   string
 }
 
 func runCmd(e *env) *cobra.Command {
@@ -57,6 +59,7 @@ func runCmd(e *env) *cobra.Command {
 	fl.BoolVar(&f.transparent, "transparent", false, "dial servers from the client's own address and port, so they see the real client; replies are taken on --return-iface (default: every other interface)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
+	fl.StringVar(&f.controlGroup, "control-group", "", "members of group `NAME|GID` may ask the daemon (pepsal conns) besides root (default: root only)")
 	registerMaxConns(fl, &f.maxConns)
 	return cmd
 }
@@ -121,6 +124,10 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 	if err != nil {
 		return runPlan{}, err
 	}
+	group, err := parseControlGroup(f.controlGroup)
+	if err != nil {
+		return runPlan{}, err
+	}
 	peers, err := f.peer.config(cmd)
 	if err != nil {
 		return runPlan{}, err
@@ -140,6 +147,7 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 		UpgradeDrain:   f.upgradeDrain,
 		Transparent:    f.transparent,
 		MetricsAddr:    f.metricsAddr,
+		ControlGroup:   group,
 		Peer:           peers,
 		Version:        version,
 		Args:           e.args,
@@ -164,6 +172,30 @@ func (f *runFlags) checkServing() error {
 		}
 	}
 	return nil
+}
+
+// parseControlGroup reads --control-group: a group's name, or a GID (which
+// needs no entry in the group database).
+func parseControlGroup(s string) (daemon.ControlGroup, error) {
+	if s == "" {
+		return daemon.ControlGroup{}, nil
+	}
+	if gid, err := strconv.ParseUint(s, 10, 32); err == nil {
+		name := s
+		if g, err := user.LookupGroupId(s); err == nil {
+			name = g.Name
+		}
+		return daemon.ControlGroup{Name: name, GID: uint32(gid), Set: true}, nil
+	}
+	g, err := user.LookupGroup(s)
+	if err != nil {
+		return daemon.ControlGroup{}, fmt.Errorf("bad --control-group %q: %w", s, err)
+	}
+	gid, err := strconv.ParseUint(g.Gid, 10, 32)
+	if err != nil {
+		return daemon.ControlGroup{}, fmt.Errorf("bad --control-group %q: GID %q: %w", s, g.Gid, err)
+	}
+	return daemon.ControlGroup{Name: g.Name, GID: uint32(gid), Set: true}, nil
 }
 
 // newLogger is the daemon's log on w, at --log-level.

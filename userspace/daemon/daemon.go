@@ -48,9 +48,10 @@ type Options struct {
 	DrainTimeout   time.Duration // on SIGTERM/SIGINT, before live connections are reset
 	UpgradeDrain   time.Duration // on SIGHUP, how long the old daemon relays its live connections
 	Transparent    bool
-	MetricsAddr    string // "": no metrics
-	MaxConns       int    // the admission limit
-	MaxConnsFrom   string // what set it (logged)
+	MetricsAddr    string       // "": no metrics
+	ControlGroup   ControlGroup // who besides root may use the control socket
+	MaxConns       int          // the admission limit
+	MaxConnsFrom   string       // what set it (logged)
 	FDBudget       proxy.FDBudget
 	Peer           PeerOptions
 	Version        string
@@ -89,9 +90,14 @@ type run struct {
 	inherited *Inherited // the old daemon's sockets after an upgrade; nil: fresh ones
 	exe       string     // the binary to start on SIGHUP
 	control   net.Listener
-	listeners []slotListener
-	metricsLn net.Listener  // nil: no metrics
-	gateway   *peer.Gateway // nil: not a gateway
+	place     report.Control // where control serves
+	// ownsControl: this daemon made the control socket or, started by an
+	// upgrade, serves on it (announce); it removes it at its end unless it
+	// handed it over.
+	ownsControl bool
+	listeners   []slotListener
+	metricsLn   net.Listener  // nil: no metrics
+	gateway     *peer.Gateway // nil: not a gateway
 
 	// Kernel side (attachKernel, settleRelay).
 	k      *Kernel
