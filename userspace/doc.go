@@ -24,8 +24,9 @@
 //   - tuning: what each leg asks of TCP, and putting it on a socket. Must
 //     not know connections, relays or the BPF side.
 //   - sockopt: socket helpers on descriptors; imports no pepsal package.
-//   - report: the status and conns JSON schema; no logic, imports loader
-//     only.
+//   - report: the status and conns JSON schema, and the client's side of
+//     the control socket (where it is, and that it is pepsal's); imports
+//     loader only.
 //   - internal/logx, internal/enum: logging helpers and enum texts, for the
 //     packages above; internal/nettest: what their unit tests share.
 package userspace

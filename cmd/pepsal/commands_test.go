@@ -18,6 +18,7 @@ import (
 	"github.com/pepsal/pepsal/userspace/daemon"
 	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/report"
+	"github.com/pepsal/pepsal/userspace/sockopt"
 )
 
 // result is what a command run in-process left: its exit code and output.
@@ -89,6 +90,7 @@ func TestBadFlagsStopBeforeTheHost(t *testing.T) {
 		{[]string{"run", "--metrics-addr", "127.0.0.1"}, `bad --metrics-addr "127.0.0.1"`},
 		{[]string{"run", "--max-conns", "0"}, `bad --max-conns "0"`},
 		{[]string{"run", "--log-level", "loud"}, `bad --log-level "loud"`},
+		{[]string{"run", "--control-group", "no-such-group-here"}, `bad --control-group "no-such-group-here"`},
 		{[]string{"run", "--role", "satellite"}, `--role must be gateway or terminal, not "satellite"`},
 		{[]string{"run", "--client-mss", "5"}, "--client-mss 5 is out of range (88-65495)"},
 		{[]string{"run", "--peer-pool", "5"}, "--peer-pool needs --peer (terminal) or --peer-listen (gateway)"},
@@ -133,27 +135,28 @@ func TestLimitErrorsNameTheFlag(t *testing.T) {
 	}
 }
 
-// serveControl serves a daemon's control socket, as daemon.ServeControl
-// serves it, on a path of the test's; the env's query asks it there.
-func serveControl(t *testing.T, e *env, info report.DaemonInfo, table *proxy.Table) {
+// serveControl serves a daemon's control socket, as the daemon serves it,
+// on a path of the test's; the env's query asks it there. peer, when not
+// nil, stands for the kernel's word on who connected.
+func serveControl(t *testing.T, e *env, info report.DaemonInfo, table *proxy.Table, peer func(net.Conn) (sockopt.Peer, error)) {
 	addr := filepath.Join(t.TempDir(), "control")
 	ln, err := net.Listen("unix", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go daemon.ServeControl(ln, func() report.DaemonInfo { return info }, table, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	// report.Query's exchange, at addr: a request line, a JSON answer.
+	s := &daemon.ControlServer{Info: func() report.DaemonInfo { return info }, Table: table, Peer: peer,
+		Group: daemon.ControlGroup{Name: "pepsal-ops", GID: 4242, Set: true}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	go s.Serve(ln)
+	// report.Query's exchange, at addr (Query itself trusts only root's
+	// directories and a daemon running as root).
 	e.query = func(request string, out any) error {
 		c, err := net.Dial("unix", addr)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		if _, err := fmt.Fprintln(c, request); err != nil {
-			return err
-		}
-		return json.NewDecoder(c).Decode(out)
+		return report.Exchange(c, request, out)
 	}
 }
 
@@ -171,7 +174,7 @@ var testDaemon = report.DaemonInfo{
 func TestStatusOfADaemon(t *testing.T) {
 	e := untouchable(t)
 	e.openAttachment = func() (*loader.Attachment, error) { return nil, loader.ErrNotAttached }
-	serveControl(t, e, testDaemon, proxy.NewTable())
+	serveControl(t, e, testDaemon, proxy.NewTable(), nil)
 	r := pepsal(t, e, "status")
 	want := []string{
 		"attached:  no (nothing in this network namespace)",
@@ -221,12 +224,46 @@ func TestConnsOfADaemon(t *testing.T) {
 	e := untouchable(t)
 	table := proxy.NewTable()
 	table.Add(netip.MustParseAddrPort("10.0.0.1:40000"), netip.MustParseAddrPort("192.0.2.1:80"), conn.Splice)
-	serveControl(t, e, testDaemon, table)
+	serveControl(t, e, testDaemon, table, nil)
 	r := pepsal(t, e, "conns")
 	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
 	if r.code != 0 || r.stderr != "" || len(lines) != 2 || !strings.HasPrefix(lines[0], "ID ") ||
 		!strings.HasPrefix(strings.Join(strings.Fields(lines[1]), " "), "1 10.0.0.1:40000 192.0.2.1:80 splice") {
 		t.Errorf("exit %d, stderr %q, stdout:\n%s", r.code, r.stderr, r.stdout)
+	}
+}
+
+// TestConnsRefusedToOtherUsers: a user neither root nor in the control
+// group gets one line saying who may ask, exit 1, and no connection.
+func TestConnsRefusedToOtherUsers(t *testing.T) {
+	e := untouchable(t)
+	table := proxy.NewTable()
+	table.Add(netip.MustParseAddrPort("10.0.0.1:40000"), netip.MustParseAddrPort("192.0.2.1:80"), conn.Splice)
+	serveControl(t, e, testDaemon, table, func(net.Conn) (sockopt.Peer, error) {
+		return sockopt.Peer{PID: 99, UID: 12345, GID: 12345, Groups: []uint32{12345}}, nil
+	})
+	oneLine(t, pepsal(t, e, "conns"), "permission denied: pepsal's control socket needs root or group pepsal-ops")
+	// The group's members may.
+	serveControl(t, e, testDaemon, table, func(net.Conn) (sockopt.Peer, error) {
+		return sockopt.Peer{PID: 99, UID: 12345, GID: 12345, Groups: []uint32{12345, 4242}}, nil
+	})
+	if r := pepsal(t, e, "conns"); r.code != 0 || !strings.Contains(r.stdout, "10.0.0.1:40000") {
+		t.Errorf("a member of the group: exit %d, stderr %q, stdout:\n%s", r.code, r.stderr, r.stdout)
+	}
+}
+
+// TestStatusSaysAnImpostor: a control socket that is not pepsal's is said
+// as such, never as "not running" nor believed; status exits 3.
+func TestStatusSaysAnImpostor(t *testing.T) {
+	e := untouchable(t)
+	e.openAttachment = func() (*loader.Attachment, error) { return nil, loader.ErrNotAttached }
+	e.query = func(string, any) error {
+		return &report.NotPepsalError{Path: "/run/pepsal/netns-1/control.sock", Why: "/run/pepsal belongs to uid 65534, not root"}
+	}
+	r := pepsal(t, e, "status")
+	want := "daemon:    not reached: not talking to pepsal: /run/pepsal/netns-1/control.sock is not the daemon's control socket (/run/pepsal belongs to uid 65534, not root)\n"
+	if r.code != 3 || !strings.Contains(r.stdout, want) {
+		t.Errorf("exit %d, stdout:\n%s\nwant the line %q", r.code, r.stdout, want)
 	}
 }
 

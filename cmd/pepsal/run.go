@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os/user"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,6 +35,7 @@ type runFlags struct {
 	deny           []string
 	metricsAddr    string
 	maxConns       string
+	controlGroup   string
 }
 
 func runCmd(e *env) *cobra.Command { return runCmdInto(e, &runFlags{}) }
@@ -61,6 +63,7 @@ func runCmdInto(e *env, f *runFlags) *cobra.Command {
 	fl.StringArrayVar(&f.deny, "deny", nil, "destination prefix pepsal never connects to for a client, e.g. the operator's internal networks 10.0.0.0/8 (repeatable; this host's own addresses, loopback, link-local, multicast and broadcast are always refused)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
+	fl.StringVar(&f.controlGroup, "control-group", "", "members of group `NAME|GID` may ask the daemon (pepsal conns) besides root (default: root only)")
 	registerMaxConns(fl, &f.maxConns)
 	return cmd
 }
@@ -125,6 +128,10 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 	if err != nil {
 		return runPlan{}, err
 	}
+	group, err := parseControlGroup(f.controlGroup)
+	if err != nil {
+		return runPlan{}, err
+	}
 	peers, err := f.peer.config(cmd)
 	if err != nil {
 		return runPlan{}, err
@@ -149,6 +156,7 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 		Transparent:    f.transparent,
 		Deny:           deny,
 		MetricsAddr:    f.metricsAddr,
+		ControlGroup:   group,
 		Peer:           peers,
 		Version:        version,
 		Args:           e.args,
@@ -173,6 +181,30 @@ func (f *runFlags) checkServing() error {
 		}
 	}
 	return nil
+}
+
+// parseControlGroup reads --control-group: a group's name, or a GID (which
+// needs no entry in the group database).
+func parseControlGroup(s string) (daemon.ControlGroup, error) {
+	if s == "" {
+		return daemon.ControlGroup{}, nil
+	}
+	if gid, err := strconv.ParseUint(s, 10, 32); err == nil {
+		name := s
+		if g, err := user.LookupGroupId(s); err == nil {
+			name = g.Name
+		}
+		return daemon.ControlGroup{Name: name, GID: uint32(gid), Set: true}, nil
+	}
+	g, err := user.LookupGroup(s)
+	if err != nil {
+		return daemon.ControlGroup{}, fmt.Errorf("bad --control-group %q: %w", s, err)
+	}
+	gid, err := strconv.ParseUint(g.Gid, 10, 32)
+	if err != nil {
+		return daemon.ControlGroup{}, fmt.Errorf("bad --control-group %q: GID %q: %w", s, g.Gid, err)
+	}
+	return daemon.ControlGroup{Name: g.Name, GID: uint32(gid), Set: true}, nil
 }
 
 // newLogger is the daemon's log on w, at --log-level.

@@ -111,10 +111,13 @@ func printStatus(w io.Writer, rep *report.StatusReport) {
 	for _, p := range rep.Problems {
 		fmt.Fprintf(w, "problem:   %s\n", p)
 	}
-	if rep.Daemon != nil {
+	switch {
+	case rep.Daemon != nil:
 		printDaemon(w, rep.Daemon)
-	} else {
+	case rep.DaemonNote == "" || strings.HasPrefix(rep.DaemonNote, report.ErrNoDaemon.Error()):
 		fmt.Fprintln(w, "daemon:    not running in this network namespace")
+	default: // refused, busy, or not pepsal's: said, never taken for absent
+		fmt.Fprintf(w, "daemon:    not reached: %s\n", rep.DaemonNote)
 	}
 	if r := rep.Relay; r != nil {
 		fmt.Fprintf(w, "relay map: %d sockets, %d directions, %d user counts\n", r.Sockets, r.Directions, r.UserCounts)

@@ -50,6 +50,7 @@ type Options struct {
 	Transparent    bool
 	Deny           []netip.Prefix // destinations refused besides this host's own (--deny)
 	MetricsAddr    string         // "": no metrics
+	ControlGroup   ControlGroup   // who besides root may use the control socket
 	MaxConns       int            // the admission limit
 	MaxConnsFrom   string         // what set it (logged)
 	FDBudget       proxy.FDBudget
@@ -90,9 +91,14 @@ type run struct {
 	inherited *Inherited // the old daemon's sockets after an upgrade; nil: fresh ones
 	exe       string     // the binary to start on SIGHUP
 	control   net.Listener
-	listeners []slotListener
-	metricsLn net.Listener  // nil: no metrics
-	gateway   *peer.Gateway // nil: not a gateway
+	place     report.Control // where control serves
+	// ownsControl: this daemon made the control socket or, started by an
+	// upgrade, serves on it (announce); it removes it at its end unless it
+	// handed it over.
+	ownsControl bool
+	listeners   []slotListener
+	metricsLn   net.Listener  // nil: no metrics
+	gateway     *peer.Gateway // nil: not a gateway
 
 	// Kernel side (attachKernel, settleRelay).
 	k      *Kernel

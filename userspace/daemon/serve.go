@@ -17,7 +17,8 @@ import (
 // observe serves the control socket (`pepsal status`) and the metrics.
 func (r *run) observe() error {
 	r.start = time.Now()
-	go ServeControl(r.control, r.info, r.pipeline.Table, r.log)
+	control := &ControlServer{Info: r.info, Table: r.pipeline.Table, Group: r.o.ControlGroup, Log: r.log}
+	go control.Serve(r.control)
 	if r.metricsLn == nil {
 		return nil
 	}
@@ -62,6 +63,7 @@ func (r *run) announce() error {
 	if err := in.Ready(); err != nil {
 		return fmt.Errorf("upgrade: tell the old daemon: %w", err)
 	}
+	r.ownsControl = true // the old daemon leaves it to this one now
 	log.Info("upgraded: serving in place of the old daemon", "old_pid", in.ParentPID)
 	notify(log, fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
 	return nil

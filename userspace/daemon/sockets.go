@@ -11,6 +11,7 @@ import (
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/peer"
 	"github.com/pepsal/pepsal/userspace/proxy"
+	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/pepsal/pepsal/userspace/sockopt"
 	"github.com/pepsal/pepsal/userspace/tuning"
 	"golang.org/x/sys/unix"
@@ -52,6 +53,9 @@ func (r *run) openSockets() error {
 	if r.exe, err = os.Executable(); err != nil {
 		return fmt.Errorf("find this program's path: %w", err)
 	}
+	if r.place, err = report.ThisNamespace(); err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
 	if inherited != nil {
 		err = r.takeInherited()
 	} else {
@@ -60,8 +64,7 @@ func (r *run) openSockets() error {
 	if err != nil {
 		return err
 	}
-	control := r.control
-	r.atEnd(func() { control.Close() })
+	r.atEnd(r.closeControl)
 	r.atEnd(func() {
 		for _, ln := range r.listeners {
 			ln.ln.Close()
@@ -77,31 +80,56 @@ func (r *run) openSockets() error {
 func (r *run) takeInherited() error {
 	in := r.inherited
 	r.control, r.metricsLn = in.Control, in.Metrics
+	if !isControlAt(in.Control, r.place) {
+		// Handed over by a daemon that served elsewhere (an abstract name,
+		// before the control socket moved): this version's clients look
+		// at r.place. The old daemon closes its own copy once this one serves.
+		in.Control.Close()
+		var err error
+		if r.control, err = ListenControl(r.place); err != nil {
+			in.Control = nil
+			in.Close()
+			return err
+		}
+		in.Control = r.control
+		r.ownsControl = true
+	}
 	r.listeners = []slotListener{{slotV4, in.V4}}
 	if in.V6 != nil {
 		r.listeners = append(r.listeners, slotListener{slotV6, in.V6})
 	}
 	if (r.metricsLn != nil) != (r.o.MetricsAddr != "") {
 		in.Close()
+		r.closeControl()
 		return ErrUpgradeMetrics
 	}
 	return nil
 }
 
+// closeControl closes the control socket and, unless this daemon handed
+// it over or never owned it, removes its name.
+func (r *run) closeControl() {
+	r.control.Close()
+	if r.ownsControl && !r.handedOver.Load() {
+		removeControl(r.place)
+	}
+}
+
 // listen opens the control socket, the proxy's listeners and the metrics
 // listener; on an error it closes what it opened.
 func (r *run) listen() (err error) {
-	if r.control, err = ListenControl(); err != nil {
+	if r.control, err = ListenControl(r.place); err != nil {
 		return err
 	}
+	r.ownsControl = true
 	if r.listeners, err = listenProxy(r.o.ListenPort, r.o.Tuning, r.log); err != nil {
-		r.control.Close()
+		r.closeControl()
 		return err
 	}
 	// Bound before anything is attached, so that a taken port changes nothing.
 	if addr := r.o.MetricsAddr; addr != "" {
 		if r.metricsLn, err = net.Listen("tcp", addr); err != nil {
-			r.control.Close()
+			r.closeControl()
 			for _, ln := range r.listeners {
 				ln.ln.Close()
 			}

@@ -4,12 +4,14 @@
 // field cannot drift between copies. `pepsal conns --json` is a []ConnInfo,
 // each with its legs (LegInfo, conns.go); the daemon part of the status is
 // DaemonInfo (daemon.go) with its Stats and PeerStats (peer.go). Query
-// (control.go) asks the daemon for them over its control socket.
+// (control.go) asks the daemon for them over its control socket, whose
+// place (Control) both ends share, once it is sure the socket is pepsal's.
 //
-// It owns the types and their names on the wire, nothing else: no logic
-// beyond encoding and decoding, no state (AuthReasons is a fixed list), and
+// It owns the types and their names on the wire, and the client's side of
+// the control socket, nothing else: no logic beyond encoding, decoding and
+// checking who serves there, no state (AuthReasons is a fixed list), and
 // no import of pepsal's packages but loader (whose value types the status
-// lists).
+// lists, and whose NetnsID keys the control socket's place).
 package report
 
 import "github.com/pepsal/pepsal/loader"

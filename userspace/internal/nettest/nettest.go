@@ -1,8 +1,9 @@
 // Package nettest holds what the unit tests of userspace and its relays
 // share to move bytes over loopback: a pair of connected sockets,
 // reproducible random bytes, and a wait for what happens right after a
-// peer saw its bytes; and a connection's relay state from its text, for
-// the tests of the table and the metrics.
+// peer saw its bytes; a connection's relay state from its text, for the
+// tests of the table and the metrics; and, as root, a shared directory and
+// this test binary run as another user (users.go).
 //
 // Only tests import it; it holds no state and imports no pepsal package
 // but conn.
