@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pepsal/pepsal/tests/kmatrix"
 	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
 	"github.com/pepsal/pepsal/userspace/peer"
@@ -681,6 +682,11 @@ func testPeerBurstPaced(t *testing.T, cfg suite) {
 	}
 	heldWG.Wait()
 	starting := func() int { return peerStatus(t, topo.Gateway).Daemon.Peer.Gateway.Starting }
+	if kmatrix.Emulated() && starting() != 3 {
+		// Their start is two round trips of the link; an emulated CPU
+		// (make test-kernels) can take longer than that to ask.
+		t.Skip("the quiet flows' start ended before an emulated guest could read the gateway's status")
+	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		if starting() != 3 {
