@@ -455,6 +455,15 @@ func flowKeyOf(p pkt) classifyFlowKey {
 
 // listenTCP listens on loopback in the current namespace, without MPTCP (a
 // SOCKMAP refuses MPTCP sockets).
+// excludeForTest puts the keys of --exclude pfx in pepsal_exclude until the
+// end of the test.
+func excludeForTest(t *testing.T, e *classifyEnv, pfx netip.Prefix) {
+	for _, k := range ExcludeKeys(pfx) {
+		e.put(t, "pepsal_exclude", k, uint8(1))
+		t.Cleanup(func() { e.del(t, "pepsal_exclude", k) })
+	}
+}
+
 func listenTCP(t *testing.T, network, addr string) *net.TCPListener {
 	t.Helper()
 	var lc net.ListenConfig
@@ -668,10 +677,19 @@ func TestClassify(t *testing.T) {
 		run(tcase{name: fam.name + "/syn_port_not_intercepted", p: noPort, want: one("syn_bypass_port")})
 		run(tcase{name: fam.name + "/syn_excluded", p: syn, want: one("syn_bypass_excluded"),
 			setup: func(t *testing.T, p *pkt) {
-				k := ExcludeKey(netip.PrefixFrom(p.dst, p.dst.BitLen()-8))
-				e.put(t, "pepsal_exclude", k, uint8(1))
-				t.Cleanup(func() { e.del(t, "pepsal_exclude", k) })
+				excludeForTest(t, e, netip.PrefixFrom(p.dst, p.dst.BitLen()-8))
 			}})
+		// An IPv6 prefix excludes IPv6 destinations only, even ::/0, which
+		// as one LPM key would cover the v4-mapped IPv4 ones; an IPv4
+		// prefix, even 0.0.0.0/0, only IPv4 ones.
+		otherFamily, sameFamily := "0.0.0.0/0", "::/0"
+		if fam.name == "v4" {
+			otherFamily, sameFamily = sameFamily, otherFamily
+		}
+		run(tcase{name: fam.name + "/syn_not_excluded_by_" + otherFamily, p: syn, want: one("syn_bypass_no_listener"),
+			setup: func(t *testing.T, p *pkt) { excludeForTest(t, e, netip.MustParsePrefix(otherFamily)) }})
+		run(tcase{name: fam.name + "/syn_excluded_by_" + sameFamily, p: syn, want: one("syn_bypass_excluded"),
+			setup: func(t *testing.T, p *pkt) { excludeForTest(t, e, netip.MustParsePrefix(sameFamily)) }})
 		local := syn
 		local.dst = ingressV4.Addr()
 		if fam.name == "v6" {

@@ -47,10 +47,11 @@ func (a *Attachment) setPolicy(cfg Config) error {
 
 	keep := map[classifyExcludeKey]bool{}
 	for _, pfx := range cfg.Exclude {
-		k := ExcludeKey(pfx)
-		keep[k] = true
-		if err := a.maps.PepsalExclude.Put(k, uint8(1)); err != nil {
-			return fmt.Errorf("set exclude %s: %w", pfx, err)
+		for _, k := range ExcludeKeys(pfx) {
+			keep[k] = true
+			if err := a.maps.PepsalExclude.Put(k, uint8(1)); err != nil {
+				return fmt.Errorf("set exclude %s: %w", pfx, err)
+			}
 		}
 	}
 	var k classifyExcludeKey
@@ -67,8 +68,36 @@ func (a *Attachment) setPolicy(cfg Config) error {
 	return nil
 }
 
-// ExcludeKey is the LPM key of a prefix: IPv4 is stored v4-mapped.
-func ExcludeKey(p netip.Prefix) classifyExcludeKey {
+// mappedRange is where the classifier's keys hold IPv4 destinations.
+var mappedRange = netip.PrefixFrom(netip.AddrFrom16([16]byte{10: 0xff, 11: 0xff}), 96)
+
+// ExcludeKeys are the LPM keys of an --exclude prefix. The classifier looks
+// every destination up as 16 bytes, IPv4 v4-mapped (::ffff:a.b.c.d), so an
+// IPv4 prefix, or its mapped form (::ffff:10.0.0.0/104), is one mapped key.
+// A native IPv6 prefix that covers the mapped range (::/0, ::/64) would
+// exclude every IPv4 destination as one key: it becomes the keys that
+// cover the same IPv6 space but the mapped range, one per bit between its
+// length and 96 (at most 96 keys, for ::/0).
+func ExcludeKeys(p netip.Prefix) []classifyExcludeKey {
+	p = p.Masked()
+	if p.Addr().Is4() || p.Bits() >= mappedRange.Bits() || !p.Contains(mappedRange.Addr()) {
+		return []classifyExcludeKey{excludeKey(p)}
+	}
+	// The siblings of the mapped range's ancestors below p: the prefix of
+	// each length bits+1..96 that shares the mapped range's first bits and
+	// differs in its last.
+	base := mappedRange.Addr().As16()
+	var keys []classifyExcludeKey
+	for bit := p.Bits(); bit < mappedRange.Bits(); bit++ {
+		a := base
+		a[bit/8] ^= 0x80 >> (bit % 8)
+		keys = append(keys, excludeKey(netip.PrefixFrom(netip.AddrFrom16(a), bit+1)))
+	}
+	return keys
+}
+
+// excludeKey is the LPM key of one prefix: IPv4 is stored v4-mapped.
+func excludeKey(p netip.Prefix) classifyExcludeKey {
 	p = p.Masked()
 	bits := p.Bits()
 	if p.Addr().Is4() {

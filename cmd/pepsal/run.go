@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/bits"
 	"net"
 	"os/user"
 	"slices"
@@ -252,13 +253,16 @@ func (r *relayFlags) settings() (relaySettings, error) {
 		return s, fmt.Errorf("--%w", err) // "--relay must be splice or sockmap, not ..."
 	}
 	offloadAfter, err := parseSize(r.offloadAfter)
-	if err != nil || offloadAfter > 1<<40 {
-		return s, fmt.Errorf("bad --offload-after %q: want a size, e.g. 64KiB, or 0", r.offloadAfter)
+	if err == nil && offloadAfter > 1<<40 {
+		err = errSizeTooLarge
+	}
+	if err != nil {
+		return s, sizeFlagErr("offload-after", r.offloadAfter, err, "want a size, e.g. 64KiB, or 0")
 	}
 	s.offloadAfter = int64(offloadAfter)
 	s.budget, err = parseSize(r.budget)
 	if err != nil || s.budget < 64<<10 {
-		return s, fmt.Errorf("bad --relay-budget %q: want a size of at least 64KiB, e.g. 4MiB", r.budget)
+		return s, sizeFlagErr("relay-budget", r.budget, err, "want a size of at least 64KiB, e.g. 4MiB")
 	}
 	return s, nil
 }
@@ -325,6 +329,9 @@ func attachOrOpen(cfg loader.Config, log *slog.Logger) (*daemon.Kernel, error) {
 	return k, nil
 }
 
+// errSizeTooLarge: a size past 2^64-1 bytes.
+var errSizeTooLarge = errors.New("too large")
+
 // parseSize reads a byte count: 65536, 64KiB, 4MiB, 1GiB (K, M, G are binary too).
 func parseSize(s string) (uint64, error) {
 	s = strings.TrimSpace(s)
@@ -339,10 +346,25 @@ func parseSize(s string) (uint64, error) {
 		}
 	}
 	n, err := strconv.ParseUint(s, 10, 64)
+	if errors.Is(err, strconv.ErrRange) {
+		return 0, errSizeTooLarge
+	}
 	if err != nil {
 		return 0, err
 	}
-	return n * mult, nil
+	if hi, lo := bits.Mul64(n, mult); hi == 0 {
+		return lo, nil
+	}
+	return 0, errSizeTooLarge
+}
+
+// sizeFlagErr is the error of a size flag: "--relay-budget 17179869185GiB:
+// too large", or "bad --relay-budget "1KiB": want ..." for anything else.
+func sizeFlagErr(flag, value string, err error, want string) error {
+	if errors.Is(err, errSizeTooLarge) {
+		return fmt.Errorf("--%s %s: %w", flag, value, err)
+	}
+	return fmt.Errorf("bad --%s %q: %s", flag, value, want)
 }
 
 // otherIfaces lists the interfaces, but loopback and the given ones: where

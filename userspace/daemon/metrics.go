@@ -1,11 +1,9 @@
 package daemon
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -276,37 +274,4 @@ func (l slogPrintln) Println(v ...any) {
 		parts = append(parts, fmt.Sprint(x))
 	}
 	l.log.Warn("metrics", "err", strings.Join(parts, "; "))
-}
-
-// serveMetrics serves Prometheus metrics of sp, its warm paths (peers) and
-// the BPF counters on ln until the returned stop.
-func serveMetrics(ln net.Listener, sp *proxy.Pipeline, peers func() *report.PeerStats, counters func() ([]loader.Counter, error), log *slog.Logger) (stop func(), err error) {
-	m := NewMetrics(sp.Table, counters)
-	m.Peer = peers
-	m.Split = sp.SplitStats
-	handler, err := m.Handler(log)
-	if err != nil {
-		return nil, err
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", handler)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	sp.Dialer.ObserveConnects(m.ObserveConnect)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server stopped", "err", err)
-		}
-	}()
-	log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
-	return func() {
-		sp.Dialer.ObserveConnects(nil)
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			srv.Close() // a scrape still running: cut it, the maps are about to close
-		}
-		<-done
-	}, nil
 }

@@ -49,6 +49,9 @@ type Inherited struct {
 // belongs to the socket, so this daemon's own accept loops would then block
 // in accept(2) and its Close wait for the next connection.
 func StartSuccessor(binary string, args []string, h Handed, wait time.Duration) (pid int, err error) {
+	if err := trustedBinary(binary); err != nil {
+		return 0, fmt.Errorf("refused to start %s: %w", binary, err)
+	}
 	files, names, err := dupHanded(h)
 	defer func() {
 		for _, fd := range files[3:] {

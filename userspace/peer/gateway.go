@@ -40,7 +40,7 @@ const (
 // authenticated warm connections.
 type Gateway struct {
 	Key   []byte
-	Allow []netip.Prefix // empty: any source (the key still applies)
+	Allow []netip.Prefix // empty: any source (the key still applies); IPv4-mapped ones are taken as IPv4
 
 	ln         *net.TCPListener
 	stopped    context.Context // done once Close is called: idle warm connections are let go
@@ -132,12 +132,15 @@ func (g *Gateway) Stats() report.PeerGatewayStats {
 	return s
 }
 
+// allowed says whether a terminal at a may connect. Both sides are
+// unmapped first: an IPv4-mapped prefix (::ffff:10.0.0.0/104) is its IPv4
+// prefix, which an IPv6 prefix never contains.
 func (g *Gateway) allowed(a netip.Addr) bool {
 	if len(g.Allow) == 0 {
 		return true
 	}
 	for _, p := range g.Allow {
-		if p.Contains(a.Unmap()) {
+		if proxy.UnmapPrefix(p).Contains(a.Unmap()) {
 			return true
 		}
 	}

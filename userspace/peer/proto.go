@@ -7,9 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/netip"
-	"os"
 
 	"github.com/pepsal/pepsal/userspace/report"
 )
@@ -166,59 +164,6 @@ func headerMAC(key []byte, h hello, body []byte) []byte {
 	m.Write(h[:])
 	m.Write(body)
 	return m.Sum(nil)
-}
-
-// ErrNoKey: warm paths need a pre-shared key file.
-var ErrNoKey = errors.New("a pre-shared key file is required for warm paths (make one: head -c 32 /dev/urandom > FILE; chmod 600 FILE)")
-
-// KeyError is a pre-shared key file that cannot serve: Error reads "peer key"
-// then Detail (": open ...: no such file", " /etc/k is not a regular file"),
-// so that a caller can put its own name for the key in front of Detail.
-type KeyError struct {
-	Detail string
-	Err    error // the cause, if any
-}
-
-func (e *KeyError) Error() string { return "peer key" + e.Detail }
-func (e *KeyError) Unwrap() error { return e.Err }
-
-// LoadKey reads the pre-shared key of the warm paths: at least 32 bytes,
-// in a file nobody but its owner can read (a key others can read is no
-// secret, and a terminal holding it may make the gateway dial anywhere).
-func LoadKey(path string) ([]byte, error) {
-	if path == "" {
-		return nil, ErrNoKey
-	}
-	bad := func(err error, format string, args ...any) error {
-		return &KeyError{Detail: fmt.Sprintf(format, args...), Err: err}
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, bad(err, ": %v", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, bad(err, ": %v", err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, bad(nil, " %s is not a regular file", path)
-	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return nil, bad(nil, " %s is readable or writable by group or others (mode %#o): chmod 600 %s", path, perm, path)
-	}
-	key := make([]byte, 4096)
-	n, err := f.Read(key)
-	if err != nil && !errors.Is(err, fs.ErrClosed) && n == 0 {
-		return nil, bad(err, " %s: %v", path, err)
-	}
-	if n < minKeyLen {
-		return nil, bad(nil, " %s holds %d bytes, want at least %d random bytes (head -c 32 /dev/urandom > %s)", path, n, minKeyLen, path)
-	}
-	if n == len(key) {
-		return nil, bad(nil, " %s is larger than %d bytes: not a key file", path, len(key)-1)
-	}
-	return key[:n], nil
 }
 
 // EncodeHeader builds a terminal's header for the connection whose

@@ -44,14 +44,14 @@ type DestPolicy struct {
 func NewDestPolicy(deny []netip.Prefix, routes RouteLookup) DestPolicy {
 	d := DestPolicy{routes: routes}
 	for _, p := range deny {
-		d.deny = append(d.deny, unmapPrefix(p))
+		d.deny = append(d.deny, UnmapPrefix(p))
 	}
 	return d
 }
 
-// unmapPrefix is p with an IPv4-mapped address as its IPv4 prefix
+// UnmapPrefix is p with an IPv4-mapped address as its IPv4 prefix
 // (::ffff:10.0.0.0/104 is 10.0.0.0/8); other prefixes are unchanged.
-func unmapPrefix(p netip.Prefix) netip.Prefix {
+func UnmapPrefix(p netip.Prefix) netip.Prefix {
 	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
 		return netip.PrefixFrom(a.Unmap(), p.Bits()-96).Masked()
 	}
