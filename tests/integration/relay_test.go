@@ -365,7 +365,10 @@ func slowClientMemory(t *testing.T, cfg suite, conns int, d time.Duration, extra
 	const mib = 1 << 20
 	t.Logf("%s, %d conns: pepsal %s -> %s; machine: used +%.1f MiB, slab +%.1f MiB; client got %.1f MB",
 		cfg.relay, conns, mem0, mem1, float64(used1-used0)/mib, float64(slab1-slab0)/mib, float64(total)/1e6)
-	if total < int64(conns)*1e6 {
+	// The link carries about 27 MB in that time, whatever the number of
+	// connections; a loaded machine's emulator carries less. A few MB show
+	// that the servers sent and pepsal relayed.
+	if total < 4e6 {
 		t.Errorf("clients received only %d bytes: the test measured nothing", total)
 	}
 	return mem1.total() - mem0.total()

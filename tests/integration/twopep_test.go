@@ -72,8 +72,10 @@ func netstat(t *testing.T, ns *testbed.NS, name string) int {
 }
 
 // testTwoPEPFastOpen: between two pepsals the client's request rides on the
-// SYN: it reaches the server before the inter-PEP handshake could have
-// completed (600 ms), and transfers through both are byte-exact.
+// SYN of the long leg, which the terminal sends with the request in it and
+// the gateway accepts (the kernels' fast-open counters say so, at both
+// ends: how long it took is logged, not judged, as it depends on the
+// machine's load), and transfers through both are byte-exact.
 func testTwoPEPFastOpen(t *testing.T, cfg suite) {
 	topo := newTwoPEP(t, cfg)
 	type fam struct{ name, server string }
@@ -98,6 +100,7 @@ func testTwoPEPFastOpen(t *testing.T, cfg suite) {
 		}
 	}
 	before := netstat(t, topo.Gateway, "TCPFastOpenPassive")
+	sentBefore := netstat(t, topo.Terminal, "TCPFastOpenActive")
 	for _, f := range fams {
 		start := time.Now()
 		c := mustDial(t, topo.Client, hostPort(f.server, 8500))
@@ -109,17 +112,19 @@ func testTwoPEPFastOpen(t *testing.T, cfg suite) {
 		c.Close()
 		select {
 		case at := <-arrived:
-			if took := at.Sub(start); took >= 600*time.Millisecond {
-				t.Errorf("%s: request reached the server after %s; without fast open it takes >= 900 ms, with it ~300 ms", f.name, took)
-			} else {
-				t.Logf("%s: request at the server after %s", f.name, took)
-			}
+			// Without fast open about 900 ms, with it about 300 ms.
+			t.Logf("%s: request at the server after %s", f.name, at.Sub(start))
 		default:
 			t.Fatalf("%s: server saw no request", f.name)
 		}
 		if err := transfer(topo.Client, hostPort(f.server, 9000), 1<<20, 2<<20, 77); err != nil {
 			t.Errorf("%s transfer through two pepsals: %v", f.name, err)
 		}
+	}
+	// Each request is a flow's first bytes, dialed with fast open: data in
+	// the SYN that the gateway acknowledged (Active), and accepted (Passive).
+	if after := netstat(t, topo.Terminal, "TCPFastOpenActive"); after-sentBefore < 2 {
+		t.Errorf("the terminal's SYN data was acknowledged %d times, want at least 2", after-sentBefore)
 	}
 	if after := netstat(t, topo.Gateway, "TCPFastOpenPassive"); after-before < 2 {
 		t.Errorf("gateway accepted %d fast-open SYNs, want at least 2", after-before)
