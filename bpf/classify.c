@@ -3,13 +3,9 @@
  * to the local proxy (by setting the fwmark that policy routing sends to the
  * local table) and which are forwarded untouched. */
 #include "steering.h"
+#include "parse.h"
 
-#include <linux/if_ether.h>
-#include <linux/in.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
-#include <linux/tcp.h>
 
 char __license[] SEC("license") = "GPL";
 
@@ -28,81 +24,6 @@ static __always_inline int proxy_full(void)
 	struct admission *a = bpf_map_lookup_elem(&pepsal_admission, &zero);
 
 	return a && a->full;
-}
-
-struct packet {
-	struct bpf_sock_tuple tuple; /* as on the wire: client -> server */
-	struct flow_key key;
-	struct tcphdr *tcp;
-	__u8 tos;
-};
-
-/* parse fills p from an IPv4/IPv6 TCP packet. Returns 1 for TCP, 0 for
- * non-TCP, -1 for a packet that cannot be classified. */
-static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
-{
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct tcphdr *tcp;
-
-	if ((void *)(eth + 1) > end)
-		return -1;
-
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-
-		if ((void *)(ip + 1) > end)
-			return -1;
-		if (ip->protocol != IPPROTO_TCP)
-			return 0;
-		if (ip->frag_off & bpf_htons(0x1fff)) /* later fragment: no TCP header */
-			return -1;
-		if (ip->ihl < 5)
-			return -1;
-		tcp = (void *)ip + ip->ihl * 4;
-		if ((void *)(tcp + 1) > end)
-			return -1;
-		p->tuple.ipv4.saddr = ip->saddr;
-		p->tuple.ipv4.daddr = ip->daddr;
-		p->tuple.ipv4.sport = tcp->source;
-		p->tuple.ipv4.dport = tcp->dest;
-		v4_mapped(p->key.client_addr, ip->saddr);
-		v4_mapped(p->key.server_addr, ip->daddr);
-		p->key.family = AF_INET;
-		p->tos = ip->tos;
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-
-		if ((void *)(ip6 + 1) > end)
-			return -1;
-		if (ip6->nexthdr != IPPROTO_TCP) {
-			/* Extension headers are rare on TCP; a flow that uses them is
-			 * forwarded unsplit rather than half-parsed. */
-			switch (ip6->nexthdr) {
-			case 0: case 43: case 44: case 60:
-				return -1;
-			}
-			return 0;
-		}
-		tcp = (void *)(ip6 + 1);
-		if ((void *)(tcp + 1) > end)
-			return -1;
-		__builtin_memcpy(p->tuple.ipv6.saddr, &ip6->saddr, 16);
-		__builtin_memcpy(p->tuple.ipv6.daddr, &ip6->daddr, 16);
-		p->tuple.ipv6.sport = tcp->source;
-		p->tuple.ipv6.dport = tcp->dest;
-		__builtin_memcpy(p->key.client_addr, &ip6->saddr, 16);
-		__builtin_memcpy(p->key.server_addr, &ip6->daddr, 16);
-		p->key.family = AF_INET6;
-		p->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
-	} else {
-		return 0;
-	}
-	p->key.client_port = bpf_ntohs(tcp->source);
-	p->key.server_port = bpf_ntohs(tcp->dest);
-	p->tcp = tcp;
-	return 1;
 }
 
 enum local_match {
@@ -212,91 +133,152 @@ static __always_inline int excluded(struct packet *p)
 	return bpf_map_lookup_elem(&pepsal_exclude, &k) != 0;
 }
 
+/* left_alone counts a packet that parse says is neither a TCP segment nor an
+ * ICMP error about one, and says so. */
+static __always_inline int left_alone(int parsed)
+{
+	switch (parsed) {
+	case PARSED_TCP:
+	case PARSED_ICMP_ERROR:
+		return 0;
+	case PARSED_NOT_TCP:
+		COUNT(pkt_not_tcp);
+		break;
+	case PARSED_MALFORMED:
+		COUNT(pkt_malformed);
+		break;
+	case PARSED_FRAGMENT:
+		COUNT(pkt_fragment);
+		break;
+	case PARSED_ICMP_UNPARSED:
+		COUNT(icmp_unparsed);
+		break;
+	default:
+		COUNT(pkt_unparsed);
+	}
+	return 1;
+}
+
+/* follow_socket: everything but the first SYN follows the socket it belongs
+ * to, so flows that were forwarded before (or when the proxy was down) keep
+ * being forwarded, and replies to a transparent upstream socket (addressed to
+ * the client) reach it. */
+static __always_inline void follow_socket(struct __sk_buff *skb, struct packet *p, struct config *cfg)
+{
+	switch (local_socket(skb, p)) {
+	case LOCAL_SOCKET:
+		skb->mark = cfg->mark;
+		COUNT(pkt_local_socket);
+		break;
+	case LOCAL_TIME_WAIT:
+		COUNT(pkt_timewait_forwarded);
+		break;
+	default:
+		COUNT(pkt_forwarded);
+	}
+}
+
+/* icmp_error: an error about a segment that a socket of this host sent goes
+ * to that socket, as its replies do: a server leg with --transparent sends
+ * from the client's address and a client leg from the server's, so the
+ * kernel would forward the error to the host that owns the address, and the
+ * socket would never learn (of a smaller path MTU, say). The kernel checks
+ * the quoted sequence number against the socket's window. */
+static __always_inline void icmp_error(struct __sk_buff *skb, struct packet *p, struct config *cfg)
+{
+	if (local_socket(skb, p) == LOCAL_SOCKET) {
+		skb->mark = cfg->mark;
+		COUNT(icmp_local);
+		return;
+	}
+	COUNT(icmp_forwarded);
+}
+
+/* new_syn decides whether a SYN that opens a flow is diverted to the proxy. */
+static __always_inline void new_syn(struct __sk_buff *skb, struct packet *p, struct config *cfg)
+{
+	__u32 ifindex = skb->ingress_ifindex;
+	struct divert_info info = {};
+	struct iface_state *iface;
+
+	/* A SYN with FIN or RST: the proxy's listener would drop it, the
+	 * server decides what it means. */
+	if (p->flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) {
+		COUNT(syn_bad_flags);
+		return;
+	}
+	/* IPv4 options (a source route, a security label) would end at the
+	 * proxy, which cannot carry them to the server: forwarded unsplit, as
+	 * IPv6 extension headers are. */
+	if (p->options) {
+		COUNT(syn_ip_options);
+		return;
+	}
+	iface = bpf_map_lookup_elem(&pepsal_ifaces, &ifindex);
+	if (iface && iface->return_only) {
+		COUNT(syn_bypass_return_iface);
+		return;
+	}
+	if (!port_wanted(cfg, p->key.server_port)) {
+		COUNT(syn_bypass_port);
+		return;
+	}
+	if (excluded(p)) {
+		COUNT(syn_bypass_excluded);
+		return;
+	}
+	switch (route(skb, p)) {
+	case ROUTE_LOCAL:
+		COUNT(syn_bypass_local);
+		return;
+	case ROUTE_UNROUTABLE:
+		COUNT(syn_bypass_unroutable);
+		return;
+	default:
+		break;
+	}
+	if (!listener_registered(p->key.family)) {
+		COUNT(syn_bypass_no_listener);
+		return;
+	}
+	if (proxy_full()) {
+		/* Past --max-conns (until the low-water mark): forwarded unsplit,
+		 * like a dead daemon, rather than accepted and then reset. */
+		COUNT(syn_bypass_full);
+		return;
+	}
+	info.tos = p->tos;
+	if (bpf_map_update_elem(&pepsal_diverted, &p->key, &info, BPF_ANY)) {
+		/* Unreachable for an LRU map, but never divert what sk_lookup would not steer. */
+		COUNT(syn_bypass_no_listener);
+		return;
+	}
+	skb->mark = cfg->mark;
+	COUNT(syn_diverted);
+}
+
+/* The classifier never drops or redirects: it only marks what goes to the
+ * proxy's sockets (TC_ACT_UNSPEC in every case). */
 SEC("tc")
 int pepsal_classify(struct __sk_buff *skb)
 {
 	struct packet p = {};
 	struct config *cfg;
 	__u32 zero = 0;
-	struct divert_info info = {};
-	struct iface_state *iface;
-	__u32 ifindex = skb->ingress_ifindex;
-	int rc;
+	int parsed = parse(skb, &p);
 
-	rc = parse(skb, &p);
-	if (rc == 0) {
-		COUNT(pkt_not_tcp);
+	if (left_alone(parsed))
 		return TC_ACT_UNSPEC;
-	}
-	if (rc < 0) {
-		COUNT(pkt_unparsed);
-		return TC_ACT_UNSPEC;
-	}
 	cfg = bpf_map_lookup_elem(&pepsal_config, &zero);
 	if (!cfg) {
 		COUNT(pkt_no_config);
 		return TC_ACT_UNSPEC;
 	}
-
-	/* Everything but the first SYN follows the socket it belongs to, so flows
-	 * that were forwarded before (or when the proxy was down) keep being
-	 * forwarded, and replies to a transparent upstream socket (addressed to
-	 * the client) reach it. */
-	if (!p.tcp->syn || p.tcp->ack) {
-		switch (local_socket(skb, &p)) {
-		case LOCAL_SOCKET:
-			skb->mark = cfg->mark;
-			COUNT(pkt_local_socket);
-			break;
-		case LOCAL_TIME_WAIT:
-			COUNT(pkt_timewait_forwarded);
-			break;
-		default:
-			COUNT(pkt_forwarded);
-		}
-		return TC_ACT_UNSPEC;
-	}
-
-	iface = bpf_map_lookup_elem(&pepsal_ifaces, &ifindex);
-	if (iface && iface->return_only) {
-		COUNT(syn_bypass_return_iface);
-		return TC_ACT_UNSPEC;
-	}
-	if (!port_wanted(cfg, p.key.server_port)) {
-		COUNT(syn_bypass_port);
-		return TC_ACT_UNSPEC;
-	}
-	if (excluded(&p)) {
-		COUNT(syn_bypass_excluded);
-		return TC_ACT_UNSPEC;
-	}
-	switch (route(skb, &p)) {
-	case ROUTE_LOCAL:
-		COUNT(syn_bypass_local);
-		return TC_ACT_UNSPEC;
-	case ROUTE_UNROUTABLE:
-		COUNT(syn_bypass_unroutable);
-		return TC_ACT_UNSPEC;
-	default:
-		break;
-	}
-	if (!listener_registered(p.key.family)) {
-		COUNT(syn_bypass_no_listener);
-		return TC_ACT_UNSPEC;
-	}
-	if (proxy_full()) {
-		/* Past --max-conns (until the low-water mark): forwarded unsplit,
-		 * like a dead daemon, rather than accepted and then reset. */
-		COUNT(syn_bypass_full);
-		return TC_ACT_UNSPEC;
-	}
-	info.tos = p.tos;
-	if (bpf_map_update_elem(&pepsal_diverted, &p.key, &info, BPF_ANY)) {
-		/* Unreachable for an LRU map, but never divert what sk_lookup would not steer. */
-		COUNT(syn_bypass_no_listener);
-		return TC_ACT_UNSPEC;
-	}
-	skb->mark = cfg->mark;
-	COUNT(syn_diverted);
+	if (parsed == PARSED_ICMP_ERROR)
+		icmp_error(skb, &p, cfg);
+	else if (!(p.flags & TCP_FLAG_SYN) || (p.flags & TCP_FLAG_ACK))
+		follow_socket(skb, &p, cfg);
+	else
+		new_syn(skb, &p, cfg);
 	return TC_ACT_UNSPEC;
 }

@@ -39,13 +39,21 @@ struct counters {
 	__u64 syn_bypass_no_listener; /* no proxy serving: fail open */
 	__u64 syn_bypass_full;        /* the proxy holds --max-conns (or ran out of fds): fail open */
 	__u64 syn_bypass_return_iface; /* arrived on a return-only interface */
+	__u64 syn_bad_flags;          /* SYN with FIN or RST: forwarded untouched */
+	__u64 syn_ip_options;         /* SYN with IPv4 options: forwarded untouched */
 	/* classifier, other TCP packets */
 	__u64 pkt_local_socket;       /* belongs to a local socket: delivered locally */
 	__u64 pkt_forwarded;          /* no local socket: forwarded untouched */
 	__u64 pkt_timewait_forwarded; /* only a TIME_WAIT socket matches: forwarded untouched */
 	__u64 pkt_not_tcp;            /* not TCP over IPv4/IPv6: untouched */
-	__u64 pkt_unparsed;           /* truncated, fragment or IPv6 extension headers */
+	__u64 pkt_unparsed;           /* cut short, or IPv6 extension headers: untouched */
 	__u64 pkt_no_config;          /* pepsal_config unreadable: untouched */
+	__u64 pkt_malformed;          /* IP or TCP header fields that contradict each other: untouched */
+	__u64 pkt_fragment;           /* fragment of TCP or ICMP, first or later: untouched */
+	/* classifier, ICMP and ICMPv6 errors quoting a TCP segment */
+	__u64 icmp_local;             /* sent by a local socket: delivered to it */
+	__u64 icmp_forwarded;         /* no local socket sent it: forwarded untouched */
+	__u64 icmp_unparsed;          /* quoted segment unreadable: forwarded untouched */
 	/* sk_lookup */
 	__u64 steer_assigned;         /* diverted SYN handed to the listener */
 	__u64 steer_no_listener;      /* diverted SYN, but listener gone: RST by kernel */

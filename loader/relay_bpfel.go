@@ -23,12 +23,19 @@ type relayCounters struct {
 	SynBypassNoListener  uint64
 	SynBypassFull        uint64
 	SynBypassReturnIface uint64
+	SynBadFlags          uint64
+	SynIpOptions         uint64
 	PktLocalSocket       uint64
 	PktForwarded         uint64
 	PktTimewaitForwarded uint64
 	PktNotTcp            uint64
 	PktUnparsed          uint64
 	PktNoConfig          uint64
+	PktMalformed         uint64
+	PktFragment          uint64
+	IcmpLocal            uint64
+	IcmpForwarded        uint64
+	IcmpUnparsed         uint64
 	SteerAssigned        uint64
 	SteerNoListener      uint64
 	SteerAssignFailed    uint64

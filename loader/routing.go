@@ -10,7 +10,7 @@ import (
 )
 
 // Routing is the policy routing that makes marked (diverted) packets local, so
-// that they reach sk_lookup: `ip rule fwmark M lookup T` plus
+// that they reach sk_lookup: `ip rule fwmark M/0xffffffff lookup T` plus
 // `ip route add local default dev lo table T`, for IPv4 and IPv6.
 type Routing struct {
 	Mark     uint32
@@ -27,11 +27,17 @@ const (
 
 var families = []int{unix.AF_INET, unix.AF_INET6}
 
+// fullMask makes the rule compare the whole mark: a mask of the mark's own
+// bits would route locally any mark that has them, among others (a firewall's
+// or mwan3's mark sharing some of pepsal's bits, a mark of all ones), and the
+// packets other software marks are not pepsal's to take.
+const fullMask = ^uint32(0)
+
 func (r Routing) rule(family int) *netlink.Rule {
 	rule := netlink.NewRule()
 	rule.Family = family
 	rule.Mark = r.Mark
-	mask := r.Mark
+	mask := fullMask
 	rule.Mask = &mask
 	rule.Table = r.Table
 	rule.Priority = r.Priority
@@ -86,19 +92,49 @@ func (r Routing) Install() (undo func() error, err error) {
 		if len(had) == 0 {
 			added = append(added, func() error { return netlink.RouteDel(route) })
 		}
-		found, err := r.rules(fam)
+		undo, err := r.ensureRule(fam)
 		if err != nil {
 			return nil, err
 		}
-		if len(found) == 0 {
-			rule := r.rule(fam)
-			if err := netlink.RuleAdd(rule); err != nil {
-				return nil, fmt.Errorf("add rule fwmark %#x lookup %d (%s): %w", r.Mark, r.Table, famName(fam), err)
-			}
-			added = append(added, func() error { return netlink.RuleDel(rule) })
+		if undo != nil {
+			added = append(added, undo)
 		}
 	}
 	return rollback, nil
+}
+
+// ensureRule adds the family's rule unless it is there. A rule of ours that
+// compares only some bits of the mark (as pepsal's did before the mask was
+// full) is replaced. undo removes an added rule; nil when none was added.
+func (r Routing) ensureRule(family int) (undo func() error, err error) {
+	found, err := r.rules(family)
+	if err != nil {
+		return nil, err
+	}
+	have := false
+	for i := range found {
+		if exactMask(found[i]) {
+			have = true
+			continue
+		}
+		if err := netlink.RuleDel(&found[i]); err != nil && !errors.Is(err, unix.ENOENT) {
+			return nil, fmt.Errorf("replace rule %s, which matches marks it should not: %w", found[i], err)
+		}
+	}
+	if have {
+		return nil, nil
+	}
+	rule := r.rule(family)
+	if err := netlink.RuleAdd(rule); err != nil {
+		return nil, fmt.Errorf("add rule fwmark %#x lookup %d (%s): %w", r.Mark, r.Table, famName(family), err)
+	}
+	return func() error { return netlink.RuleDel(rule) }, nil
+}
+
+// exactMask says whether rule compares the whole mark (no mask given is the
+// kernel's full one).
+func exactMask(rule netlink.Rule) bool {
+	return rule.Mask == nil || *rule.Mask == fullMask
 }
 
 // localDefaults lists the local default routes of the table (Install's).
@@ -143,14 +179,19 @@ func (r Routing) Remove() error {
 	return errors.Join(errs...)
 }
 
-// Present reports which of the rules and routes exist (for status and tests).
+// Present reports which of the rules and routes exist (for status and
+// tests); a rule with a partial mask does not count.
 func (r Routing) Present() (rules, routes int, err error) {
 	for _, fam := range families {
 		found, err := r.rules(fam)
 		if err != nil {
 			return 0, 0, err
 		}
-		rules += len(found)
+		for _, rule := range found {
+			if exactMask(rule) {
+				rules++
+			}
+		}
 		rs, err := r.localDefaults(fam)
 		if err != nil {
 			return 0, 0, err
@@ -160,6 +201,8 @@ func (r Routing) Present() (rules, routes int, err error) {
 	return rules, routes, nil
 }
 
+// rules lists the family's rules of ours (by mark, table and priority),
+// whatever their mask.
 func (r Routing) rules(family int) ([]netlink.Rule, error) {
 	all, err := netlink.RuleList(family)
 	if err != nil {

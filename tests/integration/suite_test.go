@@ -133,6 +133,7 @@ var relayIndependent = []suiteCase{
 	{"DefaultsUntouched", testDefaultsUntouched},
 	{"ToSCopied", testToSCopied},
 	{"PolicyBypass", testPolicyBypass},
+	{"TransparentPathMTU", testTransparentPathMTU},
 }
 
 // runSuite runs the cases named in keep, from the relay suite and then the
