@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os/user"
 	"slices"
@@ -326,21 +327,26 @@ func attachOrOpen(cfg loader.Config, log *slog.Logger) (*daemon.Kernel, error) {
 }
 
 // parseSize reads a byte count: 65536, 64KiB, 4MiB, 1GiB (K, M, G are binary too).
+// A count that does not fit in 64 bits is refused, never wrapped around
+// ("17179869184GiB" once read as 0).
 func parseSize(s string) (uint64, error) {
 	s = strings.TrimSpace(s)
-	mult := uint64(1)
+	mult, suffix := uint64(1), ""
 	for _, u := range []struct {
 		suffix string
 		mult   uint64
 	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}} {
 		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
-			s, mult = rest, u.mult
+			s, mult, suffix = rest, u.mult, u.suffix
 			break
 		}
 	}
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {
 		return 0, err
+	}
+	if n > math.MaxUint64/mult {
+		return 0, fmt.Errorf("size %s%s does not fit in 64 bits", s, suffix)
 	}
 	return n * mult, nil
 }
