@@ -59,6 +59,21 @@ func checkAnswer(t *testing.T, line string, out []byte) {
 	}
 }
 
+// serveOne runs what Serve runs for one client that sends data, then
+// fill bytes forever if endless; cost is what the process allocated
+// meanwhile.
+func serveOne(s *ControlServer, data []byte, endless bool, fill byte) (c *nettest.MemConn, admitted bool, cost uint64) {
+	c = &nettest.MemConn{In: data, Endless: endless, Fill: fill}
+	c.Out.Grow(16 << 10) // the client's buffer is not the server's cost
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	if admitted = s.admit(c); admitted {
+		s.answer(c)
+	}
+	runtime.ReadMemStats(&m1)
+	return c, admitted, m1.TotalAlloc - m0.TotalAlloc
+}
+
 // FuzzControlRequest drives the control server's handling of one client
 // (admit, then answer: what Serve runs per connection) with a fuzzed
 // caller (uid, gid) and request: pad fill bytes, data, then the end of
@@ -91,16 +106,12 @@ func FuzzControlRequest(f *testing.F) {
 		peer := sockopt.Peer{UID: uid, GID: gid, PID: 1}
 		s.Group = ControlGroup{Name: "ops", GID: 4242, Set: groupSet}
 		s.Peer = func(net.Conn) (sockopt.Peer, error) { return peer, nil }
-		c := &nettest.MemConn{In: data, Endless: endless, Fill: fill}
-		c.Out.Grow(16 << 10) // the client's buffer is not the server's cost
-		var m0, m1 runtime.MemStats
-		runtime.ReadMemStats(&m0)
-		admitted := s.admit(c)
-		if admitted {
-			s.answer(c)
+		c, admitted, cost := serveOne(s, data, endless, fill)
+		for try := 1; try < 3 && cost > controlAllocMax; try++ {
+			_, _, again := serveOne(s, data, endless, fill) // TotalAlloc is the process's: the least of 3 runs is the server's
+			cost = min(cost, again)
 		}
-		runtime.ReadMemStats(&m1)
-		if cost := m1.TotalAlloc - m0.TotalAlloc; cost > controlAllocMax {
+		if cost > controlAllocMax {
 			t.Fatalf("one client (%d bytes, endless %v) cost %d bytes, more than %d", len(data), endless, cost, controlAllocMax)
 		}
 		if !c.Closed {

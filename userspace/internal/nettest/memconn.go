@@ -7,11 +7,16 @@ import (
 	"time"
 )
 
+// MemFlood is how much an Endless MemConn gives in all.
+const MemFlood = 64 << 20
+
 // MemConn is a connection in memory whose other end is a script, for the
 // fuzz targets of what reads a peer (the control socket's two sides):
-// Read gives In, then Fill bytes forever if Endless (a client that never
-// stops), else io.EOF; Write keeps what was written in Out. Consumed is
-// how many bytes were read. Deadlines are accepted and never expire.
+// Read gives In, then Fill bytes if Endless (a client that never stops:
+// up to MemFlood bytes in all, so that a reader without a bound fails
+// instead of hanging), then io.EOF; Write keeps what was written in Out.
+// Consumed is how many bytes were read. Deadlines are accepted and never
+// expire.
 type MemConn struct {
 	In       []byte
 	Endless  bool
@@ -30,9 +35,10 @@ func (c *MemConn) Read(p []byte) (int, error) {
 		c.In = c.In[n:]
 		c.Consumed += int64(n)
 		return n, nil
-	case !c.Endless:
+	case !c.Endless || c.Consumed >= MemFlood:
 		return 0, io.EOF
 	}
+	p = p[:min(int64(len(p)), MemFlood-c.Consumed)]
 	for i := range p {
 		p[i] = c.Fill
 	}
