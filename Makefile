@@ -14,7 +14,7 @@ SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 DOCDIR     ?= $(PREFIX)/share/doc/pepsal
 
-.PHONY: build generate unit lint test test-kernels bench demo deps check-root check-go clean install
+.PHONY: build generate unit fuzz fuzz-short lint test test-kernels bench demo deps check-root check-go clean install
 
 build: check-go
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/pepsal ./cmd/pepsal
@@ -33,6 +33,29 @@ UNIT_PKGS = $(shell $(GO) list -buildvcs=false ./... | grep -v /tests/integratio
 unit: check-go
 	$(GO) test -short -count=1 -timeout 5m $(UNIT_PKGS)
 
+# The fuzz targets, PACKAGE:TARGET: what pepsal parses from the network
+# (the warm-path hello and header, a terminal's connection to the gateway,
+# both sides of the control socket) and from its flags. Their seeds run
+# with the unit tests; `make fuzz` fuzzes each for FUZZTIME (one:
+# FUZZ_TARGETS=./userspace/peer:FuzzGatewayConn), `make fuzz-short`, run by
+# `make test`, for FUZZTIME_SHORT each (about 40 s in all once built; the
+# first build instruments every package, a few minutes). An input that
+# fails is written to the package's testdata/fuzz: commit it with the fix.
+FUZZ_TARGETS ?= ./userspace/peer:FuzzPeerHeaderRoundTrip ./userspace/peer:FuzzPeerDecodeHeader \
+	./userspace/peer:FuzzGatewayConn ./userspace/daemon:FuzzControlRequest ./userspace/report:FuzzExchange \
+	./cmd/pepsal:FuzzParsePorts ./cmd/pepsal:FuzzParsePrefix ./cmd/pepsal:FuzzParseSize
+FUZZTIME       ?= 10m
+FUZZTIME_SHORT ?= 3s
+# fuzz_each,TIME,FILTER: each target in turn for TIME, its output through FILTER.
+fuzz_each = set -eo pipefail; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t\#\#*:} ($${t%%:*}) for $(1)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t\#\#*:}\$$" -fuzztime $(1) $${t%%:*} 2>&1 | $(2); \
+	done
+fuzz: check-go
+	@$(call fuzz_each,$(FUZZTIME),cat)
+fuzz-short: check-go
+	@$(call fuzz_each,$(FUZZTIME_SHORT),grep -v '^fuzz: elapsed')
+
 # go vet and staticcheck; staticcheck is installed in bin/tools, pinned (a
 # release that knows this Go: 2026.2.2 for Go 1.26).
 STATICCHECK_VERSION := v0.8.2
@@ -45,7 +68,7 @@ $(STATICCHECK):
 	GOBIN=$(CURDIR)/bin/tools $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	mv $(CURDIR)/bin/tools/staticcheck $@
 
-test: check-root deps check-go unit
+test: check-root deps check-go unit fuzz-short
 	$(GO) vet ./...
 	$(GO) test -p 1 -count=1 -timeout 14m ./... # one package at a time: the memory and timing tests read machine-wide counters
 

@@ -333,6 +333,8 @@ func attachOrOpen(cfg loader.Config, log *slog.Logger) (*daemon.Kernel, error) {
 var errSizeTooLarge = errors.New("too large")
 
 // parseSize reads a byte count: 65536, 64KiB, 4MiB, 1GiB (K, M, G are binary too).
+// A count that does not fit in 64 bits is refused, never wrapped around
+// ("17179869184GiB" once read as 0).
 func parseSize(s string) (uint64, error) {
 	s = strings.TrimSpace(s)
 	mult := uint64(1)

@@ -202,7 +202,7 @@ type ControlError struct {
 
 // Exchange is one request on a connected control socket: the request line
 // out, one JSON answer back into out, or the daemon's ControlError as an
-// error.
+// error (answerError).
 //
 // A daemon that refuses the caller answers before it reads the request and
 // closes: the request's write may fail then, and the answer is read all
@@ -216,16 +216,33 @@ func Exchange(conn net.Conn, request string, out any) error {
 		}
 		return fmt.Errorf("read daemon answer: %w", err)
 	}
-	if bytes.HasPrefix(bytes.TrimSpace(raw), []byte("{")) {
-		var refused struct {
-			Error *string `json:"error"`
-		}
-		if json.Unmarshal(raw, &refused) == nil && refused.Error != nil {
-			return errors.New(*refused.Error)
-		}
+	if err := answerError(raw); err != nil {
+		return err
 	}
 	if err := json.Unmarshal(raw, out); err != nil {
 		return fmt.Errorf("decode daemon answer: %w", err)
 	}
 	return nil
+}
+
+// answerError is the error an answer carries: any object with a non-null
+// "error" member (the name matched as encoding/json matches it, whatever
+// its case) is one, its text if a string. An "error" of another type, or
+// given twice, is still an error: it once decoded as an empty report,
+// json.Unmarshal having failed on the *string it was read into.
+func answerError(raw json.RawMessage) error {
+	if !bytes.HasPrefix(bytes.TrimSpace(raw), []byte("{")) {
+		return nil
+	}
+	var refused struct {
+		Error json.RawMessage `json:"error"` // any JSON value: no type error possible
+	}
+	if json.Unmarshal(raw, &refused) != nil || len(refused.Error) == 0 || string(refused.Error) == "null" {
+		return nil
+	}
+	var text string
+	if json.Unmarshal(refused.Error, &text) != nil {
+		text = "the daemon answered an error: " + string(refused.Error)
+	}
+	return errors.New(text)
 }

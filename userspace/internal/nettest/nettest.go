@@ -1,7 +1,8 @@
 // Package nettest holds what the unit tests of userspace and its relays
 // share to move bytes over loopback: a pair of connected sockets,
 // reproducible random bytes, and a wait for what happens right after a
-// peer saw its bytes; a connection's relay state from its text, for the
+// peer saw its bytes; a connection in memory for the fuzz targets
+// (MemConn); a connection's relay state from its text, for the
 // tests of the table and the metrics; and, as root, a shared directory and
 // this test binary run as another user (users.go).
 //
