@@ -102,10 +102,15 @@ func sharedNetnsDir() error {
 
 // Close deletes the namespace; interfaces inside it go with it.
 func (n *NS) Close() error {
+	var st unix.Stat_t
+	statErr := unix.Stat(n.Path(), &st)
 	if err := netns.DeleteNamed(n.Name); err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("delete netns %s: %w", n.Name, err)
 	}
 	forgetOwner(n.Name)
+	if statErr == nil { // what a daemon killed inside it left
+		return removeControlDir(st.Ino)
+	}
 	return nil
 }
 

@@ -86,6 +86,9 @@ func removeStale(name string) error {
 	if err := removePepsalPins(st.Ino); err != nil {
 		return fmt.Errorf("stale test bed %s: remove pins: %w", name, err)
 	}
+	if err := removeControlDir(st.Ino); err != nil {
+		return fmt.Errorf("stale test bed %s: %w", name, err)
+	}
 	if err := netns.DeleteNamed(name); err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("stale test bed %s: delete: %w", name, err)
 	}
@@ -117,6 +120,21 @@ const (
 	pepsalPins   = "/sys/fs/bpf/pepsal"
 	tmpPinSuffix = "_tmp_"
 )
+
+// ControlRoot holds the daemons' control sockets, one directory per
+// namespace (report.ControlRoot; its tests keep the two in step). A daemon
+// killed by a test leaves its directory behind.
+const ControlRoot = "/run/pepsal"
+
+// removeControlDir removes the control socket directory of the namespace
+// whose inode is ino, which is about to go.
+func removeControlDir(ino uint64) error {
+	dir := filepath.Join(ControlRoot, fmt.Sprintf("netns-%d", ino))
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	return nil
+}
 
 // PinDirGlobs are the patterns of the pepsal pin directories of the
 // namespace whose inode is ino: its own, and those of attaches killed midway.

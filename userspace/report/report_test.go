@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/tests/testbed"
 )
 
 // TestStatusReportFieldNames pins the JSON names of `pepsal status --json`:
@@ -82,5 +83,13 @@ func TestStatusReportCounter(t *testing.T) {
 		if v, ok := rep.Counter(c.name); v != c.v || ok != c.ok {
 			t.Errorf("Counter(%q) = %d, %v; want %d, %v", c.name, v, ok, c.v, c.ok)
 		}
+	}
+}
+
+// TestControlRootMatchesTestbed: the test beds remove what killed daemons
+// leave under ControlRoot, and must look where the daemon puts it.
+func TestControlRootMatchesTestbed(t *testing.T) {
+	if testbed.ControlRoot != ControlRoot {
+		t.Fatalf("testbed.ControlRoot %q, report.ControlRoot %q", testbed.ControlRoot, ControlRoot)
 	}
 }
