@@ -145,19 +145,5 @@ func TestUpgradeRefusesAnUntrustedBinary(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "writable by group or others") {
 		t.Fatalf("successor from a group-writable directory: pid %d, %v; want refused", pid, err)
 	}
-	go func() {
-		if c, err := tcp.Accept(); err == nil {
-			io.WriteString(c, "old\n")
-			c.Close()
-		}
-	}()
-	c, err := net.Dial("tcp", tcp.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if got, _ := io.ReadAll(c); string(got) != "old\n" {
-		t.Errorf("old daemon after a refused upgrade: %q", got)
-	}
+	oldDaemonAnswers(t, tcp, "old daemon after a refused upgrade")
 }

@@ -160,21 +160,7 @@ func TestHandoffFailuresKeepTheOldDaemon(t *testing.T) {
 		}
 	}
 	// The old daemon's sockets still work.
-	go func() {
-		if c, err := tcp.Accept(); err == nil {
-			io.WriteString(c, "old\n")
-			c.Close()
-		}
-	}()
-	c, err := net.Dial("tcp", tcp.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if got, _ := io.ReadAll(c); string(got) != "old\n" {
-		t.Errorf("old daemon after failed upgrades: %q", got)
-	}
+	oldDaemonAnswers(t, tcp, "old daemon after failed upgrades")
 }
 
 func TestInheritedFromEnvRejectsGarbage(t *testing.T) {
@@ -210,5 +196,26 @@ func TestNotify(t *testing.T) {
 	t.Setenv("NOTIFY_SOCKET", "")
 	if err := Notify("READY=1"); err != nil {
 		t.Errorf("without systemd: %v", err)
+	}
+}
+
+// oldDaemonAnswers checks that the old daemon's listener still accepts and
+// serves after what, an upgrade that did not happen.
+func oldDaemonAnswers(t *testing.T, tcp *net.TCPListener, what string) {
+	t.Helper()
+	go func() {
+		if c, err := tcp.Accept(); err == nil {
+			io.WriteString(c, "old\n")
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("tcp", tcp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if got, _ := io.ReadAll(c); string(got) != "old\n" {
+		t.Errorf("%s: %q", what, got)
 	}
 }
