@@ -27,6 +27,7 @@ type runFlags struct {
 	tuning         tuningFlags
 	peer           peerFlags
 	relay          relayFlags
+	forward        forwardFlags
 	listenPort     int
 	connectTimeout time.Duration
 	drainTimeout   time.Duration
@@ -56,6 +57,7 @@ func runCmdInto(e *env, f *runFlags) *cobra.Command {
 	f.peer.register(cmd)
 	fl := cmd.Flags()
 	f.relay.register(fl)
+	f.forward.register(fl, true)
 	fl.IntVar(&f.listenPort, "listen-port", 5000, "port of the proxy's listeners on 127.0.0.1 and ::1")
 	fl.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "give up on the upstream connection (and reset the client) after this long")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "on SIGTERM/SIGINT, wait this long for live connections before resetting them")
@@ -76,6 +78,7 @@ type runPlan struct {
 	cfg   loader.Config
 	opts  daemon.Options
 	asked int
+	fwd   forwardPlan
 }
 
 func run(cmd *cobra.Command, e *env, f *runFlags) error {
@@ -87,6 +90,11 @@ func run(cmd *cobra.Command, e *env, f *runFlags) error {
 	if err := checkHost(e, p.cfg.Ifaces); err != nil {
 		return err
 	}
+	// Before anything is attached: a refusal leaves nothing behind.
+	if p.opts.ForwardFilter, err = checkForward(e, p.fwd, p.opts.Log); err != nil {
+		return err
+	}
+	p.opts.ServerMark = p.fwd.serverMark
 	limit, err := settleLimit(p.asked, p.opts.Log)
 	if err != nil {
 		return err
@@ -122,6 +130,10 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 	if err != nil {
 		return runPlan{}, err
 	}
+	fwd, err := f.forward.plan(cfg.Routing.Mark)
+	if err != nil {
+		return runPlan{}, err
+	}
 	if err := f.checkServing(); err != nil {
 		return runPlan{}, err
 	}
@@ -145,7 +157,7 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 	if err != nil {
 		return runPlan{}, err
 	}
-	return runPlan{cfg: cfg, asked: asked, opts: daemon.Options{
+	return runPlan{cfg: cfg, asked: asked, fwd: fwd, opts: daemon.Options{
 		Tuning:         tun,
 		Relay:          rs.mode,
 		RelayBudget:    rs.budget,

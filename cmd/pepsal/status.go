@@ -180,6 +180,7 @@ func printDaemon(w io.Writer, d *report.DaemonInfo) {
 	for _, o := range d.Off {
 		fmt.Fprintf(w, "off:       %s\n", o)
 	}
+	printForwardFilter(w, d.ForwardFilter)
 	s := d.Stats
 	fmt.Fprintf(w, "conns:     %d active, %d accepted, %d completed, %d reset, %d upstream failed, %d refused (loop), %d refused (destination), %d relayed in userspace instead of the kernel\n",
 		s.Active, s.Accepted, s.Completed, s.Reset, s.UpstreamFailed, s.LoopRefused, s.DestDenied, s.Fallback)
@@ -272,4 +273,17 @@ func legSummary(l *report.LegInfo) string {
 		return "-"
 	}
 	return fmt.Sprintf("%s cwnd %d rtt %.1fms retr %d", l.CC, l.CwndSegs, float64(l.RTTMicros)/1000, l.Retransmits)
+}
+
+// printForwardFilter says what filters forwarded traffic (read at the
+// daemon's start) and what --forward-filter does about it.
+func printForwardFilter(w io.Writer, f *report.ForwardFilter) {
+	if f == nil {
+		return // a daemon from before --forward-filter
+	}
+	mark := ""
+	if f.ServerMark != 0 {
+		mark = fmt.Sprintf(", server legs marked %#x", f.ServerMark)
+	}
+	fmt.Fprintf(w, "forward:   --forward-filter=%s%s; forwarded traffic filtered at start by: %s\n", f.Mode, mark, f.Found)
 }

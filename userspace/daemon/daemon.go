@@ -48,11 +48,13 @@ type Options struct {
 	DrainTimeout   time.Duration // on SIGTERM/SIGINT, before live connections are reset
 	UpgradeDrain   time.Duration // on SIGHUP, how long the old daemon relays its live connections
 	Transparent    bool
-	Deny           []netip.Prefix // destinations refused besides this host's own (--deny)
-	MetricsAddr    string         // "": no metrics
-	ControlGroup   ControlGroup   // who besides root may use the control socket
-	MaxConns       int            // the admission limit
-	MaxConnsFrom   string         // what set it (logged)
+	Deny           []netip.Prefix       // destinations refused besides this host's own (--deny)
+	ServerMark     uint32               // SO_MARK of server legs (0: none)
+	ForwardFilter  report.ForwardFilter // --forward-filter and what it found (status)
+	MetricsAddr    string               // "": no metrics
+	ControlGroup   ControlGroup         // who besides root may use the control socket
+	MaxConns       int                  // the admission limit
+	MaxConnsFrom   string               // what set it (logged)
 	FDBudget       proxy.FDBudget
 	Peer           PeerOptions
 	Version        string

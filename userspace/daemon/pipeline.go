@@ -26,7 +26,7 @@ func (r *run) buildPipeline() error {
 	}
 	r.atEnd(func() { routes.Close() })
 	p := proxy.NewPipeline(lns, proxy.Config{ConnectTimeout: o.ConnectTimeout, Tuning: o.Tuning, Transparent: o.Transparent,
-		Diverted: k, Tuner: k.Tuner, Dest: proxy.NewDestPolicy(o.Deny, routes), Log: r.log})
+		Mark: o.ServerMark, Diverted: k, Tuner: k.Tuner, Dest: proxy.NewDestPolicy(o.Deny, routes), Log: r.log})
 	r.pipeline = p
 	r.atEnd(func() { p.Close() })
 	if len(o.Deny) > 0 {

@@ -34,11 +34,16 @@ func (r *run) observe() error {
 // info is the daemon's part of `pepsal status`.
 func (r *run) info() report.DaemonInfo {
 	o, p := r.o, r.pipeline
-	return report.DaemonInfo{
+	info := report.DaemonInfo{
 		PID: os.Getpid(), Version: o.Version, Relay: r.relay, RelayAsked: o.Relay.String(), Off: r.off, Listeners: r.addrs,
 		ConnectTimeout: o.ConnectTimeout.String(), UptimeSeconds: time.Since(r.start).Seconds(),
 		Stats: p.Table.Stats(), Peer: r.peerStats(), SplitStats: p.SplitStats(),
 	}
+	if o.ForwardFilter.Mode != "" {
+		ff := o.ForwardFilter
+		info.ForwardFilter = &ff
+	}
+	return info
 }
 
 // announce says that the daemon serves: in the log, to systemd, and after

@@ -15,7 +15,18 @@ type DaemonInfo struct {
 	HeapBytes      uint64     `json:"heap_bytes"` // Go heap objects, live or not yet swept
 	Stats          Stats      `json:"stats"`
 	Peer           *PeerStats `json:"peer,omitempty"` // warm paths between two pepsals
+	// ForwardFilter is what the daemon found of the router's filtering of
+	// forwarded traffic at its start, and what it does about it.
+	ForwardFilter *ForwardFilter `json:"forward_filter,omitempty"`
 	SplitStats
+}
+
+// ForwardFilter is --forward-filter as the daemon applies it: split
+// connections bypass the router's forward hook.
+type ForwardFilter struct {
+	Mode       string `json:"mode"`                  // check, mirrored or ignore
+	Found      string `json:"found"`                 // what filters forwarded traffic, read at start ("none")
+	ServerMark uint32 `json:"server_mark,omitempty"` // SO_MARK of server legs (mirrored)
 }
 
 // SplitStats are the pipeline's totals that the connection table does not
