@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the build, the tests and `make generate` need.
-APT_PKGS := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool util-linux nginx curl nghttp2-client openssh-server openssh-client socat openssl systemd cpio nftables
+APT_PKGS := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool util-linux nginx curl nghttp2-client openssh-server openssh-client socat openssl systemd cpio nftables iptables
 
 # make install [PREFIX=/usr/local] [DESTDIR=...]: binary, systemd unit, flags file, docs.
 PREFIX     ?= /usr/local

@@ -220,3 +220,32 @@ func TestForwardFilterIgnore(t *testing.T) {
 		t.Errorf("%d warnings, want 1:\n%s", n, d.Output())
 	}
 }
+
+// TestForwardFilterLegacyIptables: the legacy x_tables FORWARD chain
+// (iptables-legacy) is read too: a drop rule there refuses the default,
+// with the chain named; rules elsewhere in the filter table do not.
+func TestForwardFilterLegacyIptables(t *testing.T) {
+	b := newBed(t, defaultSuite())
+	ipt := func(args ...string) {
+		t.Helper()
+		if out, err := b.Router.Command("iptables-legacy", args...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables-legacy %v: %v\n%s", args, err, out)
+		}
+	}
+	ipt("-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
+	ipt("-A", "FORWARD", "-p", "tcp", "--dport", fmt.Sprint(blockedPort), "-j", "DROP")
+	before := netState(t, b.Router)
+	r := b.pepsal("run", "--iface", testbed.RouterClientIf)
+	want := "pepsal: the router filters forwarded traffic (ip filter FORWARD (legacy): 1 rule); "
+	if lines := strings.Split(strings.TrimSpace(r.stderr), "\n"); r.code == 0 || len(lines) != 1 || !strings.HasPrefix(lines[0], want) {
+		t.Errorf("exit %d, stderr %q: want non-zero and one line %q...", r.code, r.stderr, want)
+	}
+	if after := netState(t, b.Router); after != before {
+		t.Fatalf("left something attached:\n%s", after)
+	}
+	ipt("-F", "FORWARD")
+	b.startPepsal()
+	if ff := b.daemonInfo().ForwardFilter; ff == nil || ff.Found != "none" {
+		t.Errorf("status forward_filter %+v: want none (INPUT rules filter nothing forwarded)", ff)
+	}
+}

@@ -2,7 +2,7 @@
 // which connections split by pepsal never meet: a diverted SYN ends on the
 // router (INPUT) and the server leg leaves from it (OUTPUT), so FORWARD
 // rules do not apply to them. It reads the namespace's netfilter (nftables
-// over netlink; legacy x_tables only by the tables loaded) and classifies
+// over netlink; legacy x_tables by their getsockopt interface) and classifies
 // what it finds; the CLI decides what to do about it (Mode).
 package forwardfilter
 
@@ -85,9 +85,9 @@ func (c Chain) String() string {
 
 // Finding is what filters forwarded traffic in a namespace.
 type Finding struct {
-	Chains []Chain // nftables base chains (iptables-nft's among them)
-	// Legacy names the legacy x_tables filter tables loaded ("iptables",
-	// "ip6tables"): their rules are not read, their presence counts.
+	Chains []Chain // nftables base chains (iptables-nft's among them), legacy FORWARD chains
+	// Legacy names the legacy x_tables filter tables ("iptables",
+	// "ip6tables") whose rules could not be read: their presence counts.
 	Legacy []string
 }
 

@@ -1,6 +1,7 @@
 package forwardfilter
 
 import (
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -90,5 +91,49 @@ func TestModeText(t *testing.T) {
 	var m Mode
 	if err := m.UnmarshalText([]byte("output")); err == nil || err.Error() != `must be check, mirrored or ignore, not "output"` {
 		t.Errorf("bad mode: %v", err)
+	}
+}
+
+// xtBlob builds an IPv4 x_tables entry blob: entries of 152 bytes (the
+// 112-byte ipt_entry, a standard target and its verdict), each with the
+// given verdict (only a policy's is read).
+func xtBlob(verdicts ...int32) []byte {
+	const size, target = 152, 112
+	blob := make([]byte, size*len(verdicts))
+	for i, v := range verdicts {
+		e := blob[i*size:]
+		binary.NativeEndian.PutUint16(e[ipv4OffsetsAt:], target)
+		binary.NativeEndian.PutUint16(e[ipv4OffsetsAt+2:], size)
+		binary.NativeEndian.PutUint32(e[target+verdictAt:], uint32(v))
+	}
+	return blob
+}
+
+// TestChainRules walks a legacy table's FORWARD chain: the entries before
+// its underflow are its rules, the underflow's verdict its policy; a blob
+// whose offsets do not lead there is refused, never read past its end.
+func TestChainRules(t *testing.T) {
+	const accept, drop = -2, -1
+	// INPUT policy, FORWARD: two rules and a drop policy, OUTPUT policy.
+	blob := xtBlob(accept, accept, accept, drop, accept)
+	if d, n, err := chainRules(blob, 152, 456, ipv4OffsetsAt); err != nil || !d || n != 2 {
+		t.Errorf("two rules, policy drop: drop %v, %d rules, %v", d, n, err)
+	}
+	if d, n, err := chainRules(blob, 0, 0, ipv4OffsetsAt); err != nil || d || n != 0 {
+		t.Errorf("no rule, policy accept: drop %v, %d rules, %v", d, n, err)
+	}
+	for name, c := range map[string]struct {
+		blob             []byte
+		entry, underflow uint32
+	}{
+		"underflow between entries": {blob, 152, 400},
+		"underflow past the end":    {blob, 0, 1 << 20},
+		"entry past the end":        {blob, 1 << 20, 1<<20 + 1},
+		"truncated policy":          {blob[:456+100], 152, 456},
+		"next offset 0":             {make([]byte, 304), 0, 152},
+	} {
+		if _, _, err := chainRules(c.blob, c.entry, c.underflow, ipv4OffsetsAt); err == nil {
+			t.Errorf("%s: no error", name)
+		}
 	}
 }

@@ -12,7 +12,8 @@ import (
 )
 
 // Inspect lists the netfilter of this process's network namespace, read
-// only, and classifies it. Reading the ruleset needs CAP_NET_ADMIN.
+// only (nftables base chains, the FORWARD chains of legacy filter tables),
+// and classifies it. Reading the ruleset needs CAP_NET_ADMIN.
 func Inspect() (Finding, error) {
 	chains, err := listChains()
 	if err != nil {
@@ -22,7 +23,22 @@ func Inspect() (Finding, error) {
 	if err != nil {
 		return Finding{}, err
 	}
-	return Classify(chains, legacy), nil
+	// A legacy table is read for its FORWARD chain; one that cannot be
+	// read counts as filtering.
+	var unread []string
+	for _, tool := range legacy {
+		family := unix.AF_INET
+		if tool == "ip6tables" {
+			family = unix.AF_INET6
+		}
+		c, err := legacyForward(family)
+		if err != nil {
+			unread = append(unread, tool)
+			continue
+		}
+		chains = append(chains, c)
+	}
+	return Classify(chains, unread), nil
 }
 
 // listChains lists the nftables base chains (over netlink: no parsing of
@@ -104,8 +120,8 @@ func hookName(h nftables.ChainHook) string {
 
 // legacyFilterTables names the legacy x_tables whose filter table exists in
 // this namespace (iptables-legacy, ip6tables-legacy): dir/ip_tables_names
-// lists the tables instantiated here. Their rules would need the x_tables
-// getsockopt interface; their presence is enough to stop and ask.
+// lists the tables instantiated here (and only those may be asked for
+// their rules: see legacyForward).
 func legacyFilterTables(dir string) ([]string, error) {
 	var out []string
 	for _, t := range []struct{ file, tool string }{{"ip_tables_names", "iptables"}, {"ip6_tables_names", "ip6tables"}} {
