@@ -14,7 +14,8 @@ import (
 // getsockopts. Any IP socket takes them (the kernel checks CAP_NET_ADMIN,
 // not CAP_NET_RAW), as long as the table exists in the namespace: asking
 // for one that does not would instantiate it, so callers look at
-// /proc/net/ip*_tables_names first.
+// /proc/net/ip*_tables_names first. The offsets are those of 64-bit
+// kernels (the counters in an entry are 8-byte aligned).
 const (
 	xtSoGetInfo    = 64 // IPT_SO_GET_INFO, IP6T_SO_GET_INFO
 	xtSoGetEntries = 65 // IPT_SO_GET_ENTRIES, IP6T_SO_GET_ENTRIES
