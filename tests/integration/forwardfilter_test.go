@@ -1,11 +1,14 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,6 +44,28 @@ func nft(t *testing.T, ns *testbed.NS, ruleset string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("nft -f in %s: %v\n%s\n%s", ns.Name, err, out, ruleset)
 	}
+}
+
+// pepsalBounded runs the CLI in ns; a command still running after 20 s
+// (a `run` that serves instead of refusing) is stopped with SIGTERM and
+// reported as exit -1, so that the test fails instead of waiting forever.
+func pepsalBounded(ns *testbed.NS, args ...string) result {
+	cmd := ns.Command(pepsalBin, args...) // nsenter execs pepsal: the pid is pepsal's
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		return result{"", err.Error(), -1}
+	}
+	stop := time.AfterFunc(20*time.Second, func() { _ = cmd.Process.Signal(syscall.SIGTERM) })
+	defer stop.Stop()
+	err := cmd.Wait()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode() // -1 when a signal ended it
+	} else if err != nil {
+		code = -1
+	}
+	return result{out.String(), errb.String(), code}
 }
 
 // countingServer serves both ports on every server address: each
@@ -117,7 +142,7 @@ func TestForwardFilterCheckRefuses(t *testing.T) {
 		{"run", "--iface", testbed.RouterClientIf, "--forward-filter", "check"},
 		{"attach", "--iface", testbed.RouterClientIf},
 	} {
-		r := b.pepsal(args...)
+		r := pepsalBounded(b.Router, args...)
 		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
 		if r.code == 0 || len(lines) != 1 || !strings.HasPrefix(lines[0], want) {
 			t.Errorf("%v: exit %d, stderr %q: want non-zero and one line %q...", args, r.code, r.stderr, want)
@@ -235,7 +260,7 @@ func TestForwardFilterLegacyIptables(t *testing.T) {
 	ipt("-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
 	ipt("-A", "FORWARD", "-p", "tcp", "--dport", fmt.Sprint(blockedPort), "-j", "DROP")
 	before := netState(t, b.Router)
-	r := b.pepsal("run", "--iface", testbed.RouterClientIf)
+	r := pepsalBounded(b.Router, "run", "--iface", testbed.RouterClientIf)
 	want := "pepsal: the router filters forwarded traffic (ip filter FORWARD (legacy): 1 rule); "
 	if lines := strings.Split(strings.TrimSpace(r.stderr), "\n"); r.code == 0 || len(lines) != 1 || !strings.HasPrefix(lines[0], want) {
 		t.Errorf("exit %d, stderr %q: want non-zero and one line %q...", r.code, r.stderr, want)
