@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 
@@ -64,11 +65,11 @@ func testSynCookiesSplit(t *testing.T, cfg suite) {
 // the router's SYN-ACKs to it die unanswered at its ARP (the client
 // namespace does not own it and would otherwise reset them).
 const (
-	floodSource   = "10.77.1.200"
-	floodFirst    = 300 // fills a 128 backlog and sends cookies
-	floodDuring   = 300 // more while the legitimate clients connect
-	floodBurst    = 20
-	floodMaxConns = "16" // backlog 128 (MinListenBacklog)
+	floodSource    = "10.77.1.200"
+	floodFirst     = 300 // fills the 128 backlog and sends cookies
+	floodDuring    = 300 // more while the legitimate clients connect
+	floodBurst     = 20
+	floodSomaxconn = 128 // the router's net.core.somaxconn: the backlog
 )
 
 // testSynFloodNeverResets: under a bounded SYN flood from one LAN address
@@ -78,13 +79,23 @@ const (
 // proxy.
 func testSynFloodNeverResets(t *testing.T, cfg suite) {
 	b := newBed(t, cfg)
-	if err := b.Router.Sysctl("net.ipv4.tcp_syncookies", "1"); err != nil {
-		t.Fatal(err)
+	// A short queue, as somaxconn makes it: pepsal asks more, says that
+	// the sysctl caps it, and leaves it.
+	for k, v := range map[string]string{"net.ipv4.tcp_syncookies": "1", "net.core.somaxconn": fmt.Sprint(floodSomaxconn)} {
+		if err := b.Router.Sysctl(k, v); err != nil {
+			t.Fatal(err)
+		}
 	}
 	transferServer(t, b.Server, hostPort(testbed.ServerV4, 9000))
-	b.startPepsal("--iface", testbed.RouterClientIf, "--max-conns", floodMaxConns)
-	if got := b.daemonInfo().Listen.Backlog; got != 128 {
-		t.Fatalf("listen backlog %d, want 128 for --max-conns %s", got, floodMaxConns)
+	d := b.startPepsal("--iface", testbed.RouterClientIf, "--max-conns", "1000")
+	if got := b.daemonInfo().Listen.Backlog; got != floodSomaxconn {
+		t.Fatalf("listen backlog %d, want somaxconn's %d", got, floodSomaxconn)
+	}
+	if !strings.Contains(d.Output(), "net.core.somaxconn caps") {
+		t.Errorf("the daemon did not say that somaxconn caps its backlog:\n%s", d.Output())
+	}
+	if v, err := b.Router.ReadSysctl("net.core.somaxconn"); err != nil || v != fmt.Sprint(floodSomaxconn) {
+		t.Errorf("somaxconn %q, %v: pepsal changed it", v, err)
 	}
 	server := netip.MustParseAddrPort(hostPort(testbed.ServerV4, 9000))
 	flood := newSynFlood(b.Client, netip.MustParseAddr(floodSource), server)
@@ -114,8 +125,8 @@ func testSynFloodNeverResets(t *testing.T, cfg suite) {
 		s.Daemon.Stats.Accepted, s.counter("ack_cookie_steered"), s.counter("syn_diverted"), l)
 	// The flood overflowed the queue: cookies were sent (so the test is
 	// not vacuous), and legitimate connections went through them.
-	if l.CookiesSent < floodFirst-128 {
-		t.Errorf("%d SYN cookies sent, want at least %d: the flood did not overflow the queue", l.CookiesSent, floodFirst-128)
+	if l.CookiesSent < floodFirst-floodSomaxconn {
+		t.Errorf("%d SYN cookies sent, want at least %d: the flood did not overflow the queue", l.CookiesSent, floodFirst-floodSomaxconn)
 	}
 	if s.counter("ack_cookie_steered") == 0 || l.CookiesRecv == 0 {
 		t.Errorf("no legitimate connection went through a cookie (ack_cookie_steered %d, cookies received %d)", s.counter("ack_cookie_steered"), l.CookiesRecv)

@@ -139,7 +139,7 @@ func NewMetrics(table *proxy.Table, counters func() ([]loader.Counter, error)) *
 func newListenDescs() listenDescs {
 	return listenDescs{
 		backlog: prometheus.NewDesc("pepsal_listen_backlog",
-			"The proxy listeners' backlog, their SYN and accept queue length: --max-conns within 128..65535, capped by net.core.somaxconn.", nil, nil),
+			"The proxy listeners' backlog, their SYN and accept queue length: an eighth of --max-conns within 512..65535, capped by net.core.somaxconn.", nil, nil),
 		overflows: prometheus.NewDesc("pepsal_tcp_listen_overflows_total",
 			"SYNs and handshake ACKs dropped because an accept queue was full (TcpExt ListenOverflows): every listener of the network namespace, not only pepsal's.", nil, nil),
 		drops: prometheus.NewDesc("pepsal_tcp_listen_drops_total",

@@ -26,7 +26,7 @@ func TestMetricsListen(t *testing.T) {
 # HELP pepsal_bpf_decisions_total Classifier, steering, relay and sock_ops decisions taken in BPF (pepsal_counters).
 # TYPE pepsal_bpf_decisions_total counter
 pepsal_bpf_decisions_total{decision="ack_cookie_steered"} 6
-# HELP pepsal_listen_backlog The proxy listeners' backlog, their SYN and accept queue length: --max-conns within 128..65535, capped by net.core.somaxconn.
+# HELP pepsal_listen_backlog The proxy listeners' backlog, their SYN and accept queue length: an eighth of --max-conns within 512..65535, capped by net.core.somaxconn.
 # TYPE pepsal_listen_backlog gauge
 pepsal_listen_backlog 128
 # HELP pepsal_tcp_listen_overflows_total SYNs and handshake ACKs dropped because an accept queue was full (TcpExt ListenOverflows): every listener of the network namespace, not only pepsal's.

@@ -132,20 +132,23 @@ func IsResourceShortage(err error) bool {
 // connections: at a satellite round trip, a burst of new ones waits there)
 // and the accept queue (the connections accepted after the limit trips,
 // whose SYNs were diverted before: counted in the fd budget). It follows the
-// admission limit, as more connections than that at once are not split
-// anyway, within this range; the kernel caps it at net.core.somaxconn. A SYN
-// past a full SYN queue is answered with a SYN cookie (the classifier steers
-// its ACK to the listener); past a full accept queue it is dropped and the
-// client's retransmission meets the classifier again.
+// admission limit: an eighth of it (a burst of new connections within a
+// round trip; more would cost the fd budget, which reserves a whole queue
+// per listener), within this range; the kernel caps it at
+// net.core.somaxconn. A SYN past a full SYN queue is answered with a SYN
+// cookie (the classifier steers its ACK to the listener), which keeps the
+// window scale only if the client sends timestamps (Windows does not by
+// default): hence the floor. Past a full accept queue a SYN is dropped and
+// the client's retransmission meets the classifier again.
 const (
-	MinListenBacklog = 128
+	MinListenBacklog = 512
 	MaxListenBacklog = 65535
 )
 
 // ListenBacklog is the backlog pepsal asks for its listeners under a limit
 // of maxConns connections.
 func ListenBacklog(maxConns int) int {
-	return min(max(maxConns, MinListenBacklog), MaxListenBacklog)
+	return min(max(maxConns/8, MinListenBacklog), MaxListenBacklog)
 }
 
 // Parts of the fd budget besides the connections' two sockets.

@@ -24,7 +24,8 @@ type DaemonInfo struct {
 // namespace: every listener of it counts, not only pepsal's).
 type ListenStats struct {
 	// Backlog is the proxy listeners' (SYN and accept queue length):
-	// --max-conns within 128..65535, capped by net.core.somaxconn.
+	// an eighth of --max-conns within 512..65535, capped by
+	// net.core.somaxconn.
 	Backlog int `json:"backlog"`
 	// Overflows (ListenOverflows): SYNs or handshake ACKs dropped because
 	// an accept queue was full. Drops (ListenDrops) counts those and other
