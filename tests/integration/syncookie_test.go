@@ -2,11 +2,13 @@ package integration
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/pepsal/pepsal/tests/testbed"
@@ -25,7 +27,8 @@ func testSynCookiesSplit(t *testing.T, cfg suite) {
 	for _, f := range families {
 		transferServer(t, b.Server, hostPort(f.server, 9000))
 	}
-	b.startPepsal()
+	// Initial windows: sock_ops must know the cookie's connection as a leg.
+	b.startPepsal("--iface", testbed.RouterClientIf, "--client-initcwnd", "40", "--server-initcwnd", "50")
 	const n = 10
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
@@ -59,6 +62,33 @@ func testSynCookiesSplit(t *testing.T, cfg suite) {
 	if got := s.counter("cookie_stale_forwarded"); got != 0 {
 		t.Errorf("cookie_stale_forwarded %d, want 0", got)
 	}
+	// sock_ops tuned both legs of each (it knows the client leg by its
+	// SYN's record), and the daemon took each record at accept (it reads
+	// the SYN's ToS there): none is left.
+	if got := s.counter("tune_init_cwnd"); got != 2*n {
+		t.Errorf("tune_init_cwnd %d, want %d (both legs of each)", got, 2*n)
+	}
+	if got := divertedEntries(t, b); got != 0 {
+		t.Errorf("%d pepsal_diverted entries left after every connection was accepted", got)
+	}
+}
+
+// divertedEntries counts the router's pepsal_diverted entries.
+func divertedEntries(t *testing.T, b *bed) int {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(b.Router.Path(), &st); err != nil {
+		t.Fatal(err)
+	}
+	out, err := b.Router.Command("bpftool", "-j", "map", "dump", "pinned", fmt.Sprintf("/sys/fs/bpf/pepsal/netns-%d/pepsal_diverted", st.Ino)).Output()
+	if err != nil {
+		t.Fatalf("bpftool map dump pepsal_diverted: %v", err)
+	}
+	var entries []json.RawMessage
+	if err := json.Unmarshal(out, &entries); err != nil {
+		t.Fatalf("pepsal_diverted dump: %v: %s", err, out)
+	}
+	return len(entries)
 }
 
 // Flood: SYNs from an address of the client's LAN that no host has, so
