@@ -26,6 +26,7 @@ struct flow_key {
 struct divert_info {
 	__u32 tos; /* IPv4 ToS or IPv6 traffic class, for the upstream SYN */
 	__u32 pad;
+	__u64 syn_ns; /* when (bpf_ktime_get_ns): a SYN cookie answering it expires */
 };
 
 /* One set of counters, one field per decision (per CPU, summed in userspace). */
@@ -50,6 +51,12 @@ struct counters {
 	__u64 pkt_no_config;          /* pepsal_config unreadable: untouched */
 	__u64 pkt_malformed;          /* IP or TCP header fields that contradict each other: untouched */
 	__u64 pkt_fragment;           /* fragment of TCP or ICMP, first or later: untouched */
+	/* classifier, packets of a diverted flow that only the proxy's listener
+	 * matches: its SYN was answered with a SYN cookie (listen queue full,
+	 * or tcp_syncookies=2), so no request socket holds the handshake */
+	__u64 ack_cookie_steered;     /* ACK (maybe with data): delivered to the listener, which checks the cookie */
+	__u64 rst_cookie_local;       /* RST: delivered to the listener, which drops it (the server never saw the flow) */
+	__u64 cookie_stale_forwarded; /* ACK or RST, but the SYN was diverted too long ago for a cookie to be valid: forwarded, entry deleted */
 	/* classifier, ICMP and ICMPv6 errors quoting a TCP segment */
 	__u64 icmp_local;             /* sent by a local socket: delivered to it */
 	__u64 icmp_forwarded;         /* no local socket sent it: forwarded untouched */

@@ -52,6 +52,9 @@ type classifyCounters struct {
 	PktNoConfig          uint64
 	PktMalformed         uint64
 	PktFragment          uint64
+	AckCookieSteered     uint64
+	RstCookieLocal       uint64
+	CookieStaleForwarded uint64
 	IcmpLocal            uint64
 	IcmpForwarded        uint64
 	IcmpUnparsed         uint64
@@ -73,9 +76,10 @@ type classifyCounters struct {
 }
 
 type classifyDivertInfo struct {
-	_   structs.HostLayout
-	Tos uint32
-	Pad uint32
+	_     structs.HostLayout
+	Tos   uint32
+	Pad   uint32
+	SynNs uint64
 }
 
 type classifyExcludeKey struct {

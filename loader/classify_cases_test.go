@@ -71,6 +71,7 @@ func TestClassify(t *testing.T) {
 	}
 	lengthCases(t, e)
 	wireCases(t, e)
+	cookieTests(t, e)
 
 	// Neither IPv4 nor IPv6.
 	arp := v4syn.bytes()
@@ -80,7 +81,7 @@ func TestClassify(t *testing.T) {
 	noConfigCase(t, e)
 
 	if !t.Failed() {
-		e.counters.coverage(t, "syn_", "pkt_", "icmp_")
+		e.counters.coverage(t, "syn_", "pkt_", "icmp_", "ack_", "rst_", "cookie_")
 	}
 }
 

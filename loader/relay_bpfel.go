@@ -33,6 +33,9 @@ type relayCounters struct {
 	PktNoConfig          uint64
 	PktMalformed         uint64
 	PktFragment          uint64
+	AckCookieSteered     uint64
+	RstCookieLocal       uint64
+	CookieStaleForwarded uint64
 	IcmpLocal            uint64
 	IcmpForwarded        uint64
 	IcmpUnparsed         uint64

@@ -46,6 +46,9 @@ type tuneCounters struct {
 	PktNoConfig          uint64
 	PktMalformed         uint64
 	PktFragment          uint64
+	AckCookieSteered     uint64
+	RstCookieLocal       uint64
+	CookieStaleForwarded uint64
 	IcmpLocal            uint64
 	IcmpForwarded        uint64
 	IcmpUnparsed         uint64
@@ -67,9 +70,10 @@ type tuneCounters struct {
 }
 
 type tuneDivertInfo struct {
-	_   structs.HostLayout
-	Tos uint32
-	Pad uint32
+	_     structs.HostLayout
+	Tos   uint32
+	Pad   uint32
+	SynNs uint64
 }
 
 type tuneExcludeKey struct {

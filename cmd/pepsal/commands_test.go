@@ -180,6 +180,7 @@ var testDaemon = report.DaemonInfo{
 	Stats: report.Stats{Active: 2, Accepted: 13, Completed: 7, Reset: 1, Fallback: 3, BytesToServer: 1000, BytesToClient: 3000,
 		KernelBytes: 2000, MaxConns: 100, LowWater: 90, FDLimit: 1024,
 		DestDenied: 3, DestDeniedByReason: map[string]uint64{"own_address": 2, "link_local": 1, "deny_prefix": 0}},
+	Listen: report.ListenStats{Backlog: 128, CookiesSent: 40, CookiesRecv: 9, CookiesFailed: 1, Overflows: 2, Drops: 3},
 }
 
 // TestStatusOfADaemon: `pepsal status` prints what the daemon's control
@@ -197,6 +198,7 @@ func TestStatusOfADaemon(t *testing.T) {
 		"conns:     2 active, 13 accepted, 7 completed, 1 reset, 0 upstream failed, 0 refused (loop), 3 refused (destination), 3 relayed in userspace instead of the kernel",
 		"refused:   destinations pepsal does not connect to: 2 own_address, 1 link_local",
 		"limit:     100 connections (split again below 90), fd limit 1024: splitting new connections; full 0 times, 0 resource shortages",
+		"listen:    backlog 128; in this namespace: 40 SYN cookies sent, 9 received, 1 failed; 2 listen overflows, 3 listen drops",
 		"bytes:     1000 to servers, 3000 to clients (closed connections), 50% moved by the kernel",
 	}
 	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
@@ -211,7 +213,8 @@ func TestStatusOfADaemon(t *testing.T) {
 
 	r = pepsal(t, e, "status", "--json")
 	var rep report.StatusReport
-	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 3 || rep.Daemon == nil || rep.Daemon.PID != 4242 || rep.Attached {
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 3 || rep.Daemon == nil || rep.Daemon.PID != 4242 || rep.Attached ||
+		rep.Daemon.Listen != testDaemon.Listen {
 		t.Errorf("status --json: exit %d, %v:\n%s", r.code, err, r.stdout)
 	}
 }

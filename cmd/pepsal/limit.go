@@ -13,7 +13,7 @@ import (
 )
 
 func registerMaxConns(fl *pflag.FlagSet, v *string) {
-	fl.StringVar(v, "max-conns", "auto", "split connections held at most; past it new connections are forwarded unsplit until 10% below (auto: what the fd limit and half the memory hold)")
+	fl.StringVar(v, "max-conns", "auto", "split connections held at most; past it new connections are forwarded unsplit until 10% below (auto: what the fd limit and half the memory hold); the listeners' backlog is an eighth of it, 512 to 65535, capped by net.core.somaxconn")
 }
 
 // parseMaxConns reads --max-conns: a positive count, or 0 for "auto".

@@ -193,6 +193,7 @@ func printDaemon(w io.Writer, d *report.DaemonInfo) {
 		fmt.Fprintf(w, "limit:     %d connections (split again below %d), fd limit %d: %s; full %d times, %d resource shortages\n",
 			s.MaxConns, s.LowWater, s.FDLimit, state, s.FullTrips, s.Shortages)
 	}
+	printListen(w, d.Listen)
 	fmt.Fprintf(w, "bytes:     %d to servers, %d to clients (closed connections)", s.BytesToServer, s.BytesToClient)
 	if d.Relay == relay.ModeSockmap.String() {
 		fmt.Fprintf(w, ", %s moved by the kernel", share(s.KernelBytes, s.BytesToServer+s.BytesToClient))
@@ -200,6 +201,21 @@ func printDaemon(w io.Writer, d *report.DaemonInfo) {
 	fmt.Fprintln(w)
 	printPeer(w, d.Peer)
 	fmt.Fprintf(w, "runtime:   %d goroutines, %d open fds, %.1f MiB Go heap\n", d.Goroutines, d.OpenFDs, float64(d.HeapBytes)/(1<<20))
+}
+
+// printListen says the listeners' backlog and how the namespace's listen
+// queues fared (every listener of the namespace counts).
+func printListen(w io.Writer, l report.ListenStats) {
+	if l.Backlog == 0 && l.Unreadable == "" {
+		return // a daemon from before the backlog was reported
+	}
+	fmt.Fprintf(w, "listen:    backlog %d; in this namespace: ", l.Backlog)
+	if l.Unreadable != "" {
+		fmt.Fprintf(w, "counters unreadable (%s)\n", l.Unreadable)
+		return
+	}
+	fmt.Fprintf(w, "%d SYN cookies sent, %d received, %d failed; %d listen overflows, %d listen drops\n",
+		l.CookiesSent, l.CookiesRecv, l.CookiesFailed, l.Overflows, l.Drops)
 }
 
 // printDenied says why destinations were refused, when some were.

@@ -103,11 +103,12 @@ type run struct {
 	gateway     *peer.Gateway // nil: not a gateway
 
 	// Kernel side (attachKernel, settleRelay).
-	k      *Kernel
-	addrs  []string // the proxy listeners' addresses
-	ifaces []loader.Iface
-	relay  string       // the relay in use
-	off    []report.Off // what this host lacks, and what is done instead
+	k       *Kernel
+	addrs   []string // the proxy listeners' addresses
+	backlog int      // the proxy listeners' backlog (registerListeners)
+	ifaces  []loader.Iface
+	relay   string       // the relay in use
+	off     []report.Off // what this host lacks, and what is done instead
 
 	// Pipeline (buildPipeline).
 	pipeline  *proxy.Pipeline

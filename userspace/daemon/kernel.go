@@ -129,10 +129,11 @@ func (r *run) enableFastOpen(ownAttachment bool) error {
 // registerListeners sets each proxy listener's accept queue and puts it in
 // its slot of pepsal_listen, where the diverted SYNs are steered.
 func (r *run) registerListeners() error {
+	r.backlog = r.listenBacklog()
 	for _, l := range r.listeners {
 		ln := l.ln
 		// The accept queue the fd budget counts on (listen again only sets it).
-		if err := sockopt.WithFD(ln, func(fd int) error { return unix.Listen(fd, r.o.FDBudget.Backlog) }); err != nil {
+		if err := sockopt.WithFD(ln, func(fd int) error { return unix.Listen(fd, r.backlog) }); err != nil {
 			return fmt.Errorf("set listener backlog: %w", err)
 		}
 		if err := sockopt.WithFD(ln, func(fd int) error { return r.k.RegisterListener(l.slot, fd) }); err != nil {
@@ -141,6 +142,24 @@ func (r *run) registerListeners() error {
 		r.addrs = append(r.addrs, ln.Addr().String())
 	}
 	return nil
+}
+
+// listenBacklog is the listeners' backlog: the one the fd budget was
+// settled with, which follows --max-conns (proxy.ListenBacklog) up to
+// net.core.somaxconn. The sysctl is the router's: pepsal says when it is
+// the lower, once, and leaves it.
+func (r *run) listenBacklog() int {
+	o := r.o
+	asked := proxy.ListenBacklog(o.MaxConns)
+	got := o.FDBudget.Backlog
+	if got <= 0 { // no budget settled (a daemon built without one)
+		return asked
+	}
+	if got < asked {
+		r.log.Warn("net.core.somaxconn caps the proxy listeners' backlog: SYNs past it get SYN cookies (the classifier steers their ACKs to the proxy); raise the sysctl for a longer queue",
+			"backlog", got, "asked", asked, "max_conns", o.MaxConns)
+	}
+	return got
 }
 
 // settleRelay puts the kernel relay under the pipeline where the kernel

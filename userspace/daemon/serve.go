@@ -22,7 +22,8 @@ func (r *run) observe() error {
 	if r.metricsLn == nil {
 		return nil
 	}
-	stop, err := serveMetrics(r.metricsLn, r.pipeline, r.peerStats, r.k.Counters, r.log)
+	listen := func() report.ListenStats { return listenStats(r.backlog) }
+	stop, err := serveMetrics(r.metricsLn, r.pipeline, r.peerStats, r.k.Counters, listen, r.log)
 	if err != nil {
 		return err
 	}
@@ -37,7 +38,7 @@ func (r *run) info() report.DaemonInfo {
 	info := report.DaemonInfo{
 		PID: os.Getpid(), Version: o.Version, Relay: r.relay, RelayAsked: o.Relay.String(), Off: r.off, Listeners: r.addrs,
 		ConnectTimeout: o.ConnectTimeout.String(), UptimeSeconds: time.Since(r.start).Seconds(),
-		Stats: p.Table.Stats(), Peer: r.peerStats(), SplitStats: p.SplitStats(),
+		Stats: p.Table.Stats(), Peer: r.peerStats(), SplitStats: p.SplitStats(), Listen: listenStats(r.backlog),
 	}
 	if o.ForwardFilter.Mode != "" {
 		ff := o.ForwardFilter
