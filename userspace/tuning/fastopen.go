@@ -2,6 +2,7 @@ package tuning
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/pepsal/pepsal/userspace/sockopt"
@@ -14,9 +15,15 @@ import (
 // to each other; an ordinary server ignores the data and gets it again after
 // its handshake, which is TCP's own fallback).
 type FastOpen struct {
-	Dial   bool          // send the client's first bytes in the upstream SYN
-	Accept bool          // accept data in SYNs on the listeners
-	Wait   time.Duration // how long to wait for the client's first bytes before dialing without them
+	Dial   bool // send the client's first bytes in the upstream SYN
+	Accept bool // accept data in SYNs on the listeners
+	// AcceptFrom are the only sources whose SYN data is accepted (the
+	// classifier forwards any other SYN carrying data unsplit): data in a
+	// SYN is answered before the handshake proves its source address, so
+	// it is taken only where that address cannot be spoofed (the
+	// terminals' link). Empty: from nowhere.
+	AcceptFrom []netip.Prefix
+	Wait       time.Duration // how long to wait for the client's first bytes before dialing without them
 }
 
 // fastOpenQueue bounds the pending fast-open requests on a listener.
