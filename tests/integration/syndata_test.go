@@ -3,8 +3,10 @@ package integration
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -188,4 +190,114 @@ func admittedFrom(t *testing.T, b *bed, addr string) (*net.TCPConn, bool) {
 		t.Fatalf("reply: %d bytes, %v", n, err)
 	}
 	return c, b.status().counter("syn_diverted") == base+1
+}
+
+// TestFastOpenChildWindowAfterHandshake (issue #22, 2): where the kernel
+// makes fast-open children pepsal did not ask for (net.ipv4.tcp_fastopen
+// turned to take cookie-less data on every listener after the daemon
+// started, so its classifier does not withhold SYN data), sock_ops holds a
+// child's client-leg initial window until its handshake completes: a
+// spoofed SYN gets at most the kernel's default window (10 segments) of
+// the reply, not the 1000 asked; a real client's leg gets them once its
+// ACK arrives (or, had its leg already sent data, the window is counted
+// as refused late).
+func TestFastOpenChildWindowAfterHandshake(t *testing.T) {
+	b := newBed(t, defaultSuite())
+	addr := hostPort(testbed.ServerV4, 8082)
+	countingServer(t, b, addr)
+	routeSpoofed(t, b)
+	// Fast open on every listener, with cookies: nothing cookie-less when the daemon starts.
+	if err := b.Router.Sysctl("net.ipv4.tcp_fastopen", fmt.Sprint(0x402)); err != nil {
+		t.Fatal(err)
+	}
+	b.startPepsal("--iface", testbed.RouterClientIf, "--client-initcwnd", "1000")
+	if err := b.Router.Sysctl("net.ipv4.tcp_fastopen", fmt.Sprint(0x602)); err != nil {
+		t.Fatal(err)
+	}
+	base := b.status()
+	passive := netstat(t, b.Router, "TCPFastOpenPassive")
+	r := spoofedSYN(t, b, testbed.ServerV4, 8082, synForms[1].opts, 3*time.Second)
+	t.Logf("spoofed: %d segment(s), %d bytes of data back", r.segments, r.data)
+	if got := netstat(t, b.Router, "TCPFastOpenPassive") - passive; got != 1 {
+		t.Fatalf("TCPFastOpenPassive +%d: the spoofed SYN made no fast-open child, nothing tested", got)
+	}
+	mid := b.status()
+	delta := func(from, to status, name string) uint64 { return to.counter(name) - from.counter(name) }
+	if d, set, late := delta(base, mid, "tune_iw_deferred"), delta(base, mid, "tune_init_cwnd"), delta(base, mid, "tune_iw_late"); d != 1 || set != 0 || late != 0 {
+		t.Errorf("spoofed SYN: tune_iw_deferred +%d, tune_init_cwnd +%d, tune_iw_late +%d; want +1, 0, 0", d, set, late)
+	}
+	if r.data > 10*1460 {
+		t.Errorf("%d bytes of the reply reflected at the spoofed address, want at most the default initial window (10 segments of 1460)", r.data)
+	}
+
+	if n := fastOpenGet(t, b.Client, testbed.ServerV4, 8082); n != 256<<10 {
+		t.Fatalf("fast-open client: %d bytes, want %d", n, 256<<10)
+	}
+	end := b.status()
+	if d, done := delta(mid, end, "tune_iw_deferred"), delta(mid, end, "tune_init_cwnd")+delta(mid, end, "tune_iw_late"); d != 1 || done != 1 {
+		t.Errorf("real client: tune_iw_deferred +%d, tune_init_cwnd + tune_iw_late +%d; want +1, +1", d, done)
+	}
+}
+
+// fastOpenGet connects from ns to host:port with "GET\n" in its SYN
+// (cookie-less fast open) and returns how many bytes the reply had.
+func fastOpenGet(t *testing.T, ns *testbed.NS, host string, port int) int {
+	t.Helper()
+	var n int
+	err := ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1); err != nil {
+			return fmt.Errorf("TCP_FASTOPEN_NO_COOKIE: %w", err)
+		}
+		tv := unix.NsecToTimeval((10 * time.Second).Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		sa := &unix.SockaddrInet4{Port: port, Addr: netip.MustParseAddr(host).As4()}
+		if err := unix.Sendto(fd, []byte("GET\n"), unix.MSG_FASTOPEN, sa); err != nil {
+			return fmt.Errorf("sendto MSG_FASTOPEN: %w", err)
+		}
+		buf := make([]byte, 64<<10)
+		for {
+			m, err := unix.Read(fd, buf)
+			if err != nil {
+				return fmt.Errorf("read after %d bytes: %w", n, err)
+			}
+			if m == 0 {
+				return nil
+			}
+			n += m
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestKernelFastOpenEverywhereChecked: a net.ipv4.tcp_fastopen that makes
+// every listener take cookie-less data when the daemon starts has its
+// classifier withhold SYN data, as the gateway role does: no role is needed
+// for a spoofed SYN to be answered then.
+func TestKernelFastOpenEverywhereChecked(t *testing.T) {
+	b := newBed(t, defaultSuite())
+	addr := hostPort(testbed.ServerV4, 8083)
+	accepted := countingServer(t, b, addr)
+	routeSpoofed(t, b)
+	if err := b.Router.Sysctl("net.ipv4.tcp_fastopen", fmt.Sprint(0x603)); err != nil {
+		t.Fatal(err)
+	}
+	b.startPepsal("--iface", testbed.RouterClientIf)
+	base := b.status()
+	r := spoofedSYN(t, b, testbed.ServerV4, 8083, synForms[1].opts, 2*time.Second)
+	if r.segments > 1 || r.data > 0 || accepted.Load() != 0 {
+		t.Errorf("%d segments, %d bytes of data reflected, the server accepted %d; want at most one segment, no data, nothing accepted", r.segments, r.data, accepted.Load())
+	}
+	if got := b.status().counter("syn_data_untrusted") - base.counter("syn_data_untrusted"); got != 1 {
+		t.Errorf("syn_data_untrusted +%d, want +1", got)
+	}
 }

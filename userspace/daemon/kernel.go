@@ -142,11 +142,17 @@ func (r *run) enableFastOpen(ownAttachment bool) error {
 }
 
 // trustFastOpen tells the classifier where the listeners' SYN data may
-// come from, before they are registered: where they take it, only from
-// --fastopen-from.
+// come from, before they are registered: where they take it (pepsal's
+// fast open, or a net.ipv4.tcp_fastopen that makes every listener take it
+// without a cookie), only from --fastopen-from.
 func (r *run) trustFastOpen() error {
 	fo := r.o.Tuning.FastOpen
-	if err := r.k.SetFastOpenFrom(fo.Accept, fo.AcceptFrom); err != nil {
+	check := fo.Accept
+	if !check && tuning.KernelTakesSYNData() {
+		check = true
+		r.log.Warn("net.ipv4.tcp_fastopen makes every listener take data in SYNs without a cookie: SYNs carrying data are forwarded unsplit")
+	}
+	if err := r.k.SetFastOpenFrom(check, fo.AcceptFrom); err != nil {
 		return err
 	}
 	switch {
