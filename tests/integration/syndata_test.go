@@ -234,6 +234,8 @@ func TestFastOpenChildWindowAfterHandshake(t *testing.T) {
 		t.Fatalf("fast-open client: %d bytes, want %d", n, 256<<10)
 	}
 	end := b.status()
+	t.Logf("real client: tune_iw_deferred +%d, tune_init_cwnd +%d, tune_iw_late +%d",
+		delta(mid, end, "tune_iw_deferred"), delta(mid, end, "tune_init_cwnd"), delta(mid, end, "tune_iw_late"))
 	if d, done := delta(mid, end, "tune_iw_deferred"), delta(mid, end, "tune_init_cwnd")+delta(mid, end, "tune_iw_late"); d != 1 || done != 1 {
 		t.Errorf("real client: tune_iw_deferred +%d, tune_init_cwnd + tune_iw_late +%d; want +1, +1", d, done)
 	}
