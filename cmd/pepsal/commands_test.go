@@ -175,7 +175,7 @@ var testDaemon = report.DaemonInfo{
 	PID: 4242, Relay: "sockmap", Listeners: []string{"127.0.0.1:5000", "[::1]:5000"}, UptimeSeconds: 90.5,
 	Off: []report.Off{{Feature: "tcx", Why: "Linux 6.1", Instead: "the classifier is attached as a clsact filter"}},
 	Stats: report.Stats{Active: 2, Accepted: 13, Completed: 7, Reset: 1, Fallback: 3, BytesToServer: 1000, BytesToClient: 3000,
-		KernelBytes: 2000, MaxConns: 100, LowWater: 90, FDLimit: 1024,
+		KernelBytes: 2000, MaxConns: 100, LowWater: 90, FDLimit: 1024, MaxConnsPerClient: 25, LowWaterPerClient: 23, ClientsAtLimit: 1, ClientLimitTrips: 4,
 		DestDenied: 3, DestDeniedByReason: map[string]uint64{"own_address": 2, "link_local": 1, "deny_prefix": 0}},
 }
 
@@ -193,6 +193,7 @@ func TestStatusOfADaemon(t *testing.T) {
 		"conns:     2 active, 13 accepted, 7 completed, 1 reset, 0 upstream failed, 0 refused (loop), 3 refused (destination), 3 relayed in userspace instead of the kernel",
 		"refused:   destinations pepsal does not connect to: 2 own_address, 1 link_local",
 		"limit:     100 connections (split again below 90), fd limit 1024: splitting new connections; full 0 times, 0 resource shortages",
+		"per client: 25 connections (split again below 23): 1 client(s) at it now, their new connections forwarded unsplit; reached 4 times",
 		"bytes:     1000 to servers, 3000 to clients (closed connections), 50% moved by the kernel",
 	}
 	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
@@ -207,7 +208,8 @@ func TestStatusOfADaemon(t *testing.T) {
 
 	r = pepsal(t, e, "status", "--json")
 	var rep report.StatusReport
-	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 3 || rep.Daemon == nil || rep.Daemon.PID != 4242 || rep.Attached {
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 3 || rep.Daemon == nil || rep.Daemon.PID != 4242 || rep.Attached ||
+		rep.Daemon.Stats.ClientsAtLimit != 1 || !strings.Contains(r.stdout, `"max_conns_per_client": 25`) {
 		t.Errorf("status --json: exit %d, %v:\n%s", r.code, err, r.stdout)
 	}
 }
