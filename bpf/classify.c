@@ -18,12 +18,50 @@ struct {
 	__type(value, struct admission);
 } pepsal_admission SEC(".maps");
 
-static __always_inline int proxy_full(void)
+/* Sources whose SYNs may carry data the proxy answers before the handshake
+ * completes (--fastopen-from; IPv4 v4-mapped): the daemon's, read only here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct exclude_key);
+	__type(value, __u8);
+} pepsal_tfo_from SEC(".maps");
+
+/* Client addresses that hold --max-conns-per-client split connections:
+ * written by the daemon when one reaches it, deleted when it falls below
+ * the low-water mark. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct source_key);
+	__type(value, __u8);
+} pepsal_srcfull SEC(".maps");
+
+static __always_inline struct admission *admission(void)
 {
 	__u32 zero = 0;
-	struct admission *a = bpf_map_lookup_elem(&pepsal_admission, &zero);
 
-	return a && a->full;
+	return bpf_map_lookup_elem(&pepsal_admission, &zero);
+}
+
+static __always_inline int fastopen_trusted(struct packet *p)
+{
+	struct exclude_key k = { .prefixlen = 128 };
+
+	__builtin_memcpy(k.addr, p->key.client_addr, 16);
+	return bpf_map_lookup_elem(&pepsal_tfo_from, &k) != 0;
+}
+
+static __always_inline int source_full(struct packet *p)
+{
+	struct source_key k;
+
+	__builtin_memcpy(k.addr, p->key.client_addr, 16);
+	return bpf_map_lookup_elem(&pepsal_srcfull, &k) != 0;
 }
 
 enum local_match {
@@ -250,6 +288,7 @@ static __always_inline int divert_syn(struct __sk_buff *skb, struct packet *p, s
 	__u32 ifindex = skb->ingress_ifindex;
 	struct divert_info info = {};
 	struct iface_state *iface;
+	struct admission *adm;
 
 	/* A SYN with FIN or RST: the proxy's listener would drop it, the
 	 * server decides what it means. */
@@ -291,10 +330,28 @@ static __always_inline int divert_syn(struct __sk_buff *skb, struct packet *p, s
 		COUNT(syn_bypass_no_listener);
 		return 0;
 	}
-	if (proxy_full()) {
+	adm = admission();
+	/* Data in a SYN is answered before the handshake proves the source
+	 * (cookie-less fast open): only from --fastopen-from. Elsewhere the
+	 * server answers it as it would without pepsal. The prefixes are looked
+	 * up only for a SYN with data, the only one they concern. */
+	if (p->payload) {
+		if (fastopen_trusted(p)) {
+			info.flags = DIVERT_TRUSTED;
+		} else if (adm && adm->syn_data_check) {
+			COUNT(syn_data_untrusted);
+			return 0;
+		}
+	}
+	if (adm && adm->full) {
 		/* Past --max-conns (until the low-water mark): forwarded unsplit,
 		 * like a dead daemon, rather than accepted and then reset. */
 		COUNT(syn_bypass_full);
+		return 0;
+	}
+	if (source_full(p)) {
+		/* This client holds --max-conns-per-client: the others keep room. */
+		COUNT(syn_bypass_source);
 		return 0;
 	}
 	info.tos = p->tos;
@@ -317,7 +374,6 @@ static __always_inline void new_syn(struct __sk_buff *skb, struct packet *p, str
 	if (!divert_syn(skb, p, cfg))
 		bpf_map_delete_elem(&pepsal_diverted, &p->key);
 }
-
 
 /* The classifier never drops or redirects: it only marks what goes to the
  * proxy's sockets (TC_ACT_UNSPEC in every case). */

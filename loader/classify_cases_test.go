@@ -66,6 +66,8 @@ func TestClassify(t *testing.T) {
 		flowCases(t, e, f)
 		synCases(t, e, f)
 		synPolicyCases(t, e, f)
+		synDataCases(t, e, f)
+		sourceLimitCases(t, e, f)
 		hostileCases(t, e, f)
 		icmpCases(t, e, f)
 	}

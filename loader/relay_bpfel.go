@@ -54,6 +54,10 @@ type relayCounters struct {
 	TuneInitCwnd         uint64
 	TuneInitRwnd         uint64
 	TuneFailed           uint64
+	SynDataUntrusted     uint64
+	SynBypassSource      uint64
+	TuneIwDeferred       uint64
+	TuneIwLate           uint64
 }
 
 type relayRelayDir struct {

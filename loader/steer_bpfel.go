@@ -67,12 +67,16 @@ type steerCounters struct {
 	TuneInitCwnd         uint64
 	TuneInitRwnd         uint64
 	TuneFailed           uint64
+	SynDataUntrusted     uint64
+	SynBypassSource      uint64
+	TuneIwDeferred       uint64
+	TuneIwLate           uint64
 }
 
 type steerDivertInfo struct {
 	_     structs.HostLayout
 	Tos   uint32
-	Pad   uint32
+	Flags uint32
 	SynNs uint64
 }
 

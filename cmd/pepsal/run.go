@@ -37,6 +37,7 @@ type runFlags struct {
 	deny           []string
 	metricsAddr    string
 	maxConns       string
+	perClient      string
 	controlGroup   string
 }
 
@@ -68,6 +69,7 @@ func runCmdInto(e *env, f *runFlags) *cobra.Command {
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
 	fl.StringVar(&f.controlGroup, "control-group", "", "members of group `NAME|GID` may ask the daemon (pepsal conns) besides root (default: root only)")
 	registerMaxConns(fl, &f.maxConns)
+	registerMaxConnsPerClient(fl, &f.perClient)
 	return cmd
 }
 
@@ -75,10 +77,11 @@ func runCmdInto(e *env, f *runFlags) *cobra.Command {
 // the daemon's options, and the connection limit asked (0: auto), which is
 // settled against the host once it may be touched.
 type runPlan struct {
-	cfg   loader.Config
-	opts  daemon.Options
-	asked int
-	fwd   forwardPlan
+	cfg       loader.Config
+	opts      daemon.Options
+	asked     int
+	fwd       forwardPlan
+	perClient int // --max-conns-per-client as parsePerClient reads it
 }
 
 func run(cmd *cobra.Command, e *env, f *runFlags) error {
@@ -102,6 +105,7 @@ func run(cmd *cobra.Command, e *env, f *runFlags) error {
 	cfg, log := p.cfg, p.opts.Log
 	cfg.MapConns = limit.MapConns()
 	p.opts.MaxConns, p.opts.MaxConnsFrom, p.opts.FDBudget = limit.Max, limitFrom(limit), limit.Budget
+	p.opts.MaxConnsPerClient = perClientLimit(p.perClient, limit.Max)
 	p.opts.Attach = func() (*daemon.Kernel, error) { return attachOrOpen(cfg, log) }
 	d, err := daemon.NewDaemon(p.opts)
 	if err != nil {
@@ -141,6 +145,10 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 	if err != nil {
 		return runPlan{}, err
 	}
+	perClient, err := parsePerClient(f.perClient)
+	if err != nil {
+		return runPlan{}, err
+	}
 	group, err := parseControlGroup(f.controlGroup)
 	if err != nil {
 		return runPlan{}, err
@@ -157,7 +165,7 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 	if err != nil {
 		return runPlan{}, err
 	}
-	return runPlan{cfg: cfg, asked: asked, fwd: fwd, opts: daemon.Options{
+	return runPlan{cfg: cfg, asked: asked, fwd: fwd, perClient: perClient, opts: daemon.Options{
 		Tuning:         tun,
 		Relay:          rs.mode,
 		RelayBudget:    rs.budget,

@@ -194,6 +194,10 @@ func printDaemon(w io.Writer, d *report.DaemonInfo) {
 			s.MaxConns, s.LowWater, s.FDLimit, state, s.FullTrips, s.Shortages)
 	}
 	printListen(w, d.Listen)
+	if s.MaxConnsPerClient > 0 {
+		fmt.Fprintf(w, "per client: %d connections (split again below %d): %d client(s) at it now, their new connections forwarded unsplit; reached %d times\n",
+			s.MaxConnsPerClient, s.LowWaterPerClient, s.ClientsAtLimit, s.ClientLimitTrips)
+	}
 	fmt.Fprintf(w, "bytes:     %d to servers, %d to clients (closed connections)", s.BytesToServer, s.BytesToClient)
 	if d.Relay == relay.ModeSockmap.String() {
 		fmt.Fprintf(w, ", %s moved by the kernel", share(s.KernelBytes, s.BytesToServer+s.BytesToClient))

@@ -55,11 +55,14 @@ type Options struct {
 	ControlGroup   ControlGroup         // who besides root may use the control socket
 	MaxConns       int                  // the admission limit
 	MaxConnsFrom   string               // what set it (logged)
-	FDBudget       proxy.FDBudget
-	Peer           PeerOptions
-	Version        string
-	Args           []string // the successor's arguments at an upgrade
-	Log            *slog.Logger
+	// MaxConnsPerClient limits the connections of one client address
+	// (0: none); past it its new connections are forwarded unsplit.
+	MaxConnsPerClient int
+	FDBudget          proxy.FDBudget
+	Peer              PeerOptions
+	Version           string
+	Args              []string // the successor's arguments at an upgrade
+	Log               *slog.Logger
 	// Attach attaches the BPF side or opens the existing attachment. It is
 	// called once the listeners are bound: a taken port changes nothing.
 	Attach func() (*Kernel, error)

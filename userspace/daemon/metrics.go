@@ -37,6 +37,7 @@ type Metrics struct {
 
 	active, accepted, closed, bytes, mover, decisions, fallbacks, fallbacksBy, fallbackLive *prometheus.Desc
 	localFailed, tuningSkipped, denied                                                      *prometheus.Desc
+	clientsAtLimit, clientLimitTrips                                                        *prometheus.Desc
 
 	pool    peerPoolDescs
 	gateway peerGatewayDescs
@@ -96,6 +97,10 @@ func NewMetrics(table *proxy.Table, counters func() ([]loader.Counter, error)) *
 		denied: prometheus.NewDesc("pepsal_connections_denied_total",
 			"Connections reset because the destination policy refused their destination (this host, loopback, link-local, multicast, broadcast, --deny), by reason: nothing was dialed.", []string{"reason"}, nil),
 		listen: newListenDescs(),
+		clientsAtLimit: prometheus.NewDesc("pepsal_clients_at_limit",
+			"Client addresses holding --max-conns-per-client split connections now: their new connections are forwarded unsplit (counted as the syn_bypass_source decision).", nil, nil),
+		clientLimitTrips: prometheus.NewDesc("pepsal_client_limit_trips_total",
+			"Times a client address reached --max-conns-per-client.", nil, nil),
 		pool: peerPoolDescs{
 			size: prometheus.NewDesc("pepsal_peer_pool_size",
 				"Warm connections the terminal keeps to its gateway (--peer-pool).", nil, nil),
@@ -152,7 +157,7 @@ func newListenDescs() listenDescs {
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	p, g := m.pool, m.gateway
-	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbacksBy, m.fallbackLive, m.localFailed, m.tuningSkipped, m.denied,
+	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbacksBy, m.fallbackLive, m.localFailed, m.tuningSkipped, m.denied, m.clientsAtLimit, m.clientLimitTrips,
 		p.size, p.conns, p.refills, p.dialFailures, p.taken, p.recycled, p.dead, p.fallbacks, p.backoff,
 		g.accepted, g.waiting, g.served, g.idleClosed, g.authFailures, g.pacedStarts, g.starting,
 		m.listen.backlog, m.listen.overflows, m.listen.drops, m.listen.cookies} {
@@ -187,6 +192,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.mover, kernel, "kernel")
 	counter(m.mover, s.BytesToServer+s.BytesToClient-kernel, "userspace")
 	counter(m.fallbacks, s.Fallback)
+	gauge(m.clientsAtLimit, float64(s.ClientsAtLimit))
+	counter(m.clientLimitTrips, s.ClientLimitTrips)
 	var split report.SplitStats
 	if m.Split != nil {
 		split = m.Split()

@@ -56,7 +56,7 @@ func (r *run) announce() error {
 		names = append(names, i.Name)
 	}
 	log.Info("serving", "ifaces", strings.Join(names, ","), "relay", r.relay, "listeners", strings.Join(r.addrs, ","), "pin_dir", r.k.PinDir,
-		"max_conns", o.MaxConns, "low_water", r.admission.Low, "max_conns_from", o.MaxConnsFrom, "fd_limit", o.FDBudget.Limit)
+		"max_conns", o.MaxConns, "low_water", r.admission.Low, "max_conns_from", o.MaxConnsFrom, "fd_limit", o.FDBudget.Limit, "max_conns_per_client", o.MaxConnsPerClient)
 
 	in := r.inherited
 	if in == nil {

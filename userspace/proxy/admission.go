@@ -36,6 +36,8 @@ type Admission struct {
 
 	trips, shortages atomic.Uint64
 	lastWarn         atomic.Int64 // unix nanos of the last shortage or write-failure log line
+
+	perClient *perClient // nil: no per-client limit (LimitPerClient); set before the table uses it
 }
 
 // LowWater is where a full table takes new connections again: 10% below

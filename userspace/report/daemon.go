@@ -87,6 +87,13 @@ type Stats struct {
 	FullTrips uint64 `json:"full_trips"`         // times the limit (or a shortage) stopped diverting
 	Shortages uint64 `json:"resource_shortages"` // accepts and dials that ran out of fds, memory or map room
 	FDLimit   uint64 `json:"fd_limit"`
+	// The per-client share (--max-conns-per-client; 0: none): the client
+	// addresses at it now (their new connections go unsplit), and how many
+	// times one reached it.
+	MaxConnsPerClient int    `json:"max_conns_per_client"`
+	LowWaterPerClient int    `json:"low_water_per_client"`
+	ClientsAtLimit    int    `json:"clients_at_limit"`
+	ClientLimitTrips  uint64 `json:"client_limit_trips"`
 }
 
 // Off is a feature pepsal turned off because the kernel cannot give it.
