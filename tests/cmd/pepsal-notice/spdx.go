@@ -10,13 +10,13 @@ import (
 	"strings"
 )
 
-var spdxLine = regexp.MustCompile(`SPDX-License-Identifier: ([^\s*]+)`)
+var spdxLine = regexp.MustCompile(`(?m)SPDX-License-Identifier: (.+?)\s*(?:\*/)?$`)
 
 // spdx is the licence each kind of source file declares in its first lines.
 var spdx = map[string]string{
 	".go": "Apache-2.0",
-	".c":  "GPL-2.0-only",
-	".h":  "GPL-2.0-only",
+	".c":  "(GPL-2.0-only OR BSD-2-Clause)",
+	".h":  "(GPL-2.0-only OR BSD-2-Clause)",
 }
 
 // checkSPDX finds the source files under root whose first lines do not
@@ -55,7 +55,7 @@ func checkSPDX(root string) error {
 		return fmt.Errorf("walk %s: %w", root, err)
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("%d source files lack their SPDX-License-Identifier line (.go: Apache-2.0, bpf: GPL-2.0-only), first %s", len(missing), missing[0])
+		return fmt.Errorf("%d source files lack their SPDX-License-Identifier line (.go: Apache-2.0; bpf: GPL-2.0-only OR BSD-2-Clause), first %s", len(missing), missing[0])
 	}
 	return nil
 }
