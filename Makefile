@@ -14,7 +14,7 @@ SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 DOCDIR     ?= $(PREFIX)/share/doc/pepsal
 
-.PHONY: build generate unit fuzz fuzz-short lint test test-kernels bench demo deps check-root check-go clean install
+.PHONY: build generate unit fuzz fuzz-short lint notice test test-kernels bench demo deps check-root check-go clean install
 
 build: check-go
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/pepsal ./cmd/pepsal
@@ -63,6 +63,12 @@ STATICCHECK := $(CURDIR)/bin/tools/staticcheck-$(STATICCHECK_VERSION)
 lint: check-go $(STATICCHECK)
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
+	$(GO) run ./tests/cmd/pepsal-notice --check
+
+# NOTICE: the licences of the modules linked into pepsal (a new or updated
+# dependency changes it; lint and the unit tests say when it is stale).
+notice: check-go
+	$(GO) run ./tests/cmd/pepsal-notice
 
 $(STATICCHECK):
 	GOBIN=$(CURDIR)/bin/tools $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
