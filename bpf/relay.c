@@ -54,7 +54,7 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct relay_dir);
-} pepsal_relay_dirs SEC(".maps");
+} pepsal_relaydir SEC(".maps");
 
 /* Bytes of a direction that userspace has written to the peer (its only
  * writer is userspace, so it lives apart from the BPF-written counters). */
@@ -64,7 +64,7 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, __u64);
-} pepsal_relay_user SEC(".maps");
+} pepsal_relayusr SEC(".maps");
 
 /* Data bytes that ever entered the peer's TCP send queue: those its remote
  * acknowledged plus those still queued. bytes_acked counts sequence space, so
@@ -167,10 +167,10 @@ static __always_inline int pass(struct relay_dir *d, __u32 len)
 }
 
 SEC("sk_skb/verdict")
-int pepsal_relay_verdict(struct __sk_buff *skb)
+int pepsal_verdict(struct __sk_buff *skb)
 {
 	__u64 cookie = bpf_get_socket_cookie(skb);
-	struct relay_dir *d = bpf_map_lookup_elem(&pepsal_relay_dirs, &cookie);
+	struct relay_dir *d = bpf_map_lookup_elem(&pepsal_relaydir, &cookie);
 	__u64 *user, user_bytes = 0;
 	__s64 queued, backlog;
 
@@ -187,7 +187,7 @@ int pepsal_relay_verdict(struct __sk_buff *skb)
 	}
 	if (cut_overlap(skb, d, cookie) < 0)
 		return SK_DROP;
-	user = bpf_map_lookup_elem(&pepsal_relay_user, &cookie);
+	user = bpf_map_lookup_elem(&pepsal_relayusr, &cookie);
 	if (user)
 		user_bytes = *user;
 

@@ -13,7 +13,7 @@ type Attachment struct {
 	Dir   string
 	maps  classifyMaps
 	relay relayMaps
-	admMu sync.Mutex // pepsal_admission is read, changed and written whole
+	admMu sync.Mutex // pepsal_admit is read, changed and written whole
 }
 
 // Close releases the handle; the attachment itself stays (it is pinned).

@@ -214,7 +214,7 @@ func TestRelayVerdictNeedsASocket(t *testing.T) {
 	}
 	relay := loadForTest(t, relaySpec, maps)
 	pkt := pkt{src: clientV4, dst: serverV4, sport: 40000, dport: 80, flags: tcpACK}.bytes()
-	_, err = relay.Programs["pepsal_relay_verdict"].Run(&ebpf.RunOptions{Data: pkt})
+	_, err = relay.Programs["pepsal_verdict"].Run(&ebpf.RunOptions{Data: pkt})
 	if err == nil {
 		t.Fatal("BPF_PROG_TEST_RUN now runs sk_skb programs: write the relay verdict's unit test (relay_pass_unknown first)")
 	}

@@ -193,7 +193,7 @@ func TestMaxConnsSizesMaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	capacity := 3000 + 2*(min(512, backlog)+1)
-	for name, perConn := range map[string]int{"pepsal_diverted": 2, "pepsal_relay": 2, "pepsal_relay_dirs": 2, "pepsal_relay_user": 2, "pepsal_upstream": 1} {
+	for name, perConn := range map[string]int{"pepsal_diverted": 2, "pepsal_relay": 2, "pepsal_relaydir": 2, "pepsal_relayusr": 2, "pepsal_upstream": 1} {
 		out, err := b.Router.Command("bpftool", "-j", "map", "show", "pinned", fmt.Sprintf("/sys/fs/bpf/pepsal/netns-%d/%s", ino, name)).Output()
 		if err != nil {
 			t.Fatalf("bpftool map show %s: %v", name, err)

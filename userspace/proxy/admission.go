@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Admission keeps the classifier's admission flag (pepsal_admission) in step
+// Admission keeps the classifier's admission flag (pepsal_admit) in step
 // with the connection table: at Max live connections new SYNs are forwarded
 // unsplit, until the count falls below Low (hysteresis, so that a table
 // hovering at the limit does not flip the flag on every connection). The

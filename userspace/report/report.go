@@ -41,7 +41,7 @@ type StatusReport struct {
 type RelayReport struct {
 	Sockets    int `json:"sockets"`
 	Directions int `json:"directions"`
-	UserCounts int `json:"user_counts"` // pepsal_relay_user: one per direction, like directions
+	UserCounts int `json:"user_counts"` // pepsal_relayusr: one per direction, like directions
 }
 
 // RoutingReport is the policy routing that delivers diverted SYNs locally.
