@@ -16,8 +16,8 @@ var perConnMaps = []struct {
 	name    string
 	perConn uint32
 }{
-	{"pepsal_diverted", 2},   // LRU, from the SYN to the accept; 2: room for SYNs whose accept is late
-	{"pepsal_relay", 2},      // both sockets (sockmap relay)
+	{"pepsal_diverted", 2}, // LRU, from the SYN to the accept; 2: room for SYNs whose accept is late
+	{"pepsal_relay", 2},    // both sockets (sockmap relay)
 	{"pepsal_relaydir", 2}, // both directions
 	{"pepsal_relayusr", 2},
 	{"pepsal_upstream", 1}, // the server leg, for sock_ops
