@@ -1,10 +1,14 @@
 package integration
 
 import (
+	"encoding/json"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/pepsal/pepsal/tests/testbed"
 )
 
 // readmeBlock returns the shell block of README.md that follows marker.
@@ -57,6 +61,20 @@ func TestReadmeBpftool(t *testing.T) {
 	for _, field := range []string{`"pid"`, `"version"`, `"syn_diverted"`, `"mark"`} {
 		if !strings.Contains(r.stdout, field) {
 			t.Errorf("no %s field in the dumps: a map without BTF?", field)
+		}
+	}
+}
+
+// TestLogFormatJSON: with --log-format json every line the daemon writes
+// is one JSON object, the serving line among them.
+func TestLogFormatJSON(t *testing.T) {
+	b := newBed(t, defaultSuite())
+	d := b.startPepsal("--iface", testbed.RouterClientIf, "--log-format", "json")
+	waitFor(t, 5*time.Second, "the serving line", func() bool { return strings.Contains(d.Output(), `"msg":"serving"`) })
+	for _, line := range strings.Split(strings.TrimSpace(d.Output()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil || m["level"] == nil || m["time"] == nil {
+			t.Errorf("not a JSON log line (%v): %s", err, line)
 		}
 	}
 }
