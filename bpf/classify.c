@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* tc ingress classifier: decides which packets of an intercepted interface go
  * to the local proxy (by setting the fwmark that policy routing sends to the
  * local table) and which are forwarded untouched. */
@@ -7,7 +7,7 @@
 
 #include <linux/pkt_cls.h>
 
-char __license[] SEC("license") = "GPL";
+char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* The daemon's admission state (struct admission); only the classifier reads it. */
 struct {

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* sk_skb verdict: the kernel-offloaded relay. Each socket of a split
  * connection sits in pepsal_relay; data received on one is redirected to the
  * egress of the other, unless that would break order or the memory budget,
@@ -6,7 +6,7 @@
  * move: its receive window then closes, which slows the sender (backpressure). */
 #include "pepsal.h"
 
-char __license[] SEC("license") = "GPL";
+char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* The fields of the kernel's tcp_sock the relay reads, relocated by CO-RE
  * (bpf_tcp_sock() is not offered to sk_skb programs; bpf_skc_to_tcp_sock is). */

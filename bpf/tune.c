@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* sock_ops: per-leg initial congestion and receive windows, which no socket
  * option can set. Attached to the root cgroup, it sees every TCP socket of
  * the host and touches only pepsal's: accepted sockets of diverted flows
@@ -8,7 +8,7 @@
 
 #include <linux/in.h>
 
-char __license[] SEC("license") = "GPL";
+char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define SOL_TCP 6
 #define TCPHDR_SYN 0x02

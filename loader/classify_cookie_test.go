@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 // The classifier and SYN cookies: when the proxy's listener answers a

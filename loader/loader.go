@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package loader loads, attaches, pins and detaches pepsal's BPF side (the tc
 // classifier, the sk_lookup steering program and their maps) and the policy
 // routing it needs, per network namespace.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 // BPF unit tests of the sk_lookup steering program and the relay verdict,

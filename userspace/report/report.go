@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package report is the JSON schema of `pepsal status --json` and `pepsal
 // conns --json`, in one place: the daemon fills these types, the CLI prints
 // them, the integration tests and the benchmark decode them, so a renamed
