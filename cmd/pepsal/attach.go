@@ -40,7 +40,7 @@ func attach(cmd *cobra.Command, e *env, p *policyFlags, maxConns string) error {
 		return err
 	}
 	// Maps are sized for the daemon's limit; derived here as `run` derives it.
-	limit, err := settleLimit(asked, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
+	limit, err := settleLimit(asked, false, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
 	if err != nil {
 		return err
 	}

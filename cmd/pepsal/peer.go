@@ -128,7 +128,7 @@ func printPeer(w io.Writer, p *report.PeerStats) {
 		for _, r := range report.AuthReasons {
 			refused = append(refused, fmt.Sprintf("%s %d", r, s.Refused[r]))
 		}
-		fmt.Fprintf(w, "warm peers: listening on %s: %d accepted, %d waiting, %d flows served, %d closed idle; refused: %s\n",
-			s.Listen, s.Accepted, s.Waiting, s.Served, s.IdleClosed, strings.Join(refused, ", "))
+		fmt.Fprintf(w, "warm peers: listening on %s: %d accepted, %d waiting (%d authenticating; at most %d, %d authenticating per source), %d flows served, %d closed idle; refused: %s\n",
+			s.Listen, s.Accepted, s.Waiting, s.Authenticating, s.MaxWaiting, s.PerSource, s.Served, s.IdleClosed, strings.Join(refused, ", "))
 	}
 }

@@ -87,7 +87,7 @@ func run(cmd *cobra.Command, e *env, f *runFlags) error {
 	if err := checkHost(e, p.cfg.Ifaces); err != nil {
 		return err
 	}
-	limit, err := settleLimit(p.asked, p.opts.Log)
+	limit, err := settleLimit(p.asked, p.opts.Peer.Listen != "", p.opts.Log)
 	if err != nil {
 		return err
 	}

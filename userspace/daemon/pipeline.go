@@ -75,7 +75,8 @@ func (r *run) startPeers(ctx context.Context) error {
 			}
 		}
 		sp.Accept(g, proxy.Direct{Dialer: sp.Dialer})
-		r.log.Info("accepting warm connections from terminals", "listen", g.Addr().String(), "allow", len(p.Allow))
+		r.log.Info("accepting warm connections from terminals", "listen", g.Addr().String(), "allow", len(p.Allow),
+			"max_waiting", g.Stats().MaxWaiting, "per_source", peer.PerSourceMax)
 	}
 	if p.Gateway != "" {
 		pool := peer.NewPool(p.Gateway, p.Pool, p.Key, sp.Dialer, sp.Log)

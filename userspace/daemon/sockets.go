@@ -201,5 +201,6 @@ func listenGateway(o *Options, in *Inherited) (*peer.Gateway, error) {
 		return nil, err
 	}
 	g.Key, g.Allow = p.Key, p.Allow
+	g.MaxWaiting = o.FDBudget.PeerWaiting(o.MaxConns)
 	return g, nil
 }

@@ -2,8 +2,9 @@
 // link. A terminal keeps a Pool of idle connections to its gateway, greeted
 // and ready, and sends a client's flow over one of them (Warm, a
 // proxy.Upstream in front of fast open); the Gateway accepts them (a
-// proxy.Acceptor), authenticates each connection's one header (the
-// protocol, proto.go) and paces the flows a terminal starts together to a
+// proxy.Acceptor) within its caps, authenticates each connection at once
+// and then its one header (the protocol, proto.go; the reads,
+// gatewayread.go) and paces the flows a terminal starts together to a
 // share of its link (share.go).
 //
 // It builds on proxy: a warm flow is set up and relayed like any other, the

@@ -29,12 +29,19 @@ type PeerPoolStats struct {
 
 // PeerGatewayStats is the gateway's part of `pepsal status`.
 type PeerGatewayStats struct {
-	Listen     string            `json:"listen"`
-	Accepted   uint64            `json:"accepted"`    // connections from terminals
-	Waiting    int64             `json:"waiting"`     // idle, no header yet (a terminal's pool)
-	Served     uint64            `json:"served"`      // headers accepted: client flows relayed
-	IdleClosed uint64            `json:"idle_closed"` // closed by the terminal, or idle past the limit, before a header
-	Refused    map[string]uint64 `json:"auth_failures"`
+	Listen   string `json:"listen"`
+	Accepted uint64 `json:"accepted"` // connections from terminals
+	// Waiting: held before their flows start, authenticating or idle in a
+	// terminal's pool; Authenticating is the part of them not yet
+	// authenticated. MaxWaiting caps Waiting (from the fd budget),
+	// PerSource the authenticating connections of one source.
+	Waiting        int64             `json:"waiting"`
+	Authenticating int64             `json:"authenticating"`
+	MaxWaiting     int               `json:"max_waiting"`
+	PerSource      int               `json:"per_source_max"`
+	Served         uint64            `json:"served"`      // headers accepted: client flows relayed
+	IdleClosed     uint64            `json:"idle_closed"` // closed by the terminal, or idle past the limit, before a header
+	Refused        map[string]uint64 `json:"auth_failures"`
 	// PacedStarts: flows that started with others toward the same terminal
 	// and were paced to a share of its link for their first round trips.
 	PacedStarts uint64 `json:"paced_starts"`
@@ -43,13 +50,20 @@ type PeerGatewayStats struct {
 
 // Reasons a gateway refuses a peer connection, as counted.
 const (
-	AuthGarbage    = "garbage"    // not a header of this protocol
-	AuthReplay     = "replay"     // a header made for another connection
-	AuthBadMAC     = "bad_mac"    // wrong key or altered header
-	AuthIncomplete = "incomplete" // header not complete within the deadline
+	AuthGarbage    = "garbage"    // not a message of this protocol
+	AuthReplay     = "replay"     // an auth or header made for another connection
+	AuthBadMAC     = "bad_mac"    // wrong key or altered message
+	AuthIncomplete = "incomplete" // auth cut short, or header not complete within its deadline
 	AuthNotAllowed = "not_allowed"
-	AuthOverload   = "overload" // too many connections waiting for a header
+	AuthOverload   = "overload"           // as many connections held before their flows as the fd budget allows
+	AuthDeadline   = "auth_deadline"      // not authenticated within seconds of the accept (silent, or slow)
+	AuthClosed     = "closed_before_auth" // closed before authenticating (a port scan, or a terminal of protocol version 1)
+	AuthVersion    = "version"            // an auth message of another protocol version
+	AuthPerSource  = "per_source"         // its source has as many connections authenticating as one may
+	AuthFull       = "full"               // the admission limit (--max-conns) is reached
+	AuthUnknownID  = "unknown_id"         // a key id the gateway does not hold
 )
 
 // AuthReasons lists every reason, for status and metrics.
-var AuthReasons = []string{AuthGarbage, AuthReplay, AuthBadMAC, AuthIncomplete, AuthNotAllowed, AuthOverload}
+var AuthReasons = []string{AuthGarbage, AuthReplay, AuthBadMAC, AuthIncomplete, AuthNotAllowed, AuthOverload,
+	AuthDeadline, AuthClosed, AuthVersion, AuthPerSource, AuthFull, AuthUnknownID}
