@@ -207,6 +207,7 @@ pepsal_peer_gateway_idle_closed_total 5
 # TYPE pepsal_peer_gateway_auth_failures_total counter
 pepsal_peer_gateway_auth_failures_total{reason="auth_deadline"} 0
 pepsal_peer_gateway_auth_failures_total{reason="bad_mac"} 2
+pepsal_peer_gateway_auth_failures_total{reason="client_not_allowed"} 0
 pepsal_peer_gateway_auth_failures_total{reason="closed_before_auth"} 0
 pepsal_peer_gateway_auth_failures_total{reason="full"} 0
 pepsal_peer_gateway_auth_failures_total{reason="garbage"} 0
@@ -215,6 +216,7 @@ pepsal_peer_gateway_auth_failures_total{reason="not_allowed"} 0
 pepsal_peer_gateway_auth_failures_total{reason="overload"} 1
 pepsal_peer_gateway_auth_failures_total{reason="per_source"} 0
 pepsal_peer_gateway_auth_failures_total{reason="replay"} 0
+pepsal_peer_gateway_auth_failures_total{reason="revoked"} 0
 pepsal_peer_gateway_auth_failures_total{reason="unknown_id"} 0
 pepsal_peer_gateway_auth_failures_total{reason="version"} 0
 # HELP pepsal_peer_gateway_paced_starts_total Flows that started with others toward the same terminal and were paced to a share of its link for their first round trips.

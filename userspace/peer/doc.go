@@ -10,7 +10,10 @@
 // It builds on proxy: a warm flow is set up and relayed like any other, the
 // gateway's pacing hooked in through proxy.Flow.OnRelay, so it must not
 // reach into the relays or the connection table. The daemon wires it in;
-// cmd/pepsal reads its key (LoadKey) and the tests speak its protocol
-// (EncodeHeader). Its state lives in its Pool and Gateway values; at
-// package level it has only the protocol's constants and magics.
+// cmd/pepsal reads its keys (LoadKeys: one key, or a key ring of one per
+// terminal, keyring.go; the gateway reads the file again when it changes
+// and closes what a revoked key opened, terminals.go) and the tests speak
+// its protocol (EncodeAuth, EncodeHeader). Its state lives in its Pool and
+// Gateway values; at package level it has only the protocol's constants
+// and magics.
 package peer

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -48,14 +49,14 @@ const (
 // Gateway is the gateway side: a listener for terminals that serves
 // authenticated warm connections.
 type Gateway struct {
-	Key   []byte
-	Allow []netip.Prefix // empty: any source (the key still applies); IPv4-mapped ones are taken as IPv4
+	Allow []netip.Prefix // empty: any source (the keys still apply); IPv4-mapped ones are taken as IPv4
 	// MaxWaiting bounds the connections held before their flows start,
 	// authenticating or idle in a pool: each holds an fd and a goroutine.
 	// The daemon derives it from its fd budget (proxy.FDBudget); 0:
 	// DefaultMaxWaiting.
 	MaxWaiting int
 
+	terms      *terminals // the keys in force (UseKeys)
 	ln         *net.TCPListener
 	stopped    context.Context // done once Close is called: idle warm connections are let go
 	stop       context.CancelFunc
@@ -109,6 +110,13 @@ func newGateway(ln *net.TCPListener) *Gateway {
 	return &Gateway{ln: ln, stopped: stopped, stop: stop, pacing: newPacing(), refused: map[string]uint64{}, sources: map[netip.Addr]int{}}
 }
 
+// UseKeys sets the terminals' keys, loaded from file (LoadKeys). The
+// gateway reads file again whenever it changes (every keyCheckEvery),
+// until Serve returns; file "" keeps keys for good (tests).
+func (g *Gateway) UseKeys(keys *Keys, file string, log *slog.Logger) {
+	g.terms = newTerminals(keys, file, keys.stamp, log)
+}
+
 // Port is the listener's port (for sock_ops, which tunes its sockets).
 func (g *Gateway) Port() uint16 { return sockopt.AddrPort(g.ln.Addr()).Port() }
 
@@ -145,6 +153,9 @@ func (g *Gateway) Stats() report.PeerGatewayStats {
 		s.Refused[r] = g.refused[r]
 	}
 	g.mu.Unlock()
+	if g.terms != nil {
+		g.terms.stats(&s)
+	}
 	return s
 }
 
@@ -170,13 +181,19 @@ func (g *Gateway) allowed(a netip.Addr) bool {
 	return false
 }
 
-// refuse resets a peer connection without dialing anything, and counts why.
-func (g *Gateway) refuse(in proxy.Intake, conn *net.TCPConn, reason string, err error) {
+// refuse resets a peer connection without dialing anything, and counts
+// why, also under its terminal's id once the id was read (tk not nil).
+func (g *Gateway) refuse(in proxy.Intake, conn *net.TCPConn, tk *TerminalKey, reason string, err error) {
 	sockopt.Reset(conn)
 	g.mu.Lock()
 	g.refused[reason]++
 	g.mu.Unlock()
-	in.Warn("peer connection refused", "from", conn.RemoteAddr(), "reason", reason, "err", err)
+	args := []any{"from", conn.RemoteAddr(), "reason", reason, "err", err}
+	if tk != nil {
+		g.terms.count(tk.ID, reason, false)
+		args = append(args, "key_id", tk.ID)
+	}
+	in.Warn("peer connection refused", args...)
 }
 
 // sourceKey is what PerSourceMax counts by: an IPv4 address, or the /64 of
@@ -239,11 +256,18 @@ func (g *Gateway) release() {
 // Acceptor: each authentic header's flow goes to in). A connection refused
 // at accept costs nothing after its reset.
 func (g *Gateway) Serve(ctx context.Context, in proxy.Intake) {
+	if g.terms == nil {
+		g.terms = newTerminals(&Keys{byID: map[string]*TerminalKey{}}, "", fileStamp{}, slog.Default()) // no key: every auth is refused
+	}
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() { g.terms.watchKeys(watchCtx); close(watched) }()
+	defer func() { stopWatch(); <-watched }()
 	in.AcceptEach(g.ln, "peer", func(conn *net.TCPConn) {
 		g.accepted.Add(1)
 		src := sockopt.AddrPort(conn.RemoteAddr()).Addr()
 		if reason, err := g.admit(in.Full(), src); err != nil {
-			g.refuse(in, conn, reason, err)
+			g.refuse(in, conn, nil, reason, err)
 			return
 		}
 		in.Go(func() { g.serve(ctx, in, conn, src) })
@@ -261,47 +285,69 @@ func (g *Gateway) serve(ctx context.Context, in proxy.Intake, conn *net.TCPConn,
 		}
 	}()
 	w := watchConn(ctx, g.stopped, conn)
-	h, key, err := g.authenticate(conn, w)
+	h, tk, err := g.authenticate(conn, w)
 	g.authenticated(src)
 	if err != nil {
 		w.stop()
-		g.authFailed(in, conn, w, err)
+		g.authFailed(in, conn, w, tk, err)
 		return
 	}
-	data, drained, err := readHeader(conn, w)
-	w.stop()
-	_ = conn.SetDeadline(time.Time{})
-	if err != nil {
-		var ae *authError
-		switch {
-		case errors.As(err, &ae):
-			g.refuse(in, conn, ae.reason, err)
-		case len(data) == 0:
-			// The terminal recycled it, or it sat idle past the limit, or
-			// we are stopping: not an attack, nothing to count as one.
-			g.idleClosed.Add(1)
-			sockopt.Reset(conn)
-		default:
-			g.refuse(in, conn, report.AuthIncomplete, err)
-		}
+	data, drained, ok := g.waitHeader(in, conn, w, tk)
+	if !ok {
 		return
 	}
-	hdr, err := decodeHeader(key, h, data)
+	hdr, err := decodeHeader(tk.Key, h, data)
+	if err == nil && !tk.AllowsClient(hdr.Client.Addr()) {
+		err = &authError{report.AuthClientDeny, fmt.Sprintf("client %v is not in the clients= of key id %q", hdr.Client.Addr(), tk.ID)}
+	}
 	if err != nil {
 		var ae *authError
 		errors.As(err, &ae)
-		g.refuse(in, conn, ae.reason, err)
+		g.refuse(in, conn, tk, ae.reason, err)
 		return
 	}
 	held = false
 	g.release()
 	g.served.Add(1)
+	g.terms.count(tk.ID, "", false)
 	g.relay(ctx, in, conn, hdr, data[HeaderLen:], drained)
 }
 
+// waitHeader holds an authenticated connection in tk's pool until its
+// header comes (ok), or it ends: closed idle, refused, or cut because tk
+// was revoked.
+func (g *Gateway) waitHeader(in proxy.Intake, conn *net.TCPConn, w *watch, tk *TerminalKey) (data []byte, drained, ok bool) {
+	if !g.terms.pool(tk, w) {
+		w.revoke() // revoked while it authenticated
+	}
+	data, drained, err := readHeader(conn, w)
+	g.terms.unpool(tk, w)
+	w.stop()
+	_ = conn.SetDeadline(time.Time{})
+	var ae *authError
+	switch {
+	case err == nil:
+		return data, drained, true
+	case w.wasRevoked():
+		g.terms.count(tk.ID, "", true)
+		g.refuse(in, conn, nil, report.AuthRevoked, fmt.Errorf("pooled connection of key id %q closed: its key was removed or changed", tk.ID))
+	case errors.As(err, &ae):
+		g.refuse(in, conn, tk, ae.reason, err)
+	case len(data) == 0:
+		// The terminal recycled it, or it sat idle past the limit, or
+		// we are stopping: not an attack, nothing to count as one.
+		g.idleClosed.Add(1)
+		sockopt.Reset(conn)
+	default:
+		g.refuse(in, conn, tk, report.AuthIncomplete, err)
+	}
+	return nil, false, false
+}
+
 // authFailed ends a connection that did not authenticate: refused under
-// its reason, or, cut because the daemon stops, closed idle.
-func (g *Gateway) authFailed(in proxy.Intake, conn *net.TCPConn, w *watch, err error) {
+// its reason (and its id, tk, once read), or, cut because the daemon stops,
+// closed idle.
+func (g *Gateway) authFailed(in proxy.Intake, conn *net.TCPConn, w *watch, tk *TerminalKey, err error) {
 	if w.wasCut() {
 		g.idleClosed.Add(1)
 		sockopt.Reset(conn)
@@ -311,7 +357,7 @@ func (g *Gateway) authFailed(in proxy.Intake, conn *net.TCPConn, w *watch, err e
 	if !errors.As(err, &ae) {
 		ae = &authError{report.AuthClosed, err.Error()}
 	}
-	g.refuse(in, conn, ae.reason, err)
+	g.refuse(in, conn, tk, ae.reason, err)
 }
 
 // relay sets up the flow an authentic header asks for, with the warm

@@ -46,13 +46,13 @@ type gatewayBed struct {
 	up stubUpstream
 }
 
-func newGatewayBed(f *testing.F) *gatewayBed {
+func newGatewayBed(f testing.TB, keys *Keys, file string) *gatewayBed {
 	g, err := Listen("127.0.0.1:0", tuning.Tuning{})
 	if err != nil {
 		f.Fatal(err)
 	}
-	g.Key = testKey
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	g.UseKeys(keys, file, log)
 	b := &gatewayBed{g: g, p: proxy.NewPipeline(nil, proxy.Config{Log: log}), up: stubUpstream{make(chan proxy.Flow, 2)}}
 	b.p.Accept(g, b.up)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -222,7 +222,7 @@ func gatewayVerdict(h hello, payload []byte, authed bool) (reason string, idle b
 // its destination may be dialed, with the header's addresses and only the
 // bytes after it.
 func FuzzGatewayConn(f *testing.F) {
-	b := newGatewayBed(f)
+	b := newGatewayBed(f, SingleKey(testKey), "")
 	var anyHello hello
 	encode := func(dst, cli string, tos uint8) []byte {
 		hb, err := header{ToS: tos, Dst: netip.MustParseAddrPort(dst), Client: netip.MustParseAddrPort(cli)}.encode(testKey, anyHello)

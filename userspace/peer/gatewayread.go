@@ -23,7 +23,7 @@ import (
 // message, all within authTimeout of the accept, into a buffer of one auth
 // message; it welcomes an authentic terminal and returns the hello (the
 // header is checked against it) and the terminal's key.
-func (g *Gateway) authenticate(conn *net.TCPConn, w *watch) (hello, []byte, error) {
+func (g *Gateway) authenticate(conn *net.TCPConn, w *watch) (hello, *TerminalKey, error) {
 	w.deadline(time.Now().Add(authTimeout))
 	defer w.deadline(time.Time{})
 	h, err := newHello()
@@ -41,26 +41,18 @@ func (g *Gateway) authenticate(conn *net.TCPConn, w *watch) (hello, []byte, erro
 	if err != nil {
 		return h, nil, err
 	}
-	key, err := g.keyOf(id)
+	tk, err := g.terms.lookup(id)
+	if err == nil {
+		err = checkAuth(tk.Key, h, b[:])
+	}
 	if err != nil {
-		return h, nil, err
+		return h, &TerminalKey{ID: id}, err // the id, to count the refusal under
 	}
-	if err := checkAuth(key, h, b[:]); err != nil {
-		return h, nil, err
-	}
-	wl := welcome(key, h, b[:])
+	wl := welcome(tk.Key, h, b[:])
 	if _, err := conn.Write(wl[:]); err != nil {
-		return h, nil, &authError{report.AuthClosed, fmt.Sprintf("welcome not sent: %v", err)}
+		return h, tk, &authError{report.AuthClosed, fmt.Sprintf("welcome not sent: %v", err)}
 	}
-	return h, key, nil
-}
-
-// keyOf is the key of a terminal's key id.
-func (g *Gateway) keyOf(id string) ([]byte, error) {
-	if id != "" {
-		return nil, &authError{report.AuthUnknownID, fmt.Sprintf("key id %q: this gateway holds one key, of no id", id)}
-	}
-	return g.Key, nil
+	return h, tk, nil
 }
 
 // readAuth reads a whole auth message into b, refusing at once what cannot
@@ -90,10 +82,11 @@ func readAuth(conn *net.TCPConn, b []byte) error {
 // (ctx or the gateway's own stop); a deadline set after the cut does not
 // undo it.
 type watch struct {
-	conn  *net.TCPConn
-	mu    sync.Mutex
-	cut   bool
-	stops [2]func() bool
+	conn    *net.TCPConn
+	mu      sync.Mutex
+	cut     bool
+	revoked bool // cut because its terminal's key was revoked or changed
+	stops   [2]func() bool
 }
 
 func watchConn(ctx, stopped context.Context, conn *net.TCPConn) *watch {
@@ -112,6 +105,20 @@ func watchConn(ctx, stopped context.Context, conn *net.TCPConn) *watch {
 func (w *watch) stop() {
 	w.stops[0]()
 	w.stops[1]()
+}
+
+// revoke cuts the connection: its terminal's key is no longer in force.
+func (w *watch) revoke() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.cut, w.revoked = true, true
+	_ = w.conn.SetDeadline(time.Now())
+}
+
+func (w *watch) wasRevoked() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.revoked
 }
 
 func (w *watch) wasCut() bool {

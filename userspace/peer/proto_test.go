@@ -115,8 +115,8 @@ func TestLoadPeerKey(t *testing.T) {
 		return p
 	}
 	good := write("good", bytes.Repeat([]byte{1}, 32), 0o600)
-	if k, err := LoadKey(good); err != nil || len(k) != 32 {
-		t.Fatalf("good key: %d bytes, %v", len(k), err)
+	if k, err := LoadKeys(good); err != nil || k.Ring || len(k.Lookup("").Key) != 32 {
+		t.Fatalf("good key: %+v, %v", k, err)
 	}
 	for _, c := range []struct{ path, want string }{
 		{"", "required"},
@@ -126,7 +126,7 @@ func TestLoadPeerKey(t *testing.T) {
 		{write("group", bytes.Repeat([]byte{1}, 32), 0o640), "group or others"},
 		{dir, "not a regular file"},
 	} {
-		_, err := LoadKey(c.path)
+		_, err := LoadKeys(c.path)
 		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%q: %v, want one line with %q", c.path, err, c.want)
 		}

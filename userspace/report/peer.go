@@ -46,6 +46,28 @@ type PeerGatewayStats struct {
 	// and were paced to a share of its link for their first round trips.
 	PacedStarts uint64 `json:"paced_starts"`
 	Starting    int    `json:"starting"` // flows in their first round trips now
+	// The key file, read again when it changes: reloads that took, and
+	// that failed (the keys before stay in force; KeyError says why, until
+	// the next reload that takes).
+	KeyReloads        uint64 `json:"key_reloads"`
+	KeyReloadFailures uint64 `json:"key_reload_failures"`
+	KeyError          string `json:"key_error,omitempty"`
+	// Terminals: with a key ring, each id of the key file, and those
+	// revoked since the start.
+	Terminals []PeerTerminalStats `json:"terminals,omitempty"`
+}
+
+// PeerTerminalStats is one terminal of a gateway's key ring.
+type PeerTerminalStats struct {
+	ID      string   `json:"id"`
+	Revoked bool     `json:"revoked,omitempty"` // removed from the key file
+	Clients []string `json:"clients,omitempty"` // the client prefixes it may name; none: any
+	Pooled  int      `json:"pooled"`            // authenticated, waiting for a header
+	Served  uint64   `json:"served"`
+	// RevokedClosed: pooled connections closed when its key was removed
+	// or changed.
+	RevokedClosed uint64            `json:"revoked_closed"`
+	Refused       map[string]uint64 `json:"auth_failures"` // of its connections, once its id was read
 }
 
 // Reasons a gateway refuses a peer connection, as counted.
@@ -61,9 +83,11 @@ const (
 	AuthVersion    = "version"            // an auth message of another protocol version
 	AuthPerSource  = "per_source"         // its source has as many connections authenticating as one may
 	AuthFull       = "full"               // the admission limit (--max-conns) is reached
-	AuthUnknownID  = "unknown_id"         // a key id the gateway does not hold
+	AuthUnknownID  = "unknown_id"         // a key id the key file never held
+	AuthRevoked    = "revoked"            // a key id removed from the key file
+	AuthClientDeny = "client_not_allowed" // a header naming a client outside its terminal's clients=
 )
 
 // AuthReasons lists every reason, for status and metrics.
 var AuthReasons = []string{AuthGarbage, AuthReplay, AuthBadMAC, AuthIncomplete, AuthNotAllowed, AuthOverload,
-	AuthDeadline, AuthClosed, AuthVersion, AuthPerSource, AuthFull, AuthUnknownID}
+	AuthDeadline, AuthClosed, AuthVersion, AuthPerSource, AuthFull, AuthUnknownID, AuthRevoked, AuthClientDeny}
