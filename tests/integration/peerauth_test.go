@@ -308,3 +308,52 @@ func parseVmRSS(status string) int64 {
 	}
 	return 0
 }
+
+// TestPeerGatewayFull: the gateway's admission limit (--max-conns) holds
+// warm flows too. Once its table is full of warm flows it takes no new warm
+// connection (full), and the terminal's flows still work (fast open,
+// unsplit at the gateway); once the flows end the pool fills again.
+func TestPeerGatewayFull(t *testing.T) {
+	const pool = 2
+	topo := newPeerTopo(t)
+	key := writeKey(t, testKey(), 0o600)
+	startPeerGateway(t, defaultSuite(), topo, key, "--max-conns", "2")
+	startPeerTerminal(t, defaultSuite(), topo, key, pool)
+	waitPeer(t, topo.Terminal, "pool full", func(p report.PeerStats) bool { return p.Pool.Idle == pool })
+	addr := hostPort(testbed.TPServerV4, 7500)
+	peerServer(t, topo.Server, addr)
+	// Three held flows: the pool's refill after the third (at least)
+	// meets a full table.
+	var held []*net.TCPConn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range 3 {
+		c := mustDial(t, topo.Client, addr)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if line, err := readLine(c); err != nil || line != testbed.TPClientV4 && line != testbed.GatewayServerV4 {
+			t.Fatalf("held flow: %q, %v", line, err)
+		}
+		held = append(held, c)
+	}
+	waitPeer(t, topo.Gateway, "new warm connections refused at the limit", func(p report.PeerStats) bool {
+		return p.Gateway.Refused[report.AuthFull] > 0
+	})
+	for range 3 {
+		peerSeen(t, topo.Client, addr) // at the limit: intact, whichever path
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	// The pool backs off while refused: give it its longest backoff.
+	deadline := time.Now().Add(60 * time.Second)
+	for p := peerStatus(t, topo.Terminal).Daemon.Peer.Pool; p.Idle != pool; p = peerStatus(t, topo.Terminal).Daemon.Peer.Pool {
+		if time.Now().After(deadline) {
+			t.Fatalf("the pool never filled again after the limit: %+v", p)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
