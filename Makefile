@@ -41,7 +41,7 @@ unit: check-go
 # `make test`, for FUZZTIME_SHORT each (about 40 s in all once built; the
 # first build instruments every package, a few minutes). An input that
 # fails is written to the package's testdata/fuzz: commit it with the fix.
-FUZZ_TARGETS ?= ./userspace/peer:FuzzPeerHeaderRoundTrip ./userspace/peer:FuzzPeerDecodeHeader \
+FUZZ_TARGETS ?= ./userspace/peer:FuzzPeerHeaderRoundTrip ./userspace/peer:FuzzPeerDecodeHeader ./userspace/peer:FuzzPeerAuth ./userspace/peer:FuzzParseKeys \
 	./userspace/peer:FuzzGatewayConn ./userspace/daemon:FuzzControlRequest ./userspace/report:FuzzExchange \
 	./cmd/pepsal:FuzzParsePorts ./cmd/pepsal:FuzzParsePrefix ./cmd/pepsal:FuzzParseSize
 FUZZTIME       ?= 10m

@@ -53,7 +53,7 @@ func attach(cmd *cobra.Command, e *env, p *policyFlags, f *forwardFlags, maxConn
 		return err
 	}
 	// Maps are sized for the daemon's limit; derived here as `run` derives it.
-	limit, err := settleLimit(asked, log)
+	limit, err := settleLimit(asked, false, log)
 	if err != nil {
 		return err
 	}

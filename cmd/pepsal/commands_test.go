@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -127,6 +128,38 @@ func TestBadFlagsStopBeforeTheHost(t *testing.T) {
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			oneLine(t, pepsal(t, untouchable(t), c.args...), c.want)
+		})
+	}
+}
+
+// TestPeerKeyFileErrors: a bad key ring, or a terminal given a ring of
+// more than its own key, stops run in one line that names --peer-key, the
+// file and the line at fault, before anything touches the host.
+func TestPeerKeyFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	key := strings.Repeat("k", 32)
+	write := func(name, data string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	dup := write("dup", "site-a "+key+"\nsite-a "+key+"\n")
+	short := write("short", "# ring\nsite-a short\n")
+	badClients := write("clients", "site-a "+key+" clients=10.0.0.0/33\n")
+	two := write("two", "site-a "+key+"\nsite-b "+key+"\n")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--peer-listen", ":7700", "--peer-key", dup}, "--peer-key " + dup + ": line 2: id site-a is on line 1 already"},
+		{[]string{"--peer-listen", ":7700", "--peer-key", short}, "--peer-key " + short + ": line 2: the key of site-a is 5 bytes, want at least 32"},
+		{[]string{"--peer-listen", ":7700", "--peer-key", badClients}, `line 1: site-a: bad clients= prefix "10.0.0.0/33"`},
+		{[]string{"--peer", "192.0.2.1:7700", "--peer-key", two}, "--peer-key " + two + " holds 2 keys: a terminal's key file holds its own, one `ID KEY` line"},
+	} {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			oneLine(t, pepsal(t, untouchable(t), append([]string{"run"}, c.args...)...), c.want)
 		})
 	}
 }

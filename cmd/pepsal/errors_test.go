@@ -58,7 +58,7 @@ func TestFlagNamesInErrors(t *testing.T) {
 	// The domain's own texts.
 	var role tuning.Role
 	rawRole := role.UnmarshalText([]byte("satellite"))
-	_, rawKey := peer.LoadKey("")
+	_, rawKey := peer.LoadKeys("")
 	for _, e := range []error{rawRole, rawKey, peerErr, tuning.Leg{MSS: 5}.Validate("client"), tuning.Leg{KeepAlive: 1}.Validate("client")} {
 		if e == nil || strings.Contains(e.Error(), "--") {
 			t.Errorf("domain error %q: want one, without a flag name", e)

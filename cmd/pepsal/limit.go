@@ -61,9 +61,10 @@ func parseMaxConns(s string) (int, error) {
 }
 
 // settleLimit raises RLIMIT_NOFILE and settles the connection limit of
-// --max-conns (asked; 0: auto) against the host (proxy.SettleLimit).
-func settleLimit(asked int, log *slog.Logger) (proxy.Limit, error) {
-	l, err := proxy.SettleLimit(asked, log)
+// --max-conns (asked; 0: auto) against the host (proxy.SettleLimit), with
+// a gateway's peer port (--peer-listen) in the budget.
+func settleLimit(asked int, peerPort bool, log *slog.Logger) (proxy.Limit, error) {
+	l, err := proxy.SettleLimit(asked, peerPort, log)
 	return l, limitErr(err)
 }
 

@@ -30,7 +30,7 @@ func (p *peerFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&p.listen, "peer-listen", "", "gateway: accept warm connections from terminal pepsals on ADDR:PORT (firewall it to your terminals)")
 	f.StringVar(&p.gateway, "peer", "", "terminal: keep warm connections open to the gateway pepsal at ADDR:PORT")
-	f.StringVar(&p.keyFile, "peer-key", "", "file holding the pre-shared key of the warm paths (at least 32 random bytes, mode 600)")
+	f.StringVar(&p.keyFile, "peer-key", "", "file of the warm paths' keys, mode 600: one shared key (at least 32 random bytes), or `ID KEY [clients=PREFIX,...]` lines, one per terminal (a terminal's: its own line); a gateway reads it again when it changes")
 	f.IntVar(&p.pool, "peer-pool", peer.DefaultPool, "terminal: idle warm connections kept open to the gateway")
 	f.StringArrayVar(&p.allow, "peer-allow", nil, "gateway: accept warm connections only from this prefix (repeatable; default: any, the key still applies)")
 }
@@ -76,7 +76,7 @@ func (p *peerFlags) config(cmd *cobra.Command) (daemon.PeerOptions, error) {
 		}
 		s.Allow = append(s.Allow, pfx.Masked())
 	}
-	key, err := peer.LoadKey(p.keyFile)
+	keys, err := peer.LoadKeys(p.keyFile)
 	var ke *peer.KeyError
 	switch {
 	case errors.Is(err, peer.ErrNoKey):
@@ -86,7 +86,10 @@ func (p *peerFlags) config(cmd *cobra.Command) (daemon.PeerOptions, error) {
 	case err != nil:
 		return s, err
 	}
-	s.Key = key
+	if _, err := keys.Own(); err != nil && p.gateway != "" {
+		return s, fmt.Errorf("--peer-key %s %w", p.keyFile, err)
+	}
+	s.Keys, s.KeyFile = keys, p.keyFile
 	return s, nil
 }
 
@@ -130,7 +133,39 @@ func printPeer(w io.Writer, p *report.PeerStats) {
 		for _, r := range report.AuthReasons {
 			refused = append(refused, fmt.Sprintf("%s %d", r, s.Refused[r]))
 		}
-		fmt.Fprintf(w, "warm peers: listening on %s: %d accepted, %d waiting, %d flows served, %d closed idle; refused: %s\n",
-			s.Listen, s.Accepted, s.Waiting, s.Served, s.IdleClosed, strings.Join(refused, ", "))
+		fmt.Fprintf(w, "warm peers: listening on %s: %d accepted, %d waiting (%d authenticating; at most %d, %d authenticating per source), %d flows served, %d closed idle; refused: %s\n",
+			s.Listen, s.Accepted, s.Waiting, s.Authenticating, s.MaxWaiting, s.PerSource, s.Served, s.IdleClosed, strings.Join(refused, ", "))
+		printTerminals(w, s)
+	}
+}
+
+// printTerminals writes the key file's lines of `pepsal status`: its
+// reloads, and each terminal of a key ring.
+func printTerminals(w io.Writer, s *report.PeerGatewayStats) {
+	if s.KeyReloads+s.KeyReloadFailures > 0 {
+		fmt.Fprintf(w, "warm peer keys: reloaded %d times, %d failed\n", s.KeyReloads, s.KeyReloadFailures)
+	}
+	if s.KeyError != "" {
+		fmt.Fprintf(w, "warm peer keys: the key file does not load, the keys before stay in force: %s\n", s.KeyError)
+	}
+	for _, t := range s.Terminals {
+		state, clients := "", "any client"
+		if t.Revoked {
+			state = " (revoked)"
+		}
+		if len(t.Clients) > 0 {
+			clients = "clients " + strings.Join(t.Clients, ",")
+		}
+		var refused []string
+		for _, r := range report.AuthReasons {
+			if n := t.Refused[r]; n > 0 {
+				refused = append(refused, fmt.Sprintf("%s %d", r, n))
+			}
+		}
+		if len(refused) == 0 {
+			refused = []string{"none"}
+		}
+		fmt.Fprintf(w, "warm peer %s%s: %s; %d pooled, %d flows served, %d pooled closed at revocation; refused: %s\n",
+			t.ID, state, clients, t.Pooled, t.Served, t.RevokedClosed, strings.Join(refused, ", "))
 	}
 }

@@ -102,7 +102,7 @@ func run(cmd *cobra.Command, e *env, f *runFlags) error {
 		return err
 	}
 	p.opts.ServerMark = p.fwd.serverMark
-	limit, err := settleLimit(p.asked, p.opts.Log)
+	limit, err := settleLimit(p.asked, p.opts.Peer.Listen != "", p.opts.Log)
 	if err != nil {
 		return err
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -20,7 +19,6 @@ import (
 	"github.com/pepsal/pepsal/tests/kmatrix"
 	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
-	"github.com/pepsal/pepsal/userspace/peer"
 	"github.com/pepsal/pepsal/userspace/report"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -434,121 +432,6 @@ func testPeerFallback(t *testing.T, cfg suite) {
 		t.Errorf("burst of 8 over a pool of 2: pool %+v, want >= 2 taken, the rest counted as empty-pool fallbacks", p)
 	}
 	waitPeer(t, topo.Terminal, "refilled after the burst", func(p report.PeerStats) bool { return p.Pool.Idle == 2 })
-}
-
-// peerClient speaks the protocol by hand from the terminal's namespace.
-func peerClient(t *testing.T, topo *testbed.TwoPEP) (*net.TCPConn, []byte) {
-	t.Helper()
-	c, err := dial(topo.Terminal, peerGatewayAddr, 5*time.Second)
-	if err != nil {
-		t.Fatalf("dial the gateway's peer port: %v", err)
-	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	hello := make([]byte, peer.HelloLen)
-	if _, err := io.ReadFull(c, hello); err != nil {
-		t.Fatalf("read hello: %v", err)
-	}
-	return c, hello
-}
-
-// closedByGateway tells whether the gateway reset or closed c without a byte.
-func closedByGateway(c *net.TCPConn, within time.Duration) error {
-	c.SetReadDeadline(time.Now().Add(within))
-	n, err := c.Read(make([]byte, 1))
-	if n == 0 && (err == io.EOF || isReset(err)) {
-		return nil
-	}
-	return fmt.Errorf("read %d bytes, %v: not closed", n, err)
-}
-
-// TestPeerAuth: the gateway's peer port is no open proxy. Wrong key,
-// replayed header, garbage, a header that never completes and a terminal
-// not allowed are closed without dialing anything (the server sees only the
-// one legitimate connection) and counted by reason.
-func TestPeerAuth(t *testing.T) {
-	topo := newPeerTopo(t)
-	key := writeKey(t, testKey(), 0o600)
-	var seen atomic.Int32
-	serve(t, topo.Server, hostPort(testbed.TPServerV4, 7400), func(c *net.TCPConn) {
-		seen.Add(1)
-		io.Copy(c, c)
-	})
-	startPeerGateway(t, defaultSuite(), topo, key)
-	dst := netip.MustParseAddrPort(hostPort(testbed.TPServerV4, 7400))
-	cli := netip.MustParseAddrPort(hostPort(testbed.TPClientV4, 40000))
-
-	// A legitimate header, captured, works once.
-	c, hello := peerClient(t, topo)
-	hdr, err := peer.EncodeHeader(testKey(), hello, dst, cli, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Write(append(append([]byte{}, hdr...), "echo me"...))
-	got := make([]byte, 7)
-	if _, err := io.ReadFull(c, got); err != nil || string(got) != "echo me" {
-		t.Fatalf("legitimate header: echo %q, %v", got, err)
-	}
-	c.Close()
-
-	// Replayed on a new connection.
-	c, _ = peerClient(t, topo)
-	c.Write(hdr)
-	if err := closedByGateway(c, 10*time.Second); err != nil {
-		t.Errorf("replayed header: %v", err)
-	}
-	// Wrong key.
-	c, hello = peerClient(t, topo)
-	bad, _ := peer.EncodeHeader(bytes.Repeat([]byte("wrong key"), 4), hello, dst, cli, 0)
-	c.Write(bad)
-	if err := closedByGateway(c, 10*time.Second); err != nil {
-		t.Errorf("wrong key: %v", err)
-	}
-	// Garbage.
-	c, _ = peerClient(t, topo)
-	c.Write([]byte("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"))
-	if err := closedByGateway(c, 10*time.Second); err != nil {
-		t.Errorf("garbage: %v", err)
-	}
-	// A header that never completes: closed after the header timeout.
-	c, hello = peerClient(t, topo)
-	good, _ := peer.EncodeHeader(testKey(), hello, dst, cli, 0)
-	c.Write(good[:40])
-	if err := closedByGateway(c, 15*time.Second); err != nil {
-		t.Errorf("incomplete header: %v", err)
-	}
-	s := peerStatus(t, topo.Gateway).Daemon.Peer.Gateway
-	for reason, want := range map[string]uint64{report.AuthReplay: 1, report.AuthBadMAC: 1, report.AuthGarbage: 1, report.AuthIncomplete: 1} {
-		if s.Refused[reason] != want {
-			t.Errorf("refused[%s] = %d, want %d (%+v)", reason, s.Refused[reason], want, s.Refused)
-		}
-	}
-	if s.Served != 1 {
-		t.Errorf("served %d, want 1", s.Served)
-	}
-	if n := seen.Load(); n != 1 {
-		t.Errorf("the server saw %d connections, want only the legitimate one", n)
-	}
-}
-
-// TestPeerNotAllowed: a terminal outside --peer-allow is reset at accept,
-// before any hello, and counted.
-func TestPeerNotAllowed(t *testing.T) {
-	topo := newPeerTopo(t)
-	key := writeKey(t, testKey(), 0o600)
-	startPeerGateway(t, defaultSuite(), topo, key, "--peer-allow", "192.0.2.0/24", "--peer-allow", "fd00:99::/64")
-	c, err := dial(topo.Terminal, peerGatewayAddr, 5*time.Second)
-	if err == nil { // the reset may beat the dial's return
-		err = closedByGateway(c, 10*time.Second)
-		c.Close()
-	} else if isReset(err) {
-		err = nil
-	}
-	if err != nil {
-		t.Errorf("terminal not allowed: %v", err)
-	}
-	if s := peerStatus(t, topo.Gateway).Daemon.Peer.Gateway; s.Refused[report.AuthNotAllowed] != 1 || s.Served != 0 {
-		t.Errorf("gateway %+v: want one refused as not_allowed", s)
-	}
 }
 
 // TestPeerBadCLI: bad warm-path options stop `pepsal run` with one line,

@@ -35,7 +35,8 @@ type PeerOptions struct {
 	Allow   []netip.Prefix // gateway: accepted sources; empty: any
 	Gateway string         // terminal: the gateway's ADDR:PORT; "": not a terminal
 	Pool    int            // terminal: idle warm connections kept
-	Key     []byte         // pre-shared key of both
+	Keys    *peer.Keys     // gateway: the terminals' keys; terminal: its own (Keys.Own)
+	KeyFile string         // where Keys came from: a gateway reads it again when it changes
 }
 
 // Options are a daemon's settings, checked by the caller (the CLI names its

@@ -127,7 +127,7 @@ func NewMetrics(table *proxy.Table, counters func() ([]loader.Counter, error)) *
 			accepted: prometheus.NewDesc("pepsal_peer_gateway_accepted_total",
 				"Warm connections the gateway accepted from terminals.", nil, nil),
 			waiting: prometheus.NewDesc("pepsal_peer_gateway_waiting",
-				"Warm connections idle at the gateway now, no header yet (the terminals' pools).", nil, nil),
+				"Warm connections held at the gateway now before their flows: authenticating, or idle in the terminals' pools.", nil, nil),
 			served: prometheus.NewDesc("pepsal_peer_gateway_served_total",
 				"Headers the gateway accepted on warm connections: client flows relayed.", nil, nil),
 			idleClosed: prometheus.NewDesc("pepsal_peer_gateway_idle_closed_total",

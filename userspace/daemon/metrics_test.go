@@ -196,7 +196,7 @@ pepsal_peer_pool_backoff_seconds 2.5
 # HELP pepsal_peer_gateway_accepted_total Warm connections the gateway accepted from terminals.
 # TYPE pepsal_peer_gateway_accepted_total counter
 pepsal_peer_gateway_accepted_total 50
-# HELP pepsal_peer_gateway_waiting Warm connections idle at the gateway now, no header yet (the terminals' pools).
+# HELP pepsal_peer_gateway_waiting Warm connections held at the gateway now before their flows: authenticating, or idle in the terminals' pools.
 # TYPE pepsal_peer_gateway_waiting gauge
 pepsal_peer_gateway_waiting 9
 # HELP pepsal_peer_gateway_served_total Headers the gateway accepted on warm connections: client flows relayed.
@@ -207,12 +207,20 @@ pepsal_peer_gateway_served_total 33
 pepsal_peer_gateway_idle_closed_total 5
 # HELP pepsal_peer_gateway_auth_failures_total Warm connections the gateway refused, by reason.
 # TYPE pepsal_peer_gateway_auth_failures_total counter
+pepsal_peer_gateway_auth_failures_total{reason="auth_deadline"} 0
 pepsal_peer_gateway_auth_failures_total{reason="bad_mac"} 2
+pepsal_peer_gateway_auth_failures_total{reason="client_not_allowed"} 0
+pepsal_peer_gateway_auth_failures_total{reason="closed_before_auth"} 0
+pepsal_peer_gateway_auth_failures_total{reason="full"} 0
 pepsal_peer_gateway_auth_failures_total{reason="garbage"} 0
 pepsal_peer_gateway_auth_failures_total{reason="incomplete"} 0
 pepsal_peer_gateway_auth_failures_total{reason="not_allowed"} 0
 pepsal_peer_gateway_auth_failures_total{reason="overload"} 1
+pepsal_peer_gateway_auth_failures_total{reason="per_source"} 0
 pepsal_peer_gateway_auth_failures_total{reason="replay"} 0
+pepsal_peer_gateway_auth_failures_total{reason="revoked"} 0
+pepsal_peer_gateway_auth_failures_total{reason="unknown_id"} 0
+pepsal_peer_gateway_auth_failures_total{reason="version"} 0
 # HELP pepsal_peer_gateway_paced_starts_total Flows that started with others toward the same terminal and were paced to a share of its link for their first round trips.
 # TYPE pepsal_peer_gateway_paced_starts_total counter
 pepsal_peer_gateway_paced_starts_total 12

@@ -4,6 +4,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 
@@ -87,14 +88,20 @@ func (r *run) startPeers(ctx context.Context) error {
 			}
 		}
 		sp.Accept(g, proxy.Direct{Dialer: sp.Dialer})
-		r.log.Info("accepting warm connections from terminals", "listen", g.Addr().String(), "allow", len(p.Allow))
+		r.log.Info("accepting warm connections from terminals", "listen", g.Addr().String(), "allow", len(p.Allow), "keys", len(p.Keys.IDs()),
+			"max_waiting", g.Stats().MaxWaiting, "per_source", peer.PerSourceMax)
 	}
 	if p.Gateway != "" {
-		pool := peer.NewPool(p.Gateway, p.Pool, p.Key, sp.Dialer, sp.Log)
+		own, err := p.Keys.Own()
+		if err != nil {
+			return fmt.Errorf("peer key: %w", err)
+		}
+		pool := peer.NewPool(p.Gateway, p.Pool, own.Key, sp.Dialer, sp.Log)
+		pool.ID = own.ID
 		r.pool = pool
 		go pool.Run(ctx)
 		sp.Upstream = peer.Warm{Pool: pool, Fallback: sp.Upstream}
-		r.log.Info("keeping warm connections to the gateway", "gateway", p.Gateway, "pool", p.Pool)
+		r.log.Info("keeping warm connections to the gateway", "gateway", p.Gateway, "pool", p.Pool, "key_id", own.ID)
 	}
 	return nil
 }

@@ -202,6 +202,8 @@ func listenGateway(o *Options, in *Inherited) (*peer.Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.Key, g.Allow = p.Key, p.Allow
+	g.Allow = p.Allow
+	g.UseKeys(p.Keys, p.KeyFile, o.Log)
+	g.MaxWaiting = o.FDBudget.PeerWaiting(o.MaxConns)
 	return g, nil
 }

@@ -6,7 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -21,7 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Timing of the gateway side of warm paths.
+// Timing and limits of the gateway side of warm paths.
 const (
 	// MaxAge is how long a terminal keeps an idle warm connection
 	// (minus up to a fifth, jitter, so that a pool filled at once is not
@@ -30,29 +30,45 @@ const (
 	// idleLimit: a connection idle longer than the terminal would keep
 	// it is a dead or misbehaving terminal's; the gateway closes it.
 	idleLimit = MaxAge + time.Minute
+	// authTimeout: a new connection must be authenticated within this of
+	// its accept. A terminal sends its auth as soon as the hello arrives,
+	// one round trip (600 ms over a geostationary link): the rest is room
+	// for a lost segment or two.
+	authTimeout = 5 * time.Second
 	// headerTimeout: once its first byte arrived, a header must be
 	// complete within this (a terminal sends it in one write).
 	headerTimeout = 5 * time.Second
-	// maxPending bounds the connections waiting for a header: each holds
-	// an fd and a goroutine, and nobody can make the gateway hold more.
-	maxPending = 4096
+	// PerSourceMax bounds the connections one source (an IPv4 address, an
+	// IPv6 /64) may have authenticating at once: a terminal dials at most
+	// maxDialing at once, a few terminals may share an address, and one
+	// host cannot hold the port's slots for longer than authTimeout.
+	PerSourceMax = 4 * maxDialing
+	// DefaultMaxWaiting bounds the connections held before their flows
+	// (authenticating or pooled) when the daemon sets no MaxWaiting.
+	DefaultMaxWaiting = 4096
 )
 
 // Gateway is the gateway side: a listener for terminals that serves
 // authenticated warm connections.
 type Gateway struct {
-	Key   []byte
-	Allow []netip.Prefix // empty: any source (the key still applies); IPv4-mapped ones are taken as IPv4
+	Allow []netip.Prefix // empty: any source (the keys still apply); IPv4-mapped ones are taken as IPv4
+	// MaxWaiting bounds the connections held before their flows start,
+	// authenticating or idle in a pool: each holds an fd and a goroutine.
+	// The daemon derives it from its fd budget (proxy.FDBudget); 0:
+	// DefaultMaxWaiting.
+	MaxWaiting int
 
+	terms      *terminals // the keys in force (UseKeys)
 	ln         *net.TCPListener
 	stopped    context.Context // done once Close is called: idle warm connections are let go
 	stop       context.CancelFunc
-	pending    atomic.Int64 // accepted, no header yet
-	handedOver atomic.Bool  // a new daemon took the listener over (HandedOver)
-	pacing     *pacing      // flows of a terminal that start together share its link
+	handedOver atomic.Bool // a new daemon took the listener over (HandedOver)
+	pacing     *pacing     // flows of a terminal that start together share its link
 
 	accepted, served, idleClosed atomic.Uint64
 	mu                           sync.Mutex
+	waiting, authenticating      int                // held: authenticating or pooled; of them authenticating
+	sources                      map[netip.Addr]int // authenticating, by sourceKey
 	refused                      map[string]uint64
 }
 
@@ -93,7 +109,14 @@ func GatewayOn(ln *net.TCPListener, t tuning.Tuning) (*Gateway, error) {
 
 func newGateway(ln *net.TCPListener) *Gateway {
 	stopped, stop := context.WithCancel(context.Background())
-	return &Gateway{ln: ln, stopped: stopped, stop: stop, pacing: newPacing(), refused: map[string]uint64{}}
+	return &Gateway{ln: ln, stopped: stopped, stop: stop, pacing: newPacing(), refused: map[string]uint64{}, sources: map[netip.Addr]int{}}
+}
+
+// UseKeys sets the terminals' keys, loaded from file (LoadKeys). The
+// gateway reads file again whenever it changes (every keyCheckEvery),
+// until Serve returns; file "" keeps keys for good (tests).
+func (g *Gateway) UseKeys(keys *Keys, file string, log *slog.Logger) {
+	g.terms = newTerminals(keys, file, keys.stamp, log)
 }
 
 // Port is the listener's port (for sock_ops, which tunes its sockets).
@@ -124,14 +147,25 @@ func (g *Gateway) Listener() *net.TCPListener { return g.ln }
 
 // Stats reads the counters.
 func (g *Gateway) Stats() report.PeerGatewayStats {
-	s := report.PeerGatewayStats{Listen: g.ln.Addr().String(), Accepted: g.accepted.Load(), Waiting: g.pending.Load(),
+	s := report.PeerGatewayStats{Listen: g.ln.Addr().String(), Accepted: g.accepted.Load(), MaxWaiting: g.maxWaiting(), PerSource: PerSourceMax,
 		Served: g.served.Load(), IdleClosed: g.idleClosed.Load(), Refused: map[string]uint64{}, PacedStarts: g.pacing.paced.Load(), Starting: g.pacing.starting()}
 	g.mu.Lock()
+	s.Waiting, s.Authenticating = int64(g.waiting), int64(g.authenticating)
 	for _, r := range report.AuthReasons {
 		s.Refused[r] = g.refused[r]
 	}
 	g.mu.Unlock()
+	if g.terms != nil {
+		g.terms.stats(&s)
+	}
 	return s
+}
+
+func (g *Gateway) maxWaiting() int {
+	if g.MaxWaiting > 0 {
+		return g.MaxWaiting
+	}
+	return DefaultMaxWaiting
 }
 
 // allowed says whether a terminal at a may connect. Both sides are
@@ -149,122 +183,183 @@ func (g *Gateway) allowed(a netip.Addr) bool {
 	return false
 }
 
-// refuse resets a peer connection without dialing anything, and counts why.
-func (g *Gateway) refuse(in proxy.Intake, conn *net.TCPConn, reason string, err error) {
+// refuse resets a peer connection without dialing anything, and counts
+// why, also under its terminal's id once the id was read (tk not nil).
+func (g *Gateway) refuse(in proxy.Intake, conn *net.TCPConn, tk *TerminalKey, reason string, err error) {
 	sockopt.Reset(conn)
 	g.mu.Lock()
 	g.refused[reason]++
 	g.mu.Unlock()
-	in.Warn("peer connection refused", "from", conn.RemoteAddr(), "reason", reason, "err", err)
+	args := []any{"from", conn.RemoteAddr(), "reason", reason, "err", err}
+	if tk != nil {
+		g.terms.count(tk.ID, reason, false)
+		args = append(args, "key_id", tk.ID)
+	}
+	in.Warn("peer connection refused", args...)
+}
+
+// sourceKey is what PerSourceMax counts by: an IPv4 address, or the /64 of
+// an IPv6 one (a host usually holds a whole /64).
+func sourceKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
+}
+
+// admit decides at accept, before any byte is sent or any goroutine
+// started, whether a new connection from src may authenticate: its source
+// allowed, the admission limit not reached (full: reached), room under MaxWaiting and
+// under its source's PerSourceMax. Admitted, it is counted as held and
+// authenticating until release and authenticated.
+func (g *Gateway) admit(full bool, src netip.Addr) (reason string, err error) {
+	if !g.allowed(src) {
+		return report.AuthNotAllowed, errors.New("source not in the allowed prefixes")
+	}
+	if full {
+		return report.AuthFull, errors.New("the connection limit (--max-conns) is reached: terminals use fast open meanwhile")
+	}
+	key := sourceKey(src)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if limit := g.maxWaiting(); g.waiting >= limit {
+		return report.AuthOverload, fmt.Errorf("%d connections already held before their flows, the most the fd budget allows", limit)
+	}
+	if g.sources[key] >= PerSourceMax {
+		return report.AuthPerSource, fmt.Errorf("%d connections of this source already authenticating", PerSourceMax)
+	}
+	g.sources[key]++
+	g.waiting++
+	g.authenticating++
+	return "", nil
+}
+
+// authenticated ends a connection's authenticating phase (either way).
+func (g *Gateway) authenticated(src netip.Addr) {
+	key := sourceKey(src)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.authenticating--
+	if g.sources[key]--; g.sources[key] <= 0 {
+		delete(g.sources, key)
+	}
+}
+
+// release ends a connection's hold: its flow starts, or it is closed.
+func (g *Gateway) release() {
+	g.mu.Lock()
+	g.waiting--
+	g.mu.Unlock()
 }
 
 // Serve accepts terminals' connections until the listener closes (an
-// Acceptor: each authentic header's flow goes to in).
+// Acceptor: each authentic header's flow goes to in). A connection refused
+// at accept costs nothing after its reset.
 func (g *Gateway) Serve(ctx context.Context, in proxy.Intake) {
+	if g.terms == nil {
+		g.terms = newTerminals(&Keys{byID: map[string]*TerminalKey{}}, "", fileStamp{}, slog.Default()) // no key: every auth is refused
+	}
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() { g.terms.watchKeys(watchCtx); close(watched) }()
+	defer func() { stopWatch(); <-watched }()
 	in.AcceptEach(g.ln, "peer", func(conn *net.TCPConn) {
 		g.accepted.Add(1)
-		if !g.allowed(sockopt.AddrPort(conn.RemoteAddr()).Addr()) {
-			g.refuse(in, conn, report.AuthNotAllowed, errors.New("source not in the allowed prefixes"))
+		src := sockopt.AddrPort(conn.RemoteAddr()).Addr()
+		if reason, err := g.admit(in.Full(), src); err != nil {
+			g.refuse(in, conn, nil, reason, err)
 			return
 		}
-		if g.pending.Add(1) > maxPending {
-			g.pending.Add(-1)
-			g.refuse(in, conn, report.AuthOverload, fmt.Errorf("%d connections already wait for a header", maxPending))
-			return
-		}
-		in.Go(func() { g.serve(ctx, in, conn) })
+		in.Go(func() { g.serve(ctx, in, conn, src) })
 	})
 }
 
-// serve serves one warm connection: hello, wait (idle) for the header,
-// check it, dial the destination, relay. Until the header is accepted
-// nothing is dialed.
-func (g *Gateway) serve(ctx context.Context, in proxy.Intake, conn *net.TCPConn) {
-	waiting := true
+// serve serves one warm connection: hello and auth (within authTimeout),
+// wait (idle) for the header, check it, dial the destination, relay.
+// Until the header is accepted nothing is dialed.
+func (g *Gateway) serve(ctx context.Context, in proxy.Intake, conn *net.TCPConn, src netip.Addr) {
+	held := true
 	defer func() {
-		if waiting {
-			g.pending.Add(-1)
+		if held {
+			g.release()
 		}
 	}()
-	// Stopping: a connection still waiting for its header is dropped at
-	// once (the terminal's pool forgets it), not drained.
-	cut := func() { _ = conn.SetDeadline(time.Now()) }
-	stop1, stop2 := context.AfterFunc(ctx, cut), context.AfterFunc(g.stopped, cut)
-	stop := func() { stop1(); stop2() }
-	h, err := newHello()
-	if err == nil {
-		_, err = conn.Write(h[:])
-	}
+	w := watchConn(ctx, g.stopped, conn)
+	h, tk, err := g.authenticate(conn, w)
+	g.authenticated(src)
 	if err != nil {
-		stop()
-		sockopt.Reset(conn)
+		w.stop()
+		g.authFailed(in, conn, w, tk, err)
 		return
 	}
-	data, drained, err := readHeader(conn)
-	stop()
-	_ = conn.SetDeadline(time.Time{})
-	if err != nil {
-		var ae *authError
-		switch {
-		case errors.As(err, &ae):
-			g.refuse(in, conn, ae.reason, err)
-		case len(data) == 0:
-			// The terminal recycled it, or it sat idle past the limit, or
-			// we are stopping: not an attack, nothing to count as one.
-			g.idleClosed.Add(1)
-			sockopt.Reset(conn)
-		default:
-			g.refuse(in, conn, report.AuthIncomplete, err)
-		}
+	data, drained, ok := g.waitHeader(in, conn, w, tk)
+	if !ok {
 		return
 	}
-	hdr, err := decodeHeader(g.Key, h, data)
+	hdr, err := decodeHeader(tk.Key, h, data)
+	if err == nil && !tk.AllowsClient(hdr.Client.Addr()) {
+		err = &authError{report.AuthClientDeny, fmt.Sprintf("client %v is not in the clients= of key id %q", hdr.Client.Addr(), tk.ID)}
+	}
 	if err != nil {
 		var ae *authError
 		errors.As(err, &ae)
-		g.refuse(in, conn, ae.reason, err)
+		g.refuse(in, conn, tk, ae.reason, err)
 		return
 	}
-	g.pending.Add(-1)
-	waiting = false
+	held = false
+	g.release()
 	g.served.Add(1)
+	g.terms.count(tk.ID, "", false)
 	g.relay(ctx, in, conn, hdr, data[HeaderLen:], drained)
 }
 
-// readHeader reads until a whole header is in: the first byte may take up to
-// idleLimit (the connection waits in a terminal's pool), the rest at most
-// headerTimeout. It then reads on without waiting until a read comes back
-// short, so that no skb is left half read (see firstBytes); drained is false
-// when it stopped at the bound instead.
-func readHeader(conn *net.TCPConn) (data []byte, drained bool, err error) {
-	const bound = 1 << 20
-	buf := make([]byte, 64<<10)
-	_ = conn.SetReadDeadline(time.Now().Add(idleLimit))
-	defer conn.SetReadDeadline(time.Time{})
-	for {
-		n, rerr := conn.Read(buf)
-		if n > 0 && len(data) == 0 {
-			_ = conn.SetReadDeadline(time.Now().Add(headerTimeout))
-		}
-		data = append(data, buf[:n]...)
-		if len(data) >= 4 && [4]byte(data[:4]) != headerMagic {
-			return data, true, &authError{report.AuthGarbage, "bad magic"}
-		}
-		if rerr != nil {
-			if len(data) > 0 && (sockopt.IsTimeout(rerr) || errors.Is(rerr, io.EOF)) {
-				return data, true, &authError{report.AuthIncomplete, fmt.Sprintf("%d of %d header bytes, then %v", len(data), HeaderLen, rerr)}
-			}
-			return data, true, rerr
-		}
-		if len(data) >= HeaderLen && n < len(buf) {
-			return data, true, nil
-		}
-		if len(data) >= HeaderLen {
-			// A full read: more may be queued. Read it without waiting,
-			// until a short read.
-			return proxy.ReadQueued(conn, data, bound)
-		}
+// waitHeader holds an authenticated connection in tk's pool until its
+// header comes (ok), or it ends: closed idle, refused, or cut because tk
+// was revoked.
+func (g *Gateway) waitHeader(in proxy.Intake, conn *net.TCPConn, w *watch, tk *TerminalKey) (data []byte, drained, ok bool) {
+	if !g.terms.pool(tk, w) {
+		w.revoke() // revoked while it authenticated
 	}
+	data, drained, err := readHeader(conn, w)
+	g.terms.unpool(tk, w)
+	w.stop()
+	_ = conn.SetDeadline(time.Time{})
+	var ae *authError
+	switch {
+	case err == nil:
+		return data, drained, true
+	case w.wasRevoked():
+		g.terms.count(tk.ID, "", true)
+		g.refuse(in, conn, nil, report.AuthRevoked, fmt.Errorf("pooled connection of key id %q closed: its key was removed or changed", tk.ID))
+	case errors.As(err, &ae):
+		g.refuse(in, conn, tk, ae.reason, err)
+	case len(data) == 0:
+		// The terminal recycled it, or it sat idle past the limit, or
+		// we are stopping: not an attack, nothing to count as one.
+		g.idleClosed.Add(1)
+		sockopt.Reset(conn)
+	default:
+		g.refuse(in, conn, tk, report.AuthIncomplete, err)
+	}
+	return nil, false, false
+}
+
+// authFailed ends a connection that did not authenticate: refused under
+// its reason (and its id, tk, once read), or, cut because the daemon stops,
+// closed idle.
+func (g *Gateway) authFailed(in proxy.Intake, conn *net.TCPConn, w *watch, tk *TerminalKey, err error) {
+	if w.wasCut() {
+		g.idleClosed.Add(1)
+		sockopt.Reset(conn)
+		return
+	}
+	var ae *authError
+	if !errors.As(err, &ae) {
+		ae = &authError{report.AuthClosed, err.Error()}
+	}
+	g.refuse(in, conn, tk, ae.reason, err)
 }
 
 // relay sets up the flow an authentic header asks for, with the warm
@@ -281,7 +376,7 @@ func (g *Gateway) relay(ctx context.Context, in proxy.Intake, warm *net.TCPConn,
 		ToS:        uint32(hdr.ToS),
 		First:      rest,
 		PartlyRead: !drained,
-		ClientRead: HeaderLen, // the header was read from the warm connection, not relayed
+		ClientRead: AuthLen + HeaderLen, // the auth and the header were read from the warm connection, not relayed
 		OnRelay:    g.pacing.join,
 	})
 }

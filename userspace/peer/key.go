@@ -26,34 +26,33 @@ type KeyError struct {
 func (e *KeyError) Error() string { return "peer key" + e.Detail }
 func (e *KeyError) Unwrap() error { return e.Err }
 
-// maxKeyFile bounds what LoadKey reads: a key file is a few dozen bytes.
-const maxKeyFile = 4095
+// maxKeyFile bounds what a key file may hold: a key is a few dozen bytes,
+// a key ring a line of about a hundred per terminal.
+const maxKeyFile = 1 << 20
 
-// LoadKey reads the pre-shared key of the warm paths: at least 32 bytes,
-// in a regular file owned by root or the daemon's user that nobody else
-// can read or write (a key others can read is no secret, and a terminal
-// holding it may make the gateway dial anywhere). The path's last
-// component must not be a symbolic link: whoever can change the link
-// would pick the key.
-func LoadKey(path string) ([]byte, error) {
+// readKeyFile reads a --peer-key file: a regular file owned by root or
+// the daemon's user that nobody else can read or write (a key others can
+// read is no secret, and a terminal holding it may make the gateway dial
+// anywhere). The path's last component must not be a symbolic link:
+// whoever can change the link would pick the key. It returns the file's
+// stamp too, which tells a later version of it (watchKeys).
+func readKeyFile(path string) ([]byte, fileStamp, error) {
 	if path == "" {
-		return nil, ErrNoKey
+		return nil, fileStamp{}, ErrNoKey
 	}
-	f, err := openKey(path)
+	f, st, err := openKey(path)
 	if err != nil {
-		return nil, err
+		return nil, fileStamp{}, err
 	}
 	defer f.Close()
-	key, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
+	data, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
 	switch {
 	case err != nil:
-		return nil, keyErr(err, " %s: %v", path, err)
-	case len(key) > maxKeyFile:
-		return nil, keyErr(nil, " %s is larger than %d bytes: not a key file", path, maxKeyFile)
-	case len(key) < minKeyLen:
-		return nil, keyErr(nil, " %s holds %d bytes, want at least %d random bytes (head -c 32 /dev/urandom > %s)", path, len(key), minKeyLen, path)
+		return nil, fileStamp{}, keyErr(err, " %s: %v", path, err)
+	case len(data) > maxKeyFile:
+		return nil, fileStamp{}, keyErr(nil, " %s is larger than %d bytes: not a key file", path, maxKeyFile)
 	}
-	return key, nil
+	return data, stampOf(st), nil
 }
 
 func keyErr(err error, format string, args ...any) error {
@@ -64,29 +63,49 @@ func keyErr(err error, format string, args ...any) error {
 // can be swapped between the check and the read). A FIFO, a device or a
 // socket is refused before it is opened, and the open itself neither waits
 // for a FIFO's writer (O_NONBLOCK) nor follows a symbolic link (O_NOFOLLOW).
-func openKey(path string) (*os.File, error) {
+func openKey(path string) (*os.File, *unix.Stat_t, error) {
 	if st, err := os.Lstat(path); err == nil && st.Mode()&fs.ModeSymlink == 0 && !st.Mode().IsRegular() {
-		return nil, keyErr(nil, " %s is not a regular file", path)
+		return nil, nil, keyErr(nil, " %s is not a regular file", path)
 	}
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ELOOP) {
-		return nil, keyErr(err, " %s is a symbolic link: give the key file itself", path)
+		return nil, nil, keyErr(err, " %s is a symbolic link: give the key file itself", path)
 	}
 	if err != nil {
 		err = &fs.PathError{Op: "open", Path: path, Err: err}
-		return nil, keyErr(err, ": %v", err)
+		return nil, nil, keyErr(err, ": %v", err)
 	}
 	f := os.NewFile(uintptr(fd), path)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		f.Close()
-		return nil, keyErr(err, " %s: fstat: %v", path, err)
+		return nil, nil, keyErr(err, " %s: fstat: %v", path, err)
 	}
 	if err := checkKeyStat(path, &st); err != nil {
 		f.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	return f, nil
+	return f, &st, nil
+}
+
+// fileStamp tells one version of a key file from another: a file replaced
+// (rename) has another inode, one edited in place another size or times.
+type fileStamp struct {
+	dev, ino, size uint64
+	mtime, ctime   unix.Timespec
+}
+
+func stampOf(st *unix.Stat_t) fileStamp {
+	return fileStamp{dev: st.Dev, ino: st.Ino, size: uint64(st.Size), mtime: st.Mtim, ctime: st.Ctim}
+}
+
+// statKey is the stamp of the key file now, without opening it.
+func statKey(path string) (fileStamp, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return fileStamp{}, err
+	}
+	return stampOf(&st), nil
 }
 
 // checkKeyStat refuses a key file that is not a regular file, belongs to

@@ -26,12 +26,12 @@ func writeKey(t *testing.T, dir, name string, perm os.FileMode) string {
 	return p
 }
 
-// refusedKey checks that LoadKey refuses path in one line holding want.
+// refusedKey checks that LoadKeys refuses path in one line holding want.
 func refusedKey(t *testing.T, path, want string) {
 	t.Helper()
-	k, err := LoadKey(path)
+	k, err := LoadKeys(path)
 	if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
-		t.Errorf("%s: %d bytes, %v; want one line with %q", path, len(k), err, want)
+		t.Errorf("%s: %+v, %v; want one line with %q", path, k, err, want)
 	}
 }
 
@@ -44,7 +44,7 @@ func TestLoadPeerKeyFIFO(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := LoadKey(fifo)
+		_, err := LoadKeys(fifo)
 		done <- err
 	}()
 	select {
@@ -53,7 +53,7 @@ func TestLoadPeerKeyFIFO(t *testing.T) {
 			t.Errorf("FIFO: %v, want not a regular file", err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Error("LoadKey still waits on a FIFO after 5s")
+		t.Error("LoadKeys still waits on a FIFO after 5s")
 		// Release it: a writer that opens and closes is an empty key.
 		if fd, err := unix.Open(fifo, unix.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
 			unix.Close(fd)
@@ -81,7 +81,7 @@ func TestLoadPeerKeyOwner(t *testing.T) {
 		t.Skip("chown to another user needs root")
 	}
 	k := writeKey(t, t.TempDir(), "key", 0o600)
-	if _, err := LoadKey(k); err != nil {
+	if _, err := LoadKeys(k); err != nil {
 		t.Fatalf("root's key: %v", err)
 	}
 	if err := os.Chown(k, 65534, 65534); err != nil {
@@ -94,7 +94,7 @@ func TestLoadPeerKeyOwner(t *testing.T) {
 func TestLoadPeerKeyModes(t *testing.T) {
 	dir := t.TempDir()
 	for _, perm := range []os.FileMode{0o400, 0o600} {
-		if _, err := LoadKey(writeKey(t, dir, perm.String(), perm)); err != nil {
+		if _, err := LoadKeys(writeKey(t, dir, perm.String(), perm)); err != nil {
 			t.Errorf("mode %#o: %v", perm, err)
 		}
 	}

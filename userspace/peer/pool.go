@@ -36,6 +36,11 @@ const (
 	backoffMax = 30 * time.Second
 )
 
+// maxDialing bounds the pool's dials in flight: a gateway lets one source
+// authenticate PerSourceMax connections at once, and a large pool must not
+// be refused for filling up in one go.
+const maxDialing = 16
+
 // warmConn is an idle connection to the gateway, hello received.
 type warmConn struct {
 	conn    *net.TCPConn
@@ -48,6 +53,7 @@ type warmConn struct {
 type Pool struct {
 	Size    int
 	Key     []byte
+	ID      string // the key's id ("": the one key of a single-key file)
 	gateway string
 	// dial opens one connection to the gateway and returns it with the
 	// gateway's hello; replaced in tests.
@@ -74,7 +80,9 @@ type Pool struct {
 // with the terminal's long leg (the server leg) tuning. Run fills it.
 func NewPool(gateway string, size int, key []byte, d *proxy.Dialer, log *slog.Logger) *Pool {
 	p := newPool(size, key, log)
-	p.dial = func(ctx context.Context) (*net.TCPConn, hello, error) { return dialGateway(ctx, d, gateway) }
+	p.dial = func(ctx context.Context) (*net.TCPConn, hello, error) {
+		return dialGateway(ctx, d, gateway, p.Key, p.ID)
+	}
 	p.gateway = gateway
 	return p
 }
@@ -105,7 +113,7 @@ func (p *Pool) Run(ctx context.Context) {
 		if len(p.idle) > 0 && p.idle[0].expires.Before(next) {
 			next = p.idle[0].expires
 		}
-		want := p.Size - len(p.idle) - p.dialing
+		want := min(p.Size-len(p.idle), maxDialing) - p.dialing
 		if p.backoff > 0 {
 			// Probe with one dial at a time while the gateway fails.
 			want = min(want, 1-p.dialing)
@@ -249,8 +257,9 @@ func stillOpen(c *net.TCPConn) bool {
 
 // dialGateway opens one connection to the gateway with the long leg's tuning
 // (buffers and window scale before the SYN, initial windows from sock_ops
-// by cookie) and waits for the gateway's hello.
-func dialGateway(ctx context.Context, d *proxy.Dialer, gateway string) (*net.TCPConn, hello, error) {
+// by cookie) and authenticates it: the gateway's hello, our auth, its
+// welcome. Only an authenticated connection goes into the pool.
+func dialGateway(ctx context.Context, d *proxy.Dialer, gateway string, key []byte, id string) (*net.TCPConn, hello, error) {
 	var h hello
 	// From one of our own addresses whatever --transparent says (a pool
 	// connection is pepsal's, not a client's); not timed into the connect
@@ -259,14 +268,11 @@ func dialGateway(ctx context.Context, d *proxy.Dialer, gateway string) (*net.TCP
 	if err != nil {
 		return nil, h, fmt.Errorf("dial gateway %s: %w", gateway, err)
 	}
-	_ = c.SetReadDeadline(time.Now().Add(d.Timeout))
-	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Now()) })
-	_, err = readFull(c, h[:])
+	_ = c.SetDeadline(time.Now().Add(d.Timeout))
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+	h, err = greet(c, key, id)
 	stop()
-	_ = c.SetReadDeadline(time.Time{})
-	if err == nil {
-		err = checkHello(h)
-	}
+	_ = c.SetDeadline(time.Time{})
 	if err == nil {
 		err = d.Server.Established(c)
 	}
@@ -280,6 +286,30 @@ func dialGateway(ctx context.Context, d *proxy.Dialer, gateway string) (*net.TCP
 		return nil, h, fmt.Errorf("gateway %s: %w", gateway, err)
 	}
 	return c, h, nil
+}
+
+// greet is the terminal's side of a new connection's authentication: read
+// and check the hello, send the auth, read and check the welcome.
+func greet(c *net.TCPConn, key []byte, id string) (hello, error) {
+	var h hello
+	if _, err := readFull(c, h[:]); err != nil {
+		return h, err
+	}
+	if err := checkHello(h); err != nil {
+		return h, err
+	}
+	auth, err := encodeAuth(key, id, h)
+	if err != nil {
+		return h, err
+	}
+	if _, err := c.Write(auth[:]); err != nil {
+		return h, fmt.Errorf("send auth: %w", err)
+	}
+	var w [WelcomeLen]byte
+	if _, err := readFull(c, w[:]); err != nil {
+		return h, fmt.Errorf("refused our auth (wrong key or key id, revoked, or over its limits; see its log): %w", err)
+	}
+	return h, checkWelcome(key, h, auth[:], w[:])
 }
 
 func readFull(c *net.TCPConn, b []byte) (int, error) {
@@ -322,6 +352,7 @@ func (u Warm) Connect(ctx context.Context, c *conn.Conn, f *proxy.Flow) (proxy.S
 		u.Pool.done()
 		return proxy.ServerLeg{}, &proxy.FlowError{Outcome: conn.WasReset, Level: slog.LevelInfo, Msg: "warm path: header not sent", Err: err}
 	}
-	// The gateway's hello was read from the warm connection, not relayed.
-	return proxy.ServerLeg{Conn: w.conn, Name: "warm leg", Read: HelloLen, Tuned: true, Done: u.Pool.done}, nil
+	// The gateway's hello and welcome were read from the warm connection,
+	// not relayed.
+	return proxy.ServerLeg{Conn: w.conn, Name: "warm leg", Read: HelloLen + WelcomeLen, Tuned: true, Done: u.Pool.done}, nil
 }

@@ -3,11 +3,13 @@
 package peer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -176,5 +178,59 @@ func TestPeerPoolRecyclesOldConnections(t *testing.T) {
 	<-done
 	if s := p.Stats(); s.Idle != 0 {
 		t.Errorf("%d idle connections left after Run ended", s.Idle)
+	}
+}
+
+// TestGreet: a terminal pools a connection only once the gateway proved
+// the same key back; a gateway that closes after the auth (refused), or
+// whose welcome proves another key, fails the dial with a line that says so.
+func TestGreet(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		gateway func(c net.Conn, h hello, auth []byte)
+		want    string
+	}{
+		{"welcomed", func(c net.Conn, h hello, auth []byte) { w := welcome(testKey, h, auth); c.Write(w[:]) }, ""},
+		{"refused", func(c net.Conn, h hello, auth []byte) { c.Close() }, "refused our auth"},
+		{"another key", func(c net.Conn, h hello, auth []byte) {
+			w := welcome(bytes.Repeat([]byte{9}, 32), h, auth)
+			c.Write(w[:])
+		}, "does not prove our key"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				far, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer far.Close()
+				h, _ := newHello()
+				far.Write(h[:])
+				auth := make([]byte, AuthLen)
+				if _, err := io.ReadFull(far, auth); err != nil {
+					return
+				}
+				if id, err := authID(auth); err != nil || id != "site-1" || checkAuth(testKey, h, auth) != nil {
+					return
+				}
+				c.gateway(far, h, auth)
+				io.Copy(io.Discard, far)
+			}()
+			conn, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			_, err = greet(conn, testKey, "site-1")
+			if (c.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.want)) {
+				t.Fatalf("greet: %v, want %q", err, c.want)
+			}
+		})
 	}
 }

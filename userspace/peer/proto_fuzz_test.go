@@ -66,7 +66,7 @@ func FuzzPeerHeaderRoundTrip(f *testing.F) {
 		dst := netip.AddrPortFrom(fuzzAddr(dstIP), dport)
 		cli := netip.AddrPortFrom(fuzzAddr(cliIP), cport)
 		b, err := EncodeHeader(key, helloBytes, dst, cli, tos)
-		refuse := len(helloBytes) != HelloLen || !bytes.Equal(helloBytes[:5], []byte("PEPG\x01")) ||
+		refuse := len(helloBytes) != HelloLen || !bytes.Equal(helloBytes[:5], []byte("PEPG\x02")) ||
 			!dst.Addr().IsValid() || !cli.Addr().IsValid() || dst.Addr().Unmap().Is4() != cli.Addr().Unmap().Is4()
 		if (err != nil) != refuse {
 			t.Fatalf("EncodeHeader(hello %x, %v, %v): %v; want refused: %v", helloBytes, dst, cli, err, refuse)
@@ -107,7 +107,7 @@ func sign(b []byte, key []byte, h hello, how uint8) {
 		copy(b[44:60], h.challenge())
 	}
 	if how&2 != 0 && len(b) >= HeaderLen {
-		copy(b[headerMACAt:HeaderLen], headerMAC(key, h, b[:headerMACAt]))
+		copy(b[headerMACAt:HeaderLen], mac(key, h[:], b[:headerMACAt]))
 	}
 }
 
@@ -118,11 +118,11 @@ func wantReason(key []byte, h hello, b []byte) string {
 	switch {
 	case len(b) < HeaderLen:
 		return report.AuthIncomplete
-	case !bytes.Equal(b[:5], []byte("PEPW\x01")):
+	case !bytes.Equal(b[:5], []byte("PEPW\x02")):
 		return report.AuthGarbage
 	case !bytes.Equal(b[44:60], h[8:]):
 		return report.AuthReplay
-	case !hmac.Equal(b[headerMACAt:HeaderLen], headerMAC(key, h, b[:headerMACAt])):
+	case !hmac.Equal(b[headerMACAt:HeaderLen], mac(key, h[:], b[:headerMACAt])):
 		return report.AuthBadMAC
 	}
 	return ""
@@ -154,7 +154,7 @@ func FuzzPeerDecodeHeader(f *testing.F) {
 	f.Add([]byte("SSH-2.0-OpenSSH_9.2p1 Debian"), bytes.Repeat([]byte("GET / HTTP/1.1\r\n"), 8), uint8(3))
 	f.Fuzz(func(t *testing.T, helloBytes, b []byte, how uint8) {
 		h := fuzzHello(helloBytes)
-		if ok := checkHello(h) == nil; ok != bytes.Equal(h[:5], []byte("PEPG\x01")) {
+		if ok := checkHello(h) == nil; ok != bytes.Equal(h[:5], []byte("PEPG\x02")) {
 			t.Fatalf("checkHello(%x): %v", h, ok)
 		}
 		b = bytes.Clone(b)
@@ -173,6 +173,116 @@ func FuzzPeerDecodeHeader(f *testing.F) {
 		again, err := p.encode(testKey, h)
 		if err != nil || !bytes.Equal(again[:], b[:HeaderLen]) {
 			t.Fatalf("decodeHeader(%x) = %+v, which encodes as %x, %v", b[:HeaderLen], p, again, err)
+		}
+	})
+}
+
+// signAuth makes an auth message b authentic for the connection that sent
+// h, as far as it is long enough: bit 0 of how echoes the challenge, bit 1
+// adds the MAC.
+func signAuth(b []byte, key []byte, h hello, how uint8) {
+	if how&1 != 0 && len(b) >= 24 {
+		copy(b[8:24], h.challenge())
+	}
+	if how&2 != 0 && len(b) >= AuthLen {
+		copy(b[authMACAt:AuthLen], mac(key, h[:], b[:authMACAt]))
+	}
+}
+
+// wantAuthReason is the reason an auth message b must be refused under on
+// the connection that sent h, by a gateway holding key for id "" and no
+// other; "" once b is authentic.
+func wantAuthReason(key []byte, h hello, b []byte) string {
+	switch {
+	case len(b) < AuthLen:
+		return report.AuthIncomplete
+	case !bytes.Equal(b[:4], []byte("PEPA")):
+		return report.AuthGarbage
+	case b[4] != 2:
+		return report.AuthVersion
+	case b[5] > MaxIDLen || b[6] != 0 || b[7] != 0:
+		return report.AuthGarbage
+	}
+	id := b[24 : 24+b[5]]
+	if CheckID(string(id)) != nil || bytes.ContainsFunc(b[24+len(id):56], func(r rune) bool { return r != 0 }) {
+		return report.AuthGarbage
+	}
+	switch {
+	case len(id) > 0:
+		return report.AuthUnknownID
+	case !bytes.Equal(b[8:24], h[8:]):
+		return report.AuthReplay
+	case !hmac.Equal(b[authMACAt:AuthLen], mac(key, h[:], b[:authMACAt])):
+		return report.AuthBadMAC
+	}
+	return ""
+}
+
+// FuzzPeerAuth: what encodeAuth makes of any key and valid id is read back
+// with that id and passes on its connection with its key only; the welcome
+// for it passes with that key only. Any bytes are refused by authID and
+// checkAuth under the reason the protocol gives, and what passes encodes
+// back to exactly the bytes read.
+func FuzzPeerAuth(f *testing.F) {
+	h, err := newHello()
+	if err != nil {
+		f.Fatal(err)
+	}
+	good, err := encodeAuth(testKey, "", h)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(h[:], testKey, "", good[:], uint8(0))
+	f.Add(h[:], testKey, "site-1", good[:], uint8(3))
+	f.Add(h[:], []byte{}, "a.b_c-D9", good[:40], uint8(3))
+	f.Add(h[:], testKey, "bad id", append(good[:], "PEPW"...), uint8(1))
+	f.Add(h[:], testKey, "", bytes.Repeat([]byte("PEPA\x02"), 20), uint8(3))
+	f.Add([]byte("SSH-2.0-OpenSSH_9.2p1 Debian"), testKey, "x", []byte("PEPA\x01\x00\x00\x00"), uint8(2))
+	f.Fuzz(func(t *testing.T, helloBytes, key []byte, id string, b []byte, how uint8) {
+		h := fuzzHello(helloBytes)
+		a, err := encodeAuth(key, id, h)
+		if (err != nil) != (CheckID(id) != nil) {
+			t.Fatalf("encodeAuth(id %q): %v", id, err)
+		}
+		if err == nil {
+			if got, err := authID(a[:]); err != nil || got != id {
+				t.Fatalf("id %q read back as %q, %v", id, got, err)
+			}
+			if err := checkAuth(key, h, a[:]); err != nil {
+				t.Fatalf("own auth refused: %v", err)
+			}
+			other := h
+			other[8] ^= 1
+			if reason(checkAuth(key, other, a[:])) != report.AuthReplay {
+				t.Fatal("auth passed on another connection")
+			}
+			otherKey := append([]byte{^byte(len(key))}, key...)
+			if reason(checkAuth(otherKey, h, a[:])) != report.AuthBadMAC {
+				t.Fatal("auth passed with another key")
+			}
+			w := welcome(key, h, a[:])
+			if checkWelcome(key, h, a[:], w[:]) != nil || checkWelcome(otherKey, h, a[:], w[:]) == nil {
+				t.Fatal("welcome: the key that made it must pass, no other")
+			}
+		}
+		b = bytes.Clone(b)
+		signAuth(b, testKey, h, how)
+		want := wantAuthReason(testKey, h, b)
+		gid, err := authID(b)
+		if err == nil && gid != "" {
+			err = &authError{report.AuthUnknownID, gid}
+		}
+		if err == nil {
+			err = checkAuth(testKey, h, b)
+		}
+		if reason(err) != want || (want == "") != (err == nil) {
+			t.Fatalf("auth %x: %v, want reason %q", b, err, want)
+		}
+		if err == nil {
+			again, _ := encodeAuth(testKey, gid, h)
+			if !bytes.Equal(again[:], b[:AuthLen]) {
+				t.Fatalf("accepted %x, which encodes as %x", b[:AuthLen], again)
+			}
 		}
 	})
 }

@@ -73,7 +73,7 @@ func TestPeerHeaderRefusals(t *testing.T) {
 	flipped[25] ^= 1 // the destination port, after the MAC was made
 	mixed := good
 	mixed[7] = 6 // IPv4-mapped addresses under family 6, MAC'd right
-	copy(mixed[headerMACAt:], headerMAC(testKey, h, mixed[:headerMACAt]))
+	copy(mixed[headerMACAt:], mac(testKey, h[:], mixed[:headerMACAt]))
 	for _, c := range []struct {
 		name string
 		h    hello
@@ -97,10 +97,10 @@ func TestPeerHeaderRefusals(t *testing.T) {
 	if checkHello(bad) == nil {
 		t.Error("an SSH banner passed for a gateway's hello")
 	}
-	v2 := h
-	v2[4] = 2
-	if err := checkHello(v2); err == nil || !strings.Contains(err.Error(), "version") {
-		t.Errorf("version 2 hello: %v", err)
+	v1 := h
+	v1[4] = 1
+	if err := checkHello(v1); err == nil || !strings.Contains(err.Error(), "version") {
+		t.Errorf("version 1 hello: %v", err)
 	}
 }
 
@@ -117,8 +117,8 @@ func TestLoadPeerKey(t *testing.T) {
 		return p
 	}
 	good := write("good", bytes.Repeat([]byte{1}, 32), 0o600)
-	if k, err := LoadKey(good); err != nil || len(k) != 32 {
-		t.Fatalf("good key: %d bytes, %v", len(k), err)
+	if k, err := LoadKeys(good); err != nil || k.Ring || len(k.Lookup("").Key) != 32 {
+		t.Fatalf("good key: %+v, %v", k, err)
 	}
 	for _, c := range []struct{ path, want string }{
 		{"", "required"},
@@ -128,9 +128,77 @@ func TestLoadPeerKey(t *testing.T) {
 		{write("group", bytes.Repeat([]byte{1}, 32), 0o640), "group or others"},
 		{dir, "not a regular file"},
 	} {
-		_, err := LoadKey(c.path)
+		_, err := LoadKeys(c.path)
 		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%q: %v, want one line with %q", c.path, err, c.want)
+		}
+	}
+}
+
+// TestPeerAuthMessage: an auth message passes on the connection it was made
+// for, with the key of its id, and nowhere else: replayed on another
+// connection, made with another key, of another version, with a bad id or
+// bytes after the id, it is refused under its reason; the gateway's welcome
+// proves its key back.
+func TestPeerAuthMessage(t *testing.T) {
+	h, other := mustHello(t), mustHello(t)
+	for _, id := range []string{"", "site-1", "a.b_c-D9", strings.Repeat("x", MaxIDLen)} {
+		b, err := encodeAuth(testKey, id, h)
+		if err != nil {
+			t.Fatalf("id %q: %v", id, err)
+		}
+		got, err := authID(b[:])
+		if err != nil || got != id {
+			t.Fatalf("id %q read as %q, %v", id, got, err)
+		}
+		if err := checkAuth(testKey, h, b[:]); err != nil {
+			t.Fatalf("id %q: %v", id, err)
+		}
+		w := welcome(testKey, h, b[:])
+		if err := checkWelcome(testKey, h, b[:], w[:]); err != nil {
+			t.Fatalf("welcome: %v", err)
+		}
+		if checkWelcome(bytes.Repeat([]byte{8}, 32), h, b[:], w[:]) == nil {
+			t.Fatal("a welcome passed with another key")
+		}
+	}
+	for _, id := range []string{"a b", "é", "x/y", strings.Repeat("x", MaxIDLen+1)} {
+		if _, err := encodeAuth(testKey, id, h); err == nil {
+			t.Errorf("id %q encoded", id)
+		}
+	}
+	good, _ := encodeAuth(testKey, "site-1", h)
+	v1 := good
+	v1[4] = 1
+	padded := good
+	padded[24+len("site-1")] = 'x' // a byte after the id, under its length
+	long := good
+	long[5] = MaxIDLen + 1
+	badChar := good
+	badChar[24] = ' '
+	for _, c := range []struct {
+		name string
+		h    hello
+		b    []byte
+		want string
+	}{
+		{"replayed on another connection", other, good[:], report.AuthReplay},
+		{"wrong key", h, func() []byte { b, _ := encodeAuth(bytes.Repeat([]byte{8}, 32), "site-1", h); return b[:] }(), report.AuthBadMAC},
+		{"version 1", h, v1[:], report.AuthVersion},
+		{"bytes after the id", h, padded[:], report.AuthGarbage},
+		{"id too long", h, long[:], report.AuthGarbage},
+		{"bad id byte", h, badChar[:], report.AuthGarbage},
+		{"a header", h, bytes.Repeat([]byte("PEPW"), 30), report.AuthGarbage},
+		{"short", h, good[:40], report.AuthIncomplete},
+	} {
+		err := func() error {
+			if _, err := authID(c.b); err != nil {
+				return err
+			}
+			return checkAuth(testKey, c.h, c.b)
+		}()
+		if reason(err) != c.want {
+			t.Errorf("%s: %v, want reason %s", c.name, err, c.want)
 		}
 	}
 }

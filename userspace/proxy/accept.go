@@ -113,6 +113,10 @@ func (in Intake) Go(f func()) {
 // and hands it to the relay.
 func (in Intake) Setup(ctx context.Context, f *Flow) { in.p.setup(ctx, f, in.up) }
 
+// Full says whether the admission limit (--max-conns) holds new
+// connections off now, as it does for the proxy listeners' (Table.Full).
+func (in Intake) Full() bool { return in.p.Table.Full() }
+
 // Warn writes a line rate-limited together with the local-failure line: a
 // storm of either must not become a storm of lines.
 func (in Intake) Warn(msg string, args ...any) {

@@ -177,6 +177,7 @@ type FDBudget struct {
 	// TightFDs says that the fd limit, not the kernel, shortened the
 	// accept queues below MinListenBacklog (a container's 1024, say).
 	TightFDs bool
+	PeerPort bool // a warm-path gateway: it holds terminals' connections too (PeerWaiting)
 }
 
 // Under a tight fd limit the accept queues get at most a quarter of the
@@ -200,12 +201,33 @@ func (b FDBudget) For(maxConns int) FDBudget {
 	return b
 }
 
+// Bounds of PeerWaiting.
+const (
+	minPeerWaiting = 256
+	maxPeerWaiting = 4096
+)
+
+// PeerWaiting is how many connections a gateway's peer port may hold
+// before their flows start (authenticating, or idle in a terminal's pool)
+// under a limit of n connections: a quarter of n, at least
+// minPeerWaiting, at most maxPeerWaiting; 0 without a peer port. Each is
+// budgeted two fds, like a queued accept: its own, and its server leg's
+// once its flow starts (when the limit trips, pooled connections still
+// take their flows, as queued accepts are still split).
+func (b FDBudget) PeerWaiting(n int) int {
+	if !b.PeerPort {
+		return 0
+	}
+	return min(max(n/4, minPeerWaiting), maxPeerWaiting)
+}
+
 // Need is how many fds n connections may hold at once: two sockets each,
 // the connections already in the accept queues when the limit trips (two
-// each once accepted), splice pipes (held only while bytes move, and
-// bounded: relay.PipeLimit), what is open now and a reserve.
+// each once accepted), a gateway's peer connections (PeerWaiting, two
+// each), splice pipes (held only while bytes move, and bounded:
+// relay.PipeLimit), what is open now and a reserve.
 func (b FDBudget) Need(n int) uint64 {
-	return uint64(2*b.Capacity(n) + b.pipeFDs(n) + b.otherFDs())
+	return uint64(2*b.Capacity(n) + b.peerFDs(n) + b.pipeFDs(n) + b.otherFDs())
 }
 
 // pipeFDs is the part of Need that splice pipes take.
@@ -213,6 +235,9 @@ func (b FDBudget) pipeFDs(n int) int { return 2 * relay.PipeLimit(n) }
 
 // otherFDs is the part of Need that is open already or reserved.
 func (b FDBudget) otherFDs() int { return b.Open + fdReserve }
+
+// peerFDs is the part of Need that a gateway's peer connections take.
+func (b FDBudget) peerFDs(n int) int { return 2 * b.PeerWaiting(n) }
 
 // MaxConns is the largest connection count the fd limit holds (0: none).
 func (b FDBudget) MaxConns() int {
@@ -253,8 +278,8 @@ func (b FDBudget) fitting(capacity, upTo int) int {
 
 // NewFDBudget raises this process's RLIMIT_NOFILE soft limit to its hard
 // limit (as far as it may go without privileges it lacks) and returns the
-// budget for listeners accept queues.
-func NewFDBudget(listeners int) (FDBudget, error) {
+// budget for listeners accept queues, and a gateway's peer port (peerPort).
+func NewFDBudget(listeners int, peerPort bool) (FDBudget, error) {
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
 		return FDBudget{}, fmt.Errorf("read RLIMIT_NOFILE: %w", err)
@@ -265,7 +290,7 @@ func NewFDBudget(listeners int) (FDBudget, error) {
 			rl = raised
 		}
 	}
-	b := FDBudget{Limit: rl.Cur, Listeners: listeners, BacklogCap: MaxListenBacklog}
+	b := FDBudget{Limit: rl.Cur, Listeners: listeners, BacklogCap: MaxListenBacklog, PeerPort: peerPort}
 	if s, err := sockopt.ReadSysctl("net/core/somaxconn"); err == nil {
 		if n, err := strconv.Atoi(strings.TrimSpace(s)); err == nil && n > 0 && n < b.BacklogCap {
 			b.BacklogCap = n
@@ -329,9 +354,10 @@ func (l Limit) MapConns() int { return l.Budget.Capacity(l.Max) }
 // SettleLimit raises RLIMIT_NOFILE and settles the connection limit: asked
 // (asked > 0), it must fit the fd limit and the existing attachment's maps;
 // derived (asked 0), it is the most that the fd limit, memory and those maps
-// hold. The shortfalls are *FDShortError and *MapsShortError.
-func SettleLimit(asked int, log *slog.Logger) (Limit, error) {
-	budget, err := NewFDBudget(2)
+// hold. A gateway (peerPort) budgets its peer connections too. The
+// shortfalls are *FDShortError and *MapsShortError.
+func SettleLimit(asked int, peerPort bool, log *slog.Logger) (Limit, error) {
+	budget, err := NewFDBudget(2, peerPort)
 	if err != nil {
 		return Limit{}, err
 	}
@@ -353,7 +379,7 @@ func FitFDs(asked int, b FDBudget, memMax, mapMax int) (Limit, error) {
 	l := Limit{Max: asked, From: FromAsked, Budget: b.For(asked)}
 	if asked > 0 {
 		if need := l.Budget.Need(asked); need > b.Limit {
-			return l, &FDShortError{Asked: asked, Need: need, Pipes: b.pipeFDs(asked), Other: b.otherFDs(), Limit: b.Limit, Fits: b.MaxConns()}
+			return l, &FDShortError{Asked: asked, Need: need, Pipes: b.pipeFDs(asked), Peer: b.peerFDs(asked), Other: b.otherFDs(), Limit: b.Limit, Fits: b.MaxConns()}
 		}
 		return l, nil
 	}
@@ -396,6 +422,7 @@ type FDShortError struct {
 	Asked int    // the limit asked
 	Need  uint64 // the fds it needs, of which
 	Pipes int    // for splice pipes,
+	Peer  int    // for a gateway's peer connections (0: none),
 	Other int    // open already or reserved, and the rest two per connection and per queued accept
 	Limit uint64 // RLIMIT_NOFILE
 	Fits  int    // the largest limit it holds
@@ -403,8 +430,12 @@ type FDShortError struct {
 
 // Shortfall is the arithmetic, for a caller that names the limit its own way.
 func (e *FDShortError) Shortfall() string {
-	return fmt.Sprintf("needs %d file descriptors (2 per connection and per queued accept, %d for splice pipes, %d open or reserved) but RLIMIT_NOFILE is %d",
-		e.Need, e.Pipes, e.Other, e.Limit)
+	peer := ""
+	if e.Peer > 0 {
+		peer = fmt.Sprintf(", %d for the peer port's connections", e.Peer)
+	}
+	return fmt.Sprintf("needs %d file descriptors (2 per connection and per queued accept, %d for splice pipes%s, %d open or reserved) but RLIMIT_NOFILE is %d",
+		e.Need, e.Pipes, peer, e.Other, e.Limit)
 }
 
 func (e *FDShortError) Error() string {

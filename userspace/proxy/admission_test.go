@@ -73,6 +73,36 @@ func TestFDBudget(t *testing.T) {
 	t.Logf("RLIMIT_NOFILE 20000: max_conns %d", n)
 }
 
+// TestFDBudgetPeerPort: a gateway's peer port is budgeted two fds per
+// connection it may hold before their flows, a quarter of the limit within
+// its bounds, so that a gateway derives a smaller limit and an asked one
+// that no longer fits says so.
+func TestFDBudgetPeerPort(t *testing.T) {
+	b := FDBudget{Limit: 20000, Open: 10, Listeners: 2, Backlog: 512}
+	g := b
+	g.PeerPort = true
+	for _, c := range []struct{ n, want int }{{1, minPeerWaiting}, {4000, 1000}, {1 << 20, maxPeerWaiting}} {
+		if got := g.PeerWaiting(c.n); got != c.want {
+			t.Errorf("PeerWaiting(%d) = %d, want %d", c.n, got, c.want)
+		}
+		if b.PeerWaiting(c.n) != 0 {
+			t.Errorf("no peer port: PeerWaiting(%d) = %d", c.n, b.PeerWaiting(c.n))
+		}
+	}
+	n := g.MaxConns()
+	if g.Need(n) > g.Limit || g.Need(n+1) <= g.Limit || g.Need(n) != b.Need(n)+uint64(2*g.PeerWaiting(n)) {
+		t.Fatalf("MaxConns %d: need %d (without the port %d), limit %d", n, g.Need(n), b.Need(n), g.Limit)
+	}
+	if n >= b.MaxConns() {
+		t.Fatalf("a gateway derives %d connections, no fewer than without its peer port (%d)", n, b.MaxConns())
+	}
+	_, err := FitFDs(b.MaxConns(), g, 0, 1<<22)
+	var short *FDShortError
+	if !errors.As(err, &short) || short.Peer != 2*g.PeerWaiting(b.MaxConns()) || !strings.Contains(err.Error(), "for the peer port's connections") {
+		t.Fatalf("an asked limit that fits only without the peer port: %v", err)
+	}
+}
+
 // TestFitFDs: an asked limit must fit the fd limit, and the error says by
 // how much it does not; a derived one is the least of what the fd limit,
 // memory and the largest maps hold, and says which set it.

@@ -56,6 +56,15 @@ func (t *Table) ResourceShortage(err error) bool {
 	return true
 }
 
+// Full says whether the admission limit holds new connections off now
+// (the classifier forwards new SYNs unsplit): the warm-path gateway then
+// takes no new warm connection either.
+func (t *Table) Full() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.admission != nil && t.admission.full
+}
+
 // withCount runs f with the live count under the table's lock.
 func (t *Table) withCount(f func(n int)) {
 	t.mu.Lock()
