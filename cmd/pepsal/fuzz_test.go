@@ -98,16 +98,22 @@ func FuzzParsePrefix(f *testing.F) {
 }
 
 // bigSize is what parseSize should read, by math/big: the value of s
-// (the suffixes parseSize knows), or nil when s is not a size.
+// (the suffixes parseSize knows: binary as shifts, decimal as powers of
+// ten), or nil when s is not a size.
 func bigSize(s string) *big.Int {
 	s = strings.TrimSpace(s)
-	shift := uint(0)
+	shift, exp := uint(0), int64(0)
 	for _, u := range []struct {
 		suffix string
 		shift  uint
-	}{{"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"K", 10}, {"M", 20}, {"G", 30}} {
+		exp    int64
+	}{
+		{"KiB", 10, 0}, {"MiB", 20, 0}, {"GiB", 30, 0},
+		{"kB", 0, 3}, {"KB", 0, 3}, {"MB", 0, 6}, {"GB", 0, 9},
+		{"K", 10, 0}, {"M", 20, 0}, {"G", 30, 0},
+	} {
 		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
-			s, shift = rest, u.shift
+			s, shift, exp = rest, u.shift, u.exp
 			break
 		}
 	}
@@ -118,6 +124,7 @@ func bigSize(s string) *big.Int {
 	if !ok {
 		return nil
 	}
+	n.Mul(n, new(big.Int).Exp(big.NewInt(10), big.NewInt(exp), nil))
 	return n.Lsh(n, shift)
 }
 
@@ -141,7 +148,8 @@ func formatSize(n uint64) string {
 // are never negative and within their bounds.
 func FuzzParseSize(f *testing.F) {
 	for _, s := range []string{"65536", "64KiB", "4MiB", "1GiB", "8M", "2G", "0", " 1K ", "K", "-1", "+5", "1.5MiB",
-		"18446744073709551615", "18446744073709551616", "17179869184GiB", "18014398509481985K", "1 KiB", "0x10"} {
+		"18446744073709551615", "18446744073709551616", "17179869184GiB", "18014398509481985K", "1 KiB", "0x10",
+		"0KB", "64kB", "4MB", "18446744074GB", "1kb"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
