@@ -14,7 +14,13 @@ func attachCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "attach",
 		Short: "Attach the classifier and steering to interfaces, pinned, and exit (a daemon serves with `pepsal run`)",
-		Args:  cobra.NoArgs,
+		Example: `  # Attach to eth0 for web ports, then serve on it; the attachment outlives the daemon
+  pepsal attach --iface eth0 --ports 80,443
+  pepsal run
+
+  # Attaching again updates ports and exclusions and adds interfaces
+  pepsal attach --iface eth0 --iface eth1 --exclude 192.0.2.0/24`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return attach(cmd, e, &p, maxConns)
 		},
@@ -58,7 +64,12 @@ func detachCmd(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "detach",
 		Short: "Remove every trace of pepsal from this network namespace (also after a killed daemon)",
-		Args:  cobra.NoArgs,
+		Example: `  # After pepsal attach, or a daemon killed with SIGKILL
+  pepsal detach
+
+  # In another network namespace
+  ip netns exec red pepsal detach`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := e.privileged(); err != nil {
 				return err

@@ -44,6 +44,8 @@ func newRoot(e *env) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "pepsal",
 		Short:         "Transparent TCP performance-enhancing proxy, steered by eBPF",
+		Long:          rootLong,
+		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -51,8 +53,36 @@ func newRoot(e *env) *cobra.Command {
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
 	root.AddCommand(runCmd(e), attachCmd(e), detachCmd(e), statusCmd(e), connsCmd(e), versionCmd())
+	for _, c := range extraCommands {
+		root.AddCommand(c(root))
+	}
+	registerCompletions(root)
+	// --version says what `pepsal version` says.
+	root.SetVersionTemplate(`{{printf "pepsal %s\n" .Version}}`)
 	return root
 }
+
+// extraCommands are hidden commands that only some builds have (the man
+// page generator: gendocs.go, built with -tags pepsal_gendocs).
+var extraCommands []func(root *cobra.Command) *cobra.Command
+
+// rootLong is the description of pepsal, in `pepsal --help` and pepsal(8).
+const rootLong = `pepsal splits the TCP connections a Linux router forwards. An eBPF
+classifier on the interfaces given with --iface steers each new
+connection to a local proxy, which answers the client at once and opens
+its own connection to the server: each leg then runs its own congestion
+control, and the long leg of a satellite link can be tuned for it
+(--role). What pepsal does not split is forwarded untouched, and when
+the daemon is not serving, new connections pass unsplit (fail-open).
+
+pepsal run is the daemon; as a systemd service (pepsal.service) it takes
+its flags from /etc/default/pepsal, and systemctl reload pepsal upgrades
+it in place without dropping a connection. pepsal status and pepsal
+conns show what it does, pepsal detach removes every trace of pepsal
+from the network namespace.
+
+README.md (/usr/share/doc/pepsal when installed from the package) says
+how to deploy it, what each counter means and what pepsal trusts.`
 
 // execute runs the command line of e and returns the exit code; an error is
 // one line on e's stderr.

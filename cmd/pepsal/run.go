@@ -46,7 +46,18 @@ func runCmdInto(e *env, f *runFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Attach to the given interfaces (or use the existing attachment) and split connections until stopped",
-		Args:  cobra.NoArgs,
+		Example: `  # Split what LAN clients on eth0 open; Ctrl-C (SIGTERM) drains and detaches
+  pepsal run --iface eth0
+
+  # A satellite gateway: clients are across the link on sat0; metrics on loopback
+  pepsal run --iface sat0 --role gateway --metrics-addr 127.0.0.1:9595
+
+  # Only web ports, never the operator's own networks
+  pepsal run --iface eth0 --ports 80,443 --exclude 192.0.2.0/24 --deny 10.0.0.0/8
+
+  # Serve on an attachment made by pepsal attach
+  pepsal run`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return run(cmd, e, f)
 		},

@@ -22,7 +22,11 @@ func statusCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the attachment, the daemon and the decision counters; exit 0 only when attached and serving",
-		Args:  cobra.NoArgs,
+		Example: `  pepsal status
+
+  # For a script or a health check: exit 3 when not attached and serving
+  pepsal status --json > /dev/null || echo "pepsal is not splitting"`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rep, err := collectStatus(e)
 			if err != nil {
@@ -220,7 +224,11 @@ func connsCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "conns",
 		Short: "List the live split connections",
-		Args:  cobra.NoArgs,
+		Example: `  pepsal conns
+
+  # The connections to port 443 (JSON, with jq)
+  pepsal conns --json | jq '.[] | select(.server | endswith(":443"))'`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var conns []report.ConnInfo
 			if err := e.query("conns", &conns); err != nil {
