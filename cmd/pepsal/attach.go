@@ -14,18 +14,7 @@ func attachCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "attach",
 		Short: "Attach the classifier and steering to interfaces, pinned, and exit (a daemon serves with `pepsal run`)",
-		Long: `Attach pepsal's classifier, steering and policy routing to the
-interfaces given with --iface, pin them in /sys/fs/bpf and exit: the
-attachment outlives the command, and pepsal run without --iface serves
-on it. Attaching again updates the ports and exclusions and adds
-interfaces. Until a daemon serves, connections are forwarded unsplit.`,
-		Example: `  # Attach to eth0 for web ports, then serve on it; the attachment outlives the daemon
-  pepsal attach --iface eth0 --ports 80,443
-  pepsal run
-
-  # Attaching again updates ports and exclusions and adds interfaces
-  pepsal attach --iface eth0 --iface eth1 --exclude 192.0.2.0/24`,
-		Args: cobra.NoArgs,
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return attach(cmd, e, &p, maxConns)
 		},
@@ -69,17 +58,7 @@ func detachCmd(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "detach",
 		Short: "Remove every trace of pepsal from this network namespace (also after a killed daemon)",
-		Long: `Remove what pepsal made in this network namespace: the tc programs
-(and a clsact qdisc it created), the sk_lookup link, the fwmark rules,
-the routes of its table, the sock_ops program and the pins; restore the
-sysctls it changed. It also cleans up after a daemon killed with SIGKILL.
-Nothing else on the router is changed.`,
-		Example: `  # After pepsal attach, or a daemon killed with SIGKILL
-  pepsal detach
-
-  # In another network namespace
-  ip netns exec red pepsal detach`,
-		Args: cobra.NoArgs,
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := e.privileged(); err != nil {
 				return err

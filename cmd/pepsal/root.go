@@ -56,6 +56,7 @@ func newRoot(e *env) *cobra.Command {
 	for _, c := range extraCommands {
 		root.AddCommand(c(root))
 	}
+	addHelp(root)
 	registerCompletions(root)
 	// --version says what `pepsal version` says.
 	root.SetVersionTemplate(`{{printf "pepsal %s\n" .Version}}`)

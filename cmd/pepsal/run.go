@@ -46,32 +46,7 @@ func runCmdInto(e *env, f *runFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Attach to the given interfaces (or use the existing attachment) and split connections until stopped",
-		Long: `Attach pepsal to the interfaces given with --iface (or serve on the
-attachment pepsal attach made) and split the TCP connections forwarded
-from them until stopped: each is accepted on pepsal's listener on
-loopback, dialed to its destination and relayed, each leg with its own
-TCP settings (--role presets them for a satellite link).
-
-SIGTERM or SIGINT drains the live connections for --drain-timeout, resets
-what is left and detaches what this daemon attached. SIGHUP upgrades in
-place: the binary now on disk takes the listening sockets over, and this
-process relays its connections to their end (at most --upgrade-drain).
-
-As a systemd service (pepsal.service) it takes its flags from PEPSAL_ARGS
-in /etc/default/pepsal. It needs root, or CAP_NET_ADMIN, CAP_BPF and
-CAP_PERFMON.`,
-		Example: `  # Split what LAN clients on eth0 open; Ctrl-C (SIGTERM) drains and detaches
-  pepsal run --iface eth0
-
-  # A satellite gateway: clients are across the link on sat0; metrics on loopback
-  pepsal run --iface sat0 --role gateway --metrics-addr 127.0.0.1:9595
-
-  # Only web ports, never the operator's own networks
-  pepsal run --iface eth0 --ports 80,443 --exclude 192.0.2.0/24 --deny 10.0.0.0/8
-
-  # Serve on an attachment made by pepsal attach
-  pepsal run`,
-		Args: cobra.NoArgs,
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return run(cmd, e, f)
 		},

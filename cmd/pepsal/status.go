@@ -22,18 +22,7 @@ func statusCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the attachment, the daemon and the decision counters; exit 0 only when attached and serving",
-		Long: `Show what is attached in this network namespace (interfaces, programs,
-listener), the daemon that serves it (pid, version, connections, limits),
-the counters of the classifier's and the daemon's decisions, and anything
-incoherent.
-
-Exit status: 0 when attached and serving; 3 when not attached, not
-serving or incoherent; another value on an error.`,
-		Example: `  pepsal status
-
-  # For a script or a health check: exit 3 when not attached and serving
-  pepsal status --json > /dev/null || echo "pepsal is not splitting"`,
-		Args: cobra.NoArgs,
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rep, err := collectStatus(e)
 			if err != nil {
@@ -231,16 +220,7 @@ func connsCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "conns",
 		Short: "List the live split connections",
-		Long: `List the connections the daemon of this network namespace splits now:
-client and server, relay (splice, or kernel with the share of the bytes
-it moved), state, bytes each way, age, and each leg's congestion control,
-window, round-trip time and retransmissions. Root may ask, and members
-of the daemon's --control-group.`,
-		Example: `  pepsal conns
-
-  # The connections to port 443 (JSON, with jq)
-  pepsal conns --json | jq '.[] | select(.server | endswith(":443"))'`,
-		Args: cobra.NoArgs,
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var conns []report.ConnInfo
 			if err := e.query("conns", &conns); err != nil {
