@@ -22,6 +22,24 @@ func addHelp(root *cobra.Command) {
 	}
 }
 
+// rootLong is the description of pepsal, in `pepsal --help` and pepsal(8).
+const rootLong = `pepsal splits the TCP connections a Linux router forwards. An eBPF
+classifier on the interfaces given with --iface steers each new
+connection to a local proxy, which answers the client at once and opens
+its own connection to the server: each leg then runs its own congestion
+control, and the long leg of a satellite link can be tuned for it
+(--role). What pepsal does not split is forwarded untouched, and when
+the daemon is not serving, new connections pass unsplit (fail-open).
+
+pepsal run is the daemon; as a systemd service (pepsal.service) it takes
+its flags from /etc/default/pepsal, and systemctl reload pepsal upgrades
+it in place without dropping a connection. pepsal status and pepsal
+conns show what it does, pepsal detach removes every trace of pepsal
+from the network namespace.
+
+README.md (/usr/share/doc/pepsal when installed from the package) says
+how to deploy it, what each counter means and what pepsal trusts.`
+
 const runLong = `Attach pepsal to the interfaces given with --iface (or serve on the
 attachment pepsal attach made) and split the TCP connections forwarded
 from them until stopped: each is accepted on pepsal's listener on

@@ -67,24 +67,6 @@ func newRoot(e *env) *cobra.Command {
 // page generator: gendocs.go, built with -tags pepsal_gendocs).
 var extraCommands []func(root *cobra.Command) *cobra.Command
 
-// rootLong is the description of pepsal, in `pepsal --help` and pepsal(8).
-const rootLong = `pepsal splits the TCP connections a Linux router forwards. An eBPF
-classifier on the interfaces given with --iface steers each new
-connection to a local proxy, which answers the client at once and opens
-its own connection to the server: each leg then runs its own congestion
-control, and the long leg of a satellite link can be tuned for it
-(--role). What pepsal does not split is forwarded untouched, and when
-the daemon is not serving, new connections pass unsplit (fail-open).
-
-pepsal run is the daemon; as a systemd service (pepsal.service) it takes
-its flags from /etc/default/pepsal, and systemctl reload pepsal upgrades
-it in place without dropping a connection. pepsal status and pepsal
-conns show what it does, pepsal detach removes every trace of pepsal
-from the network namespace.
-
-README.md (/usr/share/doc/pepsal when installed from the package) says
-how to deploy it, what each counter means and what pepsal trusts.`
-
 // execute runs the command line of e and returns the exit code; an error is
 // one line on e's stderr.
 func execute(ctx context.Context, e *env) int {
