@@ -6,7 +6,7 @@ LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the build, the tests and `make generate` need (systemd
 # and man-db: the package test verifies the unit and renders a man page).
-APT_PKGS := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool util-linux nginx curl nghttp2-client openssh-server openssh-client socat openssl systemd cpio man-db
+APT_PKGS := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool util-linux nginx curl nghttp2-client openssh-server openssh-client socat openssl systemd cpio nftables iptables man-db
 
 # make install [PREFIX=/usr/local] [DESTDIR=...]: binary, systemd unit, flags file, docs.
 PREFIX     ?= /usr/local
@@ -15,7 +15,7 @@ SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 DOCDIR     ?= $(PREFIX)/share/doc/pepsal
 
-.PHONY: build generate unit fuzz fuzz-short lint test test-kernels bench demo deps check-root check-go clean install package
+.PHONY: build generate unit fuzz fuzz-short lint notice test test-kernels bench demo deps check-root check-go clean install package
 
 build: check-go
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/pepsal ./cmd/pepsal
@@ -66,6 +66,12 @@ lint: check-go $(STATICCHECK)
 	$(STATICCHECK) ./...
 	$(GO) vet -tags pepsal_gendocs ./cmd/pepsal # the man page generator of make package
 	$(STATICCHECK) -tags pepsal_gendocs ./cmd/pepsal
+	$(GO) run ./tests/cmd/pepsal-notice --check
+
+# NOTICE: the licences of the modules linked into pepsal (a new or updated
+# dependency changes it; lint and the unit tests say when it is stale).
+notice: check-go
+	$(GO) run ./tests/cmd/pepsal-notice
 
 $(STATICCHECK):
 	GOBIN=$(CURDIR)/bin/tools $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)

@@ -40,6 +40,7 @@ struct packet {
 	__u8 flags;   /* TCP flags */
 	__u8 tos;
 	__u8 options; /* IPv4 header with options */
+	__u32 payload; /* bytes of TCP data */
 };
 
 /* The 8 bytes that begin ICMP and ICMPv6 messages alike. */
@@ -102,6 +103,7 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct packet *p, __
 	if (tcp->doff < 5 || tcp->doff * 4 > len)
 		return PARSED_MALFORMED;
 	p->flags = ((__u8 *)tcp)[13];
+	p->payload = len - tcp->doff * 4; /* doff * 4 <= len: checked above */
 	set_ports(p, tcp->source, tcp->dest);
 	return PARSED_TCP;
 }

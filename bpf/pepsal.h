@@ -24,9 +24,14 @@ struct flow_key {
 
 /* What the classifier saw on a diverted SYN. */
 struct divert_info {
-	__u32 tos; /* IPv4 ToS or IPv6 traffic class, for the upstream SYN */
-	__u32 pad;
+	__u32 tos;    /* IPv4 ToS or IPv6 traffic class, for the upstream SYN */
+	__u32 flags;  /* DIVERT_* */
+	__u64 syn_ns; /* when (bpf_ktime_get_ns): a SYN cookie answering it expires */
 };
+
+/* The SYN's source is in --fastopen-from: its data may be answered before
+ * the handshake completes (sock_ops sets the initial window at once). */
+#define DIVERT_TRUSTED 0x1
 
 /* One set of counters, one field per decision (per CPU, summed in userspace). */
 struct counters {
@@ -50,6 +55,12 @@ struct counters {
 	__u64 pkt_no_config;          /* pepsal_config unreadable: untouched */
 	__u64 pkt_malformed;          /* IP or TCP header fields that contradict each other: untouched */
 	__u64 pkt_fragment;           /* fragment of TCP or ICMP, first or later: untouched */
+	/* classifier, packets of a diverted flow that only the proxy's listener
+	 * matches: its SYN was answered with a SYN cookie (listen queue full,
+	 * or tcp_syncookies=2), so no request socket holds the handshake */
+	__u64 ack_cookie_steered;     /* ACK (maybe with data): delivered to the listener, which checks the cookie */
+	__u64 rst_cookie_local;       /* RST: delivered to the listener, which drops it (the server never saw the flow) */
+	__u64 cookie_stale_forwarded; /* ACK or RST, but the SYN was diverted too long ago for a cookie to be valid: forwarded, entry deleted */
 	/* classifier, ICMP and ICMPv6 errors quoting a TCP segment */
 	__u64 icmp_local;             /* sent by a local socket: delivered to it */
 	__u64 icmp_forwarded;         /* no local socket sent it: forwarded untouched */
@@ -72,6 +83,11 @@ struct counters {
 	__u64 tune_init_cwnd;         /* initial congestion window set on a leg */
 	__u64 tune_init_rwnd;         /* initial receive window set on a leg */
 	__u64 tune_failed;            /* bpf_setsockopt refused */
+	/* appended (layout 7) */
+	__u64 syn_data_untrusted;     /* SYN carrying data from outside --fastopen-from, where the listeners take data in SYNs: forwarded unsplit */
+	__u64 syn_bypass_source;      /* its client address holds --max-conns-per-client: fail open */
+	__u64 tune_iw_deferred;       /* client leg's initial window put off until the handshake completes (fast open child not from --fastopen-from) */
+	__u64 tune_iw_late;           /* deferred initial window refused: the leg had sent data before the handshake completed */
 };
 
 struct config {
@@ -91,7 +107,16 @@ struct config {
  * mark (full = 0); read by the classifier on every new SYN. */
 struct admission {
 	__u32 full; /* 1: divert no new SYN, forward it unsplit */
-	__u32 pad;
+	/* 1: the proxy's listeners take data in SYNs without a cookie (fast
+	 * open): a SYN carrying data is diverted only from a pepsal_tfo_from
+	 * prefix, for a spoofed one would make the proxy dial its server and
+	 * send the reply at the spoofed address. */
+	__u32 syn_data_check;
+};
+
+/* A client address (IPv4 v4-mapped), key of pepsal_srcfull. */
+struct source_key {
+	__u8 addr[16];
 };
 
 /* Tuning of one leg of every split connection, applied by sock_ops. */

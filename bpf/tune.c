@@ -11,6 +11,7 @@
 char __license[] SEC("license") = "GPL";
 
 #define SOL_TCP 6
+#define TCPHDR_SYN 0x02
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -40,9 +41,21 @@ struct {
 	__type(value, __u32);
 } pepsal_peer_port SEC(".maps");
 
-/* leg says which leg of a split connection the socket is, or -1. */
-static __always_inline int leg(struct bpf_sock_ops *ops, int passive)
+/* Client legs whose initial window waits for the end of the handshake (by
+ * socket cookie): fast-open children of a source not in --fastopen-from. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} pepsal_iw_wait SEC(".maps");
+
+/* leg says which leg of a split connection the socket is, or -1; trusted,
+ * whether its SYN came from --fastopen-from. */
+static __always_inline int leg(struct bpf_sock_ops *ops, int passive, int *trusted)
 {
+	struct divert_info *info;
 	struct config *cfg;
 	struct flow_key key = {};
 	__u32 zero = 0, *port;
@@ -67,12 +80,71 @@ static __always_inline int leg(struct bpf_sock_ops *ops, int passive)
 	key.family = ops->family;
 	key.client_port = bpf_ntohl(ops->remote_port);
 	key.server_port = ops->local_port;
-	if (bpf_map_lookup_elem(&pepsal_diverted, &key))
+	info = bpf_map_lookup_elem(&pepsal_diverted, &key);
+	if (info) {
+		*trusted = info->flags & DIVERT_TRUSTED;
 		return LEG_CLIENT;
+	}
 	port = bpf_map_lookup_elem(&pepsal_peer_port, &zero);
 	if (port && *port && ops->local_port == *port)
 		return LEG_CLIENT;
 	return -1;
+}
+
+static __always_inline void set_iw(struct bpf_sock_ops *ops, int iw)
+{
+	if (bpf_setsockopt(ops, SOL_TCP, TCP_BPF_IW, &iw, sizeof(iw)))
+		COUNT(tune_failed);
+	else
+		COUNT(tune_init_cwnd);
+}
+
+/* defer_iw puts a client leg's initial window off until its handshake
+ * completes. PASSIVE_ESTABLISHED runs on the SYN for a fast-open child:
+ * with a large window at once, one spoofed SYN carrying a request would
+ * have the reply (up to the SYN's window) sent at the spoofed address. */
+static __always_inline void defer_iw(struct bpf_sock_ops *ops)
+{
+	__u64 cookie = bpf_get_socket_cookie(ops);
+	__u8 one = 1;
+
+	if (bpf_map_update_elem(&pepsal_iw_wait, &cookie, &one, BPF_ANY)) {
+		COUNT(tune_failed); /* the kernel's initial window stays */
+		return;
+	}
+	if (bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG)) {
+		bpf_map_delete_elem(&pepsal_iw_wait, &cookie);
+		COUNT(tune_failed);
+		return;
+	}
+	COUNT(tune_iw_deferred);
+}
+
+/* iw_after_handshake: the first state change of a deferred leg. Into
+ * ESTABLISHED (the client's ACK proved its address) the window is set,
+ * unless the leg already sent data (TCP_BPF_IW refuses then); any other
+ * (the handshake never completed) drops it. */
+static __always_inline void iw_after_handshake(struct bpf_sock_ops *ops)
+{
+	__u64 cookie = bpf_get_socket_cookie(ops);
+	__u32 which = LEG_CLIENT;
+	struct leg_tuning *t;
+	int iw;
+
+	if (!bpf_map_lookup_elem(&pepsal_iw_wait, &cookie))
+		return; /* another program asked for state callbacks */
+	bpf_map_delete_elem(&pepsal_iw_wait, &cookie);
+	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_STATE_CB_FLAG);
+	if (ops->args[1] != BPF_TCP_ESTABLISHED)
+		return;
+	t = bpf_map_lookup_elem(&pepsal_tuning, &which);
+	if (!t || !t->init_cwnd)
+		return;
+	iw = t->init_cwnd;
+	if (bpf_setsockopt(ops, SOL_TCP, TCP_BPF_IW, &iw, sizeof(iw)))
+		COUNT(tune_iw_late);
+	else
+		COUNT(tune_init_cwnd);
 }
 
 SEC("sockops")
@@ -80,13 +152,17 @@ int pepsal_tune(struct bpf_sock_ops *ops)
 {
 	struct leg_tuning *t;
 	__u32 which;
-	int passive, l;
+	int passive, l, trusted = 0;
 
 	switch (ops->op) {
 	case BPF_SOCK_OPS_RWND_INIT:
-		/* A request socket (not full) is the passive side's SYN-ACK. */
+		/* A request socket (not full) is the passive side's SYN-ACK:
+		 * the window it advertises, which sends nothing. */
 		passive = !ops->is_fullsock;
 		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		iw_after_handshake(ops);
+		return 1;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		passive = 1;
 		break;
@@ -96,7 +172,7 @@ int pepsal_tune(struct bpf_sock_ops *ops)
 	default:
 		return 1;
 	}
-	l = leg(ops, passive);
+	l = leg(ops, passive, &trusted);
 	if (l < 0)
 		return 1;
 	which = l;
@@ -111,13 +187,14 @@ int pepsal_tune(struct bpf_sock_ops *ops)
 		}
 		return 1;
 	}
-	if (t->init_cwnd) {
-		int iw = t->init_cwnd;
-
-		if (bpf_setsockopt(ops, SOL_TCP, TCP_BPF_IW, &iw, sizeof(iw)))
-			COUNT(tune_failed);
-		else
-			COUNT(tune_init_cwnd);
+	if (!t->init_cwnd)
+		return 1;
+	/* Established on a SYN: a fast-open child, whose handshake has not
+	 * completed (an ordinary child's skb is the client's ACK). */
+	if (ops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && (ops->skb_tcp_flags & TCPHDR_SYN) && !trusted) {
+		defer_iw(ops);
+		return 1;
 	}
+	set_iw(ops, t->init_cwnd);
 	return 1;
 }

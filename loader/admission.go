@@ -99,16 +99,10 @@ func ExistingCapacity() (int, bool, error) {
 }
 
 // SetFull tells the classifier whether the daemon takes new connections:
-// full, new SYNs are forwarded unsplit (counted as syn_bypass_full).
+// full, new SYNs are forwarded unsplit (counted as syn_bypass_full). The
+// rest of the admission state is left as it is.
 func (a *Attachment) SetFull(full bool) error {
-	var v classifyAdmission
-	if full {
-		v.Full = 1
-	}
-	if err := a.maps.PepsalAdmission.Put(uint32(0), v); err != nil {
-		return fmt.Errorf("write pepsal_admission: %w", err)
-	}
-	return nil
+	return a.updateAdmission(func(v *classifyAdmission) { v.Full = b32(full) })
 }
 
 // Full reads the admission flag the classifier sees.
@@ -118,4 +112,27 @@ func (a *Attachment) Full() (bool, error) {
 		return false, fmt.Errorf("read pepsal_admission: %w", err)
 	}
 	return v.Full != 0, nil
+}
+
+// updateAdmission changes pepsal_admission under a lock: the daemon's
+// admission and its fast-open setting write different fields of it.
+func (a *Attachment) updateAdmission(change func(*classifyAdmission)) error {
+	a.admMu.Lock()
+	defer a.admMu.Unlock()
+	var v classifyAdmission
+	if err := a.maps.PepsalAdmission.Lookup(uint32(0), &v); err != nil {
+		return fmt.Errorf("read pepsal_admission: %w", err)
+	}
+	change(&v)
+	if err := a.maps.PepsalAdmission.Put(uint32(0), v); err != nil {
+		return fmt.Errorf("write pepsal_admission: %w", err)
+	}
+	return nil
+}
+
+func b32(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -14,9 +14,9 @@ import (
 )
 
 type classifyAdmission struct {
-	_    structs.HostLayout
-	Full uint32
-	Pad  uint32
+	_            structs.HostLayout
+	Full         uint32
+	SynDataCheck uint32
 }
 
 type classifyConfig struct {
@@ -52,6 +52,9 @@ type classifyCounters struct {
 	PktNoConfig          uint64
 	PktMalformed         uint64
 	PktFragment          uint64
+	AckCookieSteered     uint64
+	RstCookieLocal       uint64
+	CookieStaleForwarded uint64
 	IcmpLocal            uint64
 	IcmpForwarded        uint64
 	IcmpUnparsed         uint64
@@ -70,12 +73,17 @@ type classifyCounters struct {
 	TuneInitCwnd         uint64
 	TuneInitRwnd         uint64
 	TuneFailed           uint64
+	SynDataUntrusted     uint64
+	SynBypassSource      uint64
+	TuneIwDeferred       uint64
+	TuneIwLate           uint64
 }
 
 type classifyDivertInfo struct {
-	_   structs.HostLayout
-	Tos uint32
-	Pad uint32
+	_     structs.HostLayout
+	Tos   uint32
+	Flags uint32
+	SynNs uint64
 }
 
 type classifyExcludeKey struct {
@@ -100,6 +108,11 @@ type classifyIfaceState struct {
 	ReturnOnly    uint32
 }
 
+type classifySourceKey struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -112,6 +125,8 @@ const (
 	classifyMapPepsalIfaces    = "pepsal_ifaces"
 	classifyMapPepsalListen    = "pepsal_listen"
 	classifyMapPepsalPorts     = "pepsal_ports"
+	classifyMapPepsalSrcfull   = "pepsal_srcfull"
+	classifyMapPepsalTfoFrom   = "pepsal_tfo_from"
 	classifyProgPepsalClassify = "pepsal_classify"
 )
 
@@ -172,6 +187,8 @@ type classifyMapSpecs struct {
 	PepsalIfaces    *ebpf.MapSpec `ebpf:"pepsal_ifaces"`
 	PepsalListen    *ebpf.MapSpec `ebpf:"pepsal_listen"`
 	PepsalPorts     *ebpf.MapSpec `ebpf:"pepsal_ports"`
+	PepsalSrcfull   *ebpf.MapSpec `ebpf:"pepsal_srcfull"`
+	PepsalTfoFrom   *ebpf.MapSpec `ebpf:"pepsal_tfo_from"`
 }
 
 // classifyVariableSpecs contains global variables before they are loaded into the kernel.
@@ -208,6 +225,8 @@ type classifyMaps struct {
 	PepsalIfaces    *ebpf.Map `ebpf:"pepsal_ifaces"`
 	PepsalListen    *ebpf.Map `ebpf:"pepsal_listen"`
 	PepsalPorts     *ebpf.Map `ebpf:"pepsal_ports"`
+	PepsalSrcfull   *ebpf.Map `ebpf:"pepsal_srcfull"`
+	PepsalTfoFrom   *ebpf.Map `ebpf:"pepsal_tfo_from"`
 }
 
 func (m *classifyMaps) Close() error {
@@ -220,6 +239,8 @@ func (m *classifyMaps) Close() error {
 		m.PepsalIfaces,
 		m.PepsalListen,
 		m.PepsalPorts,
+		m.PepsalSrcfull,
+		m.PepsalTfoFrom,
 	)
 }
 

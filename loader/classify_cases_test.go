@@ -66,11 +66,14 @@ func TestClassify(t *testing.T) {
 		flowCases(t, e, f)
 		synCases(t, e, f)
 		synPolicyCases(t, e, f)
+		synDataCases(t, e, f)
+		sourceLimitCases(t, e, f)
 		hostileCases(t, e, f)
 		icmpCases(t, e, f)
 	}
 	lengthCases(t, e)
 	wireCases(t, e)
+	cookieTests(t, e)
 
 	// Neither IPv4 nor IPv6.
 	arp := v4syn.bytes()
@@ -80,7 +83,7 @@ func TestClassify(t *testing.T) {
 	noConfigCase(t, e)
 
 	if !t.Failed() {
-		e.counters.coverage(t, "syn_", "pkt_", "icmp_")
+		e.counters.coverage(t, "syn_", "pkt_", "icmp_", "ack_", "rst_", "cookie_")
 	}
 }
 

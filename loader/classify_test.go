@@ -388,6 +388,8 @@ type tcase struct {
 	want map[string]uint64 // counters
 	mark bool              // the skb leaves with the diversion mark
 	gso  uint32            // GSO segment size (0: not a GSO skb)
+	// divertFlags are the pepsal_diverted entry's flags of a diverted SYN.
+	divertFlags uint32
 	// setup runs in the namespace before the packet; it may change p.
 	setup func(t *testing.T, p *pkt)
 }
@@ -418,12 +420,12 @@ func (e *classifyEnv) check(t *testing.T, tc tcase) {
 			t.Errorf("mark %#x, want none", mark)
 		}
 		if tc.raw == nil && p.icmp == nil && p.flags&(tcpSYN|tcpACK) == tcpSYN {
-			e.checkDiverted(t, p, tc.mark)
+			e.checkDiverted(t, p, tc.mark, tc.divertFlags)
 		}
 	})
 }
 
-func (e *classifyEnv) checkDiverted(t *testing.T, p pkt, diverted bool) {
+func (e *classifyEnv) checkDiverted(t *testing.T, p pkt, diverted bool, flags uint32) {
 	t.Helper()
 	var info classifyDivertInfo
 	err := e.coll.Maps["pepsal_diverted"].Lookup(flowKeyOf(p), &info)
@@ -432,6 +434,8 @@ func (e *classifyEnv) checkDiverted(t *testing.T, p pkt, diverted bool) {
 		t.Errorf("diverted SYN has no pepsal_diverted entry: %v", err)
 	case diverted && info.Tos != uint32(p.tos):
 		t.Errorf("pepsal_diverted tos %#x, want the SYN's %#x", info.Tos, p.tos)
+	case diverted && info.Flags != flags:
+		t.Errorf("pepsal_diverted flags %#x, want %#x", info.Flags, flags)
 	case !diverted && err == nil:
 		t.Errorf("bypassed SYN has a pepsal_diverted entry %+v", info)
 	}

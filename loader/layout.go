@@ -17,16 +17,17 @@ import (
 // (another layout would be misread, or refused by the kernel half way
 // through an attach). TestLayoutFingerprint fails when the maps change:
 // then bump LayoutVersion and record the new fingerprint.
-const LayoutVersion = 6
+const LayoutVersion = 7
 
 // layoutFingerprint is the maps of LayoutVersion, as mapsFingerprint gives it.
 const layoutFingerprint = "" +
 	"pepsal_admission array key 4 value 8 entries 1;" +
 	"pepsal_config array key 4 value 40 entries 1;" +
-	"pepsal_counters per_cpu_array key 4 value 288 entries 1;" +
-	"pepsal_diverted lru_hash key 40 value 8;" +
+	"pepsal_counters per_cpu_array key 4 value 344 entries 1;" +
+	"pepsal_diverted lru_hash key 40 value 16;" +
 	"pepsal_exclude lpm_trie key 20 value 1 entries 4096;" +
 	"pepsal_ifaces hash key 4 value 12 entries 256;" +
+	"pepsal_iw_wait lru_hash key 8 value 1 entries 4096;" +
 	"pepsal_layout array key 4 value 4 entries 1;" +
 	"pepsal_listen sock_map key 4 value 8 entries 2;" +
 	"pepsal_owner array key 4 value 16 entries 1;" +
@@ -35,6 +36,8 @@ const layoutFingerprint = "" +
 	"pepsal_relay sock_hash key 8 value 8;" +
 	"pepsal_relay_dirs hash key 8 value 48;" +
 	"pepsal_relay_user hash key 8 value 8;" +
+	"pepsal_srcfull hash key 16 value 1 entries 65536;" +
+	"pepsal_tfo_from lpm_trie key 20 value 1 entries 1024;" +
 	"pepsal_tuning array key 4 value 8 entries 2;" +
 	"pepsal_upstream hash key 8 value 1;"
 

@@ -5,6 +5,7 @@ package loader
 
 import (
 	"errors"
+	"sync"
 )
 
 // Attachment is an open handle on the pinned objects of this namespace.
@@ -12,6 +13,7 @@ type Attachment struct {
 	Dir   string
 	maps  classifyMaps
 	relay relayMaps
+	admMu sync.Mutex // pepsal_admission is read, changed and written whole
 }
 
 // Close releases the handle; the attachment itself stays (it is pinned).

@@ -33,6 +33,9 @@ type relayCounters struct {
 	PktNoConfig          uint64
 	PktMalformed         uint64
 	PktFragment          uint64
+	AckCookieSteered     uint64
+	RstCookieLocal       uint64
+	CookieStaleForwarded uint64
 	IcmpLocal            uint64
 	IcmpForwarded        uint64
 	IcmpUnparsed         uint64
@@ -51,6 +54,10 @@ type relayCounters struct {
 	TuneInitCwnd         uint64
 	TuneInitRwnd         uint64
 	TuneFailed           uint64
+	SynDataUntrusted     uint64
+	SynBypassSource      uint64
+	TuneIwDeferred       uint64
+	TuneIwLate           uint64
 }
 
 type relayRelayDir struct {

@@ -46,6 +46,9 @@ type steerCounters struct {
 	PktNoConfig          uint64
 	PktMalformed         uint64
 	PktFragment          uint64
+	AckCookieSteered     uint64
+	RstCookieLocal       uint64
+	CookieStaleForwarded uint64
 	IcmpLocal            uint64
 	IcmpForwarded        uint64
 	IcmpUnparsed         uint64
@@ -64,12 +67,17 @@ type steerCounters struct {
 	TuneInitCwnd         uint64
 	TuneInitRwnd         uint64
 	TuneFailed           uint64
+	SynDataUntrusted     uint64
+	SynBypassSource      uint64
+	TuneIwDeferred       uint64
+	TuneIwLate           uint64
 }
 
 type steerDivertInfo struct {
-	_   structs.HostLayout
-	Tos uint32
-	Pad uint32
+	_     structs.HostLayout
+	Tos   uint32
+	Flags uint32
+	SynNs uint64
 }
 
 type steerExcludeKey struct {

@@ -46,6 +46,9 @@ type tuneCounters struct {
 	PktNoConfig          uint64
 	PktMalformed         uint64
 	PktFragment          uint64
+	AckCookieSteered     uint64
+	RstCookieLocal       uint64
+	CookieStaleForwarded uint64
 	IcmpLocal            uint64
 	IcmpForwarded        uint64
 	IcmpUnparsed         uint64
@@ -64,12 +67,17 @@ type tuneCounters struct {
 	TuneInitCwnd         uint64
 	TuneInitRwnd         uint64
 	TuneFailed           uint64
+	SynDataUntrusted     uint64
+	SynBypassSource      uint64
+	TuneIwDeferred       uint64
+	TuneIwLate           uint64
 }
 
 type tuneDivertInfo struct {
-	_   structs.HostLayout
-	Tos uint32
-	Pad uint32
+	_     structs.HostLayout
+	Tos   uint32
+	Flags uint32
+	SynNs uint64
 }
 
 type tuneExcludeKey struct {
@@ -109,6 +117,7 @@ const (
 	tuneMapPepsalDiverted = "pepsal_diverted"
 	tuneMapPepsalExclude  = "pepsal_exclude"
 	tuneMapPepsalIfaces   = "pepsal_ifaces"
+	tuneMapPepsalIwWait   = "pepsal_iw_wait"
 	tuneMapPepsalListen   = "pepsal_listen"
 	tuneMapPepsalPeerPort = "pepsal_peer_port"
 	tuneMapPepsalPorts    = "pepsal_ports"
@@ -171,6 +180,7 @@ type tuneMapSpecs struct {
 	PepsalDiverted *ebpf.MapSpec `ebpf:"pepsal_diverted"`
 	PepsalExclude  *ebpf.MapSpec `ebpf:"pepsal_exclude"`
 	PepsalIfaces   *ebpf.MapSpec `ebpf:"pepsal_ifaces"`
+	PepsalIwWait   *ebpf.MapSpec `ebpf:"pepsal_iw_wait"`
 	PepsalListen   *ebpf.MapSpec `ebpf:"pepsal_listen"`
 	PepsalPeerPort *ebpf.MapSpec `ebpf:"pepsal_peer_port"`
 	PepsalPorts    *ebpf.MapSpec `ebpf:"pepsal_ports"`
@@ -209,6 +219,7 @@ type tuneMaps struct {
 	PepsalDiverted *ebpf.Map `ebpf:"pepsal_diverted"`
 	PepsalExclude  *ebpf.Map `ebpf:"pepsal_exclude"`
 	PepsalIfaces   *ebpf.Map `ebpf:"pepsal_ifaces"`
+	PepsalIwWait   *ebpf.Map `ebpf:"pepsal_iw_wait"`
 	PepsalListen   *ebpf.Map `ebpf:"pepsal_listen"`
 	PepsalPeerPort *ebpf.Map `ebpf:"pepsal_peer_port"`
 	PepsalPorts    *ebpf.Map `ebpf:"pepsal_ports"`
@@ -223,6 +234,7 @@ func (m *tuneMaps) Close() error {
 		m.PepsalDiverted,
 		m.PepsalExclude,
 		m.PepsalIfaces,
+		m.PepsalIwWait,
 		m.PepsalListen,
 		m.PepsalPeerPort,
 		m.PepsalPorts,

@@ -10,21 +10,23 @@ import (
 
 func attachCmd(e *env) *cobra.Command {
 	var p policyFlags
+	var fwd forwardFlags
 	var maxConns string
 	cmd := &cobra.Command{
 		Use:   "attach",
 		Short: "Attach the classifier and steering to interfaces, pinned, and exit (a daemon serves with `pepsal run`)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return attach(cmd, e, &p, maxConns)
+			return attach(cmd, e, &p, &fwd, maxConns)
 		},
 	}
 	p.register(cmd)
+	fwd.register(cmd.Flags(), false)
 	registerMaxConns(cmd.Flags(), &maxConns)
 	return cmd
 }
 
-func attach(cmd *cobra.Command, e *env, p *policyFlags, maxConns string) error {
+func attach(cmd *cobra.Command, e *env, p *policyFlags, f *forwardFlags, maxConns string) error {
 	cfg, err := p.config()
 	if err != nil {
 		return err
@@ -36,11 +38,20 @@ func attach(cmd *cobra.Command, e *env, p *policyFlags, maxConns string) error {
 	if err != nil {
 		return err
 	}
+	fwd, err := f.plan(cfg.Routing.Mark)
+	if err != nil {
+		return err
+	}
 	if err := e.privileged(); err != nil {
 		return err
 	}
+	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+	// Interception starts here: what it bypasses is checked first.
+	if _, err := checkForward(e, fwd, log); err != nil {
+		return err
+	}
 	// Maps are sized for the daemon's limit; derived here as `run` derives it.
-	limit, err := settleLimit(asked, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
+	limit, err := settleLimit(asked, log)
 	if err != nil {
 		return err
 	}

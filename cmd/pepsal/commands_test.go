@@ -92,6 +92,13 @@ func TestBadFlagsStopBeforeTheHost(t *testing.T) {
 		{[]string{"run", "--listen-port", "70000"}, "--listen-port 70000 is not a port (1-65535)"},
 		{[]string{"run", "--metrics-addr", "127.0.0.1"}, `bad --metrics-addr "127.0.0.1"`},
 		{[]string{"run", "--max-conns", "0"}, `bad --max-conns "0"`},
+		{[]string{"run", "--max-conns-per-client", "-3"}, `bad --max-conns-per-client "-3"`},
+		{[]string{"run", "--max-conns-per-client", "many"}, `bad --max-conns-per-client "many"`},
+		{[]string{"run", "--role", "gateway", "--fastopen-from", "10.0.0.0/33"}, "--fastopen-from 10.0.0.0/33: not a CIDR prefix or address"},
+		{[]string{"run", "--role", "gateway", "--fastopen-from", "terminals"}, "--fastopen-from terminals: not a CIDR prefix or address"},
+		{[]string{"run", "--role", "terminal", "--fastopen-from", "10.0.0.0/8"}, "--fastopen-from needs listeners that take data in SYNs: --role gateway or --fastopen"},
+		{[]string{"run", "--fastopen-from", "10.0.0.0/8"}, "--fastopen-from needs listeners that take data in SYNs"},
+		{[]string{"run", "--role", "gateway", "--fastopen=false", "--fastopen-from", "10.0.0.0/8"}, "--fastopen-from needs listeners that take data in SYNs"},
 		{[]string{"run", "--log-level", "loud"}, `bad --log-level "loud"`},
 		{[]string{"run", "--control-group", "no-such-group-here"}, `bad --control-group "no-such-group-here"`},
 		{[]string{"run", "--role", "satellite"}, `--role must be gateway or terminal, not "satellite"`},
@@ -104,6 +111,15 @@ func TestBadFlagsStopBeforeTheHost(t *testing.T) {
 		{[]string{"attach", "--iface", "eth0", "--max-conns=-5"}, `bad --max-conns "-5"`},
 		{[]string{"attach", "--iface", "eth0", "--tc-mode", "xdp"}, `--tc-mode must be auto, tcx or clsact, not "xdp"`},
 		{[]string{"attach", "--iface", "eth0", "--route-table", "254"}, "--route-table 254 is reserved or out of range"},
+		{[]string{"run", "--forward-filter", "output"}, `--forward-filter must be check, mirrored or ignore, not "output"`},
+		{[]string{"run", "--forward-filter="}, `--forward-filter must be check, mirrored or ignore, not ""`},
+		{[]string{"attach", "--iface", "eth0", "--forward-filter", "IGNORE"}, `--forward-filter must be check, mirrored or ignore, not "IGNORE"`},
+		{[]string{"attach", "--iface", "eth0", "--server-mark", "7"}, "unknown flag: --server-mark"},
+		{[]string{"run", "--server-mark", "7"}, "--server-mark needs --forward-filter=mirrored"},
+		{[]string{"run", "--forward-filter=ignore", "--server-mark", "7"}, "--server-mark needs --forward-filter=mirrored"},
+		{[]string{"run", "--forward-filter=mirrored", "--server-mark", "0x5e9a1"}, "--server-mark 0x5e9a1 is --fwmark's"},
+		{[]string{"run", "--forward-filter=mirrored", "--fwmark", "7", "--server-mark", "7"}, "--server-mark 0x7 is --fwmark's"},
+		{[]string{"run", "--forward-filter=mirrored", "--server-mark", "-1"}, `invalid argument "-1" for "--server-mark"`},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			oneLine(t, pepsal(t, untouchable(t), c.args...), c.want)
@@ -166,10 +182,12 @@ func serveControl(t *testing.T, e *env, info report.DaemonInfo, table *proxy.Tab
 // testDaemon is what the served daemon says of itself.
 var testDaemon = report.DaemonInfo{
 	PID: 4242, Relay: "sockmap", Listeners: []string{"127.0.0.1:5000", "[::1]:5000"}, UptimeSeconds: 90.5,
-	Off: []report.Off{{Feature: "tcx", Why: "Linux 6.1", Instead: "the classifier is attached as a clsact filter"}},
+	Off:           []report.Off{{Feature: "tcx", Why: "Linux 6.1", Instead: "the classifier is attached as a clsact filter"}},
+	ForwardFilter: &report.ForwardFilter{Mode: "mirrored", Found: "inet filter forward: policy drop, 3 rules", ServerMark: 0x5e9a2},
 	Stats: report.Stats{Active: 2, Accepted: 13, Completed: 7, Reset: 1, Fallback: 3, BytesToServer: 1000, BytesToClient: 3000,
-		KernelBytes: 2000, MaxConns: 100, LowWater: 90, FDLimit: 1024,
+		KernelBytes: 2000, MaxConns: 100, LowWater: 90, FDLimit: 1024, MaxConnsPerClient: 25, LowWaterPerClient: 23, ClientsAtLimit: 1, ClientLimitTrips: 4,
 		DestDenied: 3, DestDeniedByReason: map[string]uint64{"own_address": 2, "link_local": 1, "deny_prefix": 0}},
+	Listen: report.ListenStats{Backlog: 128, CookiesSent: 40, CookiesRecv: 9, CookiesFailed: 1, Overflows: 2, Drops: 3},
 }
 
 // TestStatusOfADaemon: `pepsal status` prints what the daemon's control
@@ -183,9 +201,12 @@ func TestStatusOfADaemon(t *testing.T) {
 		"attached:  no (nothing in this network namespace)",
 		"daemon:    pid 4242, sockmap relay, up 1m30s, listening on [127.0.0.1:5000 [::1]:5000]",
 		"off:       tcx off: Linux 6.1; the classifier is attached as a clsact filter",
+		"forward:   --forward-filter=mirrored, server legs marked 0x5e9a2; forwarded traffic filtered at start by: inet filter forward: policy drop, 3 rules",
 		"conns:     2 active, 13 accepted, 7 completed, 1 reset, 0 upstream failed, 0 refused (loop), 3 refused (destination), 3 relayed in userspace instead of the kernel",
 		"refused:   destinations pepsal does not connect to: 2 own_address, 1 link_local",
 		"limit:     100 connections (split again below 90), fd limit 1024: splitting new connections; full 0 times, 0 resource shortages",
+		"listen:    backlog 128; in this namespace: 40 SYN cookies sent, 9 received, 1 failed; 2 listen overflows, 3 listen drops",
+		"per client: 25 connections (split again below 23): 1 client(s) at it now, their new connections forwarded unsplit; reached 4 times",
 		"bytes:     1000 to servers, 3000 to clients (closed connections), 50% moved by the kernel",
 	}
 	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
@@ -200,7 +221,9 @@ func TestStatusOfADaemon(t *testing.T) {
 
 	r = pepsal(t, e, "status", "--json")
 	var rep report.StatusReport
-	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 3 || rep.Daemon == nil || rep.Daemon.PID != 4242 || rep.Attached {
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 3 || rep.Daemon == nil || rep.Daemon.PID != 4242 || rep.Attached ||
+		rep.Daemon.Listen != testDaemon.Listen ||
+		rep.Daemon.Stats.ClientsAtLimit != 1 || !strings.Contains(r.stdout, `"max_conns_per_client": 25`) {
 		t.Errorf("status --json: exit %d, %v:\n%s", r.code, err, r.stdout)
 	}
 }

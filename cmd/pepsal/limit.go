@@ -13,7 +13,37 @@ import (
 )
 
 func registerMaxConns(fl *pflag.FlagSet, v *string) {
-	fl.StringVar(v, "max-conns", "auto", "split connections held at most; past it new connections are forwarded unsplit until 10% below (auto: what the fd limit and half the memory hold)")
+	fl.StringVar(v, "max-conns", "auto", "split connections held at most; past it new connections are forwarded unsplit until 10% below (auto: what the fd limit and half the memory hold); the listeners' backlog is an eighth of it, 512 to 65535, capped by net.core.somaxconn")
+}
+
+func registerMaxConnsPerClient(fl *pflag.FlagSet, v *string) {
+	fl.StringVar(v, "max-conns-per-client", "auto", "split connections one client address holds at most; past it its new connections are forwarded unsplit until 10% below, so one client cannot take the proxy from the others (auto: a quarter of --max-conns, at least 256; off: no limit)")
+}
+
+// parsePerClient reads --max-conns-per-client: a positive count, -1 for
+// "auto" (settled once --max-conns is), or 0 for "off".
+func parsePerClient(s string) (int, error) {
+	switch s = strings.TrimSpace(s); s {
+	case "auto":
+		return -1, nil
+	case "off", "0":
+		return 0, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > loader.MaxMapConns {
+		return 0, fmt.Errorf("bad --max-conns-per-client %q: want a count of connections from 1 to %d, auto or off", s, loader.MaxMapConns)
+	}
+	return n, nil
+}
+
+// perClientLimit settles --max-conns-per-client (asked as parsePerClient
+// reads it) against the connection limit: auto derives it; a count at or
+// past the limit would never act before it, and is kept as asked.
+func perClientLimit(asked, maxConns int) int {
+	if asked < 0 {
+		return proxy.DefaultPerClient(maxConns)
+	}
+	return asked
 }
 
 // parseMaxConns reads --max-conns: a positive count, or 0 for "auto".

@@ -71,3 +71,34 @@ func TestRunPlanDeny(t *testing.T) {
 		}
 	}
 }
+
+// TestRunPlanFastOpenFrom: --fastopen-from reaches the listeners' fast-open
+// setting, IPv4, IPv4-mapped and IPv6; the gateway role without it takes
+// data in SYNs from nowhere; --max-conns-per-client is auto, off or a count.
+func TestRunPlanFastOpenFrom(t *testing.T) {
+	for _, c := range []struct {
+		args      []string
+		from      []netip.Prefix
+		perClient int
+	}{
+		{[]string{"--role", "gateway"}, nil, -1},
+		{[]string{"--fastopen", "--fastopen-from", "10.78.3.0/24", "--max-conns-per-client", "off"}, []netip.Prefix{netip.MustParsePrefix("10.78.3.0/24")}, 0},
+		{[]string{"--role", "gateway", "--fastopen-from", "::ffff:10.78.3.0/120", "--fastopen-from", "fd78:3::1", "--max-conns-per-client", "64"},
+			[]netip.Prefix{netip.MustParsePrefix("::ffff:10.78.3.0/120"), netip.MustParsePrefix("fd78:3::1/128")}, 64},
+	} {
+		e := untouchable(t)
+		var f runFlags
+		cmd := runCmdInto(e, &f)
+		if err := cmd.ParseFlags(c.args); err != nil {
+			t.Fatal(err)
+		}
+		p, err := f.plan(cmd, e)
+		fo := p.opts.Tuning.FastOpen
+		if err != nil || !fo.Accept || !slices.Equal(fo.AcceptFrom, c.from) || p.perClient != c.perClient {
+			t.Errorf("%v: accept %v from %v, per client %d, %v; want from %v, per client %d", c.args, fo.Accept, fo.AcceptFrom, p.perClient, err, c.from, c.perClient)
+		}
+	}
+	if perClientLimit(-1, 20) != 0 || perClientLimit(-1, 4000) != 1000 || perClientLimit(5, 4000) != 5 || perClientLimit(0, 4000) != 0 {
+		t.Error("perClientLimit does not settle auto, a count and off as documented")
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/forwardfilter"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/spf13/cobra"
 )
@@ -25,6 +26,9 @@ type env struct {
 	query func(request string, out any) error
 	// openAttachment opens this namespace's attachment (loader.Open).
 	openAttachment func() (*loader.Attachment, error)
+	// forwardFilter reads what filters forwarded traffic in this namespace
+	// (forwardfilter.Inspect), after privileged.
+	forwardFilter func() (forwardfilter.Finding, error)
 }
 
 // processEnv is the env of the running process.
@@ -36,6 +40,7 @@ func processEnv() *env {
 		privileged:     requirePrivileges,
 		query:          report.Query,
 		openAttachment: loader.Open,
+		forwardFilter:  forwardfilter.Inspect,
 	}
 }
 

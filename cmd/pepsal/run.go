@@ -27,6 +27,7 @@ type runFlags struct {
 	tuning         tuningFlags
 	peer           peerFlags
 	relay          relayFlags
+	forward        forwardFlags
 	listenPort     int
 	connectTimeout time.Duration
 	drainTimeout   time.Duration
@@ -36,6 +37,7 @@ type runFlags struct {
 	deny           []string
 	metricsAddr    string
 	maxConns       string
+	perClient      string
 	controlGroup   string
 }
 
@@ -56,6 +58,7 @@ func runCmdInto(e *env, f *runFlags) *cobra.Command {
 	f.peer.register(cmd)
 	fl := cmd.Flags()
 	f.relay.register(fl)
+	f.forward.register(fl, true)
 	fl.IntVar(&f.listenPort, "listen-port", 5000, "port of the proxy's listeners on 127.0.0.1 and ::1")
 	fl.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "give up on the upstream connection (and reset the client) after this long")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "on SIGTERM/SIGINT, wait this long for live connections before resetting them")
@@ -66,6 +69,7 @@ func runCmdInto(e *env, f *runFlags) *cobra.Command {
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
 	fl.StringVar(&f.controlGroup, "control-group", "", "members of group `NAME|GID` may ask the daemon (pepsal conns) besides root (default: root only)")
 	registerMaxConns(fl, &f.maxConns)
+	registerMaxConnsPerClient(fl, &f.perClient)
 	return cmd
 }
 
@@ -73,9 +77,11 @@ func runCmdInto(e *env, f *runFlags) *cobra.Command {
 // the daemon's options, and the connection limit asked (0: auto), which is
 // settled against the host once it may be touched.
 type runPlan struct {
-	cfg   loader.Config
-	opts  daemon.Options
-	asked int
+	cfg       loader.Config
+	opts      daemon.Options
+	asked     int
+	fwd       forwardPlan
+	perClient int // --max-conns-per-client as parsePerClient reads it
 }
 
 func run(cmd *cobra.Command, e *env, f *runFlags) error {
@@ -87,6 +93,11 @@ func run(cmd *cobra.Command, e *env, f *runFlags) error {
 	if err := checkHost(e, p.cfg.Ifaces); err != nil {
 		return err
 	}
+	// Before anything is attached: a refusal leaves nothing behind.
+	if p.opts.ForwardFilter, err = checkForward(e, p.fwd, p.opts.Log); err != nil {
+		return err
+	}
+	p.opts.ServerMark = p.fwd.serverMark
 	limit, err := settleLimit(p.asked, p.opts.Log)
 	if err != nil {
 		return err
@@ -94,6 +105,7 @@ func run(cmd *cobra.Command, e *env, f *runFlags) error {
 	cfg, log := p.cfg, p.opts.Log
 	cfg.MapConns = limit.MapConns()
 	p.opts.MaxConns, p.opts.MaxConnsFrom, p.opts.FDBudget = limit.Max, limitFrom(limit), limit.Budget
+	p.opts.MaxConnsPerClient = perClientLimit(p.perClient, limit.Max)
 	p.opts.Attach = func() (*daemon.Kernel, error) { return attachOrOpen(cfg, log) }
 	d, err := daemon.NewDaemon(p.opts)
 	if err != nil {
@@ -122,10 +134,18 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 	if err != nil {
 		return runPlan{}, err
 	}
+	fwd, err := f.forward.plan(cfg.Routing.Mark)
+	if err != nil {
+		return runPlan{}, err
+	}
 	if err := f.checkServing(); err != nil {
 		return runPlan{}, err
 	}
 	asked, err := parseMaxConns(f.maxConns)
+	if err != nil {
+		return runPlan{}, err
+	}
+	perClient, err := parsePerClient(f.perClient)
 	if err != nil {
 		return runPlan{}, err
 	}
@@ -145,7 +165,7 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 	if err != nil {
 		return runPlan{}, err
 	}
-	return runPlan{cfg: cfg, asked: asked, opts: daemon.Options{
+	return runPlan{cfg: cfg, asked: asked, fwd: fwd, perClient: perClient, opts: daemon.Options{
 		Tuning:         tun,
 		Relay:          rs.mode,
 		RelayBudget:    rs.budget,

@@ -180,6 +180,7 @@ func printDaemon(w io.Writer, d *report.DaemonInfo) {
 	for _, o := range d.Off {
 		fmt.Fprintf(w, "off:       %s\n", o)
 	}
+	printForwardFilter(w, d.ForwardFilter)
 	s := d.Stats
 	fmt.Fprintf(w, "conns:     %d active, %d accepted, %d completed, %d reset, %d upstream failed, %d refused (loop), %d refused (destination), %d relayed in userspace instead of the kernel\n",
 		s.Active, s.Accepted, s.Completed, s.Reset, s.UpstreamFailed, s.LoopRefused, s.DestDenied, s.Fallback)
@@ -192,6 +193,11 @@ func printDaemon(w io.Writer, d *report.DaemonInfo) {
 		fmt.Fprintf(w, "limit:     %d connections (split again below %d), fd limit %d: %s; full %d times, %d resource shortages\n",
 			s.MaxConns, s.LowWater, s.FDLimit, state, s.FullTrips, s.Shortages)
 	}
+	printListen(w, d.Listen)
+	if s.MaxConnsPerClient > 0 {
+		fmt.Fprintf(w, "per client: %d connections (split again below %d): %d client(s) at it now, their new connections forwarded unsplit; reached %d times\n",
+			s.MaxConnsPerClient, s.LowWaterPerClient, s.ClientsAtLimit, s.ClientLimitTrips)
+	}
 	fmt.Fprintf(w, "bytes:     %d to servers, %d to clients (closed connections)", s.BytesToServer, s.BytesToClient)
 	if d.Relay == relay.ModeSockmap.String() {
 		fmt.Fprintf(w, ", %s moved by the kernel", share(s.KernelBytes, s.BytesToServer+s.BytesToClient))
@@ -199,6 +205,21 @@ func printDaemon(w io.Writer, d *report.DaemonInfo) {
 	fmt.Fprintln(w)
 	printPeer(w, d.Peer)
 	fmt.Fprintf(w, "runtime:   %d goroutines, %d open fds, %.1f MiB Go heap\n", d.Goroutines, d.OpenFDs, float64(d.HeapBytes)/(1<<20))
+}
+
+// printListen says the listeners' backlog and how the namespace's listen
+// queues fared (every listener of the namespace counts).
+func printListen(w io.Writer, l report.ListenStats) {
+	if l.Backlog == 0 && l.Unreadable == "" {
+		return // a daemon from before the backlog was reported
+	}
+	fmt.Fprintf(w, "listen:    backlog %d; in this namespace: ", l.Backlog)
+	if l.Unreadable != "" {
+		fmt.Fprintf(w, "counters unreadable (%s)\n", l.Unreadable)
+		return
+	}
+	fmt.Fprintf(w, "%d SYN cookies sent, %d received, %d failed; %d listen overflows, %d listen drops\n",
+		l.CookiesSent, l.CookiesRecv, l.CookiesFailed, l.Overflows, l.Drops)
 }
 
 // printDenied says why destinations were refused, when some were.
@@ -272,4 +293,17 @@ func legSummary(l *report.LegInfo) string {
 		return "-"
 	}
 	return fmt.Sprintf("%s cwnd %d rtt %.1fms retr %d", l.CC, l.CwndSegs, float64(l.RTTMicros)/1000, l.Retransmits)
+}
+
+// printForwardFilter says what filters forwarded traffic (read at the
+// daemon's start) and what --forward-filter does about it.
+func printForwardFilter(w io.Writer, f *report.ForwardFilter) {
+	if f == nil {
+		return // a daemon from before --forward-filter
+	}
+	mark := ""
+	if f.ServerMark != 0 {
+		mark = fmt.Sprintf(", server legs marked %#x", f.ServerMark)
+	}
+	fmt.Fprintf(w, "forward:   --forward-filter=%s%s; forwarded traffic filtered at start by: %s\n", f.Mode, mark, f.Found)
 }

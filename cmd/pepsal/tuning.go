@@ -15,6 +15,7 @@ type tuningFlags struct {
 	role         string
 	fastOpen     bool
 	fastOpenWait time.Duration
+	fastOpenFrom []string
 	legs         [2]legFlags // client, server
 	keepAlive    time.Duration
 	userTimeout  time.Duration
@@ -33,6 +34,7 @@ func (t *tuningFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&t.role, "role", "", "preset for the long (satellite) leg: gateway (clients are across the link) or terminal (servers are)")
 	f.BoolVar(&t.fastOpen, "fastopen", false, "TCP Fast Open without cookies, for the link between two pepsals: dial with the client's first bytes in the SYN, accept data in SYNs (enables the server bit of net.ipv4.tcp_fastopen, restored at exit)")
+	f.StringArrayVar(&t.fastOpenFrom, "fastopen-from", nil, "take data in SYNs (fast open, --role gateway or --fastopen) only from this prefix, e.g. the terminals' link 192.0.2.0/24 (repeatable; default: from nowhere, a SYN with data from anywhere else is forwarded unsplit: its source is not proven)")
 	f.DurationVar(&t.fastOpenWait, "fastopen-wait", 20*time.Millisecond, "how long to wait for a client's first bytes to put them in the upstream SYN")
 	f.DurationVar(&t.keepAlive, "keepalive", tuning.DefaultKeepAlive, "both legs: idle time before TCP keepalive probes (4, a quarter of it apart), so that dead peers are found; 0: off")
 	f.DurationVar(&t.userTimeout, "user-timeout", tuning.DefaultUserTimeout, "both legs: drop a leg whose data (or keepalive probes) stay unacknowledged this long (TCP_USER_TIMEOUT), resetting the other; 0: the kernel's (~15 min)")
@@ -64,6 +66,9 @@ func (t *tuningFlags) tuning(cmd *cobra.Command) (tuning.Tuning, error) {
 			return tun, fmt.Errorf("--fastopen-wait must be between 0 and 1s")
 		}
 		tun.FastOpen.Wait = t.fastOpenWait
+	}
+	if err := t.acceptFrom(&tun); err != nil {
+		return tun, err
 	}
 	legs := [2]*tuning.Leg{&tun.Client, &tun.Server}
 	f := cmd.Flags()
@@ -109,6 +114,20 @@ func (t *tuningFlags) tuning(cmd *cobra.Command) (tuning.Tuning, error) {
 		}
 	}
 	return tun, nil
+}
+
+// acceptFrom reads --fastopen-from, which only listeners that take data in
+// SYNs have a use for.
+func (t *tuningFlags) acceptFrom(tun *tuning.Tuning) error {
+	from, err := parsePrefixes("--fastopen-from", t.fastOpenFrom)
+	if err != nil {
+		return err
+	}
+	if len(from) > 0 && !tun.FastOpen.Accept {
+		return fmt.Errorf("--fastopen-from needs listeners that take data in SYNs: --role gateway or --fastopen")
+	}
+	tun.FastOpen.AcceptFrom = from
+	return nil
 }
 
 // legFlagErr names the flag of a leg setting out of range.

@@ -203,7 +203,11 @@ func originAddrs(base string) []string {
 func (b *webBed) start(ctx context.Context, cfg Config, peers Peers, relay string) error {
 	sites := b.sitesForStart
 	args := func(s Site) []string {
-		return append([]string{"--role", s.Name}, cfg.argsFor(s.Name)...)
+		a := []string{"--role", s.Name}
+		if s.Name == "gateway" && b.mode.Kind == webTwo { // the terminal dials with the request in its SYN
+			a = append(a, "--fastopen-from", testbed.TerminalLinkV4, "--fastopen-from", testbed.TerminalLinkV6)
+		}
+		return append(a, cfg.argsFor(s.Name)...)
 	}
 	switch b.mode.Kind {
 	case webPepsal, webTwo:

@@ -182,8 +182,17 @@ func TestMaxConnsSizesMaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	ino := st.Ino
-	// The accept queues: 2 listeners x (backlog 512 + 1).
-	capacity := 3000 + 2*513
+	// The accept queues: 2 listeners x (backlog + 1), the backlog an eighth
+	// of --max-conns, at least 512, at most somaxconn.
+	somaxconn, err := b.Router.ReadSysctl("net.core.somaxconn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	backlog, err := strconv.Atoi(strings.TrimSpace(somaxconn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	capacity := 3000 + 2*(min(512, backlog)+1)
 	for name, perConn := range map[string]int{"pepsal_diverted": 2, "pepsal_relay": 2, "pepsal_relay_dirs": 2, "pepsal_relay_user": 2, "pepsal_upstream": 1} {
 		out, err := b.Router.Command("bpftool", "-j", "map", "show", "pinned", fmt.Sprintf("/sys/fs/bpf/pepsal/netns-%d/%s", ino, name)).Output()
 		if err != nil {

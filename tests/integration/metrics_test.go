@@ -116,6 +116,9 @@ func testMetricsMatchStatus(t *testing.T, cfg suite) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	s := st.Daemon.Stats
+	if l := st.Daemon.Listen; l.Backlog < 128 || l.Unreadable != "" {
+		t.Errorf("status listen %+v: want the listeners' backlog and the namespace's counters", l)
+	}
 
 	// What the test itself did.
 	if s.Completed != split || s.UpstreamFailed != failed || s.BytesToServer != wantUp || s.BytesToClient != wantDown {
@@ -145,6 +148,12 @@ func testMetricsMatchStatus(t *testing.T, cfg suite) {
 		{get("pepsal_relay_fallbacks_total"), s.Fallback, "userspace_fallback"},
 		{get("pepsal_local_failures_total"), st.Daemon.LocalFailed, "local_failed"},
 		{get("pepsal_upstream_tuning_skipped_total"), st.Daemon.UpstreamTuningSkipped, "upstream_tuning_skipped"},
+		{get("pepsal_listen_backlog"), uint64(st.Daemon.Listen.Backlog), "listen backlog"},
+		{get("pepsal_tcp_listen_overflows_total"), st.Daemon.Listen.Overflows, "listen_overflows"},
+		{get("pepsal_tcp_listen_drops_total"), st.Daemon.Listen.Drops, "listen_drops"},
+		{get("pepsal_tcp_syncookies_total", "event", "sent"), st.Daemon.Listen.CookiesSent, "syncookies_sent"},
+		{get("pepsal_tcp_syncookies_total", "event", "received"), st.Daemon.Listen.CookiesRecv, "syncookies_recv"},
+		{get("pepsal_tcp_syncookies_total", "event", "failed"), st.Daemon.Listen.CookiesFailed, "syncookies_failed"},
 	} {
 		if c.got != float64(c.want) {
 			t.Errorf("%s: metrics %v, status %d", c.what, c.got, c.want)

@@ -58,7 +58,7 @@ func newPeerTopo(t *testing.T) *testbed.TwoPEP {
 
 func startPeerGateway(t *testing.T, cfg suite, topo *testbed.TwoPEP, key string, extra ...string) *daemon {
 	return startPepsalIn(t, cfg, topo.Gateway, append([]string{"--iface", testbed.GatewayLinkIf, "--role", "gateway",
-		"--peer-listen", peerGatewayAddr, "--peer-key", key}, extra...)...)
+		"--peer-listen", peerGatewayAddr, "--peer-key", key}, append(trustTerminal, extra...)...)...)
 }
 
 func startPeerTerminal(t *testing.T, cfg suite, topo *testbed.TwoPEP, key string, pool int, extra ...string) *daemon {

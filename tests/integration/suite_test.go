@@ -123,6 +123,7 @@ var relaySuite = []suiteCase{
 	{"PeerUpstreamFailureResetsClient", testPeerUpstreamFailureResetsClient},
 	{"DestinationPolicyWarm", testDestinationPolicyWarm},
 	{"PeerFallback", testPeerFallback},
+	{"SynCookiesSplit", testSynCookiesSplit},
 }
 
 // relayIndependent are behaviours decided before any byte is relayed (the
@@ -134,6 +135,7 @@ var relayIndependent = []suiteCase{
 	{"ToSCopied", testToSCopied},
 	{"PolicyBypass", testPolicyBypass},
 	{"TransparentPathMTU", testTransparentPathMTU},
+	{"SynFloodNeverResets", testSynFloodNeverResets},
 }
 
 // runSuite runs the cases named in keep, from the relay suite and then the

@@ -21,9 +21,13 @@ func newTwoPEP(t *testing.T, cfg suite) *testbed.TwoPEP {
 	slow := linkemu.Link{Down: linkemu.Dir{Delay: 300 * time.Millisecond}, Up: linkemu.Dir{Delay: 300 * time.Millisecond}}
 	topo := twoPEPBed(t, testbed.Options{Prefix: "pit", Middle: linkemu.Middle(slow)})
 	startPepsalIn(t, cfg, topo.Terminal, "--iface", testbed.TerminalClientIf, "--role", "terminal")
-	startPepsalIn(t, cfg, topo.Gateway, "--iface", testbed.GatewayLinkIf, "--role", "gateway")
+	startPepsalIn(t, cfg, topo.Gateway, append([]string{"--iface", testbed.GatewayLinkIf, "--role", "gateway"}, trustTerminal...)...)
 	return topo
 }
+
+// trustTerminal lets a gateway take data in SYNs from the terminal's side
+// of the link (issue #22, 2): its cold flows dial with the request in the SYN.
+var trustTerminal = []string{"--fastopen-from", testbed.TerminalLinkV4, "--fastopen-from", testbed.TerminalLinkV6}
 
 // twoPEPBed builds a two-PEP bed; at cleanup it detaches both ends and
 // deletes the bed.

@@ -290,7 +290,7 @@ func TestPeerGatewayUpgradeDropsNothing(t *testing.T) {
 		key := writeKey(t, testKey(), 0o600)
 		const pool = 8
 		old, _, oldDone := startUpgradable(t, topo.Gateway, nil, "--relay", cfg.relay, "--iface", testbed.GatewayLinkIf,
-			"--role", "gateway", "--peer-listen", peerGatewayAddr, "--peer-key", key)
+			"--role", "gateway", "--peer-listen", peerGatewayAddr, "--peer-key", key, "--fastopen-from", testbed.TerminalLinkV4, "--fastopen-from", testbed.TerminalLinkV6)
 		startPeerTerminal(t, cfg, topo, key, pool)
 		waitPeer(t, topo.Terminal, "pool full", func(p report.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
 		listener := listenerInode(t, topo.Gateway, peerPort)

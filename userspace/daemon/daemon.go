@@ -48,16 +48,21 @@ type Options struct {
 	DrainTimeout   time.Duration // on SIGTERM/SIGINT, before live connections are reset
 	UpgradeDrain   time.Duration // on SIGHUP, how long the old daemon relays its live connections
 	Transparent    bool
-	Deny           []netip.Prefix // destinations refused besides this host's own (--deny)
-	MetricsAddr    string         // "": no metrics
-	ControlGroup   ControlGroup   // who besides root may use the control socket
-	MaxConns       int            // the admission limit
-	MaxConnsFrom   string         // what set it (logged)
-	FDBudget       proxy.FDBudget
-	Peer           PeerOptions
-	Version        string
-	Args           []string // the successor's arguments at an upgrade
-	Log            *slog.Logger
+	Deny           []netip.Prefix       // destinations refused besides this host's own (--deny)
+	ServerMark     uint32               // SO_MARK of server legs (0: none)
+	ForwardFilter  report.ForwardFilter // --forward-filter and what it found (status)
+	MetricsAddr    string               // "": no metrics
+	ControlGroup   ControlGroup         // who besides root may use the control socket
+	MaxConns       int                  // the admission limit
+	MaxConnsFrom   string               // what set it (logged)
+	// MaxConnsPerClient limits the connections of one client address
+	// (0: none); past it its new connections are forwarded unsplit.
+	MaxConnsPerClient int
+	FDBudget          proxy.FDBudget
+	Peer              PeerOptions
+	Version           string
+	Args              []string // the successor's arguments at an upgrade
+	Log               *slog.Logger
 	// Attach attaches the BPF side or opens the existing attachment. It is
 	// called once the listeners are bound: a taken port changes nothing.
 	Attach func() (*Kernel, error)
@@ -101,11 +106,12 @@ type run struct {
 	gateway     *peer.Gateway // nil: not a gateway
 
 	// Kernel side (attachKernel, settleRelay).
-	k      *Kernel
-	addrs  []string // the proxy listeners' addresses
-	ifaces []loader.Iface
-	relay  string       // the relay in use
-	off    []report.Off // what this host lacks, and what is done instead
+	k       *Kernel
+	addrs   []string // the proxy listeners' addresses
+	backlog int      // the proxy listeners' backlog (registerListeners)
+	ifaces  []loader.Iface
+	relay   string       // the relay in use
+	off     []report.Off // what this host lacks, and what is done instead
 
 	// Pipeline (buildPipeline).
 	pipeline  *proxy.Pipeline

@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/proxy"
@@ -28,6 +29,13 @@ type Attachment interface {
 	proxy.DivertedSYNs
 	// SetFull tells the classifier to forward new connections unsplit.
 	SetFull(full bool) error
+	// SetFastOpenFrom tells the classifier which SYNs carrying data it
+	// may divert (check: the listeners take such data).
+	SetFastOpenFrom(check bool, from []netip.Prefix) error
+	// SetSourceFull tells the classifier to forward a client's new
+	// connections unsplit; ClearSourcesFull forgets every such mark.
+	SetSourceFull(addr netip.Addr, full bool) error
+	ClearSourcesFull() error
 	// RecordFastOpenRestore keeps the tcp_fastopen value a detach restores.
 	RecordFastOpenRestore(old int) error
 	// TakeOver makes this process the attachment's owner in place of fromPID.
@@ -89,8 +97,15 @@ func (r *run) attachKernel() error {
 	if err := r.enableFastOpen(ownAttachment); err != nil {
 		return err
 	}
-	// A full flag left by a daemon killed at its limit must not outlive it.
+	// A full flag left by a daemon killed at its limit must not outlive it,
+	// nor a client's: this daemon counts its own connections.
 	if err := k.SetFull(false); err != nil {
+		return err
+	}
+	if err := k.ClearSourcesFull(); err != nil {
+		return err
+	}
+	if err := r.trustFastOpen(); err != nil {
 		return err
 	}
 	return r.registerListeners()
@@ -126,13 +141,37 @@ func (r *run) enableFastOpen(ownAttachment bool) error {
 	return nil
 }
 
+// trustFastOpen tells the classifier where the listeners' SYN data may
+// come from, before they are registered: where they take it (pepsal's
+// fast open, or a net.ipv4.tcp_fastopen that makes every listener take it
+// without a cookie), only from --fastopen-from.
+func (r *run) trustFastOpen() error {
+	fo := r.o.Tuning.FastOpen
+	check := fo.Accept
+	if !check && tuning.KernelTakesSYNData() {
+		check = true
+		r.log.Warn("net.ipv4.tcp_fastopen makes every listener take data in SYNs without a cookie: SYNs carrying data are forwarded unsplit")
+	}
+	if err := r.k.SetFastOpenFrom(check, fo.AcceptFrom); err != nil {
+		return err
+	}
+	switch {
+	case fo.Accept && len(fo.AcceptFrom) == 0:
+		r.log.Info("SYNs carrying data are forwarded unsplit: no --fastopen-from")
+	case fo.Accept:
+		r.log.Info("data in SYNs taken from", "fastopen_from", fo.AcceptFrom)
+	}
+	return nil
+}
+
 // registerListeners sets each proxy listener's accept queue and puts it in
 // its slot of pepsal_listen, where the diverted SYNs are steered.
 func (r *run) registerListeners() error {
+	r.backlog = r.listenBacklog()
 	for _, l := range r.listeners {
 		ln := l.ln
 		// The accept queue the fd budget counts on (listen again only sets it).
-		if err := sockopt.WithFD(ln, func(fd int) error { return unix.Listen(fd, r.o.FDBudget.Backlog) }); err != nil {
+		if err := sockopt.WithFD(ln, func(fd int) error { return unix.Listen(fd, r.backlog) }); err != nil {
 			return fmt.Errorf("set listener backlog: %w", err)
 		}
 		if err := sockopt.WithFD(ln, func(fd int) error { return r.k.RegisterListener(l.slot, fd) }); err != nil {
@@ -141,6 +180,24 @@ func (r *run) registerListeners() error {
 		r.addrs = append(r.addrs, ln.Addr().String())
 	}
 	return nil
+}
+
+// listenBacklog is the listeners' backlog: the one the fd budget was
+// settled with, which follows --max-conns (proxy.ListenBacklog) up to
+// net.core.somaxconn. The sysctl is the router's: pepsal says when it is
+// the lower, once, and leaves it.
+func (r *run) listenBacklog() int {
+	o := r.o
+	asked := proxy.ListenBacklog(o.MaxConns)
+	got := o.FDBudget.Backlog
+	if got <= 0 { // no budget settled (a daemon built without one)
+		return asked
+	}
+	if got < asked {
+		r.log.Warn("net.core.somaxconn caps the proxy listeners' backlog: SYNs past it get SYN cookies (the classifier steers their ACKs to the proxy); raise the sysctl for a longer queue",
+			"backlog", got, "asked", asked, "max_conns", o.MaxConns)
+	}
+	return got
 }
 
 // settleRelay puts the kernel relay under the pipeline where the kernel

@@ -31,12 +31,22 @@ type Metrics struct {
 	// Split reads the pipeline's totals that the table does not keep
 	// (proxy.Pipeline.SplitStats); nil: none counted. Set before serving.
 	Split func() report.SplitStats
+	// Listen reads the listeners' backlog and the namespace's listen queue
+	// counters (listenStats); nil: none. Set before serving.
+	Listen func() report.ListenStats
 
 	active, accepted, closed, bytes, mover, decisions, fallbacks, fallbacksBy, fallbackLive *prometheus.Desc
 	localFailed, tuningSkipped, denied                                                      *prometheus.Desc
+	clientsAtLimit, clientLimitTrips                                                        *prometheus.Desc
 
 	pool    peerPoolDescs
 	gateway peerGatewayDescs
+	listen  listenDescs
+}
+
+// listenDescs describe the listen queues (report.ListenStats).
+type listenDescs struct {
+	backlog, overflows, drops, cookies *prometheus.Desc
 }
 
 // peerPoolDescs describe the terminal's pool (PeerPoolStats).
@@ -86,6 +96,11 @@ func NewMetrics(table *proxy.Table, counters func() ([]loader.Counter, error)) *
 			"Upstream sockets dialed without their sock_ops tuning because pepsal_upstream was full.", nil, nil),
 		denied: prometheus.NewDesc("pepsal_connections_denied_total",
 			"Connections reset because the destination policy refused their destination (this host, loopback, link-local, multicast, broadcast, --deny), by reason: nothing was dialed.", []string{"reason"}, nil),
+		listen: newListenDescs(),
+		clientsAtLimit: prometheus.NewDesc("pepsal_clients_at_limit",
+			"Client addresses holding --max-conns-per-client split connections now: their new connections are forwarded unsplit (counted as the syn_bypass_source decision).", nil, nil),
+		clientLimitTrips: prometheus.NewDesc("pepsal_client_limit_trips_total",
+			"Times a client address reached --max-conns-per-client.", nil, nil),
 		pool: peerPoolDescs{
 			size: prometheus.NewDesc("pepsal_peer_pool_size",
 				"Warm connections the terminal keeps to its gateway (--peer-pool).", nil, nil),
@@ -125,12 +140,27 @@ func NewMetrics(table *proxy.Table, counters func() ([]loader.Counter, error)) *
 	}
 }
 
+// newListenDescs describes the listen queues (report.ListenStats).
+func newListenDescs() listenDescs {
+	return listenDescs{
+		backlog: prometheus.NewDesc("pepsal_listen_backlog",
+			"The proxy listeners' backlog, their SYN and accept queue length: an eighth of --max-conns within 512..65535, capped by net.core.somaxconn.", nil, nil),
+		overflows: prometheus.NewDesc("pepsal_tcp_listen_overflows_total",
+			"SYNs and handshake ACKs dropped because an accept queue was full (TcpExt ListenOverflows): every listener of the network namespace, not only pepsal's.", nil, nil),
+		drops: prometheus.NewDesc("pepsal_tcp_listen_drops_total",
+			"Packets dropped at a listener, overflows included (TcpExt ListenDrops): every listener of the network namespace, not only pepsal's.", nil, nil),
+		cookies: prometheus.NewDesc("pepsal_tcp_syncookies_total",
+			"SYN cookies sent (a full SYN queue, or tcp_syncookies=2), received valid in an ACK, and failed (TcpExt Syncookies*): every listener of the network namespace, not only pepsal's.", []string{"event"}, nil),
+	}
+}
+
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	p, g := m.pool, m.gateway
-	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbacksBy, m.fallbackLive, m.localFailed, m.tuningSkipped, m.denied,
+	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbacksBy, m.fallbackLive, m.localFailed, m.tuningSkipped, m.denied, m.clientsAtLimit, m.clientLimitTrips,
 		p.size, p.conns, p.refills, p.dialFailures, p.taken, p.recycled, p.dead, p.fallbacks, p.backoff,
-		g.accepted, g.waiting, g.served, g.idleClosed, g.authFailures, g.pacedStarts, g.starting} {
+		g.accepted, g.waiting, g.served, g.idleClosed, g.authFailures, g.pacedStarts, g.starting,
+		m.listen.backlog, m.listen.overflows, m.listen.drops, m.listen.cookies} {
 		ch <- d
 	}
 	m.connect.Describe(ch)
@@ -162,6 +192,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.mover, kernel, "kernel")
 	counter(m.mover, s.BytesToServer+s.BytesToClient-kernel, "userspace")
 	counter(m.fallbacks, s.Fallback)
+	gauge(m.clientsAtLimit, float64(s.ClientsAtLimit))
+	counter(m.clientLimitTrips, s.ClientLimitTrips)
 	var split report.SplitStats
 	if m.Split != nil {
 		split = m.Split()
@@ -189,6 +221,26 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	m.connect.Collect(ch)
 	m.collectPeer(gauge, counter)
+	m.collectListen(ch, gauge, counter)
+}
+
+// collectListen emits the listen queues; counters the daemon could not
+// read are invalid metrics (the handler logs them), not zeros.
+func (m *Metrics) collectListen(ch chan<- prometheus.Metric, gauge func(*prometheus.Desc, float64, ...string), counter func(*prometheus.Desc, uint64, ...string)) {
+	if m.Listen == nil {
+		return
+	}
+	s, d := m.Listen(), m.listen
+	gauge(d.backlog, float64(s.Backlog))
+	if s.Unreadable != "" {
+		ch <- prometheus.NewInvalidMetric(d.overflows, errors.New(s.Unreadable))
+		return
+	}
+	counter(d.overflows, s.Overflows)
+	counter(d.drops, s.Drops)
+	counter(d.cookies, s.CookiesSent, "sent")
+	counter(d.cookies, s.CookiesRecv, "received")
+	counter(d.cookies, s.CookiesFailed, "failed")
 }
 
 // collectPeer emits the terminal's pool and the gateway's listener, each only

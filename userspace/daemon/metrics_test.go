@@ -343,3 +343,28 @@ pepsal_relay_fallbacks_by_reason_total{reason="setup_failed"} 0
 		t.Errorf("stats %+v", s)
 	}
 }
+
+// TestMetricsPerClient: the clients at --max-conns-per-client and the times
+// one reached it are read from the table's admission at each scrape.
+func TestMetricsPerClient(t *testing.T) {
+	table := proxy.NewTable()
+	a := proxy.NewAdmission(100, func(bool) error { return nil }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a.LimitPerClient(2, func(netip.Addr, bool) error { return nil })
+	table.SetAdmission(a)
+	client, server := netip.MustParseAddrPort("10.0.0.1:40000"), netip.MustParseAddrPort("10.0.1.1:80")
+	table.AddDiverted(client, server, conn.Splice)
+	table.AddDiverted(client, server, conn.Splice)
+	m := NewMetrics(table, func() ([]loader.Counter, error) { return nil, nil })
+	want := `
+# HELP pepsal_clients_at_limit Client addresses holding --max-conns-per-client split connections now: their new connections are forwarded unsplit (counted as the syn_bypass_source decision).
+# TYPE pepsal_clients_at_limit gauge
+pepsal_clients_at_limit 1
+# HELP pepsal_client_limit_trips_total Times a client address reached --max-conns-per-client.
+# TYPE pepsal_client_limit_trips_total counter
+pepsal_client_limit_trips_total 1
+`
+	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "pepsal_clients_at_limit", "pepsal_client_limit_trips_total"); err != nil {
+		t.Error(err)
+	}
+	lintMetrics(t, m)
+}

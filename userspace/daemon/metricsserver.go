@@ -26,11 +26,13 @@ func metricsLimits() httpLimits {
 	return httpLimits{ReadHeader: 5 * time.Second, Read: 10 * time.Second, Write: 10 * time.Second, Idle: time.Minute, MaxConns: 64}
 }
 
-// serveMetrics serves Prometheus metrics of sp, its warm paths (peers) and
-// the BPF counters on ln until the returned stop.
-func serveMetrics(ln net.Listener, sp *proxy.Pipeline, peers func() *report.PeerStats, counters func() ([]loader.Counter, error), log *slog.Logger) (stop func(), err error) {
+// serveMetrics serves Prometheus metrics of sp, its warm paths (peers), the
+// BPF counters and the listen queues on ln until the returned stop.
+func serveMetrics(ln net.Listener, sp *proxy.Pipeline, peers func() *report.PeerStats, counters func() ([]loader.Counter, error),
+	listen func() report.ListenStats, log *slog.Logger) (stop func(), err error) {
 	m := NewMetrics(sp.Table, counters)
 	m.Peer = peers
+	m.Listen = listen
 	m.Split = sp.SplitStats
 	handler, err := m.Handler(log)
 	if err != nil {

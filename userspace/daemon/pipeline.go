@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"net"
+	"net/netip"
 
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/peer"
@@ -26,7 +27,7 @@ func (r *run) buildPipeline() error {
 	}
 	r.atEnd(func() { routes.Close() })
 	p := proxy.NewPipeline(lns, proxy.Config{ConnectTimeout: o.ConnectTimeout, Tuning: o.Tuning, Transparent: o.Transparent,
-		Diverted: k, Tuner: k.Tuner, Dest: proxy.NewDestPolicy(o.Deny, routes), Log: r.log})
+		Mark: o.ServerMark, Diverted: k, Tuner: k.Tuner, Dest: proxy.NewDestPolicy(o.Deny, routes), Log: r.log})
 	r.pipeline = p
 	r.atEnd(func() { p.Close() })
 	if len(o.Deny) > 0 {
@@ -46,6 +47,7 @@ func (r *run) buildPipeline() error {
 	p.SetPipeLimit(relay.PipeLimit(o.MaxConns))
 	r.admission = proxy.NewAdmission(o.MaxConns, r.setFull, r.log)
 	r.admission.FDLimit = o.FDBudget.Limit
+	r.admission.LimitPerClient(o.MaxConnsPerClient, r.setSourceFull)
 	p.Table.SetAdmission(r.admission)
 	peerCtx, stopPeers := context.WithCancel(context.Background())
 	r.stopPeers = stopPeers
@@ -60,6 +62,14 @@ func (r *run) setFull(full bool) error {
 		return nil // the new daemon counts from now on
 	}
 	return r.k.SetFull(full)
+}
+
+// setSourceFull writes a client's limit mark, as setFull the flag.
+func (r *run) setSourceFull(addr netip.Addr, full bool) error {
+	if r.handedOver.Load() {
+		return nil
+	}
+	return r.k.SetSourceFull(addr, full)
 }
 
 // startPeers wires warm paths into the pipeline: the gateway's listener

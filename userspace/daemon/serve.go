@@ -22,7 +22,8 @@ func (r *run) observe() error {
 	if r.metricsLn == nil {
 		return nil
 	}
-	stop, err := serveMetrics(r.metricsLn, r.pipeline, r.peerStats, r.k.Counters, r.log)
+	listen := func() report.ListenStats { return listenStats(r.backlog) }
+	stop, err := serveMetrics(r.metricsLn, r.pipeline, r.peerStats, r.k.Counters, listen, r.log)
 	if err != nil {
 		return err
 	}
@@ -34,11 +35,16 @@ func (r *run) observe() error {
 // info is the daemon's part of `pepsal status`.
 func (r *run) info() report.DaemonInfo {
 	o, p := r.o, r.pipeline
-	return report.DaemonInfo{
+	info := report.DaemonInfo{
 		PID: os.Getpid(), Version: o.Version, Relay: r.relay, RelayAsked: o.Relay.String(), Off: r.off, Listeners: r.addrs,
 		ConnectTimeout: o.ConnectTimeout.String(), UptimeSeconds: time.Since(r.start).Seconds(),
-		Stats: p.Table.Stats(), Peer: r.peerStats(), SplitStats: p.SplitStats(),
+		Stats: p.Table.Stats(), Peer: r.peerStats(), SplitStats: p.SplitStats(), Listen: listenStats(r.backlog),
 	}
+	if o.ForwardFilter.Mode != "" {
+		ff := o.ForwardFilter
+		info.ForwardFilter = &ff
+	}
+	return info
 }
 
 // announce says that the daemon serves: in the log, to systemd, and after
@@ -50,7 +56,7 @@ func (r *run) announce() error {
 		names = append(names, i.Name)
 	}
 	log.Info("serving", "ifaces", strings.Join(names, ","), "relay", r.relay, "listeners", strings.Join(r.addrs, ","), "pin_dir", r.k.PinDir,
-		"max_conns", o.MaxConns, "low_water", r.admission.Low, "max_conns_from", o.MaxConnsFrom, "fd_limit", o.FDBudget.Limit)
+		"max_conns", o.MaxConns, "low_water", r.admission.Low, "max_conns_from", o.MaxConnsFrom, "fd_limit", o.FDBudget.Limit, "max_conns_per_client", o.MaxConnsPerClient)
 
 	in := r.inherited
 	if in == nil {

@@ -36,6 +36,8 @@ type Admission struct {
 
 	trips, shortages atomic.Uint64
 	lastWarn         atomic.Int64 // unix nanos of the last shortage or write-failure log line
+
+	perClient *perClient // nil: no per-client limit (LimitPerClient); set before the table uses it
 }
 
 // LowWater is where a full table takes new connections again: 10% below
@@ -128,12 +130,28 @@ func IsResourceShortage(err error) bool {
 	return false
 }
 
-// Accept queues: the listeners' backlog is set to this (or somaxconn if
-// lower), so that the connections accepted after the limit trips (their
-// SYNs were diverted before) are bounded and counted in the fd budget. A
-// SYN that finds the queue full is dropped; the client's retransmission a
-// second later meets the classifier again.
-const ListenBacklog = 512
+// The listeners' backlog: it bounds both the SYN queue (half-open
+// connections: at a satellite round trip, a burst of new ones waits there)
+// and the accept queue (the connections accepted after the limit trips,
+// whose SYNs were diverted before: counted in the fd budget). It follows the
+// admission limit: an eighth of it (a burst of new connections within a
+// round trip; more would cost the fd budget, which reserves a whole queue
+// per listener), within this range; the kernel caps it at
+// net.core.somaxconn. A SYN past a full SYN queue is answered with a SYN
+// cookie (the classifier steers its ACK to the listener), which keeps the
+// window scale only if the client sends timestamps (Windows does not by
+// default): hence the floor. Past a full accept queue a SYN is dropped and
+// the client's retransmission meets the classifier again.
+const (
+	MinListenBacklog = 512
+	MaxListenBacklog = 65535
+)
+
+// ListenBacklog is the backlog pepsal asks for its listeners under a limit
+// of maxConns connections.
+func ListenBacklog(maxConns int) int {
+	return min(max(maxConns/8, MinListenBacklog), MaxListenBacklog)
+}
 
 // Parts of the fd budget besides the connections' two sockets.
 const (
@@ -148,7 +166,20 @@ type FDBudget struct {
 	Limit     uint64 // RLIMIT_NOFILE (soft, once raised to the hard limit)
 	Open      int    // fds already open when the budget is made
 	Listeners int    // proxy listeners (IPv4, IPv6)
-	Backlog   int    // accept queue length of each
+	Backlog   int    // accept queue length of each (For sets it for a limit)
+	// BacklogCap is the longest accept queue the kernel gives a listener
+	// (MaxListenBacklog, or net.core.somaxconn if lower); 0: Backlog is
+	// fixed whatever the limit.
+	BacklogCap int
+}
+
+// For is b with the backlog of a limit of maxConns connections: what the
+// listeners ask (ListenBacklog), as far as BacklogCap lets it.
+func (b FDBudget) For(maxConns int) FDBudget {
+	if b.BacklogCap > 0 {
+		b.Backlog = min(ListenBacklog(maxConns), b.BacklogCap)
+	}
+	return b
 }
 
 // Need is how many fds n connections may hold at once: two sockets each,
@@ -170,7 +201,7 @@ func (b FDBudget) MaxConns() int {
 	lo, hi := 0, 1<<26
 	for lo < hi {
 		mid := (lo + hi + 1) / 2
-		if b.Need(mid) <= b.Limit {
+		if b.For(mid).Need(mid) <= b.Limit {
 			lo = mid
 		} else {
 			hi = mid - 1
@@ -184,6 +215,22 @@ func (b FDBudget) MaxConns() int {
 // hold them all).
 func (b FDBudget) Capacity(maxConns int) int {
 	return maxConns + b.Listeners*(b.Backlog+1)
+}
+
+// fitting is the largest limit, up to upTo, whose connections and accept
+// queues (shorter for a lower limit) fit maps of capacity connections; 0
+// if none does.
+func (b FDBudget) fitting(capacity, upTo int) int {
+	lo, hi := 0, upTo
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if b.For(mid).Capacity(mid) <= capacity {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo
 }
 
 // NewFDBudget raises this process's RLIMIT_NOFILE soft limit to its hard
@@ -200,12 +247,13 @@ func NewFDBudget(listeners int) (FDBudget, error) {
 			rl = raised
 		}
 	}
-	b := FDBudget{Limit: rl.Cur, Listeners: listeners, Backlog: ListenBacklog}
+	b := FDBudget{Limit: rl.Cur, Listeners: listeners, BacklogCap: MaxListenBacklog}
 	if s, err := sockopt.ReadSysctl("net/core/somaxconn"); err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(s)); err == nil && n < b.Backlog {
-			b.Backlog = n
+		if n, err := strconv.Atoi(strings.TrimSpace(s)); err == nil && n > 0 && n < b.BacklogCap {
+			b.BacklogCap = n
 		}
 	}
+	b.Backlog = b.BacklogCap // until For settles it for a limit
 	b.Open = sockopt.OpenFDs()
 	return b, nil
 }
@@ -281,9 +329,9 @@ func SettleLimit(asked int, log *slog.Logger) (Limit, error) {
 // fit; derived, it is the most that b, memory (memMax connections, 0:
 // unknown) and maps of at most mapMax connections hold.
 func FitFDs(asked int, b FDBudget, memMax, mapMax int) (Limit, error) {
-	l := Limit{Max: asked, From: FromAsked, Budget: b}
+	l := Limit{Max: asked, From: FromAsked, Budget: b.For(asked)}
 	if asked > 0 {
-		if need := b.Need(asked); need > b.Limit {
+		if need := l.Budget.Need(asked); need > b.Limit {
 			return l, &FDShortError{Asked: asked, Need: need, Pipes: b.pipeFDs(asked), Other: b.otherFDs(), Limit: b.Limit, Fits: b.MaxConns()}
 		}
 		return l, nil
@@ -293,11 +341,12 @@ func FitFDs(asked int, b FDBudget, memMax, mapMax int) (Limit, error) {
 		l.Max, l.From = memMax, FromMemory
 	}
 	// The maps hold the accept queues too.
-	if queued := b.Capacity(0); l.Max > mapMax-queued {
-		l.Max, l.From = mapMax-queued, FromMapLimit
+	if b.For(l.Max).Capacity(l.Max) > mapMax {
+		l.Max, l.From = b.fitting(mapMax, l.Max), FromMapLimit
 	}
+	l.Budget = b.For(l.Max)
 	if l.Max < 1 {
-		return l, fmt.Errorf("RLIMIT_NOFILE %d holds no connection (a daemon needs %d fds for its first): raise it", b.Limit, b.Need(1))
+		return l, fmt.Errorf("RLIMIT_NOFILE %d holds no connection (a daemon needs %d fds for its first): raise it", b.Limit, b.For(1).Need(1))
 	}
 	return l, nil
 }
@@ -309,13 +358,13 @@ func (l Limit) FitMaps(capacity int, log *slog.Logger) (Limit, error) {
 	if capacity >= l.MapConns() {
 		return l, nil
 	}
-	queued := l.Budget.Capacity(0)
 	if l.From == FromAsked {
-		return l, &MapsShortError{Asked: l.Max, Capacity: capacity, Queued: queued}
+		return l, &MapsShortError{Asked: l.Max, Capacity: capacity, Queued: l.Budget.Capacity(0)}
 	}
-	l.Max, l.From = capacity-queued, FromMaps
+	l.Max, l.From = l.Budget.fitting(capacity, l.Max), FromMaps
+	l.Budget = l.Budget.For(l.Max)
 	if l.Max < 1 {
-		return l, &MapsShortError{Capacity: capacity, Queued: queued}
+		return l, &MapsShortError{Capacity: capacity, Queued: l.Budget.For(1).Capacity(0)}
 	}
 	log.Info("connection limit lowered to what the existing attachment's maps hold", "max_conns", l.Max)
 	return l, nil

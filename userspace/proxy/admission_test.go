@@ -145,3 +145,32 @@ func TestFitMaps(t *testing.T) {
 		}
 	}
 }
+
+// TestListenBacklog: the listeners' backlog follows the limit within its
+// range, as far as somaxconn lets it, and the fd budget and the maps count
+// the queues the listeners really get.
+func TestListenBacklog(t *testing.T) {
+	for maxConns, want := range map[int]int{1: MinListenBacklog, 16: MinListenBacklog, 4096: MinListenBacklog, 8000: 1000, 1 << 22: MaxListenBacklog} {
+		if got := ListenBacklog(maxConns); got != want {
+			t.Errorf("ListenBacklog(%d) = %d, want %d", maxConns, got, want)
+		}
+	}
+	b := FDBudget{Limit: 1 << 20, Open: 10, Listeners: 2, Backlog: 4096, BacklogCap: 4096} // somaxconn 4096
+	for asked, want := range map[int]int{3: 512, 8000: 1000, 100000: 4096} {
+		l, err := FitFDs(asked, b, 0, 1<<22)
+		if err != nil || l.Budget.Backlog != want || l.MapConns() != asked+2*(want+1) {
+			t.Errorf("--max-conns %d: %+v, %v; want backlog %d", asked, l, err, want)
+		}
+	}
+	// Derived: the largest limit whose need, with its own queues, fits.
+	small := FDBudget{Limit: 50000, Open: 10, Listeners: 2, Backlog: 4096, BacklogCap: 4096}
+	l, err := FitFDs(0, small, 0, 1<<22)
+	if err != nil || l.Budget.Backlog != ListenBacklog(l.Max) || l.Budget.Need(l.Max) > small.Limit || small.For(l.Max+1).Need(l.Max+1) <= small.Limit {
+		t.Errorf("derived from 50000 fds: %+v, %v", l, err)
+	}
+	// Maps that hold fewer: a derived limit shrinks, and its queues with it.
+	derived := Limit{Max: 50000, From: FromFDLimit, Budget: b.For(50000)}
+	if l, err := derived.FitMaps(30000, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil || l.MapConns() > 30000 || l.Budget.Backlog >= derived.Budget.Backlog {
+		t.Errorf("derived, maps for 30000: %+v, %v", l, err)
+	}
+}

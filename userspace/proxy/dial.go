@@ -23,7 +23,11 @@ type Dialer struct {
 	Server      tuning.Leg    // the server leg's tuning
 	Tuner       UpstreamTuner // nil: no sock_ops (initial windows untouched)
 	Transparent bool          // dial a client's flow from the client's address and port
-	Log         *slog.Logger
+	// Mark is the socket mark (SO_MARK) of client flows' server legs, for
+	// the operator's output-hook rules (--server-mark); 0: none. pepsal's
+	// own connections (DialOwn) carry none.
+	Mark uint32
+	Log  *slog.Logger
 
 	tuneLog       logx.RateLog
 	tuningSkipped atomic.Uint64 // server legs dialed without their sock_ops registration
@@ -37,7 +41,7 @@ type Dialer struct {
 // socket from sock_ops later (forget).
 func (d *Dialer) dial(ctx context.Context, src, dst netip.AddrPort, tos uint32) (*net.TCPConn, uint64, error) {
 	var cookie uint64
-	nd := d.netDialer(d.source(src), tos, &cookie)
+	nd := d.netDialer(d.source(src), tos, d.Mark, &cookie)
 	start := time.Now()
 	conn, err := nd.DialContext(ctx, "tcp", dst.String())
 	d.observeConnect(start, err)
@@ -53,7 +57,7 @@ func (d *Dialer) dial(ctx context.Context, src, dst netip.AddrPort, tos uint32) 
 // times the dials of client flows).
 func (d *Dialer) DialOwn(ctx context.Context, addr string) (*net.TCPConn, error) {
 	var cookie uint64
-	conn, err := d.netDialer(netip.AddrPort{}, 0, &cookie).DialContext(ctx, "tcp", addr)
+	conn, err := d.netDialer(netip.AddrPort{}, 0, 0, &cookie).DialContext(ctx, "tcp", addr)
 	d.forget(cookie)
 	if err != nil {
 		return nil, err
@@ -64,12 +68,12 @@ func (d *Dialer) DialOwn(ctx context.Context, addr string) (*net.TCPConn, error)
 // netDialer dials a server leg as every dial does (dialFastOpen makes its
 // socket by hand, with the same setupUpstream): the socket set up before
 // its SYN, its sock_ops cookie stored in *cookie, from as its source when
-// valid, no MPTCP (the kernel relay's SOCKHASH takes TCP sockets), and no
+// valid, with mark (0: none), no MPTCP (the kernel relay's SOCKHASH takes TCP sockets), and no
 // keepalive: tuning.Leg.Established sets the leg's own (see Listen).
-func (d *Dialer) netDialer(from netip.AddrPort, tos uint32, cookie *uint64) *net.Dialer {
+func (d *Dialer) netDialer(from netip.AddrPort, tos, mark uint32, cookie *uint64) *net.Dialer {
 	nd := &net.Dialer{Timeout: d.Timeout, KeepAlive: -1, Control: func(network, _ string, c syscall.RawConn) error {
 		var serr error
-		err := c.Control(func(fd uintptr) { *cookie, serr = d.setupUpstream(int(fd), network, from, tos) })
+		err := c.Control(func(fd uintptr) { *cookie, serr = d.setupUpstream(int(fd), network, from, tos, mark) })
 		if err != nil {
 			return err
 		}
@@ -112,9 +116,10 @@ func (d *Dialer) observeConnect(start time.Time, err error) {
 func (d *Dialer) TuningSkipped() uint64 { return d.tuningSkipped.Load() }
 
 // setupUpstream prepares an upstream socket before its SYN: the server leg's
-// tuning, what binding to from (when valid) needs, the client's ToS, and
-// registration with sock_ops by cookie. The caller binds.
-func (d *Dialer) setupUpstream(fd int, network string, from netip.AddrPort, tos uint32) (cookie uint64, err error) {
+// tuning, what binding to from (when valid) needs, the client's ToS, the
+// mark (when not 0), and registration with sock_ops by cookie. The caller
+// binds.
+func (d *Dialer) setupUpstream(fd int, network string, from netip.AddrPort, tos, mark uint32) (cookie uint64, err error) {
 	if err := d.Server.BeforeHandshake(fd); err != nil {
 		return 0, err
 	}
@@ -126,6 +131,11 @@ func (d *Dialer) setupUpstream(fd int, network string, from netip.AddrPort, tos 
 		}
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 			return 0, sockopt.Wrap("SO_REUSEADDR", err)
+		}
+	}
+	if mark != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
+			return 0, sockopt.Wrap("SO_MARK", err)
 		}
 	}
 	if tos != 0 {

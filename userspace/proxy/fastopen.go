@@ -101,7 +101,7 @@ func (d *Dialer) dialFastOpen(ctx context.Context, src, dst netip.AddrPort, tos 
 		return nil, 0, fmt.Errorf("socket: %w", err)
 	}
 	from := d.source(src)
-	if cookie, err = d.setupUpstream(fd, network, from, tos); err == nil {
+	if cookie, err = d.setupUpstream(fd, network, from, tos, d.Mark); err == nil {
 		err = sockopt.Wrap("TCP_FASTOPEN_NO_COOKIE", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1))
 	}
 	if err == nil && from.IsValid() {

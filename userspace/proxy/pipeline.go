@@ -51,6 +51,7 @@ type Config struct {
 	ConnectTimeout time.Duration
 	Tuning         tuning.Tuning
 	Transparent    bool          // dial from the client's address and port
+	Mark           uint32        // SO_MARK of server legs (0: none)
 	Diverted       DivertedSYNs  // the SYN's record, read and deleted after accept; nil: none
 	Tuner          UpstreamTuner // nil: no sock_ops (initial windows untouched)
 	// Dest is the destinations a flow may not reach (NewDestPolicy); the
@@ -64,7 +65,7 @@ type Config struct {
 // NewPipeline prepares a pipeline serving the given proxy listeners.
 func NewPipeline(listeners []*net.TCPListener, cfg Config) *Pipeline {
 	log := cfg.Log
-	d := &Dialer{Timeout: cfg.ConnectTimeout, Server: cfg.Tuning.Server, Tuner: cfg.Tuner, Transparent: cfg.Transparent, Log: log,
+	d := &Dialer{Timeout: cfg.ConnectTimeout, Server: cfg.Tuning.Server, Tuner: cfg.Tuner, Transparent: cfg.Transparent, Mark: cfg.Mark, Log: log,
 		tuneLog: logx.RateLog{Period: 5 * time.Second}}
 	p := &Pipeline{Upstream: FastOpen{Direct{Dialer: d}}, Dialer: d, Table: NewTable(), Log: log, tuning: cfg.Tuning, diverted: cfg.Diverted,
 		listeners: listeners, own: map[netip.AddrPort]bool{}, dest: cfg.Dest,

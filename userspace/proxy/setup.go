@@ -77,9 +77,12 @@ func (p *Pipeline) setup(ctx context.Context, f *Flow, up Upstream) {
 // record adds the flow to the table and makes its accepted leg reset, not
 // linger, if pepsal dies.
 func (p *Pipeline) record(f *Flow) *conn.Conn {
-	c := p.Table.Add(f.Client, f.Dst, p.Relay.Via())
+	var c *conn.Conn
 	if f.Warm {
+		c = p.Table.Add(f.Client, f.Dst, p.Relay.Via())
 		c.SetPeer("warm")
+	} else {
+		c = p.Table.AddDiverted(f.Client, f.Dst, p.Relay.Via())
 	}
 	if err := sockopt.ResetOnCrash(f.Leg); err != nil {
 		connLog(p.Log, c).Warn(f.LegName, "err", err)

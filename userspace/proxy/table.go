@@ -24,6 +24,9 @@ type Table struct {
 	deniedBy                                                          map[conn.DenyReason]uint64     // refused destinations; guarded by mu
 
 	admission *Admission // nil: no limit; guarded by mu once set
+	// diverted are the client addresses of the live connections counted
+	// against their client's share (AddDiverted); guarded by mu.
+	diverted map[uint64]netip.Addr
 }
 
 // SetAdmission makes every Add and Remove keep a's flag in step with the
@@ -60,11 +63,23 @@ func (t *Table) withCount(f func(n int)) {
 
 // NewTable returns an empty table.
 func NewTable() *Table {
-	return &Table{conns: map[uint64]*conn.Conn{}, fallbackBy: map[conn.FallbackReason]uint64{}, deniedBy: map[conn.DenyReason]uint64{}}
+	return &Table{conns: map[uint64]*conn.Conn{}, diverted: map[uint64]netip.Addr{}, fallbackBy: map[conn.FallbackReason]uint64{}, deniedBy: map[conn.DenyReason]uint64{}}
 }
 
 // Add registers a freshly accepted connection, to be relayed via.
 func (t *Table) Add(client, server netip.AddrPort, via conn.Via) *conn.Conn {
+	return t.add(client, server, via, false)
+}
+
+// AddDiverted is Add for a connection whose SYN the classifier diverted:
+// it counts against its client address's share (--max-conns-per-client).
+// (The gateway's warm flows did not pass the classifier: their client
+// address is a terminal's word.)
+func (t *Table) AddDiverted(client, server netip.AddrPort, via conn.Via) *conn.Conn {
+	return t.add(client, server, via, true)
+}
+
+func (t *Table) add(client, server netip.AddrPort, via conn.Via, diverted bool) *conn.Conn {
 	t.accepted.Add(1)
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -72,6 +87,11 @@ func (t *Table) Add(client, server netip.AddrPort, via conn.Via) *conn.Conn {
 	c := conn.New(t.next, client, server, via)
 	t.conns[c.ID] = c
 	if t.admission != nil {
+		if diverted && t.admission.perClient != nil {
+			addr := client.Addr().Unmap()
+			t.diverted[c.ID] = addr
+			t.admission.opened(addr)
+		}
 		t.admission.update(len(t.conns))
 	}
 	return c
@@ -81,6 +101,10 @@ func (t *Table) Add(client, server netip.AddrPort, via conn.Via) *conn.Conn {
 func (t *Table) Remove(c *conn.Conn, how conn.Outcome) {
 	t.mu.Lock()
 	delete(t.conns, c.ID)
+	if addr, ok := t.diverted[c.ID]; ok {
+		delete(t.diverted, c.ID)
+		t.admission.closed(addr)
+	}
 	if t.admission != nil {
 		t.admission.update(len(t.conns))
 	}
@@ -157,6 +181,7 @@ func (t *Table) Stats() report.Stats {
 	if a := t.admission; a != nil {
 		s.MaxConns, s.LowWater, s.Full = a.Max, a.Low, a.full
 		s.FullTrips, s.Shortages, s.FDLimit = a.trips.Load(), a.shortages.Load(), a.FDLimit
+		s.MaxConnsPerClient, s.LowWaterPerClient, s.ClientsAtLimit, s.ClientLimitTrips = a.perClientStats()
 	}
 	t.mu.Unlock()
 	return s

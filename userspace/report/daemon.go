@@ -2,20 +2,54 @@ package report
 
 // DaemonInfo is what the daemon reports about itself.
 type DaemonInfo struct {
-	PID            int        `json:"pid"`
-	Version        string     `json:"version"`
-	Relay          string     `json:"relay"`                 // in use
-	RelayAsked     string     `json:"relay_asked,omitempty"` // --relay
-	Off            []Off      `json:"off,omitempty"`         // what the kernel cannot give
-	Listeners      []string   `json:"listeners"`
-	ConnectTimeout string     `json:"connect_timeout"`
-	UptimeSeconds  float64    `json:"uptime_seconds"`
-	Goroutines     int        `json:"goroutines"`
-	OpenFDs        int        `json:"open_fds"`
-	HeapBytes      uint64     `json:"heap_bytes"` // Go heap objects, live or not yet swept
-	Stats          Stats      `json:"stats"`
-	Peer           *PeerStats `json:"peer,omitempty"` // warm paths between two pepsals
+	PID            int         `json:"pid"`
+	Version        string      `json:"version"`
+	Relay          string      `json:"relay"`                 // in use
+	RelayAsked     string      `json:"relay_asked,omitempty"` // --relay
+	Off            []Off       `json:"off,omitempty"`         // what the kernel cannot give
+	Listeners      []string    `json:"listeners"`
+	ConnectTimeout string      `json:"connect_timeout"`
+	UptimeSeconds  float64     `json:"uptime_seconds"`
+	Goroutines     int         `json:"goroutines"`
+	OpenFDs        int         `json:"open_fds"`
+	HeapBytes      uint64      `json:"heap_bytes"` // Go heap objects, live or not yet swept
+	Stats          Stats       `json:"stats"`
+	Peer           *PeerStats  `json:"peer,omitempty"` // warm paths between two pepsals
+	Listen         ListenStats `json:"listen"`
+	// ForwardFilter is what the daemon found of the router's filtering of
+	// forwarded traffic at its start, and what it does about it.
+	ForwardFilter *ForwardFilter `json:"forward_filter,omitempty"`
 	SplitStats
+}
+
+// ListenStats are the proxy listeners' backlog and the namespace's listen
+// queue counters (TcpExt of /proc/net/netstat, read in the daemon's
+// namespace: every listener of it counts, not only pepsal's).
+type ListenStats struct {
+	// Backlog is the proxy listeners' (SYN and accept queue length):
+	// an eighth of --max-conns within 512..65535, capped by
+	// net.core.somaxconn.
+	Backlog int `json:"backlog"`
+	// Overflows (ListenOverflows): SYNs or handshake ACKs dropped because
+	// an accept queue was full. Drops (ListenDrops) counts those and other
+	// drops at a listener.
+	Overflows uint64 `json:"listen_overflows"`
+	Drops     uint64 `json:"listen_drops"`
+	// SYN cookies sent (a SYN queue full, or tcp_syncookies=2), valid
+	// ones received in an ACK, and invalid ones.
+	CookiesSent   uint64 `json:"syncookies_sent"`
+	CookiesRecv   uint64 `json:"syncookies_recv"`
+	CookiesFailed uint64 `json:"syncookies_failed"`
+	// Unreadable says why the counters are missing (all 0).
+	Unreadable string `json:"unreadable,omitempty"`
+}
+
+// ForwardFilter is --forward-filter as the daemon applies it: split
+// connections bypass the router's forward hook.
+type ForwardFilter struct {
+	Mode       string `json:"mode"`                  // check, mirrored or ignore
+	Found      string `json:"found"`                 // what filters forwarded traffic, read at start ("none")
+	ServerMark uint32 `json:"server_mark,omitempty"` // SO_MARK of server legs (mirrored)
 }
 
 // SplitStats are the pipeline's totals that the connection table does not
@@ -53,6 +87,13 @@ type Stats struct {
 	FullTrips uint64 `json:"full_trips"`         // times the limit (or a shortage) stopped diverting
 	Shortages uint64 `json:"resource_shortages"` // accepts and dials that ran out of fds, memory or map room
 	FDLimit   uint64 `json:"fd_limit"`
+	// The per-client share (--max-conns-per-client; 0: none): the client
+	// addresses at it now (their new connections go unsplit), and how many
+	// times one reached it.
+	MaxConnsPerClient int    `json:"max_conns_per_client"`
+	LowWaterPerClient int    `json:"low_water_per_client"`
+	ClientsAtLimit    int    `json:"clients_at_limit"`
+	ClientLimitTrips  uint64 `json:"client_limit_trips"`
 }
 
 // Off is a feature pepsal turned off because the kernel cannot give it.

@@ -2,6 +2,7 @@ package tuning
 
 import (
 	"errors"
+	"reflect"
 	"testing"
 )
 
@@ -18,7 +19,7 @@ func TestRoleText(t *testing.T) {
 	if err := r.UnmarshalText([]byte("satellite")); !errors.Is(err, ErrBadRole) || r != Gateway {
 		t.Errorf("satellite: %v, role now %q", err, r)
 	}
-	if Gateway.Tuning().Client.CC != "bbr" || Terminal.Tuning().Server.CC != "bbr" || NoRole.Tuning() != (Tuning{}) {
+	if Gateway.Tuning().Client.CC != "bbr" || Terminal.Tuning().Server.CC != "bbr" || !reflect.DeepEqual(NoRole.Tuning(), Tuning{}) {
 		t.Error("presets lost their long leg")
 	}
 }
