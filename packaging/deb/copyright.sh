@@ -8,6 +8,16 @@
 set -eu
 src=$1
 echo "pepsal: a transparent TCP performance-enhancing proxy steered by eBPF."
+# The years of the history, or of the build outside git.
+years=$(git -C "$src" log --format=%ad --date=format:%Y 2>/dev/null | sed -n '1h; $G; $s/\n/ /p' || true)
+# shellcheck disable=SC2086 # two words: the first year and the last
+set -- $years
+if [ $# -eq 2 ] && [ "$1" != "$2" ]; then
+	years=$1-$2
+else
+	years=${1:-$(date -u -d "@${SOURCE_DATE_EPOCH:-$(date +%s)}" +%Y)}
+fi
+echo "Copyright $years the pepsal authors."
 echo
 if [ ! -e "$src/LICENSE" ] && [ ! -e "$src/NOTICE" ]; then
 	echo "This build's source tree holds no LICENSE or NOTICE: its licence is not stated."
