@@ -23,8 +23,24 @@ if [ ! -e "$src/LICENSE" ] && [ ! -e "$src/NOTICE" ]; then
 	echo "This build's source tree holds no LICENSE or NOTICE: its licence is not stated."
 	exit 0
 fi
+# The terms of the Apache License 2.0, which NOTICE holds verbatim for each
+# module under it, are in /usr/share/common-licenses: named there instead
+# (the appendix and any notice after the terms stay).
+apache_terms() {
+	awk '
+		/^ *Apache License$/ { head = $0; next }
+		head != "" && /Version 2\.0, January 2004/ { skip = 1; head = "" }
+		head != "" { print head; head = "" }
+		skip && /END OF TERMS AND CONDITIONS/ {
+			print "   Apache License, Version 2.0: see /usr/share/common-licenses/Apache-2.0"
+			skip = 0
+			next
+		}
+		!skip
+	' "$1"
+}
 if [ -e "$src/NOTICE" ]; then
-	cat "$src/NOTICE"
+	apache_terms "$src/NOTICE"
 	echo
 fi
 # common is the copy in /usr/share/common-licenses of an SPDX licence, if any.
