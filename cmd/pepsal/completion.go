@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 
+	"github.com/pepsal/pepsal/userspace/forwardfilter"
 	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/tuning"
 	"github.com/spf13/cobra"
@@ -27,6 +28,13 @@ var flagValues = map[string]func() []string{
 		return []string{
 			tuning.Gateway.String() + "\tclients are across the satellite link",
 			tuning.Terminal.String() + "\tservers are across the satellite link",
+		}
+	},
+	"forward-filter": func() []string {
+		return []string{
+			forwardfilter.Check.String() + "\trefuse to start while forwarded traffic is filtered (default)",
+			forwardfilter.Mirrored.String() + "\tthe forward policy is repeated for pepsal's connections",
+			forwardfilter.Ignore.String() + "\tstart anyway, with a warning",
 		}
 	},
 	"log-level":    func() []string { return []string{"debug", "info", "warn", "error"} },

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/pepsal/pepsal/cmd/pepsal/internal/gendocs"
+	"github.com/pepsal/pepsal/userspace/forwardfilter"
 	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/tuning"
 	"github.com/spf13/cobra"
@@ -65,6 +66,8 @@ func TestCompletionValues(t *testing.T) {
 		{[]string{"run", "--relay", "so"}, []string{"sockmap"}},
 		{[]string{"run", "--role", ""}, []string{"gateway", "terminal"}},
 		{[]string{"run", "--log-level", ""}, []string{"debug", "info", "warn", "error"}},
+		{[]string{"run", "--forward-filter", ""}, []string{"check", "mirrored", "ignore"}},
+		{[]string{"attach", "--forward-filter", "m"}, []string{"mirrored"}},
 		{[]string{"run", "--iface", ""}, ifaces},
 		{[]string{"attach", "--iface", ""}, ifaces},
 		{[]string{"run", "--return-iface", ""}, ifaces},
@@ -86,6 +89,12 @@ func TestCompletionValues(t *testing.T) {
 		var r tuning.Role
 		if err := r.UnmarshalText([]byte(v)); err != nil {
 			t.Errorf("--role completes %s, which it refuses: %v", v, err)
+		}
+	}
+	for _, v := range []string{"check", "mirrored", "ignore"} {
+		var m forwardfilter.Mode
+		if err := m.UnmarshalText([]byte(v)); err != nil {
+			t.Errorf("--forward-filter completes %s, which it refuses: %v", v, err)
 		}
 	}
 	for _, v := range []string{"debug", "info", "warn", "error"} {
