@@ -26,11 +26,12 @@ chmod 0755 "$stage"
 doc=/usr/share/doc/pepsal
 
 install -D -m 0755 "$binary" "$stage/usr/sbin/pepsal"
-# The unit points at the packaged binary; units go under /usr/lib, the same
+# The unit points at the packaged binary (and at pepsal-run(8) for
+# systemctl help); units go under /usr/lib, the same
 # directory as /lib on a merged-/usr system (Debian 12 on), where dpkg then
 # tracks one name for the file (DEP 17).
 mkdir -p "$stage/usr/lib/systemd/system"
-sed -e 's#@BINDIR@#/usr/sbin#g' -e 's#@SYSCONFDIR@#/etc#g' -e "s#@DOCDIR@#$doc#g" \
+sed -e 's#@BINDIR@#/usr/sbin#g' -e 's#@SYSCONFDIR@#/etc#g' -e "s#@DOCDIR@#$doc#g" -e 's#^Documentation=.*#& man:pepsal-run(8)#' \
 	"$src/cmd/pepsal/systemd/pepsal.service.in" >"$stage/usr/lib/systemd/system/pepsal.service"
 install -D -m 0644 "$src/cmd/pepsal/systemd/pepsal.env" "$stage/etc/default/pepsal"
 

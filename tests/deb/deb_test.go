@@ -9,6 +9,7 @@ package deb
 import (
 	"bytes"
 	"context"
+	"debug/buildinfo"
 	"debug/elf"
 	"fmt"
 	"os"
@@ -183,6 +184,15 @@ func TestPackageContents(t *testing.T) {
 			t.Errorf("%s: /usr/sbin/pepsal is for %v", deb, f.Machine)
 		}
 		f.Close()
+		info, err := buildinfo.ReadFile(filepath.Join(root, "usr/sbin/pepsal"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range info.Deps {
+			if strings.Contains(m.Path, "md2man") {
+				t.Errorf("%s: /usr/sbin/pepsal links %s: the man page generator ships", deb, m.Path)
+			}
+		}
 	}
 }
 

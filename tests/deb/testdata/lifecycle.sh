@@ -70,6 +70,7 @@ ok "$v1 (pepsal version and --version)"
 unit=/usr/lib/systemd/system/pepsal.service
 grep -qx 'ExecStart=/usr/sbin/pepsal run $PEPSAL_ARGS' "$unit" || fail "$unit runs $(grep ExecStart= "$unit")"
 grep -qx 'EnvironmentFile=-/etc/default/pepsal' "$unit" || fail "$unit reads $(grep EnvironmentFile= "$unit")"
+grep -q '^Documentation=.* man:pepsal-run(8)$' "$unit" || fail "$unit: $(grep Documentation= "$unit")"
 systemd-analyze verify "$unit" || fail "systemd-analyze verify $unit"
 ok "systemd-analyze verify $unit"
 
