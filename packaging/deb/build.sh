@@ -37,6 +37,7 @@ install -D -m 0644 "$src/cmd/pepsal/systemd/pepsal.env" "$stage/etc/default/peps
 
 mkdir -p "$stage/usr/share/man/man8"
 for page in "$docs"/man8/*.8; do
+	# shellcheck disable=SC2094 # different files: DOCS/man8/X.8 to STAGE/.../X.8.gz
 	gzip -9n <"$page" >"$stage/usr/share/man/man8/$(basename "$page").gz"
 done
 install -D -m 0644 "$docs/completions/pepsal" "$stage/usr/share/bash-completion/completions/pepsal"

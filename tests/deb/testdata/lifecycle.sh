@@ -68,6 +68,7 @@ ok "$v1 (pepsal version and --version)"
 [ "$(stat -c '%U %a' /usr/sbin/pepsal)" = "root 755" ] || fail "/usr/sbin/pepsal: $(stat -c '%U %a' /usr/sbin/pepsal)"
 
 unit=/usr/lib/systemd/system/pepsal.service
+# shellcheck disable=SC2016 # the unit's own $PEPSAL_ARGS, as written
 grep -qx 'ExecStart=/usr/sbin/pepsal run $PEPSAL_ARGS' "$unit" || fail "$unit runs $(grep ExecStart= "$unit")"
 grep -qx 'EnvironmentFile=-/etc/default/pepsal' "$unit" || fail "$unit reads $(grep EnvironmentFile= "$unit")"
 grep -q '^Documentation=.* man:pepsal-run(8)$' "$unit" || fail "$unit: $(grep Documentation= "$unit")"
