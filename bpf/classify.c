@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* tc ingress classifier: decides which packets of an intercepted interface go
  * to the local proxy (by setting the fwmark that policy routing sends to the
  * local table) and which are forwarded untouched. */
@@ -7,7 +7,7 @@
 
 #include <linux/pkt_cls.h>
 
-char __license[] SEC("license") = "GPL";
+char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* The daemon's admission state (struct admission); only the classifier reads it. */
 struct {
@@ -16,7 +16,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct admission);
-} pepsal_admission SEC(".maps");
+} pepsal_admit SEC(".maps");
 
 /* Sources whose SYNs may carry data the proxy answers before the handshake
  * completes (--fastopen-from; IPv4 v4-mapped): the daemon's, read only here. */
@@ -45,7 +45,7 @@ static __always_inline struct admission *admission(void)
 {
 	__u32 zero = 0;
 
-	return bpf_map_lookup_elem(&pepsal_admission, &zero);
+	return bpf_map_lookup_elem(&pepsal_admit, &zero);
 }
 
 static __always_inline int fastopen_trusted(struct packet *p)

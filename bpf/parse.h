@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Parsing for the tc classifier (classify.c). It runs before the kernel has
  * checked anything (ip_rcv comes after tc ingress), so every header is read
  * only once the frame is known to hold it, and only a segment the kernel

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Types shared by pepsal's BPF programs, and their decision counters. Every map is named so that
  * `bpftool map show` reads like the data path; every decision is counted. Every map is pinned by
  * name (LIBBPF_PIN_BY_NAME): the loader loads each object with the attachment's pin directory

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* sk_skb verdict: the kernel-offloaded relay. Each socket of a split
  * connection sits in pepsal_relay; data received on one is redirected to the
  * egress of the other, unless that would break order or the memory budget,
@@ -6,7 +6,7 @@
  * move: its receive window then closes, which slows the sender (backpressure). */
 #include "pepsal.h"
 
-char __license[] SEC("license") = "GPL";
+char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* The fields of the kernel's tcp_sock the relay reads, relocated by CO-RE
  * (bpf_tcp_sock() is not offered to sk_skb programs; bpf_skc_to_tcp_sock is). */
@@ -54,7 +54,7 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct relay_dir);
-} pepsal_relay_dirs SEC(".maps");
+} pepsal_relaydir SEC(".maps");
 
 /* Bytes of a direction that userspace has written to the peer (its only
  * writer is userspace, so it lives apart from the BPF-written counters). */
@@ -64,7 +64,7 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, __u64);
-} pepsal_relay_user SEC(".maps");
+} pepsal_relayusr SEC(".maps");
 
 /* Data bytes that ever entered the peer's TCP send queue: those its remote
  * acknowledged plus those still queued. bytes_acked counts sequence space, so
@@ -167,10 +167,10 @@ static __always_inline int pass(struct relay_dir *d, __u32 len)
 }
 
 SEC("sk_skb/verdict")
-int pepsal_relay_verdict(struct __sk_buff *skb)
+int pepsal_verdict(struct __sk_buff *skb)
 {
 	__u64 cookie = bpf_get_socket_cookie(skb);
-	struct relay_dir *d = bpf_map_lookup_elem(&pepsal_relay_dirs, &cookie);
+	struct relay_dir *d = bpf_map_lookup_elem(&pepsal_relaydir, &cookie);
 	__u64 *user, user_bytes = 0;
 	__s64 queued, backlog;
 
@@ -187,7 +187,7 @@ int pepsal_relay_verdict(struct __sk_buff *skb)
 	}
 	if (cut_overlap(skb, d, cookie) < 0)
 		return SK_DROP;
-	user = bpf_map_lookup_elem(&pepsal_relay_user, &cookie);
+	user = bpf_map_lookup_elem(&pepsal_relayusr, &cookie);
 	if (user)
 		user_bytes = *user;
 

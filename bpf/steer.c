@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* sk_lookup: hands the SYNs that the classifier diverted to the proxy's
  * listener. Runs for every local socket lookup in the namespace, so it must
  * touch nothing else (the router's own services, the proxy's own dials). */
@@ -6,7 +6,7 @@
 
 #include <linux/in.h>
 
-char __license[] SEC("license") = "GPL";
+char __license[] SEC("license") = "Dual BSD/GPL";
 
 SEC("sk_lookup")
 int pepsal_steer(struct bpf_sk_lookup *ctx)

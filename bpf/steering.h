@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Maps shared by the classifier and the sk_lookup steering program. */
 #pragma once
 

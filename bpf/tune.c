@@ -1,14 +1,14 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* sock_ops: per-leg initial congestion and receive windows, which no socket
  * option can set. Attached to the root cgroup, it sees every TCP socket of
  * the host and touches only pepsal's: accepted sockets of diverted flows
  * (found in pepsal_diverted), upstream sockets the daemon registered, and
- * the gateway's accepted warm connections from terminals (pepsal_peer_port). */
+ * the gateway's accepted warm connections from terminals (pepsal_peerport). */
 #include "steering.h"
 
 #include <linux/in.h>
 
-char __license[] SEC("license") = "GPL";
+char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define SOL_TCP 6
 #define TCPHDR_SYN 0x02
@@ -39,7 +39,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u32);
-} pepsal_peer_port SEC(".maps");
+} pepsal_peerport SEC(".maps");
 
 /* Client legs whose initial window waits for the end of the handshake (by
  * socket cookie): fast-open children of a source not in --fastopen-from. */
@@ -85,7 +85,7 @@ static __always_inline int leg(struct bpf_sock_ops *ops, int passive, int *trust
 		*trusted = info->flags & DIVERT_TRUSTED;
 		return LEG_CLIENT;
 	}
-	port = bpf_map_lookup_elem(&pepsal_peer_port, &zero);
+	port = bpf_map_lookup_elem(&pepsal_peerport, &zero);
 	if (port && *port && ops->local_port == *port)
 		return LEG_CLIENT;
 	return -1;

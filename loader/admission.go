@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 import (
@@ -16,10 +18,10 @@ var perConnMaps = []struct {
 	name    string
 	perConn uint32
 }{
-	{"pepsal_diverted", 2},   // LRU, from the SYN to the accept; 2: room for SYNs whose accept is late
-	{"pepsal_relay", 2},      // both sockets (sockmap relay)
-	{"pepsal_relay_dirs", 2}, // both directions
-	{"pepsal_relay_user", 2},
+	{"pepsal_diverted", 2}, // LRU, from the SYN to the accept; 2: room for SYNs whose accept is late
+	{"pepsal_relay", 2},    // both sockets (sockmap relay)
+	{"pepsal_relaydir", 2}, // both directions
+	{"pepsal_relayusr", 2},
 	{"pepsal_upstream", 1}, // the server leg, for sock_ops
 }
 
@@ -108,24 +110,24 @@ func (a *Attachment) SetFull(full bool) error {
 // Full reads the admission flag the classifier sees.
 func (a *Attachment) Full() (bool, error) {
 	var v classifyAdmission
-	if err := a.maps.PepsalAdmission.Lookup(uint32(0), &v); err != nil {
-		return false, fmt.Errorf("read pepsal_admission: %w", err)
+	if err := a.maps.PepsalAdmit.Lookup(uint32(0), &v); err != nil {
+		return false, fmt.Errorf("read pepsal_admit: %w", err)
 	}
 	return v.Full != 0, nil
 }
 
-// updateAdmission changes pepsal_admission under a lock: the daemon's
+// updateAdmission changes pepsal_admit under a lock: the daemon's
 // admission and its fast-open setting write different fields of it.
 func (a *Attachment) updateAdmission(change func(*classifyAdmission)) error {
 	a.admMu.Lock()
 	defer a.admMu.Unlock()
 	var v classifyAdmission
-	if err := a.maps.PepsalAdmission.Lookup(uint32(0), &v); err != nil {
-		return fmt.Errorf("read pepsal_admission: %w", err)
+	if err := a.maps.PepsalAdmit.Lookup(uint32(0), &v); err != nil {
+		return fmt.Errorf("read pepsal_admit: %w", err)
 	}
 	change(&v)
-	if err := a.maps.PepsalAdmission.Put(uint32(0), v); err != nil {
-		return fmt.Errorf("write pepsal_admission: %w", err)
+	if err := a.maps.PepsalAdmit.Put(uint32(0), v); err != nil {
+		return fmt.Errorf("write pepsal_admit: %w", err)
 	}
 	return nil
 }

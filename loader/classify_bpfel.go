@@ -117,7 +117,7 @@ type classifySourceKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	classifyMapPepsalAdmission = "pepsal_admission"
+	classifyMapPepsalAdmit     = "pepsal_admit"
 	classifyMapPepsalConfig    = "pepsal_config"
 	classifyMapPepsalCounters  = "pepsal_counters"
 	classifyMapPepsalDiverted  = "pepsal_diverted"
@@ -179,16 +179,16 @@ type classifyProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type classifyMapSpecs struct {
-	PepsalAdmission *ebpf.MapSpec `ebpf:"pepsal_admission"`
-	PepsalConfig    *ebpf.MapSpec `ebpf:"pepsal_config"`
-	PepsalCounters  *ebpf.MapSpec `ebpf:"pepsal_counters"`
-	PepsalDiverted  *ebpf.MapSpec `ebpf:"pepsal_diverted"`
-	PepsalExclude   *ebpf.MapSpec `ebpf:"pepsal_exclude"`
-	PepsalIfaces    *ebpf.MapSpec `ebpf:"pepsal_ifaces"`
-	PepsalListen    *ebpf.MapSpec `ebpf:"pepsal_listen"`
-	PepsalPorts     *ebpf.MapSpec `ebpf:"pepsal_ports"`
-	PepsalSrcfull   *ebpf.MapSpec `ebpf:"pepsal_srcfull"`
-	PepsalTfoFrom   *ebpf.MapSpec `ebpf:"pepsal_tfo_from"`
+	PepsalAdmit    *ebpf.MapSpec `ebpf:"pepsal_admit"`
+	PepsalConfig   *ebpf.MapSpec `ebpf:"pepsal_config"`
+	PepsalCounters *ebpf.MapSpec `ebpf:"pepsal_counters"`
+	PepsalDiverted *ebpf.MapSpec `ebpf:"pepsal_diverted"`
+	PepsalExclude  *ebpf.MapSpec `ebpf:"pepsal_exclude"`
+	PepsalIfaces   *ebpf.MapSpec `ebpf:"pepsal_ifaces"`
+	PepsalListen   *ebpf.MapSpec `ebpf:"pepsal_listen"`
+	PepsalPorts    *ebpf.MapSpec `ebpf:"pepsal_ports"`
+	PepsalSrcfull  *ebpf.MapSpec `ebpf:"pepsal_srcfull"`
+	PepsalTfoFrom  *ebpf.MapSpec `ebpf:"pepsal_tfo_from"`
 }
 
 // classifyVariableSpecs contains global variables before they are loaded into the kernel.
@@ -217,21 +217,21 @@ func (o *classifyObjects) Close() error {
 //
 // It can be passed to loadClassifyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type classifyMaps struct {
-	PepsalAdmission *ebpf.Map `ebpf:"pepsal_admission"`
-	PepsalConfig    *ebpf.Map `ebpf:"pepsal_config"`
-	PepsalCounters  *ebpf.Map `ebpf:"pepsal_counters"`
-	PepsalDiverted  *ebpf.Map `ebpf:"pepsal_diverted"`
-	PepsalExclude   *ebpf.Map `ebpf:"pepsal_exclude"`
-	PepsalIfaces    *ebpf.Map `ebpf:"pepsal_ifaces"`
-	PepsalListen    *ebpf.Map `ebpf:"pepsal_listen"`
-	PepsalPorts     *ebpf.Map `ebpf:"pepsal_ports"`
-	PepsalSrcfull   *ebpf.Map `ebpf:"pepsal_srcfull"`
-	PepsalTfoFrom   *ebpf.Map `ebpf:"pepsal_tfo_from"`
+	PepsalAdmit    *ebpf.Map `ebpf:"pepsal_admit"`
+	PepsalConfig   *ebpf.Map `ebpf:"pepsal_config"`
+	PepsalCounters *ebpf.Map `ebpf:"pepsal_counters"`
+	PepsalDiverted *ebpf.Map `ebpf:"pepsal_diverted"`
+	PepsalExclude  *ebpf.Map `ebpf:"pepsal_exclude"`
+	PepsalIfaces   *ebpf.Map `ebpf:"pepsal_ifaces"`
+	PepsalListen   *ebpf.Map `ebpf:"pepsal_listen"`
+	PepsalPorts    *ebpf.Map `ebpf:"pepsal_ports"`
+	PepsalSrcfull  *ebpf.Map `ebpf:"pepsal_srcfull"`
+	PepsalTfoFrom  *ebpf.Map `ebpf:"pepsal_tfo_from"`
 }
 
 func (m *classifyMaps) Close() error {
 	return _ClassifyClose(
-		m.PepsalAdmission,
+		m.PepsalAdmit,
 		m.PepsalConfig,
 		m.PepsalCounters,
 		m.PepsalDiverted,

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 import (
@@ -187,8 +189,8 @@ func synPolicyCases(t *testing.T, e *classifyEnv, f testFamily) {
 	e.check(t, tcase{name: f.name + "/syn_proxy_full", p: syn, want: one("syn_bypass_full"),
 		setup: func(t *testing.T, p *pkt) {
 			e.withListener(f)(t, p)
-			e.put(t, "pepsal_admission", uint32(0), classifyAdmission{Full: 1})
-			t.Cleanup(func() { e.put(t, "pepsal_admission", uint32(0), classifyAdmission{}) })
+			e.put(t, "pepsal_admit", uint32(0), classifyAdmission{Full: 1})
+			t.Cleanup(func() { e.put(t, "pepsal_admit", uint32(0), classifyAdmission{}) })
 		}})
 	e.check(t, tcase{name: f.name + "/syn_diverted", p: syn, want: one("syn_diverted"), mark: true, setup: e.withListener(f)})
 	allPorts := syn

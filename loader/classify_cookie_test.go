@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 // The classifier and SYN cookies: when the proxy's listener answers a
@@ -131,7 +133,7 @@ func cookieCases(t *testing.T, e *classifyEnv, f testFamily) {
 	e.check(t, tcase{name: f.name + "/syn_bypassed_forgets_diverted_syn", p: f.syn, want: one("syn_bypass_full"),
 		setup: func(t *testing.T, p *pkt) {
 			fresh(t, p)
-			e.put(t, "pepsal_admission", uint32(0), classifyAdmission{Full: 1})
-			t.Cleanup(func() { e.put(t, "pepsal_admission", uint32(0), classifyAdmission{}) })
+			e.put(t, "pepsal_admit", uint32(0), classifyAdmission{Full: 1})
+			t.Cleanup(func() { e.put(t, "pepsal_admit", uint32(0), classifyAdmission{}) })
 		}})
 }

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 // Hostile packets (issue #22): what arrives at tc ingress has not been

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 // ICMP and ICMPv6 errors about TCP segments (issue #22): an error about a

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 // Real sockets for the classifier's tests: the classifier's socket lookups

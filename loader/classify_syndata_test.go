@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 import (
@@ -12,8 +14,8 @@ const divertTrusted = 1
 // (check) writes: the admission's syn_data_check and the trusted prefixes,
 // until the end of the test.
 func fastOpenForTest(t *testing.T, e *classifyEnv, check bool, from ...netip.Prefix) {
-	e.put(t, "pepsal_admission", uint32(0), classifyAdmission{SynDataCheck: b32(check)})
-	t.Cleanup(func() { e.put(t, "pepsal_admission", uint32(0), classifyAdmission{}) })
+	e.put(t, "pepsal_admit", uint32(0), classifyAdmission{SynDataCheck: b32(check)})
+	t.Cleanup(func() { e.put(t, "pepsal_admit", uint32(0), classifyAdmission{}) })
 	for _, p := range from {
 		for _, k := range ExcludeKeys(p) {
 			e.put(t, "pepsal_tfo_from", k, uint8(1))

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 // BPF unit tests of the tc classifier, in the style of Cilium's bpf/tests:

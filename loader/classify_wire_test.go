@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 // Frames cut at every length (issue #22). BPF_PROG_TEST_RUN refuses a frame

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 // The generated Go and .o files are committed so that building needs no clang;

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 import (
@@ -21,7 +23,7 @@ const LayoutVersion = 7
 
 // layoutFingerprint is the maps of LayoutVersion, as mapsFingerprint gives it.
 const layoutFingerprint = "" +
-	"pepsal_admission array key 4 value 8 entries 1;" +
+	"pepsal_admit array key 4 value 8 entries 1;" +
 	"pepsal_config array key 4 value 40 entries 1;" +
 	"pepsal_counters per_cpu_array key 4 value 344 entries 1;" +
 	"pepsal_diverted lru_hash key 40 value 16;" +
@@ -31,11 +33,11 @@ const layoutFingerprint = "" +
 	"pepsal_layout array key 4 value 4 entries 1;" +
 	"pepsal_listen sock_map key 4 value 8 entries 2;" +
 	"pepsal_owner array key 4 value 16 entries 1;" +
-	"pepsal_peer_port array key 4 value 4 entries 1;" +
+	"pepsal_peerport array key 4 value 4 entries 1;" +
 	"pepsal_ports hash key 2 value 1 entries 65536;" +
 	"pepsal_relay sock_hash key 8 value 8;" +
-	"pepsal_relay_dirs hash key 8 value 48;" +
-	"pepsal_relay_user hash key 8 value 8;" +
+	"pepsal_relaydir hash key 8 value 48;" +
+	"pepsal_relayusr hash key 8 value 8;" +
 	"pepsal_srcfull hash key 16 value 1 entries 65536;" +
 	"pepsal_tfo_from lpm_trie key 20 value 1 entries 1024;" +
 	"pepsal_tuning array key 4 value 8 entries 2;" +
@@ -102,7 +104,7 @@ func typeName(t ebpf.MapType) string {
 
 // pinLayoutVersion records this binary's layout among the pins in dir.
 func pinLayoutVersion(dir string) error {
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: pinLayout, Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: pinLayout, Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1, Key: btfU32, Value: layoutBTF})
 	if err != nil {
 		return fmt.Errorf("create %s map: %w", pinLayout, err)
 	}

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package loader loads, attaches, pins and detaches pepsal's BPF side (the tc
 // classifier, the sk_lookup steering program and their maps) and the policy
 // routing it needs, per network namespace.
@@ -13,7 +15,7 @@ type Attachment struct {
 	Dir   string
 	maps  classifyMaps
 	relay relayMaps
-	admMu sync.Mutex // pepsal_admission is read, changed and written whole
+	admMu sync.Mutex // pepsal_admit is read, changed and written whole
 }
 
 // Close releases the handle; the attachment itself stays (it is pinned).

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 // Hand-built frames for the classifier's tests: well formed unless a field

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 import (
@@ -20,7 +22,7 @@ const (
 	pinSteerLink   = "link_steer_netns"
 	pinClassify    = "pepsal_classify"
 	pinSteer       = "pepsal_steer"
-	pinRelay       = "pepsal_relay_verdict"
+	pinRelay       = "pepsal_verdict"
 	pinConfig      = "pepsal_config"
 	pinOwner       = "pepsal_owner"
 	tcLinkPrefix   = "link_classify_if"
@@ -163,7 +165,7 @@ type owner struct {
 }
 
 func newOwnerMap() (*ebpf.Map, error) {
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: pinOwner, Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 1})
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: pinOwner, Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 1, Key: btfU32, Value: ownerBTF})
 	if err != nil {
 		return nil, fmt.Errorf("create %s map: %w", pinOwner, err)
 	}

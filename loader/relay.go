@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 import (
@@ -83,7 +85,7 @@ type Relay struct {
 
 // Relay returns the relay maps of the attachment.
 func (a *Attachment) Relay() *Relay {
-	return &Relay{socks: a.relay.PepsalRelay, dirs: a.relay.PepsalRelayDirs, user: a.relay.PepsalRelayUser}
+	return &Relay{socks: a.relay.PepsalRelay, dirs: a.relay.PepsalRelaydir, user: a.relay.PepsalRelayusr}
 }
 
 // RelaySide is one socket of a kernel-relayed connection, as Prepare needs it.
@@ -109,10 +111,10 @@ func (r *Relay) Prepare(a, b RelaySide, budget uint64) (err error) {
 	for _, d := range []struct{ src, dst RelaySide }{{a, b}, {b, a}} {
 		dir := RelayDir{PeerCookie: d.dst.Cookie, PeerBase: d.dst.SeqBase, Budget: budget, PassedBytes: d.src.Pre}
 		if err := r.dirs.Update(d.src.Cookie, dir, ebpf.UpdateNoExist); err != nil {
-			return fmt.Errorf("relay state in pepsal_relay_dirs: %w", err)
+			return fmt.Errorf("relay state in pepsal_relaydir: %w", err)
 		}
 		if err := r.user.Update(d.src.Cookie, d.src.Pre, ebpf.UpdateNoExist); err != nil {
-			return fmt.Errorf("relay state in pepsal_relay_user: %w", err)
+			return fmt.Errorf("relay state in pepsal_relayusr: %w", err)
 		}
 	}
 	return nil

@@ -75,11 +75,11 @@ type relayRelayDir struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	relayMapPepsalCounters      = "pepsal_counters"
-	relayMapPepsalRelay         = "pepsal_relay"
-	relayMapPepsalRelayDirs     = "pepsal_relay_dirs"
-	relayMapPepsalRelayUser     = "pepsal_relay_user"
-	relayProgPepsalRelayVerdict = "pepsal_relay_verdict"
+	relayMapPepsalCounters = "pepsal_counters"
+	relayMapPepsalRelay    = "pepsal_relay"
+	relayMapPepsalRelaydir = "pepsal_relaydir"
+	relayMapPepsalRelayusr = "pepsal_relayusr"
+	relayProgPepsalVerdict = "pepsal_verdict"
 )
 
 // loadRelay returns the embedded CollectionSpec for relay.
@@ -124,17 +124,17 @@ type relaySpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type relayProgramSpecs struct {
-	PepsalRelayVerdict *ebpf.ProgramSpec `ebpf:"pepsal_relay_verdict"`
+	PepsalVerdict *ebpf.ProgramSpec `ebpf:"pepsal_verdict"`
 }
 
 // relayMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type relayMapSpecs struct {
-	PepsalCounters  *ebpf.MapSpec `ebpf:"pepsal_counters"`
-	PepsalRelay     *ebpf.MapSpec `ebpf:"pepsal_relay"`
-	PepsalRelayDirs *ebpf.MapSpec `ebpf:"pepsal_relay_dirs"`
-	PepsalRelayUser *ebpf.MapSpec `ebpf:"pepsal_relay_user"`
+	PepsalCounters *ebpf.MapSpec `ebpf:"pepsal_counters"`
+	PepsalRelay    *ebpf.MapSpec `ebpf:"pepsal_relay"`
+	PepsalRelaydir *ebpf.MapSpec `ebpf:"pepsal_relaydir"`
+	PepsalRelayusr *ebpf.MapSpec `ebpf:"pepsal_relayusr"`
 }
 
 // relayVariableSpecs contains global variables before they are loaded into the kernel.
@@ -163,18 +163,18 @@ func (o *relayObjects) Close() error {
 //
 // It can be passed to loadRelayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type relayMaps struct {
-	PepsalCounters  *ebpf.Map `ebpf:"pepsal_counters"`
-	PepsalRelay     *ebpf.Map `ebpf:"pepsal_relay"`
-	PepsalRelayDirs *ebpf.Map `ebpf:"pepsal_relay_dirs"`
-	PepsalRelayUser *ebpf.Map `ebpf:"pepsal_relay_user"`
+	PepsalCounters *ebpf.Map `ebpf:"pepsal_counters"`
+	PepsalRelay    *ebpf.Map `ebpf:"pepsal_relay"`
+	PepsalRelaydir *ebpf.Map `ebpf:"pepsal_relaydir"`
+	PepsalRelayusr *ebpf.Map `ebpf:"pepsal_relayusr"`
 }
 
 func (m *relayMaps) Close() error {
 	return _RelayClose(
 		m.PepsalCounters,
 		m.PepsalRelay,
-		m.PepsalRelayDirs,
-		m.PepsalRelayUser,
+		m.PepsalRelaydir,
+		m.PepsalRelayusr,
 	)
 }
 
@@ -188,12 +188,12 @@ type relayVariables struct {
 //
 // It can be passed to loadRelayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type relayPrograms struct {
-	PepsalRelayVerdict *ebpf.Program `ebpf:"pepsal_relay_verdict"`
+	PepsalVerdict *ebpf.Program `ebpf:"pepsal_verdict"`
 }
 
 func (p *relayPrograms) Close() error {
 	return _RelayClose(
-		p.PepsalRelayVerdict,
+		p.PepsalVerdict,
 	)
 }
 

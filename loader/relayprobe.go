@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 import (
@@ -78,7 +80,7 @@ func ProbeKernelRelay() error {
 	if !hasRelayFixes(v) {
 		return off("Linux %s lacks the 2025 sockmap fixes against lost and duplicated bytes under backpressure (in 6.16, 6.15.4, 6.12.35, 6.6.95, 6.1.142)", v)
 	}
-	relay := &Relay{socks: coll.Maps["pepsal_relay"], dirs: coll.Maps["pepsal_relay_dirs"], user: coll.Maps["pepsal_relay_user"]}
+	relay := &Relay{socks: coll.Maps["pepsal_relay"], dirs: coll.Maps["pepsal_relaydir"], user: coll.Maps["pepsal_relayusr"]}
 	var bad misbehaves
 	if err := probeRelayPath(relay); errors.As(err, &bad) {
 		return off("%s", oneLine(err))

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 import (
@@ -49,8 +51,8 @@ func (a *Attachment) SetFastOpenFrom(check bool, from []netip.Prefix) error {
 // checked, and how many LPM keys the trusted prefixes took.
 func (a *Attachment) FastOpenFrom() (check bool, keys int, err error) {
 	var v classifyAdmission
-	if err := a.maps.PepsalAdmission.Lookup(uint32(0), &v); err != nil {
-		return false, 0, fmt.Errorf("read pepsal_admission: %w", err)
+	if err := a.maps.PepsalAdmit.Lookup(uint32(0), &v); err != nil {
+		return false, 0, fmt.Errorf("read pepsal_admit: %w", err)
 	}
 	var k classifyExcludeKey
 	var one uint8

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 // BPF unit tests of the sk_lookup steering program and the relay verdict,
@@ -214,7 +216,7 @@ func TestRelayVerdictNeedsASocket(t *testing.T) {
 	}
 	relay := loadForTest(t, relaySpec, maps)
 	pkt := pkt{src: clientV4, dst: serverV4, sport: 40000, dport: 80, flags: tcpACK}.bytes()
-	_, err = relay.Programs["pepsal_relay_verdict"].Run(&ebpf.RunOptions{Data: pkt})
+	_, err = relay.Programs["pepsal_verdict"].Run(&ebpf.RunOptions{Data: pkt})
 	if err == nil {
 		t.Fatal("BPF_PROG_TEST_RUN now runs sk_skb programs: write the relay verdict's unit test (relay_pass_unknown first)")
 	}

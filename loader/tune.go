@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package loader
 
 import (
@@ -123,13 +125,13 @@ func (t *Tuner) SetLegs(client, server LegTuning) error {
 // SetPeerPort makes sock_ops tune the sockets accepted on the gateway's
 // listener for terminals (port, host order) like client legs; 0: none.
 func (t *Tuner) SetPeerPort(port uint16) error {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(t.dir, "pepsal_peer_port"), nil)
+	m, err := ebpf.LoadPinnedMap(filepath.Join(t.dir, "pepsal_peerport"), nil)
 	if err != nil {
-		return fmt.Errorf("this attachment predates warm paths (no pepsal_peer_port): pepsal detach, then run again: %w", err)
+		return fmt.Errorf("this attachment predates warm paths (no pepsal_peerport): pepsal detach, then run again: %w", err)
 	}
 	defer m.Close()
 	if err := m.Put(uint32(0), uint32(port)); err != nil {
-		return fmt.Errorf("write pepsal_peer_port: %w", err)
+		return fmt.Errorf("write pepsal_peerport: %w", err)
 	}
 	return nil
 }

@@ -119,7 +119,7 @@ const (
 	tuneMapPepsalIfaces   = "pepsal_ifaces"
 	tuneMapPepsalIwWait   = "pepsal_iw_wait"
 	tuneMapPepsalListen   = "pepsal_listen"
-	tuneMapPepsalPeerPort = "pepsal_peer_port"
+	tuneMapPepsalPeerport = "pepsal_peerport"
 	tuneMapPepsalPorts    = "pepsal_ports"
 	tuneMapPepsalTuning   = "pepsal_tuning"
 	tuneMapPepsalUpstream = "pepsal_upstream"
@@ -182,7 +182,7 @@ type tuneMapSpecs struct {
 	PepsalIfaces   *ebpf.MapSpec `ebpf:"pepsal_ifaces"`
 	PepsalIwWait   *ebpf.MapSpec `ebpf:"pepsal_iw_wait"`
 	PepsalListen   *ebpf.MapSpec `ebpf:"pepsal_listen"`
-	PepsalPeerPort *ebpf.MapSpec `ebpf:"pepsal_peer_port"`
+	PepsalPeerport *ebpf.MapSpec `ebpf:"pepsal_peerport"`
 	PepsalPorts    *ebpf.MapSpec `ebpf:"pepsal_ports"`
 	PepsalTuning   *ebpf.MapSpec `ebpf:"pepsal_tuning"`
 	PepsalUpstream *ebpf.MapSpec `ebpf:"pepsal_upstream"`
@@ -221,7 +221,7 @@ type tuneMaps struct {
 	PepsalIfaces   *ebpf.Map `ebpf:"pepsal_ifaces"`
 	PepsalIwWait   *ebpf.Map `ebpf:"pepsal_iw_wait"`
 	PepsalListen   *ebpf.Map `ebpf:"pepsal_listen"`
-	PepsalPeerPort *ebpf.Map `ebpf:"pepsal_peer_port"`
+	PepsalPeerport *ebpf.Map `ebpf:"pepsal_peerport"`
 	PepsalPorts    *ebpf.Map `ebpf:"pepsal_ports"`
 	PepsalTuning   *ebpf.Map `ebpf:"pepsal_tuning"`
 	PepsalUpstream *ebpf.Map `ebpf:"pepsal_upstream"`
@@ -236,7 +236,7 @@ func (m *tuneMaps) Close() error {
 		m.PepsalIfaces,
 		m.PepsalIwWait,
 		m.PepsalListen,
-		m.PepsalPeerPort,
+		m.PepsalPeerport,
 		m.PepsalPorts,
 		m.PepsalTuning,
 		m.PepsalUpstream,

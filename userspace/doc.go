@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package userspace is pepsal's userspace half, in sub-packages; this one
 // holds no code, only this map. Each package imports only those below it
 // (daemon -> peer -> proxy -> relay -> conn, tuning, sockopt, report), and

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main
 
 import (
@@ -6,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -100,6 +103,7 @@ func TestBadFlagsStopBeforeTheHost(t *testing.T) {
 		{[]string{"run", "--fastopen-from", "10.0.0.0/8"}, "--fastopen-from needs listeners that take data in SYNs"},
 		{[]string{"run", "--role", "gateway", "--fastopen=false", "--fastopen-from", "10.0.0.0/8"}, "--fastopen-from needs listeners that take data in SYNs"},
 		{[]string{"run", "--log-level", "loud"}, `bad --log-level "loud"`},
+		{[]string{"run", "--log-format", "xml"}, `bad --log-format "xml": want text or json`},
 		{[]string{"run", "--control-group", "no-such-group-here"}, `bad --control-group "no-such-group-here"`},
 		{[]string{"run", "--role", "satellite"}, `--role must be gateway or terminal, not "satellite"`},
 		{[]string{"run", "--client-mss", "5"}, "--client-mss 5 is out of range (88-65495)"},
@@ -242,6 +246,20 @@ func TestStatusWithoutADaemon(t *testing.T) {
 		"daemon:    not running in this network namespace\n"
 	if r.code != 3 || r.stdout != want || r.stderr != "pepsal: attachment not coherent: pins of another namespace; `pepsal detach`, `pepsal attach` or `pepsal run --iface` removes them\n" {
 		t.Errorf("exit %d, stdout:\n%s\nstderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestStatusNeedsRoot: a user whom bpffs refuses the pins is told that
+// status needs root, in one line, not which syscall failed.
+func TestStatusNeedsRoot(t *testing.T) {
+	e := untouchable(t)
+	e.query = func(string, any) error { return errors.New("permission denied: pepsal's control socket needs root") }
+	e.openAttachment = func() (*loader.Attachment, error) {
+		return nil, fmt.Errorf("open pinned config: %w", fs.ErrPermission)
+	}
+	r := pepsal(t, e, "status")
+	if r.code != 1 || r.stdout != "" || r.stderr != "pepsal: pepsal status needs root: the BPF pins are root's alone (open pinned config: permission denied)\n" {
+		t.Errorf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 }
 

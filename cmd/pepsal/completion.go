@@ -38,6 +38,7 @@ var flagValues = map[string]func() []string{
 		}
 	},
 	"log-level":    func() []string { return []string{"debug", "info", "warn", "error"} },
+	"log-format":   func() []string { return []string{"text\tkey=value (default)", "json\tone object per line"} },
 	"iface":        splitIfaces,
 	"return-iface": splitIfaces,
 }

@@ -67,6 +67,7 @@ func TestCompletionValues(t *testing.T) {
 		{[]string{"run", "--role", ""}, []string{"gateway", "terminal"}},
 		{[]string{"run", "--log-level", ""}, []string{"debug", "info", "warn", "error"}},
 		{[]string{"run", "--forward-filter", ""}, []string{"check", "mirrored", "ignore"}},
+		{[]string{"run", "--log-format", ""}, []string{"text", "json"}},
 		{[]string{"attach", "--forward-filter", "m"}, []string{"mirrored"}},
 		{[]string{"run", "--iface", ""}, ifaces},
 		{[]string{"attach", "--iface", ""}, ifaces},
@@ -98,8 +99,13 @@ func TestCompletionValues(t *testing.T) {
 		}
 	}
 	for _, v := range []string{"debug", "info", "warn", "error"} {
-		if _, err := newLogger(v, nil); err != nil {
+		if _, err := newLogger(v, "text", nil); err != nil {
 			t.Errorf("--log-level completes %s, which it refuses: %v", v, err)
+		}
+	}
+	for _, v := range []string{"text", "json"} {
+		if _, err := newLogger("info", v, nil); err != nil {
+			t.Errorf("--log-format completes %s, which it refuses: %v", v, err)
 		}
 	}
 }

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command pepsal is a transparent TCP performance-enhancing proxy steered by eBPF.
 package main
 

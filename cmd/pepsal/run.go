@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main
 
 import (
@@ -33,6 +35,7 @@ type runFlags struct {
 	drainTimeout   time.Duration
 	upgradeDrain   time.Duration
 	logLevel       string
+	logFormat      string
 	transparent    bool
 	deny           []string
 	metricsAddr    string
@@ -66,6 +69,7 @@ func runCmdInto(e *env, f *runFlags) *cobra.Command {
 	fl.BoolVar(&f.transparent, "transparent", false, "dial servers from the client's own address and port, so they see the real client; replies are taken on --return-iface (default: every other interface)")
 	fl.StringArrayVar(&f.deny, "deny", nil, "destination prefix pepsal never connects to for a client, e.g. the operator's internal networks 10.0.0.0/8 (repeatable; this host's own addresses, loopback, link-local, multicast and broadcast are always refused)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.logFormat, "log-format", "text", "log lines as text (key=value) or json (one object per line, for a log shipper)")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)")
 	fl.StringVar(&f.controlGroup, "control-group", "", "members of group `NAME|GID` may ask the daemon (pepsal conns) besides root (default: root only)")
 	registerMaxConns(fl, &f.maxConns)
@@ -161,7 +165,7 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 	if err != nil {
 		return runPlan{}, err
 	}
-	log, err := newLogger(f.logLevel, e.stderr)
+	log, err := newLogger(f.logLevel, f.logFormat, e.stderr)
 	if err != nil {
 		return runPlan{}, err
 	}
@@ -228,13 +232,20 @@ func parseControlGroup(s string) (daemon.ControlGroup, error) {
 	return daemon.ControlGroup{Name: g.Name, GID: uint32(gid), Set: true}, nil
 }
 
-// newLogger is the daemon's log on w, at --log-level.
-func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+// newLogger is the daemon's log on w, at --log-level, in --log-format.
+func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("bad --log-level %q", level)
+		return nil, fmt.Errorf("bad --log-level %q: want debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("bad --log-format %q: want text or json", format)
 }
 
 // checkHost fails unless this process may attach, to these interfaces, on
@@ -352,7 +363,8 @@ func attachOrOpen(cfg loader.Config, log *slog.Logger) (*daemon.Kernel, error) {
 // errSizeTooLarge: a size past 2^64-1 bytes.
 var errSizeTooLarge = errors.New("too large")
 
-// parseSize reads a byte count: 65536, 64KiB, 4MiB, 1GiB (K, M, G are binary too).
+// parseSize reads a byte count: 65536, 64KiB, 4MiB, 1GiB (K, M, G are
+// binary too), or in decimal units: 64kB, 4MB, 1GB (KB too).
 // A count that does not fit in 64 bits is refused, never wrapped around
 // ("17179869184GiB" once read as 0).
 func parseSize(s string) (uint64, error) {
@@ -361,7 +373,11 @@ func parseSize(s string) (uint64, error) {
 	for _, u := range []struct {
 		suffix string
 		mult   uint64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}} {
+	}{
+		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
+		{"kB", 1e3}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9},
+		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30},
+	} {
 		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
 			s, mult = rest, u.mult
 			break

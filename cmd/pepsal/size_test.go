@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main
 
 import (
@@ -19,6 +21,14 @@ func TestParseSize(t *testing.T) {
 		{"4MiB", 4 << 20, nil},
 		{"1GiB", 1 << 30, nil},
 		{"2G", 2 << 30, nil},
+		{"64kB", 64000, nil},
+		{"64KB", 64000, nil},
+		{"4MB", 4e6, nil},
+		{"1GB", 1e9, nil},
+		{"18446744073GB", 18446744073e9, nil},
+		{"18446744074GB", 0, errSizeTooLarge},
+		{"4mb", 0, errBadSize},
+		{"MB", 0, errBadSize},
 		{"0", 0, nil},
 		{"18446744073709551615", 1<<64 - 1, nil},
 		{"17179869183GiB", 1<<64 - 1<<30, nil},

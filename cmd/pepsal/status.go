@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package main
 
 import (
@@ -5,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -68,6 +71,9 @@ func collectStatus(e *env) (*report.StatusReport, error) {
 	}
 	if errors.Is(err, loader.ErrNotAttached) {
 		return rep, nil
+	}
+	if errors.Is(err, fs.ErrPermission) {
+		return nil, fmt.Errorf("pepsal status needs root: the BPF pins are root's alone (%w)", err)
 	}
 	if err != nil {
 		return nil, err

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package procid tells processes apart and keeps them from interleaving: a
 // process's identity (its pid and its start time, which no later process
 // with the same pid shares) and an exclusive lock on a directory.

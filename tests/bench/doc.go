@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package bench measures pepsal on namespaced test beds: transfer times over
 // emulated satellite links (gateway PEP and two-PEP topologies) against no
 // proxy and the reference PEPsal, and the relay's throughput, CPU, latency

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package harness builds pepsal and runs the long-lived processes of a test
 // bed (pepsal itself, and the programs the benchmark compares it with) inside
 // a namespace: one launcher for the integration tests and the benchmark, so

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package integration
 
 import (
@@ -62,16 +64,17 @@ func testAdmissionFailsOpen(t *testing.T, cfg suite) {
 	b := newBed(t, cfg)
 	addr := hostPort(testbed.ServerV4, 8090)
 	peerServer(t, b.Server, addr)
-	// A hard limit of 2300 fds holds ~20 connections once the accept queues,
-	// pipes and the reserve are counted; the daemon raises its soft limit.
-	startPepsalLimited(t, b, 1024, 2300, "--iface", testbed.RouterClientIf)
+	// A hard limit of 300 fds holds ~35 connections once the (shortened)
+	// accept queues, pipes and the reserve are counted; the daemon raises
+	// its soft limit.
+	startPepsalLimited(t, b, 200, 300, "--iface", testbed.RouterClientIf)
 	st := b.daemonInfo().Stats
-	if st.FDLimit != 2300 {
-		t.Errorf("daemon's fd limit %d: it did not raise its soft limit to the hard 2300", st.FDLimit)
+	if st.FDLimit != 300 {
+		t.Errorf("daemon's fd limit %d: it did not raise its soft limit to the hard 300", st.FDLimit)
 	}
 	max, low := st.MaxConns, st.LowWater
 	if max < 2 || max > 100 || low >= max {
-		t.Fatalf("derived max_conns %d, low water %d: want a small limit from 2300 fds", max, low)
+		t.Fatalf("derived max_conns %d, low water %d: want a small limit from 300 fds", max, low)
 	}
 	base := b.status()
 
@@ -154,7 +157,7 @@ func TestMaxConnsBadInput(t *testing.T) {
 		{"negative", []string{pepsalBin, "attach", "--iface", testbed.RouterClientIf, "--max-conns=-5"}, "bad --max-conns"},
 		{"fd limit too low", []string{"prlimit", "--nofile=1000:1000", pepsalBin, "run", "--iface", testbed.RouterClientIf, "--max-conns", "5000"}, "RLIMIT_NOFILE"},
 		{"attach fd limit too low", []string{"prlimit", "--nofile=1000:1000", pepsalBin, "attach", "--iface", testbed.RouterClientIf, "--max-conns", "5000"}, "RLIMIT_NOFILE"},
-		{"no connection fits", []string{"prlimit", "--nofile=500:500", pepsalBin, "run", "--iface", testbed.RouterClientIf}, "holds no connection"},
+		{"no connection fits", []string{"prlimit", "--nofile=120:120", pepsalBin, "run", "--iface", testbed.RouterClientIf}, "holds no connection"},
 	}
 	for _, tc := range cases {
 		r := runCmdIn(b.Router, tc.cmd[0], tc.cmd[1:]...)
@@ -193,7 +196,7 @@ func TestMaxConnsSizesMaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	capacity := 3000 + 2*(min(512, backlog)+1)
-	for name, perConn := range map[string]int{"pepsal_diverted": 2, "pepsal_relay": 2, "pepsal_relay_dirs": 2, "pepsal_relay_user": 2, "pepsal_upstream": 1} {
+	for name, perConn := range map[string]int{"pepsal_diverted": 2, "pepsal_relay": 2, "pepsal_relaydir": 2, "pepsal_relayusr": 2, "pepsal_upstream": 1} {
 		out, err := b.Router.Command("bpftool", "-j", "map", "show", "pinned", fmt.Sprintf("/sys/fs/bpf/pepsal/netns-%d/%s", ino, name)).Output()
 		if err != nil {
 			t.Fatalf("bpftool map show %s: %v", name, err)
@@ -331,4 +334,27 @@ func testLostResetFoundByKeepalive(t *testing.T, cfg suite) {
 	case <-time.After(15 * time.Second):
 		t.Errorf("the server saw nothing 15 s after the client's reset was lost (--keepalive 1s)")
 	}
+}
+
+// TestContainerFDLimit: under a container's RLIMIT_NOFILE of 1024:1024 the
+// daemon starts with what fits (shorter accept queues, fewer splice
+// pipes), says so in one warning, and splits.
+func TestContainerFDLimit(t *testing.T) {
+	b := newBed(t, defaultSuite())
+	addr := hostPort(testbed.ServerV4, 8090)
+	peerServer(t, b.Server, addr)
+	d := startPepsalLimited(t, b, 1024, 1024, "--iface", testbed.RouterClientIf)
+	info := b.daemonInfo()
+	if st := info.Stats; st.FDLimit != 1024 || st.MaxConns < 200 {
+		t.Fatalf("fd limit %d, max_conns %d: want a few hundred connections in 1024 fds", st.FDLimit, st.MaxConns)
+	}
+	if info.Listen.Backlog >= 512 || info.Listen.Backlog < 16 {
+		t.Errorf("accept queues of %d under 1024 fds", info.Listen.Backlog)
+	}
+	if _, split := admitted(t, b, addr); !split {
+		t.Error("a connection under 1024 fds was not split")
+	}
+	waitFor(t, 5*time.Second, "the tight-fd warning", func() bool {
+		return strings.Count(d.Output(), "the fd limit is tight") == 1
+	})
 }

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package integration runs pepsal for real: client, router and server network
 // namespaces over veth, real sockets, real BPF. Needs root.
 package integration

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package integration
 
 import (
@@ -50,7 +52,7 @@ func testKilledDaemonFailsOpenAndDetachCleans(t *testing.T, cfg suite) {
 	// kernel: a splice daemon (or a kernel that cannot) never loads it.
 	want := []string{"pepsal_classify", "pepsal_steer", "pepsal_tune"}
 	if cfg.relayInUse(t) == "sockmap" {
-		want = append(want, "pepsal_relay_verdict")
+		want = append(want, "pepsal_verdict")
 	}
 	slices.Sort(want)
 	if got := slices.Sorted(maps.Keys(st.Programs)); !slices.Equal(got, want) {
@@ -151,7 +153,7 @@ func testAttachIdempotentAndDetach(t *testing.T, cfg suite) {
 			// `pepsal detach`.
 			after := netState(t, b.Router)
 			if cfg.relayInUse(t) == "sockmap" {
-				after = withoutLines(after, "/pepsal_relay_verdict")
+				after = withoutLines(after, "/pepsal_verdict")
 			}
 			if after != once {
 				t.Errorf("run without --iface must leave the attachment:\n%s", after)

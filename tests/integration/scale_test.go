@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package integration
 
 import (
@@ -140,18 +142,18 @@ func TestUpstreamMapFullFailsOpen(t *testing.T) {
 	}
 }
 
-// TestRelayMapsFullFallBack (issue #10 case 6): with pepsal_relay_dirs one
+// TestRelayMapsFullFallBack (issue #10 case 6): with pepsal_relaydir one
 // entry short of full, the kernel relay's Prepare fails half way (the first
 // direction fits, the second does not); the connection must fall back to
 // userspace and work, say why in `pepsal conns`, and leave no entry of its
-// own in pepsal_relay_dirs or pepsal_relay_user. Before 4021e99: one entry
+// own in pepsal_relaydir or pepsal_relayusr. Before 4021e99: one entry
 // of each leaked per connection until detach.
 func TestRelayMapsFullFallBack(t *testing.T) {
 	requireKernelRelay(t)
 	b := newBed(t, defaultSuite())
 	peerServer(t, b.Server, hostPort(testbed.ServerV4, 8081))
 	b.startPepsal("--iface", testbed.RouterClientIf, "--relay", "sockmap", "--offload-after", "0")
-	dirs, user := pinnedMap(t, b.Router, "pepsal_relay_dirs"), pinnedMap(t, b.Router, "pepsal_relay_user")
+	dirs, user := pinnedMap(t, b.Router, "pepsal_relaydir"), pinnedMap(t, b.Router, "pepsal_relayusr")
 	fillMap(t, dirs, 1)
 	full := int(dirs.MaxEntries()) - 1
 	const n = 3
@@ -162,12 +164,12 @@ func TestRelayMapsFullFallBack(t *testing.T) {
 		t.Fatalf("conns lists %d connections, want %d: %+v", len(conns), n, conns)
 	}
 	for _, c := range conns {
-		if !strings.HasPrefix(c.Relay, "userspace: ") || !strings.Contains(c.Relay, "pepsal_relay_dirs") {
-			t.Errorf("relay %q: want a userspace fallback that names pepsal_relay_dirs", c.Relay)
+		if !strings.HasPrefix(c.Relay, "userspace: ") || !strings.Contains(c.Relay, "pepsal_relaydir") {
+			t.Errorf("relay %q: want a userspace fallback that names pepsal_relaydir", c.Relay)
 		}
 	}
 	if d, u := mapEntries(t, dirs), mapEntries(t, user); d != full || u != 0 {
-		t.Errorf("with %d live fallback connections: %d pepsal_relay_dirs entries (want the %d dummies), %d pepsal_relay_user (want 0)", n, d, full, u)
+		t.Errorf("with %d live fallback connections: %d pepsal_relaydir entries (want the %d dummies), %d pepsal_relayusr (want 0)", n, d, full, u)
 	}
 }
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package kmatrix runs pepsal's test suites under other Linux kernels: each
 // kernel of a list (Debian's own packages, fetched with apt-get download)
 // boots under qemu (KVM where /dev/kvm can run it, TCG otherwise) with this

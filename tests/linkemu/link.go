@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package linkemu emulates a satellite link in userspace: an L2 bridge between
 // two interfaces of one namespace that delays, rate-limits, queues and drops
 // frames. It exists because the test kernel has neither netem nor fq.

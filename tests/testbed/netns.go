@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package testbed builds pepsal's test networks from Go: named network
 // namespaces, veth pairs, addresses and routes, all through netlink.
 package testbed

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package conn is the record of one split connection as the proxy, the
 // relays and the status see it: its addresses, bytes moved, which relay
 // moves them (RelayState, with a fallback's reason), where it is in its life

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package conn
 
 import "testing"
@@ -37,7 +39,7 @@ func TestText(t *testing.T) {
 		Fallback(FirstBytesPartial, "first bytes not read whole"):                           "userspace: first bytes not read whole",
 		Fallback(ClosedBeforeInsert, "client closed before insert"):                         "userspace: client closed before insert",
 		Fallback(InsertFailed, "server: insert into pepsal_relay: no space left on device"): "userspace: server: insert into pepsal_relay: no space left on device",
-		Fallback(SetupFailed, "relay state in pepsal_relay_dirs: argument list too long"):   "userspace: relay state in pepsal_relay_dirs: argument list too long",
+		Fallback(SetupFailed, "relay state in pepsal_relaydir: argument list too long"):     "userspace: relay state in pepsal_relaydir: argument list too long",
 	} {
 		if got := state.String(); got != want {
 			t.Errorf("%+v prints %q, want %q", state, got, want)

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package daemon is a running pepsal: Run sets it up in phases (its
 // sockets, fresh or handed over by the daemon it replaces; the BPF side, the
 // relay this kernel allows and what is off; the pipeline with its warm

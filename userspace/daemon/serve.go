@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package daemon
 
 import (
@@ -11,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/report"
 )
 
@@ -57,6 +60,10 @@ func (r *run) announce() error {
 	}
 	log.Info("serving", "ifaces", strings.Join(names, ","), "relay", r.relay, "listeners", strings.Join(r.addrs, ","), "pin_dir", r.k.PinDir,
 		"max_conns", o.MaxConns, "low_water", r.admission.Low, "max_conns_from", o.MaxConnsFrom, "fd_limit", o.FDBudget.Limit, "max_conns_per_client", o.MaxConnsPerClient)
+	if b := o.FDBudget; b.TightFDs {
+		log.Warn("the fd limit is tight: accept queues and splice pipes shortened to fit it; raise it (systemd LimitNOFILE=, prlimit --nofile) for more connections",
+			"fd_limit", b.Limit, "max_conns", o.MaxConns, "backlog", b.Backlog, "splice_pipes", relay.PipeLimit(o.MaxConns))
+	}
 
 	in := r.inherited
 	if in == nil {

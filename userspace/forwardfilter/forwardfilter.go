@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package forwardfilter tells whether the router filters forwarded traffic,
 // which connections split by pepsal never meet: a diverted SYN ends on the
 // router (INPUT) and the server leg leaves from it (OUTPUT), so FORWARD

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package peer is the warm paths between two pepsals across the satellite
 // link. A terminal keeps a Pool of idle connections to its gateway, greeted
 // and ready, and sends a client's flow over one of them (Warm, a

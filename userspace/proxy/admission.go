@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package proxy
 
 import (
@@ -17,7 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Admission keeps the classifier's admission flag (pepsal_admission) in step
+// Admission keeps the classifier's admission flag (pepsal_admit) in step
 // with the connection table: at Max live connections new SYNs are forwarded
 // unsplit, until the count falls below Low (hysteresis, so that a table
 // hovering at the limit does not flip the flag on every connection). The
@@ -168,9 +170,25 @@ type FDBudget struct {
 	Listeners int    // proxy listeners (IPv4, IPv6)
 	Backlog   int    // accept queue length of each (For sets it for a limit)
 	// BacklogCap is the longest accept queue the kernel gives a listener
-	// (MaxListenBacklog, or net.core.somaxconn if lower); 0: Backlog is
-	// fixed whatever the limit.
+	// (MaxListenBacklog, or net.core.somaxconn if lower), or that a tight
+	// fd limit leaves room for (TightFDs); 0: Backlog is fixed whatever
+	// the limit.
 	BacklogCap int
+	// TightFDs says that the fd limit, not the kernel, shortened the
+	// accept queues below MinListenBacklog (a container's 1024, say).
+	TightFDs bool
+}
+
+// Under a tight fd limit the accept queues get at most a quarter of the
+// free fds (two per queued connection), and no less than minTightBacklog:
+// a daemon that holds a few hundred connections is better than none.
+const minTightBacklog = 16
+
+// backlogForFDs is the longest accept queue that a limit of limit fds,
+// open of them already open, leaves room for on each of listeners.
+func backlogForFDs(limit uint64, open, listeners int) int {
+	free := int(min(limit, 1<<30)) - open - fdReserve
+	return max(minTightBacklog, free/4/(2*max(listeners, 1)))
 }
 
 // For is b with the backlog of a limit of maxConns connections: what the
@@ -253,8 +271,11 @@ func NewFDBudget(listeners int) (FDBudget, error) {
 			b.BacklogCap = n
 		}
 	}
-	b.Backlog = b.BacklogCap // until For settles it for a limit
 	b.Open = sockopt.OpenFDs()
+	if fit := backlogForFDs(b.Limit, b.Open, listeners); fit < b.BacklogCap && fit < MinListenBacklog {
+		b.BacklogCap, b.TightFDs = fit, true
+	}
+	b.Backlog = b.BacklogCap // until For settles it for a limit
 	return b, nil
 }
 

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package proxy
 
 import (
@@ -173,4 +175,31 @@ func TestListenBacklog(t *testing.T) {
 	if l, err := derived.FitMaps(30000, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil || l.MapConns() > 30000 || l.Budget.Backlog >= derived.Budget.Backlog {
 		t.Errorf("derived, maps for 30000: %+v, %v", l, err)
 	}
+}
+
+// TestTightFDs: under a container's 1024 fds the accept queues shrink to a
+// quarter of the free fds and the daemon holds a few hundred connections,
+// where queues of MinListenBacklog would leave it none; a roomy limit
+// leaves the queues alone.
+func TestTightFDs(t *testing.T) {
+	if fit := backlogForFDs(20000, 15, 2); fit < MinListenBacklog {
+		t.Errorf("20000 fds: queues cut to %d", fit)
+	}
+	fit := backlogForFDs(1024, 15, 2)
+	if fit < minTightBacklog || 2*2*(fit+1) > (1024-15-fdReserve)/4+4 {
+		t.Fatalf("1024 fds: queues of %d", fit)
+	}
+	roomy := FDBudget{Limit: 1024, Open: 15, Listeners: 2, Backlog: MinListenBacklog, BacklogCap: MinListenBacklog}
+	if n := roomy.MaxConns(); n != 0 {
+		t.Fatalf("queues of %d in 1024 fds hold %d connections, want none", MinListenBacklog, n)
+	}
+	tight := FDBudget{Limit: 1024, Open: 15, Listeners: 2, Backlog: fit, BacklogCap: fit, TightFDs: true}
+	n := tight.MaxConns()
+	if n < 200 || tight.For(n).Need(n) > 1024 {
+		t.Fatalf("1024 fds hold %d connections (need %d)", n, tight.For(n).Need(n))
+	}
+	if backlogForFDs(^uint64(0), 15, 2) < MinListenBacklog || backlogForFDs(10, 15, 2) != minTightBacklog {
+		t.Error("an unlimited or hopeless limit")
+	}
+	t.Logf("RLIMIT_NOFILE 1024: queues of %d, max_conns %d, %d pipes", fit, n, relay.PipeLimit(n))
 }

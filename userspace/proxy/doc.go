@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package proxy is pepsal's connection pipeline (Pipeline): it accepts the
 // connections that the BPF side steers to the proxy's listeners, and those
 // other accept sides hand it (an Acceptor: the warm-path gateway), sets each

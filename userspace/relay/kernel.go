@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package relay
 
 import (
@@ -58,7 +60,7 @@ type relayDir struct {
 	// Owned by the direction's pump goroutine:
 	flushed     uint64    // kernel_bytes already seen in dst's send queue
 	seenPassed  uint64    // passed_bytes at the last look at the maps
-	published   uint64    // user bytes last written to pepsal_relay_user
+	published   uint64    // user bytes last written to pepsal_relayusr
 	unseenSince time.Time // since when, at EOF, received bytes wait for the verdict
 	slot        idleSlot  // src in the idle waiter while nothing is there for userspace
 }

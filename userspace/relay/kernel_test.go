@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package relay
 
 import (
@@ -336,7 +338,7 @@ func TestKernelRelayFullMapFallsBack(t *testing.T) {
 		relay   string
 		inserts int
 	}{
-		{"prepare", func(b *kernelBed) { b.maps.failPrep = fmt.Errorf("relay state in pepsal_relay_dirs: %w", unix.E2BIG) }, "userspace: relay state", 0},
+		{"prepare", func(b *kernelBed) { b.maps.failPrep = fmt.Errorf("relay state in pepsal_relaydir: %w", unix.E2BIG) }, "userspace: relay state", 0},
 		{"client", func(b *kernelBed) { b.maps.failIns[b.clientCookie] = full }, "userspace: client: ", 1},
 		{"server", func(b *kernelBed) { b.maps.failIns[b.serverCookie] = full }, "userspace: server: ", 2},
 	} {

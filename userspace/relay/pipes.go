@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package relay
 
 import (
@@ -28,8 +30,12 @@ const (
 )
 
 // PipeLimit is how many splice pipes (2 fds each) a daemon with maxConns
-// connections may hold at once.
-func PipeLimit(maxConns int) int { return min(max(maxConns/4, pipesMin), pipesMax) }
+// connections may hold at once: never more than its connections, so that
+// a daemon that a tight fd limit holds to a few connections needs no fds
+// for pipes it could not use.
+func PipeLimit(maxConns int) int {
+	return min(max(maxConns/4, min(pipesMin, maxConns)), pipesMax)
+}
 
 // pipe is a splice pipe; data is how many bytes it holds.
 type pipe struct {

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package relay moves a split connection's bytes between its two legs,
 // once both are connected, and says how the connection ended: by splice(2)
 // through pooled pipes (Splice), or in the kernel through the sk_skb verdict

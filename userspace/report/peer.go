@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package report
 
 // PeerStats is the warm-path part of `pepsal status`: the terminal's pool,

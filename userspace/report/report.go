@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package report is the JSON schema of `pepsal status --json` and `pepsal
 // conns --json`, in one place: the daemon fills these types, the CLI prints
 // them, the integration tests and the benchmark decode them, so a renamed
@@ -41,7 +43,7 @@ type StatusReport struct {
 type RelayReport struct {
 	Sockets    int `json:"sockets"`
 	Directions int `json:"directions"`
-	UserCounts int `json:"user_counts"` // pepsal_relay_user: one per direction, like directions
+	UserCounts int `json:"user_counts"` // pepsal_relayusr: one per direction, like directions
 }
 
 // RoutingReport is the policy routing that delivers diverted SYNs locally.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package sockopt holds the socket helpers the rest of userspace shares:
 // running code on a descriptor, the socket cookie, TCP_INFO readings,
 // resets, IP-level options, sysctls, the count of open descriptors, and

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package tuning is what pepsal asks of each leg of a split connection:
 // the per-leg TCP settings (Leg), the role presets of the satellite leg
 // (Role), TCP Fast Open on the link between two pepsals (FastOpen), their

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command pepsal-bench runs pepsal's benchmark suite or its demo on
 // namespaced test beds with an emulated satellite link.
 //

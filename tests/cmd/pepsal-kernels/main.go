@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command pepsal-kernels runs pepsal's test suites under other Linux kernels
 // (tests/kmatrix): each kernel boots under qemu with this machine's root
 // file system shared read-only, runs the test binaries built here, and one

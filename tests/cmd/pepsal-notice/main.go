@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command pepsal-notice writes NOTICE: the licence of every module linked
 // into the pepsal binary, with its text (and its own NOTICE, which the
 // Apache licence asks to pass on), from the module cache. With --check it

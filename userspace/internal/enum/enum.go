@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package enum gives the values of pepsal's small enums (outcome, relay
 // state, relay mode, role) their texts: one list per enum serves String
 // and UnmarshalText, so that the two cannot drift apart.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package logx holds the logging helpers of the daemon's loops: a
 // rate-limited line (RateLog), the pacing of an accept loop through errors
 // (AcceptBackoff) and a logger that tags a connection's lines (ConnLogger).

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Package nettest holds what the unit tests of userspace and its relays
 // share to move bytes over loopback: a pair of connected sockets,
 // reproducible random bytes, and a wait for what happens right after a

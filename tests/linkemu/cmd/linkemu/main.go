@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 // Command linkemu bridges two interfaces of the current network namespace
 // through the userspace satellite-link emulator until SIGINT or SIGTERM.
 //
