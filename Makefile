@@ -4,8 +4,9 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-# Debian packages the build, the tests and `make generate` need.
-APT_PKGS := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool util-linux nginx curl nghttp2-client openssh-server openssh-client socat openssl systemd cpio nftables iptables
+# Debian packages the build, the tests and `make generate` need (systemd
+# and man-db: the package test verifies the unit and renders a man page).
+APT_PKGS := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool util-linux nginx curl nghttp2-client openssh-server openssh-client socat openssl systemd cpio nftables iptables man-db
 
 # make install [PREFIX=/usr/local] [DESTDIR=...]: binary, systemd unit, flags file, docs.
 PREFIX     ?= /usr/local
@@ -14,7 +15,7 @@ SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 DOCDIR     ?= $(PREFIX)/share/doc/pepsal
 
-.PHONY: build generate unit fuzz fuzz-short lint notice test test-kernels bench demo deps check-root check-go clean install
+.PHONY: build generate unit fuzz fuzz-short lint notice test test-kernels bench demo deps check-root check-go clean install package
 
 build: check-go
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/pepsal ./cmd/pepsal
@@ -63,6 +64,8 @@ STATICCHECK := $(CURDIR)/bin/tools/staticcheck-$(STATICCHECK_VERSION)
 lint: check-go $(STATICCHECK)
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
+	$(GO) vet -tags pepsal_gendocs ./cmd/pepsal # the man page generator of make package
+	$(STATICCHECK) -tags pepsal_gendocs ./cmd/pepsal
 	$(GO) run ./tests/cmd/pepsal-notice --check
 
 # NOTICE: the licences of the modules linked into pepsal (a new or updated
@@ -143,5 +146,32 @@ install: build
 	else install -D -m 0644 cmd/pepsal/systemd/pepsal.env $(DESTDIR)$(SYSCONFDIR)/default/pepsal; fi
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 
+# make package: dist/pepsal_DEBVERSION_ARCH.deb for each of PKG_ARCHES,
+# cross-compiled without cgo (the BPF objects are embedded, little-endian
+# like both). A package holds /usr/sbin/pepsal, the unit, /etc/default/pepsal
+# (a conffile), man pages (section 8) and bash, zsh and fish completions,
+# written by a build with -tags pepsal_gendocs (the shipped binary has no
+# such command). The version comes from git (VERSION, above): a release is a
+# tag vMAJOR.MINOR.PATCH (git tag -a v1.0.0 -m 'pepsal 1.0.0'), a build past
+# it or without one sorts between releases (packaging/deb/version.sh).
+# DEB_MAINTAINER names who built it; DEB_COMPRESS is dpkg-deb's compressor.
+DIST              ?= dist
+PKG_ARCHES        ?= amd64 arm64
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
+DEB_VERSION       ?= $(shell packaging/deb/version.sh '$(VERSION)' '$(SOURCE_DATE_EPOCH)')-1
+DEB_MAINTAINER    ?= pepsal maintainers <maintainers@pepsal.invalid>
+DEB_COMPRESS      ?= xz
+package: check-go
+	@command -v dpkg-deb >/dev/null || { echo "error: dpkg-deb is needed (Debian: apt-get install dpkg)" >&2; exit 1; }
+	rm -rf $(DIST)/build
+	$(GO) build -tags pepsal_gendocs -ldflags "$(LDFLAGS)" -o $(DIST)/build/pepsal-gendocs ./cmd/pepsal
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(DIST)/build/pepsal-gendocs gen-docs $(DIST)/build/docs
+	@set -e; for arch in $(PKG_ARCHES); do \
+		echo "pepsal $(VERSION) for $$arch"; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w" -o $(DIST)/build/$$arch/pepsal ./cmd/pepsal; \
+		SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) DEB_MAINTAINER='$(DEB_MAINTAINER)' GIT_VERSION='$(VERSION)' DEB_COMPRESS=$(DEB_COMPRESS) \
+			packaging/deb/build.sh $$arch $(DIST)/build/$$arch/pepsal $(DIST)/build/docs '$(DEB_VERSION)' $(DIST); \
+	done
+
 clean:
-	rm -rf bin
+	rm -rf bin dist

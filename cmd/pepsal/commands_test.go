@@ -352,6 +352,7 @@ func TestHelpAndVersionOnStdout(t *testing.T) {
 		want string
 	}{
 		{[]string{"version"}, "pepsal " + version + "\n"},
+		{[]string{"--version"}, "pepsal " + version + "\n"},
 		{[]string{"--help"}, "Usage:\n  pepsal [command]"},
 		{[]string{"help", "status"}, "Usage:\n  pepsal status [flags]"},
 		{[]string{"run", "--help"}, "--relay string"},

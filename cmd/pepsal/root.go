@@ -51,6 +51,8 @@ func newRoot(e *env) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "pepsal",
 		Short:         "Transparent TCP performance-enhancing proxy, steered by eBPF",
+		Long:          rootLong,
+		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -58,8 +60,19 @@ func newRoot(e *env) *cobra.Command {
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
 	root.AddCommand(runCmd(e), attachCmd(e), detachCmd(e), statusCmd(e), connsCmd(e), versionCmd())
+	for _, c := range extraCommands {
+		root.AddCommand(c(root))
+	}
+	addHelp(root)
+	registerCompletions(root)
+	// --version says what `pepsal version` says.
+	root.SetVersionTemplate(`{{printf "pepsal %s\n" .Version}}`)
 	return root
 }
+
+// extraCommands are hidden commands that only some builds have (the man
+// page generator: gendocs.go, built with -tags pepsal_gendocs).
+var extraCommands []func(root *cobra.Command) *cobra.Command
 
 // execute runs the command line of e and returns the exit code; an error is
 // one line on e's stderr.
