@@ -32,6 +32,7 @@ type follower struct {
 	log      *slog.Logger
 	reattach func() ([]loader.Placed, error)
 	kicks    chan struct{} // a link event of a followed interface: reconcile now
+	every    time.Duration // the backstop's period (followEvery)
 
 	mu      sync.Mutex
 	order   []string // the names, as given
@@ -47,7 +48,7 @@ type followed struct {
 }
 
 func newFollower(log *slog.Logger, reattach func() ([]loader.Placed, error)) *follower {
-	return &follower{log: log, reattach: reattach, kicks: make(chan struct{}, 1), state: map[string]*followed{}}
+	return &follower{log: log, reattach: reattach, kicks: make(chan struct{}, 1), every: followEvery, state: map[string]*followed{}}
 }
 
 // kick asks for a reconcile; kicks that come while one is pending are one.
@@ -73,7 +74,7 @@ func (f *follower) start() (stop func()) {
 
 // loop reconciles on each kick, and every followEvery.
 func (f *follower) loop(ctx context.Context) {
-	t := time.NewTicker(followEvery)
+	t := time.NewTicker(f.every)
 	defer t.Stop()
 	for {
 		select {
