@@ -97,6 +97,12 @@ func testInterfaceRecreated(t *testing.T, tcMode string) {
 		t.Errorf("no connection of the live traffic was split")
 	}
 	checkRecreatedState(t, b, tcMode)
+	// The log says each loss and each return.
+	for _, line := range []string{`msg="interface lost`, `msg="interface back: classifier re-attached"`} {
+		if n := strings.Count(d.Output(), line); n != recreations {
+			t.Errorf("%d log lines %s, want %d", n, line, recreations)
+		}
+	}
 	if err := d.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
