@@ -31,6 +31,10 @@ type Config struct {
 	// Daemon: a `pepsal run` attaches. It owns an attachment it creates, or
 	// one whose daemon died, and removes it when it stops (DetachOwned).
 	Daemon bool
+	// WaitIfaces: an interface of Ifaces or ReturnIfaces that does not
+	// exist is left out, not an error (a daemon attaches it when it
+	// appears: Reattach).
+	WaitIfaces bool
 }
 
 // ResolveIfaces maps interface names to indexes, failing on the first unknown one.
@@ -90,23 +94,23 @@ type target struct {
 
 // targets resolves the interfaces the classifier goes on: every one of
 // Ifaces, then those of ReturnIfaces that are not among them.
+// With WaitIfaces, the interfaces that do not exist are left out.
 func (cfg Config) targets() ([]target, error) {
-	ifindexes, err := ResolveIfaces(cfg.Ifaces)
-	if err != nil {
-		return nil, err
-	}
-	returnIndexes, err := ResolveIfaces(cfg.ReturnIfaces)
-	if err != nil {
-		return nil, err
-	}
 	var targets []target
-	for i, idx := range ifindexes {
-		targets = append(targets, target{cfg.Ifaces[i], idx, false})
-	}
-	for i, idx := range returnIndexes {
-		if !slices.Contains(ifindexes, idx) {
-			targets = append(targets, target{cfg.ReturnIfaces[i], idx, true})
+	var ifindexes []int
+	for _, w := range cfg.Wanted() {
+		idx, err := ResolveIfaces([]string{w.Name})
+		if err != nil && cfg.WaitIfaces {
+			continue
 		}
+		if err != nil {
+			return nil, err
+		}
+		if w.ReturnOnly && slices.Contains(ifindexes, idx[0]) {
+			continue
+		}
+		ifindexes = append(ifindexes, idx[0])
+		targets = append(targets, target{w.Name, idx[0], w.ReturnOnly})
 	}
 	return targets, nil
 }

@@ -73,12 +73,17 @@ func (a *Attachment) Problems() []string {
 	case linkIno != ino:
 		out = append(out, fmt.Sprintf("the sk_lookup link is on network namespace inode %d, not this one (%d)", linkIno, ino))
 	}
+	gone := "interface ifindex %d no longer exists"
+	if pid, _ := a.Owner(); pid == 0 {
+		// Nothing follows the interfaces of a persistent attachment.
+		gone += ": a persistent attachment (`pepsal attach`) does not follow interfaces; attach again once it is back, or serve with `pepsal run --iface`, which re-attaches by name"
+	}
 	var idx uint32
 	var st classifyIfaceState
 	iter := a.maps.PepsalIfaces.Iterate()
 	for iter.Next(&idx, &st) {
 		if _, err := netlink.LinkByIndex(int(idx)); err != nil {
-			out = append(out, fmt.Sprintf("interface ifindex %d no longer exists", idx))
+			out = append(out, fmt.Sprintf(gone, idx))
 			continue
 		}
 		if err := classifierAttached(a.Dir, int(idx), st); err != nil {

@@ -37,6 +37,7 @@ type runFlags struct {
 	logLevel       string
 	logFormat      string
 	transparent    bool
+	ifaceWait      bool
 	deny           []string
 	metricsAddr    string
 	maxConns       string
@@ -66,6 +67,7 @@ func runCmdInto(e *env, f *runFlags) *cobra.Command {
 	fl.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "give up on the upstream connection (and reset the client) after this long")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "on SIGTERM/SIGINT, wait this long for live connections before resetting them")
 	fl.DurationVar(&f.upgradeDrain, "upgrade-drain", time.Hour, "on SIGHUP (upgrade), the old daemon relays its live connections for at most this long, then resets what is left")
+	fl.BoolVar(&f.ifaceWait, "iface-wait", false, "an --iface (or --return-iface) that does not exist yet is waited for, not refused: the classifier goes on it when it appears (every interface is followed by name anyway: one deleted and created again is re-attached)")
 	fl.BoolVar(&f.transparent, "transparent", false, "dial servers from the client's own address and port, so they see the real client; replies are taken on --return-iface (default: every other interface)")
 	fl.StringArrayVar(&f.deny, "deny", nil, "destination prefix pepsal never connects to for a client, e.g. the operator's internal networks 10.0.0.0/8 (repeatable; this host's own addresses, loopback, link-local, multicast and broadcast are always refused)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -94,7 +96,7 @@ func run(cmd *cobra.Command, e *env, f *runFlags) error {
 	if err != nil {
 		return err
 	}
-	if err := checkHost(e, p.cfg.Ifaces); err != nil {
+	if err := checkHost(e, p.cfg); err != nil {
 		return err
 	}
 	// Before anything is attached: a refusal leaves nothing behind.
@@ -125,6 +127,10 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 	if err != nil {
 		return runPlan{}, err
 	}
+	if f.ifaceWait && len(cfg.Ifaces) == 0 {
+		return runPlan{}, errors.New("--iface-wait needs --iface: without it the daemon serves an existing attachment and follows no interface")
+	}
+	cfg.WaitIfaces = f.ifaceWait
 	tun, err := f.tuning.tuning(cmd)
 	if err != nil {
 		return runPlan{}, err
@@ -248,14 +254,17 @@ func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("bad --log-format %q: want text or json", format)
 }
 
-// checkHost fails unless this process may attach, to these interfaces, on
-// this kernel: the last check before the host is touched.
-func checkHost(e *env, ifaces []string) error {
+// checkHost fails unless this process may attach, to these interfaces
+// (unless told to wait for them), on this kernel: the last check before
+// the host is touched.
+func checkHost(e *env, cfg loader.Config) error {
 	if err := e.privileged(); err != nil {
 		return err
 	}
-	if _, err := loader.ResolveIfaces(ifaces); err != nil {
-		return err
+	if !cfg.WaitIfaces {
+		if _, err := loader.ResolveIfaces(cfg.Ifaces); err != nil {
+			return err
+		}
 	}
 	return loader.CheckKernel()
 }
@@ -339,6 +348,10 @@ func attachOrOpen(cfg loader.Config, log *slog.Logger) (*daemon.Kernel, error) {
 		return nil, err
 	}
 	k := &daemon.Kernel{Attachment: att, Relay: att.Relay(), PinDir: att.Dir}
+	if len(cfg.Ifaces) > 0 { // followed by name: one created again is re-attached
+		want := cfg.Wanted()
+		k.Reattach = func() ([]loader.Placed, error) { return att.Reattach(want, cfg.TCMode) }
+	}
 	if t := att.Tuner(); t != nil { // a nil *loader.Tuner must stay a nil interface
 		k.Tuner = t
 	}

@@ -101,7 +101,7 @@ func collectStatus(e *env) (*report.StatusReport, error) {
 		rep.Relay = &report.RelayReport{Sockets: socks, Directions: dirs, UserCounts: user}
 	}
 	rep.OwnerPID, rep.OwnerAlive = att.Owner()
-	rep.Problems = att.Problems()
+	rep.Problems = append(att.Problems(), ifaceProblems(rep.Daemon)...)
 	rep.Serving = rep.Daemon != nil && rep.Listeners["ipv4"] != 0 && len(rep.Problems) == 0
 	return rep, nil
 }
@@ -187,6 +187,7 @@ func printDaemon(w io.Writer, d *report.DaemonInfo) {
 		fmt.Fprintf(w, "off:       %s\n", o)
 	}
 	printForwardFilter(w, d.ForwardFilter)
+	printInterfaces(w, d)
 	s := d.Stats
 	fmt.Fprintf(w, "conns:     %d active, %d accepted, %d completed, %d reset, %d upstream failed, %d refused (loop), %d refused (destination), %d relayed in userspace instead of the kernel\n",
 		s.Active, s.Accepted, s.Completed, s.Reset, s.UpstreamFailed, s.LoopRefused, s.DestDenied, s.Fallback)

@@ -2,7 +2,12 @@
 
 package main
 
-import "testing"
+import (
+	"strings"
+	"testing"
+
+	"github.com/pepsal/pepsal/userspace/report"
+)
 
 // TestKernelShareText: the kernel relay's share of a connection's bytes, as
 // `pepsal conns` prints it.
@@ -21,5 +26,34 @@ func TestKernelShareText(t *testing.T) {
 		if got := share(c.part, c.total); got != c.want {
 			t.Errorf("share(%d, %d) = %q, want %q", c.part, c.total, got, c.want)
 		}
+	}
+}
+
+// TestInterfacesText: status's lines and problems for the interfaces a
+// daemon follows: attached, lost, waited for, failing.
+func TestInterfacesText(t *testing.T) {
+	d := &report.DaemonInfo{Interfaces: []report.IfaceHealth{
+		{Name: "eth0", Ifindex: 2, Attached: true, Losses: 1, Reattached: 1, SinceSeconds: 90},
+		{Name: "ppp0", Losses: 2, Reattached: 1, SinceSeconds: 5},
+		{Name: "wg0"},
+		{Name: "vlan7", Ifindex: 9, Error: "attach classifier to vlan7: busy"},
+	}}
+	var b strings.Builder
+	printInterfaces(&b, d)
+	for _, want := range []string{
+		"follows:   eth0 attached (ifindex 2) for 1m30s; lost 1 times, re-attached 1 times\n",
+		"follows:   ppp0 NOT ATTACHED for 5s, nothing split on it; lost 2 times, re-attached 1 times\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("no %q in:\n%s", want, b.String())
+		}
+	}
+	problems := ifaceProblems(d)
+	if len(problems) != 3 || !strings.Contains(problems[0], "ppp0 no longer exists") ||
+		!strings.Contains(problems[1], "wg0 does not exist yet") || !strings.Contains(problems[2], "vlan7 (ifindex 9): the classifier is not attached") {
+		t.Errorf("problems %q", problems)
+	}
+	if ifaceProblems(nil) != nil {
+		t.Error("problems without a daemon")
 	}
 }

@@ -366,11 +366,21 @@ func TestStatusFailsWhenIncoherent(t *testing.T) {
 			}
 		})
 	}
+	// A persistent attachment follows no interface (a daemon given --iface
+	// does, and prunes a gone one itself): status says so, and attaching
+	// again prunes it.
 	t.Run("attach prunes a gone interface", func(t *testing.T) {
 		b := newBed(t, defaultSuite())
 		veth(t, b.Router, "pit-x0", "pit-x1", 0)
-		b.startPepsal("--iface", testbed.RouterClientIf, "--iface", "pit-x0")
+		if r := b.pepsal("attach", "--iface", testbed.RouterClientIf, "--iface", "pit-x0"); r.code != 0 {
+			t.Fatalf("attach: %s", r.stderr)
+		}
+		t.Cleanup(func() { b.pepsal("detach") })
+		startPepsalIn(t, b.suite, b.Router, "--listen-port", "5000")
 		cases[0].breakIt(t, b)
+		if st, r := statusExit(t, b.Router); r.code == 0 || !strings.Contains(strings.Join(st.Problems, "\n"), "persistent attachment") {
+			t.Errorf("status with a persistent attachment's interface gone: exit %d, problems %q", r.code, st.Problems)
+		}
 		if r := b.pepsal("attach", "--iface", testbed.RouterClientIf); r.code != 0 {
 			t.Fatalf("attach: %s", r.stderr)
 		}

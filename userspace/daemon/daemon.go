@@ -116,6 +116,10 @@ type run struct {
 	relay   string       // the relay in use
 	off     []report.Off // what this host lacks, and what is done instead
 
+	// Interfaces followed by name (followIfaces); follow is nil without.
+	follow        *follower
+	stopFollowing func()
+
 	// Pipeline (buildPipeline).
 	pipeline  *proxy.Pipeline
 	admission *proxy.Admission
@@ -142,7 +146,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			err = errors.Join(err, cerr)
 		}
 	}()
-	for _, phase := range []func() error{r.openSockets, r.attachKernel, r.buildPipeline, r.settleRelay, r.observe, r.announce} {
+	for _, phase := range []func() error{r.openSockets, r.attachKernel, r.buildPipeline, r.settleRelay, r.followIfaces, r.observe, r.announce} {
 		if err := phase(); err != nil {
 			return err
 		}

@@ -66,6 +66,10 @@ type Kernel struct {
 	Tuner  Tuner      // nil: no sock_ops on this host
 	Relay  relay.Maps // the kernel relay's maps
 	PinDir string     // for the log
+	// Reattach puts the classifier back on the daemon's interfaces, by
+	// name, where it is missing (loader.Attachment.Reattach); nil: the
+	// daemon was given none (it serves `pepsal attach`'s attachment).
+	Reattach func() ([]loader.Placed, error)
 	// Close releases the handles (and removes what the daemon owns); the
 	// daemon calls it last.
 	Close func() error

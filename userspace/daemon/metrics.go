@@ -36,6 +36,9 @@ type Metrics struct {
 	// Listen reads the listeners' backlog and the namespace's listen queue
 	// counters (listenStats); nil: none. Set before serving.
 	Listen func() report.ListenStats
+	// Ifaces reads the followed interfaces' health (follower.health);
+	// nil: none. Set before serving (metrics_ifaces.go).
+	Ifaces func() []report.IfaceHealth
 
 	active, accepted, closed, bytes, mover, decisions, fallbacks, fallbacksBy, fallbackLive *prometheus.Desc
 	localFailed, tuningSkipped, denied                                                      *prometheus.Desc
@@ -299,6 +302,7 @@ func (m *Metrics) Handler(log *slog.Logger) (http.Handler, error) {
 	reg := prometheus.NewRegistry()
 	for _, c := range []prometheus.Collector{
 		m,
+		newIfaceCollector(m.Ifaces),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {

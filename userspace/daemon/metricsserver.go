@@ -31,10 +31,11 @@ func metricsLimits() httpLimits {
 // serveMetrics serves Prometheus metrics of sp, its warm paths (peers), the
 // BPF counters and the listen queues on ln until the returned stop.
 func serveMetrics(ln net.Listener, sp *proxy.Pipeline, peers func() *report.PeerStats, counters func() ([]loader.Counter, error),
-	listen func() report.ListenStats, log *slog.Logger) (stop func(), err error) {
+	listen func() report.ListenStats, ifaces func() []report.IfaceHealth, log *slog.Logger) (stop func(), err error) {
 	m := NewMetrics(sp.Table, counters)
 	m.Peer = peers
 	m.Listen = listen
+	m.Ifaces = ifaces
 	m.Split = sp.SplitStats
 	handler, err := m.Handler(log)
 	if err != nil {

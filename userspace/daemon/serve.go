@@ -26,7 +26,7 @@ func (r *run) observe() error {
 		return nil
 	}
 	listen := func() report.ListenStats { return listenStats(r.backlog) }
-	stop, err := serveMetrics(r.metricsLn, r.pipeline, r.peerStats, r.k.Counters, listen, r.log)
+	stop, err := serveMetrics(r.metricsLn, r.pipeline, r.peerStats, r.k.Counters, listen, r.follow.health, r.log)
 	if err != nil {
 		return err
 	}
@@ -42,6 +42,7 @@ func (r *run) info() report.DaemonInfo {
 		PID: os.Getpid(), Version: o.Version, Relay: r.relay, RelayAsked: o.Relay.String(), Off: r.off, Listeners: r.addrs,
 		ConnectTimeout: o.ConnectTimeout.String(), UptimeSeconds: time.Since(r.start).Seconds(),
 		Stats: p.Table.Stats(), Peer: r.peerStats(), SplitStats: p.SplitStats(), Listen: listenStats(r.backlog),
+		Interfaces: r.follow.health(),
 	}
 	if o.ForwardFilter.Mode != "" {
 		ff := o.ForwardFilter
@@ -102,6 +103,9 @@ func (r *run) serve(ctx context.Context) {
 	// connections: let the gateway have them back now, not when the last
 	// live connection of a drain (up to --upgrade-drain) ends.
 	context.AfterFunc(serveCtx, r.stopPeers)
+	// Nor are its interfaces its to follow: a drain ends in a detach, an
+	// upgrade's new daemon follows them.
+	context.AfterFunc(serveCtx, r.stopFollowing)
 	drainCtx, cancelDrain := context.WithCancel(context.Background())
 	defer cancelDrain()
 	signals := make(chan os.Signal, 4)

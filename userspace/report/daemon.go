@@ -21,6 +21,9 @@ type DaemonInfo struct {
 	// ForwardFilter is what the daemon found of the router's filtering of
 	// forwarded traffic at its start, and what it does about it.
 	ForwardFilter *ForwardFilter `json:"forward_filter,omitempty"`
+	// Interfaces are the interfaces the daemon follows by name (none
+	// without --iface: it serves an attachment made by `pepsal attach`).
+	Interfaces []IfaceHealth `json:"interfaces,omitempty"`
 	SplitStats
 }
 
