@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: Apache-2.0
+
 package report
 
 // IfaceHealth is how an interface the daemon was given (--iface,
