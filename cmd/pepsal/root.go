@@ -56,6 +56,7 @@ func newRoot(e *env) *cobra.Command {
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
 	root.AddCommand(runCmd(e), attachCmd(e), detachCmd(e), statusCmd(e), connsCmd(e), versionCmd())
+	root.AddCommand(explainCmd(e))
 	return root
 }
 
