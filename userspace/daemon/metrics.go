@@ -215,7 +215,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	} else {
 		m.collectCounters(ch, cs)
 	}
-	m.collectOps(ch)
+	m.collectOps(ch, s)
 	m.connect.Collect(ch)
 	m.collectPeer(gauge, counter)
 	m.collectListen(ch, gauge, counter)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/proxy"
+	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -120,8 +121,9 @@ func (m *Metrics) collectCounters(ch chan<- prometheus.Metric, cs []loader.Count
 	}
 }
 
-// collectOps emits the build, the bytes and the admission limit.
-func (m *Metrics) collectOps(ch chan<- prometheus.Metric) {
+// collectOps emits the build, the bytes and the admission limit (of s,
+// the table's totals this scrape read).
+func (m *Metrics) collectOps(ch chan<- prometheus.Metric, s report.Stats) {
 	d := m.ops
 	ch <- prometheus.MustNewConstMetric(d.buildInfo, prometheus.GaugeValue, 1, m.build...)
 	b := m.bytesSeen.monotonic(m.table.LiveBytes())
@@ -136,7 +138,6 @@ func (m *Metrics) collectOps(ch chan<- prometheus.Metric) {
 	} {
 		ch <- prometheus.MustNewConstMetric(d.bytes, prometheus.CounterValue, float64(s.v), s.direction, s.who)
 	}
-	s := m.table.Stats()
 	if s.MaxConns == 0 {
 		return // no admission control: no limit to show
 	}
