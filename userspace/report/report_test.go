@@ -23,7 +23,7 @@ func TestStatusReportFieldNames(t *testing.T) {
 		Relay:      &RelayReport{Sockets: 1},
 		Daemon:     &DaemonInfo{PID: 1},
 		DaemonNote: "x", OwnerPID: 1, OwnerAlive: true, Problems: []string{"x"},
-		Policy:     &PolicyReport{Ports: []uint16{80}, Exclude: []string{"10.0.0.0/8"}},
+		Policy: &PolicyReport{Ports: []uint16{80}, Exclude: []string{"10.0.0.0/8"}},
 	}
 	b, err := json.Marshal(rep)
 	if err != nil {
