@@ -104,30 +104,47 @@ func testLiveBytes(t *testing.T, cfg suite) {
 
 // explained is `pepsal explain --json` as the tests read it.
 type explained struct {
-	Split   bool   `json:"split"`
-	Counter string `json:"counter"`
-	Why     string `json:"why"`
+	Split        bool   `json:"split"`
+	Counter      string `json:"counter"`
+	DeniedReason string `json:"denied_reason"`
+	Why          string `json:"why"`
 }
 
+// deniedV6 is a second address of the test bed's server, in --deny.
+const deniedV6 = "fd77:2::3"
+
 // TestExplainMatchesClassifier: for a flow that is split, one excluded,
-// one to a port not wanted and one to the router itself, `pepsal explain`
-// says what the classifier then does with the flow's SYN: the counter it
-// names is the one that moves, and no other SYN decision does.
+// one to a port not wanted, one to the router itself and one the daemon's
+// --deny refuses, `pepsal explain` says what the classifier then does with
+// the flow's SYN: the counter it names is the one that moves, and no other
+// SYN decision does; the refused one is counted by the daemon as explain
+// says. `pepsal status` shows the ports and exclusions it read.
 func TestExplainMatchesClassifier(t *testing.T) {
 	b := newBed(t, defaultSuite())
-	for _, addr := range []string{hostPort(testbed.ServerV6, 8080), hostPort(testbed.ServerV6, 9090), hostPort(testbed.ServerV4, 8080)} {
+	if err := b.Server.AddAddr("eth0", deniedV6+"/64"); err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range []string{hostPort(testbed.ServerV6, 8080), hostPort(testbed.ServerV6, 9090), hostPort(testbed.ServerV4, 8080), hostPort(deniedV6, 8080)} {
 		peerServer(t, b.Server, addr)
 	}
-	b.startPepsal("--iface", testbed.RouterClientIf, "--ports", "8080", "--exclude", testbed.ServerV4+"/32")
+	b.startPepsal("--iface", testbed.RouterClientIf, "--ports", "8080", "--exclude", testbed.ServerV4+"/32", "--deny", deniedV6+"/128")
+	text := b.pepsal("status")
+	for _, want := range []string{"\nports:     8080\n", "\nexclude:   " + testbed.ServerV4 + "/32\n", "\nrole:      none", "\ndeny:      " + deniedV6 + "/128\n"} {
+		if !strings.Contains(text.stdout, want) {
+			t.Errorf("status text lacks %q:\n%s", want, text.stdout)
+		}
+	}
 	for _, c := range []struct {
 		name, src, dst string
 		split          bool
 		counter        string
+		denied         string
 	}{
-		{"split", testbed.ClientV6, hostPort(testbed.ServerV6, 8080), true, "syn_diverted"},
-		{"port not wanted", testbed.ClientV6, hostPort(testbed.ServerV6, 9090), false, "syn_bypass_port"},
-		{"excluded", testbed.ClientV4, hostPort(testbed.ServerV4, 8080), false, "syn_bypass_excluded"},
-		{"router itself", testbed.ClientV4, hostPort(testbed.RouterServerV4, 8080), false, "syn_bypass_local"},
+		{"split", testbed.ClientV6, hostPort(testbed.ServerV6, 8080), true, "syn_diverted", ""},
+		{"port not wanted", testbed.ClientV6, hostPort(testbed.ServerV6, 9090), false, "syn_bypass_port", ""},
+		{"excluded", testbed.ClientV4, hostPort(testbed.ServerV4, 8080), false, "syn_bypass_excluded", ""},
+		{"router itself", testbed.ClientV4, hostPort(testbed.RouterServerV4, 8080), false, "syn_bypass_local", ""},
+		{"denied by the daemon", testbed.ClientV6, hostPort(deniedV6, 8080), false, "syn_diverted", "deny_prefix"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := b.pepsal("explain", "--json", c.src, c.dst)
@@ -135,14 +152,20 @@ func TestExplainMatchesClassifier(t *testing.T) {
 			if err := json.Unmarshal([]byte(r.stdout), &v); err != nil || r.code != 0 {
 				t.Fatalf("explain: exit %d, %v: %s%s", r.code, err, r.stdout, r.stderr)
 			}
-			if v.Split != c.split || v.Counter != c.counter {
-				t.Fatalf("explain says split %v by %s (%s), want split %v by %s", v.Split, v.Counter, v.Why, c.split, c.counter)
+			if v.Split != c.split || v.Counter != c.counter || v.DeniedReason != c.denied {
+				t.Fatalf("explain says split %v by %s, denied %q (%s), want split %v by %s, denied %q",
+					v.Split, v.Counter, v.DeniedReason, v.Why, c.split, c.counter, c.denied)
 			}
-			before := synCounters(b.status())
+			st := b.daemonStatus()
+			before, deniedBefore := synCounters(st), st.Daemon.Stats.DestDeniedByReason[c.denied]
 			if conn, err := dial(b.Client, c.dst, 5*time.Second); err == nil {
 				conn.Close() // the router's own address refuses: the SYN was classified all the same
 			}
-			after := synCounters(b.status())
+			st = b.daemonStatus()
+			after := synCounters(st)
+			if c.denied != "" && st.Daemon.Stats.DestDeniedByReason[c.denied] == deniedBefore {
+				t.Errorf("the daemon counted no %s refusal", c.denied)
+			}
 			for name, v := range after {
 				moved := v - before[name]
 				switch {

@@ -68,7 +68,7 @@ func Decide(s loader.ClassifierState, f Flow) Verdict {
 	iface, ok := findIface(s.Ifaces, f.Ingress)
 	switch {
 	case f.Ingress == 0:
-		return Verdict{Why: "the client is this host: its connections leave by egress, which no classifier sees (forwarded unsplit is not even the question: they are the router's own)"}
+		return Verdict{Why: fmt.Sprintf("%s is an address of this host: its own connections leave by egress, where no classifier runs: never split", f.Src)}
 	case !ok:
 		return Verdict{Why: fmt.Sprintf("the SYN arrives on %s, which has no pepsal classifier: forwarded untouched", f.Name)}
 	case iface.ReturnOnly:
