@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -250,6 +253,30 @@ func TestHealthEndpoints(t *testing.T) {
 		code, body := health(t, b.Router, path)
 		if code != 503 || !strings.Contains(body, "no longer exists") {
 			t.Errorf("%s after the interface went: %d %s, want 503 naming it", path, code, body)
+		}
+	}
+}
+
+// TestHealthzPinsRemoved: once the attachment's pins are gone (removed by
+// hand: no detach can find it any more), /healthz and /ready say so with
+// 503.
+func TestHealthzPinsRemoved(t *testing.T) {
+	b := newBed(t, defaultSuite())
+	b.startPepsal("--iface", testbed.RouterClientIf, "--metrics-addr", metricsAddr)
+	if code, body := health(t, b.Router, "/healthz"); code != 200 {
+		t.Fatalf("/healthz %d %s before, want 200", code, body)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(b.Router.Path(), &st); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join("/sys/fs/bpf/pepsal", fmt.Sprintf("netns-%d", st.Ino))
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/healthz", "/ready"} {
+		if code, body := health(t, b.Router, path); code != 503 || !strings.Contains(body, "no longer pinned") {
+			t.Errorf("%s with the pins removed: %d %s, want 503 saying so", path, code, body)
 		}
 	}
 }
