@@ -38,10 +38,10 @@ func legText(l tuning.Leg) string {
 		parts = append(parts, fmt.Sprintf("initrwnd %d", l.InitRwnd))
 	}
 	if l.SndBuf > 0 {
-		parts = append(parts, fmt.Sprintf("sndbuf %d", l.SndBuf))
+		parts = append(parts, "sndbuf "+sizeText(l.SndBuf))
 	}
 	if l.RcvBuf > 0 {
-		parts = append(parts, fmt.Sprintf("rcvbuf %d", l.RcvBuf))
+		parts = append(parts, "rcvbuf "+sizeText(l.RcvBuf))
 	}
 	if l.QuickAck {
 		parts = append(parts, "quickack")
@@ -64,4 +64,15 @@ func prefixTexts(ps []netip.Prefix) []string {
 		out = append(out, p.String())
 	}
 	return out
+}
+
+// sizeText is a buffer size as the flags take it: 16MiB, 512KiB, 1000.
+func sizeText(n int) string {
+	switch {
+	case n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return fmt.Sprint(n)
 }
