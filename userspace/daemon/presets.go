@@ -25,7 +25,9 @@ func Presets(t tuning.Tuning) []string {
 	return append(out, "fast open: "+strings.Join(fo, ", "))
 }
 
-// legText is one leg's settings that differ from Linux's defaults.
+// legText is one leg's settings that differ from Linux's defaults; the
+// keepalive and user timeout, the same on both legs whatever the role, are
+// left out.
 func legText(l tuning.Leg) string {
 	var parts []string
 	if l.CC != "" {
