@@ -222,6 +222,8 @@ func serveControl(t *testing.T, e *env, info report.DaemonInfo, table *proxy.Tab
 // testDaemon is what the served daemon says of itself.
 var testDaemon = report.DaemonInfo{
 	PID: 4242, Relay: "sockmap", Listeners: []string{"127.0.0.1:5000", "[::1]:5000"}, UptimeSeconds: 90.5,
+	Version: "v1.2.3", Role: "gateway", Presets: []string{"client leg: bbr, initcwnd 1000", "server leg: Linux defaults", "fast open: accepted"},
+	Deny:          []string{"192.0.2.0/24", "2001:db8::/32"},
 	Off:           []report.Off{{Feature: "tcx", Why: "Linux 6.1", Instead: "the classifier is attached as a clsact filter"}},
 	ForwardFilter: &report.ForwardFilter{Mode: "mirrored", Found: "inet filter forward: policy drop, 3 rules", ServerMark: 0x5e9a2},
 	Stats: report.Stats{Active: 2, Accepted: 13, Completed: 7, Reset: 1, Fallback: 3, BytesToServer: 1000, BytesToClient: 3000,
@@ -240,6 +242,12 @@ func TestStatusOfADaemon(t *testing.T) {
 	want := []string{
 		"attached:  no (nothing in this network namespace)",
 		"daemon:    pid 4242, sockmap relay, up 1m30s, listening on [127.0.0.1:5000 [::1]:5000]",
+		"version:   v1.2.3",
+		"role:      gateway",
+		"preset:    client leg: bbr, initcwnd 1000",
+		"preset:    server leg: Linux defaults",
+		"preset:    fast open: accepted",
+		"deny:      192.0.2.0/24, 2001:db8::/32",
 		"off:       tcx off: Linux 6.1; the classifier is attached as a clsact filter",
 		"forward:   --forward-filter=mirrored, server legs marked 0x5e9a2; forwarded traffic filtered at start by: inet filter forward: policy drop, 3 rules",
 		"conns:     2 active, 13 accepted, 7 completed, 1 reset, 0 upstream failed, 0 refused (loop), 3 refused (destination), 3 relayed in userspace instead of the kernel",

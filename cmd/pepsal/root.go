@@ -60,6 +60,7 @@ func newRoot(e *env) *cobra.Command {
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
 	root.AddCommand(runCmd(e), attachCmd(e), detachCmd(e), statusCmd(e), connsCmd(e), versionCmd())
+	root.AddCommand(explainCmd(e))
 	for _, c := range extraCommands {
 		root.AddCommand(c(root))
 	}

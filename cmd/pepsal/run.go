@@ -177,6 +177,7 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 	}
 	return runPlan{cfg: cfg, asked: asked, fwd: fwd, perClient: perClient, opts: daemon.Options{
 		Tuning:         tun,
+		Role:           f.tuning.role,
 		Relay:          rs.mode,
 		RelayBudget:    rs.budget,
 		OffloadAfter:   rs.offloadAfter,

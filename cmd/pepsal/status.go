@@ -102,6 +102,7 @@ func collectStatus(e *env) (*report.StatusReport, error) {
 	}
 	rep.OwnerPID, rep.OwnerAlive = att.Owner()
 	rep.Problems = append(att.Problems(), ifaceProblems(rep.Daemon)...)
+	rep.Policy = policyOf(att)
 	rep.Serving = rep.Daemon != nil && rep.Listeners["ipv4"] != 0 && len(rep.Problems) == 0
 	return rep, nil
 }
@@ -113,6 +114,7 @@ func printStatus(w io.Writer, rep *report.StatusReport) {
 		fmt.Fprintln(w, "attached:  no (nothing in this network namespace)")
 	} else {
 		printAttachment(w, rep)
+		printPolicy(w, rep.Policy)
 	}
 	for _, p := range rep.Problems {
 		fmt.Fprintf(w, "problem:   %s\n", p)
@@ -183,6 +185,7 @@ func printAttachment(w io.Writer, rep *report.StatusReport) {
 func printDaemon(w io.Writer, d *report.DaemonInfo) {
 	fmt.Fprintf(w, "daemon:    pid %d, %s relay, up %s, listening on %v\n", d.PID, d.Relay,
 		(time.Duration(d.UptimeSeconds) * time.Second).String(), d.Listeners)
+	printRole(w, d)
 	for _, o := range d.Off {
 		fmt.Fprintf(w, "off:       %s\n", o)
 	}

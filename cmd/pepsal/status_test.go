@@ -3,9 +3,11 @@
 package main
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 
+	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/report"
 )
 
@@ -55,5 +57,38 @@ func TestInterfacesText(t *testing.T) {
 	}
 	if ifaceProblems(nil) != nil {
 		t.Error("problems without a daemon")
+	}
+}
+
+// TestStatusPolicyText: the ports and exclusions read from the
+// classifier's maps, as `pepsal status` prints them; IPv4 prefixes stored
+// v4-mapped are shown as IPv4.
+func TestStatusPolicyText(t *testing.T) {
+	for _, c := range []struct {
+		p    *report.PolicyReport
+		want string
+	}{
+		{nil, ""},
+		{&report.PolicyReport{AllPorts: true}, "ports:     all\nexclude:   none\n"},
+		{policyFrom(loader.ClassifierState{Ports: []uint16{80, 443}, Exclude: []netip.Prefix{
+			netip.MustParsePrefix("::ffff:10.0.0.0/104"), netip.MustParsePrefix("2001:db8::/32")}}),
+			"ports:     80,443\nexclude:   10.0.0.0/8, 2001:db8::/32\n"},
+	} {
+		var b strings.Builder
+		printPolicy(&b, c.p)
+		if b.String() != c.want {
+			t.Errorf("got %q, want %q", b.String(), c.want)
+		}
+	}
+}
+
+// TestStatusRoleText: version and role always; presets and --deny when
+// the daemon has them.
+func TestStatusRoleText(t *testing.T) {
+	var b strings.Builder
+	printRole(&b, &report.DaemonInfo{Version: "dev", Presets: []string{"client leg: Linux defaults"}})
+	want := "version:   dev\nrole:      none (--role not given)\npreset:    client leg: Linux defaults\n"
+	if b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"reflect"
+	"runtime"
 	"sort"
 	"strings"
 	"syscall"
@@ -143,11 +144,18 @@ func testMetricsMatchStatus(t *testing.T, cfg suite) {
 		{get("pepsal_connections_closed_total", "outcome", "loop_refused"), s.LoopRefused, "loop_refused"},
 		{get("pepsal_connections_closed_total", "outcome", "dest_denied"), s.DestDenied, "dest_denied"},
 		{get("pepsal_connections_denied_total", "reason", "own_address"), s.DestDeniedByReason["own_address"], "dest_denied own_address"},
-		{get("pepsal_relayed_bytes_total", "direction", "to_server"), s.BytesToServer, "bytes_to_server"},
-		{get("pepsal_relayed_bytes_total", "direction", "to_client"), s.BytesToClient, "bytes_to_client"},
-		{get("pepsal_relayed_by_mover_bytes_total", "mover", "kernel"), s.KernelBytes, "kernel_bytes"},
-		{get("pepsal_relayed_by_mover_bytes_total", "mover", "userspace"), s.BytesToServer + s.BytesToClient - s.KernelBytes, "userspace bytes"},
-		{get("pepsal_relay_fallbacks_total"), s.Fallback, "userspace_fallback"},
+		{get("pepsal_relayed_bytes_total", "direction", "to_server", "mover", "kernel") + get("pepsal_relayed_bytes_total", "direction", "to_server", "mover", "userspace"),
+			s.BytesToServer, "bytes_to_server"},
+		{get("pepsal_relayed_bytes_total", "direction", "to_client", "mover", "kernel") + get("pepsal_relayed_bytes_total", "direction", "to_client", "mover", "userspace"),
+			s.BytesToClient, "bytes_to_client"},
+		{get("pepsal_relayed_bytes_total", "direction", "to_server", "mover", "kernel") + get("pepsal_relayed_bytes_total", "direction", "to_client", "mover", "kernel"),
+			s.KernelBytes, "kernel_bytes"},
+		{sumFamily(scrape, "pepsal_relay_fallbacks_total"), s.Fallback, "userspace_fallback"},
+		{get("pepsal_admission_limit_connections"), uint64(s.MaxConns), "max_conns"},
+		{get("pepsal_admission_full"), 0, "full"},
+		{get("pepsal_admission_full_trips_total"), s.FullTrips, "full_trips"},
+		{get("pepsal_resource_shortages_total"), s.Shortages, "resource_shortages"},
+		{get("pepsal_build_info", "version", st.Daemon.Version, "goversion", runtime.Version(), "revision", buildRevision(scrape), "goarch", runtime.GOARCH), 1, "build_info"},
 		{get("pepsal_local_failures_total"), st.Daemon.LocalFailed, "local_failed"},
 		{get("pepsal_upstream_tuning_skipped_total"), st.Daemon.UpstreamTuningSkipped, "upstream_tuning_skipped"},
 		{get("pepsal_listen_backlog"), uint64(st.Daemon.Listen.Backlog), "listen backlog"},
@@ -167,19 +175,9 @@ func testMetricsMatchStatus(t *testing.T, cfg suite) {
 		}
 	}
 
-	// Every BPF counter, by name, and nothing else.
-	if len(st.Counters) == 0 {
-		t.Fatal("status lists no BPF counters")
-	}
-	for _, c := range st.Counters {
-		if v := get("pepsal_bpf_decisions_total", "decision", c.Name); v != float64(c.Value) {
-			t.Errorf("decision %s: metrics %v, status %d", c.Name, v, c.Value)
-		}
-	}
-	if fam := scrape["pepsal_bpf_decisions_total"]; len(fam.GetMetric()) != len(st.Counters) {
-		t.Errorf("%d decision series, status has %d counters", len(fam.GetMetric()), len(st.Counters))
-	}
-	if v := get("pepsal_bpf_decisions_total", "decision", "syn_diverted"); v < float64(split+failed) {
+	// Every BPF counter, by name, in its unit's metric, and nothing else.
+	checkBPFCounters(t, scrape, st)
+	if v := get("pepsal_classifier_syns_total", "decision", "syn_diverted"); v < float64(split+failed) {
 		t.Errorf("syn_diverted = %v, want at least %d", v, split+failed)
 	}
 
@@ -249,6 +247,64 @@ func testMetricsBadAddr(t *testing.T) {
 			}
 		})
 	}
+}
+
+// bpfCounterMetrics are the metrics the BPF counters surface in, one
+// unit each; the label is "verdict", "adjustment" or "event" where
+// "decision" would misname it.
+var bpfCounterMetrics = map[string]string{
+	"pepsal_classifier_syns_total": "decision", "pepsal_classifier_packets_total": "decision", "pepsal_steer_syns_total": "decision",
+	"pepsal_relay_skbs_total": "verdict", "pepsal_relay_skb_adjustments_total": "adjustment", "pepsal_tune_events_total": "event",
+}
+
+// checkBPFCounters: each of status's BPF counters is one series of one of
+// bpfCounterMetrics, with status's value.
+func checkBPFCounters(t *testing.T, scrape map[string]*dto.MetricFamily, st status) {
+	t.Helper()
+	if len(st.Counters) == 0 {
+		t.Fatal("status lists no BPF counters")
+	}
+	seen := map[string]float64{}
+	series := 0
+	for name, label := range bpfCounterMetrics {
+		for _, m := range scrape[name].GetMetric() {
+			series++
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label {
+					seen[l.GetValue()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	for _, c := range st.Counters {
+		if v, ok := seen[c.Name]; !ok || v != float64(c.Value) {
+			t.Errorf("counter %s: metrics %v (present %v), status %d", c.Name, v, ok, c.Value)
+		}
+	}
+	if series != len(st.Counters) {
+		t.Errorf("%d BPF counter series, status has %d counters", series, len(st.Counters))
+	}
+}
+
+// sumFamily sums every series of a counter family.
+func sumFamily(fams map[string]*dto.MetricFamily, name string) float64 {
+	var sum float64
+	for _, m := range fams[name].GetMetric() {
+		sum += m.GetCounter().GetValue()
+	}
+	return sum
+}
+
+// buildRevision is pepsal_build_info's revision label, whatever it is.
+func buildRevision(fams map[string]*dto.MetricFamily) string {
+	for _, m := range fams["pepsal_build_info"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "revision" {
+				return l.GetValue()
+			}
+		}
+	}
+	return ""
 }
 
 // scrapeMetrics fetches and parses the endpoint from inside ns.

@@ -36,6 +36,7 @@ type Conn struct {
 	clientDone atomic.Bool                     // client half-closed its sending side
 	serverDone atomic.Bool                     // server half-closed its sending side
 	liveMoved  atomic.Pointer[func() Moved]    // while the kernel moves the bytes
+	liveBytes  atomic.Pointer[func() Moved]    // liveMoved without the backlog: cheaper, for metrics
 	legs       atomic.Pointer[[2]*net.TCPConn] // client and server sockets, while open
 }
 
@@ -87,6 +88,22 @@ func (c *Conn) SetMoved(m Moved) {
 	c.moved = m
 	c.mu.Unlock()
 	c.liveMoved.Store(nil)
+	c.liveBytes.Store(nil)
+}
+
+// SetLiveBytes gives BytesMoved a cheaper live count than SetLiveMoved's:
+// the bytes each way and the kernel's share, without the backlog.
+func (c *Conn) SetLiveBytes(live func() Moved) { c.liveBytes.Store(&live) }
+
+// BytesMoved is Moved without the backlog fields, as cheap as the relay
+// can make it: what a metrics scrape reads of every live connection.
+func (c *Conn) BytesMoved() Moved {
+	if f := c.liveBytes.Load(); f != nil {
+		return (*f)()
+	}
+	m := c.Moved()
+	m.BacklogToServer, m.BacklogToClient = 0, 0
+	return m
 }
 
 // SetLegs records the two sockets, so that `pepsal conns` can read their state.

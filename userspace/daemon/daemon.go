@@ -43,6 +43,7 @@ type PeerOptions struct {
 // flags in its errors; the daemon does not know them).
 type Options struct {
 	Tuning         tuning.Tuning
+	Role           string // --role ("": none), for status
 	Relay          relay.Mode
 	RelayBudget    uint64 // sockmap: bytes redirected toward a socket and not yet in its send queue
 	OffloadAfter   int64  // sockmap: bytes a connection moves by splice before it goes into the kernel (0: at once)
@@ -133,8 +134,9 @@ type run struct {
 	// handedOver: after a successful upgrade the attachment and its
 	// sysctls are the new daemon's; this one leaves them alone.
 	handedOver atomic.Bool
-	undo       []func() // what end undoes, last first
-	closeErr   error    // what closing the kernel side said
+	stopping   atomic.Bool // a signal stopped the accepting (/healthz)
+	undo       []func()    // what end undoes, last first
+	closeErr   error       // what closing the kernel side said
 }
 
 // Run serves until ctx is done or a signal stops it (SIGTERM/SIGINT: drain,

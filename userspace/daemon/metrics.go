@@ -40,14 +40,22 @@ type Metrics struct {
 	// nil: none. Set before serving (metrics_ifaces.go).
 	Ifaces func() []report.IfaceHealth
 
-	active, accepted, closed, bytes, mover, decisions, fallbacks, fallbacksBy, fallbackLive *prometheus.Desc
-	localFailed, tuningSkipped, denied                                                      *prometheus.Desc
-	clientsAtLimit, clientLimitTrips                                                        *prometheus.Desc
+	active, accepted, closed, fallbacksBy, fallbackLive *prometheus.Desc
+	localFailed, tuningSkipped, denied                  *prometheus.Desc
+	clientsAtLimit, clientLimitTrips                    *prometheus.Desc
 
 	pool    peerPoolDescs
 	gateway peerGatewayDescs
 	listen  listenDescs
+	ops     opsDescs
+	// build are pepsal_build_info's labels (SetVersion).
+	build []string
+	// bytesSeen keeps pepsal_relayed_bytes_total from going down.
+	bytesSeen monotonicBytes
 }
+
+// SetVersion names the running version in pepsal_build_info.
+func (m *Metrics) SetVersion(v string) { m.build = buildLabels(v) }
 
 // listenDescs describe the listen queues (report.ListenStats).
 type listenDescs struct {
@@ -83,15 +91,9 @@ func NewMetrics(table *proxy.Table, counters func() ([]loader.Counter, error)) *
 			"Diverted connections accepted by the proxy.", nil, nil),
 		closed: prometheus.NewDesc("pepsal_connections_closed_total",
 			"Split connections ended, by outcome.", []string{"outcome"}, nil),
-		bytes: prometheus.NewDesc("pepsal_relayed_bytes_total",
-			"Bytes relayed by closed connections, by direction.", []string{"direction"}, nil),
-		mover: prometheus.NewDesc("pepsal_relayed_by_mover_bytes_total",
-			"Bytes relayed by closed connections (both directions), by who moved them: the kernel's sk_skb verdict or userspace.", []string{"mover"}, nil),
-		decisions: prometheus.NewDesc("pepsal_bpf_decisions_total",
-			"Classifier, steering, relay and sock_ops decisions taken in BPF (pepsal_counters).", []string{"decision"}, nil),
-		fallbacks: prometheus.NewDesc("pepsal_relay_fallbacks_total",
-			"Closed connections that were relayed in userspace although the kernel relay was asked for.", nil, nil),
-		fallbacksBy: prometheus.NewDesc("pepsal_relay_fallbacks_by_reason_total",
+		ops:   newOpsDescs(),
+		build: buildLabels(""),
+		fallbacksBy: prometheus.NewDesc("pepsal_relay_fallbacks_total",
 			"Closed connections that were relayed in userspace although the kernel relay was asked for, by reason class.", []string{"reason"}, nil),
 		fallbackLive: prometheus.NewDesc("pepsal_relay_fallback_connections",
 			"Open connections relayed in userspace although the kernel relay was asked for, by reason class.", []string{"reason"}, nil),
@@ -162,10 +164,13 @@ func newListenDescs() listenDescs {
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	p, g := m.pool, m.gateway
-	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.bytes, m.mover, m.decisions, m.fallbacks, m.fallbacksBy, m.fallbackLive, m.localFailed, m.tuningSkipped, m.denied, m.clientsAtLimit, m.clientLimitTrips,
+	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.fallbacksBy, m.fallbackLive, m.localFailed, m.tuningSkipped, m.denied, m.clientsAtLimit, m.clientLimitTrips,
 		p.size, p.conns, p.refills, p.dialFailures, p.taken, p.recycled, p.dead, p.fallbacks, p.backoff,
 		g.accepted, g.waiting, g.served, g.idleClosed, g.authFailures, g.pacedStarts, g.starting,
 		m.listen.backlog, m.listen.overflows, m.listen.drops, m.listen.cookies} {
+		ch <- d
+	}
+	for _, d := range m.ops.all() {
 		ch <- d
 	}
 	m.connect.Describe(ch)
@@ -190,13 +195,6 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for _, reason := range conn.DenyReasons() {
 		counter(m.denied, s.DestDeniedByReason[reason.String()], reason.String())
 	}
-	counter(m.bytes, s.BytesToServer, "to_server")
-	counter(m.bytes, s.BytesToClient, "to_client")
-	// The table keeps the kernel's share of both directions as one sum.
-	kernel := min(s.KernelBytes, s.BytesToServer+s.BytesToClient)
-	counter(m.mover, kernel, "kernel")
-	counter(m.mover, s.BytesToServer+s.BytesToClient-kernel, "userspace")
-	counter(m.fallbacks, s.Fallback)
 	gauge(m.clientsAtLimit, float64(s.ClientsAtLimit))
 	counter(m.clientLimitTrips, s.ClientLimitTrips)
 	var split report.SplitStats
@@ -218,12 +216,11 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 
 	if cs, err := m.counters(); err != nil {
 		// The rest of the scrape stays useful; the handler logs this.
-		ch <- prometheus.NewInvalidMetric(m.decisions, err)
+		ch <- prometheus.NewInvalidMetric(m.ops.syns, err)
 	} else {
-		for _, c := range cs {
-			counter(m.decisions, c.Value, c.Name)
-		}
+		m.collectCounters(ch, cs)
 	}
+	m.collectOps(ch, s)
 	m.connect.Collect(ch)
 	m.collectPeer(gauge, counter)
 	m.collectListen(ch, gauge, counter)

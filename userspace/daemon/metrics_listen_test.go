@@ -25,9 +25,9 @@ func TestMetricsListen(t *testing.T) {
 	ls := report.ListenStats{Backlog: 128, Overflows: 2, Drops: 3, CookiesSent: 40, CookiesRecv: 9, CookiesFailed: 1}
 	m.Listen = func() report.ListenStats { return ls }
 	want := `
-# HELP pepsal_bpf_decisions_total Classifier, steering, relay and sock_ops decisions taken in BPF (pepsal_counters).
-# TYPE pepsal_bpf_decisions_total counter
-pepsal_bpf_decisions_total{decision="ack_cookie_steered"} 6
+# HELP pepsal_classifier_packets_total Packets on an intercepted interface other than a flow's opening SYN, by the classifier's decision (the counter's name in pepsal_counters).
+# TYPE pepsal_classifier_packets_total counter
+pepsal_classifier_packets_total{decision="ack_cookie_steered"} 6
 # HELP pepsal_listen_backlog The proxy listeners' backlog, their SYN and accept queue length: an eighth of --max-conns within 512..65535, capped by net.core.somaxconn.
 # TYPE pepsal_listen_backlog gauge
 pepsal_listen_backlog 128
@@ -43,7 +43,7 @@ pepsal_tcp_syncookies_total{event="failed"} 1
 pepsal_tcp_syncookies_total{event="received"} 9
 pepsal_tcp_syncookies_total{event="sent"} 40
 `
-	names := []string{"pepsal_bpf_decisions_total", "pepsal_listen_backlog", "pepsal_tcp_listen_overflows_total",
+	names := []string{"pepsal_classifier_packets_total", "pepsal_listen_backlog", "pepsal_tcp_listen_overflows_total",
 		"pepsal_tcp_listen_drops_total", "pepsal_tcp_syncookies_total"}
 	if err := testutil.CollectAndCompare(m, strings.NewReader(want), names...); err != nil {
 		t.Error(err)

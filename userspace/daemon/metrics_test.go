@@ -68,21 +68,24 @@ pepsal_connections_closed_total{outcome="dest_denied"} 1
 pepsal_connections_closed_total{outcome="loop_refused"} 0
 pepsal_connections_closed_total{outcome="reset"} 1
 pepsal_connections_closed_total{outcome="upstream_failed"} 1
-# HELP pepsal_relayed_bytes_total Bytes relayed by closed connections, by direction.
+# HELP pepsal_relayed_bytes_total Bytes relayed so far by split connections, live ones included (read at scrape time), by direction and by who moved them: the kernel's sk_skb verdict or userspace.
 # TYPE pepsal_relayed_bytes_total counter
-pepsal_relayed_bytes_total{direction="to_client"} 1003
-pepsal_relayed_bytes_total{direction="to_server"} 107
-# HELP pepsal_relayed_by_mover_bytes_total Bytes relayed by closed connections (both directions), by who moved them: the kernel's sk_skb verdict or userspace.
-# TYPE pepsal_relayed_by_mover_bytes_total counter
-pepsal_relayed_by_mover_bytes_total{mover="kernel"} 960
-pepsal_relayed_by_mover_bytes_total{mover="userspace"} 150
-# HELP pepsal_bpf_decisions_total Classifier, steering, relay and sock_ops decisions taken in BPF (pepsal_counters).
-# TYPE pepsal_bpf_decisions_total counter
-pepsal_bpf_decisions_total{decision="relay_redirected"} 9
-pepsal_bpf_decisions_total{decision="syn_diverted"} 4
-# HELP pepsal_relay_fallbacks_total Closed connections that were relayed in userspace although the kernel relay was asked for.
+pepsal_relayed_bytes_total{direction="to_client",mover="kernel"} 900
+pepsal_relayed_bytes_total{direction="to_client",mover="userspace"} 103
+pepsal_relayed_bytes_total{direction="to_server",mover="kernel"} 60
+pepsal_relayed_bytes_total{direction="to_server",mover="userspace"} 47
+# HELP pepsal_classifier_syns_total SYNs opening a flow on an intercepted interface, by the classifier's decision (the counter's name in pepsal_counters): syn_diverted went to the proxy, the others were forwarded unsplit.
+# TYPE pepsal_classifier_syns_total counter
+pepsal_classifier_syns_total{decision="syn_diverted"} 4
+# HELP pepsal_relay_skbs_total Socket buffers seen by the kernel relay's sk_skb verdict, by verdict (the counter's name in pepsal_counters).
+# TYPE pepsal_relay_skbs_total counter
+pepsal_relay_skbs_total{verdict="relay_redirected"} 9
+# HELP pepsal_relay_fallbacks_total Closed connections that were relayed in userspace although the kernel relay was asked for, by reason class.
 # TYPE pepsal_relay_fallbacks_total counter
-pepsal_relay_fallbacks_total 1
+pepsal_relay_fallbacks_total{reason="closed_before_insert"} 1
+pepsal_relay_fallbacks_total{reason="first_bytes_partial"} 0
+pepsal_relay_fallbacks_total{reason="insert_failed"} 0
+pepsal_relay_fallbacks_total{reason="setup_failed"} 0
 # HELP pepsal_relay_fallback_connections Open connections relayed in userspace although the kernel relay was asked for, by reason class.
 # TYPE pepsal_relay_fallback_connections gauge
 pepsal_relay_fallback_connections{reason="closed_before_insert"} 0
@@ -107,7 +110,7 @@ pepsal_connections_denied_total{reason="route_lookup_failed"} 0
 pepsal_connections_denied_total{reason="unspecified"} 0
 `, split.LocalFailed+2, split.UpstreamTuningSkipped+1)
 	names := []string{"pepsal_connections_active", "pepsal_connections_accepted_total", "pepsal_connections_closed_total",
-		"pepsal_relayed_bytes_total", "pepsal_relayed_by_mover_bytes_total", "pepsal_bpf_decisions_total",
+		"pepsal_relayed_bytes_total", "pepsal_classifier_syns_total", "pepsal_relay_skbs_total",
 		"pepsal_relay_fallbacks_total", "pepsal_relay_fallback_connections", "pepsal_local_failures_total", "pepsal_upstream_tuning_skipped_total",
 		"pepsal_connections_denied_total"}
 	if err := testutil.CollectAndCompare(m, strings.NewReader(want), names...); err != nil {
@@ -145,7 +148,7 @@ func TestMetricsCountersUnreadable(t *testing.T) {
 	if rec.Code != 200 || !strings.Contains(body, "pepsal_connections_active 0") || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "process_open_fds") {
 		t.Errorf("status %d, body:\n%s", rec.Code, body)
 	}
-	if strings.Contains(body, "pepsal_bpf_decisions_total{") {
+	if strings.Contains(body, "pepsal_classifier_syns_total{") {
 		t.Errorf("decisions served from a failed read:\n%s", body)
 	}
 }
@@ -339,14 +342,14 @@ func TestMetricsFallbacksByReason(t *testing.T) {
 	}
 	m := NewMetrics(table, func() ([]loader.Counter, error) { return nil, nil })
 	want := `
-# HELP pepsal_relay_fallbacks_by_reason_total Closed connections that were relayed in userspace although the kernel relay was asked for, by reason class.
-# TYPE pepsal_relay_fallbacks_by_reason_total counter
-pepsal_relay_fallbacks_by_reason_total{reason="closed_before_insert"} 2
-pepsal_relay_fallbacks_by_reason_total{reason="first_bytes_partial"} 0
-pepsal_relay_fallbacks_by_reason_total{reason="insert_failed"} 1
-pepsal_relay_fallbacks_by_reason_total{reason="setup_failed"} 0
+# HELP pepsal_relay_fallbacks_total Closed connections that were relayed in userspace although the kernel relay was asked for, by reason class.
+# TYPE pepsal_relay_fallbacks_total counter
+pepsal_relay_fallbacks_total{reason="closed_before_insert"} 2
+pepsal_relay_fallbacks_total{reason="first_bytes_partial"} 0
+pepsal_relay_fallbacks_total{reason="insert_failed"} 1
+pepsal_relay_fallbacks_total{reason="setup_failed"} 0
 `
-	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "pepsal_relay_fallbacks_by_reason_total"); err != nil {
+	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "pepsal_relay_fallbacks_total"); err != nil {
 		t.Error(err)
 	}
 	if s := table.Stats(); s.Fallback != 3 || s.FallbackByReason["closed_before_insert"] != 2 {

@@ -29,20 +29,24 @@ func metricsLimits() httpLimits {
 }
 
 // serveMetrics serves Prometheus metrics of sp, its warm paths (peers), the
-// BPF counters and the listen queues on ln until the returned stop.
+// BPF counters and the listen queues on ln until the returned stop, with
+// /healthz and /ready (Health) beside them.
 func serveMetrics(ln net.Listener, sp *proxy.Pipeline, peers func() *report.PeerStats, counters func() ([]loader.Counter, error),
-	listen func() report.ListenStats, ifaces func() []report.IfaceHealth, log *slog.Logger) (stop func(), err error) {
+	listen func() report.ListenStats, ops metricsOps, log *slog.Logger) (stop func(), err error) {
 	m := NewMetrics(sp.Table, counters)
 	m.Peer = peers
 	m.Listen = listen
-	m.Ifaces = ifaces
+	m.Ifaces = ops.Ifaces
 	m.Split = sp.SplitStats
+	m.SetVersion(ops.Version)
 	handler, err := m.Handler(log)
 	if err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", handler)
+	mux.HandleFunc("GET /healthz", ops.Health.Healthz)
+	mux.HandleFunc("GET /ready", ops.Health.Ready)
 	sp.Dialer.ObserveConnects(m.ObserveConnect)
 	stopHTTP := serveHTTP(ln, mux, metricsLimits(), log)
 	log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
@@ -50,6 +54,15 @@ func serveMetrics(ln net.Listener, sp *proxy.Pipeline, peers func() *report.Peer
 		sp.Dialer.ObserveConnects(nil)
 		stopHTTP()
 	}, nil
+}
+
+// metricsOps are what the metrics server says beyond the metrics: the
+// version (pepsal_build_info), the interfaces the daemon follows and the
+// health checks.
+type metricsOps struct {
+	Version string
+	Ifaces  func() []report.IfaceHealth
+	Health  Health
 }
 
 // serveHTTP serves h on ln within lim until the returned stop: no client

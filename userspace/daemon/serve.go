@@ -26,7 +26,8 @@ func (r *run) observe() error {
 		return nil
 	}
 	listen := func() report.ListenStats { return listenStats(r.backlog) }
-	stop, err := serveMetrics(r.metricsLn, r.pipeline, r.peerStats, r.k.Counters, listen, r.follow.health, r.log)
+	ops := metricsOps{Version: r.o.Version, Ifaces: r.follow.health, Health: r.health()}
+	stop, err := serveMetrics(r.metricsLn, r.pipeline, r.peerStats, r.k.Counters, listen, ops, r.log)
 	if err != nil {
 		return err
 	}
@@ -44,6 +45,7 @@ func (r *run) info() report.DaemonInfo {
 		Stats: p.Table.Stats(), Peer: r.peerStats(), SplitStats: p.SplitStats(), Listen: listenStats(r.backlog),
 		Interfaces: r.follow.health(),
 	}
+	info.Role, info.Presets, info.Deny = o.Role, Presets(o.Tuning), prefixTexts(o.Deny)
 	if o.ForwardFilter.Mode != "" {
 		ff := o.ForwardFilter
 		info.ForwardFilter = &ff
@@ -133,6 +135,7 @@ func (r *run) handleSignals(ctx context.Context, signals <-chan os.Signal, s ser
 			continue
 		}
 		if s.ctx.Err() == nil {
+			r.stopping.Store(true)
 			r.log.Info("stopping: no new connections", "live", r.pipeline.Table.Len(), "drain_timeout", r.o.DrainTimeout)
 			s.stop()
 			time.AfterFunc(r.o.DrainTimeout, s.cancelDrain)

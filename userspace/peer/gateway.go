@@ -186,7 +186,7 @@ func (g *Gateway) allowed(a netip.Addr) bool {
 // refuse resets a peer connection without dialing anything, and counts
 // why, also under its terminal's id once the id was read (tk not nil).
 func (g *Gateway) refuse(in proxy.Intake, conn *net.TCPConn, tk *TerminalKey, reason string, err error) {
-	sockopt.Reset(conn)
+	// Counted before the reset: whoever sees the reset finds it counted.
 	g.mu.Lock()
 	g.refused[reason]++
 	g.mu.Unlock()
@@ -195,6 +195,7 @@ func (g *Gateway) refuse(in proxy.Intake, conn *net.TCPConn, tk *TerminalKey, re
 		g.terms.count(tk.ID, reason, false)
 		args = append(args, "key_id", tk.ID)
 	}
+	sockopt.Reset(conn)
 	in.Warn("peer connection refused", args...)
 }
 

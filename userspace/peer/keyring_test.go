@@ -215,7 +215,12 @@ func TestGatewayKeyring(t *testing.T) {
 	if !gone(c1) {
 		t.Error("an auth of another connection passed")
 	}
-	if n := terminal(b.g.Stats(), "site-a").Refused[report.AuthReplay]; n != 1 {
+	// The gateway counts the refusal after it closes: wait for the count.
+	n := uint64(0)
+	for end := time.Now().Add(5 * time.Second); n != 1 && time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		n = terminal(b.g.Stats(), "site-a").Refused[report.AuthReplay]
+	}
+	if n != 1 {
 		t.Errorf("site-a's replays: %d, want 1", n)
 	}
 }

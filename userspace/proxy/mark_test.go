@@ -26,13 +26,22 @@ func TestServerLegMark(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	// Held open until the end: a connection closed with the fast-open
+	// byte unread is reset, and the dial could see the reset.
+	held := make(chan net.Conn, 16)
+	defer func() {
+		ln.Close()
+		for len(held) > 0 {
+			(<-held).Close()
+		}
+	}()
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			c.Close()
+			held <- c
 		}
 	}()
 	dst := netip.MustParseAddrPort(ln.Addr().String())

@@ -22,6 +22,7 @@ type Table struct {
 	accepted, completed, reset, upstreamFailed, loopRefused, fallback atomic.Uint64
 	destDenied                                                        atomic.Uint64
 	bytesToServer, bytesToClient, kernelBytes                         atomic.Uint64
+	kernelToServer, kernelToClient                                    atomic.Uint64                  // kernelBytes by direction
 	fallbackBy                                                        map[conn.FallbackReason]uint64 // closed fallbacks; guarded by mu
 	deniedBy                                                          map[conn.DenyReason]uint64     // refused destinations; guarded by mu
 
@@ -110,8 +111,16 @@ func (t *Table) add(client, server netip.AddrPort, via conn.Via, diverted bool) 
 
 // Remove drops a connection and accounts for how it ended.
 func (t *Table) Remove(c *conn.Conn, how conn.Outcome) {
+	m := c.Moved() // the relay is over: its final count, read before the lock
 	t.mu.Lock()
 	delete(t.conns, c.ID)
+	// In the totals in the same step as out of the table: a scrape
+	// (LiveBytes) counts the connection once, live or closed, never neither.
+	t.bytesToServer.Add(uint64(m.ToServer))
+	t.bytesToClient.Add(uint64(m.ToClient))
+	t.kernelBytes.Add(uint64(m.KernelToServer + m.KernelToClient))
+	t.kernelToServer.Add(uint64(m.KernelToServer))
+	t.kernelToClient.Add(uint64(m.KernelToClient))
 	if addr, ok := t.diverted[c.ID]; ok {
 		delete(t.diverted, c.ID)
 		t.admission.closed(addr)
@@ -128,10 +137,6 @@ func (t *Table) Remove(c *conn.Conn, how conn.Outcome) {
 	if fellBack {
 		t.fallback.Add(1)
 	}
-	m := c.Moved()
-	t.bytesToServer.Add(uint64(m.ToServer))
-	t.bytesToClient.Add(uint64(m.ToClient))
-	t.kernelBytes.Add(uint64(m.KernelToServer + m.KernelToClient))
 	switch how {
 	case conn.Completed:
 		t.completed.Add(1)
@@ -192,6 +197,7 @@ func (t *Table) Stats() report.Stats {
 	if a := t.admission; a != nil {
 		s.MaxConns, s.LowWater, s.Full = a.Max, a.Low, a.full
 		s.FullTrips, s.Shortages, s.FDLimit = a.trips.Load(), a.shortages.Load(), a.FDLimit
+		s.ShortageCeiling = a.ceiling
 		s.MaxConnsPerClient, s.LowWaterPerClient, s.ClientsAtLimit, s.ClientLimitTrips = a.perClientStats()
 	}
 	t.mu.Unlock()

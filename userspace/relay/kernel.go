@@ -160,6 +160,7 @@ func (k *Kernel) insert(ctx context.Context, c *conn.Conn, client, server *net.T
 	}
 	live := func() conn.Moved { return k.moved(up, down) }
 	c.SetLiveMoved(live)
+	c.SetLiveBytes(func() conn.Moved { return k.movedBytes(up, down) })
 	k.run(ctx, c, client, server, up, down, st.BeforeClose, done)
 }
 

@@ -24,6 +24,12 @@ type DaemonInfo struct {
 	// Interfaces are the interfaces the daemon follows by name (none
 	// without --iface: it serves an attachment made by `pepsal attach`).
 	Interfaces []IfaceHealth `json:"interfaces,omitempty"`
+	// Role is --role ("": none); Presets what the legs are tuned to, by
+	// the role and the flags, in words.
+	Role    string   `json:"role,omitempty"`
+	Presets []string `json:"presets,omitempty"`
+	// Deny are the destinations refused besides this host's own (--deny).
+	Deny []string `json:"deny,omitempty"`
 	SplitStats
 }
 
@@ -92,6 +98,9 @@ type Stats struct {
 	FullTrips uint64 `json:"full_trips"`         // times the limit (or a shortage) stopped diverting
 	Shortages uint64 `json:"resource_shortages"` // accepts and dials that ran out of fds, memory or map room
 	FDLimit   uint64 `json:"fd_limit"`
+	// ShortageCeiling > 0: a resource shortage lowered the limit to it
+	// for a while (fds, memory or map room ran out before --max-conns).
+	ShortageCeiling int `json:"shortage_ceiling,omitempty"`
 	// The per-client share (--max-conns-per-client; 0: none): the client
 	// addresses at it now (their new connections go unsplit), and how many
 	// times one reached it.

@@ -37,6 +37,16 @@ type StatusReport struct {
 	OwnerAlive bool `json:"owner_alive,omitempty"`
 	// Problems say why the pins do not work as recorded here; status then fails.
 	Problems []string `json:"problems,omitempty"`
+	// Policy is what the classifier splits, read from its maps.
+	Policy *PolicyReport `json:"policy,omitempty"`
+}
+
+// PolicyReport is which new connections the classifier considers:
+// destination ports (--ports) and excluded destinations (--exclude).
+type PolicyReport struct {
+	AllPorts bool     `json:"all_ports"`
+	Ports    []uint16 `json:"ports,omitempty"`
+	Exclude  []string `json:"exclude,omitempty"` // as stored; IPv4 shown as IPv4
 }
 
 // RelayReport counts the kernel relay's map entries.

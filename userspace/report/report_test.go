@@ -25,6 +25,7 @@ func TestStatusReportFieldNames(t *testing.T) {
 		Relay:      &RelayReport{Sockets: 1},
 		Daemon:     &DaemonInfo{PID: 1},
 		DaemonNote: "x", OwnerPID: 1, OwnerAlive: true, Problems: []string{"x"},
+		Policy: &PolicyReport{Ports: []uint16{80}, Exclude: []string{"10.0.0.0/8"}},
 	}
 	b, err := json.Marshal(rep)
 	if err != nil {
@@ -35,13 +36,14 @@ func TestStatusReportFieldNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"attached", "counters", "daemon", "daemon_error", "ifaces", "listener_cookies", "owner_alive",
-		"owner_pid", "pin_dir", "problems", "program_ids", "relay_map_entries", "routing", "serving"}
+		"owner_pid", "pin_dir", "policy", "problems", "program_ids", "relay_map_entries", "routing", "serving"}
 	if got := keys(top); !reflect.DeepEqual(got, want) {
 		t.Errorf("status keys %v, want %v", got, want)
 	}
 	for field, want := range map[string][]string{
 		"relay_map_entries": {"directions", "sockets", "user_counts"},
 		"routing":           {"fwmark", "routes_present", "rule_priority", "rules_present", "table"},
+		"policy":            {"all_ports", "exclude", "ports"},
 	} {
 		var sub map[string]json.RawMessage
 		if err := json.Unmarshal(top[field], &sub); err != nil {

@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: Apache-2.0
+
+package daemon
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/pepsal/pepsal/userspace/tuning"
+)
+
+// Presets says in words what the legs are tuned to (the role's preset and
+// the flags over it), one line per leg and one for fast open, for status.
+func Presets(t tuning.Tuning) []string {
+	out := []string{"client leg: " + legText(t.Client), "server leg: " + legText(t.Server)}
+	var fo []string
+	if t.FastOpen.Accept {
+		fo = append(fo, "accepted")
+	}
+	if t.FastOpen.Dial {
+		fo = append(fo, fmt.Sprintf("dialed (waits %s for the request)", t.FastOpen.Wait))
+	}
+	if len(fo) == 0 {
+		fo = append(fo, "off")
+	}
+	return append(out, "fast open: "+strings.Join(fo, ", "))
+}
+
+// legText is one leg's settings that differ from Linux's defaults; the
+// keepalive and user timeout, the same on both legs whatever the role, are
+// left out.
+func legText(l tuning.Leg) string {
+	var parts []string
+	if l.CC != "" {
+		parts = append(parts, l.CC)
+	}
+	if l.InitCwnd > 0 {
+		parts = append(parts, fmt.Sprintf("initcwnd %d", l.InitCwnd))
+	}
+	if l.InitRwnd > 0 {
+		parts = append(parts, fmt.Sprintf("initrwnd %d", l.InitRwnd))
+	}
+	if l.SndBuf > 0 {
+		parts = append(parts, "sndbuf "+sizeText(l.SndBuf))
+	}
+	if l.RcvBuf > 0 {
+		parts = append(parts, "rcvbuf "+sizeText(l.RcvBuf))
+	}
+	if l.QuickAck {
+		parts = append(parts, "quickack")
+	}
+	if l.MSS > 0 {
+		parts = append(parts, fmt.Sprintf("mss %d", l.MSS))
+	}
+	if l.NoDelay != nil && !*l.NoDelay {
+		parts = append(parts, "nodelay off")
+	}
+	if len(parts) == 0 {
+		return "Linux defaults"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func prefixTexts(ps []netip.Prefix) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+// sizeText is a buffer size as the flags take it: 16MiB, 512KiB, 1000.
+func sizeText(n int) string {
+	switch {
+	case n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return fmt.Sprint(n)
+}
