@@ -16,19 +16,7 @@ func ifaceProblems(d *report.DaemonInfo) []string {
 	if d == nil {
 		return nil
 	}
-	var out []string
-	for _, i := range d.Interfaces {
-		switch {
-		case i.Attached:
-		case i.Ifindex != 0:
-			out = append(out, fmt.Sprintf("interface %s (ifindex %d): the classifier is not attached, its new connections are not split: %s", i.Name, i.Ifindex, i.Error))
-		case i.Losses > 0:
-			out = append(out, fmt.Sprintf("interface %s no longer exists: its new connections are not split until one of that name is back (the daemon re-attaches it)", i.Name))
-		default:
-			out = append(out, fmt.Sprintf("interface %s does not exist yet: nothing is split on it until it appears (--iface-wait)", i.Name))
-		}
-	}
-	return out
+	return report.IfaceProblems(d.Interfaces)
 }
 
 // printInterfaces says how the interfaces the daemon follows stand.

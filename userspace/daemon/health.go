@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/report"
 )
 
 // Health is what /healthz and /ready check, each read when asked.
@@ -19,8 +20,9 @@ import (
 // pinned and coherent (every interface it records exists and carries the
 // classifier, the sk_lookup link and the policy routing are there), the
 // proxy's listeners are registered in the steering map, the daemon accepts
-// (not stopped, draining or handed over to a new daemon), and at least one
-// interface splits new connections.
+// (not stopped, draining or handed over to a new daemon), every interface
+// it follows by name is attached, and at least one interface splits new
+// connections.
 //
 // /ready says whether a new connection arriving now would be split:
 // healthy, and the admission limit is not full (then new SYNs go unsplit
@@ -29,6 +31,7 @@ type Health struct {
 	PinDir    string
 	Problems  func() []string                // loader.Attachment.Problems; nil: none checked
 	Ifaces    func() ([]loader.Iface, error) // the interfaces the attachment records
+	Followed  func() []report.IfaceHealth    // the interfaces the daemon follows by name; nil: none
 	Listeners func() (v4, v6 uint64)         // cookies in the steering map; 0: none
 	Accepting func() bool                    // the pipeline accepts
 	Full      func() bool                    // the admission flag is set
@@ -55,6 +58,10 @@ func (h Health) problems() []string {
 		out = append(out, fmt.Sprintf("interfaces unreadable: %v", err))
 	case !splitsSomewhere(ifaces):
 		out = append(out, "no interface present splits new connections")
+	}
+	if h.Followed != nil {
+		// Each interface the daemon was given must split: status says so too.
+		out = append(out, report.IfaceProblems(h.Followed())...)
 	}
 	if v4, v6 := h.Listeners(); v4 == 0 && v6 == 0 {
 		out = append(out, "no proxy listener registered: diverted SYNs find none")
@@ -113,6 +120,7 @@ func (r *run) health() Health {
 		},
 		Accepting: func() bool { return !r.stopping.Load() && !r.handedOver.Load() },
 		Full:      func() bool { return r.pipeline.Table.Stats().Full },
+		Followed:  r.follow.health,
 	}
 	// loader.Attachment checks itself; a test double need not.
 	if p, ok := r.k.Attachment.(interface{ Problems() []string }); ok {

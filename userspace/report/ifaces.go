@@ -2,6 +2,8 @@
 
 package report
 
+import "fmt"
+
 // IfaceHealth is how an interface the daemon was given (--iface,
 // --return-iface) stands: the daemon follows it by name, and puts the
 // classifier back when an interface of that name is created again.
@@ -19,4 +21,22 @@ type IfaceHealth struct {
 	SinceSeconds float64 `json:"since_seconds"`
 	// Error says why the classifier is not on an interface that exists.
 	Error string `json:"error,omitempty"`
+}
+
+// IfaceProblems says, for each followed interface that splits nothing now,
+// why (status and /healthz say the same).
+func IfaceProblems(ifaces []IfaceHealth) []string {
+	var out []string
+	for _, i := range ifaces {
+		switch {
+		case i.Attached:
+		case i.Ifindex != 0:
+			out = append(out, fmt.Sprintf("interface %s (ifindex %d): the classifier is not attached, its new connections are not split: %s", i.Name, i.Ifindex, i.Error))
+		case i.Losses > 0:
+			out = append(out, fmt.Sprintf("interface %s no longer exists: its new connections are not split until one of that name is back (the daemon re-attaches it)", i.Name))
+		default:
+			out = append(out, fmt.Sprintf("interface %s does not exist yet: nothing is split on it until it appears (--iface-wait)", i.Name))
+		}
+	}
+	return out
 }
