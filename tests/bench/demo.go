@@ -79,13 +79,17 @@ func demoIntro(cfg Config, l linkemu.Link, twoName string) string {
 	fmt.Fprintf(&b, "- without pepsal: client -- link -- router -- server, the router only routes;\n")
 	fmt.Fprintf(&b, "- pepsal on the gateway: %s, `pepsal run --iface %s --relay %s %s`;\n",
 		topoPicture(Gateway), testbed.RouterClientIf, demoRelay, strings.Trim(cfg.describeArgs(cfg.argsFor("router")), "`"))
+	term := strings.Trim(cfg.describeArgs(cfg.argsFor("terminal")), "`")
+	gw := strings.Trim(cfg.describeArgs(cfg.argsFor("gateway")), "`")
 	fmt.Fprintf(&b, "- pepsal at both ends%s: %s, `pepsal run --iface %s --relay %s %s` and `pepsal run --iface %s --relay %s %s`",
 		strings.TrimPrefix(twoName, "pepsal "+demoRelay), topoPicture(TwoPEP),
-		testbed.TerminalClientIf, demoRelay, strings.Trim(cfg.describeArgs(cfg.argsFor("terminal")), "`"),
-		testbed.GatewayLinkIf, demoRelay, strings.Trim(cfg.describeArgs(cfg.argsFor("gateway")), "`"))
+		testbed.TerminalClientIf, demoRelay, term, testbed.GatewayLinkIf, demoRelay, gw)
+	if cfg.PeerKey != "" && strings.Contains(term+gw, "KEY") {
+		b.WriteString(" (KEY: 32 random bytes the demo writes to a private temporary file)")
+	}
 	if strings.HasSuffix(twoName, warmLabel) {
-		b.WriteString(" (KEY: 32 random bytes the demo writes to a private temporary file): the terminal keeps a pool of " +
-			"connections open to the gateway and sends each new connection over one, so that no handshake crosses the link")
+		b.WriteString(": the terminal keeps a pool of connections open to the gateway and sends each new connection " +
+			"over one, so that no handshake crosses the link")
 	}
 	b.WriteString(".\n\n")
 	return b.String()

@@ -147,13 +147,21 @@ func TestDemoRows(t *testing.T) {
 	l, _ := specs[0].link()
 	intro := demoIntro(c, *l, specs[1].modes(c)[0].Name)
 	for _, want := range []string{"RTT 600ms", "pepsal on the gateway: client -- link -- router(PEP) -- server, `pepsal run --iface r-cli --relay splice --role gateway`",
-		"pepsal at both ends, warm paths: client -- terminal(PEP)", "--role terminal --peer 10.78.3.2:7700 --peer-key KEY", "--peer-listen 10.78.3.2:7700 --peer-key KEY"} {
+		"pepsal at both ends, warm paths: client -- terminal(PEP)", "--role terminal --peer 10.78.3.2:7700 --peer-key KEY", "--peer-listen 10.78.3.2:7700 --peer-key KEY",
+		"(KEY: 32 random bytes", "the terminal keeps a pool of connections open"} {
 		if !strings.Contains(intro, want) {
 			t.Errorf("intro lacks %q:\n%s", want, intro)
 		}
 	}
 	if strings.Contains(intro, c.PeerKey) {
 		t.Errorf("intro shows the key's path:\n%s", intro)
+	}
+	// PEPSAL_BENCH_WARM_PATHS=0: roles alone, and the demo does not speak of warm paths.
+	off := c
+	off.PeerKey = ""
+	if intro := demoIntro(off, *l, specs[1].modes(off)[0].Name); strings.Contains(intro, "warm") || strings.Contains(intro, "KEY") ||
+		!strings.Contains(intro, "pepsal at both ends: client -- terminal(PEP)") {
+		t.Errorf("intro without warm paths:\n%s", intro)
 	}
 	// PEPSAL_BENCH_ARGS still wins on the router, and no key means no warm label.
 	c.ExtraArgs, c.PeerKey = []string{"--x"}, ""

@@ -616,7 +616,7 @@ func (r *WebResult) Markdown() string {
 	warm := ""
 	if r.Warm {
 		warm = ", with warm paths: the terminal keeps a pool of connections open to the gateway (`--peer` and " +
-			"`--peer-listen`, under a key the bench makes for the run) and the gateway takes data in SYNs from the " +
+			"`--peer-listen` with a pre-shared key) and the gateway takes data in SYNs from the " +
 			"terminal's link (`--fastopen-from`)"
 	}
 	fmt.Fprintf(&b, "Rows: no proxy and *pepsal, gateway* (`--relay %s --role gateway` on the router) on the gateway-PEP bed; "+
