@@ -109,7 +109,7 @@ bench: check-root deps bench-deps build
 	$(GO) build -o bin/pepsal-bench ./tests/cmd/pepsal-bench
 	bin/pepsal-bench --pepsal bin/pepsal --out BENCHMARKS.md bench
 
-# GEO test bed, 1 MB and 10 MB downloads and page loads in Chromium, without and with pepsal (< 4 min).
+# GEO test beds: no proxy, pepsal on the gateway, pepsal at both ends with warm paths; downloads and page loads in Chromium (< 5 min).
 demo: check-root deps bench-deps build
 	$(GO) build -o bin/pepsal-bench ./tests/cmd/pepsal-bench
 	bin/pepsal-bench --pepsal bin/pepsal demo

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 
 	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
@@ -111,4 +112,33 @@ func (b *Bed) Close() error {
 		b.Server.Close()
 	}
 	return b.closeTopo()
+}
+
+// DescribeLink summarises an emulated link in one phrase.
+func DescribeLink(l linkemu.Link) string {
+	rtt := l.Down.Delay + l.Up.Delay
+	parts := []string{fmt.Sprintf("RTT %s", rtt)}
+	rate := func(bps int64) string {
+		if bps == 0 {
+			return "unlimited"
+		}
+		return FormatRate(float64(bps))
+	}
+	parts = append(parts, fmt.Sprintf("%s down / %s up", rate(l.Down.RateBps), rate(l.Up.RateBps)))
+	if l.Down.Loss > 0 || l.Up.Loss > 0 {
+		parts = append(parts, fmt.Sprintf("loss %g%% each way", l.Down.Loss*100))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func topoPicture(t Topo) string {
+	switch t {
+	case Gateway:
+		return "client -- link -- router(PEP) -- server"
+	case TwoPEP:
+		return "client -- terminal(PEP) -- link -- gateway(PEP) -- server"
+	case Plain:
+		return "client -- router(PEP) -- server over veth"
+	}
+	return string(t)
 }

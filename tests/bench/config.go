@@ -16,8 +16,11 @@ import (
 type Config struct {
 	Pepsal       string   // the pepsal binary
 	Relays       []string // pepsal relay modes, one row each
-	ExtraArgs    []string // appended to `pepsal run --iface X --relay M`
-	TerminalArgs []string // for the terminal of the two-PEP topology instead of ExtraArgs
+	ExtraArgs    []string // PEPSAL_BENCH_ARGS: replace the defaults after `pepsal run --iface X --relay M`; nil: unset
+	TerminalArgs []string // for the terminal of the two-PEP topology instead of ExtraArgs; nil: unset
+	RouterArgs   []string // the default of the router (gateway-PEP and plain beds): none in the bench
+	WarmPaths    bool     // make a peer key (MakePeerKey) so that the two-PEP pepsals run warm paths
+	PeerKey      string   // the key file of the warm paths; "": the two-PEP pepsals run roles alone
 	ReferenceBin string   // reference PEPsal binary; "" skips its row
 	ServerCC     string   // congestion control of the traffic server's sockets
 
@@ -49,16 +52,36 @@ func (c Config) Modes() []Mode {
 	return ms
 }
 
+// argsFor is what follows `pepsal run --iface IF --relay M` at site: the
+// variables' arguments when set, else the defaults: RouterArgs on the router
+// of the gateway-PEP and plain beds, roles and warm paths in the two-PEP bed
+// ("gateway" and "terminal"), as README's headline measures them.
 func (c Config) argsFor(site string) []string {
-	if site == "terminal" && c.TerminalArgs != nil {
-		return c.TerminalArgs
+	if a, ok := c.override(site); ok {
+		return a
 	}
-	return c.ExtraArgs
+	if site == "router" {
+		return c.RouterArgs
+	}
+	return append(twoPEPRoles(site), c.warmArgs(site)...)
+}
+
+// override is PEPSAL_BENCH_TERMINAL_ARGS (terminal) or PEPSAL_BENCH_ARGS; ok
+// is false when the one that applies to site is unset.
+func (c Config) override(site string) (args []string, ok bool) {
+	if site == "terminal" && c.TerminalArgs != nil {
+		return c.TerminalArgs, true
+	}
+	if c.ExtraArgs != nil {
+		return c.ExtraArgs, true
+	}
+	return nil, false
 }
 
 // ConfigFromEnv reads the environment through lookupEnv (os.LookupEnv). An
 // empty variable counts as unset, except PEPSAL_BENCH_TERMINAL_ARGS where
-// empty means no arguments. PEPSAL_BENCH_QUICK=1 changes the defaults to a run
+// empty means no arguments. Warm paths are on unless PEPSAL_BENCH_WARM_PATHS=0;
+// the caller makes their key (MakePeerKey). PEPSAL_BENCH_QUICK=1 changes the defaults to a run
 // of a few minutes; variables set explicitly still win.
 func ConfigFromEnv(lookupEnv func(string) (string, bool)) (Config, error) {
 	getenv := func(k string) string { v, _ := lookupEnv(k); return v }
@@ -73,6 +96,7 @@ func ConfigFromEnv(lookupEnv func(string) (string, bool)) (Config, error) {
 		Efficiency:     true,
 		Memory:         true,
 		Web:            true,
+		WarmPaths:      true,
 		StreamDuration: 5 * time.Second,
 		EchoCount:      5000,
 		MemDuration:    20 * time.Second,
@@ -80,14 +104,7 @@ func ConfigFromEnv(lookupEnv func(string) (string, bool)) (Config, error) {
 	if b, err := boolEnv(getenv, "PEPSAL_BENCH_QUICK"); err != nil {
 		return c, err
 	} else if b {
-		c.Quick = true
-		c.Runs = 1
-		c.Profiles = []string{"geo"}
-		c.TwoPEPProfiles = []string{"geo"}
-		c.Timeout = 30 * time.Second
-		c.StreamDuration = 2 * time.Second
-		c.EchoCount = 1000
-		c.MemDuration = 5 * time.Second
+		c.quick()
 	}
 	if v, ok := lookup(getenv, "PEPSAL_BENCH_RELAYS"); ok {
 		c.Relays = strings.Fields(v)
@@ -97,9 +114,8 @@ func ConfigFromEnv(lookupEnv func(string) (string, bool)) (Config, error) {
 			return c, fmt.Errorf("PEPSAL_BENCH_RELAYS: bad relay %q", r)
 		}
 	}
-	c.ExtraArgs = strings.Fields(getenv("PEPSAL_BENCH_ARGS"))
-	if v, ok := lookupEnv("PEPSAL_BENCH_TERMINAL_ARGS"); ok {
-		c.TerminalArgs = append([]string{}, strings.Fields(v)...)
+	if err := c.pepsalArgsFromEnv(lookupEnv); err != nil {
+		return c, err
 	}
 	c.ReferenceBin = strings.TrimSpace(getenv("PEPSAL_REFERENCE_BIN"))
 	if v, ok := lookup(getenv, "PEPSAL_BENCH_SERVER_CC"); ok {
@@ -138,23 +154,62 @@ func ConfigFromEnv(lookupEnv func(string) (string, bool)) (Config, error) {
 		c.Timeout = d
 	}
 	if v, ok := lookup(getenv, "PEPSAL_BENCH_PARTS"); ok {
-		c.Satellite, c.Efficiency, c.Memory, c.Web = false, false, false, false
-		for _, p := range strings.Fields(v) {
-			switch p {
-			case "satellite":
-				c.Satellite = true
-			case "efficiency":
-				c.Efficiency, c.Memory = true, true
-			case "veth":
-				c.Efficiency = true
-			case "web":
-				c.Web = true
-			default:
-				return c, fmt.Errorf("PEPSAL_BENCH_PARTS: unknown part %q (want satellite, efficiency, veth, web)", p)
-			}
+		if err := c.parts(v); err != nil {
+			return c, err
 		}
 	}
 	return c, nil
+}
+
+// quick sets the defaults of PEPSAL_BENCH_QUICK=1: a run of a few minutes.
+func (c *Config) quick() {
+	c.Quick = true
+	c.Runs = 1
+	c.Profiles = []string{"geo"}
+	c.TwoPEPProfiles = []string{"geo"}
+	c.Timeout = 30 * time.Second
+	c.StreamDuration = 2 * time.Second
+	c.EchoCount = 1000
+	c.MemDuration = 5 * time.Second
+}
+
+// parts reads PEPSAL_BENCH_PARTS.
+func (c *Config) parts(v string) error {
+	c.Satellite, c.Efficiency, c.Memory, c.Web = false, false, false, false
+	for _, p := range strings.Fields(v) {
+		switch p {
+		case "satellite":
+			c.Satellite = true
+		case "efficiency":
+			c.Efficiency, c.Memory = true, true
+		case "veth":
+			c.Efficiency = true
+		case "web":
+			c.Web = true
+		default:
+			return fmt.Errorf("PEPSAL_BENCH_PARTS: unknown part %q (want satellite, efficiency, veth, web)", p)
+		}
+	}
+	return nil
+}
+
+// pepsalArgsFromEnv reads the variables of pepsal's arguments: an empty
+// PEPSAL_BENCH_ARGS is unset, an empty PEPSAL_BENCH_TERMINAL_ARGS means none.
+func (c *Config) pepsalArgsFromEnv(lookupEnv func(string) (string, bool)) error {
+	if v, _ := lookupEnv("PEPSAL_BENCH_ARGS"); v != "" {
+		c.ExtraArgs = append([]string{}, strings.Fields(v)...)
+	}
+	if v, ok := lookupEnv("PEPSAL_BENCH_TERMINAL_ARGS"); ok {
+		c.TerminalArgs = append([]string{}, strings.Fields(v)...)
+	}
+	if v, _ := lookupEnv("PEPSAL_BENCH_WARM_PATHS"); strings.TrimSpace(v) != "" {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("PEPSAL_BENCH_WARM_PATHS=%q: want 1 or 0", v)
+		}
+		c.WarmPaths = b
+	}
+	return nil
 }
 
 func lookup(getenv func(string) string, key string) (string, bool) {

@@ -204,8 +204,9 @@ func EnsureIptables(ctx context.Context) error {
 	return install()
 }
 
-// StartProxies starts the mode's PEP at every site; on a failure the ones
-// already started are stopped. No proxy: nothing to start.
+// StartProxies starts the mode's PEP at every site and waits for a
+// terminal's warm paths; on a failure the ones already started are stopped.
+// No proxy: nothing to start.
 func StartProxies(ctx context.Context, cfg Config, m Mode, sites []Site) ([]*Daemon, error) {
 	if !m.Proxied() {
 		return nil, nil
@@ -226,6 +227,10 @@ func StartProxies(ctx context.Context, cfg Config, m Mode, sites []Site) ([]*Dae
 			return nil, fmt.Errorf("%s: %w", s.Name, err)
 		}
 		ds = append(ds, d)
+	}
+	if err := waitWarm(ctx, ds); err != nil {
+		StopAll(ds)
+		return nil, err
 	}
 	return ds, nil
 }

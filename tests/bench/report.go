@@ -77,13 +77,15 @@ func Report(cfg Config, si SystemInfo, sat []*SpecResult, eff *EffResult, elapse
 	if cfg.ReferenceBin != "" {
 		ref = "`" + cfg.ReferenceBin + "`"
 	}
-	termArgs := "same as the others"
-	if cfg.TerminalArgs != nil {
-		termArgs = orNone(cfg.TerminalArgs)
+	key := ""
+	if cfg.PeerKey != "" {
+		key = " (KEY: 32 random bytes the bench writes to a private temporary file for the run)"
 	}
-	fmt.Fprintf(&b, "Settings: %d runs per cell; relays %s; extra `pepsal run` arguments %s (terminal of the two-PEP bed: %s); "+
+	fmt.Fprintf(&b, "Settings: %d runs per cell; relays %s; `pepsal run --iface IF --relay M` followed by %s on the router of the "+
+		"gateway-PEP bed, %s on the terminal and %s on the gateway of the two-PEP bed%s; "+
 		"reference PEPsal %s; server sockets `%s`, clients and proxies the kernel default `%s`; transfer time-out %s.\n\n",
-		cfg.Runs, orNone(cfg.Relays), orNone(cfg.ExtraArgs), termArgs, ref, cfg.ServerCC, si.DefaultC, cfg.Timeout)
+		cfg.Runs, orNone(cfg.Relays), cfg.describeArgs(cfg.argsFor("router")), cfg.describeArgs(cfg.argsFor("terminal")),
+		cfg.describeArgs(cfg.argsFor("gateway")), key, ref, cfg.ServerCC, si.DefaultC, cfg.Timeout)
 	if cfg.Quick {
 		b.WriteString("**Quick mode** (`PEPSAL_BENCH_QUICK=1`): one run, shorter tests; not for comparisons.\n\n")
 	}
@@ -112,7 +114,7 @@ const method = `## How to run
 ` + "```sh" + `
 make bench                        # everything, about 35 minutes; writes this file
 PEPSAL_BENCH_QUICK=1 make bench   # one run of each, geo only, a few minutes; prints, does not write this file
-make demo                         # 1 MB and 10 MB, then page loads in Chromium, over GEO, without and with pepsal, about four minutes
+make demo                         # over GEO: no proxy, pepsal on the gateway, pepsal at both ends with warm paths; 100 KB, 1 MB, 10 MB, then page loads in Chromium; under five minutes
 ` + "```" + `
 
 | variable | default | meaning |
@@ -121,8 +123,9 @@ make demo                         # 1 MB and 10 MB, then page loads in Chromium,
 | ` + "`PEPSAL_BENCH_PROFILES`" + ` | ` + "`geo geo-lossy leo`" + ` (quick: ` + "`geo`" + `) | link profiles, gateway-PEP topology |
 | ` + "`PEPSAL_BENCH_TWO_PEP_PROFILES`" + ` | ` + "`geo geo-lossy`" + ` | profiles (also in the list above) measured with two PEPs |
 | ` + "`PEPSAL_BENCH_RELAYS`" + ` | ` + "`splice sockmap`" + ` | one pepsal row per relay mode; one that does not start is "unavailable" |
-| ` + "`PEPSAL_BENCH_ARGS`" + ` | none | appended to ` + "`pepsal run --iface IF --relay M`" + ` |
-| ` + "`PEPSAL_BENCH_TERMINAL_ARGS`" + ` | ` + "`PEPSAL_BENCH_ARGS`" + ` | instead, for the terminal of the two-PEP bed |
+| ` + "`PEPSAL_BENCH_ARGS`" + ` | see below | replaces the arguments after ` + "`pepsal run --iface IF --relay M`" + ` at every site |
+| ` + "`PEPSAL_BENCH_TERMINAL_ARGS`" + ` | ` + "`PEPSAL_BENCH_ARGS`" + ` | instead, for the terminal of the two-PEP bed (set and empty: no arguments) |
+| ` + "`PEPSAL_BENCH_WARM_PATHS`" + ` | 1 | 0: the two-PEP bed runs the roles without warm paths, and no key is made |
 | ` + "`PEPSAL_REFERENCE_BIN`" + ` | unset | a PEPsal 2.x binary: adds its row (TPROXY recipe; installs iptables if missing) |
 | ` + "`PEPSAL_BENCH_TIMEOUT`" + ` | 90s (quick: 30s) | a transfer still running then is stopped and shown as "> 90 s" |
 | ` + "`PEPSAL_BENCH_PARTS`" + ` | ` + "`satellite efficiency web`" + ` | which parts to run; ` + "`veth`" + ` is efficiency without the memory test, ` + "`web`" + ` the page loads in Chromium |
@@ -130,6 +133,14 @@ make demo                         # 1 MB and 10 MB, then page loads in Chromium,
 | ` + "`PEPSAL_BENCH_PARALLEL`" + ` | 0 (all) | satellite tables measured at the same time |
 | ` + "`PEPSAL_BENCH_SERVER_CC`" + ` | ` + "`cubic`" + ` | congestion control of the server's sockets |
 | ` + "`PEPSAL_DEMO_RUNS`" + ` | 3 | runs of ` + "`make demo`" + ` |
+
+Without ` + "`PEPSAL_BENCH_ARGS`" + `, the router of the gateway-PEP and plain beds runs pepsal's defaults (` + "`make demo`" + `:
+` + "`--role gateway`" + `), and the two-PEP bed runs README's headline setup: ` + "`--role terminal --peer 10.78.3.2:7700 --peer-key KEY`" + `
+on the terminal, ` + "`--role gateway --fastopen-from 10.78.3.1 --fastopen-from fd78:3::1 --peer-listen 10.78.3.2:7700 --peer-key KEY`" + `
+on the gateway, where KEY is 32 random bytes (hex) that the bench writes to a private temporary file
+(mode 600) and removes at the end; before measuring it waits until the terminal's pool of warm connections
+is full. Those rows are named *warm paths*. The page-load bench always gives its pepsals their role
+(and the two-PEP gateway its ` + "`--fastopen-from`" + `), then the variables' arguments or the warm paths.
 
 ## Method
 
@@ -139,7 +150,8 @@ make demo                         # 1 MB and 10 MB, then page loads in Chromium,
   tail-drop queue, Bernoulli loss. *gateway PEP*: client -- link -- router --
   server, pepsal on the router intercepting on the link side. *two PEPs*:
   client -- terminal -- link -- gateway -- server, pepsal on the terminal
-  (client side) and on the gateway (link side).
+  (client side) and on the gateway (link side), with warm paths between them
+  (above).
 - Traffic is the project's own Go client and server (` + "`tests/bench`" + `). The
   server's sockets use CUBIC (TCP_CONGESTION), as servers on the Internet do;
   clients and pepsal keep the kernel default. A download is timed from the

@@ -41,6 +41,7 @@ type Spec struct {
 	Profile   string // linkemu profile; "" or "none": no emulation
 	Topo      Topo
 	Transfers []Transfer
+	Modes     []Mode // the rows; nil: cfg.Modes()
 }
 
 func (s Spec) link() (*linkemu.Link, error) {
@@ -73,6 +74,7 @@ type Row struct {
 	Attempted   int                  // transfers tried
 	Connections int                  // connections opened, warm-up included
 	Split       map[string]uint64    // connections each pepsal site accepted
+	Warm        uint64               // of those, flows the terminal sent over a warm path
 	MaxLate     time.Duration        // worst lateness of the link emulator during the runs, if above the one before
 	KernelDrops uint64               // frames the emulator's sockets lost
 }
@@ -127,7 +129,7 @@ func prepareSpec(ctx context.Context, cfg Config, spec Spec, prefix string, log 
 	if err != nil {
 		return p, err
 	}
-	for i, m := range cfg.Modes() {
+	for i, m := range spec.modes(cfg) {
 		row := &Row{Mode: m, Samples: map[string][]float64{}, Errors: map[string][]string{}}
 		p.res.Rows = append(p.res.Rows, row)
 		bed, err := NewBed(spec.Topo, link, fmt.Sprintf("%s%d", prefix, i), cfg.ServerCC)
@@ -207,6 +209,9 @@ func (p *preparedSpec) measure(ctx context.Context, cfg Config, log *slog.Logger
 			}
 			if st, err := d.Status(); err == nil && st.Daemon != nil {
 				b.row.Split[d.Site.Name] = st.Daemon.Stats.Accepted
+				if p := st.Daemon.Peer; p != nil && p.Pool != nil {
+					b.row.Warm += p.Pool.Taken
+				}
 			}
 		}
 	}
@@ -340,52 +345,19 @@ func (r *SpecResult) Table() Table {
 				t.Notes = append(t.Notes, fmt.Sprintf("%s: pepsal at the %s split only %d of %d connections", row.Mode.Name, site, n, row.Connections))
 			}
 		}
-	}
-	// A late emulator adds delay that is not the link's; a few milliseconds
-	// on one frame out of thousands do not change a transfer time.
-	tolerance := 10 * time.Millisecond
-	if l, err := r.Spec.link(); err == nil && l != nil {
-		tolerance = max(tolerance, min(l.Down.Delay, l.Up.Delay)/10)
+		if strings.HasSuffix(row.Mode.Name, warmLabel) && row.Split != nil && row.Warm < uint64(row.Connections) {
+			t.Notes = append(t.Notes, fmt.Sprintf("%s: %d of %d connections rode a warm path, the others fast open", row.Mode.Name, row.Warm, row.Connections))
+		}
 	}
 	for _, row := range r.Rows {
-		if row.MaxLate > tolerance || row.KernelDrops > 0 {
-			t.Notes = append(t.Notes, fmt.Sprintf("%s: the link emulator released a frame up to %s late and its sockets dropped %d frames (busy machine): delays were not exact",
-				row.Mode.Name, row.MaxLate.Round(time.Millisecond), row.KernelDrops))
+		if n := latenessNote(row, r.Spec); n != "" {
+			t.Notes = append(t.Notes, n)
 		}
 	}
 	if timeouts {
 		t.Notes = append(t.Notes, fmt.Sprintf("a transfer still running after %s is stopped and counts as longer than that in the median", r.Timeout))
 	}
 	return t
-}
-
-// DescribeLink summarises an emulated link in one phrase.
-func DescribeLink(l linkemu.Link) string {
-	rtt := l.Down.Delay + l.Up.Delay
-	parts := []string{fmt.Sprintf("RTT %s", rtt)}
-	rate := func(bps int64) string {
-		if bps == 0 {
-			return "unlimited"
-		}
-		return FormatRate(float64(bps))
-	}
-	parts = append(parts, fmt.Sprintf("%s down / %s up", rate(l.Down.RateBps), rate(l.Up.RateBps)))
-	if l.Down.Loss > 0 || l.Up.Loss > 0 {
-		parts = append(parts, fmt.Sprintf("loss %g%% each way", l.Down.Loss*100))
-	}
-	return strings.Join(parts, ", ")
-}
-
-func topoPicture(t Topo) string {
-	switch t {
-	case Gateway:
-		return "client -- link -- router(PEP) -- server"
-	case TwoPEP:
-		return "client -- terminal(PEP) -- link -- gateway(PEP) -- server"
-	case Plain:
-		return "client -- router(PEP) -- server over veth"
-	}
-	return string(t)
 }
 
 // RunSatellite measures every spec, up to cfg.Parallel at once (0: all).
@@ -395,6 +367,11 @@ func topoPicture(t Topo) string {
 // built before the first measurement and deleted after the last. The results
 // keep the order of specs.
 func RunSatellite(ctx context.Context, cfg Config, specs []Spec, log *slog.Logger) (results []*SpecResult, err error) {
+	return runSatellite(ctx, cfg, specs, "pb", log)
+}
+
+// runSatellite is RunSatellite with the test beds' name prefix.
+func runSatellite(ctx context.Context, cfg Config, specs []Spec, prefix string, log *slog.Logger) (results []*SpecResult, err error) {
 	results = make([]*SpecResult, len(specs))
 	var prepared []*preparedSpec
 	defer func() {
@@ -405,7 +382,7 @@ func RunSatellite(ctx context.Context, cfg Config, specs []Spec, log *slog.Logge
 	}()
 	for i, s := range specs {
 		log.Info("building test beds", "spec", s.String())
-		p, err := prepareSpec(ctx, cfg, s, fmt.Sprintf("pb%dm", i), log)
+		p, err := prepareSpec(ctx, cfg, s, fmt.Sprintf("%s%dm", prefix, i), log)
 		results[i] = p.res
 		if err != nil {
 			return results, err

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,7 +27,8 @@ func TestMain(m *testing.M) {
 }
 
 // TestSmoke runs a tiny benchmark end to end on plain veth, both topologies,
-// without and with pepsal (splice), and checks what moved, never how fast.
+// without and with pepsal (splice; the two-PEP bed with its default warm
+// paths under a key the bench makes), and checks what moved, never how fast.
 func TestSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end to end in network namespaces: runs in make test, not under -short")
@@ -34,7 +36,12 @@ func TestSmoke(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces and BPF")
 	}
-	cfg := Config{Pepsal: pepsalBin, Relays: []string{"splice"}, Runs: 1, Timeout: 30 * time.Second, ServerCC: "cubic"}
+	cfg := Config{Pepsal: pepsalBin, Relays: []string{"splice"}, Runs: 1, Timeout: 30 * time.Second, ServerCC: "cubic", WarmPaths: true}
+	removeKey, err := cfg.MakePeerKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer removeKey()
 	transfers := []Transfer{{"1 MB", 1e6, false}, {"1 MB up", 1e6, true}}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, topo := range []Topo{Plain, TwoPEP} {
@@ -72,6 +79,10 @@ func TestSmoke(t *testing.T) {
 						if n < 2 {
 							t.Errorf("%s at the %s split %d connections, want >= 2", row.Mode.Name, site, n)
 						}
+					}
+					// The default warm paths carried the transfers.
+					if warm := strings.HasSuffix(row.Mode.Name, warmLabel); warm != (topo == TwoPEP) || (warm && row.Warm < 2) {
+						t.Errorf("%s: %d of %d connections rode a warm path", row.Mode.Name, row.Warm, row.Connections)
 					}
 				}
 			}

@@ -160,3 +160,18 @@ func sig3(v float64) string {
 		return fmt.Sprintf("%.2f", v)
 	}
 }
+
+// latenessNote says when the link emulator of a row's bed was late. A late
+// emulator adds delay that is not the link's; a few milliseconds on one
+// frame out of thousands do not change a transfer time.
+func latenessNote(row *Row, spec Spec) string {
+	tolerance := 10 * time.Millisecond
+	if l, err := spec.link(); err == nil && l != nil {
+		tolerance = max(tolerance, min(l.Down.Delay, l.Up.Delay)/10)
+	}
+	if row.MaxLate <= tolerance && row.KernelDrops == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%s: the link emulator released a frame up to %s late and its sockets dropped %d frames (busy machine): delays were not exact",
+		row.Mode.Name, row.MaxLate.Round(time.Millisecond), row.KernelDrops)
+}

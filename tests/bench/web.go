@@ -44,12 +44,17 @@ type WebMode struct {
 	Kind webKind
 }
 
-// WebModes are the rows; relay is pepsal's relay mode.
-func WebModes(relay string) []WebMode {
+// WebModes are the rows; relay is pepsal's relay mode, warm whether the two
+// pepsals run warm paths (their row says so).
+func WebModes(relay string, warm bool) []WebMode {
+	two := "pepsal " + relay + ", terminal + gateway"
+	if warm {
+		two += warmLabel
+	}
 	return []WebMode{
 		{"no proxy", webNone},
 		{"pepsal " + relay + ", gateway", webPepsal},
-		{"pepsal " + relay + ", terminal + gateway", webTwo},
+		{two, webTwo},
 		{"PEPsal 2.0.2, gateway", webRef},
 		{"QPEP 0.7.1, terminal + gateway", webQPEP},
 	}
@@ -69,6 +74,7 @@ type WebRow struct {
 	Load, TTFB  map[string][]float64 // seconds per protocol label; +Inf for a time-out
 	Errors      map[string][]string
 	Split       map[string]uint64 // connections each pepsal site accepted
+	Warm        uint64            // flows the terminal sent over a warm path
 	MaxLate     time.Duration
 	KernelDrops uint64
 	KeepFailed  int64 // QPEP keep-alive requests that failed
@@ -86,6 +92,7 @@ type WebTable struct {
 type WebResult struct {
 	Browser, Nginx string
 	Relay          string
+	Warm           bool // the two pepsals ran warm paths
 	Tables         []*WebTable
 	Page           *Page
 }
@@ -205,11 +212,11 @@ func originAddrs(base string) []string {
 func (b *webBed) start(ctx context.Context, cfg Config, peers Peers, relay string) error {
 	sites := b.sitesForStart
 	args := func(s Site) []string {
-		a := []string{"--role", s.Name}
-		if s.Name == "gateway" && b.mode.Kind == webTwo { // the terminal dials with the request in its SYN
-			a = append(a, "--fastopen-from", testbed.TerminalLinkV4, "--fastopen-from", testbed.TerminalLinkV6)
+		if b.mode.Kind == webTwo {
+			return cfg.webTwoArgs(s.Name)
 		}
-		return append(a, cfg.argsFor(s.Name)...)
+		a, _ := cfg.override(s.Name)
+		return append([]string{"--role", "gateway"}, a...)
 	}
 	switch b.mode.Kind {
 	case webPepsal, webTwo:
@@ -220,6 +227,7 @@ func (b *webBed) start(ctx context.Context, cfg Config, peers Peers, relay strin
 			}
 			b.daemons = append(b.daemons, d)
 		}
+		return waitWarm(ctx, b.daemons)
 	case webRef:
 		if peers.PEPsal == "" {
 			return errors.New(peers.PEPsalMissing)
@@ -424,6 +432,9 @@ func (s *webSpec) measure(ctx context.Context, cfg Config, browser string, page 
 					b.row.Split = map[string]uint64{}
 				}
 				b.row.Split[d.Site.Name] = st.Daemon.Stats.Accepted
+				if p := st.Daemon.Peer; p != nil && p.Pool != nil {
+					b.row.Warm += p.Pool.Taken
+				}
 			}
 		}
 	}
@@ -445,9 +456,10 @@ func runWeb(ctx context.Context, cfg Config, profiles []string, only []webKind, 
 	if len(cfg.Relays) > 0 {
 		relay = cfg.Relays[0]
 	}
-	res = &WebResult{Browser: version, Nginx: NginxVersion(), Relay: relay, Page: GeneratePage()}
+	warm := hasWarmPaths(cfg.webTwoArgs("terminal"))
+	res = &WebResult{Browser: version, Nginx: NginxVersion(), Relay: relay, Page: GeneratePage(), Warm: warm}
 	var modes []WebMode
-	for _, m := range WebModes(relay) {
+	for _, m := range WebModes(relay, warm) {
 		if only == nil || containsKind(only, m.Kind) {
 			modes = append(modes, m)
 		}
@@ -566,6 +578,9 @@ func (t *WebTable) Table() Table {
 				tab.Notes = append(tab.Notes, fmt.Sprintf("%s: pepsal at the %s split no connection", r.Mode.Name, site))
 			}
 		}
+		if strings.HasSuffix(r.Mode.Name, warmLabel) && r.Split != nil && r.Warm == 0 {
+			tab.Notes = append(tab.Notes, fmt.Sprintf("%s: no connection rode a warm path", r.Mode.Name))
+		}
 	}
 	tolerance := 10 * time.Millisecond
 	if l, err := linkemu.Profile(t.Profile); err == nil {
@@ -600,38 +615,22 @@ func (r *WebResult) Markdown() string {
 		"if Resource Timing shows every sub-resource with its exact size over the expected protocol.\n\n",
 		FormatBytes(pageHTML), len(r.Page.Resources), counts["js"], counts["css"], counts["img"],
 		FormatBytes(r.Page.SubBytes()+pageHTML), pageOrigins, r.Nginx, r.Browser)
+	warm := ""
+	if r.Warm {
+		warm = ", with warm paths: the terminal keeps a pool of connections open to the gateway (`--peer` and " +
+			"`--peer-listen` with a pre-shared key) and the gateway takes data in SYNs from the " +
+			"terminal's link (`--fastopen-from`)"
+	}
 	fmt.Fprintf(&b, "Rows: no proxy and *pepsal, gateway* (`--relay %s --role gateway` on the router) on the gateway-PEP bed; "+
-		"*terminal + gateway* on the two-PEP bed (pepsal with `--role terminal` and `--role gateway`, or QPEP's client "+
+		"*terminal + gateway* on the two-PEP bed (pepsal with `--role terminal` and `--role gateway`%s; or QPEP's client "+
 		"and server). Reference peers built by the bench from `../shared/reference` into `%s`: %s, "+
 		"TPROXY recipe, on the router; %s, client on the terminal (iptables REDIRECT), server on the gateway, "+
 		"with a 1 kB request through its tunnel every second to keep its QUIC session alive (it dies after 2 s idle "+
 		"and the next connection fails). Loads run one at a time, modes in a rotating order; profiles in parallel.\n\n",
-		r.Relay, defaultRefCache, RefPEPsalVersion, QPEPVersion)
+		r.Relay, warm, defaultRefCache, RefPEPsalVersion, QPEPVersion)
 	for _, t := range r.Tables {
 		b.WriteString(t.Table().Markdown())
 		b.WriteString("\n")
 	}
 	return b.String()
-}
-
-// RunWebDemo loads the page over GEO without and with pepsal on the gateway,
-// HTTP/1.1 and HTTP/2, and prints the table.
-func RunWebDemo(ctx context.Context, cfg Config, w io.Writer, log *slog.Logger) error {
-	cfg.Relays = []string{"splice"}
-	fmt.Fprintf(w, "\nPage loads in headless Chromium over the same GEO link: a 2 MB page of 70 sub-resources on 3 origins (nginx), "+
-		"without and with `pepsal run --relay splice --role gateway` on the router. %d load(s) each, median.\n\n", cfg.Runs)
-	res, err := runWeb(ctx, cfg, []string{"geo"}, []webKind{webNone, webPepsal}, log)
-	if err != nil {
-		return err
-	}
-	for _, t := range res.Tables {
-		for _, r := range t.Rows {
-			if r.Unavailable != "" {
-				return fmt.Errorf("%s: %s", r.Mode.Name, r.Unavailable)
-			}
-		}
-		fmt.Fprint(w, t.Table().Markdown())
-	}
-	fmt.Fprintf(w, "(%s, %s)\n", res.Browser, res.Nginx)
-	return nil
 }

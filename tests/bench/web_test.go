@@ -144,7 +144,7 @@ func TestParseTiming(t *testing.T) {
 
 func TestWebTable(t *testing.T) {
 	tab := &WebTable{Profile: "geo", Runs: 3, Timeout: 90 * time.Second}
-	for _, m := range WebModes("splice") {
+	for _, m := range WebModes("splice", true) {
 		r := &WebRow{Mode: m, Load: map[string][]float64{}, TTFB: map[string][]float64{}, Errors: map[string][]string{}}
 		tab.Rows = append(tab.Rows, r)
 	}
