@@ -3,6 +3,7 @@ module github.com/pepsal/pepsal
 go 1.26.0
 
 require (
+	github.com/BurntSushi/toml v1.6.0
 	github.com/cilium/ebpf v0.22.0
 	github.com/google/nftables v0.3.0
 	github.com/prometheus/client_golang v1.25.0

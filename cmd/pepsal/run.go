@@ -25,6 +25,7 @@ import (
 )
 
 type runFlags struct {
+	config         string
 	policy         policyFlags
 	tuning         tuningFlags
 	peer           peerFlags
@@ -76,6 +77,7 @@ func runCmdInto(e *env, f *runFlags) *cobra.Command {
 	fl.StringVar(&f.controlGroup, "control-group", "", "members of group `NAME|GID` may ask the daemon (pepsal conns) besides root (default: root only)")
 	registerMaxConns(fl, &f.maxConns)
 	registerMaxConnsPerClient(fl, &f.perClient)
+	registerConfig(cmd, &f.config)
 	return cmd
 }
 

@@ -245,9 +245,16 @@ func TestUpgradeUnderChurn(t *testing.T) {
 // done gets the old daemon's exit.
 func startUpgradable(t *testing.T, ns *testbed.NS, env []string, args ...string) (old *exec.Cmd, installed string, done <-chan error) {
 	t.Helper()
+	old, installed, _, done = startUpgradableLog(t, ns, env, args...)
+	return old, installed, done
+}
+
+// startUpgradableLog is startUpgradable, and says where the log goes.
+func startUpgradableLog(t *testing.T, ns *testbed.NS, env []string, args ...string) (old *exec.Cmd, installed, logPath string, done <-chan error) {
+	t.Helper()
 	installed = filepath.Join(t.TempDir(), "pepsal")
 	copyFile(t, pepsalBin, installed)
-	logPath := filepath.Join(t.TempDir(), "pepsal.log")
+	logPath = filepath.Join(t.TempDir(), "pepsal.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
@@ -269,7 +276,7 @@ func startUpgradable(t *testing.T, ns *testbed.NS, env []string, args ...string)
 		}
 	})
 	waitFor(t, 15*time.Second, "the daemon serving", func() bool { return runCmdIn(ns, pepsalBin, "status").code == 0 })
-	return old, installed, exited
+	return old, installed, logPath, exited
 }
 
 // TestPeerGatewayUpgradeDropsNothing: a gateway's upgrade breaks none of

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 
@@ -100,12 +101,39 @@ func (r *run) takeInherited() error {
 	if in.V6 != nil {
 		r.listeners = append(r.listeners, slotListener{slotV6, in.V6})
 	}
-	if (r.metricsLn != nil) != (r.o.MetricsAddr != "") {
+	if (r.metricsLn != nil) != (r.o.MetricsAddr != "") || (r.metricsLn != nil && !sameAddr(r.metricsLn.Addr(), r.o.MetricsAddr)) {
 		in.Close()
 		r.closeControl()
 		return ErrUpgradeMetrics
 	}
+	if port := sockopt.AddrPort(in.V4.Addr()).Port(); int(port) != r.o.ListenPort {
+		in.Close()
+		r.closeControl()
+		return &UnchangeableError{Flag: "--listen-port", Was: strconv.Itoa(int(port)), Now: strconv.Itoa(r.o.ListenPort)}
+	}
 	return nil
+}
+
+// UnchangeableError: a reload asked to change what the new daemon takes
+// over from the running one (a listening socket): the running daemon
+// keeps serving with what it has; a restart applies it.
+type UnchangeableError struct {
+	Flag, Was, Now string
+}
+
+func (e *UnchangeableError) Error() string {
+	return fmt.Sprintf("%s cannot change at a reload (%s, now %s): the running daemon serves on; restart pepsal to apply it", e.Flag, e.Was, e.Now)
+}
+
+// sameAddr says whether a handed-over listener is bound where addr (a
+// flag's ADDR:PORT) asks; an address it cannot compare counts as the same.
+func sameAddr(bound net.Addr, addr string) bool {
+	want, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return true
+	}
+	got := sockopt.AddrPort(bound)
+	return got.Port() == want.Port() && (got.Addr().Unmap() == want.Addr().Unmap() || got.Addr().IsUnspecified() && want.Addr().IsUnspecified())
 }
 
 // closeControl closes the control socket and, unless this daemon handed
@@ -191,6 +219,11 @@ func listenGateway(o *Options, in *Inherited) (*peer.Gateway, error) {
 	}
 	var g *peer.Gateway
 	var err error
+	if handed != nil && !sameAddr(handed.Addr(), p.Listen) {
+		was := handed.Addr().String()
+		handed.Close()
+		return nil, &UnchangeableError{Flag: "--peer-listen", Was: was, Now: p.Listen}
+	}
 	if handed != nil {
 		g, err = peer.GatewayOn(handed, o.Tuning)
 		if err != nil {
