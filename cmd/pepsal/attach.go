@@ -31,18 +31,18 @@ func attachCmd(e *env) *cobra.Command {
 func attach(cmd *cobra.Command, e *env, p *policyFlags, f *forwardFlags, maxConns string) error {
 	cfg, err := p.config()
 	if err != nil {
-		return err
+		return usage(err)
 	}
 	if len(cfg.Ifaces) == 0 {
-		return fmt.Errorf("attach needs at least one --iface")
+		return usage(fmt.Errorf("attach needs at least one --iface"))
 	}
 	asked, err := parseMaxConns(maxConns)
 	if err != nil {
-		return err
+		return usage(err)
 	}
 	fwd, err := f.plan(cfg.Routing.Mark)
 	if err != nil {
-		return err
+		return usage(err)
 	}
 	if err := e.privileged(); err != nil {
 		return err

@@ -60,13 +60,24 @@ func untouchable(t *testing.T) *env {
 	}
 }
 
-// oneLine checks that r failed with one line "pepsal: ..." holding want, and
-// printed nothing else.
+// oneLine checks that r failed at run time (exit 1) with one line
+// "pepsal: ..." holding want, and printed nothing else.
 func oneLine(t *testing.T, r result, want string) {
 	t.Helper()
+	oneLineExit(t, r, 1, want)
+}
+
+// usageLine is oneLine for a command line that is wrong: exit 2.
+func usageLine(t *testing.T, r result, want string) {
+	t.Helper()
+	oneLineExit(t, r, 2, want)
+}
+
+func oneLineExit(t *testing.T, r result, code int, want string) {
+	t.Helper()
 	lines := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n")
-	if r.code != 1 || len(lines) != 1 || !strings.HasPrefix(lines[0], "pepsal: ") || !strings.Contains(lines[0], want) || r.stdout != "" {
-		t.Errorf("exit %d, stdout %q, stderr %q: want exit 1 and one line with %q", r.code, r.stdout, r.stderr, want)
+	if r.code != code || len(lines) != 1 || !strings.HasPrefix(lines[0], "pepsal: ") || !strings.Contains(lines[0], want) || r.stdout != "" {
+		t.Errorf("exit %d, stdout %q, stderr %q: want exit %d and one line with %q", r.code, r.stdout, r.stderr, code, want)
 	}
 }
 
@@ -130,7 +141,7 @@ func TestBadFlagsStopBeforeTheHost(t *testing.T) {
 		{[]string{"run", "--forward-filter=mirrored", "--server-mark", "-1"}, `invalid argument "-1" for "--server-mark"`},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
-			oneLine(t, pepsal(t, untouchable(t), c.args...), c.want)
+			usageLine(t, pepsal(t, untouchable(t), c.args...), c.want)
 		})
 	}
 }
@@ -162,7 +173,7 @@ func TestPeerKeyFileErrors(t *testing.T) {
 		{[]string{"--peer", "192.0.2.1:7700", "--peer-key", two}, "--peer-key " + two + " holds 2 keys: a terminal's key file holds its own, one `ID KEY` line"},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
-			oneLine(t, pepsal(t, untouchable(t), append([]string{"run"}, c.args...)...), c.want)
+			usageLine(t, pepsal(t, untouchable(t), append([]string{"run"}, c.args...)...), c.want)
 		})
 	}
 }
@@ -373,5 +384,24 @@ func TestHelpAndVersionOnStdout(t *testing.T) {
 		if r.code != 0 || r.stderr != "" || !strings.Contains(r.stdout, c.want) {
 			t.Errorf("%v: exit %d, stderr %q, stdout:\n%s\nwant %q in it", c.args, r.code, r.stderr, r.stdout, c.want)
 		}
+	}
+}
+
+// TestUsageExitCodes: a wrong command line exits 2 (an unknown command or
+// flag, arguments a command does not take, a flag's value refused),
+// failures at run time 1, status's "not serving" 3.
+func TestUsageExitCodes(t *testing.T) {
+	for _, args := range [][]string{
+		{"bogus"}, {"run", "--bogus"}, {"status", "extra"}, {"conns", "--json=maybe"},
+		{"explain", "10.0.0.1"}, {"explain", "nowhere", "192.0.2.1:80"}, {"run", "--max-conns", "0"},
+	} {
+		if r := pepsal(t, untouchable(t), args...); r.code != 2 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want 2 and one line", args, r.code, r.stdout, r.stderr)
+		}
+	}
+	e := untouchable(t)
+	e.query = func(string, any) error { return errors.New("no pepsal daemon in this network namespace") }
+	if r := pepsal(t, e, "conns"); r.code != 1 {
+		t.Errorf("conns without a daemon: exit %d, want 1", r.code)
 	}
 }

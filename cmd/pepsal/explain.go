@@ -44,7 +44,7 @@ func explainCmd(e *env) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			flow, err := parseFlow(args[0], args[1])
 			if err != nil {
-				return err
+				return usage(err)
 			}
 			flow.SynData = synData
 			rep, err := explainFlow(e, flow, iface)

@@ -27,7 +27,7 @@ func TestExplainBadInput(t *testing.T) {
 		{[]string{"explain", "--syn-data=maybe", "10.0.0.1", "192.0.2.1:80"}, `invalid argument "maybe" for "--syn-data"`},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
-			oneLine(t, pepsal(t, untouchable(t), c.args...), c.want)
+			usageLine(t, pepsal(t, untouchable(t), c.args...), c.want)
 		})
 	}
 }

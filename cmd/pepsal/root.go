@@ -4,9 +4,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/forwardfilter"
@@ -68,7 +70,40 @@ func newRoot(e *env) *cobra.Command {
 	registerCompletions(root)
 	// --version says what `pepsal version` says.
 	root.SetVersionTemplate(`{{printf "pepsal %s\n" .Version}}`)
+	markUsageErrors(root)
 	return root
+}
+
+// usageError is a command line that is wrong (an unknown flag or command,
+// a flag's value refused, arguments missing): exit 2, as getopt-style
+// tools do, so that a script tells it from a failure at run time (1).
+type usageError struct{ err error }
+
+func (u usageError) Error() string { return u.err.Error() }
+func (u usageError) Unwrap() error { return u.err }
+
+// usage marks err as a usage error (nil stays nil).
+func usage(err error) error {
+	if err == nil {
+		return nil
+	}
+	return usageError{err}
+}
+
+// markUsageErrors makes cobra's own refusals usage errors: flags it cannot
+// parse and arguments a command's Args refuses.
+func markUsageErrors(root *cobra.Command) {
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usage(err) })
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if args := c.Args; args != nil {
+			c.Args = func(cmd *cobra.Command, a []string) error { return usage(args(cmd, a)) }
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
 }
 
 // extraCommands are hidden commands that only some builds have (the man
@@ -98,8 +133,13 @@ type exitError struct {
 func (e exitError) Error() string { return e.msg }
 
 func exitCode(err error) int {
-	if e, ok := err.(exitError); ok {
+	var u usageError
+	switch e, ok := err.(exitError); {
+	case ok:
 		return e.code
+	case errors.As(err, &u), strings.HasPrefix(err.Error(), "unknown command "):
+		// cobra finds an unknown subcommand before any hook of ours runs.
+		return 2
 	}
 	return 1
 }

@@ -96,7 +96,7 @@ func run(cmd *cobra.Command, e *env, f *runFlags) error {
 	// Everything that can be checked is checked before anything is touched.
 	p, err := f.plan(cmd, e)
 	if err != nil {
-		return err
+		return usage(err)
 	}
 	if err := checkHost(e, p.cfg); err != nil {
 		return err
