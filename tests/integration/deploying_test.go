@@ -199,3 +199,40 @@ func TestDeployingDropIn(t *testing.T) {
 		t.Fatalf("systemd-analyze verify with the drop-in: %v\n%s", err, stderr.String())
 	}
 }
+
+// TestDeployingCredentialKey: a key laid out as systemd lays out a
+// LoadCredential= (exec-credential.c: a private directory on a read-only
+// tmpfs, the file root's, mode 0400) is taken by a terminal run with the
+// unit's capabilities only (no CAP_DAC_OVERRIDE), and the pool runs on it.
+func TestDeployingCredentialKey(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pepsal.service")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	mount := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			t.Fatalf("mount %v: %v\n%s", args, err, out)
+		}
+	}
+	mount("-t", "tmpfs", "-o", "mode=0700,size=1m", "tmpfs", dir)
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	key := filepath.Join(dir, "peer.key")
+	line := "site-1 " + strings.Repeat("k", 44) + "\n"
+	if err := os.WriteFile(key, []byte(line), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(key, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	mount("-o", "remount,ro", dir)
+
+	cfg := defaultSuite()
+	cfg.wrapper = setprivWith(serviceCaps(t))
+	b := newBed(t, cfg)
+	b.startPepsal("--iface", testbed.RouterClientIf, "--role", "terminal", "--peer", hostPort(testbed.ServerV4, 7700), "--peer-key", key)
+	info := b.daemonInfo()
+	if info.Peer == nil || info.Peer.Pool == nil {
+		t.Fatalf("the terminal runs no pool: %+v", info.Peer)
+	}
+}
