@@ -135,7 +135,7 @@ func checkMode(t *testing.T, path string, want os.FileMode) {
 // is forwarded unsplit instead.
 func TestDeployingFirewall(t *testing.T) {
 	b := newBed(t, defaultSuite())
-	countingServer(t, b.Server)
+	accepts := countingServer(t, b.Server)
 	nft(t, b.Router, strings.ReplaceAll(deployingBlock(t, "deploying-nft-terminal"), `"lan0"`, `"`+testbed.RouterClientIf+`"`))
 	b.startPepsal()
 	for _, f := range families {
@@ -160,7 +160,7 @@ func TestDeployingFirewall(t *testing.T) {
 	if out, err := b.Router.Command("nft", "delete", "rule", "inet", "filter", "input", "handle", strings.TrimSpace(handle)).CombinedOutput(); err != nil {
 		t.Fatalf("nft delete: %v\n%s", err, out)
 	}
-	before := b.daemonStatus()
+	before, served := b.daemonStatus(), accepts[openPort].Load()
 	for _, f := range families {
 		if c, err := dial(b.Client, hostPort(f.server, openPort), 2*time.Second); err == nil {
 			c.Close()
@@ -170,6 +170,9 @@ func TestDeployingFirewall(t *testing.T) {
 	after := b.daemonStatus()
 	if got := after.Daemon.Stats.Accepted - before.Daemon.Stats.Accepted; got != 0 {
 		t.Errorf("pepsal accepted %d connections whose SYNs the input hook drops", got)
+	}
+	if got := accepts[openPort].Load() - served; got != 0 {
+		t.Errorf("the server accepted %d connections: SYNs forwarded unsplit", got)
 	}
 	if got := after.counter("syn_diverted") - before.counter("syn_diverted"); got < 2 {
 		t.Errorf("syn_diverted grew by %d, want the dropped SYNs (at least one per family) diverted", got)
