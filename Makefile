@@ -145,6 +145,7 @@ install: build
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/default/pepsal ]; then echo "keeping $(DESTDIR)$(SYSCONFDIR)/default/pepsal"; \
 	else install -D -m 0644 cmd/pepsal/systemd/pepsal.env $(DESTDIR)$(SYSCONFDIR)/default/pepsal; fi
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -D -m 0644 DEPLOYING.md $(DESTDIR)$(DOCDIR)/DEPLOYING.md
 
 # make package: dist/pepsal_DEBVERSION_ARCH.deb for each of PKG_ARCHES,
 # cross-compiled without cgo (the BPF objects are embedded, little-endian

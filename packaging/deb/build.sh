@@ -46,6 +46,7 @@ install -D -m 0644 "$docs/completions/pepsal.fish" "$stage/usr/share/fish/vendor
 
 # README.md stays uncompressed: the unit's Documentation= and pepsal(8) name it.
 install -D -m 0644 "$src/README.md" "$stage$doc/README.md"
+install -D -m 0644 "$src/DEPLOYING.md" "$stage$doc/DEPLOYING.md" # README links to it
 install -D -m 0644 "$here/lintian-overrides" "$stage/usr/share/lintian/overrides/pepsal"
 "$here/copyright.sh" "$src" >"$stage$doc/copyright"
 chmod 0644 "$stage$doc/copyright"

@@ -128,6 +128,7 @@ func TestMakeInstall(t *testing.T) {
 		"usr/lib/systemd/system/pepsal.service": 0o644,
 		"etc/default/pepsal":                    0o644,
 		"usr/share/doc/pepsal/README.md":        0o644,
+		"usr/share/doc/pepsal/DEPLOYING.md":     0o644,
 	} {
 		st, err := os.Stat(filepath.Join(dest, path))
 		if err != nil {
