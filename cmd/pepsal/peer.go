@@ -80,7 +80,7 @@ func (p *peerFlags) config(cmd *cobra.Command) (daemon.PeerOptions, error) {
 	var ke *peer.KeyError
 	switch {
 	case errors.Is(err, peer.ErrNoKey):
-		return s, errors.New("--peer-key FILE is required with --peer and --peer-listen (make one: head -c 32 /dev/urandom > FILE; chmod 600 FILE)")
+		return s, errors.New("--peer-key FILE is required with --peer and --peer-listen (make one: (umask 077; head -c 32 /dev/urandom > FILE))")
 	case errors.As(err, &ke):
 		return s, fmt.Errorf("--peer-key%s", ke.Detail)
 	case err != nil:

@@ -13,7 +13,7 @@ import (
 )
 
 // ErrNoKey: warm paths need a pre-shared key file.
-var ErrNoKey = errors.New("a pre-shared key file is required for warm paths (make one: head -c 32 /dev/urandom > FILE; chmod 600 FILE)")
+var ErrNoKey = errors.New("a pre-shared key file is required for warm paths (make one: (umask 077; head -c 32 /dev/urandom > FILE))")
 
 // KeyError is a pre-shared key file that cannot serve: Error reads "peer key"
 // then Detail (": open ...: no such file", " /etc/k is not a regular file"),
