@@ -59,6 +59,13 @@ func TestReadmeBpftool(t *testing.T) {
 			t.Errorf("%s does not appear in the output:\n%s", name, r.stdout)
 		}
 	}
+	// `ls $PINS` lists names too: each program must also be shown by
+	// bpftool itself, which prints "name NAME".
+	for _, m := range regexp.MustCompile(`prog show name (pepsal_[a-z_]+)`).FindAllStringSubmatch(block, -1) {
+		if !strings.Contains(r.stdout, "name "+m[1]) {
+			t.Errorf("bpftool did not show program %s:\n%s", m[1], r.stdout)
+		}
+	}
 	// Every map the dumps show has BTF: bpftool prints its fields by name.
 	for _, field := range []string{`"pid"`, `"version"`, `"syn_diverted"`, `"mark"`} {
 		if !strings.Contains(r.stdout, field) {
