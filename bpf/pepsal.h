@@ -87,8 +87,12 @@ struct counters {
 	/* appended (layout 7) */
 	__u64 syn_data_untrusted;     /* SYN carrying data from outside --fastopen-from, where the listeners take data in SYNs: forwarded unsplit */
 	__u64 syn_bypass_source;      /* its client address holds --max-conns-per-client: fail open */
-	__u64 tune_iw_deferred;       /* client leg's initial window put off until the handshake completes (fast open child not from --fastopen-from) */
+	__u64 tune_iw_deferred;       /* client leg's initial window put off until the handshake completes (fast open child not from --fastopen-from, or any with --role auto: no RTT yet) */
 	__u64 tune_iw_late;           /* deferred initial window refused: the leg had sent data before the handshake completed */
+	/* appended (layout 8): --role auto */
+	__u64 tune_auto_iw;           /* initial window sized by the leg's handshake RTT (one BDP of the assumed rate) */
+	__u64 tune_auto_long;         /* leg long by its handshake RTT: the long legs' congestion control set */
+	__u64 tune_auto_no_rtt;       /* no handshake RTT measured (a SYN cookie's ACK): the kernel's initial window stays */
 };
 
 struct config {
@@ -122,8 +126,17 @@ struct source_key {
 
 /* Tuning of one leg of every split connection, applied by sock_ops. */
 struct leg_tuning {
-	__u32 init_cwnd; /* segments; 0: kernel default */
+	__u32 init_cwnd; /* segments; 0: kernel default, or by RTT (auto_rate) */
 	__u32 init_rwnd; /* segments; 0: kernel default */
+	/* --role auto: without init_cwnd, the initial window is one
+	 * bandwidth-delay product of this rate at the leg's handshake RTT
+	 * (bytes per millisecond; 0: off), within auto_min..auto_max segments */
+	__u32 auto_rate;
+	__u16 auto_min, auto_max;
+	/* a leg whose handshake RTT is at least this is long (microseconds):
+	 * it gets long_cc ("": keep the socket's) */
+	__u32 auto_long_us;
+	char long_cc[16];
 };
 
 enum leg {

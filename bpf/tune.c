@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* sock_ops: per-leg initial congestion and receive windows, which no socket
- * option can set. Attached to the root cgroup, it sees every TCP socket of
+ * option can set, and with --role auto the window and congestion control of
+ * each leg by its handshake round trip. Attached to the root cgroup, it sees every TCP socket of
  * the host and touches only pepsal's: accepted sockets of diverted flows
  * (found in pepsal_diverted), upstream sockets the daemon registered, and
  * the gateway's accepted warm connections from terminals (pepsal_peerport). */
@@ -11,6 +12,7 @@
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define SOL_TCP 6
+#define TCP_CONGESTION 13
 #define TCPHDR_SYN 0x02
 
 struct {
@@ -120,10 +122,48 @@ static __always_inline void defer_iw(struct bpf_sock_ops *ops)
 	COUNT(tune_iw_deferred);
 }
 
+/* by_rtt tunes a leg of --role auto by its handshake RTT: the initial
+ * window is one bandwidth-delay product of the assumed rate (a GEO leg
+ * starts where the gateway preset does, a LAN leg where the kernel does),
+ * never below the kernel's own; a long leg gets the long legs' congestion
+ * control. Window first: the congestion control paces by it at its init. */
+static __always_inline void by_rtt(struct bpf_sock_ops *ops, struct leg_tuning *t)
+{
+	__u64 rtt_us = ops->srtt_us >> 3, mss = ops->mss_cache, iw;
+	char cc[sizeof(t->long_cc)];
+
+	if (!rtt_us || !mss) {
+		COUNT(tune_auto_no_rtt);
+		return;
+	}
+	iw = rtt_us * t->auto_rate / 1000 / mss;
+	if (iw < t->auto_min)
+		iw = t->auto_min;
+	if (iw > t->auto_max)
+		iw = t->auto_max;
+	if (iw > ops->snd_cwnd) {
+		int w = iw;
+
+		if (bpf_setsockopt(ops, SOL_TCP, TCP_BPF_IW, &w, sizeof(w)))
+			COUNT(tune_failed);
+		else
+			COUNT(tune_auto_iw);
+	}
+	if (!t->long_cc[0] || rtt_us < t->auto_long_us)
+		return;
+	__builtin_memcpy(cc, t->long_cc, sizeof(cc));
+	cc[sizeof(cc) - 1] = 0;
+	if (bpf_setsockopt(ops, SOL_TCP, TCP_CONGESTION, cc, sizeof(cc)))
+		COUNT(tune_failed);
+	else
+		COUNT(tune_auto_long);
+}
+
 /* iw_after_handshake: the first state change of a deferred leg. Into
- * ESTABLISHED (the client's ACK proved its address) the window is set,
- * unless the leg already sent data (TCP_BPF_IW refuses then); any other
- * (the handshake never completed) drops it. */
+ * ESTABLISHED (the client's ACK proved its address, and measured the
+ * round trip) the window is set, unless the leg already sent data
+ * (TCP_BPF_IW refuses then); any other (the handshake never completed)
+ * drops it. */
 static __always_inline void iw_after_handshake(struct bpf_sock_ops *ops)
 {
 	__u64 cookie = bpf_get_socket_cookie(ops);
@@ -138,8 +178,13 @@ static __always_inline void iw_after_handshake(struct bpf_sock_ops *ops)
 	if (ops->args[1] != BPF_TCP_ESTABLISHED)
 		return;
 	t = bpf_map_lookup_elem(&pepsal_tuning, &which);
-	if (!t || !t->init_cwnd)
+	if (!t)
 		return;
+	if (!t->init_cwnd) {
+		if (t->auto_rate)
+			by_rtt(ops, t);
+		return;
+	}
 	iw = t->init_cwnd;
 	if (bpf_setsockopt(ops, SOL_TCP, TCP_BPF_IW, &iw, sizeof(iw)))
 		COUNT(tune_iw_late);
@@ -152,7 +197,7 @@ int pepsal_tune(struct bpf_sock_ops *ops)
 {
 	struct leg_tuning *t;
 	__u32 which;
-	int passive, l, trusted = 0;
+	int passive, l, trusted = 0, tfo_child;
 
 	switch (ops->op) {
 	case BPF_SOCK_OPS_RWND_INIT:
@@ -187,14 +232,19 @@ int pepsal_tune(struct bpf_sock_ops *ops)
 		}
 		return 1;
 	}
-	if (!t->init_cwnd)
-		return 1;
 	/* Established on a SYN: a fast-open child, whose handshake has not
 	 * completed (an ordinary child's skb is the client's ACK). */
-	if (ops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && (ops->skb_tcp_flags & TCPHDR_SYN) && !trusted) {
-		defer_iw(ops);
-		return 1;
+	tfo_child = ops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && (ops->skb_tcp_flags & TCPHDR_SYN);
+	if (t->init_cwnd) {
+		if (tfo_child && !trusted)
+			defer_iw(ops);
+		else
+			set_iw(ops, t->init_cwnd);
+	} else if (t->auto_rate) {
+		if (tfo_child) /* no round trip measured yet */
+			defer_iw(ops);
+		else
+			by_rtt(ops, t);
 	}
-	set_iw(ops, t->init_cwnd);
 	return 1;
 }

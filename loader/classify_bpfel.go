@@ -77,6 +77,9 @@ type classifyCounters struct {
 	SynBypassSource      uint64
 	TuneIwDeferred       uint64
 	TuneIwLate           uint64
+	TuneAutoIw           uint64
+	TuneAutoLong         uint64
+	TuneAutoNoRtt        uint64
 }
 
 type classifyDivertInfo struct {

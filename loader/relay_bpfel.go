@@ -58,6 +58,9 @@ type relayCounters struct {
 	SynBypassSource      uint64
 	TuneIwDeferred       uint64
 	TuneIwLate           uint64
+	TuneAutoIw           uint64
+	TuneAutoLong         uint64
+	TuneAutoNoRtt        uint64
 }
 
 type relayRelayDir struct {

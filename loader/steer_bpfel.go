@@ -71,6 +71,9 @@ type steerCounters struct {
 	SynBypassSource      uint64
 	TuneIwDeferred       uint64
 	TuneIwLate           uint64
+	TuneAutoIw           uint64
+	TuneAutoLong         uint64
+	TuneAutoNoRtt        uint64
 }
 
 type steerDivertInfo struct {

@@ -71,6 +71,9 @@ type tuneCounters struct {
 	SynBypassSource      uint64
 	TuneIwDeferred       uint64
 	TuneIwLate           uint64
+	TuneAutoIw           uint64
+	TuneAutoLong         uint64
+	TuneAutoNoRtt        uint64
 }
 
 type tuneDivertInfo struct {
@@ -103,9 +106,14 @@ type tuneIfaceState struct {
 }
 
 type tuneLegTuning struct {
-	_        structs.HostLayout
-	InitCwnd uint32
-	InitRwnd uint32
+	_          structs.HostLayout
+	InitCwnd   uint32
+	InitRwnd   uint32
+	AutoRate   uint32
+	AutoMin    uint16
+	AutoMax    uint16
+	AutoLongUs uint32
+	LongCc     [16]int8
 }
 
 // Names of all BPF objects in the ELF.

@@ -117,7 +117,7 @@ func TestBadFlagsStopBeforeTheHost(t *testing.T) {
 		{[]string{"run", "--log-level", "loud"}, `bad --log-level "loud"`},
 		{[]string{"run", "--log-format", "xml"}, `bad --log-format "xml": want text or json`},
 		{[]string{"run", "--control-group", "no-such-group-here"}, `bad --control-group "no-such-group-here"`},
-		{[]string{"run", "--role", "satellite"}, `--role must be gateway or terminal, not "satellite"`},
+		{[]string{"run", "--role", "satellite"}, `--role must be auto, gateway, terminal or none, not "satellite"`},
 		{[]string{"run", "--client-mss", "5"}, "--client-mss 5 is out of range (88-65495)"},
 		{[]string{"run", "--peer-pool", "5"}, "--peer-pool needs --peer (terminal) or --peer-listen (gateway)"},
 		{[]string{"run", "--peer", "192.0.2.1"}, `bad --peer "192.0.2.1"`},

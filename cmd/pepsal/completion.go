@@ -26,8 +26,10 @@ var flagValues = map[string]func() []string{
 	},
 	"role": func() []string {
 		return []string{
+			tuning.Auto.String() + "\teach leg by its handshake round trip (default)",
 			tuning.Gateway.String() + "\tclients are across the satellite link",
 			tuning.Terminal.String() + "\tservers are across the satellite link",
+			tuning.NoRole.String() + "\tLinux's defaults on both legs",
 		}
 	},
 	"forward-filter": func() []string {

@@ -64,7 +64,7 @@ func TestCompletionValues(t *testing.T) {
 	}{
 		{[]string{"run", "--relay", ""}, []string{"splice", "sockmap"}},
 		{[]string{"run", "--relay", "so"}, []string{"sockmap"}},
-		{[]string{"run", "--role", ""}, []string{"gateway", "terminal"}},
+		{[]string{"run", "--role", ""}, []string{"auto", "gateway", "terminal", "none"}},
 		{[]string{"run", "--log-level", ""}, []string{"debug", "info", "warn", "error"}},
 		{[]string{"run", "--forward-filter", ""}, []string{"check", "mirrored", "ignore"}},
 		{[]string{"run", "--log-format", ""}, []string{"text", "json"}},

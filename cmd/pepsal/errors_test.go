@@ -40,7 +40,7 @@ func TestFlagNamesInErrors(t *testing.T) {
 		err  error
 		want string
 	}{
-		{roleErr, `--role must be gateway or terminal, not "satellite"`},
+		{roleErr, `--role must be auto, gateway, terminal or none, not "satellite"`},
 		{legErr(tuning.Leg{MSS: 5}), "--client-mss 5 is out of range (88-65495)"},
 		{legErr(tuning.Leg{SndBuf: -1}), "--client buffer sizes must not be negative"},
 		{legErr(tuning.Leg{InitCwnd: 5000}), "--client-initcwnd must be <= 4096 and initrwnd <= 65535"},

@@ -175,6 +175,9 @@ func (f *runFlags) plan(cmd *cobra.Command, e *env) (runPlan, error) {
 	if err != nil {
 		return runPlan{}, err
 	}
+	if err := tun.ByRTT.Available(); err != nil {
+		log.Warn("--role auto: " + err.Error())
+	}
 	return runPlan{cfg: cfg, asked: asked, fwd: fwd, perClient: perClient, opts: daemon.Options{
 		Tuning:         tun,
 		Role:           f.tuning.role,

@@ -87,7 +87,7 @@ func TestStatusPolicyText(t *testing.T) {
 func TestStatusRoleText(t *testing.T) {
 	var b strings.Builder
 	printRole(&b, &report.DaemonInfo{Version: "dev", Presets: []string{"client leg: Linux defaults"}})
-	want := "version:   dev\nrole:      none (--role not given)\npreset:    client leg: Linux defaults\n"
+	want := "version:   dev\nrole:      none\npreset:    client leg: Linux defaults\n"
 	if b.String() != want {
 		t.Errorf("got %q, want %q", b.String(), want)
 	}

@@ -58,7 +58,7 @@ func printPolicy(w io.Writer, p *report.PolicyReport) {
 func printRole(w io.Writer, d *report.DaemonInfo) {
 	role := d.Role
 	if role == "" {
-		role = "none (--role not given)"
+		role = "none"
 	}
 	fmt.Fprintf(w, "version:   %s\n", d.Version)
 	fmt.Fprintf(w, "role:      %s\n", role)

@@ -34,7 +34,7 @@ type legFlags struct {
 
 func (t *tuningFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&t.role, "role", "", "preset for the long (satellite) leg: gateway (clients are across the link) or terminal (servers are)")
+	f.StringVar(&t.role, "role", tuning.Auto.String(), "preset for the long (satellite) leg: auto (each leg by its handshake round trip: initial window one BDP of 20 Mbit/s, bbr from 150 ms), gateway (clients are across the link), terminal (servers are) or none (Linux's defaults)")
 	f.BoolVar(&t.fastOpen, "fastopen", false, "TCP Fast Open without cookies, for the link between two pepsals: dial with the client's first bytes in the SYN, accept data in SYNs (enables the server bit of net.ipv4.tcp_fastopen, restored at exit)")
 	f.StringArrayVar(&t.fastOpenFrom, "fastopen-from", nil, "take data in SYNs (fast open, --role gateway or --fastopen) only from this prefix, e.g. the terminals' link 192.0.2.0/24 (repeatable; default: from nowhere, a SYN with data from anywhere else is forwarded unsplit: its source is not proven)")
 	f.DurationVar(&t.fastOpenWait, "fastopen-wait", 20*time.Millisecond, "how long to wait for a client's first bytes to put them in the upstream SYN")

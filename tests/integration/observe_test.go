@@ -134,7 +134,7 @@ func TestExplainMatchesClassifier(t *testing.T) {
 	}
 	b.startPepsal("--iface", testbed.RouterClientIf, "--ports", "8080", "--exclude", testbed.ServerV4+"/32", "--deny", deniedV6+"/128")
 	text := b.pepsal("status")
-	for _, want := range []string{"\nports:     8080\n", "\nexclude:   " + testbed.ServerV4 + "/32\n", "\nrole:      none", "\ndeny:      " + deniedV6 + "/128\n"} {
+	for _, want := range []string{"\nports:     8080\n", "\nexclude:   " + testbed.ServerV4 + "/32\n", "\nrole:      auto\npreset:    client leg: bbr if its handshake RTT is 150ms or more", "\ndeny:      " + deniedV6 + "/128\n"} {
 		if !strings.Contains(text.stdout, want) {
 			t.Errorf("status text lacks %q:\n%s", want, text.stdout)
 		}

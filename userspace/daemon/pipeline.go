@@ -13,6 +13,7 @@ import (
 	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/relay"
 	"github.com/pepsal/pepsal/userspace/report"
+	"github.com/pepsal/pepsal/userspace/tuning"
 )
 
 // buildPipeline makes the pipeline that serves the proxy's listeners, with
@@ -38,14 +39,13 @@ func (r *run) buildPipeline() error {
 	}
 	if k.Tuner != nil {
 		r.atEnd(func() { k.Tuner.Close() })
-		if err := k.Tuner.SetLegs(
-			loader.LegTuning{InitCwnd: o.Tuning.Client.InitCwnd, InitRwnd: o.Tuning.Client.InitRwnd},
-			loader.LegTuning{InitCwnd: o.Tuning.Server.InitCwnd, InitRwnd: o.Tuning.Server.InitRwnd},
-		); err != nil {
+		if err := k.Tuner.SetLegs(legTuning(o.Tuning.Client, o.Tuning.ByRTT), legTuning(o.Tuning.Server, o.Tuning.ByRTT)); err != nil {
 			return err
 		}
 	} else if o.Tuning.Client.InitCwnd+o.Tuning.Client.InitRwnd+o.Tuning.Server.InitCwnd+o.Tuning.Server.InitRwnd > 0 {
 		return ErrNoSockOps
+	} else if o.Tuning.ByRTT.On() {
+		r.log.Warn("no sock_ops program (no cgroup v2 here): legs are not tuned by their round trips, Linux's defaults apply")
 	}
 	p.SetPipeLimit(relay.PipeLimit(o.MaxConns))
 	r.admission = proxy.NewAdmission(o.MaxConns, r.setFull, r.log)
@@ -121,4 +121,23 @@ func (r *run) peerStats() *report.PeerStats {
 		ps.Gateway = &st
 	}
 	return &ps
+}
+
+// legTuning is what sock_ops applies to one leg: its own windows, or with
+// ByRTT on and no window of its own, the window by its round trip; the long
+// legs' congestion control only where the leg sets none of its own.
+func legTuning(l tuning.Leg, b tuning.ByRTT) loader.LegTuning {
+	lt := loader.LegTuning{InitCwnd: l.InitCwnd, InitRwnd: l.InitRwnd}
+	if !b.On() {
+		return lt
+	}
+	lt.AutoRate = b.Rate / 1000 // bytes per millisecond
+	lt.AutoMin, lt.AutoMax = b.MinWindow, b.MaxWindow
+	lt.AutoLongUs = uint32(b.LongRTT.Microseconds())
+	if l.CC == "" {
+		for i := 0; i < len(b.LongCC) && i < len(lt.LongCc)-1; i++ {
+			lt.LongCc[i] = int8(b.LongCC[i])
+		}
+	}
+	return lt
 }

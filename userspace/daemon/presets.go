@@ -13,7 +13,7 @@ import (
 // Presets says in words what the legs are tuned to (the role's preset and
 // the flags over it), one line per leg and one for fast open, for status.
 func Presets(t tuning.Tuning) []string {
-	out := []string{"client leg: " + legText(t.Client), "server leg: " + legText(t.Server)}
+	out := []string{"client leg: " + legText(t.Client, t.ByRTT), "server leg: " + legText(t.Server, t.ByRTT)}
 	var fo []string
 	if t.FastOpen.Accept {
 		fo = append(fo, "accepted")
@@ -30,13 +30,17 @@ func Presets(t tuning.Tuning) []string {
 // legText is one leg's settings that differ from Linux's defaults; the
 // keepalive and user timeout, the same on both legs whatever the role, are
 // left out.
-func legText(l tuning.Leg) string {
+func legText(l tuning.Leg, b tuning.ByRTT) string {
 	var parts []string
 	if l.CC != "" {
 		parts = append(parts, l.CC)
+	} else if b.On() && b.LongCC != "" {
+		parts = append(parts, fmt.Sprintf("%s if its handshake RTT is %s or more", b.LongCC, b.LongRTT))
 	}
 	if l.InitCwnd > 0 {
 		parts = append(parts, fmt.Sprintf("initcwnd %d", l.InitCwnd))
+	} else if b.On() {
+		parts = append(parts, fmt.Sprintf("initcwnd one BDP of %s at its handshake RTT (%d-%d segments)", rateText(b.Rate), b.MinWindow, b.MaxWindow))
 	}
 	if l.InitRwnd > 0 {
 		parts = append(parts, fmt.Sprintf("initrwnd %d", l.InitRwnd))
@@ -60,6 +64,18 @@ func legText(l tuning.Leg) string {
 		return "Linux defaults"
 	}
 	return strings.Join(parts, ", ")
+}
+
+// rateText is bytes per second as bits: 20 Mbit/s.
+func rateText(bytesPerSec uint32) string {
+	bits := float64(bytesPerSec) * 8
+	switch {
+	case bits >= 1e9:
+		return fmt.Sprintf("%g Gbit/s", bits/1e9)
+	case bits >= 1e6:
+		return fmt.Sprintf("%g Mbit/s", bits/1e6)
+	}
+	return fmt.Sprintf("%g kbit/s", bits/1e3)
 }
 
 func prefixTexts(ps []netip.Prefix) []string {

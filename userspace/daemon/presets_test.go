@@ -27,9 +27,38 @@ func TestPresets(t *testing.T) {
 			"server leg: Linux defaults", "fast open: accepted"}},
 		{custom, []string{"client leg: Linux defaults", "server leg: cubic, sndbuf 512KiB, rcvbuf 1000, mss 1400, nodelay off",
 			"fast open: dialed (waits 20ms for the request)"}},
+		{tuning.Auto.Tuning(), []string{
+			"client leg: bbr if its handshake RTT is 150ms or more, initcwnd one BDP of 20 Mbit/s at its handshake RTT (10-1000 segments)",
+			"server leg: bbr if its handshake RTT is 150ms or more, initcwnd one BDP of 20 Mbit/s at its handshake RTT (10-1000 segments)",
+			"fast open: off"}},
+		{tuning.Tuning{Client: tuning.Leg{CC: "cubic", InitCwnd: 30}, ByRTT: tuning.AutoByRTT}, []string{
+			"client leg: cubic, initcwnd 30",
+			"server leg: bbr if its handshake RTT is 150ms or more, initcwnd one BDP of 20 Mbit/s at its handshake RTT (10-1000 segments)",
+			"fast open: off"}},
 	} {
 		if got := Presets(c.t); !reflect.DeepEqual(got, c.want) {
 			t.Errorf("Presets = %q, want %q", got, c.want)
 		}
+	}
+}
+
+// TestLegTuning: what the sock_ops program is given for a leg: the leg's
+// own window and congestion control win over the ones by round trip.
+func TestLegTuning(t *testing.T) {
+	lt := legTuning(tuning.Leg{}, tuning.AutoByRTT)
+	if lt.InitCwnd != 0 || lt.AutoRate != 2500 || lt.AutoMin != 10 || lt.AutoMax != 1000 || lt.AutoLongUs != 150000 || lt.LongCc[0] != 'b' || lt.LongCc[3] != 0 {
+		t.Errorf("auto leg: %+v", lt)
+	}
+	own := legTuning(tuning.Leg{CC: "cubic", InitCwnd: 40, InitRwnd: 50}, tuning.AutoByRTT)
+	if own.InitCwnd != 40 || own.InitRwnd != 50 || own.LongCc[0] != 0 || own.AutoRate != 2500 {
+		t.Errorf("leg with its own settings: %+v", own)
+	}
+	if off := legTuning(tuning.Leg{InitCwnd: 7}, tuning.ByRTT{}); off.AutoRate != 0 || off.LongCc[0] != 0 || off.InitCwnd != 7 {
+		t.Errorf("no auto: %+v", off)
+	}
+	long := tuning.AutoByRTT
+	long.LongCC = "a-name-longer-than-fifteen"
+	if lt := legTuning(tuning.Leg{}, long); lt.LongCc[15] != 0 {
+		t.Errorf("a long name must leave the C string terminated: %v", lt.LongCc)
 	}
 }

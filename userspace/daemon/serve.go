@@ -63,6 +63,7 @@ func (r *run) announce() error {
 	}
 	log.Info("serving", "ifaces", strings.Join(names, ","), "relay", r.relay, "listeners", strings.Join(r.addrs, ","), "pin_dir", r.k.PinDir,
 		"max_conns", o.MaxConns, "low_water", r.admission.Low, "max_conns_from", o.MaxConnsFrom, "fd_limit", o.FDBudget.Limit, "max_conns_per_client", o.MaxConnsPerClient)
+	log.Info("presets in force", "role", o.Role, "legs", strings.Join(Presets(o.Tuning), "; "))
 	if b := o.FDBudget; b.TightFDs {
 		log.Warn("the fd limit is tight: accept queues and splice pipes shortened to fit it; raise it (systemd LimitNOFILE=, prlimit --nofile) for more connections",
 			"fd_limit", b.Limit, "max_conns", o.MaxConns, "backlog", b.Backlog, "splice_pipes", relay.PipeLimit(o.MaxConns))

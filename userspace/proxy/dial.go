@@ -24,6 +24,7 @@ type Dialer struct {
 	Timeout     time.Duration // of a connect
 	Server      tuning.Leg    // the server leg's tuning
 	Tuner       UpstreamTuner // nil: no sock_ops (initial windows untouched)
+	ByRTT       bool          // sock_ops tunes server legs by their round trips (--role auto)
 	Transparent bool          // dial a client's flow from the client's address and port
 	// Mark is the socket mark (SO_MARK) of client flows' server legs, for
 	// the operator's output-hook rules (--server-mark); 0: none. pepsal's
@@ -145,9 +146,9 @@ func (d *Dialer) setupUpstream(fd int, network string, from netip.AddrPort, tos,
 			return 0, err
 		}
 	}
-	// Only the initial windows need sock_ops to know a socket is a server
-	// leg; every other option is set above.
-	if d.Tuner == nil || (d.Server.InitCwnd == 0 && d.Server.InitRwnd == 0) {
+	// Only the initial windows and the tuning by round trip need sock_ops
+	// to know a socket is a server leg; every other option is set above.
+	if d.Tuner == nil || (d.Server.InitCwnd == 0 && d.Server.InitRwnd == 0 && !d.ByRTT) {
 		return 0, nil
 	}
 	if cookie, err = sockopt.CookieFD(fd); err != nil {

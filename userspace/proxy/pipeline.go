@@ -67,7 +67,7 @@ type Config struct {
 // NewPipeline prepares a pipeline serving the given proxy listeners.
 func NewPipeline(listeners []*net.TCPListener, cfg Config) *Pipeline {
 	log := cfg.Log
-	d := &Dialer{Timeout: cfg.ConnectTimeout, Server: cfg.Tuning.Server, Tuner: cfg.Tuner, Transparent: cfg.Transparent, Mark: cfg.Mark, Log: log,
+	d := &Dialer{Timeout: cfg.ConnectTimeout, Server: cfg.Tuning.Server, Tuner: cfg.Tuner, ByRTT: cfg.Tuning.ByRTT.On(), Transparent: cfg.Transparent, Mark: cfg.Mark, Log: log,
 		tuneLog: logx.RateLog{Period: 5 * time.Second}}
 	p := &Pipeline{Upstream: FastOpen{Direct{Dialer: d}}, Dialer: d, Table: NewTable(), Log: log, tuning: cfg.Tuning, diverted: cfg.Diverted,
 		listeners: listeners, own: map[netip.AddrPort]bool{}, dest: cfg.Dest,

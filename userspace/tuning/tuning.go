@@ -63,6 +63,53 @@ type Tuning struct {
 	Client   Leg // accepted sockets, facing the client
 	Server   Leg // dialed sockets, facing the server
 	FastOpen FastOpen
+	// ByRTT tunes both legs by their handshake round trips (the sock_ops
+	// program), where a leg's own InitCwnd or CC is not set.
+	ByRTT ByRTT
+}
+
+// ByRTT is a leg's tuning from its handshake RTT, which only the sock_ops
+// program sees in time: the initial window is one bandwidth-delay product
+// of Rate at that RTT, within MinWindow..MaxWindow segments (never below the
+// kernel's own), and a leg whose RTT is at least LongRTT gets LongCC. The
+// zero value is off.
+type ByRTT struct {
+	Rate                 uint32 // bytes per second
+	MinWindow, MaxWindow uint16 // segments
+	LongRTT              time.Duration
+	LongCC               string
+}
+
+// Available drops LongCC when the kernel does not have it, even after
+// being asked to load its module, and says so: the default role must start
+// on any kernel, its long legs then keep the kernel's congestion control.
+func (b *ByRTT) Available() error {
+	if b.LongCC == "" {
+		return nil
+	}
+	avail, err := availableCC(b.LongCC)
+	if err == nil && strings.Contains(" "+avail+" ", " "+b.LongCC+" ") {
+		return nil
+	}
+	cc := b.LongCC
+	b.LongCC = ""
+	if err != nil {
+		return fmt.Errorf("long legs keep the kernel's congestion control, not %s: %w", cc, err)
+	}
+	return fmt.Errorf("long legs keep the kernel's congestion control: %s is not available (available: %s)", cc, avail)
+}
+
+// On says whether legs are tuned by their round trips.
+func (b ByRTT) On() bool { return b.Rate > 0 }
+
+// Window is the initial window ByRTT gives a leg of this RTT and MSS, in
+// segments, as the sock_ops program computes it (for status and tests).
+func (b ByRTT) Window(rtt time.Duration, mss int) int {
+	if !b.On() || rtt <= 0 || mss <= 0 {
+		return 0
+	}
+	w := int(uint64(rtt.Microseconds()) * uint64(b.Rate) / 1000 / 1000 / uint64(mss))
+	return min(max(w, int(b.MinWindow)), int(b.MaxWindow))
 }
 
 // LegError is a leg setting out of range. Field names the setting ("cc",
