@@ -94,3 +94,23 @@ func TestEnsureReferenceAbsent(t *testing.T) {
 		t.Errorf("a missing PEPSAL_REFERENCE_BIN: %q, %q", bin, why)
 	}
 }
+
+// TestWebTableNotRun: a reference peer that is not there is "not run" with
+// its reason; one that failed to start stays "unavailable".
+func TestWebTableNotRun(t *testing.T) {
+	_, web := fixtureResults()
+	tab := web.Tables[0]
+	tab.Rows[3].Unavailable = notRun + "../shared/reference absent (PEPSAL_BENCH_REF_SRC)"
+	tab.Rows[4].Unavailable = "QPEP server not listening on udp 1443"
+	md := strings.Join(strings.Fields(tab.Table().Markdown()), " ")
+	for _, want := range []string{
+		"| PEPsal 2.0.2, gateway | not run | not run | not run | not run |",
+		"- PEPsal 2.0.2, gateway: not run: ../shared/reference absent",
+		"| QPEP 0.7.1, terminal + gateway | unavailable |",
+		"- QPEP 0.7.1, terminal + gateway unavailable: QPEP server not listening",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("table lacks %q:\n%s", want, md)
+		}
+	}
+}

@@ -200,7 +200,7 @@ func (b *webBed) start(ctx context.Context, cfg Config, peers Peers, relay strin
 		return waitWarm(ctx, b.daemons)
 	case webRef:
 		if peers.PEPsal == "" {
-			return errors.New(peers.PEPsalMissing)
+			return errors.New(notRun + peers.PEPsalMissing)
 		}
 		d, err := StartReference(ctx, peers.PEPsal, sites[0])
 		if err != nil {
@@ -209,7 +209,7 @@ func (b *webBed) start(ctx context.Context, cfg Config, peers Peers, relay strin
 		b.daemons = append(b.daemons, d)
 	case webQPEP:
 		if peers.QPEP == "" {
-			return errors.New(peers.QPEPMissing)
+			return errors.New(notRun + peers.QPEPMissing)
 		}
 		gw, term := sites[0], sites[1]
 		// QPEP panics without a default route where it runs.

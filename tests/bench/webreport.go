@@ -11,6 +11,10 @@ import (
 	"github.com/pepsal/pepsal/tests/linkemu"
 )
 
+// notRun starts the reason of a reference peer's row when the peer is not
+// there to run (no ../shared/reference, no binary).
+const notRun = "not run: "
+
 // Table renders medians with the speed-up over "no proxy".
 func (t *WebTable) Table() Table {
 	tab := Table{Title: fmt.Sprintf("### %s, page load in Chromium (%s)", t.Profile, strings.Replace(medianOf(t.Runs), "run", "load", 1))}
@@ -32,11 +36,16 @@ func (t *WebTable) Table() Table {
 	for _, r := range t.Rows {
 		line := []string{r.Mode.Name}
 		if r.Unavailable != "" {
+			// A reference peer that was not there is "not run", one that did not start "unavailable".
+			cell, note := "unavailable", fmt.Sprintf("%s unavailable: %s", r.Mode.Name, r.Unavailable)
+			if strings.HasPrefix(r.Unavailable, notRun) {
+				cell, note = "not run", r.Mode.Name+": "+r.Unavailable
+			}
 			for range len(tab.Header) - 1 {
-				line = append(line, "unavailable")
+				line = append(line, cell)
 			}
 			tab.Rows = append(tab.Rows, line)
-			tab.Notes = append(tab.Notes, fmt.Sprintf("%s unavailable: %s", r.Mode.Name, r.Unavailable))
+			tab.Notes = append(tab.Notes, note)
 			continue
 		}
 		for _, p := range WebProtos {
