@@ -114,3 +114,21 @@ func TestWebTableNotRun(t *testing.T) {
 		}
 	}
 }
+
+// TestCommittedReport: the committed BENCHMARKS.md is the generator's
+// (its opening line and its How to run and Method, word for word), so a
+// change to either is made in report.go, not by hand in the file.
+func TestCommittedReport(t *testing.T) {
+	b, err := os.ReadFile("../../BENCHMARKS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := string(b)
+	if !strings.Contains(md, method) {
+		t.Error("BENCHMARKS.md's How to run and Method differ from report.go's: change report.go (and copy its text, or run make bench)")
+	}
+	gen := Report(Config{}, SystemInfo{}, Results{ChartDir: ChartDir})
+	if first := gen[:strings.Index(gen, "\n\nMeasured")]; !strings.HasPrefix(md, first) {
+		t.Errorf("BENCHMARKS.md does not open with the generator's %q", first)
+	}
+}
