@@ -36,14 +36,7 @@ func (t *WebTable) Table() Table {
 	for _, r := range t.Rows {
 		line := []string{r.Mode.Name}
 		if r.Unavailable != "" {
-			// A reference peer that was not there is "not run", one that did not start "unavailable".
-			cell, note := "unavailable", fmt.Sprintf("%s unavailable: %s", r.Mode.Name, r.Unavailable)
-			if strings.HasPrefix(r.Unavailable, notRun) {
-				cell, note = "not run", r.Mode.Name+": "+r.Unavailable
-			}
-			for range len(tab.Header) - 1 {
-				line = append(line, cell)
-			}
+			line, note := r.unavailable(len(tab.Header) - 1)
 			tab.Rows = append(tab.Rows, line)
 			tab.Notes = append(tab.Notes, note)
 			continue
@@ -96,6 +89,21 @@ func (t *WebTable) Table() Table {
 		tab.Notes = append(tab.Notes, fmt.Sprintf("a load without its load event after %s is stopped and counts as longer than that in the median", t.Timeout))
 	}
 	return tab
+}
+
+// unavailable is the line and the note of a row that did not run: a
+// reference peer that was not there is "not run", one that did not start
+// "unavailable".
+func (r *WebRow) unavailable(cols int) (line []string, note string) {
+	cell, note := "unavailable", fmt.Sprintf("%s unavailable: %s", r.Mode.Name, r.Unavailable)
+	if strings.HasPrefix(r.Unavailable, notRun) {
+		cell, note = "not run", r.Mode.Name+": "+r.Unavailable
+	}
+	line = []string{r.Mode.Name}
+	for range cols {
+		line = append(line, cell)
+	}
+	return line, note
 }
 
 // intro is the page-load section's text before its charts and tables: the
