@@ -185,7 +185,7 @@ cannot be drawn is an error and nothing is written. ` + "`" + AnalysisFile + "`"
 | ` + "`PEPSAL_BENCH_ARGS`" + ` | see below | replaces the arguments after ` + "`pepsal run --iface IF --relay M`" + ` at every site |
 | ` + "`PEPSAL_BENCH_TERMINAL_ARGS`" + ` | ` + "`PEPSAL_BENCH_ARGS`" + ` | instead, for the terminal of the two-PEP bed (set and empty: no arguments) |
 | ` + "`PEPSAL_BENCH_WARM_PATHS`" + ` | 1 | 0: the two-PEP bed runs the roles without warm paths, and no key is made |
-| ` + "`PEPSAL_REFERENCE_BIN`" + ` | built | a PEPsal 2.x binary for the reference rows (TPROXY recipe; installs iptables if missing); by default built like QPEP (below) |
+| ` + "`PEPSAL_REFERENCE_BIN`" + ` | built | a PEPsal 2.x binary for the reference rows (TPROXY recipe; installs iptables if missing); by default built like QPEP (below) for the satellite and page-load tables; relay efficiency has its row only when this is set |
 | ` + "`PEPSAL_BENCH_TIMEOUT`" + ` | 90s (quick: 30s) | a transfer still running then is stopped and shown as "> 90 s" |
 | ` + "`PEPSAL_BENCH_PARTS`" + ` | ` + "`satellite efficiency web`" + ` | which parts to run; ` + "`veth`" + ` is efficiency without the memory test, ` + "`web`" + ` the page loads in Chromium |
 | ` + "`PEPSAL_BENCH_QPEP_BIN`" + ` | built | a QPEP binary for the page-load rows; by default built (with PEPsal 2.0.2) from ` + "`PEPSAL_BENCH_REF_SRC`" + ` (` + "`../shared/reference`" + `) into ` + "`PEPSAL_BENCH_REF_CACHE`" + ` (` + "`/var/cache/pepsal-bench-ref`" + `) |

@@ -133,12 +133,9 @@ func runBench(ctx context.Context, cfg bench.Config, out, charts string, log *sl
 	}
 	start := time.Now()
 	si := bench.ReadSystemInfo()
-	// The satellite tables' reference row: built from ../shared/reference
-	// unless PEPSAL_REFERENCE_BIN names one; without either, "not run".
-	if cfg.Satellite {
-		cfg.ReferenceBin, cfg.ReferenceMissing = bench.EnsureReference(ctx, cfg, os.Getenv, log)
-		if cfg.ReferenceBin == "" {
-			log.Warn("no reference PEPsal row", "reason", cfg.ReferenceMissing)
+	if cfg.Efficiency && cfg.ReferenceBin != "" {
+		if err := bench.EnsureIptables(ctx); err != nil {
+			return fmt.Errorf("reference PEPsal needs iptables: %w", err)
 		}
 	}
 	res := bench.Results{}
@@ -153,6 +150,13 @@ func runBench(ctx context.Context, cfg bench.Config, out, charts string, log *sl
 		}
 	}
 	if cfg.Satellite {
+		// The satellite tables' reference row: built from ../shared/reference
+		// unless PEPSAL_REFERENCE_BIN names one; without either, "not run".
+		// Efficiency (before) has it only when the variable is set.
+		cfg.ReferenceBin, cfg.ReferenceMissing = bench.EnsureReference(ctx, cfg, os.Getenv, log)
+		if cfg.ReferenceBin == "" {
+			log.Warn("no reference PEPsal row", "reason", cfg.ReferenceMissing)
+		}
 		if res.Sat, err = bench.RunSatellite(ctx, cfg, bench.SatSpecs(cfg), log); err != nil {
 			return err
 		}
