@@ -167,6 +167,10 @@ func TestChartsSkip(t *testing.T) {
 	if _, err := (barChart{File: "x.svg", Groups: []string{"a"}}).SVG(); err == nil {
 		t.Error("a chart without series rendered")
 	}
+	nan := math.NaN()
+	if _, err := (barChart{File: "x.svg", Groups: []string{"a", "b"}, Series: []barSeries{{"m", []float64{nan, nan}}}}).SVG(); err != nil {
+		t.Errorf("a chart of empty slots: %v", err)
+	}
 	if h, l := (barChart{Limit: 90}).bar(inf); h != 90 || l != "> 90.0 s" {
 		t.Errorf("time-out drawn as %v %q", h, l)
 	}
