@@ -103,8 +103,9 @@ test-kernels: check-root deps check-go
 # browser, a web server, iptables for the reference PEPs), without recommends.
 BENCH_PKGS := chromium-headless-shell nginx iptables
 
-# Benchmark suite: prints tables and writes BENCHMARKS.md (~35 min; PEPSAL_BENCH_QUICK=1
-# for a few minutes, other PEPSAL_BENCH_* variables are described in BENCHMARKS.md).
+# Benchmark suite: prints tables, writes BENCHMARKS.md whole and its charts in docs/bench
+# (~35 min; PEPSAL_BENCH_QUICK=1 for a few minutes, prints only; other PEPSAL_BENCH_*
+# variables are described in BENCHMARKS.md). BENCHMARKS-ANALYSIS.md is written by hand.
 bench: check-root deps bench-deps build
 	$(GO) build -o bin/pepsal-bench ./tests/cmd/pepsal-bench
 	bin/pepsal-bench --pepsal bin/pepsal --out BENCHMARKS.md bench

@@ -14,15 +14,16 @@ import (
 // Config is what a benchmark run measures and with what. ConfigFromEnv fills
 // it from the PEPSAL_BENCH_* variables documented in BENCHMARKS.md.
 type Config struct {
-	Pepsal       string   // the pepsal binary
-	Relays       []string // pepsal relay modes, one row each
-	ExtraArgs    []string // PEPSAL_BENCH_ARGS: replace the defaults after `pepsal run --iface X --relay M`; nil: unset
-	TerminalArgs []string // for the terminal of the two-PEP topology instead of ExtraArgs; nil: unset
-	RouterArgs   []string // the default of the router (gateway-PEP and plain beds): none in the bench
-	WarmPaths    bool     // make a peer key (MakePeerKey) so that the two-PEP pepsals run warm paths
-	PeerKey      string   // the key file of the warm paths; "": the two-PEP pepsals run roles alone
-	ReferenceBin string   // reference PEPsal binary; "" skips its row
-	ServerCC     string   // congestion control of the traffic server's sockets
+	Pepsal           string   // the pepsal binary
+	Relays           []string // pepsal relay modes, one row each
+	ExtraArgs        []string // PEPSAL_BENCH_ARGS: replace the defaults after `pepsal run --iface X --relay M`; nil: unset
+	TerminalArgs     []string // for the terminal of the two-PEP topology instead of ExtraArgs; nil: unset
+	RouterArgs       []string // the default of the router (gateway-PEP and plain beds): none in the bench
+	WarmPaths        bool     // make a peer key (MakePeerKey) so that the two-PEP pepsals run warm paths
+	PeerKey          string   // the key file of the warm paths; "": the two-PEP pepsals run roles alone
+	ReferenceBin     string   // reference PEPsal binary; "" skips its row
+	ReferenceMissing string   // why ReferenceBin is "" (EnsureReference), for the report
+	ServerCC         string   // congestion control of the traffic server's sockets
 
 	Runs           int
 	Profiles       []string // link profiles of the gateway-PEP topology

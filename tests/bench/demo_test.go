@@ -228,7 +228,7 @@ func TestDemoTable(t *testing.T) {
 func TestReportArgs(t *testing.T) {
 	c, _ := ConfigFromEnv(env(nil))
 	c.PeerKey = "/tmp/pepsal-bench-key-9/peer.key"
-	md := Report(c, SystemInfo{}, nil, nil, time.Minute)
+	md := Report(c, SystemInfo{}, Results{Elapsed: time.Minute})
 	for _, want := range []string{
 		"(none) on the router of the gateway-PEP bed",
 		c.describeArgs(c.argsFor("terminal")) + " on the terminal",

@@ -314,7 +314,7 @@ func TestReportHasEveryTable(t *testing.T) {
 		{Mode: Mode{Name: "pepsal sockmap", Relay: "sockmap"}, Streams: map[int][]StreamResult{
 			1: {{Streams: 1, Bytes: 1e9, Elapsed: time.Second, KernelShare: 0.03}, {Streams: 1, Bytes: 1e9, Elapsed: time.Second, KernelShare: 0.05}, {Streams: 1, Bytes: 1e9, Elapsed: time.Second, KernelShare: 0.04}},
 			8: {{Streams: 8, Bytes: 1e9, Elapsed: time.Second, KernelShare: math.NaN()}}}}}}
-	md := Report(cfg, si, []*SpecResult{res}, eff, 90*time.Second)
+	md := Report(cfg, si, Results{Sat: []*SpecResult{res}, Eff: eff, Elapsed: 90 * time.Second})
 	for _, want := range []string{
 		"on 2026-01-02 03:04 UTC in 1m30s: kernel 6.18.1, AMD EPYC x 2 cores",
 		"5 runs per cell", "`splice sockmap`", "`bbr`",
@@ -330,7 +330,7 @@ func TestReportHasEveryTable(t *testing.T) {
 		t.Errorf("memory table without a memory test (PEPSAL_BENCH_PARTS=veth)")
 	}
 	eff.MemDuration = 20 * time.Second
-	if md := Report(cfg, si, []*SpecResult{res}, eff, 90*time.Second); !strings.Contains(md, "### Memory held for one slow connection") {
+	if md := Report(cfg, si, Results{Sat: []*SpecResult{res}, Eff: eff, Elapsed: 90 * time.Second}); !strings.Contains(md, "### Memory held for one slow connection") {
 		t.Errorf("memory table missing")
 	}
 }

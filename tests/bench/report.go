@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -67,16 +69,38 @@ func orNone(args []string) string {
 	return "`" + strings.Join(args, " ") + "`"
 }
 
-// Report is the BENCHMARKS.md document: machine, settings, method, tables.
-func Report(cfg Config, si SystemInfo, sat []*SpecResult, eff *EffResult, elapsed time.Duration) string {
+// AnalysisFile is the hand-written analysis of the numbers, beside
+// BENCHMARKS.md: the report links it, the bench never writes it.
+const AnalysisFile = "BENCHMARKS-ANALYSIS.md"
+
+// Results are what a run measured, for its report.
+type Results struct {
+	Sat      []*SpecResult
+	Eff      *EffResult
+	Web      *WebResult
+	Elapsed  time.Duration
+	ChartDir string          // the charts' directory, relative to the report
+	Charts   map[string]bool // chart files written there (WriteCharts)
+}
+
+// chart is the Markdown image of a chart the run wrote, else nothing.
+func (r Results) chart(file, alt string) string {
+	if !r.Charts[file] {
+		return ""
+	}
+	return fmt.Sprintf("![%s](%s)\n\n", alt, path.Join(filepath.ToSlash(r.ChartDir), file))
+}
+
+// Report is the BENCHMARKS.md document, all of it: machine, settings, how to
+// run, method, tables with their charts. Analysis goes in AnalysisFile.
+func Report(cfg Config, si SystemInfo, res Results) string {
 	var b strings.Builder
 	b.WriteString("# pepsal benchmarks\n\n")
+	fmt.Fprintf(&b, "Written whole by `make bench`: a run replaces this file and its charts (`%s/`), so edit neither. "+
+		"What the numbers mean, and measurements made by hand, are in [%s](%s), which the bench leaves alone.\n\n",
+		filepath.ToSlash(res.ChartDir), AnalysisFile, AnalysisFile)
 	fmt.Fprintf(&b, "Measured by `make bench` on %s in %s: kernel %s, %s x %d cores, load average %s at the start.\n\n",
-		si.Date.Format("2006-01-02 15:04 MST"), elapsed.Round(time.Second), si.Kernel, si.CPU, si.Cores, si.LoadAvg)
-	ref := "not run (set `PEPSAL_REFERENCE_BIN`)"
-	if cfg.ReferenceBin != "" {
-		ref = "`" + cfg.ReferenceBin + "`"
-	}
+		si.Date.Format("2006-01-02 15:04 MST"), res.Elapsed.Round(time.Second), si.Kernel, si.CPU, si.Cores, si.LoadAvg)
 	key := ""
 	if cfg.PeerKey != "" {
 		key = " (KEY: 32 random bytes the bench writes to a private temporary file for the run)"
@@ -85,37 +109,72 @@ func Report(cfg Config, si SystemInfo, sat []*SpecResult, eff *EffResult, elapse
 		"gateway-PEP bed, %s on the terminal and %s on the gateway of the two-PEP bed%s; "+
 		"reference PEPsal %s; server sockets `%s`, clients and proxies the kernel default `%s`; transfer time-out %s.\n\n",
 		cfg.Runs, orNone(cfg.Relays), cfg.describeArgs(cfg.argsFor("router")), cfg.describeArgs(cfg.argsFor("terminal")),
-		cfg.describeArgs(cfg.argsFor("gateway")), key, ref, cfg.ServerCC, si.DefaultC, cfg.Timeout)
+		cfg.describeArgs(cfg.argsFor("gateway")), key, cfg.describeReference(), cfg.ServerCC, si.DefaultC, cfg.Timeout)
 	if cfg.Quick {
 		b.WriteString("**Quick mode** (`PEPSAL_BENCH_QUICK=1`): one run, shorter tests; not for comparisons.\n\n")
 	}
 	b.WriteString(method)
-	if len(sat) > 0 {
+	if len(res.Sat) > 0 {
 		b.WriteString("## Satellite links\n\n")
-		for _, r := range sat {
+		if cfg.ReferenceBin == "" {
+			fmt.Fprintf(&b, "Reference PEPsal row: %s.\n\n", cfg.describeReference())
+		}
+		for _, r := range res.Sat {
 			if r != nil {
 				b.WriteString(r.Table().Markdown())
 				b.WriteString("\n")
+				b.WriteString(res.chart(SatChartFile(r.Spec), fmt.Sprintf("%s, %s: download times", r.Spec.profileName(), r.Spec.Topo)))
 			}
 		}
 	}
-	if eff != nil {
+	if res.Eff != nil {
 		b.WriteString("## Relay efficiency\n\n")
-		for _, t := range eff.Tables() {
+		for _, t := range res.Eff.Tables() {
 			b.WriteString(t.Markdown())
+			b.WriteString("\n")
+		}
+	}
+	if w := res.Web; w != nil {
+		b.WriteString("## Page loads in a real browser\n\n")
+		if w.Page != nil {
+			b.WriteString(w.intro())
+		}
+		for _, t := range w.Tables {
+			b.WriteString(res.chart(WebChartFile(t.Profile), t.Profile+": page load times"))
+			b.WriteString(t.Table().Markdown())
 			b.WriteString("\n")
 		}
 	}
 	return b.String()
 }
 
+// describeReference is the reference PEPsal of the run: its binary, or why
+// it did not run.
+func (c Config) describeReference() string {
+	switch {
+	case c.ReferenceBin != "":
+		return "`" + c.ReferenceBin + "`"
+	case c.ReferenceMissing != "":
+		return "not run: " + c.ReferenceMissing
+	}
+	return "not run (set `PEPSAL_REFERENCE_BIN`)"
+}
+
 const method = `## How to run
 
 ` + "```sh" + `
-make bench                        # everything, about 35 minutes; writes this file
-PEPSAL_BENCH_QUICK=1 make bench   # one run of each, geo only, a few minutes; prints, does not write this file
+make bench                        # everything, about 35 minutes; writes this file and its charts
+PEPSAL_BENCH_QUICK=1 make bench   # one run of each, geo only, a few minutes; prints the tables, writes no file
 make demo                         # over GEO: no proxy, pepsal on the gateway, pepsal at both ends with warm paths; 100 KB, 1 MB, 10 MB, then page loads in Chromium; under five minutes
 ` + "```" + `
+
+Without any variable, ` + "`make bench`" + ` measures every table README quotes: the satellite links
+with the gateway PEP and with two PEPs (roles and warm paths), relay efficiency, and the page loads,
+with PEPsal 2.0.2 and QPEP as reference rows when ` + "`../shared/reference`" + ` is there (the bench builds
+them once into ` + "`/var/cache/pepsal-bench-ref`" + `; without it their rows say "not run"). It writes this
+file and, from the same medians, an SVG chart per satellite table (download times) and per page-load
+table into ` + "`" + ChartDir + "/`" + ` (gonum/plot; the same results give the same bytes). A chart that
+cannot be drawn is an error and nothing is written. ` + "`" + AnalysisFile + "`" + ` is never written.
 
 | variable | default | meaning |
 |---|---|---|
@@ -126,7 +185,7 @@ make demo                         # over GEO: no proxy, pepsal on the gateway, p
 | ` + "`PEPSAL_BENCH_ARGS`" + ` | see below | replaces the arguments after ` + "`pepsal run --iface IF --relay M`" + ` at every site |
 | ` + "`PEPSAL_BENCH_TERMINAL_ARGS`" + ` | ` + "`PEPSAL_BENCH_ARGS`" + ` | instead, for the terminal of the two-PEP bed (set and empty: no arguments) |
 | ` + "`PEPSAL_BENCH_WARM_PATHS`" + ` | 1 | 0: the two-PEP bed runs the roles without warm paths, and no key is made |
-| ` + "`PEPSAL_REFERENCE_BIN`" + ` | unset | a PEPsal 2.x binary: adds its row (TPROXY recipe; installs iptables if missing) |
+| ` + "`PEPSAL_REFERENCE_BIN`" + ` | built | a PEPsal 2.x binary for the reference rows (TPROXY recipe; installs iptables if missing); by default built like QPEP (below) for the satellite and page-load tables; relay efficiency has its row only when this is set |
 | ` + "`PEPSAL_BENCH_TIMEOUT`" + ` | 90s (quick: 30s) | a transfer still running then is stopped and shown as "> 90 s" |
 | ` + "`PEPSAL_BENCH_PARTS`" + ` | ` + "`satellite efficiency web`" + ` | which parts to run; ` + "`veth`" + ` is efficiency without the memory test, ` + "`web`" + ` the page loads in Chromium |
 | ` + "`PEPSAL_BENCH_QPEP_BIN`" + ` | built | a QPEP binary for the page-load rows; by default built (with PEPsal 2.0.2) from ` + "`PEPSAL_BENCH_REF_SRC`" + ` (` + "`../shared/reference`" + `) into ` + "`PEPSAL_BENCH_REF_CACHE`" + ` (` + "`/var/cache/pepsal-bench-ref`" + `) |
@@ -163,7 +222,9 @@ is full. Those rows are named *warm paths*. The page-load bench always gives its
   table run each transfer at the same time, so a run compares the modes under
   the same machine load; xN is the median of no proxy divided by the median of
   the row (above 1: faster). Tables of different profiles run in parallel: a
-  satellite link leaves the CPU mostly idle.
+  satellite link leaves the CPU mostly idle. The reference PEPsal row runs
+  PEPsal 2.x with its TPROXY recipe on the router, and on both the terminal
+  and the gateway in the two-PEP tables.
 - Relay efficiency runs alone on the machine: downloads over bare veth for a
   fixed time, CPU from the machine-wide /proc/stat (all non-idle time,
   softirq and kernel workers included, so is the traffic generator: compare

@@ -11,7 +11,7 @@ import (
 	"math"
 	"net"
 	"os"
-	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -178,36 +178,6 @@ func newWebBed(ctx context.Context, mode WebMode, link linkemu.Link, prefix stri
 	return b, nil
 }
 
-// routeCC makes the namespace's IPv4 routes carry a congestion control
-// (ip route congctl): nginx cannot set TCP_CONGESTION on its sockets, and the
-// namespace default cannot be written here (EPERM).
-func routeCC(ns *testbed.NS, cc string) error {
-	out, err := ns.Command("ip", "-4", "route", "show").Output()
-	if err != nil {
-		return fmt.Errorf("ip route show in %s: %w", ns.Name, err)
-	}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		args := append(append([]string{"-4", "route", "replace"}, strings.Fields(line)...), "congctl", cc)
-		if out, err := ns.Command("ip", args...).CombinedOutput(); err != nil {
-			return fmt.Errorf("ip %s in %s: %w: %s", strings.Join(args, " "), ns.Name, err, strings.TrimSpace(string(out)))
-		}
-	}
-	return nil
-}
-
-// originAddrs: the server's address and the next two, one origin each.
-func originAddrs(base string) []string {
-	ip := net.ParseIP(base).To4()
-	out := []string{base}
-	for i := 1; i < pageOrigins; i++ {
-		n := make(net.IP, 4)
-		copy(n, ip)
-		n[3] += byte(i)
-		out = append(out, n.String())
-	}
-	return out
-}
-
 // start runs the mode's PEPs.
 func (b *webBed) start(ctx context.Context, cfg Config, peers Peers, relay string) error {
 	sites := b.sitesForStart
@@ -230,7 +200,7 @@ func (b *webBed) start(ctx context.Context, cfg Config, peers Peers, relay strin
 		return waitWarm(ctx, b.daemons)
 	case webRef:
 		if peers.PEPsal == "" {
-			return errors.New(peers.PEPsalMissing)
+			return errors.New(notRun + peers.PEPsalMissing)
 		}
 		d, err := StartReference(ctx, peers.PEPsal, sites[0])
 		if err != nil {
@@ -239,7 +209,7 @@ func (b *webBed) start(ctx context.Context, cfg Config, peers Peers, relay strin
 		b.daemons = append(b.daemons, d)
 	case webQPEP:
 		if peers.QPEP == "" {
-			return errors.New(peers.QPEPMissing)
+			return errors.New(notRun + peers.QPEPMissing)
 		}
 		gw, term := sites[0], sites[1]
 		// QPEP panics without a default route where it runs.
@@ -254,44 +224,6 @@ func (b *webBed) start(ctx context.Context, cfg Config, peers Peers, relay strin
 		b.keepAlive(ctx)
 	}
 	return nil
-}
-
-// keepAlive sends a 1 kB download through QPEP's tunnel every second: its
-// QUIC session dies after 2 s idle and the next connection then fails (see
-// the reference README); a deployed QPEP would see background traffic.
-func (b *webBed) keepAlive(ctx context.Context) {
-	kctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for kctx.Err() == nil {
-			dctx, c := context.WithTimeout(kctx, 10*time.Second)
-			if _, err := Download(dctx, b.client, b.traffic.Addr, 1000); err != nil && kctx.Err() == nil {
-				b.keepFailed.Add(1)
-			}
-			c()
-			select {
-			case <-kctx.Done():
-			case <-time.After(time.Second):
-			}
-		}
-	}()
-	b.stopKeep = func() { cancel(); <-done }
-}
-
-// warmQPEP makes sure QPEP's tunnel works just before a load, as the
-// reference validation does: after its QUIC session died, the first
-// connection fails and the next one re-dials.
-func (b *webBed) warmQPEP(ctx context.Context, log *slog.Logger) {
-	for try := range 3 {
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := Download(wctx, b.client, b.traffic.Addr, 1000)
-		cancel()
-		if err == nil || ctx.Err() != nil {
-			return
-		}
-		log.Debug("QPEP warm-up failed", "try", try+1, "err", err)
-	}
 }
 
 func (b *webBed) close() error {
@@ -460,12 +392,12 @@ func runWeb(ctx context.Context, cfg Config, profiles []string, only []webKind, 
 	res = &WebResult{Browser: version, Nginx: NginxVersion(), Relay: relay, Page: GeneratePage(), Warm: warm}
 	var modes []WebMode
 	for _, m := range WebModes(relay, warm) {
-		if only == nil || containsKind(only, m.Kind) {
+		if only == nil || slices.Contains(only, m.Kind) {
 			modes = append(modes, m)
 		}
 	}
 	var peers Peers
-	if only == nil || containsKind(only, webRef) || containsKind(only, webQPEP) {
+	if only == nil || slices.Contains(only, webRef) || slices.Contains(only, webQPEP) {
 		peers = EnsurePeers(ctx, cfg, os.Getenv, log)
 	}
 	var specs []*webSpec
@@ -509,128 +441,4 @@ func runWeb(ctx context.Context, cfg Config, profiles []string, only []webKind, 
 	}
 	wg.Wait()
 	return res, errors.Join(errs...)
-}
-
-func containsKind(ks []webKind, k webKind) bool {
-	for _, x := range ks {
-		if x == k {
-			return true
-		}
-	}
-	return false
-}
-
-// Table renders medians with the speed-up over "no proxy".
-func (t *WebTable) Table() Table {
-	tab := Table{Title: fmt.Sprintf("### %s, page load in Chromium (%s)", t.Profile, strings.Replace(medianOf(t.Runs), "run", "load", 1))}
-	if l, err := linkemu.Profile(t.Profile); err == nil {
-		tab.Title += "\n\n" + DescribeLink(l)
-	}
-	tab.Header = []string{"mode"}
-	for _, p := range WebProtos {
-		tab.Header = append(tab.Header, p.Label+" load", p.Label+" first byte")
-	}
-	var base *WebRow
-	for _, r := range t.Rows {
-		if r.Mode.Kind == webNone && r.Unavailable == "" {
-			base = r
-		}
-	}
-	limit := t.Timeout.Seconds()
-	timeouts := false
-	for _, r := range t.Rows {
-		line := []string{r.Mode.Name}
-		if r.Unavailable != "" {
-			for range len(tab.Header) - 1 {
-				line = append(line, "unavailable")
-			}
-			tab.Rows = append(tab.Rows, line)
-			tab.Notes = append(tab.Notes, fmt.Sprintf("%s unavailable: %s", r.Mode.Name, r.Unavailable))
-			continue
-		}
-		for _, p := range WebProtos {
-			m := Median(r.Load[p.Label])
-			cell := FormatSeconds(m)
-			if math.IsInf(m, 1) {
-				cell = "> " + FormatSeconds(limit)
-			}
-			for _, s := range r.Load[p.Label] {
-				timeouts = timeouts || math.IsInf(s, 1)
-			}
-			if base != nil && r != base {
-				if sp := FormatSpeedup(Median(base.Load[p.Label]), m, limit); sp != "" {
-					cell += " " + sp
-				}
-			}
-			if n := len(r.Errors[p.Label]); n > 0 {
-				cell += fmt.Sprintf(" (%d failed)", n)
-				tab.Notes = append(tab.Notes, fmt.Sprintf("%s, %s: %d of %d loads failed, e.g. %s",
-					r.Mode.Name, p.Label, n, n+len(r.Load[p.Label]), r.Errors[p.Label][0]))
-			}
-			line = append(line, cell, FormatSeconds(Median(r.TTFB[p.Label])))
-		}
-		tab.Rows = append(tab.Rows, line)
-		if r.KeepFailed > 0 {
-			tab.Notes = append(tab.Notes, fmt.Sprintf("%s: %d keep-alive requests through the tunnel failed", r.Mode.Name, r.KeepFailed))
-		}
-		for site, n := range r.Split {
-			if n == 0 {
-				tab.Notes = append(tab.Notes, fmt.Sprintf("%s: pepsal at the %s split no connection", r.Mode.Name, site))
-			}
-		}
-		if strings.HasSuffix(r.Mode.Name, warmLabel) && r.Split != nil && r.Warm == 0 {
-			tab.Notes = append(tab.Notes, fmt.Sprintf("%s: no connection rode a warm path", r.Mode.Name))
-		}
-	}
-	tolerance := 10 * time.Millisecond
-	if l, err := linkemu.Profile(t.Profile); err == nil {
-		tolerance = max(tolerance, min(l.Down.Delay, l.Up.Delay)/10)
-	}
-	for _, r := range t.Rows {
-		if r.MaxLate > tolerance || r.KernelDrops > 0 {
-			tab.Notes = append(tab.Notes, fmt.Sprintf("%s: the link emulator released a frame up to %s late and its sockets dropped %d frames (busy machine): delays were not exact",
-				r.Mode.Name, r.MaxLate.Round(time.Millisecond), r.KernelDrops))
-		}
-	}
-	if timeouts {
-		tab.Notes = append(tab.Notes, fmt.Sprintf("a load without its load event after %s is stopped and counts as longer than that in the median", t.Timeout))
-	}
-	return tab
-}
-
-// Markdown is the page-load section of BENCHMARKS.md.
-func (r *WebResult) Markdown() string {
-	var b strings.Builder
-	b.WriteString("## Page loads in a real browser\n\n")
-	counts := map[string]int{}
-	for _, res := range r.Page.Resources {
-		counts[res.Kind]++
-	}
-	fmt.Fprintf(&b, "A synthetic page shaped like the HTTP Archive's median page: one %s document and %d sub-resources "+
-		"(%d scripts, %d style sheets, %d images; %s in all, a few large, most small), on %d origins (three server "+
-		"addresses, one nginx server block each), generated from a fixed seed (`tests/bench/webpage.go`). "+
-		"Served by %s, loaded by %s (headless, a fresh profile per load: no cache, no session), over HTTP/1.1 "+
-		"in clear and over HTTPS with HTTP/2. Load: `loadEventStart - navigationStart`, first byte: "+
-		"`responseStart - navigationStart`, both from the browser's own Navigation Timing; a load counts only "+
-		"if Resource Timing shows every sub-resource with its exact size over the expected protocol.\n\n",
-		FormatBytes(pageHTML), len(r.Page.Resources), counts["js"], counts["css"], counts["img"],
-		FormatBytes(r.Page.SubBytes()+pageHTML), pageOrigins, r.Nginx, r.Browser)
-	warm := ""
-	if r.Warm {
-		warm = ", with warm paths: the terminal keeps a pool of connections open to the gateway (`--peer` and " +
-			"`--peer-listen` with a pre-shared key) and the gateway takes data in SYNs from the " +
-			"terminal's link (`--fastopen-from`)"
-	}
-	fmt.Fprintf(&b, "Rows: no proxy and *pepsal, gateway* (`--relay %s --role gateway` on the router) on the gateway-PEP bed; "+
-		"*terminal + gateway* on the two-PEP bed (pepsal with `--role terminal` and `--role gateway`%s; or QPEP's client "+
-		"and server). Reference peers built by the bench from `../shared/reference` into `%s`: %s, "+
-		"TPROXY recipe, on the router; %s, client on the terminal (iptables REDIRECT), server on the gateway, "+
-		"with a 1 kB request through its tunnel every second to keep its QUIC session alive (it dies after 2 s idle "+
-		"and the next connection fails). Loads run one at a time, modes in a rotating order; profiles in parallel.\n\n",
-		r.Relay, warm, defaultRefCache, RefPEPsalVersion, QPEPVersion)
-	for _, t := range r.Tables {
-		b.WriteString(t.Table().Markdown())
-		b.WriteString("\n")
-	}
-	return b.String()
 }

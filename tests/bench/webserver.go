@@ -19,6 +19,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/pepsal/pepsal/tests/testbed"
 )
 
 // WriteSite writes the page's sub-resources and its two documents (h1.html
@@ -166,4 +168,34 @@ func NginxVersion() string {
 		return "nginx: " + err.Error()
 	}
 	return strings.TrimPrefix(strings.TrimSpace(string(out)), "nginx version: ")
+}
+
+// routeCC makes the namespace's IPv4 routes carry a congestion control
+// (ip route congctl): nginx cannot set TCP_CONGESTION on its sockets, and the
+// namespace default cannot be written here (EPERM).
+func routeCC(ns *testbed.NS, cc string) error {
+	out, err := ns.Command("ip", "-4", "route", "show").Output()
+	if err != nil {
+		return fmt.Errorf("ip route show in %s: %w", ns.Name, err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		args := append(append([]string{"-4", "route", "replace"}, strings.Fields(line)...), "congctl", cc)
+		if out, err := ns.Command("ip", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip %s in %s: %w: %s", strings.Join(args, " "), ns.Name, err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
+
+// originAddrs: the server's address and the next two, one origin each.
+func originAddrs(base string) []string {
+	ip := net.ParseIP(base).To4()
+	out := []string{base}
+	for i := 1; i < pageOrigins; i++ {
+		n := make(net.IP, 4)
+		copy(n, ip)
+		n[3] += byte(i)
+		out = append(out, n.String())
+	}
+	return out
 }

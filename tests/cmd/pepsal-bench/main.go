@@ -3,7 +3,7 @@
 // Command pepsal-bench runs pepsal's benchmark suite or its demo on
 // namespaced test beds with an emulated satellite link.
 //
-//	pepsal-bench [--pepsal bin/pepsal] [--out BENCHMARKS.md] bench
+//	pepsal-bench [--pepsal bin/pepsal] [--out BENCHMARKS.md [--charts DIR]] bench
 //	pepsal-bench [--pepsal bin/pepsal] demo
 //
 // Settings come from PEPSAL_BENCH_* variables (see BENCHMARKS.md). Ctrl-C
@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -42,7 +43,8 @@ func main() {
 
 func run() error {
 	pepsal := flag.String("pepsal", "bin/pepsal", "pepsal binary under test")
-	out := flag.String("out", "", "bench: also write the report to this file (e.g. BENCHMARKS.md); not in quick mode")
+	out := flag.String("out", "", "bench: also write the report to this file (e.g. BENCHMARKS.md) and its charts; not in quick mode")
+	charts := flag.String("charts", "", "bench: the charts' directory (default: "+bench.ChartDir+" beside --out)")
 	verbose := flag.Bool("v", false, "debug logging")
 	flag.Usage = func() {
 		fmt.Fprintln(flag.CommandLine.Output(), "usage: pepsal-bench [flags] bench|demo")
@@ -100,7 +102,7 @@ func run() error {
 		fmt.Printf("\ndemo took %s\n", time.Since(start).Round(time.Second))
 		return nil
 	}
-	return runBench(ctx, cfg, *out, log)
+	return runBench(ctx, cfg, *out, *charts, log)
 }
 
 // interrupts cancels on the first SIGINT/SIGTERM so that everything is torn
@@ -122,62 +124,80 @@ func interrupts(cancel context.CancelFunc) {
 	}
 }
 
-func runBench(ctx context.Context, cfg bench.Config, out string, log *slog.Logger) error {
+func runBench(ctx context.Context, cfg bench.Config, out, charts string, log *slog.Logger) error {
+	if out != "" && filepath.Base(out) == bench.AnalysisFile {
+		return fmt.Errorf("--out %s: that file is the hand-written analysis, the bench does not write it", out)
+	}
+	if out != "" && charts == "" {
+		charts = filepath.Join(filepath.Dir(out), bench.ChartDir)
+	}
 	start := time.Now()
 	si := bench.ReadSystemInfo()
-	if cfg.ReferenceBin != "" {
+	if cfg.Efficiency && cfg.ReferenceBin != "" {
 		if err := bench.EnsureIptables(ctx); err != nil {
 			return fmt.Errorf("reference PEPsal needs iptables: %w", err)
 		}
 	}
-	var (
-		eff *bench.EffResult
-		sat []*bench.SpecResult
-		web *bench.WebResult
-		err error
-	)
+	res := bench.Results{}
+	var err error
 	// Efficiency first and alone: its CPU and memory counters are machine-wide.
 	if cfg.Efficiency {
-		if eff, err = bench.RunEfficiency(ctx, cfg, log); err != nil {
+		if res.Eff, err = bench.RunEfficiency(ctx, cfg, log); err != nil {
 			return err
 		}
-		for _, t := range eff.Tables() {
+		for _, t := range res.Eff.Tables() {
 			fmt.Println(t.Markdown())
 		}
 	}
 	if cfg.Satellite {
-		if sat, err = bench.RunSatellite(ctx, cfg, bench.SatSpecs(cfg), log); err != nil {
+		// The satellite tables' reference row: built from ../shared/reference
+		// unless PEPSAL_REFERENCE_BIN names one; without either, "not run".
+		// Efficiency (before) has it only when the variable is set.
+		cfg.ReferenceBin, cfg.ReferenceMissing = bench.EnsureReference(ctx, cfg, os.Getenv, log)
+		if cfg.ReferenceBin == "" {
+			log.Warn("no reference PEPsal row", "reason", cfg.ReferenceMissing)
+		}
+		if res.Sat, err = bench.RunSatellite(ctx, cfg, bench.SatSpecs(cfg), log); err != nil {
 			return err
 		}
-		for _, r := range sat {
+		for _, r := range res.Sat {
 			fmt.Println(r.Table().Markdown())
 		}
 	}
 	if cfg.Web {
-		if web, err = bench.RunWeb(ctx, cfg, log); err != nil {
+		if res.Web, err = bench.RunWeb(ctx, cfg, log); err != nil {
 			return err
 		}
-		for _, t := range web.Tables {
+		for _, t := range res.Web.Tables {
 			fmt.Println(t.Table().Markdown())
 		}
 	}
-	elapsed := time.Since(start)
-	fmt.Printf("bench took %s\n", elapsed.Round(time.Second))
+	res.Elapsed = time.Since(start)
+	fmt.Printf("bench took %s\n", res.Elapsed.Round(time.Second))
 	if out == "" {
 		return nil
 	}
 	if cfg.Quick {
 		// A quick run is for a look, not a record: keep the full results.
-		fmt.Printf("quick mode: %s not written\n", out)
+		fmt.Printf("quick mode: %s and its charts not written\n", out)
 		return nil
 	}
-	report := bench.Report(cfg, si, sat, eff, elapsed)
-	if web != nil {
-		report += web.Markdown()
+	return writeReport(cfg, si, res, out, charts)
+}
+
+// writeReport draws the charts, then writes the report that links them: a
+// chart that cannot be drawn is an error, and the report is not written.
+func writeReport(cfg bench.Config, si bench.SystemInfo, res bench.Results, out, charts string) error {
+	var err error
+	if res.Charts, err = bench.WriteCharts(charts, res.Sat, res.Web); err != nil {
+		return fmt.Errorf("charts for %s: %w", out, err)
 	}
-	if err := os.WriteFile(out, []byte(report), 0o644); err != nil {
+	if res.ChartDir, err = filepath.Rel(filepath.Dir(out), charts); err != nil {
+		return fmt.Errorf("charts directory %s: %w", charts, err)
+	}
+	if err := os.WriteFile(out, []byte(bench.Report(cfg, si, res)), 0o644); err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
-	fmt.Printf("wrote %s\n", out)
+	fmt.Printf("wrote %s and %d charts in %s\n", out, len(res.Charts), charts)
 	return nil
 }
