@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/tests/linkemu"
+	"github.com/pepsal/pepsal/tests/kmatrix"
 	"github.com/pepsal/pepsal/tests/testbed"
 	"github.com/pepsal/pepsal/userspace/report"
 )
@@ -32,7 +33,7 @@ const stressHeader = 25 // up u64, down u64, seed u64, mode u8
 // resets it records whether it saw the reset (a hung server is a failure).
 func stressServer(t *testing.T, ns *testbed.NS, addr string, sawReset chan<- uint64) {
 	serve(t, ns, addr, func(c *net.TCPConn) {
-		c.SetDeadline(time.Now().Add(150 * time.Second))
+		c.SetDeadline(time.Now().Add(kmatrix.Stretch(150 * time.Second)))
 		var hdr [stressHeader]byte
 		if _, err := io.ReadFull(c, hdr[:]); err != nil {
 			return
@@ -60,7 +61,7 @@ func stressServer(t *testing.T, ns *testbed.NS, addr string, sawReset chan<- uin
 
 // stressConn runs one connection from the client side; nil means it behaved.
 func stressConn(ns *testbed.NS, addr string, mode byte, up, down int64, seed uint64, deadline time.Time) error {
-	c, err := dial(ns, addr, 30*time.Second)
+	c, err := dial(ns, addr, kmatrix.Stretch(30*time.Second))
 	if err != nil {
 		return fmt.Errorf("dial: %w", err)
 	}
@@ -126,7 +127,9 @@ func testRandomStress(t *testing.T, cfg suite) {
 
 	rng := rand.New(rand.NewPCG(11, 12))
 	const n = 200
-	deadline := time.Now().Add(150 * time.Second)
+	// Bounds on a hang, not on speed: an emulated guest (the kernel
+	// matrix) on a busy host needs longer for all of them.
+	deadline := time.Now().Add(kmatrix.Stretch(150 * time.Second))
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	clientResets := map[uint64]bool{}
@@ -168,7 +171,7 @@ func testRandomStress(t *testing.T, cfg suite) {
 	}
 	// Every client reset must reach its server: at once, or after
 	// --keepalive when the reset was lost.
-	waitReset := time.After(20 * time.Second)
+	waitReset := time.After(kmatrix.Stretch(20 * time.Second))
 	for len(clientResets) > 0 {
 		select {
 		case s := <-sawReset:
@@ -183,7 +186,7 @@ func testRandomStress(t *testing.T, cfg suite) {
 	var info *report.DaemonInfo
 	var st *report.RelayReport
 	var fds fdKinds
-	for end := time.Now().Add(15 * time.Second); ; {
+	for end := time.Now().Add(kmatrix.Stretch(15 * time.Second)); ; {
 		fds = processFDs(t, pid)
 		s := b.daemonStatus()
 		info, st = s.Daemon, s.Relay

@@ -29,7 +29,9 @@ func TestParseVerbose(t *testing.T) {
     --- SKIP: TestB/two (0.10s)
         b_test.go:20: kernel relay off: no kfunc
 === RUN   TestC
+    c_test.go:4: kernel relay off: expecting splice
     c_test.go:5: want 3, got 4
+    helpers_test.go:122: pepsal output (ns):
 --- FAIL: TestC (0.01s)
 PASS
 `
@@ -42,7 +44,7 @@ PASS
 		{Test: "TestB", Outcome: Fail, Seconds: 3},
 		{Test: "TestB/one", Outcome: Pass, Seconds: 1},
 		{Test: "TestB/two", Outcome: Skip, Seconds: 0.1, Why: "kernel relay off: no kfunc"},
-		{Test: "TestC", Outcome: Fail, Seconds: 0.01, Why: "want 3, got 4"},
+		{Test: "TestC", Outcome: Fail, Seconds: 0.01, Why: "kernel relay off: expecting splice | want 3, got 4"},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("got\n%+v\nwant\n%+v", got, want)

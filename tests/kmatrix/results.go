@@ -41,14 +41,18 @@ var (
 	logLine = regexp.MustCompile(`^\s+[\w.-]+\.go:\d+: (.*)`)
 )
 
+// failMessages is how many of a failed test's messages its Why keeps.
+const failMessages = 4
+
 // ParseVerbose reads `go test -v` output: one Result per "--- PASS/FAIL/SKIP"
-// line, in order. A failure's or a skip's Why is the first message the test
-// logged (written before its result line, as Go streams it, or indented
-// under it). A group whose process timed out or crashed leaves its
+// line, in order. A skip's Why is the first message the test logged
+// (written before its result line, as Go streams it, or indented under it);
+// a failure's, its first few messages, for the error often follows a
+// t.Log of the setup (the daemon's output, logged at the end, left out). A group whose process timed out or crashed leaves its
 // unfinished tests out; Settle accounts for them.
 func ParseVerbose(r io.Reader) ([]Result, error) {
 	var out []Result
-	first := map[string]string{} // test -> its first message
+	msgs := map[string][]string{} // test -> its first messages
 	current := ""
 	var lastResult string
 	sc := bufio.NewScanner(r)
@@ -71,14 +75,19 @@ func ParseVerbose(r io.Reader) ([]Result, error) {
 			if lastResult != "" {
 				owner = lastResult // indented under a result line
 			}
-			if owner != "" && first[owner] == "" {
-				first[owner] = m[1]
+			if owner != "" && len(msgs[owner]) < failMessages && !strings.HasPrefix(m[1], "pepsal output") {
+				msgs[owner] = append(msgs[owner], m[1])
 			}
 		}
 	}
 	for i := range out {
-		if out[i].Outcome != Pass {
-			out[i].Why = first[out[i].Test]
+		m := msgs[out[i].Test]
+		switch {
+		case len(m) == 0 || out[i].Outcome == Pass:
+		case out[i].Outcome == Fail:
+			out[i].Why = strings.Join(m, " | ")
+		default:
+			out[i].Why = m[0]
 		}
 	}
 	return out, sc.Err()
