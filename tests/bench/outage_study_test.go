@@ -31,9 +31,12 @@ import (
 //	  go test -count=1 -v -timeout 30m -run TestOutageStudy ./tests/bench/
 //
 // PEPSAL_OUTAGE_STUDY_MODES picks the rows (default "none pepsal
-// pepsal-rtomax"): no proxy, two pepsals with warm paths (splice), and the
-// same with net.ipv4.tcp_rto_max_ms=PEPSAL_OUTAGE_STUDY_RTOMAX (default
-// 1000) in the terminal's and gateway's namespaces, the prototype of a fix.
+// pepsal-rtomax pepsal-kick"): no proxy, two pepsals with warm paths
+// (splice), and two pepsals with prototypes of a fix, named by words in the
+// mode: "rtomax" sets net.ipv4.tcp_rto_max_ms=PEPSAL_OUTAGE_STUDY_RTOMAX
+// (default 1000) in the terminal's and gateway's namespaces, "nots" turns
+// TCP timestamps off there, "kick" runs the kicker of outage_kick_test.go
+// at the gateway (e.g. "pepsal-kick-rtomax").
 func TestOutageStudy(t *testing.T) {
 	if os.Getenv("PEPSAL_OUTAGE_STUDY") != "1" {
 		t.Skip("an experiment, not a test: set PEPSAL_OUTAGE_STUDY=1")
@@ -42,7 +45,7 @@ func TestOutageStudy(t *testing.T) {
 		t.Skip("needs root")
 	}
 	dir := envOr("PEPSAL_OUTAGE_STUDY_DIR", "/tmp/outage-study")
-	modes := strings.Fields(envOr("PEPSAL_OUTAGE_STUDY_MODES", "none pepsal pepsal-rtomax"))
+	modes := strings.Fields(envOr("PEPSAL_OUTAGE_STUDY_MODES", "none pepsal pepsal-rtomax pepsal-kick"))
 	for _, m := range modes {
 		t.Run(m, func(t *testing.T) {
 			out := filepath.Join(dir, m)
@@ -57,6 +60,25 @@ func TestOutageStudy(t *testing.T) {
 			_ = os.WriteFile(filepath.Join(out, "summary.txt"), []byte(sum+"\n"), 0o644)
 		})
 	}
+}
+
+// studySysctls applies the sysctls a mode names to both PEPs' namespaces,
+// before pepsal makes its sockets: "rtomax" sets net.ipv4.tcp_rto_max_ms,
+// "nots" turns TCP timestamps off.
+func studySysctls(mode string, sites []Site) error {
+	for _, s := range sites {
+		if strings.Contains(mode, "rtomax") {
+			if err := s.NS.Sysctl("net.ipv4.tcp_rto_max_ms", envOr("PEPSAL_OUTAGE_STUDY_RTOMAX", "1000")); err != nil {
+				return err
+			}
+		}
+		if strings.Contains(mode, "nots") {
+			if err := s.NS.Sysctl("net.ipv4.tcp_timestamps", "0"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func envOr(k, def string) string {
@@ -83,13 +105,8 @@ func studyOnce(t *testing.T, mode, out string) (string, error) {
 		return "", err
 	}
 	defer bed.Close()
-	if mode == "pepsal-rtomax" {
-		v := envOr("PEPSAL_OUTAGE_STUDY_RTOMAX", "1000")
-		for _, s := range bed.Sites {
-			if err := s.NS.Sysctl("net.ipv4.tcp_rto_max_ms", v); err != nil {
-				return "", err
-			}
-		}
+	if err := studySysctls(mode, bed.Sites); err != nil {
+		return "", err
 	}
 	if mode != "none" {
 		cfg := Config{Pepsal: pepsalBin, WarmPaths: true}
@@ -113,6 +130,13 @@ func studyOnce(t *testing.T, mode, out string) (string, error) {
 		nss[s.Name] = s.NS
 	}
 	sctx, stop := context.WithCancel(ctx)
+	var kick *kicker
+	if strings.Contains(mode, "kick") {
+		if kick, err = startKicker(sctx, bed.Sites[0].NS, testbed.GatewayLinkIf, testbed.GatewayLinkV4, testbed.TerminalLinkV4); err != nil {
+			stop()
+			return "", err
+		}
+	}
 	var wg sync.WaitGroup
 	t0 := time.Now()
 	for name, ns := range nss {
@@ -134,7 +158,12 @@ func studyOnce(t *testing.T, mode, out string) (string, error) {
 	wg.Wait()
 	st := bed.bridge.Stats()
 	writeProgress(filepath.Join(out, "progress.log"), prog)
-	return summarize(mode, t0, armed, prog, st), err
+	sum := summarize(mode, t0, armed, prog, st)
+	if kick != nil {
+		flows, errs := kick.counts()
+		sum += fmt.Sprintf("; kicked %d flows with %d ICMP errors", flows, errs)
+	}
+	return sum, err
 }
 
 // point is the bytes received by an instant, counted from the arming.
