@@ -34,8 +34,8 @@ import (
 // pepsal-rtomax pepsal-kick"): no proxy, two pepsals with warm paths
 // (splice), and two pepsals with prototypes of a fix, named by words in the
 // mode: "rtomax" sets net.ipv4.tcp_rto_max_ms=PEPSAL_OUTAGE_STUDY_RTOMAX
-// (default 1000) in the terminal's and gateway's namespaces, "nots" turns
-// TCP timestamps off there, "kick" runs the kicker of outage_kick_test.go
+// (default 1000) in the terminal's and gateway's namespaces, "nots" and
+// "nosack" turn TCP timestamps and SACK off there, "kick" runs the kicker of outage_kick_test.go
 // at the gateway (e.g. "pepsal-kick-rtomax").
 func TestOutageStudy(t *testing.T) {
 	if os.Getenv("PEPSAL_OUTAGE_STUDY") != "1" {
@@ -64,7 +64,7 @@ func TestOutageStudy(t *testing.T) {
 
 // studySysctls applies the sysctls a mode names to both PEPs' namespaces,
 // before pepsal makes its sockets: "rtomax" sets net.ipv4.tcp_rto_max_ms,
-// "nots" turns TCP timestamps off.
+// "nots" turns TCP timestamps off, "nosack" SACK.
 func studySysctls(mode string, sites []Site) error {
 	for _, s := range sites {
 		if strings.Contains(mode, "rtomax") {
@@ -74,6 +74,11 @@ func studySysctls(mode string, sites []Site) error {
 		}
 		if strings.Contains(mode, "nots") {
 			if err := s.NS.Sysctl("net.ipv4.tcp_timestamps", "0"); err != nil {
+				return err
+			}
+		}
+		if strings.Contains(mode, "nosack") {
+			if err := s.NS.Sysctl("net.ipv4.tcp_sack", "0"); err != nil {
 				return err
 			}
 		}
