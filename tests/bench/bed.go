@@ -34,7 +34,8 @@ type Bed struct {
 	Topo   Topo
 	Client *testbed.NS
 	Server *Server
-	Sites  []Site // where the PEPs run, in start order
+	SrvNS  *testbed.NS // where Server runs
+	Sites  []Site      // where the PEPs run, in start order
 
 	closeTopo func() error
 	bridge    *linkemu.Bridge
@@ -101,7 +102,7 @@ func NewBed(topo Topo, link *linkemu.Link, prefix, cc string) (*Bed, error) {
 		b.closeTopo()
 		return nil, err
 	}
-	b.Server = srv
+	b.Server, b.SrvNS = srv, serverNS
 	return b, nil
 }
 

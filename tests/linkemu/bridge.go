@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -32,48 +30,11 @@ const (
 	maxInflightBytes = 256 << 20
 )
 
-// DirStats counts one direction. FramesIn = FramesOut + DropLoss + DropQueue
-// + DropTx + Queued at any instant.
-type DirStats struct {
-	FramesIn, BytesIn   uint64 // wire-size frames offered to the emulated link
-	FramesOut, BytesOut uint64 // frames written to the far interface
-	DropLoss            uint64 // lost by the channel loss model
-	DropQueue           uint64 // tail dropped: serialization queue full
-	DropTx              uint64 // the far interface refused the frame
-	Malformed           uint64 // received but unparseable, discarded before FramesIn
-	GSOSplit            uint64 // offloaded super-frames cut into wire-size frames
-	KernelDrops         uint64 // overflowed the rx socket before we read them
-	Queued              uint64 // in the delay line now
-	// MaxLate is the worst delay between a frame's due time and its
-	// release by the scheduler: the emulator's own timing error.
-	MaxLate time.Duration
-}
-
-func (s DirStats) String() string {
-	return fmt.Sprintf("in %d (%d B) out %d (%d B) loss %d queue %d tx-err %d malformed %d gso-split %d kernel-drops %d queued %d max-late %v",
-		s.FramesIn, s.BytesIn, s.FramesOut, s.BytesOut, s.DropLoss, s.DropQueue, s.DropTx,
-		s.Malformed, s.GSOSplit, s.KernelDrops, s.Queued, s.MaxLate)
-}
-
-// Stats is a snapshot of both directions.
-type Stats struct {
-	Down, Up DirStats
-}
-
 type counters struct {
 	framesIn, bytesIn, framesOut, bytesOut         atomic.Uint64
 	dropLoss, dropQueue, dropTx, malformed, gsoSpl atomic.Uint64
-	kernelDrops                                    atomic.Uint64
+	kernelDrops, dropOutage, dropBurst             atomic.Uint64
 	maxLate                                        atomic.Int64
-}
-
-// port is one bridged interface: a receive socket that sees every frame
-// arriving on it, and a send-only socket (protocol 0 receives nothing).
-type port struct {
-	name    string
-	ifindex int
-	rx      *os.File
-	tx      int
 }
 
 type queued struct {
@@ -148,6 +109,10 @@ func Start(ns *testbed.NS, towardClient, towardRouter string, l Link) (*Bridge, 
 	cli, rtr := b.ports[0], b.ports[1]
 	b.down = &direction{in: rtr, out: cli, pipe: newPipe(l.Down, l.Seed, streamDown), efd: -1}
 	b.up = &direction{in: cli, out: rtr, pipe: newPipe(l.Up, l.Seed, streamUp), efd: -1}
+	if l.Schedule != nil {
+		b.down.pipe.sched = newPipeSchedule(l.Schedule, l.Down, false, l.Seed, streamDown)
+		b.up.pipe.sched = newPipeSchedule(l.Schedule, l.Up, true, l.Seed, streamUp)
+	}
 	for _, d := range []*direction{b.down, b.up} {
 		if d.efd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
 			b.closeFDs()
@@ -177,75 +142,20 @@ func Middle(l Link) testbed.Middle {
 // Link returns the emulated configuration.
 func (b *Bridge) Link() Link { return b.link }
 
-func openPort(name string) (p *port, err error) {
-	ifi, err := net.InterfaceByName(name)
-	if err != nil {
-		return nil, fmt.Errorf("interface %s: %w", name, err)
-	}
-	if err := disableOffloads(name); err != nil {
-		slog.Warn("linkemu: offloads left on", "if", name, "err", err)
-	}
-	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
-		slog.Warn("linkemu: cannot disable IPv6", "if", name, "err", err)
-	}
-	p = &port{name: name, ifindex: ifi.Index, tx: -1}
-	defer func() {
-		if err != nil {
-			p.close()
+// Arm restarts the link's schedule now: its outages and handovers count
+// from the returned instant, so a bench can align them with a transfer it
+// is about to start. A link without a schedule ignores it.
+func (b *Bridge) Arm() time.Time {
+	now := b.now()
+	for _, d := range []*direction{b.down, b.up} {
+		d.mu.Lock()
+		if d.pipe.sched != nil {
+			d.pipe.sched.anchor, d.pipe.sched.armed = now, true
 		}
-	}()
-
-	// Protocol 0 at creation: nothing is queued until bind picks the interface.
-	rx, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("rx socket on %s: %w", name, err)
+		d.mu.Unlock()
 	}
-	p.rx = os.NewFile(uintptr(rx), "linkemu-rx-"+name)
-	for _, o := range []struct {
-		level, opt, val int
-		what            string
-	}{
-		{unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1, "PACKET_VNET_HDR"},
-		// What we write on the other port must not come back as input.
-		{unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1, "PACKET_IGNORE_OUTGOING"},
-		{unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rxSockBuf, "SO_RCVBUFFORCE"},
-	} {
-		if err := unix.SetsockoptInt(rx, o.level, o.opt, o.val); err != nil {
-			return nil, fmt.Errorf("%s on %s: %w", o.what, name, err)
-		}
-	}
-	if err := unix.Bind(rx, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
-		return nil, fmt.Errorf("bind rx on %s: %w", name, err)
-	}
-	// Promiscuous: a real NIC would otherwise filter frames not addressed to it.
-	mreq := &unix.PacketMreq{Ifindex: int32(ifi.Index), Type: unix.PACKET_MR_PROMISC}
-	if err := unix.SetsockoptPacketMreq(rx, unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, mreq); err != nil {
-		return nil, fmt.Errorf("promiscuous %s: %w", name, err)
-	}
-
-	if p.tx, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0); err != nil {
-		return nil, fmt.Errorf("tx socket on %s: %w", name, err)
-	}
-	if err := unix.SetsockoptInt(p.tx, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, txSockBuf); err != nil {
-		return nil, fmt.Errorf("SO_SNDBUFFORCE on %s: %w", name, err)
-	}
-	if err := unix.Bind(p.tx, &unix.SockaddrLinklayer{Ifindex: ifi.Index}); err != nil {
-		return nil, fmt.Errorf("bind tx on %s: %w", name, err)
-	}
-	return p, nil
+	return b.base.Add(now)
 }
-
-func (p *port) close() {
-	if p.rx != nil {
-		p.rx.Close()
-	}
-	if p.tx >= 0 {
-		unix.Close(p.tx)
-		p.tx = -1
-	}
-}
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 func (b *Bridge) now() time.Duration { return time.Since(b.base) }
 
@@ -325,6 +235,12 @@ func (d *direction) admit(now time.Duration, frames [][]byte) {
 			continue
 		case dropQueue:
 			d.c.dropQueue.Add(1)
+			continue
+		case dropOutage:
+			d.c.dropOutage.Add(1)
+			continue
+		case dropBurst:
+			d.c.dropBurst.Add(1)
 			continue
 		}
 		d.line = append(d.line, queued{data: f, release: release})
@@ -444,41 +360,6 @@ func (d *direction) send(f []byte) {
 		}
 		return
 	}
-}
-
-func (d *direction) stats() DirStats {
-	var kernelDrops uint64
-	if rc, err := d.in.rx.SyscallConn(); err == nil {
-		_ = rc.Control(func(fd uintptr) {
-			// PACKET_STATISTICS resets on read, hence the accumulation.
-			if st, err := unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
-				kernelDrops = uint64(st.Drops)
-			}
-		})
-	}
-	d.c.kernelDrops.Add(kernelDrops)
-	d.mu.Lock()
-	q := uint64(len(d.line) - d.head)
-	d.mu.Unlock()
-	return DirStats{
-		FramesIn:    d.c.framesIn.Load(),
-		BytesIn:     d.c.bytesIn.Load(),
-		FramesOut:   d.c.framesOut.Load(),
-		BytesOut:    d.c.bytesOut.Load(),
-		DropLoss:    d.c.dropLoss.Load(),
-		DropQueue:   d.c.dropQueue.Load(),
-		DropTx:      d.c.dropTx.Load(),
-		Malformed:   d.c.malformed.Load(),
-		GSOSplit:    d.c.gsoSpl.Load(),
-		KernelDrops: d.c.kernelDrops.Load(),
-		Queued:      q,
-		MaxLate:     time.Duration(d.c.maxLate.Load()),
-	}
-}
-
-// Stats returns the counters; it stays usable after Close.
-func (b *Bridge) Stats() Stats {
-	return Stats{Down: b.down.stats(), Up: b.up.stats()}
 }
 
 // Close stops the bridge, waits for its goroutines and closes its sockets.

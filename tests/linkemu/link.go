@@ -3,6 +3,39 @@
 // Package linkemu emulates a satellite link in userspace: an L2 bridge between
 // two interfaces of one namespace that delays, rate-limits, queues and drops
 // frames. It exists because the test kernel has neither netem nor fq.
+//
+// A link may also misbehave over time (Link.Schedule): outages during which
+// it carries nothing in either direction, and periodic handovers that take
+// it down briefly and/or lose a burst of frames, then change its delay and
+// rate. Loss may come in bursts from a Gilbert-Elliott chain (Dir.GE).
+//
+// Profiles (Profile):
+//   - geo: a geostationary link, 600 ms RTT, 20 Mbit/s down, 5 up.
+//   - geo-lossy: geo with 1 % random loss each way.
+//   - leo: 40 ms RTT, 100/20 Mbit/s, 0.5 % random loss.
+//   - geo-fade: geo with one 20 s outage starting 2 s after the schedule's
+//     start (GeoFade takes another start; a bench calls Bridge.Arm when its
+//     transfer starts). Rain fades on Ka-band earth-space paths last from
+//     seconds to tens of minutes, with durations roughly lognormal; measured
+//     in Madrid over seven years in "Fade and interfade duration
+//     characteristics in a slant-path Ka-band link" (Garcia-Rubia et al.,
+//     IEEE TAP, https://discovery.researcher.life/article/fade-and-interfade-duration-characteristics-in-a-slant-path-lt-italic-gt-ka-lt-italic-gt-band-link/673db63078c13170bf507c9adc21f644),
+//     and modelled in ITU-R P.1623 (https://www.itu.int/rec/R-REC-P.1623).
+//     20 s is a short fade, long enough to push TCP's retransmission timer
+//     through several back-offs.
+//   - leo-handover: a Starlink-like link whose terminal changes satellite
+//     every 15 s: minimum RTT steps between 40 and 60 ms at each change, the
+//     rate changes too, and each change costs 100-200 ms of outage or a burst
+//     of 30 % loss. The 15 s interval and the latency steps at it (30 to
+//     80 ms at worst, with loss) are G. Huston's measurements, "A transport
+//     protocol's view of Starlink" (APNIC blog, May 2024,
+//     https://blog.apnic.net/2024/05/17/a-transport-protocols-view-of-starlink/;
+//     summarised at https://www.theregister.com/2024/05/22/starlink_tcp_performance_evaluation/).
+//   - geo-ge: geo with Gilbert-Elliott loss each way: about 1 % of frames
+//     lost, in bursts of about 10 frames in the bad state (p 0.2 %, r 10 %,
+//     50 % loss when bad, 0.05 % when good): the two-state model of
+//     Gilbert (1960) and Elliott (1963) as netem's "loss gemodel" describes
+//     it (https://man7.org/linux/man-pages/man8/tc-netem.8.html).
 package linkemu
 
 import (
@@ -55,6 +88,8 @@ type Link struct {
 	Down, Up Dir
 	// Seed makes the loss pattern reproducible for a given frame sequence.
 	Seed uint64
+	// Schedule, if set, takes the link down and changes it over time.
+	Schedule *Schedule
 }
 
 // minQueueBytes keeps short-delay links from getting a queue smaller than a
@@ -118,19 +153,63 @@ func (l Link) Validate() error {
 	if err := l.Up.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("up: %w", err))
 	}
+	if err := l.Schedule.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("schedule: %w", err))
+	}
 	return errors.Join(errs...)
 }
 
 // Profiles lists the names Profile accepts.
-func Profiles() []string { return []string{"none", "geo", "geo-lossy", "leo"} }
+func Profiles() []string {
+	return []string{"none", "geo", "geo-lossy", "leo", "geo-fade", "leo-handover", "geo-ge"}
+}
 
-// Profile returns a named link. "none" or "" is plain bridging.
-func Profile(name string) (Link, error) {
-	geo := Link{
+// geoLink is the GEO profile: 600 ms RTT, 20 Mbit/s down, 5 up.
+func geoLink() Link {
+	return Link{
 		Down: Dir{Delay: 300 * time.Millisecond, RateBps: 20e6},
 		Up:   Dir{Delay: 300 * time.Millisecond, RateBps: 5e6},
 		Seed: 1,
 	}
+}
+
+// GeoFadeOutage is how long the geo-fade profile's link stays down.
+const GeoFadeOutage = 20 * time.Second
+
+// GeoFade is the geo link with one GeoFadeOutage outage starting at start
+// after the schedule's start.
+func GeoFade(start time.Duration) Link {
+	l := geoLink()
+	l.Schedule = &Schedule{Outages: []Outage{{Start: start, Len: GeoFadeOutage}}}
+	return l
+}
+
+// GeoGE is the Gilbert-Elliott chain of the geo-ge profile: stationary loss
+// 0.002/0.102 x 0.5 + 0.098/0.102 x 0.0005 = 1.03 %, bad periods of 1/r =
+// 10 frames on average.
+var GeoGE = GilbertElliott{P: 0.002, R: 0.1, H: 0.5, K: 0.0005}
+
+// LeoHandover is the leo-handover profile: a handover every 15 s, each into
+// a satellite with its own RTT (40-60 ms) and rates, entered with 100-200 ms
+// of outage or 200 ms of 30 % loss (see the package doc).
+func LeoHandover() Link {
+	ms := time.Millisecond
+	return Link{
+		Down: Dir{Delay: 20 * ms, RateBps: 100e6},
+		Up:   Dir{Delay: 20 * ms, RateBps: 20e6},
+		Seed: 1,
+		Schedule: &Schedule{Handovers: &Handovers{First: 15 * time.Second, Period: 15 * time.Second, Steps: []Step{
+			{Outage: 100 * ms, Delay: 20 * ms, DownRate: 100e6, UpRate: 20e6},
+			{Burst: 200 * ms, BurstLoss: 0.3, Delay: 27 * ms, DownRate: 60e6, UpRate: 12e6},
+			{Outage: 200 * ms, Delay: 30 * ms, DownRate: 150e6, UpRate: 20e6},
+			{Burst: 200 * ms, BurstLoss: 0.3, Delay: 23 * ms, DownRate: 80e6, UpRate: 15e6},
+		}}},
+	}
+}
+
+// Profile returns a named link. "none" or "" is plain bridging.
+func Profile(name string) (Link, error) {
+	geo := geoLink()
 	switch strings.ToLower(name) {
 	case "", "none":
 		return Link{Seed: 1}, nil
@@ -145,6 +224,14 @@ func Profile(name string) (Link, error) {
 			Up:   Dir{Delay: 20 * time.Millisecond, RateBps: 20e6, Loss: 0.005},
 			Seed: 1,
 		}, nil
+	case "geo-fade":
+		return GeoFade(2 * time.Second), nil
+	case "leo-handover":
+		return LeoHandover(), nil
+	case "geo-ge":
+		down, up := GeoGE, GeoGE
+		geo.Down.GE, geo.Up.GE = &down, &up
+		return geo, nil
 	}
 	return Link{}, fmt.Errorf("unknown link profile %q (want one of %s)", name, strings.Join(Profiles(), ", "))
 }

@@ -69,6 +69,8 @@ const (
 	pass verdict = iota
 	dropLoss
 	dropQueue
+	dropOutage // the schedule has the link down
+	dropBurst  // lost in a handover's loss burst
 )
 
 // pipe is the pure timing and drop logic of one direction. Times are
@@ -81,6 +83,8 @@ type pipe struct {
 
 	busyUntil time.Duration // end of serialization of the last accepted frame
 	rem       int64         // sub-nanosecond remainder of busyUntil, in 1/rate ns
+
+	sched *pipeSchedule // nil: the link never changes
 }
 
 func newPipe(d Dir, seed, stream uint64) *pipe {
@@ -109,6 +113,14 @@ func (p *pipe) backlog(now time.Duration) float64 {
 // Departure is max(now, previous departure) + n*8/rate, then + delay; the
 // remainder carried between frames keeps rounding from drifting the rate.
 func (p *pipe) admit(now time.Duration, n int) (time.Duration, verdict) {
+	if p.sched != nil {
+		return p.sched.admit(p, now, n)
+	}
+	return p.transmit(now, n)
+}
+
+// transmit is admit on a link that does not change.
+func (p *pipe) transmit(now time.Duration, n int) (time.Duration, verdict) {
 	if p.rate == 0 {
 		if p.loss.lose() {
 			return 0, dropLoss

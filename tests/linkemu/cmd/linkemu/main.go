@@ -3,11 +3,13 @@
 // Command linkemu bridges two interfaces of the current network namespace
 // through the userspace satellite-link emulator until SIGINT or SIGTERM.
 //
-//	linkemu --a m-cli --b m-rtr --profile geo [--delay 250ms] [--rate 10M] [--loss 0.01] [--queue 500000] [--seed 7]
+//	linkemu --a m-cli --b m-rtr --profile geo [--delay 250ms] [--rate 10M] [--loss 0.01] [--queue 500000] [--seed 7] [--outages FILE]
 //
 // --a faces the client ("down" traffic leaves through it), --b faces the
 // router. --delay, --rate, --loss and --queue override the profile in both
-// directions.
+// directions. --outages replaces the profile's schedule with the outages
+// listed in FILE (see linkemu.ParseOutages). The schedule counts from the
+// start; SIGUSR1 restarts it (Bridge.Arm), to line it up with a transfer.
 package main
 
 import (
@@ -41,6 +43,7 @@ func run() error {
 		loss    = flag.Float64("loss", 0, "Bernoulli loss probability, both directions")
 		queue   = flag.Int("queue", 0, "serialization queue in bytes, both directions (0 = one BDP)")
 		seed    = flag.Uint64("seed", 1, "loss pattern seed")
+		outages = flag.String("outages", "", "file of outages (\"START LENGTH\" or \"every PERIOD LENGTH [from FIRST]\" lines)")
 		verbose = flag.Bool("v", false, "debug logging")
 	)
 	flag.Parse()
@@ -80,6 +83,11 @@ func run() error {
 	if setErr != nil {
 		return setErr
 	}
+	if *outages != "" {
+		if l.Schedule, err = readOutages(*outages); err != nil {
+			return err
+		}
+	}
 
 	br, err := linkemu.Start(nil, *a, *b, l)
 	if err != nil {
@@ -87,13 +95,42 @@ func run() error {
 	}
 	slog.Info("bridging", "toward-client", *a, "toward-router", *b, "down", fmt.Sprintf("%+v", l.Down), "up", fmt.Sprintf("%+v", l.Up), "seed", l.Seed)
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	start := time.Now()
-	<-ctx.Done()
+	waitForEnd(br)
 	st := br.Stats()
 	err = br.Close()
 	fmt.Printf("ran %v\ndown (%s -> %s): %v\nup   (%s -> %s): %v\n",
 		time.Since(start).Round(time.Millisecond), *b, *a, st.Down, *a, *b, st.Up)
 	return err
+}
+
+func readOutages(path string) (*linkemu.Schedule, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	s, err := linkemu.ParseOutages(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
+
+// waitForEnd returns on SIGINT or SIGTERM and restarts the link's schedule
+// on every SIGUSR1.
+func waitForEnd(br *linkemu.Bridge) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-usr1:
+			slog.Info("schedule restarted", "at", br.Arm().Format(time.RFC3339Nano))
+		}
+	}
 }
