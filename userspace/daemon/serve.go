@@ -46,6 +46,7 @@ func (r *run) info() report.DaemonInfo {
 		Interfaces: r.follow.health(),
 	}
 	info.Role, info.Presets, info.Deny = o.Role, Presets(o.Tuning), prefixTexts(o.Deny)
+	info.RTOBound = rtoBound(o.Tuning)
 	if o.ForwardFilter.Mode != "" {
 		ff := o.ForwardFilter
 		info.ForwardFilter = &ff
