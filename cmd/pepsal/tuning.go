@@ -43,7 +43,7 @@ func (t *tuningFlags) register(cmd *cobra.Command) {
 	f.StringArrayVar(&t.fastOpenFrom, "fastopen-from", nil, "take data in SYNs (fast open, --role gateway or --fastopen) only from this prefix, e.g. the terminals' link 192.0.2.0/24 (repeatable; default: from nowhere, a SYN with data from anywhere else is forwarded unsplit: its source is not proven)")
 	f.DurationVar(&t.fastOpenWait, "fastopen-wait", 20*time.Millisecond, "how long to wait for a client's first bytes to put them in the upstream SYN")
 	f.DurationVar(&t.keepAlive, "keepalive", tuning.DefaultKeepAlive, "both legs: idle time before TCP keepalive probes (4, a quarter of it apart), so that dead peers are found; 0: off")
-	f.DurationVar(&t.userTimeout, "user-timeout", tuning.DefaultUserTimeout, "both legs: drop a leg whose data (or keepalive probes) stay unacknowledged this long (TCP_USER_TIMEOUT), resetting the other; 0: the kernel's (~15 min)")
+	f.DurationVar(&t.userTimeout, "user-timeout", tuning.DefaultUserTimeout, "both legs: drop a leg whose data (or keepalive probes) stay unacknowledged this long (TCP_USER_TIMEOUT), resetting the other; 0: the kernel's (~15 min, set explicitly on legs with --rto-max, whose bound would shorten it)")
 	f.StringVar(&t.rtoMax, "rto-max", "auto", "long legs: bound on the retransmission timeout and its back-off (TCP_RTO_MAX_MS, Linux 6.15+; ignored before), so that a leg retransmits at most this long after a link outage ends: auto (4x the leg's handshake RTT, 2s to 120s), a duration from 1s to 120s, or 0 (off: the kernel's back-off up to 120s)")
 	t.legs[0].name, t.legs[1].name = "client", "server"
 	for i := range t.legs {
