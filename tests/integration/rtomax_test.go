@@ -8,6 +8,7 @@ import (
 	"net"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -53,6 +54,9 @@ func TestRTOMaxThroughOutage(t *testing.T) {
 			if c.bounded && r.set < 1 {
 				t.Errorf("status: rto_bound.set %d, want the long leg counted", r.set)
 			}
+			if bounded := strings.Contains(r.presets, "client leg: bbr, initcwnd 1000, initrwnd 2048, sndbuf 16MiB, rcvbuf 16MiB, quickack, rto-max 4x the handshake RTT"); bounded != c.bounded {
+				t.Errorf("presets %q: say the client leg's bound: %v, want %v", r.presets, bounded, c.bounded)
+			}
 		})
 	}
 }
@@ -62,6 +66,7 @@ type outageResult struct {
 	maxRTO, maxBackoff int           // of the long leg, from ss
 	resumed, took      time.Duration // first byte after the return; whole download
 	set                uint64        // rto_bound.set in status
+	presets            string        // status's preset lines
 }
 
 const (
@@ -148,9 +153,14 @@ func outageDownload(t *testing.T, args []string) outageResult {
 	if n, err := c.Read(buf); n != 0 || err != io.EOF {
 		t.Errorf("after the download: %d bytes, %v; want EOF", n, err)
 	}
-	if rb := b.daemonInfo().RTOBound; rb != nil {
+	info := b.daemonInfo()
+	if rb := info.RTOBound; rb != nil {
 		res.set = rb.Set
+		if rb.Client != "4x the handshake RTT within 2s-120s" || rb.Server != "off" {
+			t.Errorf("status rto_bound: client %q, server %q", rb.Client, rb.Server)
+		}
 	}
+	res.presets = strings.Join(info.Presets, "; ")
 	mu.Lock()
 	res.maxRTO, res.maxBackoff = maxRTO, maxBackoff
 	mu.Unlock()

@@ -52,6 +52,8 @@ const (
 	// fast-open child at accept): GEO, what the presets are sized for.
 	AssumedRTT  = 600 * time.Millisecond
 	kernelRTOLo = 200 * time.Millisecond // TCP_RTO_MIN
+	// defaultRetries2 is net.ipv4.tcp_retries2's default.
+	defaultRetries2 = 15
 )
 
 // RTOStats counts the bound's decisions, one per leg tuned.
@@ -175,9 +177,13 @@ func (m RTOMax) apply(c *net.TCPConn, userTimeout time.Duration) error {
 		}
 		return nil
 	}
+	giveUp := m.GiveUp
+	if giveUp == 0 { // Validate refuses this; never a bound without a user timeout
+		giveUp = KernelGiveUp(defaultRetries2)
+	}
 	err = sockopt.WithFD(c, func(fd int) error {
-		if userTimeout == 0 && m.GiveUp > 0 {
-			if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_USER_TIMEOUT, int(m.GiveUp.Milliseconds())); err != nil {
+		if userTimeout == 0 {
+			if err := unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_USER_TIMEOUT, int(giveUp.Milliseconds())); err != nil {
 				return sockopt.Wrap("TCP_USER_TIMEOUT", err)
 			}
 		}

@@ -115,6 +115,9 @@ func TestRTOMaxOnSocket(t *testing.T) {
 		// Loopback's handshake RTT (microseconds): the floor.
 		{Leg{RTOMax: RTOMax{Auto: true, GiveUp: 924600 * time.Millisecond, Stats: stats}}, 2000, 924600},
 		{Leg{RTOMax: RTOMax{Auto: true, LongRTT: 150 * time.Millisecond, Stats: stats}, UserTimeout: time.Minute}, 120000, 60000},
+		// Neither a user timeout nor GiveUp (Validate refuses it): the
+		// kernel's old give-up time all the same.
+		{Leg{RTOMax: RTOMax{Fixed: 5 * time.Second, Stats: stats}}, 5000, 924600},
 	} {
 		d, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
 		if err != nil {
@@ -129,7 +132,7 @@ func TestRTOMaxOnSocket(t *testing.T) {
 			t.Errorf("%+v: TCP_RTO_MAX_MS %d, TCP_USER_TIMEOUT %d; want %d, %d", c.leg.RTOMax, got, uto, c.rtoMax, c.uto)
 		}
 	}
-	if stats.Set.Load() != 2 || stats.Short.Load() != 1 || stats.Failed.Load() != 0 {
-		t.Errorf("set %d, short %d, failed %d; want 2, 1, 0", stats.Set.Load(), stats.Short.Load(), stats.Failed.Load())
+	if stats.Set.Load() != 3 || stats.Short.Load() != 1 || stats.Failed.Load() != 0 {
+		t.Errorf("set %d, short %d, failed %d; want 3, 1, 0", stats.Set.Load(), stats.Short.Load(), stats.Failed.Load())
 	}
 }
