@@ -32,6 +32,12 @@ var flagValues = map[string]func() []string{
 			tuning.NoRole.String() + "\tLinux's defaults on both legs",
 		}
 	},
+	"rto-max": func() []string {
+		return []string{
+			"auto\t4 handshake RTTs, 2s to 120s (default)",
+			"0\toff: the kernel's back-off up to 120s",
+		}
+	},
 	"forward-filter": func() []string {
 		return []string{
 			forwardfilter.Check.String() + "\trefuse to start while forwarded traffic is filtered (default)",

@@ -66,6 +66,7 @@ func TestCompletionValues(t *testing.T) {
 		{[]string{"run", "--relay", "so"}, []string{"sockmap"}},
 		{[]string{"run", "--role", ""}, []string{"auto", "gateway", "terminal", "none"}},
 		{[]string{"run", "--log-level", ""}, []string{"debug", "info", "warn", "error"}},
+		{[]string{"run", "--rto-max", ""}, []string{"auto", "0"}},
 		{[]string{"run", "--forward-filter", ""}, []string{"check", "mirrored", "ignore"}},
 		{[]string{"run", "--log-format", ""}, []string{"text", "json"}},
 		{[]string{"attach", "--forward-filter", "m"}, []string{"mirrored"}},
@@ -90,6 +91,11 @@ func TestCompletionValues(t *testing.T) {
 		var r tuning.Role
 		if err := r.UnmarshalText([]byte(v)); err != nil {
 			t.Errorf("--role completes %s, which it refuses: %v", v, err)
+		}
+	}
+	for _, v := range []string{"auto", "0"} {
+		if _, err := tuning.ParseRTOMax(v); err != nil {
+			t.Errorf("--rto-max completes %s, which it refuses: %v", v, err)
 		}
 	}
 	for _, v := range []string{"check", "mirrored", "ignore"} {

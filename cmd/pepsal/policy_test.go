@@ -6,6 +6,9 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/pepsal/pepsal/userspace/tuning"
 )
 
 func TestParsePorts(t *testing.T) {
@@ -102,5 +105,39 @@ func TestRunPlanFastOpenFrom(t *testing.T) {
 	}
 	if perClientLimit(-1, 20) != 0 || perClientLimit(-1, 4000) != 1000 || perClientLimit(5, 4000) != 5 || perClientLimit(0, 4000) != 0 {
 		t.Error("perClientLimit does not settle auto, a count and off as documented")
+	}
+}
+
+// TestRunPlanRTOMax: --rto-max lands on the role's long legs (both, by
+// RTT, with auto), 0 takes it off, and --user-timeout 0 leaves a bounded
+// leg the kernel's old give-up time instead of none.
+func TestRunPlanRTOMax(t *testing.T) {
+	auto := tuning.RTOMax{Auto: true}
+	for _, c := range []struct {
+		args           []string
+		client, server tuning.RTOMax
+	}{
+		{nil, tuning.RTOMax{Auto: true, LongRTT: 150 * time.Millisecond}, tuning.RTOMax{Auto: true, LongRTT: 150 * time.Millisecond}},
+		{[]string{"--role", "gateway"}, auto, tuning.RTOMax{}},
+		{[]string{"--role", "terminal", "--rto-max", "3s"}, tuning.RTOMax{}, tuning.RTOMax{Fixed: 3 * time.Second}},
+		{[]string{"--role", "gateway", "--rto-max", "0"}, tuning.RTOMax{}, tuning.RTOMax{}},
+		{[]string{"--role", "terminal", "--rto-max", "off"}, tuning.RTOMax{}, tuning.RTOMax{}},
+		{[]string{"--role", "none"}, tuning.RTOMax{}, tuning.RTOMax{}},
+		{[]string{"--role", "terminal", "--user-timeout", "0"}, tuning.RTOMax{}, tuning.RTOMax{Auto: true, GiveUp: tuning.KernelGiveUp(retries2())}},
+	} {
+		e := untouchable(t)
+		var f runFlags
+		cmd := runCmdInto(e, &f)
+		if err := cmd.ParseFlags(c.args); err != nil {
+			t.Fatal(err)
+		}
+		p, err := f.plan(cmd, e)
+		got := [2]tuning.RTOMax{p.opts.Tuning.Client.RTOMax, p.opts.Tuning.Server.RTOMax}
+		for i := range got {
+			got[i].Stats = nil
+		}
+		if err != nil || got != [2]tuning.RTOMax{c.client, c.server} {
+			t.Errorf("%v: client %+v, server %+v, %v; want %+v, %+v", c.args, got[0], got[1], err, c.client, c.server)
+		}
 	}
 }

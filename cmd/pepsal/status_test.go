@@ -92,3 +92,15 @@ func TestStatusRoleText(t *testing.T) {
 		t.Errorf("got %q, want %q", b.String(), want)
 	}
 }
+
+// TestStatusRTOBoundText: the retransmission bound's counts follow the
+// presets (whose lines say the bound per leg).
+func TestStatusRTOBoundText(t *testing.T) {
+	var b strings.Builder
+	printRole(&b, &report.DaemonInfo{Version: "dev", Role: "gateway", Presets: []string{"client leg: rto-max 3s"},
+		RTOBound: &report.RTOBound{Client: "3s", Server: "off", Set: 7, Failed: 1}})
+	want := "version:   dev\nrole:      gateway\npreset:    client leg: rto-max 3s\nrto-max:   7 legs bounded, 0 short (auto), 0 without an RTT yet (auto), 1 refused\n"
+	if b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+}

@@ -65,6 +65,9 @@ func printRole(w io.Writer, d *report.DaemonInfo) {
 	for _, p := range d.Presets {
 		fmt.Fprintf(w, "preset:    %s\n", p)
 	}
+	if b := d.RTOBound; b != nil {
+		fmt.Fprintf(w, "rto-max:   %d legs bounded, %d short (auto), %d without an RTT yet (auto), %d refused\n", b.Set, b.ShortLeg, b.NoRTT, b.Failed)
+	}
 	if len(d.Deny) > 0 {
 		fmt.Fprintf(w, "deny:      %s\n", strings.Join(d.Deny, ", "))
 	}

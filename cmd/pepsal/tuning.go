@@ -5,8 +5,11 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
+	"github.com/pepsal/pepsal/userspace/sockopt"
 	"github.com/pepsal/pepsal/userspace/tuning"
 	"github.com/spf13/cobra"
 )
@@ -21,6 +24,7 @@ type tuningFlags struct {
 	legs         [2]legFlags // client, server
 	keepAlive    time.Duration
 	userTimeout  time.Duration
+	rtoMax       string
 }
 
 type legFlags struct {
@@ -39,7 +43,8 @@ func (t *tuningFlags) register(cmd *cobra.Command) {
 	f.StringArrayVar(&t.fastOpenFrom, "fastopen-from", nil, "take data in SYNs (fast open, --role gateway or --fastopen) only from this prefix, e.g. the terminals' link 192.0.2.0/24 (repeatable; default: from nowhere, a SYN with data from anywhere else is forwarded unsplit: its source is not proven)")
 	f.DurationVar(&t.fastOpenWait, "fastopen-wait", 20*time.Millisecond, "how long to wait for a client's first bytes to put them in the upstream SYN")
 	f.DurationVar(&t.keepAlive, "keepalive", tuning.DefaultKeepAlive, "both legs: idle time before TCP keepalive probes (4, a quarter of it apart), so that dead peers are found; 0: off")
-	f.DurationVar(&t.userTimeout, "user-timeout", tuning.DefaultUserTimeout, "both legs: drop a leg whose data (or keepalive probes) stay unacknowledged this long (TCP_USER_TIMEOUT), resetting the other; 0: the kernel's (~15 min)")
+	f.DurationVar(&t.userTimeout, "user-timeout", tuning.DefaultUserTimeout, "both legs: drop a leg whose data (or keepalive probes) stay unacknowledged this long (TCP_USER_TIMEOUT), resetting the other; 0: the kernel's (~15 min, set explicitly on legs with --rto-max, whose bound would shorten it)")
+	f.StringVar(&t.rtoMax, "rto-max", "auto", "long legs: bound on the retransmission timeout and its back-off (TCP_RTO_MAX_MS, Linux 6.15+; ignored before), so that a leg retransmits at most this long after a link outage ends: auto (4x the leg's handshake RTT, 2s to 120s), a duration from 1s to 120s, or 0 (off: the kernel's back-off up to 120s)")
 	t.legs[0].name, t.legs[1].name = "client", "server"
 	for i := range t.legs {
 		l := &t.legs[i]
@@ -73,6 +78,9 @@ func (t *tuningFlags) tuning(cmd *cobra.Command) (tuning.Tuning, error) {
 		return tun, err
 	}
 	legs := [2]*tuning.Leg{&tun.Client, &tun.Server}
+	if err := t.boundRTO(cmd, legs); err != nil {
+		return tun, err
+	}
 	f := cmd.Flags()
 	for i, l := range t.legs {
 		leg := legs[i]
@@ -118,6 +126,50 @@ func (t *tuningFlags) tuning(cmd *cobra.Command) (tuning.Tuning, error) {
 	return tun, nil
 }
 
+// boundRTO puts --rto-max on the legs the role makes long (both with
+// --role auto, each by its handshake RTT). With --user-timeout 0 a bounded
+// leg gets the give-up time the kernel had without the bound: since 6.15
+// the kernel computes it from the bound (14 s of outage at 1 s).
+func (t *tuningFlags) boundRTO(cmd *cobra.Command, legs [2]*tuning.Leg) error {
+	m, err := tuning.ParseRTOMax(t.rtoMax)
+	if err != nil {
+		return fmt.Errorf("bad --rto-max: %w", err)
+	}
+	long := false
+	stats := &tuning.RTOStats{}
+	for _, l := range legs {
+		if !l.RTOMax.On() {
+			continue
+		}
+		long = true
+		if !m.On() {
+			l.RTOMax = tuning.RTOMax{}
+			continue
+		}
+		l.RTOMax.Fixed, l.RTOMax.Auto, l.RTOMax.Stats = m.Fixed, m.Auto, stats
+		if t.userTimeout == 0 {
+			l.RTOMax.GiveUp = tuning.KernelGiveUp(retries2())
+		}
+	}
+	if !long && m.On() && cmd.Flags().Changed("rto-max") {
+		return fmt.Errorf("--rto-max bounds the long leg: it needs --role gateway, terminal or auto")
+	}
+	return nil
+}
+
+// retries2 is net.ipv4.tcp_retries2 here, or its default.
+func retries2() int {
+	s, err := sockopt.ReadSysctl("net/ipv4/tcp_retries2")
+	if err != nil {
+		return 15
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return 15
+	}
+	return n
+}
+
 // acceptFrom reads --fastopen-from, which only listeners that take data in
 // SYNs have a use for.
 func (t *tuningFlags) acceptFrom(tun *tuning.Tuning) error {
@@ -140,7 +192,7 @@ func legFlagErr(err error) error {
 	}
 	flag := "--" + le.Leg + "-" + le.Field // --client-cc, --server-mss, --client-initcwnd
 	switch le.Field {
-	case "keepalive", "user-timeout": // one flag for both legs
+	case "keepalive", "user-timeout", "rto-max": // one flag for both legs
 		flag = "--" + le.Field
 	case "buffer": // --client-sndbuf and --client-rcvbuf
 		flag = "--" + le.Leg + " buffer"

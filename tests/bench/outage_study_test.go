@@ -36,7 +36,9 @@ import (
 // mode: "rtomax" sets net.ipv4.tcp_rto_max_ms=PEPSAL_OUTAGE_STUDY_RTOMAX
 // (default 1000) in the terminal's and gateway's namespaces, "nots" and
 // "nosack" turn TCP timestamps and SACK off there, "kick" runs the kicker of outage_kick_test.go
-// at the gateway (e.g. "pepsal-kick-rtomax").
+// at the gateway (e.g. "pepsal-kick-rtomax"), "rto0" runs both pepsals with
+// --rto-max 0 (their default bounds the long legs), "steady" keeps the link
+// up (no outage: the bound must cost nothing there).
 func TestOutageStudy(t *testing.T) {
 	if os.Getenv("PEPSAL_OUTAGE_STUDY") != "1" {
 		t.Skip("an experiment, not a test: set PEPSAL_OUTAGE_STUDY=1")
@@ -105,6 +107,9 @@ func studyOnce(t *testing.T, mode, out string) (string, error) {
 	defer cancel()
 	link := linkemu.GeoFade(studyStart)
 	link.Schedule.WaitArm = true // the bed, the proxies and their warm paths first
+	if strings.Contains(mode, "steady") {
+		link.Schedule.Outages = nil
+	}
 	bed, err := NewBed(TwoPEP, &link, "ost", "cubic")
 	if err != nil {
 		return "", err
@@ -120,6 +125,10 @@ func studyOnce(t *testing.T, mode, out string) (string, error) {
 			return "", err
 		}
 		defer removeKey()
+		if strings.Contains(mode, "rto0") {
+			cfg.TerminalArgs = append(cfg.argsFor("terminal"), "--rto-max", "0")
+			cfg.ExtraArgs = append(cfg.argsFor("gateway"), "--rto-max", "0")
+		}
 		ds, err := StartProxies(ctx, cfg, Mode{Name: mode, Relay: "splice"}, bed.Sites)
 		if err != nil {
 			return "", err

@@ -48,6 +48,7 @@ func TestRoleAutoByRTT(t *testing.T) {
 	// its handshake RTT would count.
 	splitLegs(t, b, addr)
 	base := b.status()
+	baseRTO := b.daemonInfo().RTOBound
 	cl, sl := splitLegs(t, b, addr)
 	auto := tuning.AutoByRTT
 	for _, leg := range []struct {
@@ -79,8 +80,14 @@ func TestRoleAutoByRTT(t *testing.T) {
 	if got := st.counter("tune_auto_long") - base.counter("tune_auto_long"); got != 1 {
 		t.Errorf("tune_auto_long +%d, want +1 (the client leg)", got)
 	}
-	if info := b.daemonInfo(); info.Role != "auto" || len(info.Presets) == 0 {
+	info := b.daemonInfo()
+	if info.Role != "auto" || len(info.Presets) == 0 {
 		t.Errorf("status: role %q, presets %q", info.Role, info.Presets)
+	}
+	// The retransmission bound (--rto-max auto) by the same round trips:
+	// the 200 ms client leg is bounded, the 40 ms server leg is not.
+	if rb := info.RTOBound; tuning.ProbeRTOMax() == nil && (rb == nil || baseRTO == nil || rb.Set-baseRTO.Set != 1 || rb.ShortLeg-baseRTO.ShortLeg != 1) {
+		t.Errorf("rto_bound %+v, before %+v: want set +1 (client leg), short_leg +1 (server leg)", rb, baseRTO)
 	}
 
 	d.Stop(syscall.SIGTERM, 10*time.Second)

@@ -116,6 +116,7 @@ type run struct {
 	ifaces  []loader.Iface
 	relay   string       // the relay in use
 	off     []report.Off // what this host lacks, and what is done instead
+	rtoOff  []report.Off // of them, the retransmission bound (buildPipeline)
 
 	// Interfaces followed by name (followIfaces); follow is nil without.
 	follow        *follower

@@ -219,6 +219,7 @@ func (r *run) settleRelay() error {
 	r.ifaces, _ = r.k.Ifaces()
 	off = append(off, tcxOff(r.ifaces)...)
 	off = append(off, windowOff(o.Tuning, ProbeLargeInitialWindow)...)
+	off = append(off, r.rtoOff...)
 	for _, o := range off {
 		log.Warn(o.String())
 	}

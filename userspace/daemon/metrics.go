@@ -39,10 +39,14 @@ type Metrics struct {
 	// Ifaces reads the followed interfaces' health (follower.health);
 	// nil: none. Set before serving (metrics_ifaces.go).
 	Ifaces func() []report.IfaceHealth
+	// RTO reads the long legs' retransmission bound (rtoBound); nil, or
+	// nil returned, without one. Set before serving.
+	RTO func() *report.RTOBound
 
 	active, accepted, closed, fallbacksBy, fallbackLive *prometheus.Desc
 	localFailed, tuningSkipped, denied                  *prometheus.Desc
 	clientsAtLimit, clientLimitTrips                    *prometheus.Desc
+	rtoLegs                                             *prometheus.Desc
 
 	pool    peerPoolDescs
 	gateway peerGatewayDescs
@@ -104,6 +108,8 @@ func NewMetrics(table *proxy.Table, counters func() ([]loader.Counter, error)) *
 		denied: prometheus.NewDesc("pepsal_connections_denied_total",
 			"Connections reset because the destination policy refused their destination (this host, loopback, link-local, multicast, broadcast, --deny), by reason: nothing was dialed.", []string{"reason"}, nil),
 		listen: newListenDescs(),
+		rtoLegs: prometheus.NewDesc("pepsal_rto_bound_legs_total",
+			"Legs the long legs' retransmission bound (--rto-max) was decided for, by decision: set, short_leg and no_rtt (--role auto: left alone), failed (the kernel refused it).", []string{"decision"}, nil),
 		clientsAtLimit: prometheus.NewDesc("pepsal_clients_at_limit",
 			"Client addresses holding --max-conns-per-client split connections now: their new connections are forwarded unsplit (counted as the syn_bypass_source decision).", nil, nil),
 		clientLimitTrips: prometheus.NewDesc("pepsal_client_limit_trips_total",
@@ -164,7 +170,7 @@ func newListenDescs() listenDescs {
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	p, g := m.pool, m.gateway
-	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.fallbacksBy, m.fallbackLive, m.localFailed, m.tuningSkipped, m.denied, m.clientsAtLimit, m.clientLimitTrips,
+	for _, d := range []*prometheus.Desc{m.active, m.accepted, m.closed, m.fallbacksBy, m.fallbackLive, m.localFailed, m.tuningSkipped, m.denied, m.clientsAtLimit, m.clientLimitTrips, m.rtoLegs,
 		p.size, p.conns, p.refills, p.dialFailures, p.taken, p.recycled, p.dead, p.fallbacks, p.backoff,
 		g.accepted, g.waiting, g.served, g.idleClosed, g.authFailures, g.pacedStarts, g.starting,
 		m.listen.backlog, m.listen.overflows, m.listen.drops, m.listen.cookies} {
@@ -203,6 +209,14 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(m.localFailed, split.LocalFailed)
 	counter(m.tuningSkipped, split.UpstreamTuningSkipped)
+	if m.RTO != nil {
+		if b := m.RTO(); b != nil {
+			counter(m.rtoLegs, b.Set, "set")
+			counter(m.rtoLegs, b.ShortLeg, "short_leg")
+			counter(m.rtoLegs, b.NoRTT, "no_rtt")
+			counter(m.rtoLegs, b.Failed, "failed")
+		}
+	}
 	// Every reason, 0 included, so that a dashboard sees the series before
 	// the first fallback.
 	for _, reason := range conn.FallbackReasons() {

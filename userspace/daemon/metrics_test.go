@@ -50,6 +50,7 @@ func TestMetricsCollect(t *testing.T) {
 	m.Split = func() report.SplitStats {
 		return report.SplitStats{LocalFailed: localFailed.Load(), UpstreamTuningSkipped: tuningSkipped.Load()}
 	}
+	m.RTO = func() *report.RTOBound { return &report.RTOBound{Set: 5, ShortLeg: 2} }
 	split := m.Split()
 	localFailed.Add(2)
 	tuningSkipped.Add(1)
@@ -108,11 +109,17 @@ pepsal_connections_denied_total{reason="multicast"} 0
 pepsal_connections_denied_total{reason="own_address"} 0
 pepsal_connections_denied_total{reason="route_lookup_failed"} 0
 pepsal_connections_denied_total{reason="unspecified"} 0
+# HELP pepsal_rto_bound_legs_total Legs the long legs' retransmission bound (--rto-max) was decided for, by decision: set, short_leg and no_rtt (--role auto: left alone), failed (the kernel refused it).
+# TYPE pepsal_rto_bound_legs_total counter
+pepsal_rto_bound_legs_total{decision="failed"} 0
+pepsal_rto_bound_legs_total{decision="no_rtt"} 0
+pepsal_rto_bound_legs_total{decision="set"} 5
+pepsal_rto_bound_legs_total{decision="short_leg"} 2
 `, split.LocalFailed+2, split.UpstreamTuningSkipped+1)
 	names := []string{"pepsal_connections_active", "pepsal_connections_accepted_total", "pepsal_connections_closed_total",
 		"pepsal_relayed_bytes_total", "pepsal_classifier_syns_total", "pepsal_relay_skbs_total",
 		"pepsal_relay_fallbacks_total", "pepsal_relay_fallback_connections", "pepsal_local_failures_total", "pepsal_upstream_tuning_skipped_total",
-		"pepsal_connections_denied_total"}
+		"pepsal_connections_denied_total", "pepsal_rto_bound_legs_total"}
 	if err := testutil.CollectAndCompare(m, strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}

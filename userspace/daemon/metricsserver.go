@@ -37,6 +37,7 @@ func serveMetrics(ln net.Listener, sp *proxy.Pipeline, peers func() *report.Peer
 	m.Peer = peers
 	m.Listen = listen
 	m.Ifaces = ops.Ifaces
+	m.RTO = ops.RTO
 	m.Split = sp.SplitStats
 	m.SetVersion(ops.Version)
 	handler, err := m.Handler(log)
@@ -63,6 +64,7 @@ type metricsOps struct {
 	Version string
 	Ifaces  func() []report.IfaceHealth
 	Health  Health
+	RTO     func() *report.RTOBound // the long legs' retransmission bound
 }
 
 // serveHTTP serves h on ln within lim until the returned stop: no client

@@ -21,6 +21,9 @@ import (
 // the warm paths.
 func (r *run) buildPipeline() error {
 	o, k := r.o, r.k
+	// Before anything takes the legs' tuning: the bound goes where the
+	// kernel has it (settleRelay reports it with the rest).
+	r.rtoOff = rtoMaxOff(&o.Tuning, tuning.ProbeRTOMax)
 	lns := make([]*net.TCPListener, 0, len(r.listeners))
 	for _, l := range r.listeners {
 		lns = append(lns, l.ln)

@@ -60,6 +60,9 @@ func legText(l tuning.Leg, b tuning.ByRTT) string {
 	if l.NoDelay != nil && !*l.NoDelay {
 		parts = append(parts, "nodelay off")
 	}
+	if l.RTOMax.On() {
+		parts = append(parts, "rto-max "+l.RTOMax.String())
+	}
 	if len(parts) == 0 {
 		return "Linux defaults"
 	}

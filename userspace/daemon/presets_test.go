@@ -28,9 +28,15 @@ func TestPresets(t *testing.T) {
 		{custom, []string{"client leg: Linux defaults", "server leg: cubic, sndbuf 512KiB, rcvbuf 1000, mss 1400, nodelay off",
 			"fast open: dialed (waits 20ms for the request)"}},
 		{tuning.Auto.Tuning(), []string{
-			"client leg: bbr if its handshake RTT is 150ms or more, initcwnd one BDP of 20 Mbit/s at its handshake RTT (10-1000 segments)",
-			"server leg: bbr if its handshake RTT is 150ms or more, initcwnd one BDP of 20 Mbit/s at its handshake RTT (10-1000 segments)",
+			"client leg: bbr if its handshake RTT is 150ms or more, initcwnd one BDP of 20 Mbit/s at its handshake RTT (10-1000 segments), rto-max 4x the handshake RTT within 2s-120s on a leg of 150ms or more",
+			"server leg: bbr if its handshake RTT is 150ms or more, initcwnd one BDP of 20 Mbit/s at its handshake RTT (10-1000 segments), rto-max 4x the handshake RTT within 2s-120s on a leg of 150ms or more",
 			"fast open: off"}},
+		{tuning.Gateway.Tuning(), []string{
+			"client leg: bbr, initcwnd 1000, initrwnd 2048, sndbuf 16MiB, rcvbuf 16MiB, quickack, rto-max 4x the handshake RTT within 2s-120s",
+			"server leg: Linux defaults", "fast open: accepted"}},
+		{tuning.Tuning{Server: tuning.Leg{RTOMax: tuning.RTOMax{Fixed: 3 * time.Second, GiveUp: 924600 * time.Millisecond}}}, []string{
+			"client leg: Linux defaults",
+			"server leg: rto-max 3s, user timeout 15m24.6s (--user-timeout 0: the kernel's give-up time without the bound)", "fast open: off"}},
 		{tuning.Tuning{Client: tuning.Leg{CC: "cubic", InitCwnd: 30}, ByRTT: tuning.AutoByRTT}, []string{
 			"client leg: cubic, initcwnd 30",
 			"server leg: bbr if its handshake RTT is 150ms or more, initcwnd one BDP of 20 Mbit/s at its handshake RTT (10-1000 segments)",

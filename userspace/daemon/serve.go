@@ -26,7 +26,7 @@ func (r *run) observe() error {
 		return nil
 	}
 	listen := func() report.ListenStats { return listenStats(r.backlog) }
-	ops := metricsOps{Version: r.o.Version, Ifaces: r.follow.health, Health: r.health()}
+	ops := metricsOps{Version: r.o.Version, Ifaces: r.follow.health, Health: r.health(), RTO: func() *report.RTOBound { return rtoBound(r.o.Tuning) }}
 	stop, err := serveMetrics(r.metricsLn, r.pipeline, r.peerStats, r.k.Counters, listen, ops, r.log)
 	if err != nil {
 		return err
@@ -46,6 +46,7 @@ func (r *run) info() report.DaemonInfo {
 		Interfaces: r.follow.health(),
 	}
 	info.Role, info.Presets, info.Deny = o.Role, Presets(o.Tuning), prefixTexts(o.Deny)
+	info.RTOBound = rtoBound(o.Tuning)
 	if o.ForwardFilter.Mode != "" {
 		ff := o.ForwardFilter
 		info.ForwardFilter = &ff

@@ -28,9 +28,25 @@ type DaemonInfo struct {
 	// the role and the flags, in words.
 	Role    string   `json:"role,omitempty"`
 	Presets []string `json:"presets,omitempty"`
+	// RTOBound is the long legs' retransmission bound (--rto-max); nil:
+	// off, or the kernel has none (Off says so).
+	RTOBound *RTOBound `json:"rto_bound,omitempty"`
 	// Deny are the destinations refused besides this host's own (--deny).
 	Deny []string `json:"deny,omitempty"`
 	SplitStats
+}
+
+// RTOBound is --rto-max in force: per leg in words ("off" where the leg
+// is never long), and how many legs were bounded or left alone since start.
+type RTOBound struct {
+	Client string `json:"client"`
+	Server string `json:"server"`
+	Set    uint64 `json:"set"` // legs bounded
+	// ShortLeg: --role auto, the handshake RTT is short (not the link).
+	ShortLeg uint64 `json:"short_leg"`
+	// NoRTT: --role auto, no handshake RTT measured yet (a fast-open child).
+	NoRTT  uint64 `json:"no_rtt"`
+	Failed uint64 `json:"failed"` // the kernel refused the option
 }
 
 // ListenStats are the proxy listeners' backlog and the namespace's listen

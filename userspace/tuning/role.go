@@ -45,7 +45,9 @@ func (r *Role) UnmarshalText(text []byte) error {
 // put it in the SYN: a LAN client sends it right after its handshake.
 const defaultFastOpenWait = 20 * time.Millisecond
 
-var longLeg = Leg{CC: "bbr", InitCwnd: 1000, InitRwnd: 2048, SndBuf: 16 << 20, RcvBuf: 16 << 20, QuickAck: true}
+// The long leg's retransmission back-off is bounded (RTOMax): it faces the
+// link's outages.
+var longLeg = Leg{CC: "bbr", InitCwnd: 1000, InitRwnd: 2048, SndBuf: 16 << 20, RcvBuf: 16 << 20, QuickAck: true, RTOMax: RTOMax{Auto: true}}
 
 // AutoByRTT is --role auto: a leg's initial window is one bandwidth-delay
 // product of the rate the long-leg preset is sized for (20 Mbit/s) at the
@@ -68,7 +70,8 @@ func (r Role) Tuning() Tuning {
 	case Terminal:
 		return Tuning{Server: longLeg, FastOpen: FastOpen{Dial: true, Wait: defaultFastOpenWait}}
 	case Auto:
-		return Tuning{ByRTT: AutoByRTT}
+		byRTT := Leg{RTOMax: RTOMax{Auto: true, LongRTT: AutoByRTT.LongRTT}}
+		return Tuning{Client: byRTT, Server: byRTT, ByRTT: AutoByRTT}
 	}
 	return Tuning{}
 }

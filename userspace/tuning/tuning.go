@@ -44,6 +44,8 @@ type Leg struct {
 	// a leg whose peer vanished cannot hold its memory for ever. 0: the
 	// kernel's retransmission limit (net.ipv4.tcp_retries2, ~15 min).
 	UserTimeout time.Duration
+	// RTOMax bounds the leg's retransmission back-off (the long leg's).
+	RTOMax RTOMax
 }
 
 // Defaults of --keepalive and --user-timeout, for a 600 ms RTT satellite
@@ -113,7 +115,7 @@ func (b ByRTT) Window(rtt time.Duration, mss int) int {
 }
 
 // LegError is a leg setting out of range. Field names the setting ("cc",
-// "buffer", "mss", "keepalive", "user-timeout", "initcwnd"), Msg what is
+// "buffer", "mss", "keepalive", "user-timeout", "rto-max", "initcwnd"), Msg what is
 // wrong with it ("5 is out of range (88-65495)").
 type LegError struct {
 	Leg   string // the name given to Validate: "client" or "server"
@@ -147,6 +149,13 @@ func (l Leg) Validate(name string) error {
 	}
 	if l.UserTimeout < 0 || l.UserTimeout > 24*time.Hour || l.UserTimeout > 0 && l.UserTimeout < time.Millisecond {
 		return &LegError{Leg: name, Field: "user-timeout", Msg: fmt.Sprintf("%s: want 0 (kernel default) or 1ms to 24h", l.UserTimeout)}
+	}
+	if err := l.RTOMax.Validate(); err != nil {
+		return &LegError{Leg: name, Field: "rto-max", Msg: err.Error(), Err: err}
+	}
+	if l.RTOMax.On() && l.UserTimeout == 0 && l.RTOMax.GiveUp == 0 {
+		// Since 6.15 a bounded socket without one dies after ~14 s of outage.
+		return &LegError{Leg: name, Field: "rto-max", Msg: "needs a user timeout on the leg (--user-timeout, or GiveUp)"}
 	}
 	if l.InitCwnd > 4096 || l.InitRwnd > 65535 {
 		return &LegError{Leg: name, Field: "initcwnd", Msg: "must be <= 4096 and initrwnd <= 65535"}
@@ -224,6 +233,9 @@ func (l Leg) Established(c *net.TCPConn) error {
 		errs = append(errs, sockopt.WithFD(c, func(fd int) error {
 			return sockopt.Wrap("TCP_USER_TIMEOUT", unix.SetsockoptInt(fd, unix.SOL_TCP, unix.TCP_USER_TIMEOUT, int(l.UserTimeout.Milliseconds())))
 		}))
+	}
+	if l.RTOMax.On() {
+		errs = append(errs, l.RTOMax.apply(c, l.UserTimeout))
 	}
 	return errors.Join(errs...)
 }
