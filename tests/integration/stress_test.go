@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/kmatrix"
+	"github.com/pepsal/pepsal/tests/linkemu"
 	"github.com/pepsal/pepsal/tests/testbed"
 	"github.com/pepsal/pepsal/userspace/report"
 )
