@@ -79,7 +79,7 @@ for cmd in pepsal pepsal-run pepsal-attach pepsal-detach pepsal-status pepsal-co
 	[ "$(man -w 8 "$cmd")" = "/usr/share/man/man8/$cmd.8.gz" ] || fail "man -w 8 $cmd: $(man -w 8 "$cmd" 2>&1)"
 done
 page=$(MANWIDTH=80 man -l /usr/share/man/man8/pepsal-run.8.gz 2>&1)
-for want in 'PEPSAL-RUN(8)' 'pepsal run [flags]' '--role=""' 'EXAMPLE' 'pepsal run --iface eth0'; do
+for want in 'PEPSAL-RUN(8)' 'pepsal run [flags]' '--role="auto"' 'EXAMPLE' 'pepsal run --iface eth0'; do
 	grep -qF -- "$want" <<<"$page" || fail "man pepsal-run lacks $want"
 done
 ok "man pages in section 8; man -l renders pepsal-run(8)"
