@@ -64,13 +64,7 @@ func TestRunPlanDeny(t *testing.T) {
 		{[]string{"--deny", "10.1.2.3/8", "--deny", "fd00::/8", "--deny", "192.0.2.7"},
 			[]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8"), netip.MustParsePrefix("192.0.2.7/32")}},
 	} {
-		e := untouchable(t)
-		var f runFlags
-		cmd := runCmdInto(e, &f)
-		if err := cmd.ParseFlags(c.args); err != nil {
-			t.Fatal(err)
-		}
-		p, err := f.plan(cmd, e)
+		p, err := planFor(t, c.args)
 		if err != nil || !slices.Equal(p.opts.Deny, c.want) {
 			t.Errorf("%v: deny %v, %v; want %v", c.args, p.opts.Deny, err, c.want)
 		}
@@ -91,13 +85,7 @@ func TestRunPlanFastOpenFrom(t *testing.T) {
 		{[]string{"--role", "gateway", "--fastopen-from", "::ffff:10.78.3.0/120", "--fastopen-from", "fd78:3::1", "--max-conns-per-client", "64"},
 			[]netip.Prefix{netip.MustParsePrefix("::ffff:10.78.3.0/120"), netip.MustParsePrefix("fd78:3::1/128")}, 64},
 	} {
-		e := untouchable(t)
-		var f runFlags
-		cmd := runCmdInto(e, &f)
-		if err := cmd.ParseFlags(c.args); err != nil {
-			t.Fatal(err)
-		}
-		p, err := f.plan(cmd, e)
+		p, err := planFor(t, c.args)
 		fo := p.opts.Tuning.FastOpen
 		if err != nil || !fo.Accept || !slices.Equal(fo.AcceptFrom, c.from) || p.perClient != c.perClient {
 			t.Errorf("%v: accept %v from %v, per client %d, %v; want from %v, per client %d", c.args, fo.Accept, fo.AcceptFrom, p.perClient, err, c.from, c.perClient)
@@ -125,13 +113,7 @@ func TestRunPlanRTOMax(t *testing.T) {
 		{[]string{"--role", "none"}, tuning.RTOMax{}, tuning.RTOMax{}},
 		{[]string{"--role", "terminal", "--user-timeout", "0"}, tuning.RTOMax{}, tuning.RTOMax{Auto: true, GiveUp: tuning.KernelGiveUp(retries2())}},
 	} {
-		e := untouchable(t)
-		var f runFlags
-		cmd := runCmdInto(e, &f)
-		if err := cmd.ParseFlags(c.args); err != nil {
-			t.Fatal(err)
-		}
-		p, err := f.plan(cmd, e)
+		p, err := planFor(t, c.args)
 		got := [2]tuning.RTOMax{p.opts.Tuning.Client.RTOMax, p.opts.Tuning.Server.RTOMax}
 		for i := range got {
 			got[i].Stats = nil
@@ -140,4 +122,16 @@ func TestRunPlanRTOMax(t *testing.T) {
 			t.Errorf("%v: client %+v, server %+v, %v; want %+v, %+v", c.args, got[0], got[1], err, c.client, c.server)
 		}
 	}
+}
+
+// planFor is what `pepsal run ARGS` would give the daemon, touching nothing.
+func planFor(t *testing.T, args []string) (runPlan, error) {
+	t.Helper()
+	e := untouchable(t)
+	var f runFlags
+	cmd := runCmdInto(e, &f)
+	if err := cmd.ParseFlags(args); err != nil {
+		t.Fatal(err)
+	}
+	return f.plan(cmd, e)
 }
