@@ -126,6 +126,7 @@ var relaySuite = []suiteCase{
 	{"DestinationPolicyWarm", testDestinationPolicyWarm},
 	{"PeerFallback", testPeerFallback},
 	{"SynCookiesSplit", testSynCookiesSplit},
+	{"OutageAndHandovers", testOutageAndHandovers},
 }
 
 // relayIndependent are behaviours decided before any byte is relayed (the
