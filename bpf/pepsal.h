@@ -93,6 +93,9 @@ struct counters {
 	__u64 tune_auto_iw;           /* initial window sized by the leg's handshake RTT (one BDP of the assumed rate) */
 	__u64 tune_auto_long;         /* leg long by its handshake RTT: the long legs' congestion control set */
 	__u64 tune_auto_no_rtt;       /* no handshake RTT measured (a SYN cookie's ACK): the kernel's initial window stays */
+	/* appended (layout 9): long legs through link outages */
+	__u64 tune_rto_watched;       /* long leg whose retransmission timeouts are recorded (pepsal_stalled) */
+	__u64 tune_rto_recorded;      /* a watched leg's retransmission timeout, recorded for the daemon to kick when the link returns */
 };
 
 struct config {
@@ -137,6 +140,28 @@ struct leg_tuning {
 	 * it gets long_cc ("": keep the socket's) */
 	__u32 auto_long_us;
 	char long_cc[16];
+	/* record this leg's retransmission timeouts in pepsal_stalled (the
+	 * daemon makes it retransmit when the link returns): 0 off, 1 every
+	 * such leg, else a leg whose handshake RTT is at least this (us) */
+	__u32 watch_us;
+};
+
+/* A watched leg in retransmission back-off, key of pepsal_stalled; IPv4
+ * addresses v4-mapped. */
+struct stall_key {
+	__u8 local_addr[16];
+	__u8 remote_addr[16];
+	__u16 local_port;  /* host byte order */
+	__u16 remote_port; /* host byte order */
+	__u32 family;
+};
+
+/* Its latest timeout: an ICMP error quoting snd_una undoes a back-off
+ * step (RFC 6069, tcp_ld_RTO_revert), one per timeout. */
+struct stall {
+	__u64 last_ns;  /* bpf_ktime_get_ns of the timeout */
+	__u32 snd_una;  /* oldest unacknowledged byte */
+	__u32 timeouts; /* consecutive timeouts so far (icsk_retransmits) */
 };
 
 enum leg {

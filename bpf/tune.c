@@ -4,7 +4,9 @@
  * each leg by its handshake round trip. Attached to the root cgroup, it sees every TCP socket of
  * the host and touches only pepsal's: accepted sockets of diverted flows
  * (found in pepsal_diverted), upstream sockets the daemon registered, and
- * the gateway's accepted warm connections from terminals (pepsal_peerport). */
+ * the gateway's accepted warm connections from terminals (pepsal_peerport).
+ * On long legs it also records retransmission timeouts (pepsal_stalled), so
+ * that the daemon can make them retransmit when the link returns. */
 #include "steering.h"
 
 #include <linux/in.h>
@@ -52,6 +54,16 @@ struct {
 	__type(key, __u64);
 	__type(value, __u8);
 } pepsal_iw_wait SEC(".maps");
+
+/* Watched long legs in retransmission back-off (see struct stall); the
+ * daemon deletes an entry once it kicked it or the remote proved alive. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 16384);
+	__type(key, struct stall_key);
+	__type(value, struct stall);
+} pepsal_stalled SEC(".maps");
 
 /* leg says which leg of a split connection the socket is, or -1; trusted,
  * whether its SYN came from --fastopen-from. */
@@ -159,6 +171,50 @@ static __always_inline void by_rtt(struct bpf_sock_ops *ops, struct leg_tuning *
 		COUNT(tune_auto_long);
 }
 
+/* watch asks for a long leg's retransmission timeouts (record_rto). */
+static __always_inline void watch(struct bpf_sock_ops *ops, struct leg_tuning *t)
+{
+	if (!t->watch_us || (t->watch_us > 1 && (ops->srtt_us >> 3) < t->watch_us))
+		return;
+	if (bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTO_CB_FLAG))
+		COUNT(tune_failed);
+	else
+		COUNT(tune_rto_watched);
+}
+
+/* record_rto notes a watched leg's timeout (args[0]: icsk_retransmits).
+ * Every pepsal's program sees the flag another set: only its namespace's. */
+static __always_inline void record_rto(struct bpf_sock_ops *ops)
+{
+	struct stall_key key = {};
+	struct stall s = {};
+	struct config *cfg;
+	__u32 zero = 0;
+
+	cfg = bpf_map_lookup_elem(&pepsal_config, &zero);
+	if (!cfg || bpf_get_netns_cookie(ops) != cfg->netns_cookie)
+		return;
+	if (ops->family == AF_INET) {
+		v4_mapped(key.local_addr, ops->local_ip4);
+		v4_mapped(key.remote_addr, ops->remote_ip4);
+	} else if (ops->family == AF_INET6) {
+		__builtin_memcpy(key.local_addr, ops->local_ip6, 16);
+		__builtin_memcpy(key.remote_addr, ops->remote_ip6, 16);
+	} else {
+		return;
+	}
+	key.family = ops->family;
+	key.local_port = ops->local_port;
+	key.remote_port = bpf_ntohl(ops->remote_port);
+	s.last_ns = bpf_ktime_get_ns();
+	s.snd_una = ops->snd_una;
+	s.timeouts = ops->args[0];
+	if (bpf_map_update_elem(&pepsal_stalled, &key, &s, BPF_ANY))
+		COUNT(tune_failed);
+	else
+		COUNT(tune_rto_recorded);
+}
+
 /* iw_after_handshake: the first state change of a deferred leg. Into
  * ESTABLISHED (the client's ACK proved its address, and measured the
  * round trip) the window is set, unless the leg already sent data
@@ -180,6 +236,8 @@ static __always_inline void iw_after_handshake(struct bpf_sock_ops *ops)
 	t = bpf_map_lookup_elem(&pepsal_tuning, &which);
 	if (!t)
 		return;
+	if (t->watch_us > 1) /* by RTT: not known at the SYN */
+		watch(ops, t);
 	if (!t->init_cwnd) {
 		if (t->auto_rate)
 			by_rtt(ops, t);
@@ -208,6 +266,9 @@ int pepsal_tune(struct bpf_sock_ops *ops)
 	case BPF_SOCK_OPS_STATE_CB:
 		iw_after_handshake(ops);
 		return 1;
+	case BPF_SOCK_OPS_RTO_CB:
+		record_rto(ops);
+		return 1;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		passive = 1;
 		break;
@@ -235,6 +296,8 @@ int pepsal_tune(struct bpf_sock_ops *ops)
 	/* Established on a SYN: a fast-open child, whose handshake has not
 	 * completed (an ordinary child's skb is the client's ACK). */
 	tfo_child = ops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && (ops->skb_tcp_flags & TCPHDR_SYN);
+	if (!tfo_child || t->watch_us == 1) /* a deferred child is watched by RTT at the handshake's end */
+		watch(ops, t);
 	if (t->init_cwnd) {
 		if (tfo_child && !trusted)
 			defer_iw(ops);

@@ -80,6 +80,8 @@ type classifyCounters struct {
 	TuneAutoIw           uint64
 	TuneAutoLong         uint64
 	TuneAutoNoRtt        uint64
+	TuneRtoWatched       uint64
+	TuneRtoRecorded      uint64
 }
 
 type classifyDivertInfo struct {

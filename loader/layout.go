@@ -19,13 +19,13 @@ import (
 // (another layout would be misread, or refused by the kernel half way
 // through an attach). TestLayoutFingerprint fails when the maps change:
 // then bump LayoutVersion and record the new fingerprint.
-const LayoutVersion = 8
+const LayoutVersion = 9
 
 // layoutFingerprint is the maps of LayoutVersion, as mapsFingerprint gives it.
 const layoutFingerprint = "" +
 	"pepsal_admit array key 4 value 8 entries 1;" +
 	"pepsal_config array key 4 value 40 entries 1;" +
-	"pepsal_counters per_cpu_array key 4 value 368 entries 1;" +
+	"pepsal_counters per_cpu_array key 4 value 384 entries 1;" +
 	"pepsal_diverted lru_hash key 40 value 16;" +
 	"pepsal_exclude lpm_trie key 20 value 1 entries 4096;" +
 	"pepsal_ifaces hash key 4 value 12 entries 256;" +
@@ -39,8 +39,9 @@ const layoutFingerprint = "" +
 	"pepsal_relaydir hash key 8 value 48;" +
 	"pepsal_relayusr hash key 8 value 8;" +
 	"pepsal_srcfull hash key 16 value 1 entries 65536;" +
+	"pepsal_stalled lru_hash key 40 value 16 entries 16384;" +
 	"pepsal_tfo_from lpm_trie key 20 value 1 entries 1024;" +
-	"pepsal_tuning array key 4 value 36 entries 2;" +
+	"pepsal_tuning array key 4 value 40 entries 2;" +
 	"pepsal_upstream hash key 8 value 1;"
 
 const pinLayout = "pepsal_layout"

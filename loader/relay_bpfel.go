@@ -61,6 +61,8 @@ type relayCounters struct {
 	TuneAutoIw           uint64
 	TuneAutoLong         uint64
 	TuneAutoNoRtt        uint64
+	TuneRtoWatched       uint64
+	TuneRtoRecorded      uint64
 }
 
 type relayRelayDir struct {

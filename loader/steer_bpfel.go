@@ -74,6 +74,8 @@ type steerCounters struct {
 	TuneAutoIw           uint64
 	TuneAutoLong         uint64
 	TuneAutoNoRtt        uint64
+	TuneRtoWatched       uint64
+	TuneRtoRecorded      uint64
 }
 
 type steerDivertInfo struct {

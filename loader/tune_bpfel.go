@@ -74,6 +74,8 @@ type tuneCounters struct {
 	TuneAutoIw           uint64
 	TuneAutoLong         uint64
 	TuneAutoNoRtt        uint64
+	TuneRtoWatched       uint64
+	TuneRtoRecorded      uint64
 }
 
 type tuneDivertInfo struct {
@@ -114,6 +116,23 @@ type tuneLegTuning struct {
 	AutoMax    uint16
 	AutoLongUs uint32
 	LongCc     [16]int8
+	WatchUs    uint32
+}
+
+type tuneStall struct {
+	_        structs.HostLayout
+	LastNs   uint64
+	SndUna   uint32
+	Timeouts uint32
+}
+
+type tuneStallKey struct {
+	_          structs.HostLayout
+	LocalAddr  [16]uint8
+	RemoteAddr [16]uint8
+	LocalPort  uint16
+	RemotePort uint16
+	Family     uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -129,6 +148,7 @@ const (
 	tuneMapPepsalListen   = "pepsal_listen"
 	tuneMapPepsalPeerport = "pepsal_peerport"
 	tuneMapPepsalPorts    = "pepsal_ports"
+	tuneMapPepsalStalled  = "pepsal_stalled"
 	tuneMapPepsalTuning   = "pepsal_tuning"
 	tuneMapPepsalUpstream = "pepsal_upstream"
 	tuneProgPepsalTune    = "pepsal_tune"
@@ -192,6 +212,7 @@ type tuneMapSpecs struct {
 	PepsalListen   *ebpf.MapSpec `ebpf:"pepsal_listen"`
 	PepsalPeerport *ebpf.MapSpec `ebpf:"pepsal_peerport"`
 	PepsalPorts    *ebpf.MapSpec `ebpf:"pepsal_ports"`
+	PepsalStalled  *ebpf.MapSpec `ebpf:"pepsal_stalled"`
 	PepsalTuning   *ebpf.MapSpec `ebpf:"pepsal_tuning"`
 	PepsalUpstream *ebpf.MapSpec `ebpf:"pepsal_upstream"`
 }
@@ -231,6 +252,7 @@ type tuneMaps struct {
 	PepsalListen   *ebpf.Map `ebpf:"pepsal_listen"`
 	PepsalPeerport *ebpf.Map `ebpf:"pepsal_peerport"`
 	PepsalPorts    *ebpf.Map `ebpf:"pepsal_ports"`
+	PepsalStalled  *ebpf.Map `ebpf:"pepsal_stalled"`
 	PepsalTuning   *ebpf.Map `ebpf:"pepsal_tuning"`
 	PepsalUpstream *ebpf.Map `ebpf:"pepsal_upstream"`
 }
@@ -246,6 +268,7 @@ func (m *tuneMaps) Close() error {
 		m.PepsalListen,
 		m.PepsalPeerport,
 		m.PepsalPorts,
+		m.PepsalStalled,
 		m.PepsalTuning,
 		m.PepsalUpstream,
 	)

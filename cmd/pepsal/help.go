@@ -53,7 +53,7 @@ process relays its connections to their end (at most --upgrade-drain).
 
 As a systemd service (pepsal.service) it takes its flags from PEPSAL_ARGS
 in /etc/default/pepsal. It needs root, or CAP_NET_ADMIN, CAP_BPF and
-CAP_PERFMON.`
+CAP_PERFMON (and CAP_NET_RAW with warm paths, for their outage watch).`
 
 const runExample = `  # Split what LAN clients on eth0 open; Ctrl-C (SIGTERM) drains and detaches
   pepsal run --iface eth0

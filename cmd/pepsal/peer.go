@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/userspace/daemon"
+	"github.com/pepsal/pepsal/userspace/outage"
 	"github.com/pepsal/pepsal/userspace/peer"
 	"github.com/pepsal/pepsal/userspace/report"
 	"github.com/spf13/cobra"
@@ -24,6 +25,7 @@ type peerFlags struct {
 	listen, gateway, keyFile string
 	pool                     int
 	allow                    []string
+	outageProbe              time.Duration
 }
 
 func (p *peerFlags) register(cmd *cobra.Command) {
@@ -33,6 +35,7 @@ func (p *peerFlags) register(cmd *cobra.Command) {
 	f.StringVar(&p.keyFile, "peer-key", "", "file of the warm paths' keys, mode 600: one shared key (at least 32 random bytes), or `ID KEY [clients=PREFIX,...]` lines, one per terminal (a terminal's: its own line); a gateway reads it again when it changes")
 	f.IntVar(&p.pool, "peer-pool", peer.DefaultPool, "terminal: idle warm connections kept open to the gateway")
 	f.StringArrayVar(&p.allow, "peer-allow", nil, "gateway: accept warm connections only from this prefix (repeatable; default: any, the key still applies)")
+	f.DurationVar(&p.outageProbe, "outage-probe", outage.DefaultEvery, "warm paths: while legs toward the other pepsal are stalled by retransmission timeouts, ping it this often; its first answer after 2 s of silence (a link outage) makes them retransmit at once (IPv4; 10ms to 10s, 0: off)")
 }
 
 // config checks the flags before anything is opened or attached.
@@ -40,7 +43,7 @@ func (p *peerFlags) config(cmd *cobra.Command) (daemon.PeerOptions, error) {
 	var s daemon.PeerOptions
 	f := cmd.Flags()
 	if p.listen == "" && p.gateway == "" {
-		for _, name := range []string{"peer-key", "peer-pool", "peer-allow"} {
+		for _, name := range []string{"peer-key", "peer-pool", "peer-allow", "outage-probe"} {
 			if f.Changed(name) {
 				return s, fmt.Errorf("--%s needs --peer (terminal) or --peer-listen (gateway)", name)
 			}
@@ -66,6 +69,10 @@ func (p *peerFlags) config(cmd *cobra.Command) (daemon.PeerOptions, error) {
 		return s, fmt.Errorf("bad --peer-pool %d: want 1 to 4096", p.pool)
 	}
 	s.Pool = p.pool
+	if p.outageProbe != 0 && (p.outageProbe < 10*time.Millisecond || p.outageProbe > 10*time.Second) {
+		return s, fmt.Errorf("bad --outage-probe %s: want 10ms to 10s, or 0 (off)", p.outageProbe)
+	}
+	s.OutageProbe = p.outageProbe
 	if len(p.allow) > 0 && p.listen == "" {
 		return s, fmt.Errorf("--peer-allow needs --peer-listen")
 	}

@@ -146,14 +146,35 @@ func parsePrefixes(flag string, values []string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// requirePrivileges fails unless the process may load BPF and change networking.
-func requirePrivileges() error {
+// effectiveCaps says which capabilities the process holds.
+func effectiveCaps() (has func(c uint) bool, err error) {
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
 	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return fmt.Errorf("read capabilities: %w", err)
+		return nil, fmt.Errorf("read capabilities: %w", err)
 	}
-	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	return func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }, nil
+}
+
+// requireNetRaw fails unless the process may open raw sockets: the warm
+// paths' outage watch pings the other pepsal and sends this host ICMP errors.
+func requireNetRaw() error {
+	has, err := effectiveCaps()
+	if err != nil {
+		return err
+	}
+	if !has(unix.CAP_NET_RAW) {
+		return errors.New("missing CAP_NET_RAW: the warm paths' outage watch (--outage-probe) pings the other pepsal from a raw socket; run as root, add the capability, or set --outage-probe 0")
+	}
+	return nil
+}
+
+// requirePrivileges fails unless the process may load BPF and change networking.
+func requirePrivileges() error {
+	has, err := effectiveCaps()
+	if err != nil {
+		return err
+	}
 	var missing []string
 	if !has(unix.CAP_NET_ADMIN) {
 		missing = append(missing, "CAP_NET_ADMIN")

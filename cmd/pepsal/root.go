@@ -33,6 +33,9 @@ type env struct {
 	// forwardFilter reads what filters forwarded traffic in this namespace
 	// (forwardfilter.Inspect), after privileged.
 	forwardFilter func() (forwardfilter.Finding, error)
+	// netRaw fails unless raw sockets may be opened (requireNetRaw), for
+	// the warm paths' outage watch; nil: not checked.
+	netRaw func() error
 }
 
 // processEnv is the env of the running process.
@@ -45,6 +48,7 @@ func processEnv() *env {
 		query:          report.Query,
 		openAttachment: loader.Open,
 		forwardFilter:  forwardfilter.Inspect,
+		netRaw:         requireNetRaw,
 	}
 }
 

@@ -99,6 +99,11 @@ func run(cmd *cobra.Command, e *env, f *runFlags) error {
 	if err := checkHost(e, p.cfg); err != nil {
 		return err
 	}
+	if po := p.opts.Peer; (po.Listen != "" || po.Gateway != "") && po.OutageProbe > 0 && e.netRaw != nil {
+		if err := e.netRaw(); err != nil {
+			return err
+		}
+	}
 	// Before anything is attached: a refusal leaves nothing behind.
 	if p.opts.ForwardFilter, err = checkForward(e, p.fwd, p.opts.Log); err != nil {
 		return err
@@ -356,11 +361,18 @@ func attachOrOpen(cfg loader.Config, log *slog.Logger) (*daemon.Kernel, error) {
 		want := cfg.Wanted()
 		k.Reattach = func() ([]loader.Placed, error) { return att.Reattach(want, cfg.TCMode) }
 	}
+	var stalls *loader.Stalls
 	if t := att.Tuner(); t != nil { // a nil *loader.Tuner must stay a nil interface
 		k.Tuner = t
+		if stalls, err = att.Stalls(); err == nil {
+			k.Stalls = stalls
+		}
 	}
 	k.Close = func() error {
 		att.Close()
+		if stalls != nil {
+			stalls.Close()
+		}
 		if len(cfg.Ifaces) == 0 {
 			return nil // serving on someone else's attachment: never ours to remove
 		}

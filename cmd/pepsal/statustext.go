@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/pepsal/pepsal/loader"
 	"github.com/pepsal/pepsal/userspace/explain"
@@ -68,7 +69,14 @@ func printRole(w io.Writer, d *report.DaemonInfo) {
 	if b := d.RTOBound; b != nil {
 		fmt.Fprintf(w, "rto-max:   %d legs bounded, %d short (auto), %d without an RTT yet (auto), %d refused\n", b.Set, b.ShortLeg, b.NoRTT, b.Failed)
 	}
+	if o := d.Outages; o != nil {
+		fmt.Fprintf(w, "outages:   %d seen (longest %s, last %s, found back within %s), %d stalled legs kicked, %d refused; probing %d (%d silent) every %s\n",
+			o.Seen, ms(o.LongestMs), ms(o.LastMs), ms(o.LastRecoveryMs), o.Kicked, o.KickFailed, o.Probing, o.Down, ms(o.ProbeMs))
+	}
 	if len(d.Deny) > 0 {
 		fmt.Fprintf(w, "deny:      %s\n", strings.Join(d.Deny, ", "))
 	}
 }
+
+// ms is a report's milliseconds as a duration.
+func ms(v int64) time.Duration { return time.Duration(v) * time.Millisecond }

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pepsal/pepsal/tests/testbed"
+	"github.com/pepsal/pepsal/userspace/outage"
 )
 
 // kicker is the outage study's prototype of "retransmit as soon as the link
@@ -94,7 +95,7 @@ func (k *kicker) ping(ctx context.Context) {
 	for seq := uint16(0); ; seq++ {
 		binary.BigEndian.PutUint16(msg[6:], seq)
 		msg[2], msg[3] = 0, 0
-		binary.BigEndian.PutUint16(msg[2:], inetChecksum(msg))
+		binary.BigEndian.PutUint16(msg[2:], outage.Checksum(msg))
 		_ = unix.Sendto(k.raw, msg, 0, &unix.SockaddrInet4{Addr: k.peer})
 		select {
 		case <-ctx.Done():
@@ -183,11 +184,11 @@ func (k *kicker) unreachable(sport, dport uint16, seq uint32) error {
 	binary.BigEndian.PutUint16(q[2:], 1500)
 	copy(q[12:16], k.local[:])
 	copy(q[16:20], k.peer[:])
-	binary.BigEndian.PutUint16(q[10:], inetChecksum(q[:20]))
+	binary.BigEndian.PutUint16(q[10:], outage.Checksum(q[:20]))
 	binary.BigEndian.PutUint16(q[20:], sport)
 	binary.BigEndian.PutUint16(q[22:], dport)
 	binary.BigEndian.PutUint32(q[24:], seq)
-	binary.BigEndian.PutUint16(m[2:], inetChecksum(m))
+	binary.BigEndian.PutUint16(m[2:], outage.Checksum(m))
 	return unix.Sendto(k.raw, m, 0, &unix.SockaddrInet4{Addr: k.local})
 }
 
@@ -195,18 +196,4 @@ func (k *kicker) counts() (flows, errs int) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.kicks, k.errsSent
-}
-
-func inetChecksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
 }

@@ -37,7 +37,9 @@ import (
 // (default 1000) in the terminal's and gateway's namespaces, "nots" and
 // "nosack" turn TCP timestamps and SACK off there, "kick" runs the kicker of outage_kick_test.go
 // at the gateway (e.g. "pepsal-kick-rtomax"), "rto0" runs both pepsals with
-// --rto-max 0 (their default bounds the long legs), "steady" keeps the link
+// --rto-max 0 (their default bounds the long legs), "noprobe" with
+// --outage-probe 0 (their default kicks the stalled legs at the link's
+// return), "steady" keeps the link
 // up (no outage: the bound must cost nothing there).
 func TestOutageStudy(t *testing.T) {
 	if os.Getenv("PEPSAL_OUTAGE_STUDY") != "1" {
@@ -125,9 +127,11 @@ func studyOnce(t *testing.T, mode, out string) (string, error) {
 			return "", err
 		}
 		defer removeKey()
-		if strings.Contains(mode, "rto0") {
-			cfg.TerminalArgs = append(cfg.argsFor("terminal"), "--rto-max", "0")
-			cfg.ExtraArgs = append(cfg.argsFor("gateway"), "--rto-max", "0")
+		for word, args := range map[string][]string{"rto0": {"--rto-max", "0"}, "noprobe": {"--outage-probe", "0"}} {
+			if strings.Contains(mode, word) {
+				cfg.TerminalArgs = append(cfg.argsFor("terminal"), args...)
+				cfg.ExtraArgs = append(cfg.argsFor("gateway"), args...)
+			}
 		}
 		ds, err := StartProxies(ctx, cfg, Mode{Name: mode, Relay: "splice"}, bed.Sites)
 		if err != nil {

@@ -175,3 +175,51 @@ func readPattern(c *net.TCPConn, n int, back time.Time, outage time.Duration) (r
 	}
 	return resumed, nil
 }
+
+// testOutageKick: the warm paths' outage watch. A download through two
+// pepsals over a 50 ms link that goes down for 5 s, with the back-off
+// unbounded (--rto-max 0, as on kernels before 6.15): the gateway's
+// stalled leg would retransmit next about 4 s after the link returns
+// (timeouts at about 0.3, 0.9, 2.1, 4.5 and 9.3 s). The gateway pings the
+// terminal while the leg is stalled, finds it silent, and at its first
+// answer makes the leg retransmit: the next byte arrives within a second of
+// the return, byte-exact, and status counts the outage and the kick.
+func testOutageKick(t *testing.T, cfg suite) {
+	const down, outageLen, size = 800 * time.Millisecond, 5 * time.Second, 3 << 20
+	dir := linkemu.Dir{Delay: 25 * time.Millisecond, RateBps: 8_000_000}
+	link := linkemu.Link{Down: dir, Up: dir, Seed: 3, Schedule: &linkemu.Schedule{WaitArm: true, Outages: []linkemu.Outage{{Start: down, Len: outageLen}}}}
+	var br *linkemu.Bridge
+	topo := twoPEPBed(t, testbed.Options{Prefix: "pwk", Middle: func(ns *testbed.NS, towardClient, towardRouter string) (io.Closer, error) {
+		var err error
+		br, err = linkemu.Start(ns, towardClient, towardRouter, link)
+		return br, err
+	}})
+	const pool = 2
+	key := writeKey(t, testKey(), 0o600)
+	startPeerGateway(t, cfg, topo, key, "--rto-max", "0")
+	startPeerTerminal(t, cfg, topo, key, pool, "--rto-max", "0")
+	waitPeer(t, topo.Terminal, "pool full", func(p report.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
+	v4 := twoPEPFamilies[0]
+	serve(t, topo.Server, hostPort(v4.server, 8440), func(c *net.TCPConn) {
+		w := bufio.NewWriterSize(c, 64<<10)
+		for i := range size {
+			w.WriteByte(pattern(i))
+		}
+		w.Flush()
+	})
+	download := mustDial(t, topo.Client, hostPort(v4.server, 8440))
+	armed := br.Arm()
+	resumed, err := readPattern(download, size, armed.Add(down+outageLen), outageLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := peerStatus(t, topo.Gateway)
+	o := gw.Daemon.Outages
+	t.Logf("next byte %s after the link returned; gateway: %+v, timeouts recorded %d", resumed.Round(time.Millisecond), o, gw.counter("tune_rto_recorded"))
+	if o == nil || o.Seen < 1 || o.Kicked < 1 || o.LastMs < 2000 {
+		t.Fatalf("gateway status: outages %+v, want the outage seen (at least its 2 s of silence) and the stalled leg kicked", o)
+	}
+	if resumed > kmatrix.Stretch(time.Second) {
+		t.Errorf("the download resumed %s after the link returned, want within a second (the unkicked back-off: about 4 s)", resumed)
+	}
+}

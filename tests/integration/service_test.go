@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pepsal/pepsal/tests/testbed"
 )
 
 const unitTemplate = "../../cmd/pepsal/systemd/pepsal.service.in"
@@ -84,7 +86,8 @@ var serviceChecks = []string{
 
 // TestServiceCapabilities: the daemon works with exactly the unit's
 // capabilities, in both relay modes, and each of them is needed: without it
-// `pepsal run` fails at once with one line and leaves nothing behind.
+// `pepsal run` fails at once with one line and leaves nothing behind
+// (CAP_NET_RAW with warm paths, whose outage watch needs it).
 func TestServiceCapabilities(t *testing.T) {
 	caps := serviceCaps(t)
 	forEachRelay(t, func(t *testing.T, cfg suite) {
@@ -97,6 +100,9 @@ func TestServiceCapabilities(t *testing.T) {
 			b := newBed(t, defaultSuite())
 			before := netState(t, b.Router)
 			args := append(setprivWith(fewer), pepsalBin, "run", "--iface", "r-cli", "--relay", "sockmap")
+			if c == "net_raw" { // asked only for the warm paths' outage watch
+				args = append(args, "--role", "gateway", "--peer-listen", hostPort(testbed.RouterClientV4, 7400), "--peer-key", writeKey(t, testKey(), 0o600))
+			}
 			r := runCmdIn(b.Router, args[0], args[1:]...)
 			lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
 			if r.code == 0 || len(lines) != 1 || !strings.HasPrefix(lines[0], "pepsal: ") {

@@ -139,6 +139,7 @@ var relayIndependent = []suiteCase{
 	{"PolicyBypass", testPolicyBypass},
 	{"TransparentPathMTU", testTransparentPathMTU},
 	{"SynFloodNeverResets", testSynFloodNeverResets},
+	{"OutageKick", testOutageKick},
 }
 
 // runSuite runs the cases named in keep, from the relay suite and then the

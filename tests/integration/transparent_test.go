@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/tests/testbed"
+	"github.com/pepsal/pepsal/userspace/outage"
 	"golang.org/x/sys/unix"
 )
 
@@ -209,7 +210,7 @@ func sendTooBig(t *testing.T, ns *testbed.NS, f family, q quotedSegment, mtu int
 	}
 	msg = append(append(msg, q.ipHeader...), q.tcp[:]...)
 	if f.name == "ipv4" {
-		binary.BigEndian.PutUint16(msg[2:], inetChecksum(msg))
+		binary.BigEndian.PutUint16(msg[2:], outage.Checksum(msg))
 	}
 	err := ns.Do(func() error {
 		fd, err := unix.Socket(fam, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
@@ -222,20 +223,6 @@ func sendTooBig(t *testing.T, ns *testbed.NS, f family, q quotedSegment, mtu int
 	if err != nil {
 		t.Fatalf("%s: send the ICMP error: %v", f.name, err)
 	}
-}
-
-func inetChecksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
 }
 
 var pmtuRe = regexp.MustCompile(`\bpmtu:(\d+)`)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pepsal/pepsal/loader"
+	"github.com/pepsal/pepsal/userspace/outage"
 	"github.com/pepsal/pepsal/userspace/peer"
 	"github.com/pepsal/pepsal/userspace/proxy"
 	"github.com/pepsal/pepsal/userspace/relay"
@@ -37,6 +38,9 @@ type PeerOptions struct {
 	Pool    int            // terminal: idle warm connections kept
 	Keys    *peer.Keys     // gateway: the terminals' keys; terminal: its own (Keys.Own)
 	KeyFile string         // where Keys came from: a gateway reads it again when it changes
+	// OutageProbe: how often the other pepsal is pinged while legs toward
+	// it are stalled, to catch the link's return (0: off).
+	OutageProbe time.Duration
 }
 
 // Options are a daemon's settings, checked by the caller (the CLI names its
@@ -116,7 +120,7 @@ type run struct {
 	ifaces  []loader.Iface
 	relay   string       // the relay in use
 	off     []report.Off // what this host lacks, and what is done instead
-	rtoOff  []report.Off // of them, the retransmission bound (buildPipeline)
+	rtoOff  []report.Off // of them, buildPipeline's: the retransmission bound, the outage watch
 
 	// Interfaces followed by name (followIfaces); follow is nil without.
 	follow        *follower
@@ -125,7 +129,8 @@ type run struct {
 	// Pipeline (buildPipeline).
 	pipeline  *proxy.Pipeline
 	admission *proxy.Admission
-	pool      *peer.Pool // nil: not a terminal
+	pool      *peer.Pool      // nil: not a terminal
+	outages   *outage.Watcher // nil: no outage watch
 	stopPeers context.CancelFunc
 
 	// Observers (observe).

@@ -64,6 +64,7 @@ type Tuner interface {
 type Kernel struct {
 	Attachment
 	Tuner  Tuner      // nil: no sock_ops on this host
+	Stalls StallsMap  // the long legs' timeouts; nil: none (no sock_ops)
 	Relay  relay.Maps // the kernel relay's maps
 	PinDir string     // for the log
 	// Reattach puts the classifier back on the daemon's interfaces, by

@@ -42,6 +42,9 @@ type Metrics struct {
 	// RTO reads the long legs' retransmission bound (rtoBound); nil, or
 	// nil returned, without one. Set before serving.
 	RTO func() *report.RTOBound
+	// Outages reads the warm paths' outage watch (outageStats); nil, or
+	// nil returned, without one. Set before serving.
+	Outages func() *report.OutageStats
 
 	active, accepted, closed, fallbacksBy, fallbackLive *prometheus.Desc
 	localFailed, tuningSkipped, denied                  *prometheus.Desc
@@ -51,6 +54,7 @@ type Metrics struct {
 	pool    peerPoolDescs
 	gateway peerGatewayDescs
 	listen  listenDescs
+	outage  outageDescs
 	ops     opsDescs
 	// build are pepsal_build_info's labels (SetVersion).
 	build []string
@@ -108,6 +112,7 @@ func NewMetrics(table *proxy.Table, counters func() ([]loader.Counter, error)) *
 		denied: prometheus.NewDesc("pepsal_connections_denied_total",
 			"Connections reset because the destination policy refused their destination (this host, loopback, link-local, multicast, broadcast, --deny), by reason: nothing was dialed.", []string{"reason"}, nil),
 		listen: newListenDescs(),
+		outage: newOutageDescs(),
 		rtoLegs: prometheus.NewDesc("pepsal_rto_bound_legs_total",
 			"Legs the long legs' retransmission bound (--rto-max) was decided for, by decision: set, short_leg and no_rtt (--role auto: left alone), failed (the kernel refused it).", []string{"decision"}, nil),
 		clientsAtLimit: prometheus.NewDesc("pepsal_clients_at_limit",
@@ -179,6 +184,9 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range m.ops.all() {
 		ch <- d
 	}
+	for _, d := range m.outage.all() {
+		ch <- d
+	}
 	m.connect.Describe(ch)
 }
 
@@ -216,6 +224,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			counter(m.rtoLegs, b.NoRTT, "no_rtt")
 			counter(m.rtoLegs, b.Failed, "failed")
 		}
+	}
+	if m.Outages != nil {
+		m.outage.collect(ch, m.Outages())
 	}
 	// Every reason, 0 included, so that a dashboard sees the series before
 	// the first fallback.

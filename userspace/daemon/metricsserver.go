@@ -38,6 +38,7 @@ func serveMetrics(ln net.Listener, sp *proxy.Pipeline, peers func() *report.Peer
 	m.Listen = listen
 	m.Ifaces = ops.Ifaces
 	m.RTO = ops.RTO
+	m.Outages = ops.Outages
 	m.Split = sp.SplitStats
 	m.SetVersion(ops.Version)
 	handler, err := m.Handler(log)
@@ -65,6 +66,7 @@ type metricsOps struct {
 	Ifaces  func() []report.IfaceHealth
 	Health  Health
 	RTO     func() *report.RTOBound // the long legs' retransmission bound
+	Outages func() *report.OutageStats
 }
 
 // serveHTTP serves h on ln within lim until the returned stop: no client

@@ -42,7 +42,8 @@ func (r *run) buildPipeline() error {
 	}
 	if k.Tuner != nil {
 		r.atEnd(func() { k.Tuner.Close() })
-		if err := k.Tuner.SetLegs(legTuning(o.Tuning.Client, o.Tuning.ByRTT), legTuning(o.Tuning.Server, o.Tuning.ByRTT)); err != nil {
+		watch := r.watchesOutages()
+		if err := k.Tuner.SetLegs(legTuning(o.Tuning.Client, o.Tuning.ByRTT, watch), legTuning(o.Tuning.Server, o.Tuning.ByRTT, watch)); err != nil {
 			return err
 		}
 	} else if o.Tuning.Client.InitCwnd+o.Tuning.Client.InitRwnd+o.Tuning.Server.InitCwnd+o.Tuning.Server.InitRwnd > 0 {
@@ -58,7 +59,11 @@ func (r *run) buildPipeline() error {
 	peerCtx, stopPeers := context.WithCancel(context.Background())
 	r.stopPeers = stopPeers
 	r.atEnd(stopPeers)
-	return r.startPeers(peerCtx)
+	if err := r.startPeers(peerCtx); err != nil {
+		return err
+	}
+	r.watchOutages(peerCtx)
+	return nil
 }
 
 // setFull writes the classifier's admission flag, until a new daemon
@@ -128,9 +133,16 @@ func (r *run) peerStats() *report.PeerStats {
 
 // legTuning is what sock_ops applies to one leg: its own windows, or with
 // ByRTT on and no window of its own, the window by its round trip; the long
-// legs' congestion control only where the leg sets none of its own.
-func legTuning(l tuning.Leg, b tuning.ByRTT) loader.LegTuning {
+// legs' congestion control only where the leg sets none of its own; with
+// watch, a long leg's timeouts are recorded (by RTT with ByRTT).
+func legTuning(l tuning.Leg, b tuning.ByRTT, watch bool) loader.LegTuning {
 	lt := loader.LegTuning{InitCwnd: l.InitCwnd, InitRwnd: l.InitRwnd}
+	if watch && l.Long {
+		lt.WatchUs = 1
+		if b.On() {
+			lt.WatchUs = uint32(max(b.LongRTT.Microseconds(), 2))
+		}
+	}
 	if !b.On() {
 		return lt
 	}

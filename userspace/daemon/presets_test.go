@@ -51,20 +51,20 @@ func TestPresets(t *testing.T) {
 // TestLegTuning: what the sock_ops program is given for a leg: the leg's
 // own window and congestion control win over the ones by round trip.
 func TestLegTuning(t *testing.T) {
-	lt := legTuning(tuning.Leg{}, tuning.AutoByRTT)
+	lt := legTuning(tuning.Leg{}, tuning.AutoByRTT, false)
 	if lt.InitCwnd != 0 || lt.AutoRate != 2500 || lt.AutoMin != 10 || lt.AutoMax != 1000 || lt.AutoLongUs != 150000 || lt.LongCc[0] != 'b' || lt.LongCc[3] != 0 {
 		t.Errorf("auto leg: %+v", lt)
 	}
-	own := legTuning(tuning.Leg{CC: "cubic", InitCwnd: 40, InitRwnd: 50}, tuning.AutoByRTT)
+	own := legTuning(tuning.Leg{CC: "cubic", InitCwnd: 40, InitRwnd: 50}, tuning.AutoByRTT, false)
 	if own.InitCwnd != 40 || own.InitRwnd != 50 || own.LongCc[0] != 0 || own.AutoRate != 2500 {
 		t.Errorf("leg with its own settings: %+v", own)
 	}
-	if off := legTuning(tuning.Leg{InitCwnd: 7}, tuning.ByRTT{}); off.AutoRate != 0 || off.LongCc[0] != 0 || off.InitCwnd != 7 {
+	if off := legTuning(tuning.Leg{InitCwnd: 7}, tuning.ByRTT{}, false); off.AutoRate != 0 || off.LongCc[0] != 0 || off.InitCwnd != 7 {
 		t.Errorf("no auto: %+v", off)
 	}
 	long := tuning.AutoByRTT
 	long.LongCC = "a-name-longer-than-fifteen"
-	if lt := legTuning(tuning.Leg{}, long); lt.LongCc[15] != 0 {
+	if lt := legTuning(tuning.Leg{}, long, false); lt.LongCc[15] != 0 {
 		t.Errorf("a long name must leave the C string terminated: %v", lt.LongCc)
 	}
 }

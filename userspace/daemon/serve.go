@@ -26,7 +26,8 @@ func (r *run) observe() error {
 		return nil
 	}
 	listen := func() report.ListenStats { return listenStats(r.backlog) }
-	ops := metricsOps{Version: r.o.Version, Ifaces: r.follow.health, Health: r.health(), RTO: func() *report.RTOBound { return rtoBound(r.o.Tuning) }}
+	ops := metricsOps{Version: r.o.Version, Ifaces: r.follow.health, Health: r.health(), RTO: func() *report.RTOBound { return rtoBound(r.o.Tuning) },
+		Outages: r.outageStats}
 	stop, err := serveMetrics(r.metricsLn, r.pipeline, r.peerStats, r.k.Counters, listen, ops, r.log)
 	if err != nil {
 		return err
@@ -47,6 +48,7 @@ func (r *run) info() report.DaemonInfo {
 	}
 	info.Role, info.Presets, info.Deny = o.Role, Presets(o.Tuning), prefixTexts(o.Deny)
 	info.RTOBound = rtoBound(o.Tuning)
+	info.Outages = r.outageStats()
 	if o.ForwardFilter.Mode != "" {
 		ff := o.ForwardFilter
 		info.ForwardFilter = &ff

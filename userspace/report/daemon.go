@@ -31,9 +31,33 @@ type DaemonInfo struct {
 	// RTOBound is the long legs' retransmission bound (--rto-max); nil:
 	// off, or the kernel has none (Off says so).
 	RTOBound *RTOBound `json:"rto_bound,omitempty"`
+	// Outages is the warm paths' outage watch (--outage-probe); nil: off.
+	Outages *OutageStats `json:"outages,omitempty"`
 	// Deny are the destinations refused besides this host's own (--deny).
 	Deny []string `json:"deny,omitempty"`
 	SplitStats
+}
+
+// OutageStats: the long legs toward the other pepsal through link
+// outages (--outage-probe). A remote with stalled legs is pinged every
+// probe interval; silent for silence_ms it is down; its first answer ends
+// the outage, and its stalled legs are made to retransmit at once.
+type OutageStats struct {
+	ProbeMs   int64  `json:"probe_ms"`
+	SilenceMs int64  `json:"silence_ms"`
+	Probes    uint64 `json:"probes"`
+	Seen      uint64 `json:"seen"`       // outages that ended
+	TotalMs   int64  `json:"total_ms"`   // their lengths, summed: from the last answer before to the first after
+	LongestMs int64  `json:"longest_ms"` // the longest
+	LastMs    int64  `json:"last_ms"`    // the latest
+	// LastRecoveryMs is the latest return's answered probe round trip: the
+	// link was back at most this long before its legs were kicked.
+	LastRecoveryMs int64  `json:"last_recovery_ms"`
+	Kicked         uint64 `json:"kicked"`      // stalled legs made to retransmit
+	KickFailed     uint64 `json:"kick_failed"` // errors the kernel refused
+	NotIPv4        uint64 `json:"not_ipv4"`    // stalled legs over IPv6: Linux has no RFC 6069 there
+	Probing        int    `json:"probing"`     // remotes probed now
+	Down           int    `json:"down"`        // of them, silent now
 }
 
 // RTOBound is --rto-max in force: per leg in words ("off" where the leg

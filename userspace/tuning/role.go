@@ -47,7 +47,7 @@ const defaultFastOpenWait = 20 * time.Millisecond
 
 // The long leg's retransmission back-off is bounded (RTOMax): it faces the
 // link's outages.
-var longLeg = Leg{CC: "bbr", InitCwnd: 1000, InitRwnd: 2048, SndBuf: 16 << 20, RcvBuf: 16 << 20, QuickAck: true, RTOMax: RTOMax{Auto: true}}
+var longLeg = Leg{CC: "bbr", InitCwnd: 1000, InitRwnd: 2048, SndBuf: 16 << 20, RcvBuf: 16 << 20, QuickAck: true, RTOMax: RTOMax{Auto: true}, Long: true}
 
 // AutoByRTT is --role auto: a leg's initial window is one bandwidth-delay
 // product of the rate the long-leg preset is sized for (20 Mbit/s) at the
@@ -70,7 +70,7 @@ func (r Role) Tuning() Tuning {
 	case Terminal:
 		return Tuning{Server: longLeg, FastOpen: FastOpen{Dial: true, Wait: defaultFastOpenWait}}
 	case Auto:
-		byRTT := Leg{RTOMax: RTOMax{Auto: true, LongRTT: AutoByRTT.LongRTT}}
+		byRTT := Leg{RTOMax: RTOMax{Auto: true, LongRTT: AutoByRTT.LongRTT}, Long: true}
 		return Tuning{Client: byRTT, Server: byRTT, ByRTT: AutoByRTT}
 	}
 	return Tuning{}

@@ -46,6 +46,10 @@ type Leg struct {
 	UserTimeout time.Duration
 	// RTOMax bounds the leg's retransmission back-off (the long leg's).
 	RTOMax RTOMax
+	// Long: the leg faces the link (a role's long leg; with ByRTT, only
+	// where its handshake RTT is ByRTT.LongRTT or more). Between two
+	// pepsals its stalls through an outage are watched (--outage-probe).
+	Long bool
 }
 
 // Defaults of --keepalive and --user-timeout, for a 600 ms RTT satellite
