@@ -138,6 +138,11 @@ func studyOnce(t *testing.T, mode, out string) (string, error) {
 			return "", err
 		}
 		defer StopAll(ds)
+		defer func() { // the daemons' logs' tails, beside the samples
+			for _, d := range ds {
+				_ = os.WriteFile(filepath.Join(out, "pepsal-"+d.Site.Name+".log"), []byte(d.Output()), 0o644)
+			}
+		}()
 	}
 	// Neighbour resolution and the warm paths' first use are not the study's.
 	if _, err := Download(ctx, bed.Client, bed.Server.Addr, 1000); err != nil {
