@@ -143,8 +143,11 @@ func runMisbehave(t *testing.T, cfg suite, r misbehaveRun) {
 		t.Errorf("no handover's loss burst dropped anything downstream: the test shows nothing")
 	}
 	for _, ns := range []*testbed.NS{topo.Terminal, topo.Gateway} {
-		if s := statusIn(t, ns).Daemon; s == nil || s.Stats.Reset != 0 || s.Stats.UpstreamFailed != 0 {
+		s := statusIn(t, ns).Daemon
+		if s == nil || s.Stats.Reset != 0 || s.Stats.UpstreamFailed != 0 {
 			t.Errorf("%s: a connection was reset or failed: %+v", ns.Name, s)
+		} else if s.Outages != nil {
+			t.Logf("%s: outage watch %+v", ns.Name, *s.Outages)
 		}
 	}
 }
