@@ -14,6 +14,10 @@
 //     its Warm upstream, the Gateway (an accept side), their protocol and
 //     the pacing of flows that start together. Must not reach into the
 //     relays or the connection table.
+//   - outage: the warm paths' outage watch: it pings the other pepsal
+//     while long legs toward it are stalled (their timeouts recorded by
+//     sock_ops) and makes them retransmit at its first answer after a
+//     silence. Knows sockets by address only; imports loader only.
 //   - proxy: the connection pipeline: accept sides (Acceptor), the one
 //     setup path (Flow), the upstreams (Direct, FastOpen) and the dialer,
 //     the table of live connections, admission and the fd budget. Must not
