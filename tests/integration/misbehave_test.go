@@ -59,7 +59,7 @@ func testOutageAndHandovers(t *testing.T, cfg suite) { runMisbehave(t, cfg, leoL
 //	PEPSAL_OUTAGE_HEAVY=1 go test -p 1 -count=1 -v -run TestLongOutageHeavy ./tests/integration/
 func TestLongOutageHeavy(t *testing.T) {
 	if os.Getenv("PEPSAL_OUTAGE_HEAVY") == "" {
-		t.Skip("a measurement: set PEPSAL_OUTAGE_HEAVY=1")
+		t.Skip("80 s of a GEO outage: set PEPSAL_OUTAGE_HEAVY=1")
 	}
 	geo, err := linkemu.Profile("geo")
 	if err != nil {
