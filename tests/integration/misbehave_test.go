@@ -89,26 +89,9 @@ func TestLongOutageHeavy(t *testing.T) {
 // after the return can meet a queue the other flows' retransmissions
 // filled, and wait a second bound (1.3-1.5 s, once in four 3.2-3.6 s here).
 func runMisbehave(t *testing.T, cfg suite, r misbehaveRun) {
-	var br *linkemu.Bridge
-	topo := twoPEPBed(t, testbed.Options{Prefix: "pwo", Middle: func(ns *testbed.NS, towardClient, towardRouter string) (io.Closer, error) {
-		var err error
-		br, err = linkemu.Start(ns, towardClient, towardRouter, r.link)
-		return br, err
-	}})
-	const pool = 4
-	key := writeKey(t, testKey(), 0o600)
-	startPeerGateway(t, cfg, topo, key)
-	startPeerTerminal(t, cfg, topo, key, pool)
-	waitPeer(t, topo.Terminal, "pool full", func(p report.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
-
+	topo, br := peersOverLink(t, cfg, "pwo", r.link, 4)
 	v4 := twoPEPFamilies[0]
-	serve(t, topo.Server, hostPort(v4.server, 8430), func(c *net.TCPConn) {
-		w := bufio.NewWriterSize(c, 64<<10)
-		for i := range r.bytes {
-			w.WriteByte(pattern(i))
-		}
-		w.Flush()
-	})
+	servePattern(t, topo.Server, hostPort(v4.server, 8430), r.bytes)
 	serve(t, topo.Server, hostPort(v4.server, 8431), func(c *net.TCPConn) { io.Copy(c, c) })
 	for _, f := range twoPEPFamilies {
 		transferServer(t, topo.Server, hostPort(f.server, 8432))
@@ -162,6 +145,40 @@ func runMisbehave(t *testing.T, cfg suite, r misbehaveRun) {
 	}
 }
 
+// peersOverLink is the two-PEP bed over link, with the emulator's handle
+// (to arm its schedule): both pepsals started with warm paths (extra on
+// both ends) and the terminal's pool of pool connections full.
+func peersOverLink(t *testing.T, cfg suite, prefix string, link linkemu.Link, pool int, extra ...string) (*testbed.TwoPEP, *linkemu.Bridge) {
+	t.Helper()
+	var br *linkemu.Bridge
+	topo := twoPEPBed(t, testbed.Options{Prefix: prefix, Middle: bridgeMiddle(link, &br)})
+	key := writeKey(t, testKey(), 0o600)
+	startPeerGateway(t, cfg, topo, key, extra...)
+	startPeerTerminal(t, cfg, topo, key, pool, extra...)
+	waitPeer(t, topo.Terminal, "pool full", func(p report.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
+	return topo, br
+}
+
+// bridgeMiddle is linkemu.Middle that also hands the running bridge to *br.
+func bridgeMiddle(link linkemu.Link, br **linkemu.Bridge) testbed.Middle {
+	return func(ns *testbed.NS, towardClient, towardRouter string) (io.Closer, error) {
+		var err error
+		*br, err = linkemu.Start(ns, towardClient, towardRouter, link)
+		return *br, err
+	}
+}
+
+// servePattern serves n bytes of pattern to every connection on addr.
+func servePattern(t *testing.T, ns *testbed.NS, addr string, n int) {
+	serve(t, ns, addr, func(c *net.TCPConn) {
+		w := bufio.NewWriterSize(c, 64<<10)
+		for i := range n {
+			w.WriteByte(pattern(i))
+		}
+		w.Flush()
+	})
+}
+
 // readPattern reads n bytes of pattern from c and checks each; resumed is
 // how long after back the first byte arrived that was read after back.
 func readPattern(c *net.TCPConn, n int, back time.Time, outage time.Duration) (resumed time.Duration, err error) {
@@ -201,25 +218,9 @@ func testOutageKick(t *testing.T, cfg suite) {
 	const down, outageLen, size = 800 * time.Millisecond, 5 * time.Second, 3 << 20
 	dir := linkemu.Dir{Delay: 25 * time.Millisecond, RateBps: 8_000_000}
 	link := linkemu.Link{Down: dir, Up: dir, Seed: 3, Schedule: &linkemu.Schedule{WaitArm: true, Outages: []linkemu.Outage{{Start: down, Len: outageLen}}}}
-	var br *linkemu.Bridge
-	topo := twoPEPBed(t, testbed.Options{Prefix: "pwk", Middle: func(ns *testbed.NS, towardClient, towardRouter string) (io.Closer, error) {
-		var err error
-		br, err = linkemu.Start(ns, towardClient, towardRouter, link)
-		return br, err
-	}})
-	const pool = 2
-	key := writeKey(t, testKey(), 0o600)
-	startPeerGateway(t, cfg, topo, key, "--rto-max", "0")
-	startPeerTerminal(t, cfg, topo, key, pool, "--rto-max", "0")
-	waitPeer(t, topo.Terminal, "pool full", func(p report.PeerStats) bool { return p.Pool != nil && p.Pool.Idle == pool })
+	topo, br := peersOverLink(t, cfg, "pwk", link, 2, "--rto-max", "0")
 	v4 := twoPEPFamilies[0]
-	serve(t, topo.Server, hostPort(v4.server, 8440), func(c *net.TCPConn) {
-		w := bufio.NewWriterSize(c, 64<<10)
-		for i := range size {
-			w.WriteByte(pattern(i))
-		}
-		w.Flush()
-	})
+	servePattern(t, topo.Server, hostPort(v4.server, 8440), size)
 	download := mustDial(t, topo.Client, hostPort(v4.server, 8440))
 	armed := br.Arm()
 	resumed, err := readPattern(download, size, armed.Add(down+outageLen), outageLen)

@@ -3,9 +3,7 @@
 package integration
 
 import (
-	"bufio"
 	"io"
-	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -83,19 +81,9 @@ func outageDownload(t *testing.T, args []string) outageResult {
 	dir := linkemu.Dir{Delay: 25 * time.Millisecond, RateBps: 8_000_000}
 	link := linkemu.Link{Down: dir, Up: dir, Seed: 1, Schedule: &linkemu.Schedule{
 		WaitArm: true, Outages: []linkemu.Outage{{Start: outageStart, Len: outageLen}}}}
-	b := newBedWith(t, defaultSuite(), testbed.Options{Middle: func(ns *testbed.NS, towardClient, towardRouter string) (io.Closer, error) {
-		var err error
-		br, err = linkemu.Start(ns, towardClient, towardRouter, link)
-		return br, err
-	}})
+	b := newBedWith(t, defaultSuite(), testbed.Options{Middle: bridgeMiddle(link, &br)})
 	addr := hostPort(testbed.ServerV4, 8420)
-	serve(t, b.Server, addr, func(c *net.TCPConn) {
-		w := bufio.NewWriterSize(c, 64<<10)
-		for i := range outageBytes {
-			w.WriteByte(pattern(i))
-		}
-		w.Flush()
-	})
+	servePattern(t, b.Server, addr, outageBytes)
 	b.startPepsal(append([]string{"--iface", testbed.RouterClientIf, "--role", "gateway"}, args...)...)
 	// Neighbour resolution and a first flow before the schedule starts.
 	warm := mustDial(t, b.Client, addr)
@@ -130,29 +118,12 @@ func outageDownload(t *testing.T, args []string) outageResult {
 	c := mustDial(t, b.Client, addr)
 	armed := br.Arm()
 	back := armed.Add(outageStart + outageLen)
-	_ = c.SetReadDeadline(time.Now().Add(90 * time.Second)) // a hang, not a slow run
 	var res outageResult
-	buf := make([]byte, 32<<10)
-	for got := 0; got < outageBytes; {
-		n, err := c.Read(buf)
-		now := time.Now()
-		for i := range n {
-			if buf[i] != pattern(got+i) {
-				t.Fatalf("byte %d is %#x, want %#x", got+i, buf[i], pattern(got+i))
-			}
-		}
-		if n > 0 && res.resumed == 0 && now.After(back) {
-			res.resumed = now.Sub(back)
-		}
-		got += n
-		if err != nil {
-			t.Fatalf("after %d of %d bytes: %v", got, outageBytes, err)
-		}
+	var err error
+	if res.resumed, err = readPattern(c, outageBytes, back, outageLen); err != nil {
+		t.Fatal(err)
 	}
 	res.took = time.Since(armed)
-	if n, err := c.Read(buf); n != 0 || err != io.EOF {
-		t.Errorf("after the download: %d bytes, %v; want EOF", n, err)
-	}
 	info := b.daemonInfo()
 	if rb := info.RTOBound; rb != nil {
 		res.set = rb.Set
