@@ -118,6 +118,7 @@ func (l *ICMP) read() {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			time.Sleep(10 * time.Millisecond) // an error that repeats must not spin
 			continue
 		}
 		seq, ok := parseEchoReply(buf[:n], l.id)
